@@ -1,0 +1,7 @@
+"""``python -m wsgateway`` is the ``wsgateway`` command."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

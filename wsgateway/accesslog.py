@@ -1,0 +1,94 @@
+"""One JSON line per connect, message, disconnect and management call.
+
+Fields: ``time`` (ISO-8601 UTC), ``kind`` (connect / message / disconnect / management),
+``requestId``, ``connectionId``, ``routeKey``, ``status`` (HTTP status, or the close code for a
+disconnect), ``latency_ms``, ``tenant``, ``sourceIp``, ``userAgent``, and for management calls
+``method`` and ``operation``. Never the token, never a message body.
+
+Lines are buffered and written at most every 200 ms or every 64 KiB, so logging a message
+costs one ``orjson.dumps`` and no system call on the hot path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sys
+import time
+from typing import IO, Any
+
+import orjson
+
+__all__ = ["AccessLog"]
+
+_FLUSH_BYTES = 65536
+_FLUSH_INTERVAL_S = 0.2
+
+
+def _iso_now() -> str:
+    now = time.time()
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1000):03d}Z"
+
+
+class AccessLog:
+    """Buffered JSON-lines writer; ``target`` is "-" (stdout), "" (off) or a file path."""
+
+    def __init__(self, target: str) -> None:
+        self.enabled = target != ""
+        self._stream: IO[bytes] | None = None
+        self._owned = False
+        if target == "-":
+            self._stream = sys.stdout.buffer
+        elif target:
+            self._stream = open(target, "ab")  # noqa: SIM115 - closed in close()
+            self._owned = True
+        self._buffer: list[bytes] = []
+        self._size = 0
+        self._task: asyncio.Task[None] | None = None
+
+    def write(self, kind: str, **fields: Any) -> None:
+        """Log one entry. Call from the event loop; cheap when disabled."""
+        if not self.enabled:
+            return
+        fields["time"] = _iso_now()
+        fields["kind"] = kind
+        line = orjson.dumps(fields) + b"\n"
+        self._buffer.append(line)
+        self._size += len(line)
+        if self._size >= _FLUSH_BYTES:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self._buffer or self._stream is None:
+            return
+        data = b"".join(self._buffer)
+        self._buffer.clear()
+        self._size = 0
+        try:
+            self._stream.write(data)
+            self._stream.flush()
+        except (OSError, ValueError):  # a closed or full stdout must not take the node down
+            self.enabled = False
+
+    def start(self) -> None:
+        """Begin flushing periodically on the running loop."""
+        if self.enabled and self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._flusher())
+
+    async def _flusher(self) -> None:
+        while True:
+            await asyncio.sleep(_FLUSH_INTERVAL_S)
+            self.flush()
+
+    async def close(self) -> None:
+        """Flush what is buffered and stop; idempotent."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        self.flush()
+        if self._owned and self._stream is not None:
+            self._stream.close()
+            self._stream = None
+            self._owned = False

@@ -1,0 +1,146 @@
+"""Every error wsgateway raises on purpose, modelled by what the caller does next.
+
+::
+
+    GatewayError
+    ├── ConfigError            bad config file or value: start-up stops, the message names the key
+    ├── AuthError              handshake refused with .status (401 missing/invalid token, 403 not allowed)
+    ├── Disconnect             a handler raises it to close its own connection with .code/.reason
+    └── ManagementError        an AWS-shaped answer: .status + .error_type (x-amzn-ErrorType)
+        ├── BadRequestError           400 BadRequestException   (malformed id, bad parameter)
+        ├── ForbiddenError            403 ForbiddenException    (unsigned, bad signature, unknown path)
+        │   └── SignatureError        403, the SigV4 check failed (reason is logged, never sent)
+        ├── NotFoundError             404 NotFoundException     (no such management path)
+        ├── GoneError                 410 GoneException         (no such connection, or not open yet)
+        ├── PayloadTooLargeError      413 PayloadTooLargeException (over 128 KiB)
+        ├── LimitExceededError        429 LimitExceededException (outbound queue full; clients retry)
+        └── RegistryUnavailableError  503 ServiceUnavailableException (Redis unreachable; clients retry)
+
+Internal errors (anything else) are logged with the request id and answered with a bare 500
+or an ``Internal server error`` frame: their text never reaches a client.
+
+Close codes used by the gateway are the ``CLOSE_*`` constants below; they are part of the
+documented contract (README, "Close codes").
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CLOSE_ABNORMAL",
+    "CLOSE_GOING_AWAY",
+    "CLOSE_INTERNAL_ERROR",
+    "CLOSE_MESSAGE_TOO_BIG",
+    "CLOSE_NORMAL",
+    "CLOSE_SLOW_CONSUMER",
+    "CLOSE_UNSUPPORTED_DATA",
+    "AuthError",
+    "BadRequestError",
+    "ConfigError",
+    "Disconnect",
+    "ForbiddenError",
+    "GatewayError",
+    "GoneError",
+    "LimitExceededError",
+    "ManagementError",
+    "NotFoundError",
+    "PayloadTooLargeError",
+    "RegistryUnavailableError",
+    "SignatureError",
+]
+
+CLOSE_NORMAL = 1000  # delete_connection, or the client closed normally
+CLOSE_GOING_AWAY = 1001  # idle timeout, max connection duration, node shutdown
+CLOSE_UNSUPPORTED_DATA = 1003
+CLOSE_ABNORMAL = 1006  # no close frame: the peer vanished, or its node died
+CLOSE_SLOW_CONSUMER = 1008  # stayed over limits.max_queued_bytes past the grace period
+CLOSE_MESSAGE_TOO_BIG = 1009  # a message over limits.max_message_bytes
+CLOSE_INTERNAL_ERROR = 1011
+
+
+class GatewayError(Exception):
+    """Root of every error the gateway raises on purpose."""
+
+
+class ConfigError(GatewayError):
+    """A config file or value is invalid; ``key`` names the offending key (dotted path)."""
+
+    def __init__(self, key: str, problem: str) -> None:
+        super().__init__(f"{key}: {problem}" if key else problem)
+        self.key = key
+        self.problem = problem
+
+
+class AuthError(GatewayError):
+    """The handshake is refused with HTTP ``status``; ``reason`` is logged, not sent."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+class Disconnect(GatewayError):
+    """Raised by a handler to close its connection with ``code`` and ``reason``."""
+
+    def __init__(self, code: int = CLOSE_NORMAL, reason: str = "") -> None:
+        super().__init__(f"disconnect {code} {reason}".strip())
+        self.code = code
+        self.reason = reason
+
+
+class ManagementError(GatewayError):
+    """An error answered in AWS's shape: ``status`` plus the ``x-amzn-ErrorType`` header."""
+
+    status = 500
+    error_type = "InternalServerErrorException"
+    send_message = True  # False: empty body, as AWS sends 410
+
+    def __init__(self, message: str = "") -> None:
+        super().__init__(message or self.error_type)
+        self.message = message
+
+
+class BadRequestError(ManagementError):
+    status = 400
+    error_type = "BadRequestException"
+
+
+class ForbiddenError(ManagementError):
+    status = 403
+    error_type = "ForbiddenException"
+
+
+class SignatureError(ForbiddenError):
+    """The SigV4 check failed; the reason is for the log, the client only sees Forbidden."""
+
+
+class NotFoundError(ManagementError):
+    status = 404
+    error_type = "NotFoundException"
+
+
+class GoneError(ManagementError):
+    """The connection does not exist (any more), or its ``$connect`` has not finished."""
+
+    status = 410
+    error_type = "GoneException"
+    send_message = False
+
+
+class PayloadTooLargeError(ManagementError):
+    status = 413
+    error_type = "PayloadTooLargeException"
+
+
+class LimitExceededError(ManagementError):
+    """The connection's outbound queue is full; boto3 retries 429 on its own."""
+
+    status = 429
+    error_type = "LimitExceededException"
+
+
+class RegistryUnavailableError(ManagementError):
+    """The shared registry cannot answer now; the call may be retried (never a false 410)."""
+
+    status = 503
+    error_type = "ServiceUnavailableException"

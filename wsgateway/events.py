@@ -1,0 +1,125 @@
+"""Builds AWS WebSocket Lambda-proxy events; pure functions, no I/O.
+
+Shapes follow the captures in ``shared/reference/aws-websocket-api.md`` §2.6: ``$connect``
+carries the upgrade request's headers and query string, messages carry ``body`` and
+``messageId``, ``$disconnect`` carries minimal headers and the close code and reason.
+The per-connection part of ``requestContext`` is built once at connect
+(:func:`context_base`) and copied into every later event.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from .registry import ConnectionRecord
+
+__all__ = ["connect_event", "context_base", "disconnect_event", "message_event", "request_time"]
+
+_clf_cache: list[Any] = [-1, ""]
+
+
+def request_time(epoch_s: float) -> str:
+    """``requestTime`` in AWS's CLF form, e.g. ``20/Jan/2024:11:55:00 +0000`` (cached per second)."""
+    second = int(epoch_s)
+    if _clf_cache[0] != second:
+        _clf_cache[0] = second
+        _clf_cache[1] = time.strftime("%d/%b/%Y:%H:%M:%S +0000", time.gmtime(second))
+    return _clf_cache[1]  # type: ignore[no-any-return]
+
+
+def context_base(record: ConnectionRecord, *, stage: str, api_id: str) -> dict[str, Any]:
+    """The ``requestContext`` fields that stay fixed for a connection's lifetime."""
+    identity = {"sourceIp": record.source_ip}
+    if record.user_agent:
+        identity["userAgent"] = record.user_agent
+    return {
+        "stage": stage,
+        "domainName": record.domain_name,
+        "apiId": api_id,
+        "connectionId": record.connection_id,
+        "connectedAt": int(record.connected_at * 1000),
+        "identity": identity,
+        "authorizer": dict(record.authorizer),
+    }
+
+
+def _context(
+    base: Mapping[str, Any], route_key: str, event_type: str, request_id: str, epoch_s: float
+) -> dict[str, Any]:
+    ctx = dict(base)
+    # Copies, so that a handler that edits its event cannot change the next one.
+    ctx["identity"] = dict(base["identity"])
+    ctx["authorizer"] = dict(base["authorizer"])
+    ctx["routeKey"] = route_key
+    ctx["eventType"] = event_type
+    ctx["requestId"] = request_id
+    ctx["extendedRequestId"] = request_id
+    ctx["requestTime"] = request_time(epoch_s)
+    ctx["requestTimeEpoch"] = int(epoch_s * 1000)
+    ctx["messageDirection"] = "IN"
+    return ctx
+
+
+def connect_event(
+    base: Mapping[str, Any],
+    *,
+    headers: Sequence[tuple[str, str]],
+    query: Sequence[tuple[str, str]],
+    request_id: str,
+    epoch_s: float,
+) -> dict[str, Any]:
+    """The ``$connect`` event: upgrade headers in original case, query string if any."""
+    single: dict[str, str] = {}
+    multi: dict[str, list[str]] = {}
+    for name, value in headers:
+        single[name] = value
+        multi.setdefault(name, []).append(value)
+    event: dict[str, Any] = {
+        "headers": single,
+        "multiValueHeaders": multi,
+        "requestContext": _context(base, "$connect", "CONNECT", request_id, epoch_s),
+        "isBase64Encoded": False,
+    }
+    if query:
+        qs: dict[str, str] = {}
+        mqs: dict[str, list[str]] = {}
+        for name, value in query:
+            qs[name] = value
+            mqs.setdefault(name, []).append(value)
+        event["queryStringParameters"] = qs
+        event["multiValueQueryStringParameters"] = mqs
+    return event
+
+
+def message_event(
+    base: Mapping[str, Any],
+    *,
+    route_key: str,
+    body: str,
+    is_base64: bool,
+    request_id: str,
+    epoch_s: float,
+) -> dict[str, Any]:
+    """A ``MESSAGE`` event for a text frame (``body`` as text) or a binary one (base64)."""
+    ctx = _context(base, route_key, "MESSAGE", request_id, epoch_s)
+    ctx["messageId"] = request_id
+    return {"requestContext": ctx, "body": body, "isBase64Encoded": is_base64}
+
+
+def disconnect_event(
+    base: Mapping[str, Any], *, code: int, reason: str, request_id: str, epoch_s: float
+) -> dict[str, Any]:
+    """The ``$disconnect`` event with AWS's minimal headers and the close code and reason."""
+    ctx = _context(base, "$disconnect", "DISCONNECT", request_id, epoch_s)
+    ctx["disconnectStatusCode"] = code
+    ctx["disconnectReason"] = reason
+    host = base.get("domainName") or ""
+    headers = {"Host": host, "x-api-key": "", "X-Forwarded-For": base["identity"]["sourceIp"], "x-restapi": ""}
+    return {
+        "headers": headers,
+        "multiValueHeaders": {k: [v] for k, v in headers.items()},
+        "requestContext": ctx,
+        "isBase64Encoded": False,
+    }

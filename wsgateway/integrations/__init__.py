@@ -1,0 +1,29 @@
+"""How a route runs. Today: a Python function (``module:function``), sync or async.
+
+Every integration takes the AWS Lambda-proxy event and a :class:`HandlerContext` and returns
+what the function returned; it raises :class:`HandlerTimeout` past the route's time limit and
+lets the function's own exceptions through (the gateway logs them and answers the client
+with AWS's ``Internal server error`` frame).
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import Executor
+from typing import Any, Protocol
+
+from .context import HandlerContext
+from .python import HandlerTimeout, PythonIntegration
+
+__all__ = ["HandlerContext", "HandlerTimeout", "Integration", "PythonIntegration", "load_integration"]
+
+
+class Integration(Protocol):
+    target: str
+
+    async def invoke(self, event: dict[str, Any], context: HandlerContext) -> Any:
+        """Run the route's function; raise HandlerTimeout or the function's exception."""
+
+
+def load_integration(target: str, *, key: str, timeout: float, executor: Executor) -> Integration:
+    """Resolve a route target at start-up; raise ConfigError naming ``key`` if it cannot."""
+    return PythonIntegration.load(target, key=key, timeout=timeout, executor=executor)

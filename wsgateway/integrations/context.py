@@ -1,0 +1,86 @@
+"""The ``context`` argument handlers receive: AWS Lambda's context plus gateway calls.
+
+Handlers push without HTTP through the coroutines :meth:`HandlerContext.post_to_connection`,
+:meth:`~HandlerContext.get_connection`, :meth:`~HandlerContext.delete_connection` and
+:meth:`~HandlerContext.post_to_tenant`: the same semantics as the management API, raising
+``wsgateway.GoneError`` for a gone connection. A sync handler (running in a worker thread)
+calls them through :meth:`HandlerContext.run`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable
+from typing import Any, Protocol, TypeVar
+
+__all__ = ["GatewayCalls", "HandlerContext"]
+
+T = TypeVar("T")
+
+
+class GatewayCalls(Protocol):
+    """The gateway's push API, as handlers see it."""
+
+    async def post_to_connection(self, connection_id: str, data: bytes | str) -> None: ...
+    async def get_connection(self, connection_id: str) -> dict[str, Any]: ...
+    async def delete_connection(self, connection_id: str) -> None: ...
+    async def post_to_tenant(self, tenant: str, data: bytes | str) -> int: ...
+
+
+class HandlerContext:
+    """Lambda-style context for one invocation (attributes named as in AWS's Python runtime)."""
+
+    __slots__ = ("_gateway", "_loop", "aws_request_id", "function_name", "connection_id", "_deadline")
+
+    function_version = "$LATEST"
+    memory_limit_in_mb = "0"
+    invoked_function_arn = ""
+    log_group_name = "wsgateway"
+    log_stream_name = "wsgateway"
+    identity = None
+    client_context = None
+
+    def __init__(
+        self,
+        gateway: GatewayCalls,
+        loop: asyncio.AbstractEventLoop,
+        *,
+        request_id: str,
+        function_name: str,
+        connection_id: str,
+        timeout: float,
+    ) -> None:
+        self._gateway = gateway
+        self._loop = loop
+        self.aws_request_id = request_id
+        self.function_name = function_name
+        self.connection_id = connection_id
+        self._deadline = time.monotonic() + timeout
+
+    def get_remaining_time_in_millis(self) -> int:
+        return max(0, int((self._deadline - time.monotonic()) * 1000))
+
+    async def post_to_connection(self, connection_id: str, data: bytes | str) -> None:
+        """Send ``data`` to a connection (text if str or valid UTF-8, else binary);
+        raise GoneError, LimitExceededError, PayloadTooLargeError, RegistryUnavailableError."""
+        await self._gateway.post_to_connection(connection_id, data)
+
+    async def get_connection(self, connection_id: str) -> dict[str, Any]:
+        """The GetConnection JSON (connectedAt, lastActiveAt, identity); raise GoneError."""
+        return await self._gateway.get_connection(connection_id)
+
+    async def delete_connection(self, connection_id: str) -> None:
+        """Close a connection with 1000; raise GoneError."""
+        await self._gateway.delete_connection(connection_id)
+
+    async def post_to_tenant(self, tenant: str, data: bytes | str) -> int:
+        """Send ``data`` to every connection of ``tenant`` on every node; return how many."""
+        return await self._gateway.post_to_tenant(tenant, data)
+
+    def run(self, awaitable: Awaitable[T]) -> T:
+        """From a sync handler's worker thread: run one of the coroutines above and wait."""
+        async def _wrap() -> T:
+            return await awaitable
+
+        return asyncio.run_coroutine_threadsafe(_wrap(), self._loop).result()

@@ -1,0 +1,81 @@
+"""Python integrations: ``module:function`` with AWS Lambda's ``(event, context)`` signature.
+
+Async functions run on the event loop under ``asyncio.timeout``; sync functions run in the
+gateway's thread pool so that they never block the loop. A sync function that overruns its
+time limit is abandoned (its thread finishes on its own: Python cannot kill a thread) and the
+client gets ``Endpoint request timed out`` as with AWS.
+
+Modules resolve against the working directory first, then ``sys.path``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import inspect
+import os
+import sys
+from collections.abc import Callable
+from concurrent.futures import Executor
+from typing import Any
+
+from ..errors import ConfigError
+from .context import HandlerContext
+
+__all__ = ["HandlerTimeout", "PythonIntegration"]
+
+
+class HandlerTimeout(Exception):
+    """The function ran past its route's ``handler_timeout_s``."""
+
+
+def _resolve(target: str, key: str) -> Callable[..., Any]:
+    module_name, sep, attr = target.partition(":")
+    if not sep or not module_name or not attr:
+        raise ConfigError(key, f"route target must look like 'module:function', got {target!r}")
+    cwd = os.getcwd()
+    if not sys.path or sys.path[0] != cwd:
+        sys.path.insert(0, cwd)
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:  # any import failure stops start-up with the key named
+        raise ConfigError(key, f"cannot import {module_name!r}: {exc!r}") from exc
+    func = module
+    for part in attr.split("."):
+        func = getattr(func, part, None)
+        if func is None:
+            raise ConfigError(key, f"{module_name!r} has no attribute {attr!r}")
+    if not callable(func):
+        raise ConfigError(key, f"{target!r} is not callable")
+    return func  # type: ignore[return-value]
+
+
+class PythonIntegration:
+    """A resolved ``module:function`` target."""
+
+    __slots__ = ("target", "func", "is_async", "timeout", "executor")
+
+    def __init__(self, target: str, func: Callable[..., Any], timeout: float, executor: Executor) -> None:
+        self.target = target
+        self.func = func
+        self.is_async = inspect.iscoroutinefunction(func)
+        self.timeout = timeout
+        self.executor = executor
+
+    @classmethod
+    def load(cls, target: str, *, key: str, timeout: float, executor: Executor) -> PythonIntegration:
+        """Import the target now (start-up), so a typo stops the node, not a request."""
+        return cls(target, _resolve(target, key), timeout, executor)
+
+    async def invoke(self, event: dict[str, Any], context: HandlerContext) -> Any:
+        """Call the function; raise HandlerTimeout past the limit, or what it raised."""
+        try:
+            async with asyncio.timeout(self.timeout) as scope:
+                if self.is_async:
+                    return await self.func(event, context)
+                loop = asyncio.get_running_loop()
+                return await loop.run_in_executor(self.executor, self.func, event, context)
+        except TimeoutError:
+            if scope.expired():
+                raise HandlerTimeout(self.target) from None
+            raise

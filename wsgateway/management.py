@@ -1,0 +1,218 @@
+"""The management edge, on aiohttp: AWS's ``@connections`` API plus tenant fan-out.
+
+Routes (each also under ``/{stage}``; ``@`` may arrive as ``%40``; ids arrive URL-encoded):
+
+=======  ==================================  =====================================================
+POST     /@connections/{id}                  deliver the raw body as one frame -> 200
+GET      /@connections/{id}                  connectedAt, lastActiveAt, identity -> 200
+DELETE   /@connections/{id}                  close with 1000 -> 204
+POST     /@tenants/{tenant}/messages         deliver to every connection of the tenant -> {"delivered": N}
+GET      /@tenants/{tenant}/connections      {"connections": [...], "nextToken": ...} (?limit=&nextToken=)
+GET      /health                             no auth; 200 once ready, else 503
+=======  ==================================  =====================================================
+
+Errors are what botocore parses: the status, ``x-amzn-ErrorType`` and a JSON body (empty for
+410, as AWS). The path is parsed from the raw request line, so ``%2F`` inside an id never
+splits it, and SigV4 is checked against exactly the bytes the client signed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl, unquote
+
+import orjson
+from aiohttp import web
+from aiohttp.web_exceptions import HTTPRequestEntityTooLarge
+
+from .errors import (
+    BadRequestError,
+    ManagementError,
+    NotFoundError,
+    PayloadTooLargeError,
+)
+from .ids import is_connection_id, new_request_id
+from .sigv4 import SigV4Verifier
+
+if TYPE_CHECKING:
+    from .gateway import Gateway
+
+__all__ = ["ManagementServer"]
+
+log = logging.getLogger("wsgateway.management")
+
+_CONNECTIONS = frozenset({"@connections", "%40connections"})
+_TENANTS = frozenset({"@tenants", "%40tenants"})
+_JSON = "application/json"
+_CONNECTION_OPS = {"POST": "PostToConnection", "GET": "GetConnection", "DELETE": "DeleteConnection"}
+_TENANT_OPS = {("POST", "messages"): "PostToTenant", ("GET", "connections"): "ListTenantConnections"}
+
+
+class ManagementServer:
+    """The management listener of one node."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+        cfg = gateway.config.management
+        self._stage = gateway.config.stage
+        self._max_post = cfg.max_post_bytes
+        self._verifier: SigV4Verifier | None = None
+        if cfg.auth == "sigv4":
+            self._verifier = SigV4Verifier(
+                {c.access_key_id: c.secret_access_key for c in cfg.credentials},
+                region=cfg.region,
+                max_skew_s=cfg.max_clock_skew_s,
+            )
+        self._server: web.Server | None = None
+        self._listener: Any = None
+        self.port = 0
+
+    async def start(self, *, sock: socket.socket | None = None) -> int:
+        """Listen (on ``sock`` if given, else on [management] host/port); return the port."""
+        cfg = self.gateway.config.management
+        self._server = web.Server(self._handle, access_log=None, handler_cancellation=False)
+        loop = asyncio.get_running_loop()
+        if sock is not None:
+            self._listener = await loop.create_server(self._server, sock=sock)
+        else:
+            self._listener = await loop.create_server(self._server, cfg.host, cfg.port, backlog=1024)
+        self.port = self._listener.sockets[0].getsockname()[1]
+        return self.port
+
+    async def close(self) -> None:
+        """Stop accepting and finish in-flight requests (bounded); idempotent."""
+        if self._listener is None:
+            return
+        listener, self._listener = self._listener, None
+        listener.close()
+        if self._server is not None:
+            await self._server.shutdown(5.0)
+        await listener.wait_closed()
+
+    # ---------------------------------------------------------------- request
+
+    async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        started = time.perf_counter()
+        request_id = new_request_id()
+        raw_path, _, raw_query = request.raw_path.partition("?")
+        operation, target = "", ""
+        try:
+            segments = raw_path.split("/")[1:]
+            if segments and segments[0] == self._stage and len(segments) > 1:
+                segments = segments[1:]
+            if segments == ["health"] and request.method == "GET":
+                return await self._health()
+            body = await self._read_body(request)
+            if self._verifier is not None:
+                self._verifier.verify(request.method, raw_path, raw_query, request.headers, body)
+            operation, target = self._route(request.method, segments)
+            response = await self._execute(operation, target, raw_query, body)
+            response.headers["x-amzn-RequestId"] = request_id
+        except ManagementError as exc:
+            response = _error_response(exc, request_id)
+            if exc.status == 403:
+                log.info("management request refused: %s (requestId=%s)", exc, request_id)
+        except Exception:
+            log.exception("management request failed (requestId=%s)", request_id)
+            response = _error_response(ManagementError("Internal server error"), request_id)
+        self._log(request, request_id, operation, target, response.status, started)
+        return response
+
+    async def _read_body(self, request: web.BaseRequest) -> bytes:
+        length = request.content_length
+        if length is not None and length > self._max_post:
+            raise PayloadTooLargeError("Message too long")
+        try:
+            body = await request.read()
+        except HTTPRequestEntityTooLarge:
+            raise PayloadTooLargeError("Message too long") from None
+        if len(body) > self._max_post:
+            raise PayloadTooLargeError("Message too long")
+        return body
+
+    def _route(self, method: str, segments: list[str]) -> tuple[str, str]:
+        """Name the operation and its target (connection id or tenant), or raise 400/404."""
+        if len(segments) == 2 and segments[0] in _CONNECTIONS:
+            operation = _CONNECTION_OPS.get(method)
+            if operation is not None:
+                cid = unquote(segments[1])
+                if not is_connection_id(cid):
+                    raise BadRequestError("Invalid connectionId")
+                return operation, cid
+        elif len(segments) == 3 and segments[0] in _TENANTS:
+            operation = _TENANT_OPS.get((method, segments[2]))
+            if operation is not None:
+                tenant = unquote(segments[1])
+                if not tenant or len(tenant) > 256:
+                    raise BadRequestError("Invalid tenant")
+                return operation, tenant
+        raise NotFoundError(f"No method found matching route {'/'.join(segments)} for http method {method}")
+
+    async def _execute(self, operation: str, target: str, raw_query: str, body: bytes) -> web.Response:
+        gateway = self.gateway
+        if operation == "PostToConnection":
+            await gateway.post_to_connection(target, body)
+            return _ok(200)
+        if operation == "GetConnection":
+            return _ok(200, orjson.dumps(await gateway.get_connection(target)))
+        if operation == "DeleteConnection":
+            await gateway.delete_connection(target)
+            return web.Response(status=204)
+        if operation == "PostToTenant":
+            delivered = await gateway.post_to_tenant(target, body)
+            return _ok(200, orjson.dumps({"delivered": delivered}))
+        limit, token = _page_params(raw_query)
+        page = await gateway.list_tenant(target, limit, token)
+        out = {"connections": [c.to_listing_json() for c in page.connections], "nextToken": page.next_token}
+        return _ok(200, orjson.dumps(out))
+
+    async def _health(self) -> web.Response:
+        health = await self.gateway.health()
+        return _ok(200 if health["ready"] else 503, orjson.dumps(health))
+
+    def _log(
+        self, request: web.BaseRequest, request_id: str, operation: str, target: str, status: int, started: float
+    ) -> None:
+        access = self.gateway.access
+        if not access.enabled:
+            return
+        peer = request.transport.get_extra_info("peername") if request.transport else None
+        access.write(
+            "management",
+            requestId=request_id,
+            connectionId=target if operation.endswith("Connection") else "",
+            routeKey=operation or request.method,
+            method=request.method,
+            status=status,
+            latency_ms=round((time.perf_counter() - started) * 1000, 3),
+            tenant=target if "Tenant" in operation else "",
+            sourceIp=peer[0] if peer else "",
+            userAgent=request.headers.get("User-Agent", ""),
+        )
+
+
+def _ok(status: int, body: bytes = b"") -> web.Response:
+    return web.Response(status=status, body=body, content_type=_JSON)
+
+
+def _error_response(exc: ManagementError, request_id: str) -> web.Response:
+    body = orjson.dumps({"message": exc.message or exc.error_type}) if exc.send_message else b""
+    response = web.Response(status=exc.status, body=body, content_type=_JSON)
+    response.headers["x-amzn-ErrorType"] = exc.error_type
+    response.headers["x-amzn-RequestId"] = request_id
+    return response
+
+
+def _page_params(raw_query: str) -> tuple[int, str | None]:
+    params = dict(parse_qsl(raw_query, keep_blank_values=True))
+    try:
+        limit = int(params.get("limit", "100"))
+    except ValueError:
+        raise BadRequestError("limit must be an integer from 1 to 1000") from None
+    if not 1 <= limit <= 1000:
+        raise BadRequestError("limit must be an integer from 1 to 1000")
+    return limit, params.get("nextToken") or None

@@ -1,0 +1,179 @@
+"""The registry: the cluster-wide directory of connections and the road to other nodes.
+
+The hub (``wsgateway.hub``) is the truth about the connections *this* node holds; the gateway
+always tries it first. The registry answers for everything else:
+
+- it records every accepted connection (``add``/``remove``) so that any node can list a
+  tenant's connections and find the node that owns a connection;
+- it carries management calls for connections held by other nodes (``post``/``get``/
+  ``delete``) and tenant fan-out to other nodes (``fanout``), calling back into the owning
+  node's :class:`LocalNode`;
+- with several nodes, it notices nodes that died and runs ``$disconnect`` for their
+  connections on a surviving node (``LocalNode.run_orphan_disconnect``).
+
+Two implementations pass one contract test suite (``tests/registry_contract.py``):
+``memory.MemoryRegistry`` (one node, the default) and ``redis.RedisRegistry``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from ..config import RegistryConfig
+
+__all__ = [
+    "ConnectionInfo",
+    "ConnectionRecord",
+    "LocalNode",
+    "Page",
+    "Registry",
+    "create_registry",
+    "iso8601",
+]
+
+
+def iso8601(epoch_s: float) -> str:
+    """``2024-05-01T12:34:56.789Z``: the timestamp form every AWS SDK parses."""
+    millis = int(epoch_s * 1000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(millis // 1000)) + f".{millis % 1000:03d}Z"
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionRecord:
+    """What the cluster knows about one accepted connection; immutable for its lifetime.
+
+    It carries everything a surviving node needs to build the ``$disconnect`` event of a
+    connection whose node died (identity and authorizer context included).
+    """
+
+    connection_id: str
+    node_id: str
+    tenant: str
+    principal_id: str
+    connected_at: float  # epoch seconds
+    source_ip: str
+    user_agent: str
+    authorizer: Mapping[str, Any] = field(default_factory=dict)  # requestContext.authorizer
+    domain_name: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionInfo:
+    """A record plus when it last carried a data frame (epoch seconds); what GET answers."""
+
+    record: ConnectionRecord
+    last_active_at: float
+
+    def to_json(self) -> dict[str, Any]:
+        """The GetConnection body, camelCase and ISO-8601 as AWS clients parse it."""
+        rec = self.record
+        return {
+            "connectedAt": iso8601(rec.connected_at),
+            "lastActiveAt": iso8601(self.last_active_at),
+            "identity": {"sourceIp": rec.source_ip, "userAgent": rec.user_agent},
+        }
+
+    def to_listing_json(self) -> dict[str, Any]:
+        """One entry of a tenant listing: the GetConnection body plus who it is."""
+        body = self.to_json()
+        rec = self.record
+        body["connectionId"] = rec.connection_id
+        body["tenant"] = rec.tenant
+        body["principalId"] = rec.principal_id
+        body["nodeId"] = rec.node_id
+        return body
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """One page of a tenant listing; ``next_token`` is None on the last page."""
+
+    connections: list[ConnectionInfo]
+    next_token: str | None
+
+
+@runtime_checkable
+class LocalNode(Protocol):
+    """What a registry may ask of the node it serves (implemented by the gateway).
+
+    Every method answers from this node's hub only; none of them touches the registry,
+    so a registry can call them while handling a request from another node.
+    """
+
+    node_id: str
+
+    def local_post(self, connection_id: str, data: bytes, binary: bool) -> None:
+        """Queue ``data`` on a local connection; raise GoneError or LimitExceededError."""
+
+    def local_info(self, connection_id: str) -> ConnectionInfo:
+        """Return a local connection's info; raise GoneError."""
+
+    async def local_delete(self, connection_id: str) -> None:
+        """Close a local connection with 1000; raise GoneError."""
+
+    def local_fanout(self, tenant: str, data: bytes, binary: bool) -> int:
+        """Queue ``data`` on every local connection of ``tenant``; return how many took it."""
+
+    def local_connections(self) -> Iterable[ConnectionInfo]:
+        """Every open local connection, for re-registration and lastActiveAt refresh."""
+
+    async def run_orphan_disconnect(self, record: ConnectionRecord, code: int, reason: str) -> None:
+        """Run ``$disconnect`` for a connection whose node died (exactly once per record)."""
+
+
+@runtime_checkable
+class Registry(Protocol):
+    """The cluster directory. Methods about one connection only see *other* nodes' ones
+    when the gateway calls them: it has already looked in its own hub."""
+
+    kind: str  # "memory" | "redis"
+
+    async def start(self, node: LocalNode) -> None:
+        """Connect and begin serving ``node``; idempotent."""
+
+    async def close(self) -> None:
+        """Remove this node's records and stop; idempotent. Other nodes answer 410 at once."""
+
+    async def add(self, record: ConnectionRecord) -> None:
+        """Record an accepted connection. Never raises for an outage: a registry that cannot
+        write now re-registers the node's live connections when it can."""
+
+    async def remove(self, record: ConnectionRecord) -> None:
+        """Forget a closed connection (same outage rule as ``add``)."""
+
+    async def post(self, connection_id: str, data: bytes, binary: bool) -> None:
+        """Deliver to a connection on another node. Raises GoneError (it is nowhere),
+        LimitExceededError (its queue is full) or RegistryUnavailableError (cannot tell now;
+        the data is then never delivered later)."""
+
+    async def get(self, connection_id: str) -> ConnectionInfo:
+        """Info of a connection on another node; same errors as ``post``."""
+
+    async def delete(self, connection_id: str) -> None:
+        """Close a connection on another node with 1000; same errors as ``post``."""
+
+    async def fanout(self, tenant: str, data: bytes, binary: bool) -> int:
+        """Deliver to the tenant's connections on *other* nodes (one message per node that
+        holds the tenant); return how many connections took it there."""
+
+    async def list_tenant(self, tenant: str, limit: int, next_token: str | None) -> Page:
+        """The tenant's connections on every node, this one included, ``limit`` per page.
+        Raises BadRequestError for a token it did not issue, RegistryUnavailableError."""
+
+    async def health(self) -> Mapping[str, Any]:
+        """``{"backend": kind, "reachable": bool, ...}`` for /health."""
+
+
+def create_registry(config: RegistryConfig, node_id: str) -> Registry:
+    """Build the registry named by ``config.backend`` ("memory" or "redis")."""
+    if config.backend == "redis":
+        from .redis import RedisRegistry
+
+        return RedisRegistry(config, node_id)
+    from .memory import MemoryRegistry
+
+    return MemoryRegistry(node_id)

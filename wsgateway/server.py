@@ -1,0 +1,247 @@
+"""The client edge, on websockets: handshake (path, origin, auth, ``$connect``), read loop,
+limits, and the close code every ``$disconnect`` reports.
+
+Handshake order, as AWS: the path must be ``/`` or ``/{stage}``; a request that is not an
+upgrade gets 426 (websockets); the Origin is checked (403); the token is verified (401/403);
+then ``$connect`` runs and the upgrade waits for it (its statusCode >= 400 rejects with that
+status; a failure rejects with 500). Only then is the connection in the hub: a post during
+``$connect`` answers 410.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import http
+import logging
+import socket
+import ssl
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl
+
+import orjson
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.datastructures import Headers
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+
+from .errors import CLOSE_ABNORMAL, CLOSE_GOING_AWAY, CLOSE_INTERNAL_ERROR, AuthError
+
+if TYPE_CHECKING:
+    from .connection import Connection
+    from .gateway import Gateway
+
+__all__ = ["ClientServer", "GatewayConnection"]
+
+log = logging.getLogger("wsgateway.server")
+
+
+class GatewayConnection(ServerConnection):
+    """websockets' connection plus what the handshake decided, for the handler."""
+
+    gw_conn: Connection | None = None
+    gw_subprotocol: str | None = None
+    gw_started: float = 0.0
+    gw_request_id: str = ""
+
+
+def _subprotocols(headers: Headers) -> list[str]:
+    return [p.strip() for value in headers.get_all("Sec-WebSocket-Protocol") for p in value.split(",") if p.strip()]
+
+
+def _reject(ws: ServerConnection, status: int, text: str = "") -> Response:
+    try:
+        phrase = http.HTTPStatus(status).phrase
+    except ValueError:
+        phrase = "Error"
+    return ws.respond(status, (text or phrase) + "\n")
+
+
+def close_info(ws: ServerConnection, conn: Connection) -> tuple[int, str]:
+    """The (code, reason) that ``$disconnect`` reports, whoever closed first."""
+    if conn.close_code is not None:  # the gateway decided: delete, idle, slow, shutdown
+        return conn.close_code, conn.close_reason
+    proto = ws.protocol
+    rcvd, sent = proto.close_rcvd, proto.close_sent
+    if rcvd is not None and (sent is None or proto.close_rcvd_then_sent):
+        return rcvd.code, rcvd.reason
+    if sent is not None:  # websockets closed it: 1009 too big, 1011 keepalive timeout, ...
+        return sent.code, sent.reason
+    return CLOSE_ABNORMAL, ""
+
+
+class ClientServer:
+    """The WebSocket listener of one node."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+        config = gateway.config
+        self._limits = config.limits
+        self._paths = {"/", f"/{config.stage}", f"/{config.stage}/"}
+        origins = config.limits.allowed_origins
+        self._any_origin = "*" in origins
+        self._origins = frozenset(origins)
+        self._server: Server | None = None
+        self.port = 0
+
+    async def start(self, *, sock: socket.socket | None = None) -> int:
+        """Listen (on ``sock`` if given, else on [listen] host/port); return the port."""
+        cfg = self.gateway.config
+        listen = cfg.listen
+        kwargs: dict[str, Any] = {}
+        if sock is not None:
+            kwargs["sock"] = sock
+        else:
+            kwargs.update(host=listen.host, port=listen.port, backlog=listen.backlog)
+        if listen.ssl_certfile:
+            ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            ctx.load_cert_chain(listen.ssl_certfile, listen.ssl_keyfile)
+            kwargs["ssl"] = ctx
+        self._server = await serve(
+            self._handler,
+            process_request=self._process_request,
+            select_subprotocol=self._select_subprotocol,
+            create_connection=GatewayConnection,
+            compression="deflate" if listen.compression else None,
+            open_timeout=self._limits.handler_timeout_s + 10,
+            ping_interval=listen.ping_interval_s or None,
+            ping_timeout=listen.ping_timeout_s or None,
+            close_timeout=self._limits.close_timeout_s,
+            max_size=self._limits.max_message_bytes,
+            write_limit=max(self._limits.max_queued_bytes, 2**15),
+            server_header=None,
+            **kwargs,
+        )
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self.port
+
+    async def close(self) -> None:
+        """Stop accepting, close every client with 1001, wait for their ``$disconnect``."""
+        server = self._server
+        if server is None:
+            return
+        self._server = None
+        for conn in self.gateway.hub:
+            self.gateway.close(conn, CLOSE_GOING_AWAY, "Going away")
+        server.close(close_connections=True, code=CLOSE_GOING_AWAY)
+        try:
+            async with asyncio.timeout(self._limits.shutdown_timeout_s):
+                await server.wait_closed()
+        except TimeoutError:
+            log.warning("shutdown timed out: aborting %d connections", len(server.connections))
+            for ws in server.connections:
+                ws.transport.abort()
+            for task in list(server.handler_tasks):
+                task.cancel()
+
+    # ---------------------------------------------------------------- handshake
+
+    async def _process_request(self, ws: ServerConnection, request: Request) -> Response | None:
+        assert isinstance(ws, GatewayConnection)
+        started = time.perf_counter()
+        path, _, raw_query = request.path.partition("?")
+        headers = request.headers
+        source_ip = _peer_ip(ws)
+        user_agent = headers.get("User-Agent", "")
+        gateway = self.gateway
+        if path == "/health":
+            health = await gateway.health()
+            return _json_response(ws, 200 if health["ready"] else 503, health)
+        if path not in self._paths:
+            return _reject(ws, 404)
+        if "websocket" not in headers.get("Upgrade", "").lower():
+            return None  # websockets answers 426 Upgrade Required
+        status = self._admission(headers)
+        if status:
+            gateway.log_handshake(status=status, request_id="", started=started, source_ip=source_ip, user_agent=user_agent)
+            return _reject(ws, status)
+        query_pairs = parse_qsl(raw_query, keep_blank_values=True)
+        query = {}
+        for name, value in query_pairs:
+            query.setdefault(name, value)
+        offered = _subprotocols(headers)
+        try:
+            principal = await gateway.auth.authenticate(headers, query, offered)
+        except AuthError as exc:
+            log.info("handshake refused (%d): %s from %s", exc.status, exc.reason, source_ip)
+            gateway.log_handshake(status=exc.status, request_id="", started=started, source_ip=source_ip, user_agent=user_agent)
+            return _reject(ws, exc.status)
+        conn = gateway.new_connection(
+            principal, source_ip=source_ip, user_agent=user_agent, domain_name=headers.get("Host", "")
+        )
+        outcome = await gateway.run_connect(conn, list(headers.raw_items()), query_pairs)
+        if not outcome.accepted:
+            gateway.log_handshake(
+                status=outcome.status, request_id=outcome.request_id, started=started,
+                source_ip=source_ip, user_agent=user_agent, conn=conn,
+            )
+            return _reject(ws, outcome.status, outcome.body)
+        ws.gw_conn = conn
+        ws.gw_started = started
+        ws.gw_subprotocol = outcome.subprotocol or gateway.auth.token_subprotocol(offered)
+        ws.gw_request_id = outcome.request_id
+        return None
+
+    def _admission(self, headers: Headers) -> int:
+        """0 to go on, else the status that refuses the handshake before auth."""
+        gateway = self.gateway
+        if gateway.draining or not gateway.ready:
+            return 503
+        limit = self._limits.max_connections
+        if limit and len(gateway.hub) >= limit:
+            return 503
+        origin = headers.get("Origin")
+        if origin is None:
+            return 403 if self._limits.require_origin else 0
+        if self._any_origin or origin in self._origins:
+            return 0
+        return 403
+
+    def _select_subprotocol(self, ws: ServerConnection, offered: Sequence[str]) -> str | None:
+        chosen = getattr(ws, "gw_subprotocol", None)
+        return chosen if chosen in offered else None
+
+    # ---------------------------------------------------------------- connection
+
+    async def _handler(self, ws: ServerConnection) -> None:
+        assert isinstance(ws, GatewayConnection) and ws.gw_conn is not None
+        conn = ws.gw_conn
+        gateway = self.gateway
+        await gateway.opened(conn, ws)
+        gateway.log_handshake(
+            status=101, request_id=ws.gw_request_id, started=ws.gw_started,
+            source_ip=conn.record.source_ip, user_agent=conn.record.user_agent, conn=conn,
+        )
+        try:
+            async for message in ws:
+                await gateway.on_message(conn, message)
+        except ConnectionClosed:
+            pass
+        except Exception:
+            log.exception("connection failed: connectionId=%s", conn.id)
+            gateway.close(conn, CLOSE_INTERNAL_ERROR, "Internal server error")
+        finally:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._limits.close_timeout_s + 1):
+                    await ws.wait_closed()
+            if ws.protocol.state is not ws.protocol.state.CLOSED:
+                ws.transport.abort()
+            code, reason = close_info(ws, conn)
+            await gateway.closed(conn, code, reason)
+
+
+def _peer_ip(ws: ServerConnection) -> str:
+    try:
+        return str(ws.remote_address[0])
+    except (TypeError, IndexError):
+        return ""
+
+
+def _json_response(ws: ServerConnection, status: int, body: Any) -> Response:
+    response = ws.respond(status, "")
+    response.body = orjson.dumps(body)
+    response.headers["Content-Type"] = "application/json"
+    response.headers["Content-Length"] = str(len(response.body))
+    return response
