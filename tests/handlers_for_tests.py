@@ -1,0 +1,106 @@
+"""Route handlers the end-to-end tests point their routes at.
+
+They record every event they see in ``EVENTS`` (in-process nodes) so tests can assert on the
+exact Lambda-proxy events the gateway built, and they behave as the query string of the
+connect request asks (``connect=403``, ``connect=raise``, ``connect=slow``...).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+from wsgateway import Disconnect, GoneError
+
+EVENTS: list[dict[str, Any]] = []
+
+
+def events_of(route_key: str, connection_id: str | None = None) -> list[dict[str, Any]]:
+    return [
+        e for e in EVENTS
+        if e["requestContext"]["routeKey"] == route_key
+        and (connection_id is None or e["requestContext"]["connectionId"] == connection_id)
+    ]
+
+
+async def on_connect(event: dict[str, Any], context: Any) -> Any:
+    EVENTS.append(event)
+    mode = (event.get("queryStringParameters") or {}).get("connect", "")
+    if mode == "raise":
+        raise RuntimeError("secret internal detail")
+    if mode == "slow":
+        await asyncio.sleep(60)
+    if mode == "post_self":
+        try:
+            await context.post_to_connection(event["requestContext"]["connectionId"], "hello")
+        except GoneError:
+            return {"statusCode": 200, "headers": {"X-Post-Result": "410"}}
+        return {"statusCode": 500}
+    if mode == "subprotocol":
+        return {"statusCode": 200, "headers": {"Sec-WebSocket-Protocol": "chat.v2"}}
+    if mode == "bad_status":
+        return {"statusCode": "nope"}
+    if mode.isdigit():
+        return {"statusCode": int(mode), "body": "go away"}
+    return {"statusCode": 200}
+
+
+async def on_disconnect(event: dict[str, Any], context: Any) -> None:
+    EVENTS.append(event)
+
+
+async def echo(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    EVENTS.append(event)
+    return {"statusCode": 200, "body": event["body"], "isBase64Encoded": event["isBase64Encoded"]}
+
+
+async def whoami(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    ctx = event["requestContext"]
+    return {"statusCode": 200, "body": json.dumps({"connectionId": ctx["connectionId"], "authorizer": ctx["authorizer"]})}
+
+
+async def event(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    EVENTS.append(event)
+    return {"statusCode": 200, "body": json.dumps(event)}
+
+
+async def boom(event: dict[str, Any], context: Any) -> None:
+    raise ValueError("secret internal detail")
+
+
+async def slow(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    await asyncio.sleep(60)
+    return {"statusCode": 200, "body": "too late"}
+
+
+def sync_echo(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    time.sleep(0.01)  # blocking work: runs in the thread pool, not on the loop
+    context.run(context.post_to_connection(context.connection_id, "from thread"))
+    return {"statusCode": 200, "body": "sync:" + event["body"]}
+
+
+async def push_self(event: dict[str, Any], context: Any) -> None:
+    await context.post_to_connection(event["requestContext"]["connectionId"], "pushed")
+    info = await context.get_connection(event["requestContext"]["connectionId"])
+    await context.post_to_connection(event["requestContext"]["connectionId"], json.dumps(info))
+
+
+async def push_tenant(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    n = await context.post_to_tenant(event["requestContext"]["authorizer"]["tenant"], "tenant-wide")
+    try:
+        await context.post_to_connection("AAAAAAAAAAAAAAAA", "x")
+    except GoneError:
+        gone = True
+    else:
+        gone = False
+    return {"statusCode": 200, "body": json.dumps({"delivered": n, "gone": gone})}
+
+
+async def bye(event: dict[str, Any], context: Any) -> None:
+    raise Disconnect(4000, "bye now")
+
+
+async def returns_none(event: dict[str, Any], context: Any) -> None:
+    return None

@@ -1,0 +1,265 @@
+"""The management edge against a real node, driven by the real boto3 and aioboto3 clients
+and by raw HTTP for what SDKs never send. Exact statuses and AWS error shapes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import datetime, timezone
+
+import aioboto3
+import aiohttp
+import boto3
+import pytest
+from botocore.config import Config
+from botocore.exceptions import ClientError
+
+from tests import handlers_for_tests as th
+from tests.support import (
+    ACCESS_KEY,
+    REGION,
+    SECRET_KEY,
+    connect,
+    endpoint,
+    eventually,
+    make_config,
+    running_node,
+    sigv4_section,
+    whoami,
+)
+
+NO_RETRY = Config(retries={"max_attempts": 1, "mode": "standard"})
+
+
+def boto_client(node, secret: str = SECRET_KEY, stage: bool = True, **kwargs):
+    return boto3.client(
+        "apigatewaymanagementapi",
+        endpoint_url=endpoint(node, stage),
+        region_name=REGION,
+        aws_access_key_id=ACCESS_KEY,
+        aws_secret_access_key=secret,
+        config=kwargs.pop("config", NO_RETRY),
+    )
+
+
+@pytest.fixture(autouse=True)
+def _clear_events():
+    th.EVENTS.clear()
+
+
+@pytest.fixture
+def signed_config():
+    return make_config(management=sigv4_section())
+
+
+async def test_boto3_post_get_delete_and_gone(signed_config):
+    async with running_node(signed_config) as node:
+        client = boto_client(node)
+        ws = await connect(node, user_agent_header="dash/1.0")
+        cid = await whoami(ws)
+        await asyncio.to_thread(client.post_to_connection, ConnectionId=cid, Data=b'{"msg":"h\xc3\xa9llo"}')
+        assert await ws.recv() == '{"msg":"héllo"}'  # a text frame
+        await asyncio.to_thread(client.post_to_connection, ConnectionId=cid, Data=b"\xff\xfe")
+        assert await ws.recv() == b"\xff\xfe"  # not UTF-8: a binary frame
+        info = await asyncio.to_thread(client.get_connection, ConnectionId=cid)
+        assert info["Identity"] == {"SourceIp": "127.0.0.1", "UserAgent": "dash/1.0"}
+        assert isinstance(info["ConnectedAt"], datetime) and isinstance(info["LastActiveAt"], datetime)
+        assert abs(info["ConnectedAt"].timestamp() - datetime.now(timezone.utc).timestamp()) < 30
+        resp = await asyncio.to_thread(client.delete_connection, ConnectionId=cid)
+        assert resp["ResponseMetadata"]["HTTPStatusCode"] == 204
+        await ws.wait_closed()
+        assert ws.close_code == 1000
+        ctx = (await eventually(lambda: th.events_of("$disconnect", cid)))[0]["requestContext"]
+        assert ctx["disconnectStatusCode"] == 1000
+        for call in (client.post_to_connection, client.get_connection, client.delete_connection):
+            kwargs = {"ConnectionId": cid, "Data": b"x"} if call == client.post_to_connection else {"ConnectionId": cid}
+            with pytest.raises(client.exceptions.GoneException) as info:
+                await asyncio.to_thread(call, **kwargs)
+            assert info.value.response["ResponseMetadata"]["HTTPStatusCode"] == 410
+
+
+async def test_boto3_without_stage_and_unknown_id(signed_config):
+    async with running_node(signed_config) as node:
+        client = boto_client(node, stage=False)
+        async with await connect(node) as ws:
+            cid = await whoami(ws)
+            await asyncio.to_thread(client.post_to_connection, ConnectionId=cid, Data="no stage")
+            assert await ws.recv() == "no stage"
+        with pytest.raises(client.exceptions.GoneException):
+            await asyncio.to_thread(client.post_to_connection, ConnectionId="L0SM9cOFvHcCIhw=", Data=b"x")
+
+
+async def test_wrong_secret_is_forbidden(signed_config):
+    async with running_node(signed_config) as node:
+        async with await connect(node) as ws:
+            cid = await whoami(ws)
+            client = boto_client(node, secret="wrong-secret")
+            with pytest.raises(client.exceptions.ForbiddenException) as info:
+                await asyncio.to_thread(client.post_to_connection, ConnectionId=cid, Data=b"x")
+            assert info.value.response["ResponseMetadata"]["HTTPStatusCode"] == 403
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(ws.recv(), 0.2)  # nothing was delivered
+
+
+async def test_payload_too_large(signed_config):
+    async with running_node(signed_config) as node:
+        async with await connect(node) as ws:
+            cid = await whoami(ws)
+            client = boto_client(node)
+            with pytest.raises(client.exceptions.PayloadTooLargeException) as info:
+                await asyncio.to_thread(client.post_to_connection, ConnectionId=cid, Data=b"x" * (200 * 1024))
+            assert info.value.response["ResponseMetadata"]["HTTPStatusCode"] == 413
+            assert info.value.response["Error"]["Message"]
+            await asyncio.to_thread(client.post_to_connection, ConnectionId=cid, Data=b"y" * 131072)
+            assert len(await ws.recv()) == 131072
+
+
+async def test_aioboto3_round_trip(signed_config):
+    async with running_node(signed_config) as node:
+        session = aioboto3.Session()
+        async with session.client(
+            "apigatewaymanagementapi", endpoint_url=endpoint(node), region_name=REGION,
+            aws_access_key_id=ACCESS_KEY, aws_secret_access_key=SECRET_KEY, config=NO_RETRY,
+        ) as client:
+            ws = await connect(node)
+            cid = await whoami(ws)
+            await client.post_to_connection(ConnectionId=cid, Data=b"from aioboto3")
+            assert await ws.recv() == "from aioboto3"
+            info = await client.get_connection(ConnectionId=cid)
+            assert info["Identity"]["SourceIp"] == "127.0.0.1"
+            await client.delete_connection(ConnectionId=cid)
+            await ws.wait_closed()
+            with pytest.raises(client.exceptions.GoneException):
+                await client.get_connection(ConnectionId=cid)
+        async with session.client(
+            "apigatewaymanagementapi", endpoint_url=endpoint(node), region_name=REGION,
+            aws_access_key_id=ACCESS_KEY, aws_secret_access_key="nope", config=NO_RETRY,
+        ) as bad:
+            with pytest.raises(bad.exceptions.ForbiddenException):
+                await bad.get_connection(ConnectionId=cid)
+
+
+async def test_limit_exceeded_when_client_stops_reading():
+    cfg = make_config(limits={"max_queued_bytes": 65536, "slow_consumer_grace_s": 0.5})
+    async with running_node(cfg) as node:
+        client = boto_client(node)
+        slow = await connect(node, max_size=None)
+        cid = await whoami(slow)
+        fast = await connect(node)
+        fast_id = await whoami(fast)
+        slow.transport.pause_reading()  # stops reading: the kernel buffers fill, then ours
+        chunk = b"z" * 100_000
+        statuses = []
+        for _ in range(200):
+            try:
+                await asyncio.to_thread(client.post_to_connection, ConnectionId=cid, Data=chunk)
+                statuses.append(200)
+            except client.exceptions.LimitExceededException as exc:
+                statuses.append(exc.response["ResponseMetadata"]["HTTPStatusCode"])
+                break
+        assert statuses[-1] == 429
+        # Others are not delayed.
+        await asyncio.to_thread(client.post_to_connection, ConnectionId=fast_id, Data=b"still fast")
+        assert await asyncio.wait_for(fast.recv(), 2) == "still fast"
+        # Staying over the limit past the grace period cuts the slow client off (1008).
+        ctx = (await eventually(lambda: th.events_of("$disconnect", cid), timeout=10))[0]["requestContext"]
+        assert ctx["disconnectStatusCode"] == 1008 and ctx["disconnectReason"] == "slow consumer"
+        with pytest.raises(client.exceptions.GoneException):
+            await asyncio.to_thread(client.post_to_connection, ConnectionId=cid, Data=b"x")
+        slow.transport.abort()
+        await fast.close()
+
+
+async def raw(node, method: str, path: str, body: bytes = b"", headers=None) -> tuple[int, dict, bytes]:
+    async with aiohttp.ClientSession() as http:
+        async with http.request(method, f"http://127.0.0.1:{node.management_port}{path}", data=body,
+                                headers=headers or {}) as resp:
+            return resp.status, dict(resp.headers), await resp.read()
+
+
+async def test_unsigned_request_is_forbidden_with_aws_shape(signed_config):
+    async with running_node(signed_config) as node:
+        status, headers, body = await raw(node, "POST", "/prod/@connections/AAAAAAAAAAAAAAAA", b"x")
+        assert status == 403 and headers["x-amzn-ErrorType"] == "ForbiddenException"
+        assert json.loads(body) == {"message": "ForbiddenException"} or json.loads(body)["message"]
+
+
+async def test_raw_paths_encodings_and_errors():
+    async with running_node() as node:  # management auth off
+        async with await connect(node, query={"tenant": "acme"}) as ws:
+            cid = await whoami(ws)
+            quoted = cid.replace("=", "%3D")
+            for path in (f"/prod/@connections/{quoted}", f"/prod/%40connections/{quoted}", f"/@connections/{quoted}"):
+                status, headers, body = await raw(node, "POST", path, b"p")
+                assert status == 200 and body == b"" and "x-amzn-RequestId" in headers
+                assert await ws.recv() == "p"
+            status, headers, body = await raw(node, "GET", "/prod/@connections/bad%2Fid!")
+            assert status == 400 and headers["x-amzn-ErrorType"] == "BadRequestException"
+            assert json.loads(body)["message"]
+            status, headers, body = await raw(node, "POST", "/prod/@connections/L0SM9cOFvHcCIhw%3D", b"x")
+            assert status == 410 and headers["x-amzn-ErrorType"] == "GoneException" and body == b""
+            status, headers, body = await raw(node, "PUT", f"/prod/@connections/{quoted}", b"x")
+            assert status == 404 and headers["x-amzn-ErrorType"] == "NotFoundException"
+            status, headers, body = await raw(node, "GET", "/prod/nothing/here")
+            assert status == 404 and json.loads(body)["message"]
+            status, headers, _ = await raw(node, "POST", f"/prod/@connections/{quoted}", b"x" * 131073)
+            assert status == 413 and headers["x-amzn-ErrorType"] == "PayloadTooLargeException"
+
+
+async def test_tenant_fanout_and_listing():
+    async with running_node() as node:
+        acme = [await connect(node, query={"tenant": "acme"}) for _ in range(5)]
+        other = await connect(node, query={"tenant": "other"})
+        ids = sorted([await whoami(ws) for ws in acme])
+        await whoami(other)
+        status, _, body = await raw(node, "POST", "/prod/@tenants/acme/messages", b'{"type":"call"}')
+        assert status == 200 and json.loads(body) == {"delivered": 5}
+        for ws in acme:
+            assert await ws.recv() == '{"type":"call"}'
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(other.recv(), 0.2)  # another tenant sees nothing
+        status, _, body = await raw(node, "POST", "/@tenants/nobody/messages", b"x")
+        assert status == 200 and json.loads(body) == {"delivered": 0}
+        seen, token = [], None
+        while True:
+            query = "?limit=2" + (f"&nextToken={token}" if token else "")
+            status, _, body = await raw(node, "GET", f"/prod/@tenants/acme/connections{query}")
+            assert status == 200
+            page = json.loads(body)
+            assert len(page["connections"]) <= 2
+            seen += page["connections"]
+            token = page["nextToken"]
+            if not token:
+                break
+        assert sorted(c["connectionId"] for c in seen) == ids
+        assert all(c["tenant"] == "acme" and c["identity"]["sourceIp"] == "127.0.0.1" for c in seen)
+        for bad in ("?limit=0", "?limit=abc", "?limit=5000", "?nextToken=forged"):
+            status, headers, _ = await raw(node, "GET", f"/prod/@tenants/acme/connections{bad}")
+            assert status == 400 and headers["x-amzn-ErrorType"] == "BadRequestException"
+        for ws in [*acme, other]:
+            await ws.close()
+
+
+async def test_health_needs_no_auth(signed_config):
+    async with running_node(signed_config) as node:
+        status, _, body = await raw(node, "GET", "/health")
+        health = json.loads(body)
+        assert status == 200 and health["node_id"] == node.node_id and health["connections"] == 0
+        status, _, _ = await raw(node, "GET", "/prod/health")
+        assert status == 200
+
+
+async def test_boto3_retries_429_then_raises():
+    """boto3's own retry loop sees 429 LimitExceededException as retriable (AWS semantics)."""
+    cfg = make_config(limits={"max_queued_bytes": 16384, "slow_consumer_grace_s": 30})
+    async with running_node(cfg) as node:
+        client = boto_client(node, config=Config(retries={"max_attempts": 2, "mode": "standard"}))
+        slow = await connect(node, max_size=None)
+        cid = await whoami(slow)
+        slow.transport.pause_reading()
+        with pytest.raises(ClientError) as info:
+            for _ in range(500):
+                await asyncio.to_thread(client.post_to_connection, ConnectionId=cid, Data=b"q" * 65536)
+        assert info.value.response["Error"]["Code"] == "LimitExceededException"
+        assert info.value.response["ResponseMetadata"]["RetryAttempts"] == 1
+        slow.transport.abort()

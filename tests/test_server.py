@@ -1,0 +1,310 @@
+"""The client edge against a real node: handshake order and statuses, close codes, frames."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+
+import pytest
+import websockets
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from tests import handlers_for_tests as th
+from tests.support import connect, eventually, jwt_section, make_config, running_node, token, whoami, ws_url
+
+
+@pytest.fixture(autouse=True)
+def _clear_events():
+    th.EVENTS.clear()
+
+
+async def status_of(url: str, **kwargs) -> int:
+    with pytest.raises(InvalidStatus) as info:
+        async with websockets.connect(url, open_timeout=5, **kwargs):
+            pass
+    return info.value.response.status_code
+
+
+# ---------------------------------------------------------------- handshake
+
+
+async def test_connect_at_root_and_stage_and_404_elsewhere():
+    async with running_node() as node:
+        for path in ("/", "/prod", "/prod/"):
+            async with await connect(node, path) as ws:
+                assert await whoami(ws)
+        assert await status_of(ws_url(node, "/dev")) == 404
+
+
+async def test_plain_get_answers_426():
+    import aiohttp
+
+    async with running_node() as node, aiohttp.ClientSession() as http:
+        async with http.get(f"http://127.0.0.1:{node.port}/prod") as resp:
+            assert resp.status == 426
+    assert th.events_of("$connect") == []  # $connect never ran for it
+
+
+async def test_origin_check():
+    cfg = make_config(limits={"allowed_origins": ["https://app.example.com"]})
+    async with running_node(cfg) as node:
+        assert await status_of(ws_url(node), origin="https://evil.example.com") == 403
+        async with websockets.connect(ws_url(node), origin="https://app.example.com") as ws:
+            assert await whoami(ws)
+        async with websockets.connect(ws_url(node)) as ws:  # no Origin: not a browser
+            assert await whoami(ws)
+    cfg = make_config(limits={"allowed_origins": ["https://app.example.com"], "require_origin": True})
+    async with running_node(cfg) as node:
+        assert await status_of(ws_url(node)) == 403
+
+
+async def test_jwt_statuses():
+    async with running_node(make_config(auth=jwt_section())) as node:
+        url = ws_url(node)
+        assert await status_of(url) == 401  # missing
+        assert await status_of(url + "?token=garbage") == 401
+        assert await status_of(url + "?token=" + token(secret="another-secret-entirely-0123456789")) == 401
+        assert await status_of(url + "?token=" + token(ttl=-3600)) == 401  # expired
+        assert await status_of(url + "?token=" + token(practice_id=None)) == 403  # no tenant
+        assert th.events_of("$connect") == []  # auth runs before $connect
+        async with websockets.connect(url, additional_headers={"Authorization": "Bearer " + token()}) as ws:
+            await ws.send('{"action": "whoami"}')
+            reply = json.loads(await ws.recv())
+            assert reply["authorizer"] == {"principalId": "user-1", "tenant": "practice-1"}
+        async with websockets.connect(url + "?token=" + token(role="staff")) as ws:
+            await ws.send('{"action": "whoami"}')
+            assert json.loads(await ws.recv())["authorizer"]["role"] == "staff"
+
+
+async def test_jwt_from_subprotocol_is_echoed_by_name_not_token():
+    cfg = make_config(auth=jwt_section(sources=["subprotocol:bearer"]))
+    async with running_node(cfg) as node:
+        async with websockets.connect(ws_url(node), subprotocols=["bearer", token()]) as ws:
+            assert ws.subprotocol == "bearer"
+            assert await whoami(ws)
+        assert await status_of(ws_url(node), subprotocols=["bearer"]) == 401
+
+
+@pytest.mark.parametrize(("mode", "status"), [("403", 403), ("400", 400), ("429", 429), ("raise", 500), ("slow", 500), ("bad_status", 500)])
+async def test_connect_handler_rejections(mode, status):
+    async with running_node(make_config(limits={"handler_timeout_s": 0.3})) as node:
+        with pytest.raises(InvalidStatus) as info:
+            async with websockets.connect(ws_url(node, connect=mode), open_timeout=5):
+                pass
+        assert info.value.response.status_code == status
+        assert b"secret internal detail" not in info.value.response.body
+        await asyncio.sleep(0.05)
+        assert th.events_of("$disconnect") == []  # never accepted: no $disconnect
+
+
+async def test_connect_event_shape_and_post_during_connect_is_410():
+    async with running_node() as node:
+        async with websockets.connect(
+            ws_url(node, connect="post_self", tenant="t9"), additional_headers={"X-Custom": "v"}, user_agent_header="ua/1"
+        ) as ws:
+            cid = await whoami(ws)
+        (event,) = th.events_of("$connect")
+        ctx = event["requestContext"]
+        assert ctx["connectionId"] == cid and len(cid) == 16
+        assert ctx["eventType"] == "CONNECT" and ctx["routeKey"] == "$connect"
+        assert ctx["stage"] == "prod" and ctx["identity"] == {"sourceIp": "127.0.0.1", "userAgent": "ua/1"}
+        assert ctx["authorizer"] == {"principalId": "", "tenant": "t9"}
+        assert isinstance(ctx["connectedAt"], int) and isinstance(ctx["requestTimeEpoch"], int)
+        assert event["headers"]["X-Custom"] == "v" and event["multiValueHeaders"]["X-Custom"] == ["v"]
+        assert event["queryStringParameters"] == {"connect": "post_self", "tenant": "t9"}
+        assert event["isBase64Encoded"] is False and "body" not in event
+
+
+async def test_subprotocol_chosen_by_connect_handler():
+    async with running_node() as node:
+        async with websockets.connect(ws_url(node, connect="subprotocol"), subprotocols=["chat.v1", "chat.v2"]) as ws:
+            assert ws.subprotocol == "chat.v2"
+
+
+async def test_connection_ids_are_unique_and_aws_shaped():
+    async with running_node() as node:
+        ids = set()
+        for _ in range(20):
+            async with await connect(node) as ws:
+                ids.add(await whoami(ws))
+        assert len(ids) == 20
+        assert all(len(i) == 16 and set(i) <= set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_") for i in ids)
+
+
+# ---------------------------------------------------------------- messages
+
+
+async def test_routing_and_message_event():
+    async with running_node() as node:
+        async with await connect(node, query={"tenant": "acme"}) as ws:
+            cid = await whoami(ws)
+            await ws.send('{"action": "event", "x": 1}')
+            event = json.loads(await ws.recv())
+            ctx = event["requestContext"]
+            assert ctx["routeKey"] == "event" and ctx["eventType"] == "MESSAGE" and ctx["connectionId"] == cid
+            assert len(ctx["messageId"]) == 16 and ctx["requestId"] == ctx["extendedRequestId"]
+            assert event["body"] == '{"action": "event", "x": 1}' and event["isBase64Encoded"] is False
+            await ws.send("not json at all")
+            assert await ws.recv() == "not json at all"  # $default
+            await ws.send('{"action": "unknown"}')
+            assert await ws.recv() == '{"action": "unknown"}'  # $default
+            await ws.send(b"\x00\x01\xff")
+            assert await ws.recv() == b"\x00\x01\xff"  # binary -> $default base64 -> binary back
+            (binary_event,) = [e for e in th.events_of("$default") if e["isBase64Encoded"]]
+            assert base64.b64decode(binary_event["body"]) == b"\x00\x01\xff"
+
+
+async def test_no_route_and_no_default_sends_forbidden_and_keeps_socket():
+    cfg = make_config(routes={"whoami": "tests.handlers_for_tests:whoami"})
+    async with running_node(cfg) as node:
+        async with await connect(node) as ws:
+            cid = await whoami(ws)
+            await ws.send('{"action": "nope"}')
+            raw = await ws.recv()
+            assert raw.startswith('{"message": "Forbidden", "connectionId":"' + cid + '", "requestId":"')
+            assert await whoami(ws) == cid  # still open
+
+
+async def test_handler_errors_never_leak_text():
+    async with running_node(make_config(limits={"handler_timeout_s": 0.3})) as node:
+        async with await connect(node) as ws:
+            cid = await whoami(ws)
+            await ws.send('{"action": "boom"}')
+            reply = json.loads(await ws.recv())
+            assert reply["message"] == "Internal server error" and reply["connectionId"] == cid
+            assert "secret" not in json.dumps(reply)
+            await ws.send('{"action": "slow"}')
+            reply = json.loads(await ws.recv())
+            assert reply["message"] == "Endpoint request timed out"
+            assert await whoami(ws) == cid
+
+
+async def test_sync_handler_runs_off_loop_and_can_push():
+    async with running_node() as node:
+        async with await connect(node) as ws:
+            await ws.send('{"action": "sync_echo"}')
+            assert await ws.recv() == "from thread"
+            assert await ws.recv() == 'sync:{"action": "sync_echo"}'
+
+
+async def test_handler_context_push_and_get():
+    async with running_node() as node:
+        async with await connect(node, query={"tenant": "t1"}) as a, await connect(node, query={"tenant": "t1"}) as b:
+            await ws_ready(a, b)
+            await a.send('{"action": "push_self"}')
+            assert await a.recv() == "pushed"
+            info = json.loads(await a.recv())
+            assert set(info) == {"connectedAt", "lastActiveAt", "identity"}
+            await a.send('{"action": "push_tenant"}')
+            assert await b.recv() == "tenant-wide"
+            got = [await a.recv(), await a.recv()]
+            assert "tenant-wide" in got
+            assert json.loads([g for g in got if g != "tenant-wide"][0]) == {"delivered": 2, "gone": True}
+
+
+async def ws_ready(*sockets) -> None:
+    for ws in sockets:
+        await whoami(ws)
+
+
+async def test_returning_none_sends_nothing():
+    async with running_node() as node:
+        async with await connect(node) as ws:
+            await ws.send('{"action": "none"}')
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(ws.recv(), 0.2)
+
+
+# ---------------------------------------------------------------- closing
+
+
+async def disconnect_event(cid: str) -> dict:
+    events = await eventually(lambda: th.events_of("$disconnect", cid))
+    assert len(events) == 1, events
+    return events[0]["requestContext"]
+
+
+async def test_client_close_runs_disconnect_once_with_code():
+    async with running_node() as node:
+        ws = await connect(node)
+        cid = await whoami(ws)
+        await ws.close(4001, "client says bye")
+        ctx = await disconnect_event(cid)
+        assert ctx["disconnectStatusCode"] == 4001 and ctx["disconnectReason"] == "client says bye"
+        assert ctx["eventType"] == "DISCONNECT"
+
+
+async def test_oversize_message_closes_1009():
+    async with running_node(make_config(limits={"max_message_bytes": 1024})) as node:
+        ws = await connect(node)
+        cid = await whoami(ws)
+        await ws.send("x" * 2000)
+        with pytest.raises(ConnectionClosed):
+            await asyncio.wait_for(ws.recv(), 5)
+        assert ws.close_code == 1009
+        assert (await disconnect_event(cid))["disconnectStatusCode"] == 1009
+
+
+async def test_idle_timeout_closes_1001_and_pings_do_not_reset_it():
+    cfg = make_config(limits={"idle_timeout_s": 0.5}, listen={"ping_interval_s": 0.1, "ping_timeout_s": 1})
+    async with running_node(cfg) as node:
+        ws = await connect(node)
+        cid = await whoami(ws)
+        await ws.ping()
+        with pytest.raises(ConnectionClosed):
+            await asyncio.wait_for(ws.recv(), 5)
+        assert ws.close_code == 1001
+        assert (await disconnect_event(cid))["disconnectStatusCode"] == 1001
+
+
+async def test_max_connection_duration_closes_1001():
+    cfg = make_config(limits={"max_connection_s": 0.5})
+    async with running_node(cfg) as node:
+        ws = await connect(node)
+        cid = await whoami(ws)
+        for _ in range(10):  # activity does not extend the maximum
+            await ws.send('{"action": "none"}')
+            await asyncio.sleep(0.1)
+        with pytest.raises(ConnectionClosed):
+            await asyncio.wait_for(ws.recv(), 5)
+        assert ws.close_code == 1001
+        ctx = await disconnect_event(cid)
+        assert ctx["disconnectStatusCode"] == 1001 and ctx["disconnectReason"] == "Maximum connection duration"
+
+
+async def test_handler_raising_disconnect_closes_with_its_code():
+    async with running_node() as node:
+        ws = await connect(node)
+        cid = await whoami(ws)
+        await ws.send('{"action": "bye"}')
+        with pytest.raises(ConnectionClosed):
+            await asyncio.wait_for(ws.recv(), 5)
+        assert ws.close_code == 4000 and ws.close_reason == "bye now"
+        assert (await disconnect_event(cid))["disconnectStatusCode"] == 4000
+
+
+async def test_half_open_peer_is_detected_by_keepalive():
+    cfg = make_config(listen={"ping_interval_s": 0.1, "ping_timeout_s": 0.3})
+    async with running_node(cfg) as node:
+        ws = await connect(node, ping_interval=None)
+        cid = await whoami(ws)
+        ws.transport.pause_reading()  # the peer stops answering pings, socket stays up
+        ctx = await disconnect_event(cid)
+        assert ctx["disconnectStatusCode"] in (1006, 1011)
+        ws.transport.abort()
+
+
+async def test_shutdown_closes_1001_and_runs_every_disconnect():
+    node_cm = running_node()
+    node = await node_cm.__aenter__()
+    sockets = [await connect(node) for _ in range(5)]
+    ids = [await whoami(ws) for ws in sockets]
+    await node_cm.__aexit__(None, None, None)
+    for ws in sockets:
+        with pytest.raises(ConnectionClosed):
+            await asyncio.wait_for(ws.recv(), 5)
+        assert ws.close_code == 1001
+    for cid in ids:
+        assert (await disconnect_event(cid))["disconnectStatusCode"] == 1001
+    assert len(th.events_of("$disconnect")) == 5
