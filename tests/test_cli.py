@@ -1,0 +1,115 @@
+"""`wsgateway serve` as a real process: ready file, signals, config errors, workers."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import websockets
+from websockets.exceptions import ConnectionClosed
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def start(tmp_path: Path, config: str | None, *extra: str, env: dict | None = None) -> tuple[subprocess.Popen, Path]:
+    ready = tmp_path / "ready.json"
+    argv = [sys.executable, "-m", "wsgateway", "serve", "--ready-file", str(ready), *extra]
+    if config is not None:
+        path = tmp_path / "gateway.toml"
+        path.write_text(config)
+        argv += ["--config", str(path)]
+    proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env={**os.environ, **(env or {})})
+    return proc, ready
+
+
+def wait_ready(proc: subprocess.Popen, ready: Path, timeout: float = 20) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if ready.exists():
+            return json.loads(ready.read_text())
+        if proc.poll() is not None:
+            raise AssertionError(f"exited {proc.returncode}: {proc.stderr.read().decode()}")
+        time.sleep(0.05)
+    proc.kill()
+    raise AssertionError("not ready in time")
+
+
+PORT0 = """
+[listen]
+port = 0
+[management]
+port = 0
+[log]
+access_log = "-"
+"""
+
+
+async def test_serve_writes_ready_file_and_drains_on_sigterm(tmp_path):
+    proc, ready = start(tmp_path, PORT0)
+    try:
+        info = await asyncio.to_thread(wait_ready, proc, ready)
+        assert set(info) >= {"node_id", "port", "management_port"} and info["port"] and info["management_port"]
+        ws = await websockets.connect(f"ws://127.0.0.1:{info['port']}/prod?tenant=t")
+        await ws.send('{"action": "echo-me"}')
+        assert await ws.recv() == '{"action": "echo-me"}'  # the example $default route
+        proc.send_signal(signal.SIGTERM)
+        with pytest.raises(ConnectionClosed):
+            await asyncio.wait_for(ws.recv(), 10)
+        assert ws.close_code == 1001
+        assert await asyncio.to_thread(proc.wait, 15) == 0
+        out = proc.stdout.read().decode().splitlines()
+        kinds = [json.loads(line)["kind"] for line in out if line.startswith("{")]
+        assert kinds.count("connect") == 1 and kinds.count("message") == 1 and kinds.count("disconnect") == 1
+        for line in out:  # never the token or the body
+            assert "echo-me" not in line
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+async def test_sigint_also_exits_zero(tmp_path):
+    proc, ready = start(tmp_path, PORT0)
+    await asyncio.to_thread(wait_ready, proc, ready)
+    proc.send_signal(signal.SIGINT)
+    assert await asyncio.to_thread(proc.wait, 15) == 0
+
+
+@pytest.mark.parametrize(
+    ("config", "key"),
+    [
+        ("[listen]\nport = 'abc'\n", "listen.port"),
+        ("[limits]\nmax_message_bytes = -1\n", "limits.max_message_bytes"),
+        ("[auth]\ntype = 'jwt'\nalgorithms = ['HS256']\nsecret_env = 'WSGW_TEST_UNSET_VAR'\n", "auth.secret_env"),
+        ("[routes]\n'$default' = 'handlers.nope:handler'\n", "routes.$default"),
+        ("[listen\n", "gateway.toml"),
+    ],
+)
+def test_bad_config_stops_startup_with_one_line(tmp_path, config, key):
+    proc, _ = start(tmp_path, config)
+    assert proc.wait(20) == 2
+    err = proc.stderr.read().decode().strip().splitlines()
+    assert len(err) == 1 and key in err[0], err
+
+
+def test_workers_refused_with_memory_registry(tmp_path):
+    proc, _ = start(tmp_path, PORT0, "--workers", "2")
+    assert proc.wait(20) == 2
+    assert "redis" in proc.stderr.read().decode()
+
+
+def test_check_config_and_routes_commands(tmp_path):
+    path = tmp_path / "g.toml"
+    path.write_text(PORT0)
+    out = subprocess.run([sys.executable, "-m", "wsgateway", "check-config", "--config", str(path)],
+                         cwd=ROOT, capture_output=True, text=True, timeout=20)
+    assert out.returncode == 0 and "config OK" in out.stdout and "authentication is OFF" in out.stdout
+    out = subprocess.run([sys.executable, "-m", "wsgateway", "routes"], cwd=ROOT, capture_output=True, text=True, timeout=20)
+    assert out.returncode == 0 and "handlers.echo:handler" in out.stdout

@@ -1,0 +1,89 @@
+"""Hub and connection queue accounting against a stand-in transport (no sockets)."""
+
+from __future__ import annotations
+
+import pytest
+from websockets.protocol import State
+
+from wsgateway.connection import Connection, encode_frame
+from wsgateway.errors import GoneError, LimitExceededError
+from wsgateway.hub import Hub
+from wsgateway.registry import ConnectionRecord
+
+
+class Transport:
+    """Records writes; ``buffered`` plays the kernel refusing to take more."""
+
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+        self.buffered = 0
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+
+    def get_write_buffer_size(self) -> int:
+        return self.buffered
+
+
+class Protocol:
+    state = State.OPEN
+    extensions: list = []
+
+
+class WS:
+    def __init__(self) -> None:
+        self.transport = Transport()
+        self.protocol = Protocol()
+
+
+def conn(cid: str, tenant: str = "t") -> Connection:
+    rec = ConnectionRecord(cid, "n", tenant, "", 1000.0, "127.0.0.1", "")
+    c = Connection(rec, 0.0, {})
+    c.ws = WS()  # type: ignore[assignment]
+    return c
+
+
+def test_fanout_encodes_once_and_skips_full_and_closed():
+    hub = Hub()
+    a, b, c, other = conn("a"), conn("b"), conn("c"), conn("o", tenant="u")
+    for x in (a, b, c, other):
+        hub.add(x)
+    b.ws.transport.buffered = 1000  # full
+    c.close_code = 1000  # closing
+    assert hub.fanout("t", b"hi", False, now=5.0, limit=1000) == 1
+    frame = encode_frame(b"hi", False)
+    assert a.ws.transport.written == [frame] and b.ws.transport.written == [] and c.ws.transport.written == []
+    assert other.ws.transport.written == []
+    assert b.over_since == 5.0 and a.last_active == 5.0
+
+
+def test_send_limits_and_gone():
+    c = conn("a")
+    c.send(b"x" * 10, False, 1.0, limit=5)  # an empty queue always takes one message
+    c.ws.transport.buffered = 4
+    with pytest.raises(LimitExceededError):
+        c.send(b"x" * 10, False, 2.0, limit=5)
+    assert c.over_since == 2.0
+    c.ws.protocol.state = State.CLOSING
+    with pytest.raises(GoneError):
+        c.send(b"x", False, 3.0, limit=5)
+
+
+def test_slow_consumer_needs_to_stay_over_for_the_grace_period():
+    c = conn("a")
+    c.ws.transport.buffered = 100
+    assert not c.check_queue(now=1.0, limit=50, grace=2.0)
+    assert not c.check_queue(now=2.0, limit=50, grace=2.0)
+    assert c.check_queue(now=3.5, limit=50, grace=2.0)
+    c.ws.transport.buffered = 10  # drained in time: the clock resets
+    assert not c.check_queue(now=4.0, limit=50, grace=2.0) and c.over_since is None
+
+
+def test_hub_index_by_tenant():
+    hub = Hub()
+    a, b = conn("a"), conn("b", tenant="u")
+    hub.add(a)
+    hub.add(b)
+    assert hub.get("a") is a and len(hub) == 2 and sorted(hub.tenants()) == ["t", "u"]
+    assert hub.remove(a) and not hub.remove(a)
+    assert hub.tenants() == ["u"] and hub.tenant_size("t") == 0
