@@ -1,0 +1,520 @@
+"""Handshake authentication: a token becomes a :class:`Principal`, or :class:`AuthError`.
+
+This module knows nothing of sockets: the server hands :meth:`Authenticator.authenticate` the
+upgrade request's headers, query parameters and offered subprotocols.
+
+With ``auth.type = "jwt"`` the token comes from the first configured source that is present
+(``header:NAME``, ``query:NAME``, or ``subprotocol:NAME`` where the client offers
+``["NAME", "<token>"]``). Its signature is checked by PyJWT against keys chosen only by
+configuration: the token's ``alg`` must be pinned in ``auth.algorithms``, and it picks the key
+*family* (HS* -> the configured secret only; RS*/PS* -> RSA keys; ES* -> EC keys of the matching
+curve; EdDSA -> OKP keys). ``jku``/``x5u``/``jwk``/``x5c`` headers are never looked at.
+
+Asymmetric keys come from ``auth.public_key_file`` (parsed once at construction) or from
+``auth.jwks_url``. JWKS keys are cached by (issuer, kid); an unknown kid triggers a refetch at
+most once per ``jwks_min_refresh_s``, and concurrent handshakes share one in-flight fetch. A
+token without ``kid`` uses the key set's only key that fits its ``alg``; a token whose kid is
+unknown may use a kid-less key under the same "only key" rule.
+
+Statuses: 401 for a missing or invalid token, 403 for a valid token without a usable tenant,
+503 when the JWKS cannot be fetched and the kid is unknown. The reason is for the log; it never
+contains the token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from ipaddress import ip_address
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+import jwt
+import orjson
+import yarl
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
+from cryptography.hazmat.primitives.serialization import load_pem_public_key
+from jwt.algorithms import HMACAlgorithm
+
+from .errors import AuthError, ConfigError
+
+if TYPE_CHECKING:
+    from .config import AuthConfig
+
+__all__ = ["Authenticator", "Principal"]
+
+logger = logging.getLogger(__name__)
+
+_HMAC = ("HS256", "HS384", "HS512")
+_RSA = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512")
+_EC_BY_CURVE = {"secp256r1": "ES256", "secp384r1": "ES384", "secp521r1": "ES512", "secp256k1": "ES256K"}
+_SUPPORTED = frozenset((*_HMAC, *_RSA, *_EC_BY_CURVE.values(), "EdDSA"))
+_MIN_RSA_BITS = 2048  # below this PyJWT warns on every verify; NIST SP 800-131A
+_MAX_TOKEN_CHARS = 8192  # longer than any sane JWT; bounds PyJWT's per-character parsing
+_JWKS_TIMEOUT_S = 5.0
+_JWKS_MAX_BYTES = 1 << 20
+_NO_CONTEXT: Mapping[str, Any] = MappingProxyType({})
+_PublicKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey | ed448.Ed448PublicKey
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who opened a connection; immutable for the connection's lifetime."""
+
+    principal_id: str  # the token's "sub" ("" with auth off)
+    tenant: str  # value of the tenant claim (a non-empty string)
+    context: Mapping[str, Any]  # each configured context claim present in the token
+    expires_at: float | None = None  # token exp (epoch s)
+
+    def authorizer(self) -> dict[str, Any]:
+        """A fresh ``requestContext.authorizer``: ``{"principalId", "tenant", **context}``.
+
+        A context claim named ``principalId`` or ``tenant`` never overrides the identity.
+        """
+        result: dict[str, Any] = {"principalId": self.principal_id, "tenant": self.tenant}
+        for name, value in self.context.items():
+            result.setdefault(name, value)
+        return result
+
+
+class Authenticator:
+    """Turns a handshake's credentials into a :class:`Principal`; one per gateway.
+
+    Build it at start-up (it reads and parses keys, raising :class:`ConfigError` naming the
+    key), ``await start()`` before the first handshake and ``await close()`` at shutdown.
+    ``clock`` (epoch seconds) drives token expiry checks and the JWKS refetch interval.
+    """
+
+    def __init__(self, config: AuthConfig, *, clock: Callable[[], float] = time.time) -> None:
+        if config.type not in ("none", "jwt"):
+            raise ConfigError("auth.type", f'must be "none" or "jwt", got {config.type!r}')
+        self._enabled = config.type == "jwt"
+        self._clock = clock
+        self._sources = _parse_sources(config.sources)
+        self._subprotocol_names = tuple(name for kind, name in self._sources if kind == "subprotocol")
+        self._tenant_claim = config.tenant_claim
+        self._context_claims = config.context_claims
+        self._leeway = config.leeway_s
+        self._pinned = tuple(config.algorithms)
+        self._alg_lists = {alg: [alg] for alg in self._pinned}
+        self._issuer = config.issuer
+        self._audience = tuple(config.audience) or None
+        # Time claims are checked below against the injected clock, not PyJWT's wall clock.
+        self._jwt = jwt.PyJWT(
+            options={"require": list(config.required_claims), "verify_exp": False, "verify_nbf": False,
+                     "verify_iat": False}
+        )
+        self._keys: dict[str, Any] = {}  # alg -> key; HS* -> secret bytes, others -> key object
+        self._jwks: _JwksCache | None = None
+        self._direct_key: Any = None  # set when one key serves every pinned alg: no header pre-parse
+        if self._enabled:
+            self._load_keys(config)
+
+    def _load_keys(self, config: AuthConfig) -> None:
+        _check_algorithms(self._pinned)
+        if any(alg in _HMAC for alg in self._pinned):
+            secret = _hmac_secret(config.secret)
+            self._keys.update((alg, secret) for alg in self._pinned if alg in _HMAC)
+        asymmetric = [alg for alg in self._pinned if alg not in _HMAC]
+        if config.public_key_file and config.jwks_url:
+            raise ConfigError("auth.jwks_url", "give public_key_file or jwks_url, not both")
+        if asymmetric and config.jwks_url:
+            url = _jwks_url(config.jwks_url, "auth.jwks_url")
+            self._jwks = _JwksCache(url, config.issuer, asymmetric, config.jwks_min_refresh_s, self._clock)
+        elif asymmetric and config.public_key_file:
+            key = _read_public_key(config.public_key_file)
+            self._keys.update((alg, key) for alg in _algorithms_for(key, asymmetric))
+        missing = [alg for alg in asymmetric if alg not in self._keys and self._jwks is None]
+        if missing:
+            raise ConfigError("auth.algorithms", f"no configured key can verify {', '.join(missing)}")
+        distinct = {id(key) for key in self._keys.values()}
+        if self._jwks is None and len(distinct) == 1 and len(self._keys) == len(self._alg_lists):
+            self._direct_key = next(iter(self._keys.values()))
+
+    async def start(self) -> None:
+        """Open the JWKS client and prefetch the key set; a failed fetch is logged, not raised."""
+        if not self._enabled:
+            logger.warning('auth.type = "none": every handshake is accepted without a token')
+        elif self._jwks is not None:
+            await self._jwks.start()
+
+    async def close(self) -> None:
+        """Stop any JWKS fetch and close the HTTP client; idempotent."""
+        if self._jwks is not None:
+            await self._jwks.close()
+
+    def token_subprotocol(self, subprotocols: Sequence[str]) -> str | None:
+        """The ``subprotocol:NAME`` source the client offered, for the server to echo in the 101.
+
+        Echoing NAME (never the token after it) satisfies browsers, which require the server to
+        pick one of the offered values. Returns None when no such source is offered.
+        """
+        for name in self._subprotocol_names:
+            if name in subprotocols:
+                return name
+        return None
+
+    async def authenticate(
+        self, headers: Mapping[str, str], query: Mapping[str, str], subprotocols: Sequence[str]
+    ) -> Principal:
+        """Check a handshake's token and return its :class:`Principal`.
+
+        ``headers`` is case-insensitive (websockets' ``Headers``); ``query`` holds each
+        parameter's first value; ``subprotocols`` the offered values in order.
+        Raises :class:`AuthError` with status 401, 403 or 503 (see the module docstring).
+        """
+        if not self._enabled:
+            return Principal("", query.get("tenant") or "default", _NO_CONTEXT)
+        token = self._find_token(headers, query, subprotocols)
+        if token is None:
+            raise AuthError(401, "missing token")
+        if len(token) > _MAX_TOKEN_CHARS:
+            raise AuthError(401, f"token too long ({len(token)} characters)")
+        if self._direct_key is not None:
+            claims = self._decode(token, self._direct_key, self._pinned)
+        else:
+            key, alg = await self._select_key(token)
+            claims = self._decode(token, key, self._alg_lists[alg])
+        return self._principal(claims)
+
+    def _find_token(
+        self, headers: Mapping[str, str], query: Mapping[str, str], subprotocols: Sequence[str]
+    ) -> str | None:
+        for kind, name in self._sources:
+            if kind == "header":
+                try:
+                    value = headers.get(name)
+                except LookupError:  # websockets' Headers: the header was sent twice
+                    raise AuthError(401, f"{name} header sent more than once") from None
+            elif kind == "query":
+                value = query.get(name)
+            else:
+                value = _after(subprotocols, name)
+            token = _strip_bearer(value) if value else ""
+            if token:
+                return token
+        return None
+
+    async def _select_key(self, token: str) -> tuple[Any, str]:
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError as exc:
+            raise AuthError(401, _reason(exc)) from exc
+        alg = header.get("alg")
+        if not isinstance(alg, str) or alg not in self._alg_lists:
+            raise AuthError(401, f"algorithm not allowed: {_show(alg)}")
+        key = self._keys.get(alg)
+        if key is None and self._jwks is not None:
+            kid = header.get("kid")  # a str: PyJWT rejects any other kid type
+            key = self._jwks.cached(kid, alg)
+            if key is None:
+                key = await self._jwks.fetch_key(kid, alg)
+        return key, alg
+
+    def _decode(self, token: str, key: Any, algorithms: Sequence[str]) -> dict[str, Any]:
+        try:
+            claims = self._jwt.decode(token, key, algorithms, audience=self._audience, issuer=self._issuer)
+        except jwt.PyJWTError as exc:
+            raise AuthError(401, _reason(exc)) from exc
+        now = self._clock()
+        exp = _numeric(claims, "exp")
+        if exp is not None and exp <= now - self._leeway:
+            raise AuthError(401, "token expired")
+        for name in ("nbf", "iat"):
+            value = _numeric(claims, name)
+            if value is not None and value > now + self._leeway:
+                raise AuthError(401, f"token not yet valid ({name} in the future)")
+        return claims
+
+    def _principal(self, claims: dict[str, Any]) -> Principal:
+        tenant = claims.get(self._tenant_claim)
+        if not isinstance(tenant, str) or not tenant:
+            raise AuthError(403, f"claim {self._tenant_claim!r} is missing or not a non-empty string")
+        context = {name: claims[name] for name in self._context_claims if name in claims}
+        exp = claims.get("exp")
+        return Principal(
+            claims.get("sub", ""),  # PyJWT has checked that a present "sub" is a string
+            tenant,
+            MappingProxyType(context) if context else _NO_CONTEXT,
+            float(exp) if exp is not None else None,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class _Jwk:
+    kid: str | None
+    algorithms: frozenset[str]  # pinned algorithms this key may verify
+    key: _PublicKey
+
+
+class _JwksCache:
+    """The keys published at one JWKS URL, by (issuer, kid)."""
+
+    def __init__(self, url: yarl.URL, issuer: str | None, pinned: Sequence[str], min_refresh_s: float,
+                 clock: Callable[[], float]) -> None:
+        self._url = url
+        self._issuer = issuer
+        self._pinned = tuple(pinned)
+        self._min_refresh_s = min_refresh_s
+        self._clock = clock
+        self._by_kid: dict[tuple[str | None, str], list[_Jwk]] = {}
+        self._by_alg: dict[str, list[_Jwk]] = {}
+        self._session: aiohttp.ClientSession | None = None
+        self._inflight: asyncio.Task[None] | None = None
+        self._last_attempt: float | None = None
+        self._last_ok = False
+
+    async def start(self) -> None:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(headers={"Accept": "application/json"})
+            await self._refresh()
+
+    async def close(self) -> None:
+        task, self._inflight = self._inflight, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        session, self._session = self._session, None
+        self._last_ok = False
+        if session is not None:
+            await session.close()
+
+    def cached(self, kid: str | None, alg: str) -> _PublicKey | None:
+        """The cached key for ``kid`` that can verify ``alg``, or None (no I/O)."""
+        if kid is not None:
+            for jwk in self._by_kid.get((self._issuer, kid), ()):
+                if alg in jwk.algorithms:
+                    return jwk.key
+        fitting = self._by_alg.get(alg, ())
+        if len(fitting) == 1 and (kid is None or fitting[0].kid is None):
+            return fitting[0].key
+        if kid is None and fitting:
+            raise AuthError(401, f"token has no kid and {len(fitting)} keys fit {alg}")
+        return None
+
+    async def fetch_key(self, kid: str | None, alg: str) -> _PublicKey:
+        """Refetch the set (rate-limited, shared) and look again; raise 401 or 503 if absent."""
+        if self._inflight is not None or self._may_fetch():
+            await self._refresh()
+            key = self.cached(kid, alg)
+            if key is not None:
+                return key
+        if not self._last_ok:
+            raise AuthError(503, "key source unavailable")
+        raise AuthError(401, f"unknown key id {_show(kid)} for {alg}")
+
+    def _may_fetch(self) -> bool:
+        last = self._last_attempt
+        return last is None or self._clock() - last >= self._min_refresh_s
+
+    async def _refresh(self) -> None:
+        task = self._inflight
+        if task is None:
+            self._last_attempt = self._clock()
+            task = self._inflight = asyncio.create_task(self._fetch())
+            task.add_done_callback(self._fetch_done)
+        # wait() neither raises nor cancels the shared fetch if this handshake is cancelled.
+        await asyncio.wait((task,))
+
+    def _fetch_done(self, task: asyncio.Task[None]) -> None:
+        if self._inflight is task:
+            self._inflight = None
+
+    async def _fetch(self) -> None:
+        try:
+            keys = _parse_jwks(await self._download(), self._pinned)
+        except Exception as exc:  # noqa: BLE001 - any failure means "unavailable", and is logged
+            self._last_ok = False
+            logger.warning("JWKS fetch from %s failed: %s", self._url, _describe(exc))
+            return
+        self._by_kid = {}
+        self._by_alg = {alg: [jwk for jwk in keys if alg in jwk.algorithms] for alg in self._pinned}
+        for jwk in keys:
+            if jwk.kid is not None:
+                self._by_kid.setdefault((self._issuer, jwk.kid), []).append(jwk)
+        self._last_ok = True
+        logger.info("JWKS from %s: %d usable keys", self._url, len(keys))
+
+    async def _download(self) -> Any:
+        session = self._session
+        if session is None:
+            raise RuntimeError("the authenticator is not started, or closed")
+        _jwks_url(str(self._url), "auth.jwks_url")  # again, right where the request is made
+        async with asyncio.timeout(_JWKS_TIMEOUT_S):
+            # No redirects: a 30x could lead an https URL to plain http or elsewhere.
+            async with session.get(self._url, allow_redirects=False) as response:
+                if response.status != 200:
+                    raise ValueError(f"HTTP {response.status}")
+                body = bytearray()
+                async for chunk in response.content.iter_chunked(65536):
+                    body += chunk
+                    if len(body) > _JWKS_MAX_BYTES:
+                        raise ValueError(f"larger than {_JWKS_MAX_BYTES} bytes")
+        return orjson.loads(body)
+
+
+# ---------------------------------------------------------------- configuration and keys
+
+def _parse_sources(sources: Sequence[str]) -> tuple[tuple[str, str], ...]:
+    parsed = []
+    for i, source in enumerate(sources):
+        kind, _, name = source.partition(":")
+        if kind not in ("header", "query", "subprotocol") or not name:
+            raise ConfigError(f"auth.sources[{i}]",
+                              f'must be "header:NAME", "query:NAME" or "subprotocol:NAME", got {source!r}')
+        parsed.append((kind, name))
+    return tuple(parsed)
+
+
+def _check_algorithms(algorithms: Sequence[str]) -> None:
+    if not algorithms:
+        raise ConfigError("auth.algorithms", 'must not be empty when type = "jwt"')
+    for alg in algorithms:
+        if alg not in _SUPPORTED:  # "none" included: it switches signature checks off
+            raise ConfigError("auth.algorithms", f"{alg!r} is not one of {', '.join(sorted(_SUPPORTED))}")
+
+
+def _hmac_secret(secret: str | None) -> bytes:
+    if not secret:
+        raise ConfigError("auth.secret", "HS* algorithms need a secret")
+    try:
+        # PyJWT refuses PEM/SSH/DER public keys and JWK JSON as HMAC secrets (key confusion).
+        return HMACAlgorithm(HMACAlgorithm.SHA256).prepare_key(secret)
+    except jwt.InvalidKeyError as exc:
+        raise ConfigError("auth.secret", f"is not usable as an HMAC secret: {exc}") from None
+
+
+def _read_public_key(path: str) -> _PublicKey:
+    try:
+        with open(path, "rb") as file:
+            key = load_pem_public_key(file.read())
+    except OSError as exc:
+        raise ConfigError("auth.public_key_file", f"cannot read {path}: {exc.strerror}") from None
+    except ValueError:
+        raise ConfigError("auth.public_key_file", f"{path} is not a PEM public key") from None
+    if not isinstance(key, _PublicKey):
+        raise ConfigError("auth.public_key_file", f"{path} holds an unsupported key type")
+    if isinstance(key, rsa.RSAPublicKey) and key.key_size < _MIN_RSA_BITS:
+        raise ConfigError("auth.public_key_file", f"RSA key of {key.key_size} bits; need {_MIN_RSA_BITS}+")
+    return key
+
+
+def _algorithms_for(key: object, pinned: Sequence[str]) -> frozenset[str]:
+    """The pinned algorithms a public key may verify: its family, and for EC its curve."""
+    if isinstance(key, rsa.RSAPublicKey):
+        family: Sequence[str] = _RSA if key.key_size >= _MIN_RSA_BITS else ()
+    elif isinstance(key, ec.EllipticCurvePublicKey):
+        family = (_EC_BY_CURVE.get(key.curve.name, ""),)
+    elif isinstance(key, ed25519.Ed25519PublicKey | ed448.Ed448PublicKey):
+        family = ("EdDSA",)
+    else:  # HMAC secrets and private keys never come from a key file or a JWKS
+        family = ()
+    return frozenset(alg for alg in pinned if alg in family)
+
+
+def _parse_jwks(document: Any, pinned: Sequence[str]) -> list[_Jwk]:
+    entries = document.get("keys") if isinstance(document, dict) else None
+    if not isinstance(entries, list):
+        raise ValueError('not a JWK set (no "keys" list)')
+    keys = [jwk for entry in entries if (jwk := _parse_jwk(entry, pinned)) is not None]
+    if not keys:
+        raise ValueError(f"no key usable for {', '.join(pinned)} among {len(entries)}")
+    return keys
+
+
+def _parse_jwk(entry: Any, pinned: Sequence[str]) -> _Jwk | None:
+    if not isinstance(entry, dict) or entry.get("use", "sig") != "sig" or entry.get("kty") == "oct":
+        return None
+    kid, alg = entry.get("kid"), entry.get("alg")
+    if not isinstance(kid, str | None) or not isinstance(alg, str | None):
+        return None
+    try:
+        key = jwt.PyJWK(entry).key
+    except Exception as exc:  # noqa: BLE001 - one malformed key must not take the set down
+        logger.warning("JWKS key %s skipped: %s", _show(kid), _describe(exc))
+        return None
+    algorithms = _algorithms_for(key, pinned)
+    if alg is not None:  # a key that names its algorithm is used for that one only
+        algorithms = algorithms & {alg}
+    return _Jwk(kid, algorithms, key) if algorithms else None
+
+
+def _jwks_url(url: str, key: str) -> yarl.URL:
+    parsed = yarl.URL(url)  # the parser aiohttp itself uses, so both agree on the host
+    if (parsed.scheme == "https" and parsed.host) or (parsed.scheme == "http" and _is_loopback(parsed.host)):
+        return parsed
+    raise ConfigError(key, "must be an https:// URL (http:// only for a loopback host)")
+
+
+def _is_loopback(host: str | None) -> bool:
+    host = (host or "").rstrip(".").lower()
+    if host == "localhost":
+        return True
+    try:
+        return ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+# ---------------------------------------------------------------- token helpers
+
+def _after(values: Sequence[str], name: str) -> str | None:
+    """The value right after ``name`` in ``values``: the token of a subprotocol source."""
+    try:
+        return values[values.index(name) + 1]
+    except (ValueError, IndexError):
+        return None
+
+
+def _strip_bearer(value: str) -> str:
+    value = value.strip()
+    if value[:6].lower() == "bearer" and value[6:7] in ("", " ", "\t"):
+        return value[6:].lstrip()  # a bare "Bearer" leaves "": no token here
+    return value
+
+
+def _numeric(claims: Mapping[str, Any], name: str) -> float | None:
+    value = claims.get(name)
+    if value is None:
+        return None
+    # NaN compares false with everything, so it would make an "exp" never expire.
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise AuthError(401, f"malformed token: {name} is not a finite number")
+    return float(value)
+
+
+_REASONS: tuple[tuple[type[Exception], str], ...] = (
+    (jwt.InvalidSignatureError, "bad signature"),  # before DecodeError, its base class
+    (jwt.InvalidAlgorithmError, "algorithm not allowed"),
+    (jwt.InvalidAudienceError, "wrong audience"),
+    (jwt.InvalidIssuerError, "wrong issuer"),
+    (jwt.InvalidKeyError, "key unusable for this token"),
+    (jwt.DecodeError, "malformed token"),
+)
+
+
+def _reason(exc: jwt.PyJWTError) -> str:
+    """A log-safe reason: fixed text, plus PyJWT's message quoted (it never holds the token)."""
+    if isinstance(exc, jwt.MissingRequiredClaimError):
+        return f"missing claim {exc.claim!r}"
+    for kind, reason in _REASONS:
+        if isinstance(exc, kind):
+            return reason if reason != "malformed token" else f"malformed token: {_show(str(exc))}"
+    return f"invalid token: {_show(str(exc))}"
+
+
+def _show(value: object) -> str:
+    """A value taken from a token, quoted and cut short so that it cannot forge log lines."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
