@@ -308,3 +308,58 @@ async def test_shutdown_closes_1001_and_runs_every_disconnect():
     for cid in ids:
         assert (await disconnect_event(cid))["disconnectStatusCode"] == 1001
     assert len(th.events_of("$disconnect")) == 5
+
+
+# ---------------------------------------------------------------- listener options
+
+
+async def test_compression_can_be_turned_on():
+    async with running_node(make_config(listen={"compression": True})) as node:
+        async with websockets.connect(ws_url(node), compression="deflate") as ws:
+            assert ws.protocol.extensions  # permessage-deflate negotiated
+            await ws.send("x" * 5000)
+            assert await ws.recv() == "x" * 5000
+            cid = await whoami(ws)
+            node.gateway.local_post(cid, b"pushed compressed", False)
+            assert await ws.recv() == "pushed compressed"
+    async with running_node() as node:  # off by default
+        async with websockets.connect(ws_url(node), compression="deflate") as ws:
+            assert not ws.protocol.extensions
+
+
+async def test_max_connections_answers_503():
+    async with running_node(make_config(limits={"max_connections": 2})) as node:
+        a, b = await connect(node), await connect(node)
+        assert await status_of(ws_url(node)) == 503
+        await a.close()
+        await eventually(lambda: len(node.gateway.hub) == 1)
+        async with await connect(node) as c:
+            assert await whoami(c)
+        await b.close()
+
+
+async def test_wss_with_configured_certificate(tmp_path):
+    import datetime
+    import ssl
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(1).not_valid_before(now - datetime.timedelta(days=1)).not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    (tmp_path / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "key.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    cfg = make_config(listen={"ssl_certfile": str(tmp_path / "cert.pem"), "ssl_keyfile": str(tmp_path / "key.pem")})
+    client_ctx = ssl.create_default_context(cafile=str(tmp_path / "cert.pem"))
+    async with running_node(cfg) as node:
+        async with websockets.connect(f"wss://localhost:{node.port}/prod", ssl=client_ctx) as ws:
+            assert await whoami(ws)

@@ -41,7 +41,8 @@ def context_base(record: ConnectionRecord, *, stage: str, api_id: str) -> dict[s
         "connectionId": record.connection_id,
         "connectedAt": int(record.connected_at * 1000),
         "identity": identity,
-        "authorizer": dict(record.authorizer),
+        # Shared with the record (never mutated): every event copies it before use.
+        "authorizer": record.authorizer,
     }
 
 
