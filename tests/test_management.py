@@ -261,5 +261,5 @@ async def test_boto3_retries_429_then_raises():
             for _ in range(500):
                 await asyncio.to_thread(client.post_to_connection, ConnectionId=cid, Data=b"q" * 65536)
         assert info.value.response["Error"]["Code"] == "LimitExceededException"
-        assert info.value.response["ResponseMetadata"]["RetryAttempts"] == 1
+        assert info.value.response["ResponseMetadata"]["RetryAttempts"] >= 1  # boto3 retried it itself
         slow.transport.abort()
