@@ -140,7 +140,9 @@ async def test_aioboto3_round_trip(signed_config):
 
 
 async def test_limit_exceeded_when_client_stops_reading():
-    cfg = make_config(limits={"max_queued_bytes": 65536, "slow_consumer_grace_s": 0.5})
+    # Keepalive off: a client that stops reading also stops answering pings, and this test
+    # is about the queue limit, not about half-open detection.
+    cfg = make_config(limits={"max_queued_bytes": 65536, "slow_consumer_grace_s": 0.5}, listen={"ping_interval_s": 0})
     async with running_node(cfg) as node:
         client = boto_client(node)
         slow = await connect(node, max_size=None)
@@ -251,7 +253,7 @@ async def test_health_needs_no_auth(signed_config):
 
 async def test_boto3_retries_429_then_raises():
     """boto3's own retry loop sees 429 LimitExceededException as retriable (AWS semantics)."""
-    cfg = make_config(limits={"max_queued_bytes": 16384, "slow_consumer_grace_s": 30})
+    cfg = make_config(limits={"max_queued_bytes": 16384, "slow_consumer_grace_s": 30}, listen={"ping_interval_s": 0})
     async with running_node(cfg) as node:
         client = boto_client(node, config=Config(retries={"max_attempts": 2, "mode": "standard"}))
         slow = await connect(node, max_size=None)
