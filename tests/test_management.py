@@ -249,6 +249,11 @@ async def test_health_needs_no_auth(signed_config):
         assert status == 200 and health["node_id"] == node.node_id and health["connections"] == 0
         status, _, _ = await raw(node, "GET", "/prod/health")
         assert status == 200
+        status, _, body = await raw(node, "GET", "/ready")
+        assert status == 200 and json.loads(body)["registry"]["reachable"] is True
+        async with aiohttp.ClientSession() as http:  # the client port answers probes too
+            async with http.get(f"http://127.0.0.1:{node.port}/health") as resp:
+                assert resp.status == 200 and (await resp.json())["live"] is True
 
 
 async def test_boto3_retries_429_then_raises():

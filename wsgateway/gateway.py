@@ -527,10 +527,15 @@ class Gateway:
     # ---------------------------------------------------------------- health
 
     async def health(self) -> dict[str, Any]:
+        """``live``: serving (started, not draining); ``ready``: live and the registry
+        reachable, so that cross-node calls work (a load balancer's readiness check)."""
         registry = dict(await self.registry.health())
+        live = self.ready and not self.draining
+        reachable = bool(registry.get("reachable", False))
         return {
-            "status": "ok" if self.ready and registry.get("reachable", False) else "degraded",
-            "ready": self.ready and not self.draining,
+            "status": "ok" if live and reachable else ("degraded" if live else "unavailable"),
+            "live": live,
+            "ready": live and reachable,
             "node_id": self.node_id,
             "connections": len(self.hub),
             "registry": registry,

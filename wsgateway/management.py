@@ -8,7 +8,8 @@ GET      /@connections/{id}                  connectedAt, lastActiveAt, identity
 DELETE   /@connections/{id}                  close with 1000 -> 204
 POST     /@tenants/{tenant}/messages         deliver to every connection of the tenant -> {"delivered": N}
 GET      /@tenants/{tenant}/connections      {"connections": [...], "nextToken": ...} (?limit=&nextToken=)
-GET      /health                             no auth; 200 once ready, else 503
+GET      /health                             no auth; 200 once started and until draining, else 503
+GET      /ready                              no auth; 200 only while the registry is reachable too
 =======  ==================================  =====================================================
 
 Errors are what botocore parses: the status, ``x-amzn-ErrorType`` and a JSON body (empty for
@@ -104,8 +105,8 @@ class ManagementServer:
             segments = raw_path.split("/")[1:]
             if segments and segments[0] == self._stage and len(segments) > 1:
                 segments = segments[1:]
-            if segments == ["health"] and request.method == "GET":
-                return await self._health()
+            if len(segments) == 1 and segments[0] in ("health", "ready") and request.method == "GET":
+                return await self._health(segments[0])
             body = await self._read_body(request)
             if self._verifier is not None:
                 self._verifier.verify(request.method, raw_path, raw_query, request.headers, body)
@@ -170,9 +171,9 @@ class ManagementServer:
         out = {"connections": [c.to_listing_json() for c in page.connections], "nextToken": page.next_token}
         return _ok(200, orjson.dumps(out))
 
-    async def _health(self) -> web.Response:
+    async def _health(self, kind: str) -> web.Response:
         health = await self.gateway.health()
-        return _ok(200 if health["ready"] else 503, orjson.dumps(health))
+        return _ok(200 if health["ready" if kind == "ready" else "live"] else 503, orjson.dumps(health))
 
     def _log(
         self, request: web.BaseRequest, request_id: str, operation: str, target: str, status: int, started: float

@@ -146,9 +146,9 @@ class ClientServer:
         source_ip = _peer_ip(ws)
         user_agent = headers.get("User-Agent", "")
         gateway = self.gateway
-        if path == "/health":
+        if path in ("/health", "/ready"):  # for load balancers that probe the client port
             health = await gateway.health()
-            return _json_response(ws, 200 if health["ready"] else 503, health)
+            return _json_response(ws, 200 if health["live" if path == "/health" else "ready"] else 503, health)
         if path not in self._paths:
             return _reject(ws, 404)
         if "websocket" not in headers.get("Upgrade", "").lower():
@@ -240,8 +240,6 @@ def _peer_ip(ws: ServerConnection) -> str:
 
 
 def _json_response(ws: ServerConnection, status: int, body: Any) -> Response:
-    response = ws.respond(status, "")
-    response.body = orjson.dumps(body)
-    response.headers["Content-Type"] = "application/json"
-    response.headers["Content-Length"] = str(len(response.body))
-    return response
+    data = orjson.dumps(body)
+    headers = Headers([("Content-Type", "application/json"), ("Content-Length", str(len(data))), ("Connection", "close")])
+    return Response(status, http.HTTPStatus(status).phrase, headers, data)
