@@ -57,28 +57,6 @@ def test_fanout_encodes_once_and_skips_full_and_closed():
     assert b.over_since == 5.0 and a.last_active == 5.0
 
 
-def test_send_limits_and_gone():
-    c = conn("a")
-    c.send(b"x" * 10, False, 1.0, limit=5)  # an empty queue always takes one message
-    c.ws.transport.buffered = 4
-    with pytest.raises(LimitExceededError):
-        c.send(b"x" * 10, False, 2.0, limit=5)
-    assert c.over_since == 2.0
-    c.ws.protocol.state = State.CLOSING
-    with pytest.raises(GoneError):
-        c.send(b"x", False, 3.0, limit=5)
-
-
-def test_slow_consumer_needs_to_stay_over_for_the_grace_period():
-    c = conn("a")
-    c.ws.transport.buffered = 100
-    assert not c.check_queue(now=1.0, limit=50, grace=2.0)
-    assert not c.check_queue(now=2.0, limit=50, grace=2.0)
-    assert c.check_queue(now=3.5, limit=50, grace=2.0)
-    c.ws.transport.buffered = 10  # drained in time: the clock resets
-    assert not c.check_queue(now=4.0, limit=50, grace=2.0) and c.over_since is None
-
-
 def test_hub_index_by_tenant():
     hub = Hub()
     a, b = conn("a"), conn("b", tenant="u")

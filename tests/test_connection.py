@@ -1,0 +1,37 @@
+"""A connection's bounded outbound queue, against a stand-in transport (no sockets)."""
+
+from __future__ import annotations
+
+import pytest
+from websockets.protocol import State
+
+from wsgateway.errors import GoneError, LimitExceededError
+from tests.test_hub import conn
+
+
+def test_send_limits_and_gone():
+    c = conn("a")
+    c.send(b"x" * 10, False, 1.0, limit=5)  # an empty queue always takes one message
+    c.ws.transport.buffered = 4
+    with pytest.raises(LimitExceededError):
+        c.send(b"x" * 10, False, 2.0, limit=5)
+    assert c.over_since == 2.0
+    c.ws.protocol.state = State.CLOSING
+    with pytest.raises(GoneError):
+        c.send(b"x", False, 3.0, limit=5)
+
+
+def test_slow_consumer_needs_to_stay_over_for_the_grace_period():
+    c = conn("a")
+    c.ws.transport.buffered = 100
+    assert not c.check_queue(now=1.0, limit=50, grace=2.0)
+    assert not c.check_queue(now=2.0, limit=50, grace=2.0)
+    assert c.check_queue(now=3.5, limit=50, grace=2.0)
+    c.ws.transport.buffered = 10  # drained in time: the clock resets
+    assert not c.check_queue(now=4.0, limit=50, grace=2.0) and c.over_since is None
+
+
+def test_info_reports_wall_clock_activity():
+    c = conn("a")
+    c.send(b"x", False, 2.5, limit=100)
+    assert c.info().last_active_at == 1002.5 and c.info().record.connected_at == 1000.0

@@ -1,0 +1,68 @@
+"""The gateway's push API and LocalNode side, on a real node (the edges are tested elsewhere)."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests import handlers_for_tests as th
+from tests.support import connect, eventually, running_node, whoami
+from wsgateway.errors import GoneError, PayloadTooLargeError
+from wsgateway.registry import ConnectionRecord
+
+
+@pytest.fixture(autouse=True)
+def _clear():
+    th.EVENTS.clear()
+
+
+async def test_post_text_or_binary_and_limits():
+    async with running_node() as node:
+        gw = node.gateway
+        async with await connect(node) as ws:
+            cid = await whoami(ws)
+            await gw.post_to_connection(cid, "text")
+            assert await ws.recv() == "text"
+            await gw.post_to_connection(cid, "é".encode())
+            assert await ws.recv() == "é"
+            await gw.post_to_connection(cid, b"\x80")
+            assert await ws.recv() == b"\x80"
+            with pytest.raises(PayloadTooLargeError):
+                await gw.post_to_connection(cid, b"x" * 131073)
+            info = await gw.get_connection(cid)
+            assert set(info) == {"connectedAt", "lastActiveAt", "identity"}
+        await eventually(lambda: gw.hub.get(cid) is None)
+        for call in (gw.get_connection, gw.delete_connection):
+            with pytest.raises(GoneError):
+                await call(cid)
+        with pytest.raises(GoneError):
+            await gw.post_to_connection(cid, "late")
+
+
+async def test_delete_twice_is_gone_the_second_time():
+    async with running_node() as node:
+        gw = node.gateway
+        ws = await connect(node)
+        cid = await whoami(ws)
+        await gw.delete_connection(cid)
+        with pytest.raises(GoneError):
+            await gw.delete_connection(cid)
+        await ws.wait_closed()
+        assert ws.close_code == 1000
+
+
+async def test_local_connections_and_orphan_disconnect_event():
+    async with running_node() as node:
+        gw = node.gateway
+        async with await connect(node, query={"tenant": "t"}) as ws:
+            cid = await whoami(ws)
+            assert [i.record.connection_id for i in gw.local_connections()] == [cid]
+            assert gw.local_fanout("t", b"all", False) == 1
+            assert await ws.recv() == "all"
+        record = ConnectionRecord("DeadNodeConn0001", "dead-node", "t", "u", 1000.0, "10.0.0.1", "ua",
+                                  {"principalId": "u", "tenant": "t"}, "gw.example")
+        await gw.run_orphan_disconnect(record, 1006, "node died")
+        (event,) = th.events_of("$disconnect", "DeadNodeConn0001")
+        ctx = event["requestContext"]
+        assert ctx["disconnectStatusCode"] == 1006 and ctx["disconnectReason"] == "node died"
+        assert ctx["connectedAt"] == 1000000 and ctx["identity"]["sourceIp"] == "10.0.0.1"
+        assert ctx["authorizer"] == {"principalId": "u", "tenant": "t"}
