@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import pytest
 from websockets.protocol import State
 
 from wsgateway.connection import Connection, encode_frame
-from wsgateway.errors import GoneError, LimitExceededError
 from wsgateway.hub import Hub
 from wsgateway.registry import ConnectionRecord
 
