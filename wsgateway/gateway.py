@@ -277,7 +277,7 @@ class Gateway:
         assert self._loop is not None and self.router is not None
         started = time.perf_counter()
         conn.last_active = self._loop.time()
-        if type(message) is str:
+        if isinstance(message, str):
             selected = self.router.select(message)
             body, is_b64 = message, False
         else:
@@ -326,7 +326,7 @@ class Gateway:
             elif isinstance(body, str):
                 data, binary = body.encode(), False
             elif isinstance(body, bytes | bytearray):
-                data, binary = _to_bytes(body)
+                data, binary = _to_bytes(bytes(body))
             else:
                 data, binary = orjson.dumps(body), False
         elif isinstance(result, str):

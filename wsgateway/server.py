@@ -26,6 +26,7 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
+from websockets.typing import Subprotocol
 
 from .errors import CLOSE_ABNORMAL, CLOSE_GOING_AWAY, CLOSE_INTERNAL_ERROR, AuthError
 
@@ -158,7 +159,7 @@ class ClientServer:
             gateway.log_handshake(status=status, request_id="", started=started, source_ip=source_ip, user_agent=user_agent)
             return _reject(ws, status)
         query_pairs = parse_qsl(raw_query, keep_blank_values=True)
-        query = {}
+        query: dict[str, str] = {}
         for name, value in query_pairs:
             query.setdefault(name, value)
         offered = _subprotocols(headers)
@@ -199,9 +200,9 @@ class ClientServer:
             return 0
         return 403
 
-    def _select_subprotocol(self, ws: ServerConnection, offered: Sequence[str]) -> str | None:
+    def _select_subprotocol(self, ws: ServerConnection, offered: Sequence[Subprotocol]) -> Subprotocol | None:
         chosen = getattr(ws, "gw_subprotocol", None)
-        return chosen if chosen in offered else None
+        return Subprotocol(chosen) if chosen is not None and chosen in offered else None
 
     # ---------------------------------------------------------------- connection
 

@@ -40,14 +40,14 @@ def _resolve(target: str, key: str) -> Callable[..., Any]:
         module = importlib.import_module(module_name)
     except Exception as exc:  # any import failure stops start-up with the key named
         raise ConfigError(key, f"cannot import {module_name!r}: {exc!r}") from exc
-    func = module
+    func: Any = module
     for part in attr.split("."):
         func = getattr(func, part, None)
         if func is None:
             raise ConfigError(key, f"{module_name!r} has no attribute {attr!r}")
     if not callable(func):
         raise ConfigError(key, f"{target!r} is not callable")
-    return func  # type: ignore[return-value]
+    return func  # type: ignore[no-any-return]
 
 
 class PythonIntegration:
