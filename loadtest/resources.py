@@ -1,0 +1,90 @@
+"""What the servers and the machine spend: CPU and RSS of process trees, kernel socket memory.
+
+:class:`TreeSampler` follows a server's process and all its children (``--workers``,
+uvicorn's workers). Kernel memory is read from ``/proc``: the TCP buffer pages in
+``/proc/net/sockstat`` plus the unreclaimable slab in ``/proc/meminfo`` (where socket, inode
+and TCP control blocks live). On loopback both ends of every connection are on this machine,
+so a delta divided by the connection count is the cost of *both* sockets of a connection,
+and anything else the machine did meanwhile is in it too (see the README).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import psutil
+
+__all__ = ["TreeSample", "TreeSampler", "kernel_memory_bytes", "parse_meminfo", "parse_sockstat"]
+
+_PAGE = 4096
+
+
+@dataclass(frozen=True)
+class TreeSample:
+    """CPU seconds (user + system) and RSS bytes summed over a set of process trees."""
+
+    cpu_s: float
+    rss: int
+    processes: int
+
+
+class TreeSampler:
+    """Samples the process trees rooted at ``pids``; children are found at every sample."""
+
+    def __init__(self, pids: list[int]) -> None:
+        self._roots = [psutil.Process(p) for p in pids]
+        self._known: dict[int, psutil.Process] = {}
+        self._last_cpu: dict[int, float] = {}
+
+    def sample(self) -> TreeSample:
+        """Return the current totals; processes that are gone keep their last CPU time."""
+        procs: list[psutil.Process] = []
+        for root in self._roots:
+            try:
+                procs.append(root)
+                procs.extend(root.children(recursive=True))
+            except psutil.NoSuchProcess:
+                continue
+        rss = 0
+        alive = 0
+        for proc in procs:
+            proc = self._known.setdefault(proc.pid, proc)
+            try:
+                with proc.oneshot():
+                    times = proc.cpu_times()
+                    self._last_cpu[proc.pid] = times.user + times.system
+                    rss += proc.memory_info().rss
+                    alive += 1
+            except (psutil.NoSuchProcess, psutil.ZombieProcess):
+                continue
+        return TreeSample(sum(self._last_cpu.values()), rss, alive)
+
+
+def parse_sockstat(text: str) -> dict[str, dict[str, int]]:
+    """Parse ``/proc/net/sockstat`` into ``{"TCP": {"inuse": .., "mem": ..}, ...}``."""
+    out: dict[str, dict[str, int]] = {}
+    for line in text.splitlines():
+        proto, _, rest = line.partition(":")
+        fields = rest.split()
+        out[proto.strip()] = {k: int(v) for k, v in zip(fields[::2], fields[1::2])}
+    return out
+
+
+def parse_meminfo(text: str) -> dict[str, int]:
+    """Parse ``/proc/meminfo`` into bytes by key."""
+    out: dict[str, int] = {}
+    for line in text.splitlines():
+        key, _, rest = line.partition(":")
+        parts = rest.split()
+        if parts:
+            out[key] = int(parts[0]) * (1024 if len(parts) > 1 and parts[1] == "kB" else 1)
+    return out
+
+
+def kernel_memory_bytes() -> int:
+    """Return TCP buffer memory plus unreclaimable slab, machine-wide, in bytes."""
+    with open("/proc/net/sockstat") as f:
+        tcp_pages = parse_sockstat(f.read()).get("TCP", {}).get("mem", 0)
+    with open("/proc/meminfo") as f:
+        slab = parse_meminfo(f.read()).get("SUnreclaim", 0)
+    return tcp_pages * _PAGE + slab

@@ -1,0 +1,315 @@
+"""The systems a run compares, and how to deploy each one for a scenario.
+
+Every target runs the same work through its own adapter (``loadtest/peers/``): the clients'
+``echo`` and ``whoami`` actions, ``POST /@connections/{id}`` and
+``POST /@tenants/{tenant}/messages``, an HS256 token checked on every handshake.
+
+============== ======== ====================================================================
+target         dialect  what runs
+============== ======== ====================================================================
+wsgateway      plain    ``python -m wsgateway serve`` (routes in ``peers/gw_handlers.py``),
+                        SigV4 on the management API, memory registry (Redis across nodes)
+bare           plain    ``peers/bare.py``: websockets + aiohttp, no gateway features (ceiling)
+socketio       socketio ``peers/socketio_app.py``: python-socketio + AsyncRedisManager
+channels       plain    ``peers/channels_app``: Django Channels + channels_redis, uvicorn
+socketio-node  socketio ``peers/socketio_node/server.js``: Socket.IO + @socket.io/redis-adapter
+============== ======== ====================================================================
+
+The peers always run with their Redis backend (that is how they are deployed for more than one
+process), so their single-node figures include it; wsgateway and bare use Redis only across
+nodes. Call :func:`resolve` to turn ``--target`` into targets, then :meth:`Target.deploy`.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import secrets
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+
+from loadtest.clients import Endpoint
+from loadtest.servers import REPO_ROOT, ServerProcess, free_port, python_argv, start_redis, start_server
+from loadtest.wire import Dialect
+
+__all__ = ["TARGETS", "Deployment", "Node", "Target", "Topology", "gateway_config", "resolve"]
+
+_NPM_DIR = REPO_ROOT / "loadtest" / ".npm"
+_NODE_APP = REPO_ROOT / "loadtest" / "peers" / "socketio_node"
+
+
+@dataclass(frozen=True)
+class Topology:
+    """What a scenario needs deployed: nodes, server processes per node, a Redis bus."""
+
+    nodes: int = 1
+    workers: int = 1
+    bus: bool = False
+
+
+@dataclass(frozen=True)
+class Node:
+    """Where clients connect to one node and where its management API listens."""
+
+    endpoint: Endpoint
+    mgmt_url: str
+
+
+@dataclass
+class Deployment:
+    """A deployed target: its nodes, its processes (servers first, Redis last), its secrets."""
+
+    target: str
+    nodes: list[Node]
+    servers: list[ServerProcess]
+    jwt_secret: str
+    sigv4: tuple[str, str] | None = None
+    redis: ServerProcess | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def stop(self) -> None:
+        """Stop every server, then Redis; safe to call twice."""
+        for server in self.servers:
+            server.stop()
+        if self.redis is not None:
+            self.redis.stop()
+
+
+class Target:
+    """One system under test. Subclasses say how to start a node."""
+
+    name = ""
+    dialect: Dialect = "plain"
+    path = "/"
+    always_redis = False
+    reuse_port = True  # several processes may share a node's ports (--workers)
+    sigv4 = False
+
+    def unavailable(self) -> str | None:
+        """Return why this target cannot run here, or ``None`` if it can."""
+        return None
+
+    def node_argv(self, ready_file: Path, index: int, redis_url: str, secret: str, workdir: Path) -> list[str]:
+        """Return the argv that starts node ``index``."""
+        raise NotImplementedError
+
+    def deploy(self, topo: Topology, workdir: Path, cpu: int | None) -> Deployment:
+        """Start Redis if needed and every node; raises ``ServerError``."""
+        secret = secrets.token_hex(32)
+        redis = start_redis(workdir, cpu) if (self.always_redis or topo.bus) else None
+        dep = Deployment(self.name, [], [], secret, redis=redis)
+        redis_url = redis.ready["url"] if redis else ""
+        try:
+            for i in range(topo.nodes):
+                self._start_node(dep, topo, i, redis_url, workdir, cpu)
+        except BaseException:
+            dep.stop()
+            raise
+        return dep
+
+    def _start_node(
+        self, dep: Deployment, topo: Topology, i: int, redis_url: str, workdir: Path, cpu: int | None
+    ) -> None:
+        shared: list[str] = []
+        if topo.workers > 1:
+            # Several independent processes on one pair of ports (SO_REUSEPORT).
+            shared = ["--port", str(free_port()), "--management-port", str(free_port()), "--reuse-port"]
+        first: ServerProcess | None = None
+        for w in range(topo.workers):
+            ready = workdir / f"{self.name}-node{i}-w{w}.ready"
+            argv = self.node_argv(ready, i, redis_url, dep.jwt_secret, workdir) + shared
+            server = start_server(f"{self.name}-node{i}-w{w}", argv, workdir, ready_file=ready, cpu=cpu)
+            dep.servers.append(server)
+            first = first or server
+        assert first is not None
+        endpoint = Endpoint("127.0.0.1", first.port, self.dialect, self.path)
+        dep.nodes.append(Node(endpoint, f"http://127.0.0.1:{first.management_port}"))
+
+
+def gateway_config(*, secret: str, access_key: str, secret_key: str, redis_url: str = "") -> str:
+    """Return a wsgateway TOML config for load runs (pure: no I/O).
+
+    JWT (HS256, ``?token=``, tenant claim ``tenant``) and SigV4 on; routes from
+    ``loadtest.peers.gw_handlers``; access log off; memory registry unless ``redis_url``.
+    """
+    registry = f'backend = "redis"\nredis_url = "{redis_url}"' if redis_url else 'backend = "memory"'
+    return f"""stage = "prod"
+
+[listen]
+host = "127.0.0.1"
+port = 0
+
+[management]
+host = "127.0.0.1"
+port = 0
+auth = "sigv4"
+
+[[management.credentials]]
+access_key_id = "{access_key}"
+secret_access_key = "{secret_key}"
+
+[auth]
+type = "jwt"
+algorithms = ["HS256"]
+secret = "{secret}"
+sources = ["query:token"]
+tenant_claim = "tenant"
+
+[routes]
+"$connect" = "loadtest.peers.gw_handlers:connect"
+"echo" = "loadtest.peers.gw_handlers:echo"
+"whoami" = "loadtest.peers.gw_handlers:whoami"
+
+[registry]
+{registry}
+
+[log]
+access_log = ""
+"""
+
+
+class WsGateway(Target):
+    """wsgateway itself, through its CLI; ``--workers`` is the gateway's own."""
+
+    name = "wsgateway"
+    reuse_port = False
+    sigv4 = True
+
+    def unavailable(self) -> str | None:
+        return _gateway_cli_missing()
+
+    def deploy(self, topo: Topology, workdir: Path, cpu: int | None) -> Deployment:
+        self._keys = ("AKID" + secrets.token_hex(8).upper(), secrets.token_hex(20))
+        self._workers = topo.workers
+        # The gateway's own --workers share the ports and need the Redis registry.
+        dep = super().deploy(Topology(topo.nodes, 1, topo.bus or topo.workers > 1), workdir, cpu)
+        dep.sigv4 = self._keys
+        return dep
+
+    def node_argv(self, ready_file: Path, index: int, redis_url: str, secret: str, workdir: Path) -> list[str]:
+        config = workdir / f"wsgateway-node{index}.toml"
+        access_key, secret_key = self._keys
+        config.write_text(gateway_config(secret=secret, access_key=access_key, secret_key=secret_key, redis_url=redis_url))
+        argv = python_argv("wsgateway", "serve", "--config", str(config), "--ready-file", str(ready_file))
+        return argv + (["--workers", str(self._workers)] if self._workers > 1 else [])
+
+
+class Bare(Target):
+    """The ceiling (``peers/bare.py``)."""
+
+    name = "bare"
+
+    def node_argv(self, ready_file: Path, index: int, redis_url: str, secret: str, workdir: Path) -> list[str]:
+        argv = python_argv("loadtest.peers.bare", "--ready-file", str(ready_file), "--jwt-secret", secret,
+                           "--node-id", f"n{index}")
+        return argv + (["--redis-url", redis_url] if redis_url else [])
+
+
+class SocketIO(Target):
+    """python-socketio with AsyncRedisManager (``peers/socketio_app.py``)."""
+
+    name = "socketio"
+    dialect: Dialect = "socketio"
+    always_redis = True
+
+    def unavailable(self) -> str | None:
+        return _missing("socketio", "python-socketio (pip install '.[peers]')")
+
+    def node_argv(self, ready_file: Path, index: int, redis_url: str, secret: str, workdir: Path) -> list[str]:
+        return python_argv("loadtest.peers.socketio_app", "--ready-file", str(ready_file), "--jwt-secret", secret,
+                           "--redis-url", redis_url, "--node-id", f"n{index}")
+
+
+class Channels(Target):
+    """Django Channels + channels_redis under uvicorn (``peers/channels_app``)."""
+
+    name = "channels"
+    path = "/ws/"
+    always_redis = True
+    reuse_port = False
+
+    def unavailable(self) -> str | None:
+        for module in ("channels", "channels_redis", "django", "uvicorn"):
+            if reason := _missing(module, f"{module} (pip install '.[peers]')"):
+                return reason
+        return None
+
+    def node_argv(self, ready_file: Path, index: int, redis_url: str, secret: str, workdir: Path) -> list[str]:
+        return python_argv("loadtest.peers.channels_app.serve", "--ready-file", str(ready_file), "--jwt-secret", secret,
+                           "--redis-url", redis_url, "--node-id", f"n{index}")
+
+
+class SocketIONode(Target):
+    """Socket.IO on Node.js with @socket.io/redis-adapter, npm-installed into loadtest/.npm."""
+
+    name = "socketio-node"
+    dialect: Dialect = "socketio"
+    always_redis = True
+    reuse_port = False
+
+    def unavailable(self) -> str | None:
+        if shutil.which("node") is None or shutil.which("npm") is None:
+            return "node and npm are not installed"
+        return _npm_install()
+
+    def node_argv(self, ready_file: Path, index: int, redis_url: str, secret: str, workdir: Path) -> list[str]:
+        return ["env", f"NODE_PATH={_NPM_DIR / 'node_modules'}", "node", str(_NODE_APP / "server.js"),
+                "--ready-file", str(ready_file), "--jwt-secret", secret, "--redis-url", redis_url,
+                "--node-id", f"n{index}"]
+
+
+def _missing(module: str, what: str) -> str | None:
+    return None if importlib.util.find_spec(module) else f"{what} is not installed"
+
+
+@cache
+def _gateway_cli_missing() -> str | None:
+    try:
+        run = subprocess.run([sys.executable, "-m", "wsgateway", "serve", "--help"], cwd=REPO_ROOT,
+                             capture_output=True, timeout=60)
+    except subprocess.TimeoutExpired:
+        return "`python -m wsgateway serve --help` timed out"
+    if run.returncode != 0:
+        return "`python -m wsgateway serve` is not available yet: " + run.stderr.decode(errors="replace").strip()[-200:]
+    return None
+
+
+@cache
+def _npm_install() -> str | None:
+    """Install the Node peer's packages into loadtest/.npm once (git-ignored)."""
+    _NPM_DIR.mkdir(exist_ok=True)
+    manifest = (_NODE_APP / "package.json").read_bytes()
+    stamp = _NPM_DIR / "package.json"
+    if stamp.exists() and stamp.read_bytes() == manifest and (_NPM_DIR / "node_modules").is_dir():
+        return None
+    stamp.write_bytes(manifest)
+    try:
+        run = subprocess.run(["npm", "install", "--no-audit", "--no-fund", "--omit=dev"], cwd=_NPM_DIR,
+                             capture_output=True, timeout=300)
+    except subprocess.TimeoutExpired:
+        return "npm install timed out"
+    if run.returncode != 0:
+        stamp.unlink(missing_ok=True)
+        return "npm install failed: " + run.stderr.decode(errors="replace")[-300:]
+    return None
+
+
+TARGETS: dict[str, Target] = {t.name: t for t in (WsGateway(), Bare(), SocketIO(), Channels(), SocketIONode())}
+"""Every target by name, in report order."""
+
+
+def resolve(spec: str) -> list[Target]:
+    """Return the targets named by ``--target`` (a comma list or ``all``).
+
+    Raises ``ValueError`` naming an unknown target. Ratios in the report need ``bare`` in
+    the same run.
+    """
+    names = list(TARGETS) if spec.strip() == "all" else [n.strip() for n in spec.split(",") if n.strip()]
+    unknown = [n for n in names if n not in TARGETS]
+    if unknown:
+        raise ValueError(f"unknown target(s): {', '.join(unknown)} (known: {', '.join(TARGETS)}, all)")
+    return [TARGETS[n] for n in dict.fromkeys(names)]
+
