@@ -472,8 +472,11 @@ class Gateway:
         if len(payload) > self._max_post:
             raise PayloadTooLargeError("Message too long")
         assert self._loop is not None
+        # Other nodes first: if the registry cannot answer, the caller gets a retriable error
+        # before anyone received the message, so a retry never duplicates it locally.
+        remote = await self.registry.fanout(tenant, payload, binary)
         local = self.hub.fanout(tenant, payload, binary, self._loop.time(), self._queue_limit)
-        return local + await self.registry.fanout(tenant, payload, binary)
+        return local + remote
 
     async def list_tenant(self, tenant: str, limit: int, next_token: str | None) -> Page:
         """One page of the tenant's connections on every node."""

@@ -1,0 +1,48 @@
+"""Shared fixtures: a private redis-server for the registry tests.
+
+It runs on a free loopback port chosen by pytest-redis (never the machine's shared Redis on
+6379, never fakeredis), once per session; each test gets its own key prefix, so tests do not
+see each other's keys and need no FLUSHALL.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from pathlib import Path
+
+import port_for
+import pytest
+from pytest_redis import factories
+from pytest_redis.executor import RedisExecutor
+
+private_redis = factories.redis_proc(port=None)  # type: ignore[arg-type]  # None: any free port
+
+_prefixes = itertools.count(1)
+
+
+@pytest.fixture
+def redis_url(private_redis: RedisExecutor) -> str:
+    """URL of the session's private redis-server."""
+    return f"redis://{private_redis.host}:{private_redis.port}/0"
+
+
+@pytest.fixture
+def key_prefix() -> str:
+    """A key prefix no other test uses."""
+    return f"t{next(_prefixes)}"
+
+
+@pytest.fixture
+def restartable_redis(tmp_path: Path) -> Iterator[RedisExecutor]:
+    """A redis-server of the test's own, free port, to kill / stop and start again.
+
+    ``kill(SIGKILL)`` loses its data; ``stop()`` (SIGTERM) saves it to ``tmp_path`` first
+    (redis-server's default save points), and ``start()`` loads it back."""
+    executor = RedisExecutor(
+        executable="redis-server", databases=1, redis_timeout=30, loglevel="warning",
+        host="127.0.0.1", port=port_for.select_random(), save="", datadir=tmp_path,
+    )
+    executor.start()
+    yield executor
+    executor.stop()

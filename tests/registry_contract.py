@@ -1,0 +1,259 @@
+"""The registry contract, written once: every check is a function taking a factory.
+
+``tests/test_registry_memory.py`` and ``tests/test_registry_redis.py`` run :data:`CHECKS`
+against their registry (centrifuge's shared broker tests are the model). A factory takes a
+:class:`RecordingNode` and returns a started registry serving it.
+
+:class:`RecordingNode` is a small, honest LocalNode: it holds connections in memory, answers
+as the gateway's hub would, and records what it was asked. It is a test node, not a mock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+
+import pytest
+
+from wsgateway.errors import BadRequestError, GoneError, LimitExceededError
+from wsgateway.ids import new_connection_id
+from wsgateway.registry import ConnectionInfo, ConnectionRecord, LocalNode, Registry
+
+__all__ = ["CHECKS", "Factory", "RecordingNode", "make_record"]
+
+
+@dataclass
+class RecordingNode:
+    """A LocalNode holding connections in dicts; ``full`` ids answer LimitExceededError."""
+
+    node_id: str
+    connections: dict[str, ConnectionInfo] = field(default_factory=dict)
+    posted: dict[str, list[tuple[bytes, bool]]] = field(default_factory=dict)
+    fanouts: list[tuple[str, bytes, bool]] = field(default_factory=list)
+    deleted: list[str] = field(default_factory=list)
+    orphans: list[tuple[ConnectionRecord, int, str]] = field(default_factory=list)
+    full: set[str] = field(default_factory=set)
+
+    def open(self, record: ConnectionRecord, last_active_at: float | None = None) -> ConnectionRecord:
+        """Hold ``record`` as an open connection (the hub's side of an accept)."""
+        self.connections[record.connection_id] = ConnectionInfo(record, last_active_at or record.connected_at)
+        return record
+
+    def touch(self, connection_id: str, at: float) -> None:
+        """The connection carried a data frame at ``at``."""
+        self.connections[connection_id] = ConnectionInfo(self.connections[connection_id].record, at)
+
+    def local_post(self, connection_id: str, data: bytes, binary: bool) -> None:
+        if connection_id not in self.connections:
+            raise GoneError()
+        if connection_id in self.full:
+            raise LimitExceededError()
+        self.posted.setdefault(connection_id, []).append((data, binary))
+
+    def local_info(self, connection_id: str) -> ConnectionInfo:
+        try:
+            return self.connections[connection_id]
+        except KeyError:
+            raise GoneError() from None
+
+    async def local_delete(self, connection_id: str) -> None:
+        if self.connections.pop(connection_id, None) is None:
+            raise GoneError()
+        self.deleted.append(connection_id)
+
+    def local_fanout(self, tenant: str, data: bytes, binary: bool) -> int:
+        self.fanouts.append((tenant, data, binary))
+        count = 0
+        for info in self.connections.values():
+            if info.record.tenant == tenant:
+                self.posted.setdefault(info.record.connection_id, []).append((data, binary))
+                count += 1
+        return count
+
+    def local_connections(self) -> Iterable[ConnectionInfo]:
+        return list(self.connections.values())
+
+    async def run_orphan_disconnect(self, record: ConnectionRecord, code: int, reason: str) -> None:
+        self.orphans.append((record, code, reason))
+
+
+Factory = Callable[[RecordingNode], Awaitable[Registry]]
+
+
+def make_record(node_id: str, tenant: str = "tenant-a", **overrides: object) -> ConnectionRecord:
+    """A record as the gateway builds it, with a fresh connection id."""
+    values: dict[str, object] = {
+        "connection_id": new_connection_id(),
+        "node_id": node_id,
+        "tenant": tenant,
+        "principal_id": "user-1",
+        "connected_at": time.time(),
+        "source_ip": "203.0.113.7",
+        "user_agent": "test-agent/1.0",
+        "authorizer": {"principalId": "user-1", "role": "admin", "n": 3},
+        "domain_name": "ws.example.com",
+    }
+    values.update(overrides)
+    return ConnectionRecord(**values)  # type: ignore[arg-type]
+
+
+async def _accept(registry: Registry, node: RecordingNode, record: ConnectionRecord) -> ConnectionRecord:
+    node.open(record)
+    await registry.add(record)
+    return record
+
+
+async def _close(registry: Registry, node: RecordingNode, record: ConnectionRecord) -> None:
+    node.connections.pop(record.connection_id, None)
+    await registry.remove(record)
+
+
+# ---------------------------------------------------------------- the checks
+
+
+async def check_satisfies_protocol(make: Factory) -> None:
+    registry = await make(RecordingNode("n1"))
+    assert isinstance(registry, Registry)
+    assert registry.kind in ("memory", "redis")
+
+
+async def check_health_reachable(make: Factory) -> None:
+    registry = await make(RecordingNode("n1"))
+    health = await registry.health()
+    assert health["backend"] == registry.kind
+    assert health["reachable"] is True
+
+
+async def check_unknown_connection_is_gone(make: Factory) -> None:
+    registry = await make(RecordingNode("n1"))
+    unknown = new_connection_id()
+    with pytest.raises(GoneError):
+        await registry.post(unknown, b"x", False)
+    with pytest.raises(GoneError):
+        await registry.get(unknown)
+    with pytest.raises(GoneError):
+        await registry.delete(unknown)
+
+
+async def check_own_connection_is_not_served_twice(make: Factory) -> None:
+    """The gateway asks the registry only for ids its hub lacks: the registry must not
+    deliver to its own node (that would be a second delivery path)."""
+    node = RecordingNode("n1")
+    registry = await make(node)
+    record = await _accept(registry, node, make_record("n1"))
+    await _close(registry, node, record)
+    with pytest.raises(GoneError):
+        await registry.post(record.connection_id, b"x", False)
+    assert node.posted == {}
+
+
+async def check_fanout_without_other_nodes(make: Factory) -> None:
+    node = RecordingNode("n1")
+    registry = await make(node)
+    await _accept(registry, node, make_record("n1", "tenant-a"))
+    assert await registry.fanout("tenant-a", b"hello", False) == 0
+    assert await registry.fanout("nobody", b"hello", True) == 0
+    assert node.fanouts == []  # the gateway fans out locally itself
+
+
+async def check_listing_holds_full_records(make: Factory) -> None:
+    node = RecordingNode("n1")
+    registry = await make(node)
+    records = [await _accept(registry, node, make_record("n1", "tenant-a")) for _ in range(3)]
+    await _accept(registry, node, make_record("n1", "tenant-b"))
+    active_at = records[0].connected_at + 100.5
+    node.touch(records[0].connection_id, active_at)
+    page = await registry.list_tenant("tenant-a", 10, None)
+    assert page.next_token is None
+    assert [i.record for i in page.connections] == sorted(records, key=lambda r: r.connection_id)
+    last_active = {i.record.connection_id: i.last_active_at for i in page.connections}
+    assert last_active[records[0].connection_id] == active_at
+    assert last_active[records[1].connection_id] == records[1].connected_at
+
+
+async def check_listing_pages_in_id_order(make: Factory) -> None:
+    node = RecordingNode("n1")
+    registry = await make(node)
+    ids = sorted([(await _accept(registry, node, make_record("n1"))).connection_id for _ in range(5)])
+    seen: list[str] = []
+    token: str | None = None
+    sizes = []
+    for _ in range(5):
+        page = await registry.list_tenant("tenant-a", 2, token)
+        sizes.append(len(page.connections))
+        seen += [i.record.connection_id for i in page.connections]
+        token = page.next_token
+        if token is None:
+            break
+    assert sizes == [2, 2, 1]
+    assert seen == ids
+
+
+async def check_listing_exact_page_has_no_token(make: Factory) -> None:
+    node = RecordingNode("n1")
+    registry = await make(node)
+    for _ in range(2):
+        await _accept(registry, node, make_record("n1"))
+    page = await registry.list_tenant("tenant-a", 2, None)
+    assert len(page.connections) == 2
+    assert page.next_token is None
+    empty = await registry.list_tenant("nobody", 1000, None)
+    assert empty.connections == []
+    assert empty.next_token is None
+
+
+async def check_listing_rejects_bad_input(make: Factory) -> None:
+    registry = await make(RecordingNode("n1"))
+    for limit in (0, -1, 1001):
+        with pytest.raises(BadRequestError):
+            await registry.list_tenant("tenant-a", limit, None)
+    for token in ("!!!", "", "a", "AAAA====", "Zm9vIGJhcg"):  # the last is base64 of "foo bar"
+        with pytest.raises(BadRequestError):
+            await registry.list_tenant("tenant-a", 10, token)
+
+
+async def check_remove_drops_from_listing(make: Factory) -> None:
+    node = RecordingNode("n1")
+    registry = await make(node)
+    kept = await _accept(registry, node, make_record("n1"))
+    gone = await _accept(registry, node, make_record("n1"))
+    await _close(registry, node, gone)
+    await registry.remove(gone)  # twice: the second is a no-op
+    page = await registry.list_tenant("tenant-a", 10, None)
+    assert [i.record.connection_id for i in page.connections] == [kept.connection_id]
+
+
+async def check_close_is_idempotent(make: Factory) -> None:
+    registry = await make(RecordingNode("n1"))
+    await registry.close()
+    await registry.close()
+
+
+CHECKS: list[Callable[[Factory], Awaitable[None]]] = [
+    check_satisfies_protocol,
+    check_health_reachable,
+    check_unknown_connection_is_gone,
+    check_own_connection_is_not_served_twice,
+    check_fanout_without_other_nodes,
+    check_listing_holds_full_records,
+    check_listing_pages_in_id_order,
+    check_listing_exact_page_has_no_token,
+    check_listing_rejects_bad_input,
+    check_remove_drops_from_listing,
+    check_close_is_idempotent,
+]
+
+
+async def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    """Poll ``predicate`` every 10 ms until true; fail with ``what`` after ``timeout`` s."""
+    try:
+        async with asyncio.timeout(timeout):
+            while not predicate():
+                await asyncio.sleep(0.01)
+    except TimeoutError:
+        raise AssertionError(f"timed out after {timeout}s waiting for {what}") from None
+
+
+_: type[LocalNode] = RecordingNode

@@ -1,0 +1,328 @@
+"""Several gateway nodes as real processes on one private Redis, driven as users drive them:
+websockets clients, boto3's ``apigatewaymanagementapi`` client against one node for a
+connection on another, SIGKILL and SIGTERM of a node, and Redis going away under traffic.
+
+Handlers (``tests.cluster_handlers``) append every ``$connect``/``$disconnect`` to a file,
+since the nodes are other processes. Timings are scaled down: heartbeat 0.2 s, node TTL 1 s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import boto3
+import pytest
+import websockets
+from botocore.config import Config
+from botocore.exceptions import ClientError
+from pytest_redis.executor import RedisExecutor
+from websockets.asyncio.client import ClientConnection
+from websockets.exceptions import ConnectionClosed
+
+pytestmark = [pytest.mark.redis, pytest.mark.slow]
+
+ROOT = Path(__file__).resolve().parent.parent
+HEARTBEAT_S = 0.2
+NODE_TTL_S = 1.0
+START_TIMEOUT_S = 30.0
+
+
+@dataclass
+class GatewayProcess:
+    """One ``wsgateway serve`` process and what its ready file said."""
+
+    name: str
+    process: subprocess.Popen[bytes]
+    node_id: str = ""
+    port: int = 0
+    management_port: int = 0
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.management_port}/prod"
+
+    def management(self) -> Any:
+        """boto3's client for this node; no retries, so that each status is seen as sent."""
+        return boto3.client(
+            "apigatewaymanagementapi", endpoint_url=self.endpoint, region_name="eu-west-1",
+            aws_access_key_id="AKIDTEST", aws_secret_access_key="secret",
+            config=Config(retries={"max_attempts": 1, "mode": "standard"}, read_timeout=10),
+        )
+
+    async def connect(self, tenant: str = "t1") -> tuple[ClientConnection, str]:
+        """A websockets client on this node, and its connection id."""
+        ws = await websockets.connect(f"ws://127.0.0.1:{self.port}/prod?tenant={tenant}", open_timeout=5)
+        await ws.send('{"action": "whoami"}')
+        return ws, str(await asyncio.wait_for(ws.recv(), 5))
+
+
+class Cluster:
+    """Starts gateway nodes on free ports, sharing one Redis and one event file."""
+
+    def __init__(self, tmp_path: Path, redis_url: str, key_prefix: str) -> None:
+        self.tmp_path = tmp_path
+        self.redis_url = redis_url
+        self.key_prefix = key_prefix
+        self.events_file = tmp_path / "events.jsonl"
+        self.events_file.touch()
+        self.nodes: list[GatewayProcess] = []
+
+    async def start(self, name: str) -> GatewayProcess:
+        config = self.tmp_path / f"{name}.toml"
+        config.write_text(_CONFIG.format(url=self.redis_url, prefix=self.key_prefix))
+        ready = self.tmp_path / f"{name}.ready.json"
+        log = open(self.tmp_path / f"{name}.log", "wb")  # noqa: SIM115, ASYNC230 - lives with the process
+        process = subprocess.Popen(  # noqa: ASYNC220 - returns at once; the wait below is async
+            [sys.executable, "-m", "wsgateway", "serve", "--config", str(config), "--ready-file", str(ready)],
+            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONPATH": str(ROOT), "WSGW_CLUSTER_EVENTS": str(self.events_file)},
+        )
+        node = GatewayProcess(name, process)
+        self.nodes.append(node)
+        async with asyncio.timeout(START_TIMEOUT_S):
+            while not ready.exists():
+                assert process.poll() is None, (self.tmp_path / f"{name}.log").read_text()
+                await asyncio.sleep(0.05)
+        info = json.loads(ready.read_text())
+        node.node_id, node.port, node.management_port = info["node_id"], info["port"], info["management_port"]
+        return node
+
+    def events(self, route_key: str) -> list[dict[str, Any]]:
+        lines = self.events_file.read_text().splitlines()
+        return [e for e in map(json.loads, lines) if e["routeKey"] == route_key]
+
+    def stop_all(self) -> None:
+        for node in self.nodes:
+            if node.process.poll() is None:
+                node.process.kill()
+            node.process.wait()
+
+
+_CONFIG = """
+[listen]
+host = "127.0.0.1"
+port = 0
+ping_interval_s = 5
+ping_timeout_s = 5
+
+[management]
+host = "127.0.0.1"
+port = 0
+
+[log]
+access_log = ""
+
+[routes]
+"$connect" = "tests.cluster_handlers:on_connect"
+"$disconnect" = "tests.cluster_handlers:on_disconnect"
+"$default" = "tests.cluster_handlers:echo"
+whoami = "tests.cluster_handlers:whoami"
+
+[limits]
+close_timeout_s = 1
+shutdown_timeout_s = 5
+
+[registry]
+backend = "redis"
+redis_url = "{url}"
+key_prefix = "{prefix}"
+heartbeat_s = 0.2
+node_ttl_s = 1.0
+"""
+
+
+@pytest.fixture
+async def cluster(tmp_path: Path, redis_url: str, key_prefix: str) -> AsyncIterator[Cluster]:
+    running = Cluster(tmp_path, redis_url, key_prefix)
+    try:
+        yield running
+    finally:
+        running.stop_all()
+
+
+async def wait_until(predicate: Any, timeout: float, what: str) -> float:
+    """Poll ``predicate`` (sync) every 20 ms; return the seconds it took."""
+    started = time.monotonic()
+    async with asyncio.timeout(timeout):
+        while not predicate():
+            await asyncio.sleep(0.02)
+    return time.monotonic() - started
+
+
+def error_code(call: Any, *args: Any, **kwargs: Any) -> str:
+    """Call a boto3 method; return "200" or the error code it raised."""
+    try:
+        call(*args, **kwargs)
+    except ClientError as exc:
+        return str(exc.response["Error"]["Code"])
+    return "200"
+
+
+async def tenant_listing(node: GatewayProcess, tenant: str) -> list[str]:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(f"{node.endpoint}/@tenants/{tenant}/connections?limit=1000") as resp,
+    ):
+        assert resp.status == 200, await resp.text()
+        body = await resp.json()
+    return sorted(c["connectionId"] for c in body["connections"])
+
+
+async def settled(node: GatewayProcess) -> None:
+    """Until the node's registry vouches for misses (a new cluster takes two beats)."""
+    async with aiohttp.ClientSession() as http, asyncio.timeout(10):
+        while True:
+            async with http.get(f"http://127.0.0.1:{node.management_port}/health") as resp:
+                if (await resp.json())["registry"].get("settled"):
+                    return
+            await asyncio.sleep(0.05)
+
+
+# ---------------------------------------------------------------- the tests
+
+
+async def test_any_node_serves_any_connection(cluster: Cluster) -> None:
+    node_a, node_b = await cluster.start("a"), await cluster.start("b")
+    await settled(node_b)
+    on_a = [await node_a.connect("t1") for _ in range(2)]
+    on_b = [await node_b.connect("t1")]
+    api_b = node_b.management()
+    ws, cid = on_a[0]
+    api_b.post_to_connection(ConnectionId=cid, Data=b"from b")
+    assert await asyncio.wait_for(ws.recv(), 5) == "from b"
+    info = api_b.get_connection(ConnectionId=cid)
+    assert info["Identity"]["SourceIp"] == "127.0.0.1"
+    assert "LastActiveAt" in info and "ConnectedAt" in info
+
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(f"{node_b.endpoint}/@tenants/t1/messages", data=b"to all") as resp,
+    ):
+        assert resp.status == 200
+        assert await resp.json() == {"delivered": 3}
+    for client, _ in on_a + on_b:
+        assert await asyncio.wait_for(client.recv(), 5) == "to all"
+    assert await tenant_listing(node_b, "t1") == sorted(c for _, c in on_a + on_b)
+
+    api_b.delete_connection(ConnectionId=cid)
+    with pytest.raises(ConnectionClosed):
+        await asyncio.wait_for(ws.recv(), 5)
+    assert ws.close_code == 1000
+    assert error_code(api_b.post_to_connection, ConnectionId=cid, Data=b"x") == "GoneException"
+    assert error_code(api_b.get_connection, ConnectionId=cid) == "GoneException"
+
+
+async def test_posts_across_nodes_keep_their_order(cluster: Cluster) -> None:
+    node_a, node_b = await cluster.start("a"), await cluster.start("b")
+    ws, cid = await node_a.connect()
+    api_b = node_b.management()
+    for i in range(100):
+        api_b.post_to_connection(ConnectionId=cid, Data=str(i).encode())
+    assert [await asyncio.wait_for(ws.recv(), 5) for _ in range(100)] == [str(i) for i in range(100)]
+
+
+async def test_killed_node_is_cleaned_up_once_with_1006(cluster: Cluster) -> None:
+    nodes = [await cluster.start(n) for n in ("a", "b", "c")]
+    doomed, survivors = nodes[0], nodes[1:]
+    clients = [await doomed.connect("t1") for _ in range(3)]
+    ids = sorted(c for _, c in clients)
+    await settled(survivors[0])
+    assert await tenant_listing(survivors[0], "t1") == ids
+    await asyncio.sleep(NODE_TTL_S)  # survivors sweep only after being up for node_ttl_s
+    doomed.process.send_signal(signal.SIGKILL)
+    doomed.process.wait()
+    def disconnects() -> list[dict[str, Any]]:
+        return [e for e in cluster.events("$disconnect") if e["connectionId"] in ids]
+
+    took = await wait_until(lambda: len(disconnects()) >= 3, NODE_TTL_S + 5, "orphan $disconnect")
+    assert took <= NODE_TTL_S + 2 * HEARTBEAT_S + 1.5
+    await asyncio.sleep(5 * HEARTBEAT_S)  # a second run would show up by now
+    events = disconnects()
+    assert sorted(e["connectionId"] for e in events) == ids  # exactly once each
+    assert {e["disconnectStatusCode"] for e in events} == {1006}
+    assert {e["pid"] for e in events} <= {n.process.pid for n in survivors}
+    for node in survivors:
+        api = node.management()
+        for cid in ids:
+            assert error_code(api.post_to_connection, ConnectionId=cid, Data=b"x") == "GoneException"
+        assert await tenant_listing(node, "t1") == []
+    for ws, _ in clients:
+        with contextlib.suppress(Exception):
+            await ws.close()
+
+
+async def test_terminated_node_is_gone_at_once(cluster: Cluster) -> None:
+    node_a, node_b = await cluster.start("a"), await cluster.start("b")
+    clients = [await node_a.connect("t1") for _ in range(2)]
+    api_b = node_b.management()
+    api_b.post_to_connection(ConnectionId=clients[0][1], Data=b"warm")  # B caches the owner
+    node_a.process.send_signal(signal.SIGTERM)
+    assert node_a.process.wait(timeout=15) == 0
+    for ws, cid in clients:
+        with pytest.raises(ConnectionClosed):
+            while True:
+                await asyncio.wait_for(ws.recv(), 5)
+        assert ws.close_code == 1001
+        assert error_code(api_b.post_to_connection, ConnectionId=cid, Data=b"x") == "GoneException"
+    events = [e for e in cluster.events("$disconnect") if e["connectionId"] in {c for _, c in clients}]
+    assert sorted(e["disconnectStatusCode"] for e in events) == [1001, 1001]
+    assert {e["pid"] for e in events} == {node_a.process.pid}
+    assert await tenant_listing(node_b, "t1") == []
+
+
+async def test_redis_outage_under_traffic(tmp_path: Path, restartable_redis: RedisExecutor, key_prefix: str) -> None:
+    cluster = Cluster(tmp_path, f"redis://127.0.0.1:{restartable_redis.port}/0", key_prefix)
+    try:
+        await _outage_scenario(cluster, restartable_redis)
+    finally:
+        cluster.stop_all()
+
+
+async def _outage_scenario(cluster: Cluster, redis_server: RedisExecutor) -> None:
+    node_a, node_b = await cluster.start("a"), await cluster.start("b")
+    await settled(node_b)
+    (ws_a, cid_a), (ws_b, cid_b) = await node_a.connect(), await node_b.connect()
+    api_a, api_b = node_a.management(), node_b.management()
+    api_b.post_to_connection(ConnectionId=cid_a, Data=b"before")
+    assert await asyncio.wait_for(ws_a.recv(), 5) == "before"
+
+    redis_server.kill(sig=signal.SIGKILL)
+    outage_started = time.monotonic()
+    codes: set[str] = set()
+    sent_local = 0
+    ws_new, cid_new = await node_a.connect()  # accepted during the outage
+    while time.monotonic() - outage_started < 3.0:  # the outage, under traffic
+        api_a.post_to_connection(ConnectionId=cid_a, Data=b"local")  # same node: no Redis needed
+        sent_local += 1
+        codes.add(await asyncio.to_thread(error_code, api_b.post_to_connection, ConnectionId=cid_a, Data=b"x"))
+        await ws_b.send('{"action": "whoami"}')  # clients keep talking to their own node
+        assert await asyncio.wait_for(ws_b.recv(), 5) == cid_b
+        await asyncio.sleep(0.1)
+    assert codes == {"ServiceUnavailableException"}  # never GoneException, never delivered late
+    assert [await asyncio.wait_for(ws_a.recv(), 5) for _ in range(sent_local)] == ["local"] * sent_local
+    assert node_a.process.poll() is None and node_b.process.poll() is None
+
+    redis_server.start()  # back, and empty
+    restarted = time.monotonic()
+    async with asyncio.timeout(10):
+        while error_code(api_b.post_to_connection, ConnectionId=cid_new, Data=b"after") != "200":
+            await asyncio.sleep(0.05)
+    assert time.monotonic() - restarted <= 4 * HEARTBEAT_S + 2
+    assert await asyncio.wait_for(ws_new.recv(), 5) == "after"
+    api_b.post_to_connection(ConnectionId=cid_a, Data=b"after")
+    assert await asyncio.wait_for(ws_a.recv(), 5) == "after"
+    await settled(node_b)
+    assert await tenant_listing(node_b, "t1") == sorted([cid_a, cid_b, cid_new])
+    assert [e for e in cluster.events("$disconnect")] == []  # nobody was taken for dead

@@ -1,0 +1,484 @@
+"""The registry contract against RedisRegistry on a private redis-server, then what only a
+cluster has: two or three registries (node ids) on one Redis, cross-node calls, ordering,
+node death, Redis losing its data, Redis going away and coming back.
+
+Timings are scaled down (heartbeat 0.2 s, node TTL 1 s) so that the whole file stays fast.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import port_for
+import pytest
+import redis
+import redis.asyncio
+from pytest_redis.executor import RedisExecutor
+
+from wsgateway.config import RegistryConfig
+from wsgateway.errors import GoneError, LimitExceededError, RegistryUnavailableError
+from wsgateway.ids import new_connection_id
+from wsgateway.registry import (
+    ConnectionInfo,
+    ConnectionRecord,
+    Registry,
+    create_registry,
+)
+from wsgateway.registry._redis_wire import (
+    KIND_POST,
+    decode_message,
+    encode_message,
+    info_from_json,
+    info_to_json,
+)
+from wsgateway.registry.redis import RedisRegistry
+
+from .registry_contract import CHECKS, Factory, RecordingNode, make_record, wait_for
+
+pytestmark = pytest.mark.redis
+
+HEARTBEAT_S = 0.2
+NODE_TTL_S = 1.0
+SETTLE_TIMEOUT_S = 5.0
+
+
+def registry_config(url: str, prefix: str) -> RegistryConfig:
+    return RegistryConfig(
+        backend="redis", redis_url=url, key_prefix=prefix, heartbeat_s=HEARTBEAT_S, node_ttl_s=NODE_TTL_S
+    )
+
+
+@pytest.fixture
+async def make(redis_url: str, key_prefix: str) -> AsyncIterator[Factory]:
+    """Start registries on the private Redis (one key prefix per test); close them after."""
+    started: list[RedisRegistry] = []
+
+    async def factory(node: RecordingNode) -> RedisRegistry:
+        registry = RedisRegistry(registry_config(redis_url, key_prefix), node.node_id)
+        started.append(registry)
+        await registry.start(node)
+        await wait_settled(registry)
+        return registry
+
+    yield factory
+    for registry in reversed(started):
+        await registry.close()
+
+
+async def wait_settled(registry: RedisRegistry, timeout: float = SETTLE_TIMEOUT_S) -> None:
+    """Wait until the registry vouches for misses (a new cluster settles in two beats)."""
+    async with asyncio.timeout(timeout):
+        while not (await registry.health())["settled"]:
+            await asyncio.sleep(0.02)
+
+
+async def accept(registry: Registry, node: RecordingNode, tenant: str = "tenant-a") -> ConnectionRecord:
+    record = node.open(make_record(node.node_id, tenant))
+    await registry.add(record)
+    return record
+
+
+def sync_client(url: str) -> redis.Redis:
+    return redis.Redis.from_url(url)
+
+
+@pytest.mark.parametrize("check", CHECKS, ids=lambda c: c.__name__.removeprefix("check_"))
+async def test_contract(check: Callable[[Factory], object], make: Factory) -> None:
+    await check(make)  # type: ignore[misc]
+
+
+def test_create_registry_builds_redis(redis_url: str) -> None:
+    registry = create_registry(registry_config(redis_url, "x"), "n1")
+    assert isinstance(registry, RedisRegistry)
+    assert registry.kind == "redis"
+
+
+async def test_configured_password_beats_the_urls(tmp_path: Path, key_prefix: str) -> None:
+    executor = RedisExecutor(
+        executable="redis-server", databases=1, redis_timeout=30, loglevel="warning", host="127.0.0.1",
+        port=port_for.select_random(), password="right-one", datadir=tmp_path,
+    )
+    with executor:
+        url = f"redis://:wrong-one@127.0.0.1:{executor.port}/0"
+        config = registry_config(url, key_prefix)
+        node = RecordingNode("na")
+        good = RedisRegistry(dataclasses.replace(config, password="right-one"), "na")
+        await good.start(node)
+        assert (await good.health())["reachable"] is True
+        await good.close()
+        bad = RedisRegistry(config, "nb")  # the URL's wrong password, nothing configured
+        await bad.start(RecordingNode("nb"))
+        assert (await bad.health())["reachable"] is False
+        await bad.close()
+
+
+# ---------------------------------------------------------------- records in Redis
+
+
+async def test_record_layout_is_hash_tagged(make: Factory, redis_url: str, key_prefix: str) -> None:
+    node = RecordingNode("na")
+    registry = await make(node)
+    record = await accept(registry, node)
+    r = sync_client(redis_url)
+    fields = r.hgetall(f"{key_prefix}:{{c:{record.connection_id}}}")
+    assert fields[b"node"] == b"na"
+    assert fields[b"tenant"] == b"tenant-a"
+    assert fields[b"principal"] == b"user-1"
+    assert float(fields[b"connectedAt"]) == record.connected_at
+    assert float(fields[b"lastActiveAt"]) == record.connected_at
+    assert fields[b"sourceIp"] == b"203.0.113.7"
+    assert fields[b"userAgent"] == b"test-agent/1.0"
+    assert fields[b"domainName"] == b"ws.example.com"
+    assert r.zrange(f"{key_prefix}:{{t:tenant-a}}:conns", 0, -1) == [record.connection_id.encode()]
+    assert r.smembers(f"{key_prefix}:{{t:tenant-a}}:nodes") == {b"na"}
+    assert r.smembers(f"{key_prefix}:{{n:na}}:conns") == {record.connection_id.encode()}
+    await registry.remove(record)
+    assert not r.exists(f"{key_prefix}:{{c:{record.connection_id}}}")
+    assert r.smembers(f"{key_prefix}:{{t:tenant-a}}:nodes") == set()
+
+
+async def test_last_active_is_flushed_on_the_heartbeat(make: Factory, redis_url: str, key_prefix: str) -> None:
+    node = RecordingNode("na")
+    registry = await make(node)
+    record = await accept(registry, node)
+    active_at = record.connected_at + 5.25
+    node.touch(record.connection_id, active_at)
+    r = sync_client(redis_url)
+    key = f"{key_prefix}:{{c:{record.connection_id}}}"
+    await wait_for(lambda: r.hget(key, "lastActiveAt") == repr(active_at).encode(), 3 * HEARTBEAT_S + 1, "flush")
+
+
+# ---------------------------------------------------------------- cross-node calls
+
+
+async def test_cross_node_post_get_delete(make: Factory) -> None:
+    node_a, node_b = RecordingNode("na"), RecordingNode("nb")
+    reg_a, reg_b = await make(node_a), await make(node_b)
+    record = await accept(reg_a, node_a)
+    cid = record.connection_id
+    await reg_b.post(cid, b"\x00\x01binary", True)
+    await reg_b.post(cid, "héllo".encode(), False)
+    assert node_a.posted[cid] == [(b"\x00\x01binary", True), ("héllo".encode(), False)]
+    node_a.touch(cid, record.connected_at + 321.5)
+    info = await reg_b.get(cid)
+    assert info.record == record
+    assert info.last_active_at == record.connected_at + 321.5
+    await reg_b.delete(cid)
+    assert node_a.deleted == [cid]
+    for call in (reg_b.post(cid, b"x", False), reg_b.get(cid), reg_b.delete(cid)):
+        with pytest.raises(GoneError):
+            await call
+    node_a.full.add((await accept(reg_a, node_a)).connection_id)
+    with pytest.raises(LimitExceededError):
+        await reg_b.post(next(iter(node_a.full)), b"x", False)
+
+
+async def test_gone_after_remove_even_with_a_cached_owner(make: Factory) -> None:
+    node_a, node_b = RecordingNode("na"), RecordingNode("nb")
+    reg_a, reg_b = await make(node_a), await make(node_b)
+    record = await accept(reg_a, node_a)
+    await reg_b.post(record.connection_id, b"1", False)  # caches the owner
+    del node_a.connections[record.connection_id]
+    await reg_a.remove(record)
+    with pytest.raises(GoneError):
+        await reg_b.post(record.connection_id, b"2", False)
+    assert node_a.posted[record.connection_id] == [(b"1", False)]
+
+
+async def test_cross_node_fanout_and_listing(make: Factory) -> None:
+    nodes = [RecordingNode(n) for n in ("na", "nb", "nc")]
+    regs = [await make(n) for n in nodes]
+    on_a = [await accept(regs[0], nodes[0]) for _ in range(3)]
+    on_b = [await accept(regs[1], nodes[1]) for _ in range(2)]
+    await accept(regs[1], nodes[1], "tenant-other")
+    # nc holds no connection of tenant-a: it must not be asked
+    assert await regs[2].fanout("tenant-a", b"news", False) == 5
+    assert await regs[0].fanout("tenant-a", b"more", True) == 2
+    assert [f[0] for f in nodes[0].fanouts] == ["tenant-a"]  # one message per node
+    assert [f[0] for f in nodes[1].fanouts] == ["tenant-a", "tenant-a"]
+    assert nodes[2].fanouts == []
+    assert all(nodes[0].posted[r.connection_id] == [(b"news", False)] for r in on_a)
+    assert all(nodes[1].posted[r.connection_id] == [(b"news", False), (b"more", True)] for r in on_b)
+    expected = sorted(r.connection_id for r in on_a + on_b)
+    seen: list[str] = []
+    token = None
+    while True:
+        page = await regs[2].list_tenant("tenant-a", 2, token)
+        seen += [i.record.connection_id for i in page.connections]
+        token = page.next_token
+        if token is None:
+            break
+    assert seen == expected
+
+
+async def test_posts_from_one_caller_arrive_in_order(make: Factory) -> None:
+    node_a, node_b = RecordingNode("na"), RecordingNode("nb")
+    reg_a, reg_b = await make(node_a), await make(node_b)
+    cid = (await accept(reg_a, node_a)).connection_id
+    messages = [str(i).encode() for i in range(1000)]
+    await asyncio.gather(*(reg_b.post(cid, m, False) for m in messages))
+    assert [m for m, _ in node_a.posted[cid]] == messages
+
+
+async def test_redis_commands_per_post(make: Factory, redis_url: str) -> None:
+    """One PUBLISH for the request and one for the reply; the owner lookup is cached."""
+    node_a, node_b = RecordingNode("na"), RecordingNode("nb")
+    reg_a, reg_b = await make(node_a), await make(node_b)
+    cid = (await accept(reg_a, node_a)).connection_id
+    await reg_b.post(cid, b"warm", False)
+    r = sync_client(redis_url)
+    r.config_resetstat()
+    for i in range(200):
+        await reg_b.post(cid, b"%d" % i, False)
+    stats = r.info("commandstats")
+    calls = {k.removeprefix("cmdstat_"): v["calls"] for k, v in stats.items()}
+    assert calls["publish"] == 400
+    assert calls.get("hget", 0) == 0
+
+
+async def test_owner_ignores_requests_past_their_deadline(make: Factory, redis_url: str, key_prefix: str) -> None:
+    """A request the sender has answered 503 for (its deadline passed) is never acted on."""
+    node_a = RecordingNode("na")
+    await make(node_a)
+    cid = node_a.open(make_record("na")).connection_id
+    r = redis.asyncio.Redis.from_url(redis_url)
+    channel = f"{key_prefix}:node:{{na}}"
+    late = {"k": KIND_POST, "r": 1, "f": "nx", "c": cid, "b": 0, "d": time.time() - 0.001}
+    await r.publish(channel, encode_message(late, b"late"))
+    await r.publish(channel, encode_message({**late, "r": 2, "d": time.time() + 5}, b"in time"))
+    await r.aclose()
+    await wait_for(lambda: cid in node_a.posted, 2, "the request in time")
+    assert node_a.posted[cid] == [(b"in time", False)]
+
+
+def test_node_messages_round_trip_without_io() -> None:
+    header = {"k": KIND_POST, "r": 7, "f": "na", "c": "abc", "b": 1, "d": 1.5}
+    data = b"\n\x00{not json}\n"
+    assert decode_message(encode_message(header, data)) == (header, data)
+    assert decode_message(encode_message({"k": "r", "r": 1, "s": "ok"})) == ({"k": "r", "r": 1, "s": "ok"}, b"")
+    with pytest.raises(ValueError):
+        decode_message(b"[1, 2]\nx")
+    with pytest.raises(ValueError):
+        decode_message(b"not json")
+    info = ConnectionInfo(make_record("na", "t\u00e9nant"), 1_767_000_001.5)
+    assert info_from_json(info_to_json(info)) == info
+
+
+# ---------------------------------------------------------------- node death and shutdown
+
+_DOOMED_NODE = """
+import asyncio, sys
+from wsgateway.config import RegistryConfig
+from wsgateway.registry._redis_wire import KIND_POST, decode_message, encode_message, info_from_json, info_to_json
+from wsgateway.registry.redis import RedisRegistry
+from tests.registry_contract import RecordingNode, make_record
+
+async def main(url, prefix, count, node_id):
+    node = RecordingNode(node_id)
+    registry = RedisRegistry(RegistryConfig(backend="redis", redis_url=url, key_prefix=prefix,
+                             heartbeat_s=0.2, node_ttl_s=1.0), node_id)
+    await registry.start(node)
+    for _ in range(count):
+        record = node.open(make_record(node_id))
+        await registry.add(record)
+        print(record.connection_id, flush=True)
+    print("ready", flush=True)
+    await asyncio.sleep(3600)
+
+asyncio.run(main(sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]))
+"""
+
+
+def start_doomed_node(
+    url: str, prefix: str, count: int, node_id: str = "doomed"
+) -> tuple[subprocess.Popen[str], list[str]]:
+    """A registry in its own process (to be killed with SIGKILL); returns it and its ids."""
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _DOOMED_NODE, url, prefix, str(count), node_id],
+        cwd=root, stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(root)},
+    )
+    assert proc.stdout is not None
+    ids = []
+    deadline = time.monotonic() + 20
+    while (line := proc.stdout.readline().strip()) != "ready":
+        assert line and time.monotonic() < deadline, "the doomed node did not start"
+        ids.append(line)
+    return proc, ids
+
+
+async def test_killed_node_is_swept_once_with_1006(make: Factory, redis_url: str, key_prefix: str) -> None:
+    survivors = [RecordingNode("nb"), RecordingNode("nc")]
+    regs = [await make(n) for n in survivors]
+    proc, ids = await asyncio.to_thread(start_doomed_node, redis_url, key_prefix, 5)
+    try:
+        await regs[0].post(ids[0], b"alive", False)  # reaches the doomed node
+        assert len((await regs[0].list_tenant("tenant-a", 100, None)).connections) == 5
+        await asyncio.sleep(NODE_TTL_S)  # survivors must have been up for node_ttl_s to sweep
+        proc.send_signal(signal.SIGKILL)
+        killed_at = time.monotonic()
+        def orphans() -> list[tuple[ConnectionRecord, int, str]]:
+            return [o for n in survivors for o in n.orphans]
+
+        await wait_for(lambda: len(orphans()) == 5, NODE_TTL_S + 4 * HEARTBEAT_S + 2, "orphan $disconnect")
+        assert time.monotonic() - killed_at <= NODE_TTL_S + 2 * HEARTBEAT_S + 1.0
+    finally:
+        proc.kill()
+        proc.wait()
+    await asyncio.sleep(3 * HEARTBEAT_S)  # no second run
+    assert sorted(o[0].connection_id for o in orphans()) == sorted(ids)
+    assert {(o[1], o[0].node_id) for o in orphans()} == {(1006, "doomed")}
+    assert all(o[0].authorizer == {"principalId": "user-1", "role": "admin", "n": 3} for o in orphans())
+    for reg in regs:
+        with pytest.raises(GoneError):
+            await reg.post(ids[1], b"x", False)
+        assert (await reg.list_tenant("tenant-a", 100, None)).connections == []
+    r = sync_client(redis_url)
+    assert r.keys(f"{key_prefix}:{{c:*") == []
+    assert set(r.hkeys(f"{key_prefix}:{{meta}}:nodes")) == {b"nb", b"nc"}
+
+
+async def test_closed_node_is_gone_at_once(make: Factory) -> None:
+    node_a, node_b = RecordingNode("na"), RecordingNode("nb")
+    reg_a, reg_b = await make(node_a), await make(node_b)
+    records = [await accept(reg_a, node_a) for _ in range(3)]
+    await reg_b.post(records[0].connection_id, b"cache the owner", False)
+    node_a.connections.clear()  # the gateway closed its clients (1001) before closing the registry
+    await reg_a.close()
+    for record in records:
+        with pytest.raises(GoneError):
+            await reg_b.post(record.connection_id, b"x", False)
+    assert (await reg_b.list_tenant("tenant-a", 10, None)).connections == []
+    assert await reg_b.fanout("tenant-a", b"x", False) == 0
+    assert node_b.orphans == []
+
+
+async def test_restarted_node_id_disconnects_its_previous_life(
+    make: Factory, redis_url: str, key_prefix: str
+) -> None:
+    """A node restarted with the same fixed node id before the sweep: the records of its
+    previous process are orphans, disconnected (1006) once, by whichever node claims them."""
+    survivor = RecordingNode("nb")
+    await make(survivor)
+    proc, ids = await asyncio.to_thread(start_doomed_node, redis_url, key_prefix, 2, "na")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    reborn = RecordingNode("na")
+    await make(reborn)
+    def orphans() -> list[tuple[ConnectionRecord, int, str]]:
+        return reborn.orphans + survivor.orphans
+
+    await wait_for(lambda: len(orphans()) == 2, NODE_TTL_S + 2, "orphans of the previous life")
+    await asyncio.sleep(3 * HEARTBEAT_S)
+    assert sorted(o[0].connection_id for o in orphans()) == sorted(ids)
+    assert {o[1] for o in orphans()} == {1006}
+
+
+# ---------------------------------------------------------------- Redis losing data or going away
+
+
+async def test_flushall_reregisters_without_false_gone(make: Factory, redis_url: str, key_prefix: str) -> None:
+    node_a, node_b = RecordingNode("na"), RecordingNode("nb")
+    reg_a, reg_b = await make(node_a), await make(node_b)
+    cached = await accept(reg_a, node_a)
+    uncached = [await accept(reg_a, node_a) for _ in range(20)]
+    await reg_b.post(cached.connection_id, b"warm", False)
+    keys = [f"{key_prefix}:{{c:{rec.connection_id}}}" for rec in (cached, *uncached)]
+    r = redis.asyncio.Redis.from_url(redis_url)
+
+    async def reregistered() -> float:
+        while await r.exists(*keys) < len(keys):
+            await asyncio.sleep(0.005)
+        return time.monotonic() - flushed_at
+
+    await r.flushall()
+    flushed_at = time.monotonic()
+    watcher = asyncio.ensure_future(reregistered())
+    delivered = 0
+    while time.monotonic() - flushed_at < 2 * NODE_TTL_S:
+        for record in (cached, *uncached):
+            try:
+                await reg_b.post(record.connection_id, b"during", False)
+                delivered += 1
+            except RegistryUnavailableError:
+                pass  # allowed while refilling: never a GoneError for a live connection
+        await asyncio.sleep(0.02)
+    assert await asyncio.wait_for(watcher, 1) <= HEARTBEAT_S + 0.3  # re-registered within a beat
+    await r.aclose()
+    assert delivered > 0
+    with pytest.raises(GoneError):
+        await reg_b.post(new_connection_id(), b"x", False)
+    listed = await reg_b.list_tenant("tenant-a", 100, None)
+    assert len(listed.connections) == 21
+
+
+@pytest.mark.parametrize("how", ["killed", "stopped"])
+async def test_redis_outage_and_recovery(restartable_redis: RedisExecutor, key_prefix: str, how: str) -> None:
+    """killed: SIGKILL, back at once and empty. stopped: SIGTERM (it saves its data), back
+    after more than node_ttl_s, so every node's liveness has expired when it loads."""
+    url = f"redis://127.0.0.1:{restartable_redis.port}/0"
+    node_a, node_b = RecordingNode("na"), RecordingNode("nb")
+    regs = []
+    for node in (node_a, node_b):
+        reg = RedisRegistry(registry_config(url, key_prefix), node.node_id)
+        await reg.start(node)
+        regs.append(reg)
+    reg_a, reg_b = regs
+    try:
+        for reg in regs:
+            await wait_settled(reg)
+        before = await accept(reg_a, node_a)
+        await reg_b.post(before.connection_id, b"before", False)
+        epoch_key = f"{key_prefix}:{{meta}}:epoch"
+        epoch = sync_client(url).get(epoch_key)
+        if how == "killed":
+            restartable_redis.kill(sig=signal.SIGKILL)
+        else:
+            restartable_redis.stop()
+        stopped_at = time.monotonic()
+        async with asyncio.timeout(5):  # add/remove never raise for an outage, and do not hang
+            during = await accept(reg_a, node_a)
+            closed = await accept(reg_a, node_a)
+            del node_a.connections[closed.connection_id]
+            await reg_a.remove(closed)
+        assert (await reg_b.health())["reachable"] is False
+        for cid in (before.connection_id, during.connection_id, new_connection_id()):
+            with pytest.raises(RegistryUnavailableError):
+                await reg_b.post(cid, b"x", False)
+        with pytest.raises(RegistryUnavailableError):
+            await reg_b.list_tenant("tenant-a", 10, None)
+        with pytest.raises(RegistryUnavailableError):
+            await reg_b.fanout("tenant-a", b"x", False)
+        if how == "stopped":  # the outage itself, not a wait for a condition
+            await asyncio.sleep(max(0.0, NODE_TTL_S + 0.5 - (time.monotonic() - stopped_at)))
+        restartable_redis.start()
+        restarted = time.monotonic()
+        assert (sync_client(url).get(epoch_key) == epoch) is (how == "stopped")  # kept its data or not
+        async def delivered(cid: str) -> bool:
+            try:
+                await reg_b.post(cid, b"after", False)
+            except RegistryUnavailableError:
+                return False
+            return True
+        async with asyncio.timeout(HEARTBEAT_S * 4 + 3):
+            while not (await delivered(during.connection_id) and await delivered(before.connection_id)):
+                await asyncio.sleep(0.02)
+        assert time.monotonic() - restarted <= 4 * HEARTBEAT_S + 2
+        await wait_settled(reg_b)
+        listed = {i.record.connection_id for i in (await reg_b.list_tenant("tenant-a", 10, None)).connections}
+        assert listed == {before.connection_id, during.connection_id}
+        with pytest.raises(GoneError):
+            await reg_b.post(closed.connection_id, b"x", False)
+        await asyncio.sleep(NODE_TTL_S - (time.monotonic() - restarted) + 3 * HEARTBEAT_S)
+        assert node_a.orphans == [] and node_b.orphans == []  # nobody was taken for dead
+    finally:
+        for reg in regs:
+            await reg.close()

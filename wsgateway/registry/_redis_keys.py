@@ -1,0 +1,73 @@
+"""Where the Redis registry keeps what; every name is built here and nowhere else.
+
+``P`` is ``registry.key_prefix`` (default ``wsgw``). The part in braces is the key's hash tag:
+Redis Cluster places a key by its tag only, so every multi-key operation (the Lua scripts)
+touches keys of one tag, and pipelines of single-key commands can be split by slot::
+
+    P:{c:<connection id>}     HASH    one connection's record: node, tenant, principal,
+                                      connectedAt, lastActiveAt, sourceIp, userAgent,
+                                      authorizer (JSON), domainName
+    P:{t:<tenant>}:conns      ZSET    the tenant's connection ids, all scored 0, so that
+                                      ZRANGEBYLEX lists them in id order (a page token is the last id)
+    P:{t:<tenant>}:nodes      SET     the nodes holding at least one of the tenant's connections
+    P:{n:<node>}:conns        SET     the node's connection ids (walked when the node dies)
+    P:{n:<node>}:tenants      SET     the tenants the node holds (its :nodes entries, when it dies)
+    P:{meta}:epoch            STRING  registry epoch: a random token made when Redis has none,
+                                      i.e. on first start and after Redis lost its data
+    P:{meta}:settle           STRING  present (TTL node_ttl_s) while the nodes refill a Redis that
+                                      lost its data; a missing record is not a proof of 410 then
+    P:{meta}:nodes            HASH    node -> the epoch it has fully registered in ("" meanwhile)
+    P:{meta}:alive            ZSET    node -> Redis-clock millisecond at which it is dead unless
+                                      it beats again (one clock for every node: Redis's TIME)
+    P:{meta}:sweep:<node>     STRING  lease of the node that sweeps the dead ``<node>``
+
+    P:node:{<node>}           pub/sub channel of one node: requests to it, replies to its requests
+
+The ``{meta}`` keys share one slot on purpose: the heartbeat, lease and state scripts read
+and write several of them atomically. A connection id never moves between nodes, so a
+record needs no lock: the only multi-writer event, a dead node's sweep, claims each record
+with one single-key script (read and delete).
+"""
+
+from __future__ import annotations
+
+__all__ = ["KeySpace"]
+
+
+class KeySpace:
+    """The key and channel names of one deployment (one ``key_prefix``)."""
+
+    __slots__ = ("alive", "epoch", "nodes", "prefix", "settle")
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.epoch = f"{prefix}:{{meta}}:epoch"
+        self.settle = f"{prefix}:{{meta}}:settle"
+        self.nodes = f"{prefix}:{{meta}}:nodes"
+        self.alive = f"{prefix}:{{meta}}:alive"
+
+    @property
+    def meta(self) -> list[str]:
+        """The four ``{meta}`` keys in the order the scripts take them."""
+        return [self.epoch, self.settle, self.nodes, self.alive]
+
+    def record(self, connection_id: str) -> str:
+        return f"{self.prefix}:{{c:{connection_id}}}"
+
+    def tenant_conns(self, tenant: str) -> str:
+        return f"{self.prefix}:{{t:{tenant}}}:conns"
+
+    def tenant_nodes(self, tenant: str) -> str:
+        return f"{self.prefix}:{{t:{tenant}}}:nodes"
+
+    def node_conns(self, node_id: str) -> str:
+        return f"{self.prefix}:{{n:{node_id}}}:conns"
+
+    def node_tenants(self, node_id: str) -> str:
+        return f"{self.prefix}:{{n:{node_id}}}:tenants"
+
+    def sweep_lease(self, node_id: str) -> str:
+        return f"{self.prefix}:{{meta}}:sweep:{node_id}"
+
+    def channel(self, node_id: str) -> str:
+        return f"{self.prefix}:node:{{{node_id}}}"

@@ -1,0 +1,306 @@
+"""A node's life in the cluster: heartbeat, re-registration, activity flush, dead-node sweep.
+
+Every ``heartbeat_s`` one script (``HEARTBEAT``) pushes this node's death line ``node_ttl_s``
+ahead on Redis's clock, reads the registry epoch and lists the live and the dead nodes. Then:
+
+- if the epoch changed (Redis lost its data), this node was unlisted (swept, or Redis emptied)
+  or a write failed since the last beat, the node re-registers every connection its hub holds
+  (``LocalNode.local_connections()``), in pipelined batches, and drops its stale records;
+- it flushes ``lastActiveAt`` of the connections that carried data since the last flush (one
+  write per active connection per beat, never one per message);
+- once it has been connected for ``node_ttl_s`` (so that, after an outage, every live node had
+  time to beat again), it sweeps the dead nodes: a lease per dead node, then an atomic claim per
+  record; whoever claims a record runs its ``$disconnect`` with 1006, so it runs exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import secrets
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from redis.backoff import ExponentialWithJitterBackoff
+
+from ..errors import CLOSE_ABNORMAL
+from . import ConnectionInfo, ConnectionRecord, LocalNode
+from ._redis_batch import REDIS_FAILURES, CommandBatcher
+from ._redis_keys import KeySpace
+from ._redis_scripts import CLAIM, HEARTBEAT, LEASE_SWEEP, TOUCH, UNLIST
+from ._redis_wire import record_from_hash, record_to_hash
+
+__all__ = ["LocalIndex", "Membership", "record_commands"]
+
+log = logging.getLogger("wsgateway.registry")
+
+_SWEEP_BATCH = 256
+_ORPHAN_CONCURRENCY = 32
+
+
+def record_commands(keys: KeySpace, info: ConnectionInfo) -> list[tuple[Any, ...]]:
+    """The writes that make one connection known: its record, tenant and node entries."""
+    rec = info.record
+    fields = record_to_hash(rec, info.last_active_at)
+    flat = [item for pair in fields.items() for item in pair]
+    cid = rec.connection_id
+    return [
+        ("HSET", keys.record(cid), *flat),
+        ("ZADD", keys.tenant_conns(rec.tenant), 0, cid),
+        ("SADD", keys.node_conns(rec.node_id), cid),
+    ]
+
+
+class LocalIndex:
+    """What this node has registered: connection ids by tenant (to know when the node starts
+    or stops holding a tenant) and the lastActiveAt last flushed for each connection."""
+
+    def __init__(self) -> None:
+        self.tenants: dict[str, set[str]] = {}
+        self.flushed: dict[str, float] = {}
+
+    def add(self, record: ConnectionRecord) -> bool:
+        """Index a connection; True if it is the node's first of its tenant."""
+        ids = self.tenants.setdefault(record.tenant, set())
+        first = not ids
+        ids.add(record.connection_id)
+        self.flushed[record.connection_id] = record.connected_at
+        return first
+
+    def remove(self, record: ConnectionRecord) -> bool:
+        """Forget a connection; True if it was the node's last of its tenant."""
+        self.flushed.pop(record.connection_id, None)
+        ids = self.tenants.get(record.tenant)
+        if ids is None or record.connection_id not in ids:
+            return False
+        ids.discard(record.connection_id)
+        if not ids:
+            del self.tenants[record.tenant]
+            return True
+        return False
+
+    def rebuild(self, infos: Iterable[ConnectionInfo]) -> None:
+        """Start over from the hub's truth (re-registration)."""
+        self.tenants = {}
+        self.flushed = {}
+        for info in infos:
+            self.tenants.setdefault(info.record.tenant, set()).add(info.record.connection_id)
+            self.flushed[info.record.connection_id] = info.last_active_at
+
+
+class Membership:
+    """The heartbeat loop of one node and what it learns: epoch, live peers, reachability."""
+
+    def __init__(
+        self, keys: KeySpace, node_id: str, batcher: CommandBatcher, index: LocalIndex,
+        *, heartbeat_s: float, node_ttl_s: float,
+    ) -> None:
+        self._keys = keys
+        self._node_id = node_id
+        self._batcher = batcher
+        self._index = index
+        self._heartbeat_s = heartbeat_s
+        self._node_ttl_s = node_ttl_s
+        self._backoff = ExponentialWithJitterBackoff(cap=heartbeat_s, base=min(0.05, heartbeat_s))
+        self._node: LocalNode | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._sweeps: dict[str, asyncio.Task[None]] = {}
+        self._orphans: set[asyncio.Task[None]] = set()
+        self._orphan_slots = asyncio.Semaphore(_ORPHAN_CONCURRENCY)
+        self._born = time.time()  # records of this node id connected earlier are a past life's
+        self.epoch = ""  # the registry epoch this node registered in ("" before its first beat)
+        self.settling = True  # Redis lost its data lately: nodes may still be refilling it
+        self.peers: frozenset[str] = frozenset()  # live nodes at the last beat, not this one
+        self.up_since: float | None = None  # monotonic time of the first beat after a failure
+        self.dirty = True  # some of this node's records may be missing: re-register
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def join(self, node: LocalNode) -> None:
+        """Beat once now (registering ``node``'s connections), then every heartbeat_s.
+        A first beat that fails is logged; the loop keeps trying."""
+        self._node = node
+        if self._task is not None:
+            return
+        try:
+            await self.beat()
+        except REDIS_FAILURES as exc:
+            log.error("registry: Redis unreachable at start (%r); retrying in the background", exc)
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="registry-heartbeat")
+
+    async def close(self, *, grace_s: float) -> None:
+        """Stop beating and sweeping; give running ``$disconnect`` calls ``grace_s``."""
+        tasks = [t for t in (self._task, *self._sweeps.values()) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self._orphans:
+            await asyncio.wait(self._orphans, timeout=grace_s)
+
+    def trusts_misses(self) -> bool:
+        """Whether a record missing now means the connection is gone, as far as this node
+        can tell: it has been connected for two beats (so after an outage every live node
+        beat again) and no data loss is being refilled."""
+        if self.up_since is None or self.settling or not self.epoch:
+            return False
+        return time.monotonic() - self.up_since >= 2 * self._heartbeat_s
+
+    async def _run(self) -> None:
+        failures = 0
+        while True:
+            await asyncio.sleep(self._heartbeat_s if failures == 0 else self._backoff.compute(failures))
+            try:
+                await self.beat()
+                failures = 0
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the heartbeat must outlive any failure
+                failures += 1
+                if self.up_since is not None:
+                    log.warning("registry heartbeat failed (%r); retrying", exc)
+                self.up_since = None
+
+    # ------------------------------------------------------------ one beat
+
+    async def beat(self) -> None:
+        """Refresh this node, notice data loss and dead nodes, re-register, flush activity.
+        Raises RegistryUnavailableError (or a Redis error) when Redis cannot be used."""
+        keys = self._keys
+        reply = await self._batcher.call(
+            "EVAL", HEARTBEAT, 4, *keys.meta, self._node_id, _ms(self._node_ttl_s), self.epoch,
+            secrets.token_hex(8), _ms(self._node_ttl_s), _ms(2 * self._heartbeat_s),
+        )
+        epoch, unlisted, settling, alive, dead = reply
+        epoch = epoch.decode()
+        if self.up_since is None:
+            self.up_since = time.monotonic()
+            log.info("registry reachable: node %s in epoch %s", self._node_id, epoch)
+        if epoch != self.epoch:
+            if self.epoch:
+                log.warning("registry epoch changed (Redis lost its data): re-registering")
+            self.epoch = epoch
+            self.dirty = True
+        if unlisted:
+            self.dirty = True
+        self.settling = bool(settling)
+        self.peers = frozenset(n.decode() for n in alive) - {self._node_id}
+        if self.dirty:
+            self.dirty = False  # a write failing from now on sets it again
+            try:
+                await self._resync()
+            except BaseException:
+                self.dirty = True
+                raise
+        await self._flush_activity()
+        if time.monotonic() - self.up_since >= self._node_ttl_s:
+            for node_id in (n.decode() for n in dead):
+                if node_id != self._node_id and node_id not in self._sweeps:
+                    self._spawn_sweep(node_id)
+
+    async def _resync(self) -> None:
+        """Write every live local connection again and drop this node's stale records."""
+        assert self._node is not None
+        keys, call, me = self._keys, self._batcher.call, self._node_id
+        known_ids, known_tenants, _ = await asyncio.gather(
+            call("SMEMBERS", keys.node_conns(me)), call("SMEMBERS", keys.node_tenants(me)),
+            call("HSET", keys.nodes, me, ""),
+        )
+        # From the snapshot on, everything is queued without awaiting: a remove() made after
+        # it is queued after these writes, so it cannot be undone by them.
+        infos = list(self._node.local_connections())
+        self._index.rebuild(infos)
+        futures = [call(*cmd) for info in infos for cmd in record_commands(keys, info)]
+        for tenant in self._index.tenants:
+            futures += [call("SADD", keys.tenant_nodes(tenant), me), call("SADD", keys.node_tenants(me), tenant)]
+        for tenant in {t.decode() for t in known_tenants} - self._index.tenants.keys():
+            futures += [call("SREM", keys.tenant_nodes(tenant), me), call("SREM", keys.node_tenants(me), tenant)]
+        futures.append(call("HSET", keys.nodes, me, self.epoch))
+        results = await asyncio.gather(*futures, return_exceptions=True)
+        if any(isinstance(r, BaseException) for r in results):
+            self.dirty = True
+            return
+        stale = {i.decode() for i in known_ids} - {info.record.connection_id for info in infos}
+        if stale:
+            # Records of this node id that its hub does not hold: a previous process with this
+            # node id died (its connections are orphans), or a remove failed (closed already).
+            await self.drop(me, stale, orphans_before=self._born)
+        log.info("registry: node %s registered %d connections", me, len(infos))
+
+    async def _flush_activity(self) -> None:
+        assert self._node is not None
+        flushed, call, keys = self._index.flushed, self._batcher.call, self._keys
+        futures = []
+        for info in self._node.local_connections():
+            cid = info.record.connection_id
+            if flushed.get(cid, 0.0) < info.last_active_at:
+                flushed[cid] = info.last_active_at
+                futures.append(call("EVAL", TOUCH, 1, keys.record(cid), repr(info.last_active_at)))
+        if futures:
+            await asyncio.gather(*futures)
+
+    # ------------------------------------------------------------ dead nodes
+
+    def _spawn_sweep(self, node_id: str) -> None:
+        task = asyncio.get_running_loop().create_task(self._sweep(node_id), name=f"registry-sweep-{node_id}")
+        self._sweeps[node_id] = task
+        task.add_done_callback(lambda _: self._sweeps.pop(node_id, None))
+
+    async def _sweep(self, node_id: str) -> None:
+        keys, call = self._keys, self._batcher.call
+        lease = keys.sweep_lease(node_id)
+        try:
+            if not await call("EVAL", LEASE_SWEEP, 5, *keys.meta, lease, node_id, self._node_id, _ms(self._node_ttl_s)):
+                return  # another node sweeps it, or it came back
+            log.warning("registry: node %s is dead; claiming its connections", node_id)
+            # Read, claim, then remove from the set: a sweeper dying midway leaves the rest
+            # (and the claims it did not finish) to the next one.
+            while ids := await call("SRANDMEMBER", keys.node_conns(node_id), _SWEEP_BATCH):
+                await self.drop(node_id, {i.decode() for i in ids}, orphans_before=math.inf)
+            await self.forget_node(node_id)
+            await call("EVAL", UNLIST, 5, *keys.meta, lease, node_id)
+        except Exception as exc:  # noqa: BLE001 - the lease expires; the next beat tries again
+            log.warning("registry: sweep of node %s interrupted (%r)", node_id, exc)
+
+    async def drop(self, node_id: str, connection_ids: Iterable[str], *, orphans_before: float) -> None:
+        """Claim and delete ``node_id``'s records of ``connection_ids``; run ``$disconnect``
+        (1006) for each claimed record of a connection made before ``orphans_before``."""
+        keys, call = self._keys, self._batcher.call
+        ids = list(connection_ids)
+        claims = await asyncio.gather(*(call("EVAL", CLAIM, 1, keys.record(i), node_id) for i in ids))
+        cleanup = [call("SREM", keys.node_conns(node_id), *ids)] if ids else []
+        for cid, flat in zip(ids, claims):
+            if not flat:
+                continue  # someone else claimed it, or the record was lost
+            info = record_from_hash(cid, dict(zip(flat[::2], flat[1::2])))
+            cleanup.append(call("ZREM", keys.tenant_conns(info.record.tenant), cid))
+            if info.record.connected_at < orphans_before:
+                self._spawn_orphan(info.record)
+        await asyncio.gather(*cleanup)
+
+    async def forget_node(self, node_id: str) -> None:
+        """Remove a node from its tenants' node sets and drop its own sets."""
+        keys, call = self._keys, self._batcher.call
+        tenants = await call("SMEMBERS", keys.node_tenants(node_id))
+        await asyncio.gather(
+            *(call("SREM", keys.tenant_nodes(t.decode()), node_id) for t in tenants),
+            call("DEL", keys.node_tenants(node_id), keys.node_conns(node_id)),
+        )
+
+    def _spawn_orphan(self, record: ConnectionRecord) -> None:
+        task = asyncio.get_running_loop().create_task(self._orphan(record))
+        self._orphans.add(task)
+        task.add_done_callback(self._orphans.discard)
+
+    async def _orphan(self, record: ConnectionRecord) -> None:
+        assert self._node is not None
+        async with self._orphan_slots:
+            try:
+                await self._node.run_orphan_disconnect(record, CLOSE_ABNORMAL, f"node {record.node_id} died")
+            except Exception:
+                log.exception("orphan $disconnect failed: connectionId=%s", record.connection_id)
+
+
+def _ms(seconds: float) -> int:
+    return max(1, int(seconds * 1000))

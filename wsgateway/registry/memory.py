@@ -1,0 +1,90 @@
+"""The single-node registry (the default): the hub already answers for every connection.
+
+It keeps the records it is given so that tenant listings work the same as with Redis
+(paged in connection id order, with the shared ``next_token`` form). Management calls reach
+it only for ids the hub does not hold, so they are gone: there is no other node.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from ..errors import GoneError
+from . import ConnectionInfo, ConnectionRecord, LocalNode, Page, Registry
+from ._page_token import check_limit, decode_token, encode_token
+
+__all__ = ["MemoryRegistry"]
+
+
+class MemoryRegistry:
+    """One node, no shared state. See :class:`wsgateway.registry.Registry` for the contract."""
+
+    kind = "memory"
+
+    def __init__(self, node_id: str) -> None:
+        self.node_id = node_id
+        self._node: LocalNode | None = None
+        self._records: dict[str, ConnectionRecord] = {}
+        self._by_tenant: dict[str, set[str]] = {}
+
+    async def start(self, node: LocalNode) -> None:
+        self._node = node
+
+    async def close(self) -> None:
+        self._records.clear()
+        self._by_tenant.clear()
+
+    async def add(self, record: ConnectionRecord) -> None:
+        self._records[record.connection_id] = record
+        self._by_tenant.setdefault(record.tenant, set()).add(record.connection_id)
+
+    async def remove(self, record: ConnectionRecord) -> None:
+        if self._records.pop(record.connection_id, None) is None:
+            return
+        ids = self._by_tenant.get(record.tenant)
+        if ids is not None:
+            ids.discard(record.connection_id)
+            if not ids:
+                del self._by_tenant[record.tenant]
+
+    async def post(self, connection_id: str, data: bytes, binary: bool) -> None:
+        raise GoneError()
+
+    async def get(self, connection_id: str) -> ConnectionInfo:
+        raise GoneError()
+
+    async def delete(self, connection_id: str) -> None:
+        raise GoneError()
+
+    async def fanout(self, tenant: str, data: bytes, binary: bool) -> int:
+        return 0
+
+    async def list_tenant(self, tenant: str, limit: int, next_token: str | None) -> Page:
+        check_limit(limit)
+        after = decode_token(next_token)
+        ids = sorted(i for i in self._by_tenant.get(tenant, ()) if after is None or i > after)
+        page: list[ConnectionInfo] = []
+        for connection_id in ids:
+            info = self._info(connection_id)
+            if info is None:
+                continue
+            if len(page) == limit:  # one more exists: this page is not the last
+                return Page(page, encode_token(page[-1].record.connection_id))
+            page.append(info)
+        return Page(page, None)
+
+    async def health(self) -> Mapping[str, Any]:
+        return {"backend": self.kind, "reachable": True}
+
+    def _info(self, connection_id: str) -> ConnectionInfo | None:
+        record = self._records[connection_id]
+        if self._node is None:
+            return ConnectionInfo(record, record.connected_at)
+        try:
+            return ConnectionInfo(record, self._node.local_info(connection_id).last_active_at)
+        except GoneError:
+            return None  # closed a moment ago; its remove() is on its way
+
+
+_: type[Registry] = MemoryRegistry

@@ -1,0 +1,372 @@
+"""The Redis registry: many gateway nodes behave as one through a shared Redis.
+
+How it holds together (key layout in ``_redis_keys``, messages in ``_redis_wire``):
+
+- Every accepted connection is a record in Redis, listed under its tenant and its node.
+  Records are written through one pipelined writer (``_redis_batch``); ``add``/``remove``
+  never raise for an outage, they mark the node for re-registration instead.
+- A call about a connection on another node finds the owner (a cached HGET: connection ids
+  never move) and publishes a request on the owner's channel; the owner answers on ours
+  (``_redis_rpc``). The owner is the truth: its ``gone`` is a 410.
+- A missing record is a 410 only when the registry can vouch for it: the epoch is settled
+  (no refill after data loss in progress, this node connected for two beats) and every live
+  node, asked directly, says it does not hold the connection. Otherwise the live nodes are
+  asked anyway (a holder answers) and the call fails with 503, never a false 410.
+- Heartbeats, re-registration after data loss, lastActiveAt flushes and the dead-node sweep
+  live in ``_redis_membership``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Collection, Mapping
+from typing import TYPE_CHECKING, Any
+
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from ..errors import GoneError, RegistryUnavailableError
+from . import ConnectionInfo, ConnectionRecord, LocalNode, Page, Registry
+from ._page_token import check_limit, decode_token, encode_token
+from ._redis_batch import REDIS_FAILURES, CommandBatcher
+from ._redis_keys import KeySpace
+from ._redis_membership import LocalIndex, Membership, record_commands
+from ._redis_rpc import (
+    STATUS_GONE,
+    STATUS_OK,
+    STATUS_UNREACHABLE,
+    NodeChannel,
+    PendingCalls,
+    raise_for_status,
+)
+from ._redis_scripts import STATE
+from ._redis_wire import (
+    KIND_DELETE,
+    KIND_FANOUT,
+    KIND_GET,
+    KIND_POST,
+    encode_message,
+    info_from_json,
+    record_from_hash,
+)
+
+if TYPE_CHECKING:
+    from ..config import RegistryConfig
+
+__all__ = ["RedisRegistry"]
+
+log = logging.getLogger("wsgateway.registry")
+
+_GONE: dict[str, Any] = {"s": STATUS_GONE}
+_STATUS_TIMEOUT = "timeout"
+_OWNER_CACHE_SIZE = 65_536
+
+
+class RedisRegistry:
+    """The cluster directory on Redis. See :class:`wsgateway.registry.Registry` for the
+    contract; ``request_timeout_s`` bounds a call to another node (the owner acts only in the
+    first half of it, so that a 503 is never followed by a late delivery)."""
+
+    kind = "redis"
+
+    def __init__(self, config: RegistryConfig, node_id: str, *, request_timeout_s: float = 2.0) -> None:
+        self.node_id = node_id
+        self._keys = KeySpace(config.key_prefix)
+        self._timeout_s = request_timeout_s
+        self._budget_s = request_timeout_s / 2
+        self._heartbeat_s = config.heartbeat_s
+        self._client = _client(config, request_timeout_s)
+        self._batcher = CommandBatcher(self._client)
+        self._pending = PendingCalls()
+        self._channel = NodeChannel(
+            self._client, self._keys, node_id, self._batcher, self._pending, max_backoff_s=config.heartbeat_s
+        )
+        self._index = LocalIndex()
+        self._membership = Membership(
+            self._keys, node_id, self._batcher, self._index,
+            heartbeat_s=config.heartbeat_s, node_ttl_s=config.node_ttl_s,
+        )
+        self._owners: dict[str, str] = {}  # connection id -> owning node
+        self._node: LocalNode | None = None
+        self._started = False
+        self._closed = False
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def start(self, node: LocalNode) -> None:
+        """Subscribe, register this node and start its heartbeat. An unreachable Redis does
+        not fail the start: the node serves locally and registers when Redis answers."""
+        if self._started:
+            return
+        self._started = True
+        self._node = node
+        self._batcher.start()
+        self._channel.start(node)
+        # Listen before announcing this node: other nodes may ask it as soon as it beats.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self._timeout_s):
+                await self._channel.subscribed.wait()
+        await self._membership.join(node)
+
+    async def close(self) -> None:
+        """Stop beating, remove this node's records (other nodes answer 410 at once), then
+        unsubscribe and disconnect. Idempotent; an outage makes it skip the removal."""
+        if self._closed or not self._started:
+            self._closed = True
+            return
+        self._closed = True
+        await self._membership.close(grace_s=self._timeout_s)
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                await self._unregister()
+        except REDIS_FAILURES as exc:
+            log.warning("registry: could not remove this node's records (%r)", exc)
+        await self._channel.close()
+        await self._batcher.close()
+        await self._client.aclose()
+
+    async def _unregister(self) -> None:
+        keys, me = self._keys, self.node_id
+        known = await self._batcher.call("SMEMBERS", keys.node_conns(me))
+        ids = {i.decode() for i in known}
+        for tenant_ids in self._index.tenants.values():
+            ids.update(tenant_ids)
+        await self._membership.drop(me, ids, orphans_before=0.0)  # closed by this node
+        await self._membership.forget_node(me)
+        await asyncio.gather(self._batcher.call("HDEL", keys.nodes, me), self._batcher.call("ZREM", keys.alive, me))
+
+    # ------------------------------------------------------------ records
+
+    async def add(self, record: ConnectionRecord) -> None:
+        """Record an accepted connection; never raises for an outage (see the module doc)."""
+        commands = record_commands(self._keys, ConnectionInfo(record, record.connected_at))
+        if self._index.add(record):
+            commands += self._tenant_commands("SADD", record.tenant)
+        await self._write(commands)
+
+    async def remove(self, record: ConnectionRecord) -> None:
+        """Forget a closed connection; never raises for an outage."""
+        keys, cid = self._keys, record.connection_id
+        commands: list[tuple[Any, ...]] = [
+            ("DEL", keys.record(cid)),
+            ("ZREM", keys.tenant_conns(record.tenant), cid),
+            ("SREM", keys.node_conns(self.node_id), cid),
+        ]
+        if self._index.remove(record):
+            commands += self._tenant_commands("SREM", record.tenant)
+        await self._write(commands)
+
+    def _tenant_commands(self, op: str, tenant: str) -> list[tuple[Any, ...]]:
+        return [(op, self._keys.tenant_nodes(tenant), self.node_id), (op, self._keys.node_tenants(self.node_id), tenant)]
+
+    async def _write(self, commands: list[tuple[Any, ...]]) -> None:
+        futures = [self._batcher.call(*cmd) for cmd in commands]
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                results = await asyncio.gather(*futures, return_exceptions=True)
+        except TimeoutError:
+            results = [RegistryUnavailableError("registry write timed out")]
+        failed = [r for r in results if isinstance(r, BaseException)]
+        if failed:
+            if not self._membership.dirty:
+                log.warning("registry write failed (%r); re-registering when Redis answers", failed[0])
+            self._membership.dirty = True
+
+    # ------------------------------------------------------------ calls about one connection
+
+    async def post(self, connection_id: str, data: bytes, binary: bool) -> None:
+        reply = await self._ask_owner(connection_id, {"k": KIND_POST, "c": connection_id, "b": int(binary)}, data)
+        raise_for_status(reply["s"])
+
+    async def get(self, connection_id: str) -> ConnectionInfo:
+        reply = await self._ask_owner(connection_id, {"k": KIND_GET, "c": connection_id})
+        raise_for_status(reply["s"])
+        return info_from_json(reply["i"])
+
+    async def delete(self, connection_id: str) -> None:
+        reply = await self._ask_owner(connection_id, {"k": KIND_DELETE, "c": connection_id})
+        raise_for_status(reply["s"])
+
+    async def _ask_owner(self, connection_id: str, header: dict[str, Any], data: bytes = b"") -> dict[str, Any]:
+        cached = self._owners.get(connection_id)
+        owner = cached or await self._lookup(connection_id)
+        if owner is None:
+            return await self._ask_everyone(connection_id, header, data)
+        if owner == self.node_id:
+            self._owners.pop(connection_id, None)
+            return _GONE  # ours, and the gateway did not find it in its hub: closed
+        reply = (await self._request((owner,), header, data))[owner]
+        status = reply["s"]
+        if status == STATUS_UNREACHABLE and cached is not None:
+            del self._owners[connection_id]  # maybe swept since: look it up once more
+            return await self._ask_owner(connection_id, header, data)
+        if status in (STATUS_UNREACHABLE, _STATUS_TIMEOUT):
+            self._owners.pop(connection_id, None)
+            raise RegistryUnavailableError("the node holding the connection does not answer")
+        if status == STATUS_GONE:
+            self._owners.pop(connection_id, None)
+        elif cached is None:
+            self._remember(connection_id, owner)
+        return reply
+
+    async def _lookup(self, connection_id: str) -> str | None:
+        owner = await self._batcher.call("HGET", self._keys.record(connection_id), "node")
+        return None if owner is None else owner.decode()
+
+    def _remember(self, connection_id: str, owner: str) -> None:
+        owners = self._owners
+        if len(owners) >= _OWNER_CACHE_SIZE:
+            del owners[next(iter(owners))]  # oldest first: dicts keep insertion order
+        owners[connection_id] = owner
+
+    async def _ask_everyone(self, connection_id: str, header: dict[str, Any], data: bytes) -> dict[str, Any]:
+        """No record: ask every live node. 410 only if all say gone and misses are trusted."""
+        epoch, settling, alive, _ = await self._state()
+        trusted = bool(epoch) and not settling and self._membership.trusts_misses()
+        targets = set(alive) - {self.node_id}
+        if not trusted:
+            targets |= self._membership.peers  # nodes that may not have beaten since a data loss
+        replies = await self._request(targets, header, data) if targets else {}
+        for node_id, reply in replies.items():
+            if reply["s"] not in (STATUS_GONE, STATUS_UNREACHABLE, _STATUS_TIMEOUT):
+                if reply["s"] == STATUS_OK:
+                    self._remember(connection_id, node_id)
+                return reply
+        if trusted and all(r["s"] == STATUS_GONE for r in replies.values()):
+            return _GONE
+        raise RegistryUnavailableError("the registry cannot tell where the connection is now")
+
+    async def _state(self) -> tuple[str, bool, list[str], list[str]]:
+        epoch, settling, alive, states = await self._batcher.call("EVAL", STATE, 4, *self._keys.meta)
+        return epoch.decode(), bool(settling), [n.decode() for n in alive], [s.decode() for s in states]
+
+    async def _request(
+        self, targets: Collection[str], header: dict[str, Any], data: bytes = b""
+    ) -> dict[str, dict[str, Any]]:
+        """Publish one request to each target and wait for their replies; a target that no
+        subscriber took answers ``unreachable``, one that did not answer in time ``timeout``.
+        Raises RegistryUnavailableError if Redis took none of them."""
+        call = self._pending.open(targets)
+        deadline = time.time() + self._budget_s
+        header["r"] = call.id
+        header["f"] = self.node_id
+        header["d"] = deadline
+        message = encode_message(header, data)  # once, whatever the number of targets
+        channel = self._keys.channel
+        published = [(t, self._batcher.call("PUBLISH", channel(t), message)) for t in targets]
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                failed = 0
+                for target, receivers in published:
+                    try:
+                        if await receivers == 0:
+                            call.unreachable(target)
+                    except RegistryUnavailableError:
+                        failed += 1
+                if failed == len(published):
+                    # A request may have left before the connection broke: wait out its
+                    # deadline, so that the 503 below is never followed by a delivery.
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(asyncio.shield(call.future), deadline - time.time() + 0.05)
+                    if len(call.waiting) == len(published):
+                        raise RegistryUnavailableError("registry unreachable")
+                await call.future
+        except TimeoutError:
+            pass
+        finally:
+            self._pending.close(call)
+            for _, receivers in published:
+                if not receivers.done():
+                    receivers.add_done_callback(_ignore_outcome)
+        for target in call.waiting:
+            call.replies[target] = {"s": _STATUS_TIMEOUT}
+        return call.replies
+
+    # ------------------------------------------------------------ tenants
+
+    async def fanout(self, tenant: str, data: bytes, binary: bool) -> int:
+        """Deliver to the tenant on other nodes: one message per node holding it."""
+        holders = await self._batcher.call("SMEMBERS", self._keys.tenant_nodes(tenant))
+        targets = {h.decode() for h in holders}
+        if not self._membership.trusts_misses():
+            targets |= self._membership.peers  # the tenant sets may still be refilling
+        targets.discard(self.node_id)
+        if not targets:
+            return 0
+        replies = await self._request(targets, {"k": KIND_FANOUT, "t": tenant, "b": int(binary)}, data)
+        return sum(r.get("n", 0) for r in replies.values() if r["s"] == STATUS_OK)
+
+    async def list_tenant(self, tenant: str, limit: int, next_token: str | None) -> Page:
+        check_limit(limit)
+        after = decode_token(next_token)
+        start = f"({after}" if after is not None else "-"
+        ids_f = self._batcher.call("ZRANGEBYLEX", self._keys.tenant_conns(tenant), start, "+", "LIMIT", 0, limit + 1)
+        (epoch, settling, _, states), raw_ids = await asyncio.gather(self._state(), ids_f)
+        if not (epoch and not settling and self._membership.trusts_misses() and all(s == epoch for s in states)):
+            raise RegistryUnavailableError("the registry is being refilled; retry shortly")
+        ids = [i.decode() for i in raw_ids]
+        more = len(ids) > limit
+        ids = ids[:limit]
+        hashes = await asyncio.gather(*(self._batcher.call("HGETALL", self._keys.record(i)) for i in ids))
+        infos = [info for info in map(self._listed, ids, hashes) if info is not None]
+        return Page(infos, encode_token(ids[-1]) if more else None)
+
+    def _listed(self, connection_id: str, fields: Mapping[bytes, bytes]) -> ConnectionInfo | None:
+        if not fields:
+            return None  # removed since the listing was read
+        info = record_from_hash(connection_id, fields)
+        if info.record.node_id != self.node_id or self._node is None:
+            return info
+        try:
+            return ConnectionInfo(info.record, self._node.local_info(connection_id).last_active_at)
+        except GoneError:
+            return None
+
+    # ------------------------------------------------------------ health
+
+    async def health(self) -> Mapping[str, Any]:
+        """``reachable``: a PING answered within the request timeout; ``subscribed``: this
+        node listens on its channel; ``settled``: a missing record may be answered 410 (false
+        for two beats after start or an outage, and while a data loss is refilled)."""
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                reachable = bool(await self._batcher.call("PING"))
+        except REDIS_FAILURES:
+            reachable = False
+        membership = self._membership
+        return {
+            "backend": self.kind,
+            "reachable": reachable,
+            "node_id": self.node_id,
+            "subscribed": self._channel.subscribed.is_set(),
+            "settled": reachable and membership.trusts_misses(),
+            "nodes": len(membership.peers) + 1,
+        }
+
+
+def _client(config: RegistryConfig, timeout_s: float) -> Redis:
+    """A client that fails fast and never retries by itself: a retried pipeline could
+    publish a request twice, and an outage must reach the caller as a 503 at once."""
+    client = Redis.from_url(
+        config.redis_url,
+        retry=Retry(NoBackoff(), 0),
+        socket_timeout=timeout_s,
+        socket_connect_timeout=timeout_s,
+        # RESP2: redis-py's pure-Python RESP3 parser costs ~30% more per pub/sub message
+        protocol=2,
+    )
+    if config.password is not None:  # the configured password beats the URL's
+        client.connection_pool.connection_kwargs["password"] = config.password
+    return client
+
+
+def _ignore_outcome(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()  # retrieved: the call has been answered already
+
+
+_: type[Registry] = RedisRegistry
