@@ -24,9 +24,20 @@ from .registry import ConnectionInfo, ConnectionRecord
 if TYPE_CHECKING:
     from websockets.asyncio.server import ServerConnection
 
-__all__ = ["Connection", "encode_frame"]
+__all__ = ["Connection", "as_payload", "encode_frame"]
 
 _OPEN = State.OPEN
+
+
+def as_payload(data: bytes | str) -> tuple[bytes, bool]:
+    """Posted data -> (payload, binary): a text frame unless it is bytes that are not UTF-8."""
+    if isinstance(data, str):
+        return data.encode(), False
+    try:
+        data.decode()
+    except UnicodeDecodeError:
+        return bytes(data), True
+    return bytes(data), False
 
 
 def encode_frame(data: bytes, binary: bool) -> bytes:

@@ -10,7 +10,6 @@ registry; everything else goes to the registry (other nodes).
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import logging
 import time
@@ -19,25 +18,22 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import orjson
-
 from . import events
 from .accesslog import AccessLog
 from .auth import Authenticator, Principal
-from .connection import Connection
+from .connection import Connection, as_payload
+from .dispatch import Dispatcher, log_handler_failure
 from .errors import (
     CLOSE_GOING_AWAY,
     CLOSE_NORMAL,
     CLOSE_SLOW_CONSUMER,
     ConfigError,
-    Disconnect,
     GoneError,
-    LimitExceededError,
     PayloadTooLargeError,
 )
 from .hub import Hub
 from .ids import new_connection_id, new_node_id, new_request_id
-from .integrations import HandlerContext, HandlerTimeout, Integration, load_integration
+from .integrations import HandlerContext, Integration, load_integration
 from .registry import ConnectionInfo, ConnectionRecord, Page, create_registry
 from .routing import Router
 
@@ -50,8 +46,6 @@ __all__ = ["ConnectOutcome", "Gateway"]
 
 log = logging.getLogger("wsgateway")
 
-# AWS's error frame, spacing included (aws-websocket-api.md §2.2, §2.3).
-_ERROR_FRAME = '{{"message": "{}", "connectionId":"{}", "requestId":"{}"}}'
 
 
 @dataclass(slots=True)
@@ -68,17 +62,6 @@ class ConnectOutcome:
         return self.status < 400
 
 
-def _to_bytes(data: bytes | str) -> tuple[bytes, bool]:
-    """Posted data -> (payload, binary): text unless it is bytes that are not UTF-8."""
-    if isinstance(data, str):
-        return data.encode(), False
-    try:
-        data.decode()
-    except UnicodeDecodeError:
-        return bytes(data), True
-    return bytes(data), False
-
-
 class Gateway:
     """One node's core. Use as ``async with Gateway(config) as gateway:``."""
 
@@ -90,6 +73,7 @@ class Gateway:
         self.auth = Authenticator(config.auth)
         self.access = AccessLog(config.log.access_log)
         self.router: Router[Integration] | None = None
+        self.dispatcher: Dispatcher | None = None
         self.draining = False
         self.ready = False
         limits = config.limits
@@ -133,6 +117,7 @@ class Gateway:
         self._loop = asyncio.get_running_loop()
         if self.router is None:
             self.router = self.load_routes()
+        self.dispatcher = Dispatcher(self, self.router)
         self.access.start()
         await self.auth.start()
         await self.registry.start(self)
@@ -154,6 +139,12 @@ class Gateway:
         await self.auth.close()
         self._executor.shutdown(wait=False, cancel_futures=True)
         await self.access.close()
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The event loop the gateway runs on (set by :meth:`start`)."""
+        assert self._loop is not None, "Gateway.start() has not run"
+        return self._loop
 
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(coro)
@@ -196,9 +187,9 @@ class Gateway:
             conn.context_base, headers=headers, query=query, request_id=request_id, epoch_s=time.time()
         )
         try:
-            result = await integration.invoke(event, self._context(integration, request_id, conn.id))
+            result = await integration.invoke(event, self.handler_context(integration, request_id, conn.id))
         except Exception as exc:
-            self._log_handler_failure(exc, "$connect", request_id, conn.id)
+            log_handler_failure(exc, "$connect", request_id, conn.id)
             return ConnectOutcome(status=500, body="Internal server error", request_id=request_id)
         return _connect_outcome(result, request_id, conn.id)
 
@@ -265,104 +256,13 @@ class Gateway:
             base, code=code, reason=reason, request_id=request_id, epoch_s=time.time()
         )
         try:
-            await integration.invoke(event, self._context(integration, request_id, connection_id))
+            await integration.invoke(event, self.handler_context(integration, request_id, connection_id))
         except Exception as exc:
-            self._log_handler_failure(exc, "$disconnect", request_id, connection_id)
+            log_handler_failure(exc, "$disconnect", request_id, connection_id)
         return request_id
 
-    # ---------------------------------------------------------------- messages
-
-    async def on_message(self, conn: Connection, message: str | bytes) -> None:
-        """Route one client message and run its handler; answers errors as AWS does."""
-        assert self._loop is not None and self.router is not None
-        started = time.perf_counter()
-        conn.last_active = self._loop.time()
-        if isinstance(message, str):
-            selected = self.router.select(message)
-            body, is_b64 = message, False
-        else:
-            selected = self.router.select_binary()
-            body, is_b64 = base64.b64encode(message).decode(), True
-        request_id = new_request_id()
-        if selected is None:
-            self._send_error(conn, "Forbidden", request_id)
-            self._log_message(conn, "", 403, request_id, started)
-            return
-        route_key, integration = selected
-        event = events.message_event(
-            conn.context_base,
-            route_key=route_key,
-            body=body,
-            is_base64=is_b64,
-            request_id=request_id,
-            epoch_s=time.time(),
-        )
-        status = 200
-        try:
-            result = await integration.invoke(event, self._context(integration, request_id, conn.id))
-        except Disconnect as exc:
-            self.close(conn, exc.code, exc.reason)
-        except HandlerTimeout:
-            status = 504
-            log.warning("handler timed out: route=%s requestId=%s connectionId=%s", route_key, request_id, conn.id)
-            self._send_error(conn, "Endpoint request timed out", request_id)
-        except Exception as exc:
-            status = 500
-            self._log_handler_failure(exc, route_key, request_id, conn.id)
-            self._send_error(conn, "Internal server error", request_id)
-        else:
-            if result is not None:
-                self._reply(conn, result, request_id)
-        self._log_message(conn, route_key, status, request_id, started)
-
-    def _reply(self, conn: Connection, result: Any, request_id: str) -> None:
-        """Two-way route: send the handler's ``body`` back as one frame."""
-        if isinstance(result, Mapping):
-            body = result.get("body")
-            if body is None:
-                return
-            if result.get("isBase64Encoded"):
-                data, binary = base64.b64decode(body), True
-            elif isinstance(body, str):
-                data, binary = body.encode(), False
-            elif isinstance(body, bytes | bytearray):
-                data, binary = _to_bytes(bytes(body))
-            else:
-                data, binary = orjson.dumps(body), False
-        elif isinstance(result, str):
-            data, binary = result.encode(), False
-        else:
-            log.warning("handler returned %s, not a dict: nothing sent (requestId=%s)", type(result).__name__, request_id)
-            return
-        self._send_quietly(conn, data, binary)
-
-    def _send_error(self, conn: Connection, message: str, request_id: str) -> None:
-        self._send_quietly(conn, _ERROR_FRAME.format(message, conn.id, request_id).encode(), False)
-
-    def _send_quietly(self, conn: Connection, data: bytes, binary: bool) -> None:
-        assert self._loop is not None
-        try:
-            conn.send(data, binary, self._loop.time(), self._queue_limit)
-        except (GoneError, LimitExceededError):
-            pass  # the client is gone or not reading: the sweep deals with the latter
-
-    def _log_message(self, conn: Connection, route_key: str, status: int, request_id: str, started: float) -> None:
-        if not self.access.enabled:
-            return
-        rec = conn.record
-        self.access.write(
-            "message",
-            requestId=request_id,
-            connectionId=rec.connection_id,
-            routeKey=route_key,
-            status=status,
-            latency_ms=round((time.perf_counter() - started) * 1000, 3),
-            tenant=rec.tenant,
-            sourceIp=rec.source_ip,
-            userAgent=rec.user_agent,
-        )
-
-    def _context(self, integration: Integration, request_id: str, connection_id: str) -> HandlerContext:
+    def handler_context(self, integration: Integration, request_id: str, connection_id: str) -> HandlerContext:
+        """The ``context`` argument of one handler invocation."""
         assert self._loop is not None
         return HandlerContext(
             self,
@@ -372,19 +272,6 @@ class Gateway:
             connection_id=connection_id,
             timeout=self._handler_timeout,
         )
-
-    @staticmethod
-    def _log_handler_failure(exc: BaseException, route_key: str, request_id: str, connection_id: str) -> None:
-        if isinstance(exc, HandlerTimeout):
-            log.warning("handler timed out: route=%s requestId=%s connectionId=%s", route_key, request_id, connection_id)
-        else:
-            log.error(
-                "handler failed: route=%s requestId=%s connectionId=%s",
-                route_key,
-                request_id,
-                connection_id,
-                exc_info=exc,
-            )
 
     # ---------------------------------------------------------------- closing
 
@@ -437,7 +324,7 @@ class Gateway:
 
         Raises PayloadTooLargeError, GoneError, LimitExceededError, RegistryUnavailableError.
         """
-        payload, binary = _to_bytes(data)
+        payload, binary = as_payload(data)
         if len(payload) > self._max_post:
             raise PayloadTooLargeError("Message too long")
         conn = self.hub.get(connection_id)
@@ -468,7 +355,7 @@ class Gateway:
 
     async def post_to_tenant(self, tenant: str, data: bytes | str) -> int:
         """Deliver ``data`` to every connection of ``tenant`` on every node; return how many."""
-        payload, binary = _to_bytes(data)
+        payload, binary = as_payload(data)
         if len(payload) > self._max_post:
             raise PayloadTooLargeError("Message too long")
         assert self._loop is not None

@@ -215,9 +215,11 @@ class ClientServer:
             status=101, request_id=ws.gw_request_id, started=ws.gw_started,
             source_ip=conn.record.source_ip, user_agent=conn.record.user_agent, conn=conn,
         )
+        assert gateway.dispatcher is not None
+        dispatch = gateway.dispatcher.on_message
         try:
             async for message in ws:
-                await gateway.on_message(conn, message)
+                await dispatch(conn, message)
         except ConnectionClosed:
             pass
         except Exception:
