@@ -43,7 +43,6 @@ orjson reads integers beyond 64 bits as floats, so such a number becomes e.g.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Generic, TypeVar
@@ -424,44 +423,6 @@ _MAX_DEPTH = 1024  # what orjson >= 3.9.15 enforces itself
 _OBJECT_STARTS = frozenset([*"{ \t\n\r", *b"{ \t\n\r"])
 
 
-def _orjson_limits_depth() -> bool:
-    digits = re.findall(r"[0-9]+", orjson.__version__)
-    return tuple(int(d) for d in digits[:3]) >= (3, 9, 15)
-
-
-def _depth_guarded_loads(message: str | bytes | bytearray | memoryview) -> Any:
-    """orjson.loads for orjson < 3.9.15, which recurses without limit and can crash the
-    process on deeply nested input (CVE-2024-27454).
-
-    Nesting ``_MAX_DEPTH`` deep takes that many openers, so short messages (the common
-    case) and those with few openers go to orjson; the rare rest goes to the stdlib
-    parser, which raises RecursionError instead of crashing.
-    """
-    if len(message) <= _MAX_DEPTH or _openers(message) <= _MAX_DEPTH:
-        return orjson.loads(message)
-    text = message if isinstance(message, str) else bytes(message).decode("utf-8")
-    return json.loads(text, parse_float=_finite_float, parse_constant=_not_json)
-
-
-def _openers(message: str | bytes | bytearray | memoryview) -> int:
-    if isinstance(message, str):
-        return message.count("[") + message.count("{")
-    data = message if isinstance(message, bytes) else bytes(message)  # bytearray, memoryview
-    return data.count(b"[") + data.count(b"{")
-
-
-def _finite_float(literal: str) -> float:
-    value = float(literal)
-    if value in (_INF, -_INF):
-        raise ValueError(f"{literal} overflows a double")  # as orjson
-    return value
-
-
-def _not_json(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")  # as orjson: NaN and Infinity are rejected
-
-
-_INF = float("inf")
-_loads: Callable[[str | bytes | bytearray | memoryview], Any] = (
-    orjson.loads if _orjson_limits_depth() else _depth_guarded_loads
-)
+# orjson >= 3.9.15 (pinned) stops at 1024 levels of nesting with an error; older releases
+# recursed without limit and could crash the process (CVE-2024-27454).
+_loads: Callable[[str | bytes | bytearray | memoryview], Any] = orjson.loads
