@@ -418,7 +418,6 @@ def _member_key(member: tuple[Any, Any]) -> str:
 
 # --- parsing the frame ----------------------------------------------------------------------
 
-_MAX_DEPTH = 1024  # what orjson >= 3.9.15 enforces itself
 # "{" or JSON whitespace, as str[0] gives it (a str) and as bytes[0] gives it (an int).
 _OBJECT_STARTS = frozenset([*"{ \t\n\r", *b"{ \t\n\r"])
 
