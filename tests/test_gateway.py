@@ -66,3 +66,15 @@ async def test_local_connections_and_orphan_disconnect_event():
         assert ctx["disconnectStatusCode"] == 1006 and ctx["disconnectReason"] == "node died"
         assert ctx["connectedAt"] == 1000000 and ctx["identity"]["sourceIp"] == "10.0.0.1"
         assert ctx["authorizer"] == {"principalId": "u", "tenant": "t"}
+
+
+async def test_abandon_closes_without_a_second_disconnect():
+    async with running_node() as node:
+        gw = node.gateway
+        ws = await connect(node)
+        cid = await whoami(ws)
+        assert gw.abandon([cid, "NotHereAtAll0000"], 1012, "declared dead") == 1
+        await ws.wait_closed()
+        assert ws.close_code == 1012
+        await eventually(lambda: gw.hub.get(cid) is None)
+        assert th.events_of("$disconnect", cid) == []

@@ -65,6 +65,7 @@ class Connection:
         "close_code",
         "close_reason",
         "compressed",
+        "abandoned",
         "_wall_offset",
     )
 
@@ -78,6 +79,7 @@ class Connection:
         self.close_code: int | None = None  # set when the gateway decides to close
         self.close_reason = ""
         self.compressed = False
+        self.abandoned = False  # another node ran its $disconnect: close without one
         self._wall_offset = record.connected_at - opened
 
     @property

@@ -31,6 +31,7 @@ __all__ = [
     "CLOSE_INTERNAL_ERROR",
     "CLOSE_MESSAGE_TOO_BIG",
     "CLOSE_NORMAL",
+    "CLOSE_SERVICE_RESTART",
     "CLOSE_SLOW_CONSUMER",
     "CLOSE_UNSUPPORTED_DATA",
     "AuthError",
@@ -55,6 +56,7 @@ CLOSE_ABNORMAL = 1006  # no close frame: the peer vanished, or its node died
 CLOSE_SLOW_CONSUMER = 1008  # stayed over limits.max_queued_bytes past the grace period
 CLOSE_MESSAGE_TOO_BIG = 1009  # a message over limits.max_message_bytes
 CLOSE_INTERNAL_ERROR = 1011
+CLOSE_SERVICE_RESTART = 1012  # this node was declared dead by the others: reconnect elsewhere
 
 
 class GatewayError(Exception):

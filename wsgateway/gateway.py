@@ -227,6 +227,8 @@ class Gateway:
         """The socket closed: forget it everywhere, then run ``$disconnect`` exactly once."""
         if not self.hub.remove(conn):
             return
+        if conn.abandoned:  # its $disconnect ran on the node that declared this one dead
+            return
         started = time.perf_counter()
         with contextlib.suppress(Exception):
             await self.registry.remove(conn.record)
@@ -396,6 +398,21 @@ class Gateway:
 
     def local_connections(self) -> Iterable[ConnectionInfo]:
         return [conn.info() for conn in self.hub if conn.close_code is None]
+
+    def abandon(self, connection_ids: Iterable[str], code: int, reason: str) -> int:
+        """Close these local connections without ``$disconnect`` and without touching the
+        registry: another node declared this one dead and claimed them. Returns how many."""
+        closed = 0
+        for connection_id in connection_ids:
+            conn = self.hub.get(connection_id)
+            if conn is None or conn.close_code is not None:
+                continue
+            conn.abandoned = True
+            self.close(conn, code, reason)
+            closed += 1
+        if closed:
+            log.warning("%d connections abandoned: %s", closed, reason)
+        return closed
 
     async def run_orphan_disconnect(self, record: ConnectionRecord, code: int, reason: str) -> None:
         """``$disconnect`` for a connection whose node died (the registry claimed it)."""

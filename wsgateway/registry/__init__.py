@@ -124,6 +124,10 @@ class LocalNode(Protocol):
     async def run_orphan_disconnect(self, record: ConnectionRecord, code: int, reason: str) -> None:
         """Run ``$disconnect`` for a connection whose node died (exactly once per record)."""
 
+    def abandon(self, connection_ids: Iterable[str], code: int, reason: str) -> int:
+        """Close local connections whose records another node claimed (it declared this node
+        dead and ran their ``$disconnect``): no second ``$disconnect``, no registry writes."""
+
 
 @runtime_checkable
 class Registry(Protocol):
