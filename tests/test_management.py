@@ -270,3 +270,22 @@ async def test_boto3_retries_429_then_raises():
         assert info.value.response["Error"]["Code"] == "LimitExceededException"
         assert info.value.response["ResponseMetadata"]["RetryAttempts"] >= 1  # boto3 retried it itself
         slow.transport.abort()
+
+
+async def test_metrics_exposition():
+    async with running_node() as node:
+        async with await connect(node) as ws:
+            cid = await whoami(ws)
+            await raw(node, "POST", f"/prod/@connections/{cid}", b"m")
+            await ws.recv()
+        await raw(node, "POST", "/prod/@connections/AAAAAAAAAAAAAAAA", b"m")
+        await eventually(lambda: node.gateway.stats.disconnects[1000] == 1)
+        status, headers, body = await raw(node, "GET", "/metrics")
+        text = body.decode()
+        assert status == 200 and headers["Content-Type"].startswith("text/plain")
+        assert "wsgateway_connections 0.0" in text
+        assert "wsgateway_connections_accepted_total 1.0" in text
+        assert 'wsgateway_management_requests_total{operation="PostToConnection",status="200"} 1.0' in text
+        assert 'wsgateway_management_requests_total{operation="PostToConnection",status="410"} 1.0' in text
+        assert 'wsgateway_disconnects_total{code="1000"} 1.0' in text
+        assert "wsgateway_messages_received_total 1.0" in text

@@ -48,7 +48,7 @@ def log_handler_failure(exc: BaseException, route_key: str, request_id: str, con
 class Dispatcher:
     """Routes client messages of every connection of one gateway."""
 
-    __slots__ = ("_gateway", "_router", "_access", "_loop", "_queue_limit")
+    __slots__ = ("_gateway", "_router", "_access", "_loop", "_queue_limit", "_stats")
 
     def __init__(self, gateway: Gateway, router: Router[Integration]) -> None:
         self._gateway = gateway
@@ -56,11 +56,13 @@ class Dispatcher:
         self._access = gateway.access
         self._loop = gateway.loop
         self._queue_limit = gateway.config.limits.max_queued_bytes
+        self._stats = gateway.stats
 
     async def on_message(self, conn: Connection, message: str | bytes) -> None:
         """Route one message and run its handler; never raises for the handler's sake."""
         started = time.perf_counter()
         conn.last_active = self._loop.time()
+        self._stats.messages += 1
         if isinstance(message, str):
             selected = self._router.select(message)
             body, is_b64 = message, False
@@ -69,6 +71,7 @@ class Dispatcher:
             body, is_b64 = base64.b64encode(message).decode(), True
         request_id = new_request_id()
         if selected is None:
+            self._stats.no_route += 1
             self._send_error(conn, "Forbidden", request_id)
             self._log(conn, "", 403, request_id, started)
             return
@@ -86,10 +89,12 @@ class Dispatcher:
             self._gateway.close(conn, exc.code, exc.reason)
         except HandlerTimeout as exc:
             status = 504
+            self._stats.handler_timeouts += 1
             log_handler_failure(exc, route_key, request_id, conn.id)
             self._send_error(conn, "Endpoint request timed out", request_id)
         except Exception as exc:
             status = 500
+            self._stats.handler_errors += 1
             log_handler_failure(exc, route_key, request_id, conn.id)
             self._send_error(conn, "Internal server error", request_id)
         else:

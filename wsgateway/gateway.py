@@ -32,6 +32,7 @@ from .errors import (
     PayloadTooLargeError,
 )
 from .hub import Hub
+from .metrics import Stats
 from .ids import new_connection_id, new_node_id, new_request_id
 from .integrations import HandlerContext, Integration, load_integration
 from .registry import ConnectionInfo, ConnectionRecord, Page, create_registry
@@ -72,6 +73,7 @@ class Gateway:
         self.registry = create_registry(config.registry, self.node_id)
         self.auth = Authenticator(config.auth)
         self.access = AccessLog(config.log.access_log)
+        self.stats = Stats()
         self.router: Router[Integration] | None = None
         self.dispatcher: Dispatcher | None = None
         self.draining = False
@@ -198,6 +200,7 @@ class Gateway:
         conn.ws = ws
         conn.compressed = bool(ws.protocol.extensions)
         self.hub.add(conn)
+        self.stats.accepted += 1
         await self.registry.add(conn.record)
 
     def log_handshake(
@@ -211,6 +214,8 @@ class Gateway:
         conn: Connection | None = None,
     ) -> None:
         """One access-log line per handshake, accepted (101) or refused (its status)."""
+        if status != 101:
+            self.stats.rejected[status] += 1
         self.access.write(
             "connect",
             requestId=request_id,
@@ -227,6 +232,7 @@ class Gateway:
         """The socket closed: forget it everywhere, then run ``$disconnect`` exactly once."""
         if not self.hub.remove(conn):
             return
+        self.stats.disconnects[code] += 1
         if conn.abandoned:  # its $disconnect ran on the node that declared this one dead
             return
         started = time.perf_counter()
@@ -317,6 +323,7 @@ class Gateway:
                     now, self._queue_limit, limits.slow_consumer_grace_s
                 ):
                     log.warning("slow consumer cut off: connectionId=%s", conn.id)
+                    self.stats.slow_consumers += 1
                     self.close(conn, CLOSE_SLOW_CONSUMER, "slow consumer")
 
     # ---------------------------------------------------------------- push API

@@ -10,6 +10,7 @@ POST     /@tenants/{tenant}/messages         deliver to every connection of the 
 GET      /@tenants/{tenant}/connections      {"connections": [...], "nextToken": ...} (?limit=&nextToken=)
 GET      /health                             no auth; 200 once started and until draining, else 503
 GET      /ready                              no auth; 200 only while the registry is reachable too
+GET      /metrics                            no auth; Prometheus text exposition of the node's counters
 =======  ==================================  =====================================================
 
 Errors are what botocore parses: the status, ``x-amzn-ErrorType`` and a JSON body (empty for
@@ -37,6 +38,7 @@ from .errors import (
     PayloadTooLargeError,
 )
 from .ids import is_connection_id, new_request_id
+from .metrics import CONTENT_TYPE, exposition
 from .sigv4 import SigV4Verifier
 
 if TYPE_CHECKING:
@@ -105,8 +107,8 @@ class ManagementServer:
             segments = raw_path.split("/")[1:]
             if segments and segments[0] == self._stage and len(segments) > 1:
                 segments = segments[1:]
-            if len(segments) == 1 and segments[0] in ("health", "ready") and request.method == "GET":
-                return await self._health(segments[0])
+            if len(segments) == 1 and request.method == "GET" and segments[0] in ("health", "ready", "metrics"):
+                return await self._probe(segments[0])
             body = await self._read_body(request)
             if self._verifier is not None:
                 self._verifier.verify(request.method, raw_path, raw_query, request.headers, body)
@@ -120,6 +122,7 @@ class ManagementServer:
         except Exception:
             log.exception("management request failed (requestId=%s)", request_id)
             response = _error_response(ManagementError("Internal server error"), request_id)
+        self.gateway.stats.management[(operation or "Unknown", response.status)] += 1
         self._log(request, request_id, operation, target, response.status, started)
         return response
 
@@ -171,7 +174,9 @@ class ManagementServer:
         out = {"connections": [c.to_listing_json() for c in page.connections], "nextToken": page.next_token}
         return _ok(200, orjson.dumps(out))
 
-    async def _health(self, kind: str) -> web.Response:
+    async def _probe(self, kind: str) -> web.Response:
+        if kind == "metrics":
+            return web.Response(body=exposition(self.gateway), headers={"Content-Type": CONTENT_TYPE})
         health = await self.gateway.health()
         return _ok(200 if health["ready" if kind == "ready" else "live"] else 503, orjson.dumps(health))
 

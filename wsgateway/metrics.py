@@ -1,0 +1,90 @@
+"""Counters of one node and their Prometheus exposition (``GET /metrics``, management port).
+
+The hot paths only add to plain integers on a :class:`Stats` object (no lock, no label
+lookup per message); the prometheus_client collector reads them when Prometheus scrapes,
+so metrics cost nothing between scrapes.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector, CollectorRegistry
+
+if TYPE_CHECKING:
+    from .gateway import Gateway
+
+__all__ = ["CONTENT_TYPE", "Stats", "exposition"]
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class Stats:
+    """Plain counters, incremented where things happen (event loop only)."""
+
+    __slots__ = (
+        "accepted",
+        "rejected",
+        "messages",
+        "handler_errors",
+        "handler_timeouts",
+        "no_route",
+        "disconnects",
+        "management",
+        "slow_consumers",
+    )
+
+    def __init__(self) -> None:
+        self.accepted = 0
+        self.rejected: Counter[int] = Counter()  # handshake status -> count
+        self.messages = 0
+        self.handler_errors = 0
+        self.handler_timeouts = 0
+        self.no_route = 0
+        self.disconnects: Counter[int] = Counter()  # close code -> count
+        self.management: Counter[tuple[str, int]] = Counter()  # (operation, status) -> count
+        self.slow_consumers = 0
+
+
+class _GatewayCollector(Collector):
+    def __init__(self, gateway: Gateway) -> None:
+        self._gateway = gateway
+
+    def collect(self) -> Iterator[Metric]:
+        gw = self._gateway
+        stats = gw.stats
+        yield GaugeMetricFamily("wsgateway_connections", "Open connections on this node", value=len(gw.hub))
+        yield GaugeMetricFamily("wsgateway_tenants", "Tenants with a connection on this node", value=len(gw.hub.tenants()))
+        yield CounterMetricFamily("wsgateway_connections_accepted", "Handshakes accepted", value=stats.accepted)
+        rejected = CounterMetricFamily("wsgateway_handshakes_rejected", "Handshakes refused, by HTTP status", labels=["status"])
+        for status, count in sorted(stats.rejected.items()):
+            rejected.add_metric([str(status)], count)
+        yield rejected
+        yield CounterMetricFamily("wsgateway_messages_received", "Client messages dispatched", value=stats.messages)
+        yield CounterMetricFamily("wsgateway_messages_unrouted", "Messages answered Forbidden", value=stats.no_route)
+        errors = CounterMetricFamily("wsgateway_handler_failures", "Handler failures, by kind", labels=["kind"])
+        errors.add_metric(["error"], stats.handler_errors)
+        errors.add_metric(["timeout"], stats.handler_timeouts)
+        yield errors
+        closes = CounterMetricFamily("wsgateway_disconnects", "Connections closed, by close code", labels=["code"])
+        for code, count in sorted(stats.disconnects.items()):
+            closes.add_metric([str(code)], count)
+        yield closes
+        yield CounterMetricFamily("wsgateway_slow_consumers", "Clients cut off as slow consumers", value=stats.slow_consumers)
+        calls = CounterMetricFamily(
+            "wsgateway_management_requests", "Management API calls, by operation and status", labels=["operation", "status"]
+        )
+        for (operation, status), count in sorted(stats.management.items()):
+            calls.add_metric([operation, str(status)], count)
+        yield calls
+
+
+def exposition(gateway: Gateway) -> bytes:
+    """The Prometheus text exposition of ``gateway``'s counters, built now."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_GatewayCollector(gateway))
+    return generate_latest(registry)
