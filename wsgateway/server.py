@@ -26,6 +26,7 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
+from websockets.protocol import State
 from websockets.typing import Subprotocol
 
 from .errors import CLOSE_ABNORMAL, CLOSE_GOING_AWAY, CLOSE_INTERNAL_ERROR, AuthError
@@ -207,17 +208,22 @@ class ClientServer:
     # ---------------------------------------------------------------- connection
 
     async def _handler(self, ws: ServerConnection) -> None:
+        """One accepted connection, from the end of the upgrade to its ``$disconnect``.
+
+        Fails closed: whatever goes wrong is logged with the connection id, the socket is
+        closed (1011) and the ``finally`` forgets the connection and runs ``$disconnect``.
+        """
         assert isinstance(ws, GatewayConnection) and ws.gw_conn is not None
         conn = ws.gw_conn
         gateway = self.gateway
-        await gateway.opened(conn, ws)
-        gateway.log_handshake(
-            status=101, request_id=ws.gw_request_id, started=ws.gw_started,
-            source_ip=conn.record.source_ip, user_agent=conn.record.user_agent, conn=conn,
-        )
         assert gateway.dispatcher is not None
         dispatch = gateway.dispatcher.on_message
         try:
+            await gateway.opened(conn, ws)
+            gateway.log_handshake(
+                status=101, request_id=ws.gw_request_id, started=ws.gw_started,
+                source_ip=conn.record.source_ip, user_agent=conn.record.user_agent, conn=conn,
+            )
             async for message in ws:
                 await dispatch(conn, message)
         except ConnectionClosed:
@@ -229,7 +235,7 @@ class ClientServer:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self._limits.close_timeout_s + 1):
                     await ws.wait_closed()
-            if ws.protocol.state is not ws.protocol.state.CLOSED:
+            if ws.protocol.state is not State.CLOSED:
                 ws.transport.abort()
             code, reason = close_info(ws, conn)
             await gateway.closed(conn, code, reason)
