@@ -104,3 +104,18 @@ async def bye(event: dict[str, Any], context: Any) -> None:
 
 async def returns_none(event: dict[str, Any], context: Any) -> None:
     return None
+
+
+async def join(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    """{"action": "join", "group": "g"}: add this connection to a group of its tenant."""
+    group = json.loads(event["body"])["group"]
+    await context.join_group(event["requestContext"]["connectionId"], group)
+    return {"statusCode": 200, "body": "joined " + group}
+
+
+async def tell_group(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    body = json.loads(event["body"])
+    tenant = event["requestContext"]["authorizer"]["tenant"]
+    n = await context.post_to_group(tenant, body["group"], body["text"])
+    m = await context.post_to_user(tenant, event["requestContext"]["authorizer"]["principalId"], "to my tabs")
+    return {"statusCode": 200, "body": json.dumps({"group": n, "user": m})}

@@ -34,7 +34,9 @@ class RecordingNode:
     fanouts: list[tuple[str, bytes, bool]] = field(default_factory=list)
     deleted: list[str] = field(default_factory=list)
     orphans: list[tuple[ConnectionRecord, int, str]] = field(default_factory=list)
+    abandoned: list[tuple[str, int, str]] = field(default_factory=list)
     full: set[str] = field(default_factory=set)
+    groups: dict[str, set[str]] = field(default_factory=dict)
 
     def open(self, record: ConnectionRecord, last_active_at: float | None = None) -> ConnectionRecord:
         """Hold ``record`` as an open connection (the hub's side of an accept)."""
@@ -63,20 +65,47 @@ class RecordingNode:
             raise GoneError()
         self.deleted.append(connection_id)
 
-    def local_fanout(self, tenant: str, data: bytes, binary: bool) -> int:
+    def local_fanout(
+        self, tenant: str, data: bytes, binary: bool, *, user: str | None = None, group: str | None = None
+    ) -> int:
         self.fanouts.append((tenant, data, binary))
         count = 0
         for info in self.connections.values():
+            cid = info.record.connection_id
+            if group is not None and group not in self.groups.get(cid, set()):
+                continue
+            if user is not None and info.record.principal_id != user:
+                continue
             if info.record.tenant == tenant:
                 self.posted.setdefault(info.record.connection_id, []).append((data, binary))
                 count += 1
         return count
+
+    def local_group(self, connection_id: str, group: str, *, join: bool) -> bool:
+        if connection_id not in self.connections:
+            return False
+        members = self.groups.setdefault(connection_id, set())
+        if join:
+            members.add(group)
+        else:
+            members.discard(group)
+        return True
 
     def local_connections(self) -> Iterable[ConnectionInfo]:
         return list(self.connections.values())
 
     async def run_orphan_disconnect(self, record: ConnectionRecord, code: int, reason: str) -> None:
         self.orphans.append((record, code, reason))
+
+    def abandon(self, connection_ids: Iterable[str], code: int, reason: str) -> int:
+        """Close the connections another node claimed, as the gateway does: at once, with no
+        ``$disconnect`` here and no registry write (they leave ``connections``)."""
+        count = 0
+        for connection_id in connection_ids:
+            if self.connections.pop(connection_id, None) is not None:
+                self.abandoned.append((connection_id, code, reason))
+                count += 1
+        return count
 
 
 Factory = Callable[[RecordingNode], Awaitable[Registry]]

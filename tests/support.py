@@ -41,6 +41,8 @@ TEST_ROUTES = {
     "bye": "tests.handlers_for_tests:bye",
     "event": "tests.handlers_for_tests:event",
     "none": "tests.handlers_for_tests:returns_none",
+    "join": "tests.handlers_for_tests:join",
+    "tell_group": "tests.handlers_for_tests:tell_group",
 }
 
 

@@ -58,7 +58,7 @@ class GatewayProcess:
         return boto3.client(
             "apigatewaymanagementapi", endpoint_url=self.endpoint, region_name="eu-west-1",
             aws_access_key_id="AKIDTEST", aws_secret_access_key="secret",
-            config=Config(retries={"max_attempts": 1, "mode": "standard"}, read_timeout=10),
+            config=Config(retries={"total_max_attempts": 1, "mode": "standard"}, read_timeout=10),
         )
 
     async def connect(self, tenant: str = "t1") -> tuple[ClientConnection, str]:
@@ -261,6 +261,57 @@ async def test_killed_node_is_cleaned_up_once_with_1006(cluster: Cluster) -> Non
     for ws, _ in clients:
         with contextlib.suppress(Exception):
             await ws.close()
+
+
+async def test_paused_node_is_swept_once_and_closes_its_clients_with_1012(cluster: Cluster) -> None:
+    """A node paused (SIGSTOP) for ~3x node_ttl_s is declared dead: the survivor runs each of
+    its connections' $disconnect once (1006). Resumed (SIGCONT), it closes those clients with
+    1012 and runs no second $disconnect; it serves new connections, reachable from the other."""
+    paused, survivor = await cluster.start("a"), await cluster.start("b")
+    await settled(survivor)
+    clients = [await paused.connect("t1") for _ in range(3)]
+    ids = sorted(c for _, c in clients)
+    ws_b, cid_b = await survivor.connect("t1")
+    assert await tenant_listing(survivor, "t1") == sorted([*ids, cid_b])
+    await asyncio.sleep(NODE_TTL_S)  # the survivor sweeps only after being up for node_ttl_s
+
+    def disconnects() -> list[dict[str, Any]]:
+        return [e for e in cluster.events("$disconnect") if e["connectionId"] in ids]
+
+    paused.process.send_signal(signal.SIGSTOP)
+    stopped_at = time.monotonic()
+    try:
+        await wait_until(lambda: len(disconnects()) >= 3, NODE_TTL_S + 5, "orphan $disconnect")
+        assert {(e["disconnectStatusCode"], e["pid"]) for e in disconnects()} == {(1006, survivor.process.pid)}
+        await asyncio.sleep(max(0.0, 3 * NODE_TTL_S - (time.monotonic() - stopped_at)))  # the pause itself
+    finally:
+        paused.process.send_signal(signal.SIGCONT)
+    for ws, _ in clients:
+        with pytest.raises(ConnectionClosed):
+            while True:
+                await asyncio.wait_for(ws.recv(), 5)
+        assert ws.close_code == 1012
+
+    ws_new, cid_new = await paused.connect("t1")
+    api_a, api_b = paused.management(), survivor.management()
+    async with asyncio.timeout(5):  # the resumed node has re-registered by its next beat
+        while error_code(api_b.post_to_connection, ConnectionId=cid_new, Data=b"from b") != "200":
+            await asyncio.sleep(0.05)
+    assert await asyncio.wait_for(ws_new.recv(), 5) == "from b"
+    api_a.post_to_connection(ConnectionId=cid_b, Data=b"from a")
+    assert await asyncio.wait_for(ws_b.recv(), 5) == "from a"
+    for cid in ids:
+        assert error_code(api_a.post_to_connection, ConnectionId=cid, Data=b"x") == "GoneException"
+    await settled(survivor)
+    assert await tenant_listing(survivor, "t1") == sorted([cid_b, cid_new])
+
+    await asyncio.sleep(5 * HEARTBEAT_S)  # a second $disconnect would show up by now
+    events = disconnects()
+    assert sorted(e["connectionId"] for e in events) == ids  # exactly once each
+    assert {(e["disconnectStatusCode"], e["pid"]) for e in events} == {(1006, survivor.process.pid)}
+    assert [e for e in cluster.events("$disconnect") if e["connectionId"] in (cid_b, cid_new)] == []
+    for ws in (ws_new, ws_b):
+        await ws.close()
 
 
 async def test_terminated_node_is_gone_at_once(cluster: Cluster) -> None:

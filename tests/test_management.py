@@ -15,8 +15,11 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from tests import handlers_for_tests as th
+import websockets
+
 from tests.support import (
     ACCESS_KEY,
+    HS_SECRET,
     REGION,
     SECRET_KEY,
     connect,
@@ -25,7 +28,9 @@ from tests.support import (
     make_config,
     running_node,
     sigv4_section,
+    token,
     whoami,
+    ws_url,
 )
 
 NO_RETRY = Config(retries={"total_max_attempts": 1, "mode": "standard"})  # exactly one attempt
@@ -289,3 +294,42 @@ async def test_metrics_exposition():
         assert 'wsgateway_management_requests_total{operation="PostToConnection",status="410"} 1.0' in text
         assert 'wsgateway_disconnects_total{code="1000"} 1.0' in text
         assert "wsgateway_messages_received_total 1.0" in text
+
+
+async def test_user_and_group_fanout_and_membership():
+    cfg = make_config(auth={"type": "jwt", "algorithms": ["HS256"], "secret": HS_SECRET, "tenant_claim": "practice_id"})
+    async with running_node(cfg) as node:
+        alice = [await websockets.connect(ws_url(node, token=token("alice", "p1"))) for _ in range(2)]
+        bob = await websockets.connect(ws_url(node, token=token("bob", "p1")))
+        mallory = await websockets.connect(ws_url(node, token=token("alice", "p2")))  # same sub, other tenant
+        ids = [await whoami(ws) for ws in [*alice, bob, mallory]]
+        status, _, body = await raw(node, "POST", "/prod/@tenants/p1/users/alice/messages", b"hi alice")
+        assert status == 200 and json.loads(body) == {"delivered": 2}
+        for ws in alice:
+            assert await ws.recv() == "hi alice"
+        # Groups: a backend adds bob, a handler adds alice's first tab.
+        status, _, body = await raw(node, "PUT", f"/prod/@connections/{ids[2]}/groups/front-desk")
+        assert status == 204 and body == b""
+        await alice[0].send('{"action": "join", "group": "front-desk"}')
+        assert await alice[0].recv() == "joined front-desk"
+        await raw(node, "PUT", f"/prod/@connections/{ids[3]}/groups/front-desk")  # other tenant's group
+        status, _, body = await raw(node, "POST", "/@tenants/p1/groups/front-desk/messages", b"ring")
+        assert json.loads(body) == {"delivered": 2}
+        assert await bob.recv() == "ring" and await alice[0].recv() == "ring"
+        await bob.send('{"action": "tell_group", "group": "front-desk", "text": "from bob"}')
+        got = [await bob.recv(), await bob.recv(), await bob.recv()]
+        assert got[:2] == ["from bob", "to my tabs"] and json.loads(got[2]) == {"group": 2, "user": 1}
+        assert await alice[0].recv() == "from bob"
+        status, _, _ = await raw(node, "DELETE", f"/prod/@connections/{ids[2]}/groups/front-desk")
+        assert status == 204
+        status, _, body = await raw(node, "POST", "/@tenants/p1/groups/front-desk/messages", b"again")
+        assert json.loads(body) == {"delivered": 1}
+        assert await alice[0].recv() == "again"
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(mallory.recv(), 0.2)  # never crosses tenants
+        status, headers, _ = await raw(node, "PUT", "/prod/@connections/AAAAAAAAAAAAAAAA/groups/g")
+        assert status == 410 and headers["x-amzn-ErrorType"] == "GoneException"
+        status, headers, _ = await raw(node, "PUT", f"/prod/@connections/{ids[0]}/groups/{'x' * 200}")
+        assert status == 400
+        for ws in [*alice, bob, mallory]:
+            await ws.close()

@@ -14,8 +14,10 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Self
 
 import port_for
 import pytest
@@ -32,6 +34,7 @@ from wsgateway.registry import (
     Registry,
     create_registry,
 )
+from wsgateway.registry._redis_membership import TOMBSTONE_S
 from wsgateway.registry._redis_wire import (
     KIND_POST,
     decode_message,
@@ -80,8 +83,10 @@ async def wait_settled(registry: RedisRegistry, timeout: float = SETTLE_TIMEOUT_
             await asyncio.sleep(0.02)
 
 
-async def accept(registry: Registry, node: RecordingNode, tenant: str = "tenant-a") -> ConnectionRecord:
-    record = node.open(make_record(node.node_id, tenant))
+async def accept(
+    registry: Registry, node: RecordingNode, tenant: str = "tenant-a", **overrides: object
+) -> ConnectionRecord:
+    record = node.open(make_record(node.node_id, tenant, **overrides))
     await registry.add(record)
     return record
 
@@ -219,6 +224,23 @@ async def test_cross_node_fanout_and_listing(make: Factory) -> None:
     assert seen == expected
 
 
+async def test_cross_node_user_and_group_audiences(make: Factory) -> None:
+    node_a, node_b = RecordingNode("na"), RecordingNode("nb")
+    reg_a, reg_b = await make(node_a), await make(node_b)
+    alice = await accept(reg_a, node_a, principal_id="alice")
+    bob = await accept(reg_a, node_a, principal_id="bob")
+    await reg_b.group(bob.connection_id, "desk", join=True)  # through the owner, node a
+    assert node_a.groups[bob.connection_id] == {"desk"}
+    assert await reg_b.fanout("tenant-a", b"to alice", False, user="alice") == 1
+    assert await reg_b.fanout("tenant-a", b"to desk", False, group="desk") == 1
+    assert node_a.posted[alice.connection_id] == [(b"to alice", False)]
+    assert node_a.posted[bob.connection_id] == [(b"to desk", False)]
+    await reg_b.group(bob.connection_id, "desk", join=False)
+    assert await reg_b.fanout("tenant-a", b"x", False, group="desk") == 0
+    with pytest.raises(GoneError):
+        await reg_b.group("AAAAAAAAAAAAAAAA", "desk", join=True)
+
+
 async def test_posts_from_one_caller_arrive_in_order(make: Factory) -> None:
     node_a, node_b = RecordingNode("na"), RecordingNode("nb")
     reg_a, reg_b = await make(node_a), await make(node_b)
@@ -342,7 +364,12 @@ async def test_killed_node_is_swept_once_with_1006(make: Factory, redis_url: str
             await reg.post(ids[1], b"x", False)
         assert (await reg.list_tenant("tenant-a", 100, None)).connections == []
     r = sync_client(redis_url)
-    assert r.keys(f"{key_prefix}:{{c:*") == []
+    # what is left of each record is a tombstone, for the node should it come back
+    tombstones = r.keys(f"{key_prefix}:{{c:*")
+    assert sorted(tombstones) == sorted(f"{key_prefix}:{{c:{i}}}".encode() for i in ids)
+    for key in tombstones:
+        assert set(r.hgetall(key)) == {b"claimedBy"}
+        assert 0 < r.ttl(key) <= TOMBSTONE_S
     assert set(r.hkeys(f"{key_prefix}:{{meta}}:nodes")) == {b"nb", b"nc"}
 
 
@@ -380,6 +407,217 @@ async def test_restarted_node_id_disconnects_its_previous_life(
     await asyncio.sleep(3 * HEARTBEAT_S)
     assert sorted(o[0].connection_id for o in orphans()) == sorted(ids)
     assert {o[1] for o in orphans()} == {1006}
+
+
+# ---------------------------------------------------------------- declared dead, but alive
+
+
+class RedisLink:
+    """A TCP relay between one registry and the private Redis: ``cut()`` is a network
+    partition (every connection through it is reset, new ones are refused) until
+    ``restore()``; ``delay_s`` delays what the registry sends (a slow network). Redis itself
+    is the real one, untouched."""
+
+    def __init__(self, redis_port: int, *, delay_s: float = 0.0) -> None:
+        self._redis_port = redis_port
+        self._delay_s = delay_s
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._relays: set[asyncio.Task[None]] = set()
+        self.is_cut = False
+        self.url = ""
+
+    async def __aenter__(self) -> Self:
+        self._server = await asyncio.start_server(self._relay, "127.0.0.1", 0)
+        self.url = f"redis://127.0.0.1:{self._server.sockets[0].getsockname()[1]}/0"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        self.cut()
+        async with asyncio.timeout(5):  # the relays end once their transports are aborted
+            await asyncio.gather(*self._relays, return_exceptions=True)
+
+    def cut(self) -> None:
+        self.is_cut = True
+        for writer in self._writers:
+            writer.transport.abort()
+        self._writers.clear()
+
+    def restore(self) -> None:
+        self.is_cut = False
+
+    async def _relay(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        if self.is_cut:
+            client_w.transport.abort()
+            return
+        relay = asyncio.current_task()
+        assert relay is not None
+        self._relays.add(relay)
+        try:
+            redis_r, redis_w = await asyncio.open_connection("127.0.0.1", self._redis_port)
+            self._writers |= {client_w, redis_w}
+            await asyncio.gather(
+                self._pipe(client_r, redis_w, self._delay_s), self._pipe(redis_r, client_w, 0.0), return_exceptions=True
+            )
+        finally:
+            self._relays.discard(relay)
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, delay_s: float) -> None:
+        try:
+            while data := await reader.read(65536):
+                if delay_s:
+                    await asyncio.sleep(delay_s)
+                writer.write(data)
+                await writer.drain()
+        finally:
+            writer.transport.abort()
+            self._writers.discard(writer)
+
+
+async def listed_ids(registry: RedisRegistry, tenant: str = "tenant-a") -> set[str]:
+    """Every connection id of the tenant's listing, page after page."""
+    ids: set[str] = set()
+    token: str | None = None
+    while True:
+        page = await registry.list_tenant(tenant, 1000, token)
+        ids |= {i.record.connection_id for i in page.connections}
+        if (token := page.next_token) is None:
+            return ids
+
+
+async def check_each_connection_once(
+    victim: RecordingNode, survivor: RecordingNode, reg_survivor: RedisRegistry, records: list[ConnectionRecord]
+) -> set[str]:
+    """Each of the victim's connections either got exactly one orphan ``$disconnect`` (1006,
+    on the survivor) and was abandoned exactly once (1012), or neither and is still held,
+    registered and reachable from the survivor. Returns the claimed ids."""
+    orphaned = Counter(o[0].connection_id for o in survivor.orphans + victim.orphans)
+    abandoned = Counter(cid for cid, _, _ in victim.abandoned)
+    claimed = {cid for cid, n in orphaned.items() if n}
+    assert set(orphaned) <= {r.connection_id for r in records}
+    assert all(n == 1 for n in orphaned.values()), orphaned.most_common(3)
+    assert abandoned == Counter(claimed)  # abandon() was called for exactly the claimed ones
+    assert {(o[1], o[0].node_id) for o in survivor.orphans} <= {(1006, "na")}
+    assert victim.orphans == []
+    assert {(code, reason) for _, code, reason in victim.abandoned} <= {(1012, "node was declared dead")}
+    kept = [r.connection_id for r in records if r.connection_id not in claimed]
+    assert set(victim.connections) == set(kept)
+    await asyncio.gather(*(reg_survivor.post(cid, b"still here", False) for cid in kept))
+    assert all(victim.posted[cid][-1] == (b"still here", False) for cid in kept)
+    gone = await asyncio.gather(*(reg_survivor.post(cid, b"x", False) for cid in claimed), return_exceptions=True)
+    assert all(isinstance(g, GoneError) for g in gone)
+    assert await listed_ids(reg_survivor) == set(kept)
+    return claimed
+
+
+async def settled_after_return(
+    victim: RecordingNode, survivor: RecordingNode, reg_survivor: RedisRegistry, total: int, timeout: float
+) -> None:
+    """Until the survivor's orphan runs and the victim's abandons match, and the survivor
+    lists exactly what the victim still holds (it re-registered)."""
+    listed: set[str] | None = None
+    try:
+        async with asyncio.timeout(timeout):
+            while True:
+                if len(victim.connections) + len(victim.abandoned) == total and len(survivor.orphans) == len(
+                    victim.abandoned
+                ):
+                    try:
+                        listed = await listed_ids(reg_survivor)
+                    except RegistryUnavailableError:
+                        listed = None  # the victim has not re-registered yet
+                    if listed == set(victim.connections):
+                        return
+                await asyncio.sleep(0.02)
+    except TimeoutError:
+        raise AssertionError(
+            f"not settled after {timeout}s: held {len(victim.connections)}, abandoned {len(victim.abandoned)}, "
+            f"orphans {len(survivor.orphans)}, listed {None if listed is None else len(listed)}"
+        ) from None
+
+
+async def test_node_declared_dead_abandons_exactly_what_was_claimed(
+    make: Factory, private_redis: RedisExecutor, key_prefix: str, redis_url: str
+) -> None:
+    """Cut off from Redis past node_ttl_s, a node is swept: one $disconnect (1006) per
+    connection on the survivor. Back, it closes those with 1012 and no second $disconnect, and
+    keeps the ones no sweep could claim: accepted during the outage (never written) or after."""
+    survivor = RecordingNode("nb")
+    reg_b = await make(survivor)
+    victim = RecordingNode("na")
+    async with RedisLink(private_redis.port) as link:
+        reg_a = RedisRegistry(registry_config(link.url, key_prefix), "na")
+        try:
+            await reg_a.start(victim)
+            await wait_settled(reg_a)
+            before = [await accept(reg_a, victim) for _ in range(5)]
+            link.cut()
+            during = [await accept(reg_a, victim) for _ in range(2)]
+            await wait_for(lambda: len(survivor.orphans) == len(before), NODE_TTL_S + 3, "the sweep")
+            link.restore()
+            after = [await accept(reg_a, victim)]  # written at once, most likely before the beat
+            records = before + during + after
+            await settled_after_return(victim, survivor, reg_b, len(records), timeout=5)
+            await asyncio.sleep(3 * HEARTBEAT_S)  # a second $disconnect or abandon would show by now
+            claimed = await check_each_connection_once(victim, survivor, reg_b, records)
+            assert claimed == {r.connection_id for r in before}
+            r = sync_client(redis_url)  # the tombstones were consumed by the reconciliation
+            assert set(r.keys(f"{key_prefix}:{{c:*")) == {f"{key_prefix}:{{c:{cid}}}".encode() for cid in victim.connections}
+        finally:
+            await reg_a.close()
+
+
+async def test_node_back_while_it_is_swept_keeps_or_abandons_each_connection_once(
+    private_redis: RedisExecutor, key_prefix: str, redis_url: str
+) -> None:
+    """The victim comes back as soon as the sweep claimed its first records, while the
+    survivor (on a slow link) is still claiming: each record is decided once, by the claim or
+    by the victim taking it back, whichever reaches Redis first."""
+    survivor, victim = RecordingNode("nb"), RecordingNode("na")
+    async with RedisLink(private_redis.port, delay_s=0.02) as slow, RedisLink(private_redis.port) as link:
+        reg_b = RedisRegistry(registry_config(slow.url, key_prefix), "nb")
+        reg_a = RedisRegistry(registry_config(link.url, key_prefix), "na")
+        try:
+            await reg_b.start(survivor)
+            await reg_a.start(victim)
+            await wait_settled(reg_a)
+            before = await asyncio.gather(*(accept(reg_a, victim) for _ in range(2000)))
+            link.cut()
+            during = [await accept(reg_a, victim) for _ in range(3)]
+            await wait_for(lambda: bool(survivor.orphans), NODE_TTL_S + 3, "the first claims")
+            link.restore()
+            after = [await accept(reg_a, victim) for _ in range(3)]
+            records = [*before, *during, *after]
+            await settled_after_return(victim, survivor, reg_b, len(records), timeout=10)
+            await asyncio.sleep(3 * HEARTBEAT_S)  # a second $disconnect or abandon would show by now
+            claimed = await check_each_connection_once(victim, survivor, reg_b, records)
+            assert claimed.isdisjoint(r.connection_id for r in during + after)
+            assert claimed  # it came back after the first claims (how many more: a race)
+        finally:
+            await reg_a.close()
+            await reg_b.close()
+
+
+async def test_a_normal_beat_runs_one_script_and_no_lease_check(make: Factory, redis_url: str) -> None:
+    """Coming back from being declared dead costs nothing while a node is not: a beat is one
+    EVAL, and the lease of a sweep of this node is not looked at."""
+    await make(RecordingNode("na"))
+    r = sync_client(redis_url)
+    r.config_resetstat()
+
+    def calls() -> dict[str, int]:
+        stats = r.info("commandstats")
+        return {k.removeprefix("cmdstat_"): v["calls"] for k, v in stats.items() if "info" not in k}
+
+    await wait_for(lambda: calls().get("eval", 0) >= 5, 10 * HEARTBEAT_S, "five beats")
+    counts = calls()
+    counts.pop("config|resetstat", None)
+    beats = counts["eval"]
+    # inside the script: GET epoch, HSETNX, ZADD, ZRANGEBYSCORE x2, EXISTS settle (and TIME)
+    assert counts == {"eval": beats, "time": beats, "get": beats, "hsetnx": beats, "zadd": beats,
+                      "zrangebyscore": 2 * beats, "exists": beats}
 
 
 # ---------------------------------------------------------------- Redis losing data or going away

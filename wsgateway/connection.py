@@ -66,6 +66,7 @@ class Connection:
         "close_reason",
         "compressed",
         "abandoned",
+        "groups",
         "_wall_offset",
     )
 
@@ -80,6 +81,7 @@ class Connection:
         self.close_reason = ""
         self.compressed = False
         self.abandoned = False  # another node ran its $disconnect: close without one
+        self.groups: set[str] | None = None  # groups of its tenant it was added to
         self._wall_offset = record.connected_at - opened
 
     @property

@@ -362,17 +362,36 @@ class Gateway:
             return
         await self.registry.delete(connection_id)
 
-    async def post_to_tenant(self, tenant: str, data: bytes | str) -> int:
-        """Deliver ``data`` to every connection of ``tenant`` on every node; return how many."""
+    async def post_to_tenant(
+        self, tenant: str, data: bytes | str, *, user: str | None = None, group: str | None = None
+    ) -> int:
+        """Deliver ``data`` to every connection of ``tenant`` on every node, or only to one
+        user's connections, or only to a group's; return how many took it."""
         payload, binary = as_payload(data)
         if len(payload) > self._max_post:
             raise PayloadTooLargeError("Message too long")
-        assert self._loop is not None
         # Other nodes first: if the registry cannot answer, the caller gets a retriable error
         # before anyone received the message, so a retry never duplicates it locally.
-        remote = await self.registry.fanout(tenant, payload, binary)
-        local = self.hub.fanout(tenant, payload, binary, self._loop.time(), self._queue_limit)
-        return local + remote
+        remote = await self.registry.fanout(tenant, payload, binary, user=user, group=group)
+        return remote + self.local_fanout(tenant, payload, binary, user=user, group=group)
+
+    async def post_to_user(self, tenant: str, user: str, data: bytes | str) -> int:
+        """Deliver ``data`` to every connection of one user (token ``sub``) of ``tenant``."""
+        return await self.post_to_tenant(tenant, data, user=user)
+
+    async def post_to_group(self, tenant: str, group: str, data: bytes | str) -> int:
+        """Deliver ``data`` to every connection in a group of ``tenant``."""
+        return await self.post_to_tenant(tenant, data, group=group)
+
+    async def join_group(self, connection_id: str, group: str) -> None:
+        """Add a connection (on any node) to a group of its tenant; raise GoneError."""
+        if not self.local_group(connection_id, group, join=True):
+            await self.registry.group(connection_id, group, join=True)
+
+    async def leave_group(self, connection_id: str, group: str) -> None:
+        """Take a connection (on any node) out of a group of its tenant; raise GoneError."""
+        if not self.local_group(connection_id, group, join=False):
+            await self.registry.group(connection_id, group, join=False)
 
     async def list_tenant(self, tenant: str, limit: int, next_token: str | None) -> Page:
         """One page of the tenant's connections on every node."""
@@ -399,9 +418,22 @@ class Gateway:
             raise GoneError()
         self.close(conn, CLOSE_NORMAL, "Connection Closed Normally")
 
-    def local_fanout(self, tenant: str, data: bytes, binary: bool) -> int:
+    def local_fanout(
+        self, tenant: str, data: bytes, binary: bool, *, user: str | None = None, group: str | None = None
+    ) -> int:
         assert self._loop is not None
-        return self.hub.fanout(tenant, data, binary, self._loop.time(), self._queue_limit)
+        return self.hub.fanout(tenant, data, binary, self._loop.time(), self._queue_limit, user=user, group=group)
+
+    def local_group(self, connection_id: str, group: str, *, join: bool) -> bool:
+        """Join or leave a group for a local connection; False if it is not held here."""
+        conn = self.hub.get(connection_id)
+        if conn is None or conn.close_code is not None:
+            return False
+        if join:
+            self.hub.join_group(conn, group)
+        else:
+            self.hub.leave_group(conn, group)
+        return True
 
     def local_connections(self) -> Iterable[ConnectionInfo]:
         return [conn.info() for conn in self.hub if conn.close_code is None]

@@ -1,8 +1,11 @@
-"""This node's open connections, by id and by tenant; local fan-out, encoded once.
+"""This node's open connections, by id and by audience; local fan-out, encoded once.
 
 The hub is the truth about what this node holds: a connection is in it from the moment its
 upgrade completed until its socket closed, and nothing else. Posts for ids found here never
 touch the registry.
+
+Audiences are always inside one tenant: the whole tenant, one user's connections (the
+token's ``sub``), or a named group that handlers and backends add connections to.
 """
 
 from __future__ import annotations
@@ -14,16 +17,28 @@ from .errors import GoneError, LimitExceededError
 
 __all__ = ["Hub"]
 
+# Index keys: ("t", tenant, "") / ("u", tenant, principal) / ("g", tenant, group).
+_Key = tuple[str, str, str]
+
+
+def audience_key(tenant: str, user: str | None = None, group: str | None = None) -> _Key:
+    """The index key of an audience: a group, else a user, else the whole tenant."""
+    if group is not None:
+        return ("g", tenant, group)
+    if user is not None:
+        return ("u", tenant, user)
+    return ("t", tenant, "")
+
 
 class Hub:
     """Connections of this node. Not thread-safe: use from the event loop only."""
 
-    __slots__ = ("_by_id", "_by_tenant")
+    __slots__ = ("_by_id", "_members")
 
     def __init__(self) -> None:
         self._by_id: dict[str, Connection] = {}
-        # A dict used as an insertion-ordered set: iteration order = connect order.
-        self._by_tenant: dict[str, dict[str, Connection]] = {}
+        # Dicts used as insertion-ordered sets: iteration order = join order.
+        self._members: dict[_Key, dict[str, Connection]] = {}
 
     def __len__(self) -> int:
         return len(self._by_id)
@@ -33,35 +48,54 @@ class Hub:
 
     def add(self, conn: Connection) -> None:
         self._by_id[conn.id] = conn
-        self._by_tenant.setdefault(conn.tenant, {})[conn.id] = conn
+        self._join(("t", conn.tenant, ""), conn)
+        if conn.record.principal_id:
+            self._join(("u", conn.tenant, conn.record.principal_id), conn)
 
     def remove(self, conn: Connection) -> bool:
-        """Forget ``conn``; return False if it was not here (idempotent)."""
+        """Forget ``conn`` and its group memberships; False if it was not here (idempotent)."""
         if self._by_id.pop(conn.id, None) is None:
             return False
-        members = self._by_tenant.get(conn.tenant)
-        if members is not None:
-            members.pop(conn.id, None)
-            if not members:
-                del self._by_tenant[conn.tenant]
+        self._leave(("t", conn.tenant, ""), conn)
+        if conn.record.principal_id:
+            self._leave(("u", conn.tenant, conn.record.principal_id), conn)
+        for group in conn.groups or ():
+            self._leave(("g", conn.tenant, group), conn)
+        conn.groups = None
         return True
 
     def get(self, connection_id: str) -> Connection | None:
         return self._by_id.get(connection_id)
 
+    def join_group(self, conn: Connection, group: str) -> None:
+        """Add ``conn`` to a group of its tenant (idempotent)."""
+        if conn.groups is None:
+            conn.groups = set()
+        conn.groups.add(group)
+        self._join(("g", conn.tenant, group), conn)
+
+    def leave_group(self, conn: Connection, group: str) -> None:
+        """Take ``conn`` out of a group of its tenant (idempotent)."""
+        if conn.groups is not None:
+            conn.groups.discard(group)
+        self._leave(("g", conn.tenant, group), conn)
+
     def tenant_size(self, tenant: str) -> int:
-        return len(self._by_tenant.get(tenant, ()))
+        return len(self._members.get(("t", tenant, ""), ()))
 
     def tenants(self) -> list[str]:
-        return list(self._by_tenant)
+        return [key[1] for key in self._members if key[0] == "t"]
 
-    def fanout(self, tenant: str, data: bytes, binary: bool, now: float, limit: int) -> int:
-        """Queue ``data`` on every open connection of ``tenant``; return how many took it.
+    def fanout(
+        self, tenant: str, data: bytes, binary: bool, now: float, limit: int,
+        *, user: str | None = None, group: str | None = None,
+    ) -> int:
+        """Queue ``data`` on every open connection of the audience; return how many took it.
 
         The frame is encoded once and written to each transport without awaiting; a full
         or closing connection is skipped (a full one starts its slow-consumer clock).
         """
-        members = self._by_tenant.get(tenant)
+        members = self._members.get(audience_key(tenant, user, group))
         if not members:
             return 0
         frame: bytes | None = None
@@ -78,3 +112,13 @@ class Hub:
                 continue
             delivered += 1
         return delivered
+
+    def _join(self, key: _Key, conn: Connection) -> None:
+        self._members.setdefault(key, {})[conn.id] = conn
+
+    def _leave(self, key: _Key, conn: Connection) -> None:
+        members = self._members.get(key)
+        if members is not None:
+            members.pop(conn.id, None)
+            if not members:
+                del self._members[key]

@@ -7,6 +7,10 @@ POST     /@connections/{id}                  deliver the raw body as one frame -
 GET      /@connections/{id}                  connectedAt, lastActiveAt, identity -> 200
 DELETE   /@connections/{id}                  close with 1000 -> 204
 POST     /@tenants/{tenant}/messages         deliver to every connection of the tenant -> {"delivered": N}
+POST     /@tenants/{tenant}/users/{user}/messages    ... to every connection of one user (token sub)
+POST     /@tenants/{tenant}/groups/{group}/messages  ... to every connection in a group
+PUT      /@connections/{id}/groups/{group}   add the connection to a group of its tenant -> 204
+DELETE   /@connections/{id}/groups/{group}   take it out -> 204
 GET      /@tenants/{tenant}/connections      {"connections": [...], "nextToken": ...} (?limit=&nextToken=)
 GET      /health                             no auth; 200 once started and until draining, else 503
 GET      /ready                              no auth; 200 only while the registry is reachable too
@@ -51,8 +55,16 @@ log = logging.getLogger("wsgateway.management")
 _CONNECTIONS = frozenset({"@connections", "%40connections"})
 _TENANTS = frozenset({"@tenants", "%40tenants"})
 _JSON = "application/json"
-_CONNECTION_OPS = {"POST": "PostToConnection", "GET": "GetConnection", "DELETE": "DeleteConnection"}
-_TENANT_OPS = {("POST", "messages"): "PostToTenant", ("GET", "connections"): "ListTenantConnections"}
+# (method, sub-resource or False) -> operation
+_CONNECTION_OPS = {
+    ("POST", False): "PostToConnection", ("GET", False): "GetConnection", ("DELETE", False): "DeleteConnection",
+    ("PUT", "groups"): "JoinGroup", ("DELETE", "groups"): "LeaveGroup",
+}
+# (method, *the fixed segments after the tenant) -> operation
+_TENANT_OPS = {
+    ("POST", "messages"): "PostToTenant", ("GET", "connections"): "ListTenantConnections",
+    ("POST", "users", "messages"): "PostToUser", ("POST", "groups", "messages"): "PostToGroup",
+}
 
 
 class ManagementServer:
@@ -112,8 +124,8 @@ class ManagementServer:
             body = await self._read_body(request)
             if self._verifier is not None:
                 self._verifier.verify(request.method, raw_path, raw_query, request.headers, body)
-            operation, target = self._route(request.method, segments)
-            response = await self._execute(operation, target, raw_query, body)
+            operation, target, qualifier = self._route(request.method, segments)
+            response = await self._execute(operation, target, qualifier, raw_query, body)
             response.headers["x-amzn-RequestId"] = request_id
         except ManagementError as exc:
             response = _error_response(exc, request_id)
@@ -138,25 +150,26 @@ class ManagementServer:
             raise PayloadTooLargeError("Message too long")
         return body
 
-    def _route(self, method: str, segments: list[str]) -> tuple[str, str]:
-        """Name the operation and its target (connection id or tenant), or raise 400/404."""
-        if len(segments) == 2 and segments[0] in _CONNECTIONS:
-            operation = _CONNECTION_OPS.get(method)
+    def _route(self, method: str, segments: list[str]) -> tuple[str, str, str]:
+        """Name the operation, its target (connection id or tenant) and its qualifier (group
+        or user, else ""), or raise 400/404."""
+        n = len(segments)
+        if n in (2, 4) and segments[0] in _CONNECTIONS:
+            operation = _CONNECTION_OPS.get((method, n == 4 and segments[2]))
             if operation is not None:
                 cid = unquote(segments[1])
                 if not is_connection_id(cid):
                     raise BadRequestError("Invalid connectionId")
-                return operation, cid
-        elif len(segments) == 3 and segments[0] in _TENANTS:
-            operation = _TENANT_OPS.get((method, segments[2]))
+                return operation, cid, _name(segments[3], "group") if n == 4 else ""
+        elif n in (3, 5) and segments[0] in _TENANTS:
+            operation = _TENANT_OPS.get((method, *segments[2:n:2]))
             if operation is not None:
-                tenant = unquote(segments[1])
-                if not tenant or len(tenant) > 256:
-                    raise BadRequestError("Invalid tenant")
-                return operation, tenant
+                return operation, _name(segments[1], "tenant", 256), _name(segments[3], segments[2][:-1]) if n == 5 else ""
         raise NotFoundError(f"No method found matching route {'/'.join(segments)} for http method {method}")
 
-    async def _execute(self, operation: str, target: str, raw_query: str, body: bytes) -> web.Response:
+    async def _execute(
+        self, operation: str, target: str, qualifier: str, raw_query: str, body: bytes
+    ) -> web.Response:
         gateway = self.gateway
         if operation == "PostToConnection":
             await gateway.post_to_connection(target, body)
@@ -166,8 +179,12 @@ class ManagementServer:
         if operation == "DeleteConnection":
             await gateway.delete_connection(target)
             return web.Response(status=204)
-        if operation == "PostToTenant":
-            delivered = await gateway.post_to_tenant(target, body)
+        if operation in ("JoinGroup", "LeaveGroup"):
+            await (gateway.join_group if operation == "JoinGroup" else gateway.leave_group)(target, qualifier)
+            return web.Response(status=204)
+        if operation.startswith("PostTo"):
+            kind = {"PostToUser": "user", "PostToGroup": "group"}.get(operation)
+            delivered = await gateway.post_to_tenant(target, body, **({kind: qualifier} if kind else {}))
             return _ok(200, orjson.dumps({"delivered": delivered}))
         limit, token = _page_params(raw_query)
         page = await gateway.list_tenant(target, limit, token)
@@ -190,12 +207,12 @@ class ManagementServer:
         access.write(
             "management",
             requestId=request_id,
-            connectionId=target if operation.endswith("Connection") else "",
+            connectionId=target if operation.endswith(("Connection", "Group")) and "To" not in operation else "",
             routeKey=operation or request.method,
             method=request.method,
             status=status,
             latency_ms=round((time.perf_counter() - started) * 1000, 3),
-            tenant=target if "Tenant" in operation else "",
+            tenant=target if operation in _TENANT_OPS.values() else "",
             sourceIp=peer[0] if peer else "",
             userAgent=request.headers.get("User-Agent", ""),
         )
@@ -211,6 +228,14 @@ def _error_response(exc: ManagementError, request_id: str) -> web.Response:
     response.headers["x-amzn-ErrorType"] = exc.error_type
     response.headers["x-amzn-RequestId"] = request_id
     return response
+
+
+def _name(segment: str, what: str, limit: int = 128) -> str:
+    """A URL-decoded tenant, user or group name; 400 if empty or too long."""
+    name = unquote(segment)
+    if not name or len(name) > limit:
+        raise BadRequestError(f"Invalid {what}")
+    return name
 
 
 def _page_params(raw_query: str) -> tuple[int, str | None]:

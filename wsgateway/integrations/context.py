@@ -1,8 +1,9 @@
 """The ``context`` argument handlers receive: AWS Lambda's context plus gateway calls.
 
 Handlers push without HTTP through the coroutines :meth:`HandlerContext.post_to_connection`,
-:meth:`~HandlerContext.get_connection`, :meth:`~HandlerContext.delete_connection` and
-:meth:`~HandlerContext.post_to_tenant`: the same semantics as the management API, raising
+:meth:`~HandlerContext.get_connection`, :meth:`~HandlerContext.delete_connection`,
+:meth:`~HandlerContext.post_to_tenant`, ``post_to_user``, ``post_to_group``, ``join_group``
+and ``leave_group``: the same semantics as the management API, raising
 ``wsgateway.GoneError`` for a gone connection. A sync handler (running in a worker thread)
 calls them through :meth:`HandlerContext.run`.
 """
@@ -26,6 +27,10 @@ class GatewayCalls(Protocol):
     async def get_connection(self, connection_id: str) -> dict[str, Any]: ...
     async def delete_connection(self, connection_id: str) -> None: ...
     async def post_to_tenant(self, tenant: str, data: bytes | str) -> int: ...
+    async def post_to_user(self, tenant: str, user: str, data: bytes | str) -> int: ...
+    async def post_to_group(self, tenant: str, group: str, data: bytes | str) -> int: ...
+    async def join_group(self, connection_id: str, group: str) -> None: ...
+    async def leave_group(self, connection_id: str, group: str) -> None: ...
 
 
 class HandlerContext:
@@ -77,6 +82,23 @@ class HandlerContext:
     async def post_to_tenant(self, tenant: str, data: bytes | str) -> int:
         """Send ``data`` to every connection of ``tenant`` on every node; return how many."""
         return await self._gateway.post_to_tenant(tenant, data)
+
+    async def post_to_user(self, tenant: str, user: str, data: bytes | str) -> int:
+        """Send ``data`` to every connection of one user (the token's ``sub``) of ``tenant``."""
+        return await self._gateway.post_to_user(tenant, user, data)
+
+    async def post_to_group(self, tenant: str, group: str, data: bytes | str) -> int:
+        """Send ``data`` to every connection in a group of ``tenant``; return how many."""
+        return await self._gateway.post_to_group(tenant, group, data)
+
+    async def join_group(self, connection_id: str, group: str) -> None:
+        """Add a connection to a group of its tenant (e.g. the caller's own: a "subscribe"
+        route); raise GoneError."""
+        await self._gateway.join_group(connection_id, group)
+
+    async def leave_group(self, connection_id: str, group: str) -> None:
+        """Take a connection out of a group of its tenant; raise GoneError."""
+        await self._gateway.leave_group(connection_id, group)
 
     def run(self, awaitable: Awaitable[T]) -> T:
         """From a sync handler's worker thread: run one of the coroutines above and wait."""

@@ -115,8 +115,14 @@ class LocalNode(Protocol):
     async def local_delete(self, connection_id: str) -> None:
         """Close a local connection with 1000; raise GoneError."""
 
-    def local_fanout(self, tenant: str, data: bytes, binary: bool) -> int:
-        """Queue ``data`` on every local connection of ``tenant``; return how many took it."""
+    def local_fanout(
+        self, tenant: str, data: bytes, binary: bool, *, user: str | None = None, group: str | None = None
+    ) -> int:
+        """Queue ``data`` on every local connection of the audience (the tenant, or one user
+        of it, or one group of it); return how many took it."""
+
+    def local_group(self, connection_id: str, group: str, *, join: bool) -> bool:
+        """Join or leave a group for a local connection; False if it is not held here."""
 
     def local_connections(self) -> Iterable[ConnectionInfo]:
         """Every open local connection, for re-registration and lastActiveAt refresh."""
@@ -160,9 +166,14 @@ class Registry(Protocol):
     async def delete(self, connection_id: str) -> None:
         """Close a connection on another node with 1000; same errors as ``post``."""
 
-    async def fanout(self, tenant: str, data: bytes, binary: bool) -> int:
-        """Deliver to the tenant's connections on *other* nodes (one message per node that
-        holds the tenant); return how many connections took it there."""
+    async def fanout(
+        self, tenant: str, data: bytes, binary: bool, *, user: str | None = None, group: str | None = None
+    ) -> int:
+        """Deliver to the audience's connections on *other* nodes (one message per node that
+        holds the tenant; each node filters by user or group); return how many took it there."""
+
+    async def group(self, connection_id: str, group: str, *, join: bool) -> None:
+        """Join or leave a group for a connection on another node; errors as ``post``."""
 
     async def list_tenant(self, tenant: str, limit: int, next_token: str | None) -> Page:
         """The tenant's connections on every node, this one included, ``limit`` per page.

@@ -6,7 +6,11 @@ touches keys of one tag, and pipelines of single-key commands can be split by sl
 
     P:{c:<connection id>}     HASH    one connection's record: node, tenant, principal,
                                       connectedAt, lastActiveAt, sourceIp, userAgent,
-                                      authorizer (JSON), domainName
+                                      authorizer (JSON), domainName, and ownedAt (Redis-clock
+                                      ms at which its node last wrote or took it back: a sweep
+                                      claims only records owned before its lease).
+                                      Once claimed by a sweep: a tombstone, ``claimedBy`` only,
+                                      for a day, read by its node if it comes back
     P:{t:<tenant>}:conns      ZSET    the tenant's connection ids, all scored 0, so that
                                       ZRANGEBYLEX lists them in id order (a page token is the last id)
     P:{t:<tenant>}:nodes      SET     the nodes holding at least one of the tenant's connections
@@ -16,17 +20,21 @@ touches keys of one tag, and pipelines of single-key commands can be split by sl
                                       i.e. on first start and after Redis lost its data
     P:{meta}:settle           STRING  present (TTL node_ttl_s) while the nodes refill a Redis that
                                       lost its data; a missing record is not a proof of 410 then
-    P:{meta}:nodes            HASH    node -> the epoch it has fully registered in ("" meanwhile)
+    P:{meta}:nodes            HASH    node -> the epoch it has fully registered in ("" meanwhile);
+                                      a sweep unlists the node it leases, so that the node, if
+                                      alive after all, learns that it was declared dead
     P:{meta}:alive            ZSET    node -> Redis-clock millisecond at which it is dead unless
                                       it beats again (one clock for every node: Redis's TIME)
-    P:{meta}:sweep:<node>     STRING  lease of the node that sweeps the dead ``<node>``
+    P:{meta}:sweep:<node>     STRING  lease of the node that sweeps the dead ``<node>``; while it
+                                      is held, ``<node>`` (if back) does not re-register its sets
 
     P:node:{<node>}           pub/sub channel of one node: requests to it, replies to its requests
 
 The ``{meta}`` keys share one slot on purpose: the heartbeat, lease and state scripts read
 and write several of them atomically. A connection id never moves between nodes, so a
 record needs no lock: the only multi-writer event, a dead node's sweep, claims each record
-with one single-key script (read and delete).
+with one single-key script (read, delete, leave a tombstone), and a node that comes back
+takes each record back with another (``_redis_scripts.HOLD``): whichever runs first decides.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""A node's life in the cluster: heartbeat, re-registration, activity flush, dead-node sweep.
+"""A node's life in the cluster: heartbeat, re-registration, activity flush, dead-node sweep,
+and coming back after being declared dead.
 
 Every ``heartbeat_s`` one script (``HEARTBEAT``) pushes this node's death line ``node_ttl_s``
 ahead on Redis's clock, reads the registry epoch and lists the live and the dead nodes. Then:
@@ -9,8 +10,36 @@ ahead on Redis's clock, reads the registry epoch and lists the live and the dead
 - it flushes ``lastActiveAt`` of the connections that carried data since the last flush (one
   write per active connection per beat, never one per message);
 - once it has been connected for ``node_ttl_s`` (so that, after an outage, every live node had
-  time to beat again), it sweeps the dead nodes: a lease per dead node, then an atomic claim per
-  record; whoever claims a record runs its ``$disconnect`` with 1006, so it runs exactly once.
+  time to beat again), it sweeps the dead nodes: a lease per dead node (which also unlists
+  it), then an atomic claim per record; whoever claims a record runs its ``$disconnect`` with
+  1006, so it runs exactly once.
+
+A node can be declared dead while it is alive: cut off from Redis, or paused (GC, SIGSTOP,
+CPU starvation) for longer than ``node_ttl_s``. It finds out at its first beat back: it is
+unlisted while the epoch is unchanged (not a data loss) and it had beaten before (not its
+first beat). Before re-registering anything it then reconciles, one atomic script (``HOLD``)
+per local connection, which may run while the sweep is still claiming:
+
+- the record is there and names this node: it is stamped ``ownedAt`` = now on Redis's clock,
+  and the sweep, which claims only records stamped before its lease, can no longer take it.
+  The connection stays, and is re-registered;
+- a tombstone is there: the sweep claimed it and runs its ``$disconnect`` elsewhere, so the
+  node closes it with 1012 through ``LocalNode.abandon`` (no second ``$disconnect``);
+- nothing is there: the record was never written (accepted during the outage) or was lost
+  with data; nobody ran its ``$disconnect``, so the connection stays and is re-registered.
+
+Connections accepted after the node came back are written (``WRITE``) stamped after the
+lease, so a sweep still running never claims them either. While a sweep of this node holds
+its lease the node does not re-register its sets (the sweep is removing them); it does at the
+first beat after the sweep ends. A normal beat costs what it did: the lease is looked at only
+by a beat that finds the node unlisted, and while a sweep of it runs.
+
+Limits: a tombstone lasts ``TOMBSTONE_S``; a node back after longer re-registers such a
+connection (its ``$disconnect`` then runs a second time when it closes). A connection that
+closes on the node while it is cut off or paused, before its first beat back, has its
+``$disconnect`` run by the gateway at once, whether or not a sweep claimed it; that needs
+``Registry.remove`` to tell the gateway, which it does not. Fencing relies on Redis's clock
+not stepping back.
 """
 
 from __future__ import annotations
@@ -25,29 +54,44 @@ from typing import Any
 
 from redis.backoff import ExponentialWithJitterBackoff
 
-from ..errors import CLOSE_ABNORMAL
+from ..errors import CLOSE_ABNORMAL, CLOSE_SERVICE_RESTART
 from . import ConnectionInfo, ConnectionRecord, LocalNode
 from ._redis_batch import REDIS_FAILURES, CommandBatcher
 from ._redis_keys import KeySpace
-from ._redis_scripts import CLAIM, HEARTBEAT, LEASE_SWEEP, TOUCH, UNLIST
+from ._redis_scripts import (
+    CLAIM,
+    HEARTBEAT,
+    HELD_CLAIMED,
+    HOLD,
+    LEASE_SWEEP,
+    TOUCH,
+    UNLIST,
+    WRITE,
+)
 from ._redis_wire import record_from_hash, record_to_hash
 
-__all__ = ["LocalIndex", "Membership", "record_commands"]
+__all__ = ["DECLARED_DEAD_REASON", "TOMBSTONE_S", "LocalIndex", "Membership", "record_commands"]
 
 log = logging.getLogger("wsgateway.registry")
 
 _SWEEP_BATCH = 256
 _ORPHAN_CONCURRENCY = 32
+# How long a claimed record's tombstone tells its node, should it come back, that another node
+# ran its $disconnect. A node back after longer re-registers such a connection instead (and
+# its $disconnect would run a second time when it closes).
+TOMBSTONE_S = 24 * 3600.0
+DECLARED_DEAD_REASON = "node was declared dead"
 
 
 def record_commands(keys: KeySpace, info: ConnectionInfo) -> list[tuple[Any, ...]]:
-    """The writes that make one connection known: its record, tenant and node entries."""
+    """The writes that make one connection known: its record (stamped with Redis's clock,
+    see ``WRITE``), tenant and node entries."""
     rec = info.record
     fields = record_to_hash(rec, info.last_active_at)
     flat = [item for pair in fields.items() for item in pair]
     cid = rec.connection_id
     return [
-        ("HSET", keys.record(cid), *flat),
+        ("EVAL", WRITE, 1, keys.record(cid), *flat),
         ("ZADD", keys.tenant_conns(rec.tenant), 0, cid),
         ("SADD", keys.node_conns(rec.node_id), cid),
     ]
@@ -115,6 +159,8 @@ class Membership:
         self.peers: frozenset[str] = frozenset()  # live nodes at the last beat, not this one
         self.up_since: float | None = None  # monotonic time of the first beat after a failure
         self.dirty = True  # some of this node's records may be missing: re-register
+        self.declared_dead = False  # found out it was swept: reconcile before re-registering
+        self.being_swept = False  # a sweep of this node holds its lease: re-register after it
 
     # ------------------------------------------------------------ lifecycle
 
@@ -165,15 +211,39 @@ class Membership:
     # ------------------------------------------------------------ one beat
 
     async def beat(self) -> None:
-        """Refresh this node, notice data loss and dead nodes, re-register, flush activity.
-        Raises RegistryUnavailableError (or a Redis error) when Redis cannot be used."""
+        """Refresh this node, notice data loss and dead nodes (this one included), reconcile
+        and re-register, flush activity, sweep. Raises RegistryUnavailableError (or a Redis
+        error) when Redis cannot be used; what was not done is retried at the next beat."""
         keys = self._keys
         reply = await self._batcher.call(
-            "EVAL", HEARTBEAT, 4, *keys.meta, self._node_id, _ms(self._node_ttl_s), self.epoch,
-            secrets.token_hex(8), _ms(self._node_ttl_s), _ms(2 * self._heartbeat_s),
+            "EVAL", HEARTBEAT, 5, *keys.meta, keys.sweep_lease(self._node_id), self._node_id,
+            _ms(self._node_ttl_s), self.epoch, secrets.token_hex(8), _ms(self._node_ttl_s),
+            _ms(2 * self._heartbeat_s), "1" if self.being_swept else "0",
         )
-        epoch, unlisted, settling, alive, dead = reply
-        epoch = epoch.decode()
+        epoch, unlisted, settling, alive, dead, swept = reply
+        self._learn(epoch.decode(), bool(unlisted), bool(swept))
+        self.settling = bool(settling)
+        self.peers = frozenset(n.decode() for n in alive) - {self._node_id}
+        if self.declared_dead:
+            await self._reconcile()
+        if self.dirty and not self.being_swept:
+            self.dirty = False  # a write failing from now on sets it again
+            try:
+                await self._resync()
+            except BaseException:
+                self.dirty = True
+                raise
+        await self._flush_activity()
+        assert self.up_since is not None  # set by _learn
+        if time.monotonic() - self.up_since >= self._node_ttl_s:
+            for node_id in (n.decode() for n in dead):
+                if node_id != self._node_id and node_id not in self._sweeps:
+                    self._spawn_sweep(node_id)
+
+    def _learn(self, epoch: str, unlisted: bool, swept: bool) -> None:
+        """Take in what a heartbeat found about this node: the epoch (changed: data loss),
+        whether it was unlisted (re-register; declared dead too if the epoch is the one it
+        beat in before) and whether a sweep of it still holds its lease."""
         if self.up_since is None:
             self.up_since = time.monotonic()
             log.info("registry reachable: node %s in epoch %s", self._node_id, epoch)
@@ -182,22 +252,36 @@ class Membership:
                 log.warning("registry epoch changed (Redis lost its data): re-registering")
             self.epoch = epoch
             self.dirty = True
+            self.declared_dead = False  # the claims, if any, were lost with the data
+        elif unlisted:
+            if not self.declared_dead:
+                log.warning("registry: node %s was declared dead; reconciling", self._node_id)
+            self.declared_dead = True
         if unlisted:
             self.dirty = True
-        self.settling = bool(settling)
-        self.peers = frozenset(n.decode() for n in alive) - {self._node_id}
-        if self.dirty:
-            self.dirty = False  # a write failing from now on sets it again
-            try:
-                await self._resync()
-            except BaseException:
-                self.dirty = True
-                raise
-        await self._flush_activity()
-        if time.monotonic() - self.up_since >= self._node_ttl_s:
-            for node_id in (n.decode() for n in dead):
-                if node_id != self._node_id and node_id not in self._sweeps:
-                    self._spawn_sweep(node_id)
+        self.being_swept = swept
+
+    async def _reconcile(self) -> None:
+        """Take back each local connection's record that no sweep claimed; abandon (1012, no
+        second ``$disconnect``) those it claimed. Raises if Redis failed for some: those are
+        asked again at the next beat, the answered ones are settled."""
+        assert self._node is not None
+        keys, call, me = self._keys, self._batcher.call, self._node_id
+        ids = [info.record.connection_id for info in self._node.local_connections()]
+        replies = await asyncio.gather(*(call("EVAL", HOLD, 1, keys.record(i), me) for i in ids), return_exceptions=True)
+        claimed = [cid for cid, reply in zip(ids, replies) if reply == HELD_CLAIMED]
+        if claimed:
+            self._node.abandon(claimed, CLOSE_SERVICE_RESTART, DECLARED_DEAD_REASON)
+            for cid in claimed:
+                self._batcher.send("DEL", keys.record(cid))  # the tombstone has told us
+        for reply in replies:
+            if isinstance(reply, BaseException):
+                raise reply
+        self.declared_dead = False
+        log.warning(
+            "registry: node %s reconciled after being declared dead: %d kept, %d abandoned",
+            me, len(ids) - len(claimed), len(claimed),
+        )
 
     async def _resync(self) -> None:
         """Write every live local connection again and drop this node's stale records."""
@@ -251,28 +335,36 @@ class Membership:
         keys, call = self._keys, self._batcher.call
         lease = keys.sweep_lease(node_id)
         try:
-            if not await call("EVAL", LEASE_SWEEP, 5, *keys.meta, lease, node_id, self._node_id, _ms(self._node_ttl_s)):
+            fence = await call("EVAL", LEASE_SWEEP, 5, *keys.meta, lease, node_id, self._node_id, _ms(self._node_ttl_s))
+            if not fence:
                 return  # another node sweeps it, or it came back
             log.warning("registry: node %s is dead; claiming its connections", node_id)
             # Read, claim, then remove from the set: a sweeper dying midway leaves the rest
             # (and the claims it did not finish) to the next one.
             while ids := await call("SRANDMEMBER", keys.node_conns(node_id), _SWEEP_BATCH):
-                await self.drop(node_id, {i.decode() for i in ids}, orphans_before=math.inf)
+                await self.drop(node_id, {i.decode() for i in ids}, orphans_before=math.inf, fence=fence)
             await self.forget_node(node_id)
-            await call("EVAL", UNLIST, 5, *keys.meta, lease, node_id)
+            await call("EVAL", UNLIST, 5, *keys.meta, lease, node_id, self._node_id, fence)
         except Exception as exc:  # noqa: BLE001 - the lease expires; the next beat tries again
             log.warning("registry: sweep of node %s interrupted (%r)", node_id, exc)
 
-    async def drop(self, node_id: str, connection_ids: Iterable[str], *, orphans_before: float) -> None:
+    async def drop(
+        self, node_id: str, connection_ids: Iterable[str], *, orphans_before: float, fence: int | None = None
+    ) -> None:
         """Claim and delete ``node_id``'s records of ``connection_ids``; run ``$disconnect``
-        (1006) for each claimed record of a connection made before ``orphans_before``."""
+        (1006) for each claimed record of a connection made before ``orphans_before``.
+
+        A sweep passes ``fence``, its lease time: records written or held since are left to
+        their node (it came back), and claimed ones leave a tombstone for it. Without a fence
+        the node removes its own records."""
         keys, call = self._keys, self._batcher.call
         ids = list(connection_ids)
-        claims = await asyncio.gather(*(call("EVAL", CLAIM, 1, keys.record(i), node_id) for i in ids))
+        claim_args = ("", "", 0) if fence is None else (fence, self._node_id, _ms(TOMBSTONE_S))
+        claims = await asyncio.gather(*(call("EVAL", CLAIM, 1, keys.record(i), node_id, *claim_args) for i in ids))
         cleanup = [call("SREM", keys.node_conns(node_id), *ids)] if ids else []
         for cid, flat in zip(ids, claims):
             if not flat:
-                continue  # someone else claimed it, or the record was lost
+                continue  # someone else claimed it, its node holds it, or it was lost
             info = record_from_hash(cid, dict(zip(flat[::2], flat[1::2])))
             cleanup.append(call("ZREM", keys.tenant_conns(info.record.tenant), cid))
             if info.record.connected_at < orphans_before:

@@ -29,6 +29,7 @@ from ._redis_wire import (
     KIND_DELETE,
     KIND_FANOUT,
     KIND_GET,
+    KIND_GROUP,
     KIND_POST,
     KIND_REPLY,
     decode_message,
@@ -205,7 +206,12 @@ class NodeChannel:
             elif kind == KIND_GET:
                 reply["i"] = info_to_json(node.local_info(header["c"]))
             elif kind == KIND_FANOUT:
-                reply["n"] = node.local_fanout(header["t"], data, bool(header["b"]))
+                reply["n"] = node.local_fanout(
+                    header["t"], data, bool(header["b"]), user=header.get("u"), group=header.get("g")
+                )
+            elif kind == KIND_GROUP:
+                if not node.local_group(header["c"], header["g"], join=bool(header["j"])):
+                    reply["s"] = STATUS_GONE
             elif kind == KIND_DELETE:
                 self._spawn(self._delete(node.local_delete(header["c"]), header["f"], reply))
                 return

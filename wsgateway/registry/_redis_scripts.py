@@ -3,21 +3,43 @@ nothing needs reloading after a restart or SCRIPT FLUSH).
 
 Each script touches keys of one hash tag only (see ``_redis_keys``): the ``{meta}`` scripts
 take ``KeySpace.meta`` as KEYS, the record scripts one record key.
+
+Ownership of a record is fenced by Redis's clock: ``WRITE`` and ``HOLD`` stamp a record with
+``ownedAt`` (the millisecond at which its node last wrote or re-asserted it), and a sweep
+claims only records stamped before it took its lease (``LEASE_SWEEP`` returns that
+millisecond). So a node that was declared dead and comes back while the sweep still runs
+takes each of its records back atomically, and the sweep can no longer claim it; a claimed
+record leaves a tombstone (``claimedBy``) that tells the node it lost it.
 """
 
 from __future__ import annotations
 
-__all__ = ["CLAIM", "HEARTBEAT", "LEASE_SWEEP", "STATE", "TOUCH", "UNLIST"]
+__all__ = [
+    "CLAIM",
+    "HEARTBEAT",
+    "HELD",
+    "HELD_ABSENT",
+    "HELD_CLAIMED",
+    "HOLD",
+    "LEASE_SWEEP",
+    "STATE",
+    "TOUCH",
+    "UNLIST",
+    "WRITE",
+]
 
 _NOW_MS = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 """
 
-# KEYS: epoch, settle, nodes, alive.
-# ARGV: node, ttl_ms, known_epoch ("" on first beat), fresh_epoch, settle_ms, birth_settle_ms.
+# KEYS: epoch, settle, nodes, alive, this node's sweep lease.
+# ARGV: node, ttl_ms, known_epoch ("" on first beat), fresh_epoch, settle_ms, birth_settle_ms,
+#       check_lease ("1": report whether a sweep of this node still runs).
 # Refreshes the node, makes an epoch if Redis has none, opens the settle window when data was
-# lost. Returns {epoch, was_unlisted (0|1), settling (0|1), alive nodes, dead nodes}.
+# lost. Returns {epoch, was_unlisted (0|1), settling (0|1), alive nodes, dead nodes,
+# being_swept (0|1)}; the lease is only looked at when unlisted or asked, so that a normal
+# beat runs the same commands as ever.
 HEARTBEAT = (
     _NOW_MS
     + """
@@ -39,7 +61,9 @@ local unlisted = redis.call('HSETNX', KEYS[3], ARGV[1], '')
 redis.call('ZADD', KEYS[4], now + tonumber(ARGV[2]), ARGV[1])
 local alive = redis.call('ZRANGEBYSCORE', KEYS[4], now, '+inf')
 local dead = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', '(' .. now)
-return {epoch, unlisted, redis.call('EXISTS', KEYS[2]), alive, dead}
+local swept = 0
+if unlisted == 1 or ARGV[7] == '1' then swept = redis.call('EXISTS', KEYS[5]) end
+return {epoch, unlisted, redis.call('EXISTS', KEYS[2]), alive, dead, swept}
 """
 )
 
@@ -58,42 +82,94 @@ return {epoch, redis.call('EXISTS', KEYS[2]), alive, states}
 )
 
 # KEYS: epoch, settle, nodes, alive, sweep lease. ARGV: dead node, sweeper, lease_ms.
-# Takes the lease on sweeping a node only while it is still dead; returns 1 if taken.
+# Takes the lease on sweeping a node only while it is still dead, and unlists the node, so
+# that its first beat if it comes back tells it that it was declared dead. Returns the lease
+# time (Redis ms, the fence of the sweep's claims), or 0 if not taken.
 LEASE_SWEEP = (
     _NOW_MS
     + """
 local deadline = redis.call('ZSCORE', KEYS[4], ARGV[1])
 if (not deadline) or tonumber(deadline) >= now then return 0 end
-if redis.call('SET', KEYS[5], ARGV[2], 'NX', 'PX', ARGV[3]) then return 1 end
-return 0
+if not redis.call('SET', KEYS[5], ARGV[2], 'NX', 'PX', ARGV[3]) then return 0 end
+redis.call('HDEL', KEYS[3], ARGV[1])
+return now
 """
 )
 
-# KEYS: epoch, settle, nodes, alive, sweep lease. ARGV: swept node.
-# Forgets a swept node; if it came back meanwhile, leaving it unlisted makes it re-register.
+# KEYS: epoch, settle, nodes, alive, sweep lease. ARGV: swept node, sweeper, lease time.
+# Ends a sweep. A node that beat since the lease came back: it stays listed and alive (if it
+# died again, a later sweep takes its newer records), and re-registers once the lease is gone;
+# if the lease ran out during the sweep, unlisting it makes it re-register again, since this
+# sweep may have removed what it re-registered. A node still dead is forgotten.
 UNLIST = (
     _NOW_MS
     + """
+local ours = redis.call('GET', KEYS[5]) == ARGV[2]
+if ours then redis.call('DEL', KEYS[5]) end
+local deadline = tonumber(redis.call('ZSCORE', KEYS[4], ARGV[1]) or '0')
+if deadline > tonumber(ARGV[3]) then
+  if not ours then redis.call('HDEL', KEYS[3], ARGV[1]) end
+  return 0
+end
 redis.call('HDEL', KEYS[3], ARGV[1])
-local deadline = redis.call('ZSCORE', KEYS[4], ARGV[1])
-if deadline and tonumber(deadline) < now then redis.call('ZREM', KEYS[4], ARGV[1]) end
-redis.call('DEL', KEYS[5])
+redis.call('ZREM', KEYS[4], ARGV[1])
 return 0
 """
 )
 
-# KEYS: record. ARGV: node the record must belong to.
-# The atomic claim on a dead node's connection: whoever gets the fields runs its $disconnect.
+# KEYS: record. ARGV: field, value, ... (the record's hash).
+# Writes a record stamped ownedAt = now, unless a sweep claimed it (its tombstone is there:
+# the node learns it at its next beat). Returns 1 if written, 0 if not.
+WRITE = (
+    _NOW_MS
+    + """
+if redis.call('HEXISTS', KEYS[1], 'claimedBy') == 1 then return 0 end
+redis.call('HSET', KEYS[1], 'ownedAt', now, unpack(ARGV))
+return 1
+"""
+)
+
+# KEYS: record. ARGV: node the record must belong to, fence ("" for none: the node removes its
+# own records), claimer ("" for no tombstone), tombstone_ms.
+# The atomic claim on a connection: whoever gets the fields runs its $disconnect. A sweep
+# passes its lease time as the fence: a record its node wrote or held since is not claimed. A
+# record claimed by a sweep becomes a tombstone, so that its node, if it comes back, knows.
 CLAIM = """
 if redis.call('HGET', KEYS[1], 'node') ~= ARGV[1] then return {} end
+if ARGV[2] ~= '' and tonumber(redis.call('HGET', KEYS[1], 'ownedAt') or '0') >= tonumber(ARGV[2]) then
+  return {}
+end
 local fields = redis.call('HGETALL', KEYS[1])
 redis.call('DEL', KEYS[1])
+if ARGV[3] ~= '' then
+  redis.call('HSET', KEYS[1], 'claimedBy', ARGV[3])
+  redis.call('PEXPIRE', KEYS[1], ARGV[4])
+end
 return fields
 """
 
-# KEYS: record. ARGV: lastActiveAt. Never recreates a record that is gone (closed, flushed).
+HELD = 1  # the record is this node's: stamped now, no sweep that began earlier can claim it
+HELD_CLAIMED = 0  # a sweep claimed it (and runs, or ran, its $disconnect elsewhere)
+HELD_ABSENT = 2  # no record, no tombstone: never written (an outage), or lost with data
+
+# KEYS: record. ARGV: node. A node back from being declared dead takes a record back.
+# Returns HELD, HELD_CLAIMED or HELD_ABSENT.
+HOLD = (
+    _NOW_MS
+    + """
+if redis.call('HGET', KEYS[1], 'node') == ARGV[1] then
+  redis.call('HSET', KEYS[1], 'ownedAt', now)
+  return 1
+end
+if redis.call('HEXISTS', KEYS[1], 'claimedBy') == 1 then return 0 end
+return 2
+"""
+)
+
+# KEYS: record. ARGV: lastActiveAt. Never recreates a record that is gone (closed, flushed,
+# claimed: a tombstone has no node).
 TOUCH = """
-if redis.call('EXISTS', KEYS[1]) == 1 then
+if redis.call('HEXISTS', KEYS[1], 'node') == 1 then
   redis.call('HSET', KEYS[1], 'lastActiveAt', ARGV[1])
 end
 return 0

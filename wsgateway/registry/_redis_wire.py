@@ -30,6 +30,7 @@ __all__ = [
     "KIND_DELETE",
     "KIND_FANOUT",
     "KIND_GET",
+    "KIND_GROUP",
     "KIND_POST",
     "KIND_REPLY",
     "decode_message",
@@ -43,7 +44,8 @@ __all__ = [
 KIND_POST = "p"
 KIND_GET = "g"
 KIND_DELETE = "x"
-KIND_FANOUT = "f"
+KIND_FANOUT = "f"  # optional "u" (user) or "g" (group) narrows the tenant
+KIND_GROUP = "j"  # "g": the group, "j": 1 join / 0 leave
 KIND_REPLY = "r"
 
 _dumps = orjson.dumps

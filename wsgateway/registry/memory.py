@@ -57,8 +57,13 @@ class MemoryRegistry:
     async def delete(self, connection_id: str) -> None:
         raise GoneError()
 
-    async def fanout(self, tenant: str, data: bytes, binary: bool) -> int:
+    async def fanout(
+        self, tenant: str, data: bytes, binary: bool, *, user: str | None = None, group: str | None = None
+    ) -> int:
         return 0
+
+    async def group(self, connection_id: str, group: str, *, join: bool) -> None:
+        raise GoneError()
 
     async def list_tenant(self, tenant: str, limit: int, next_token: str | None) -> Page:
         check_limit(limit)

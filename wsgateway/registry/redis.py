@@ -12,8 +12,9 @@ How it holds together (key layout in ``_redis_keys``, messages in ``_redis_wire`
   (no refill after data loss in progress, this node connected for two beats) and every live
   node, asked directly, says it does not hold the connection. Otherwise the live nodes are
   asked anyway (a holder answers) and the call fails with 503, never a false 410.
-- Heartbeats, re-registration after data loss, lastActiveAt flushes and the dead-node sweep
-  live in ``_redis_membership``.
+- Heartbeats, re-registration after data loss, lastActiveAt flushes, the dead-node sweep and
+  the reconciliation of a node that comes back after being declared dead live in
+  ``_redis_membership``.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ from ._redis_wire import (
     KIND_DELETE,
     KIND_FANOUT,
     KIND_GET,
+    KIND_GROUP,
     KIND_POST,
     encode_message,
     info_from_json,
@@ -191,6 +193,10 @@ class RedisRegistry:
         reply = await self._ask_owner(connection_id, {"k": KIND_DELETE, "c": connection_id})
         raise_for_status(reply["s"])
 
+    async def group(self, connection_id: str, group: str, *, join: bool) -> None:
+        reply = await self._ask_owner(connection_id, {"k": KIND_GROUP, "c": connection_id, "g": group, "j": int(join)})
+        raise_for_status(reply["s"])
+
     async def _ask_owner(self, connection_id: str, header: dict[str, Any], data: bytes = b"") -> dict[str, Any]:
         cached = self._owners.get(connection_id)
         owner = cached or await self._lookup(connection_id)
@@ -288,8 +294,11 @@ class RedisRegistry:
 
     # ------------------------------------------------------------ tenants
 
-    async def fanout(self, tenant: str, data: bytes, binary: bool) -> int:
-        """Deliver to the tenant on other nodes: one message per node holding it."""
+    async def fanout(
+        self, tenant: str, data: bytes, binary: bool, *, user: str | None = None, group: str | None = None
+    ) -> int:
+        """Deliver to the audience on other nodes: one message per node holding the tenant,
+        each narrowing it to a user or a group of it on its own hub."""
         holders = await self._batcher.call("SMEMBERS", self._keys.tenant_nodes(tenant))
         targets = {h.decode() for h in holders}
         if not self._membership.trusts_misses():
@@ -297,7 +306,12 @@ class RedisRegistry:
         targets.discard(self.node_id)
         if not targets:
             return 0
-        replies = await self._request(targets, {"k": KIND_FANOUT, "t": tenant, "b": int(binary)}, data)
+        header: dict[str, Any] = {"k": KIND_FANOUT, "t": tenant, "b": int(binary)}
+        if user is not None:
+            header["u"] = user
+        if group is not None:
+            header["g"] = group
+        replies = await self._request(targets, header, data)
         return sum(r.get("n", 0) for r in replies.values() if r["s"] == STATUS_OK)
 
     async def list_tenant(self, tenant: str, limit: int, next_token: str | None) -> Page:
@@ -316,8 +330,8 @@ class RedisRegistry:
         return Page(infos, encode_token(ids[-1]) if more else None)
 
     def _listed(self, connection_id: str, fields: Mapping[bytes, bytes]) -> ConnectionInfo | None:
-        if not fields:
-            return None  # removed since the listing was read
+        if b"node" not in fields:
+            return None  # removed since the listing was read (or claimed: a tombstone)
         info = record_from_hash(connection_id, fields)
         if info.record.node_id != self.node_id or self._node is None:
             return info
