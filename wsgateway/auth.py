@@ -23,26 +23,27 @@ contains the token.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from ipaddress import ip_address
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
-import aiohttp
 import jwt
-import orjson
-import yarl
-from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
-from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from jwt.algorithms import HMACAlgorithm
 
 from .errors import AuthError, ConfigError
+from .keys import (
+    EC_BY_CURVE,
+    RSA_ALGORITHMS,
+    JwksCache,
+    algorithms_for,
+    jwks_url,
+    read_public_key,
+    show,
+)
 
 if TYPE_CHECKING:
     from .config import AuthConfig
@@ -52,15 +53,9 @@ __all__ = ["Authenticator", "Principal"]
 logger = logging.getLogger(__name__)
 
 _HMAC = ("HS256", "HS384", "HS512")
-_RSA = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512")
-_EC_BY_CURVE = {"secp256r1": "ES256", "secp384r1": "ES384", "secp521r1": "ES512", "secp256k1": "ES256K"}
-_SUPPORTED = frozenset((*_HMAC, *_RSA, *_EC_BY_CURVE.values(), "EdDSA"))
-_MIN_RSA_BITS = 2048  # below this PyJWT warns on every verify; NIST SP 800-131A
+_SUPPORTED = frozenset((*_HMAC, *RSA_ALGORITHMS, *EC_BY_CURVE.values(), "EdDSA"))
 _MAX_TOKEN_CHARS = 8192  # longer than any sane JWT; bounds PyJWT's per-character parsing
-_JWKS_TIMEOUT_S = 5.0
-_JWKS_MAX_BYTES = 1 << 20
 _NO_CONTEXT: Mapping[str, Any] = MappingProxyType({})
-_PublicKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey | ed448.Ed448PublicKey
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,7 +106,7 @@ class Authenticator:
                      "verify_iat": False}
         )
         self._keys: dict[str, Any] = {}  # alg -> key; HS* -> secret bytes, others -> key object
-        self._jwks: _JwksCache | None = None
+        self._jwks: JwksCache | None = None
         self._direct_key: Any = None  # set when one key serves every pinned alg: no header pre-parse
         if self._enabled:
             self._load_keys(config)
@@ -125,11 +120,11 @@ class Authenticator:
         if config.public_key_file and config.jwks_url:
             raise ConfigError("auth.jwks_url", "give public_key_file or jwks_url, not both")
         if asymmetric and config.jwks_url:
-            url = _jwks_url(config.jwks_url, "auth.jwks_url")
-            self._jwks = _JwksCache(url, config.issuer, asymmetric, config.jwks_min_refresh_s, self._clock)
+            url = jwks_url(config.jwks_url, "auth.jwks_url")
+            self._jwks = JwksCache(url, config.issuer, asymmetric, config.jwks_min_refresh_s, self._clock)
         elif asymmetric and config.public_key_file:
-            key = _read_public_key(config.public_key_file)
-            self._keys.update((alg, key) for alg in _algorithms_for(key, asymmetric))
+            key = read_public_key(config.public_key_file)
+            self._keys.update((alg, key) for alg in algorithms_for(key, asymmetric))
         missing = [alg for alg in asymmetric if alg not in self._keys and self._jwks is None]
         if missing:
             raise ConfigError("auth.algorithms", f"no configured key can verify {', '.join(missing)}")
@@ -208,7 +203,7 @@ class Authenticator:
             raise AuthError(401, _reason(exc)) from exc
         alg = header.get("alg")
         if not isinstance(alg, str) or alg not in self._alg_lists:
-            raise AuthError(401, f"algorithm not allowed: {_show(alg)}")
+            raise AuthError(401, f"algorithm not allowed: {show(alg)}")
         key = self._keys.get(alg)
         if key is None and self._jwks is not None:
             kid = header.get("kid")  # a str: PyJWT rejects any other kid type
@@ -246,120 +241,6 @@ class Authenticator:
         )
 
 
-@dataclass(frozen=True, slots=True)
-class _Jwk:
-    kid: str | None
-    algorithms: frozenset[str]  # pinned algorithms this key may verify
-    key: _PublicKey
-
-
-class _JwksCache:
-    """The keys published at one JWKS URL, by (issuer, kid)."""
-
-    def __init__(self, url: yarl.URL, issuer: str | None, pinned: Sequence[str], min_refresh_s: float,
-                 clock: Callable[[], float]) -> None:
-        self._url = url
-        self._issuer = issuer
-        self._pinned = tuple(pinned)
-        self._min_refresh_s = min_refresh_s
-        self._clock = clock
-        self._by_kid: dict[tuple[str | None, str], list[_Jwk]] = {}
-        self._by_alg: dict[str, list[_Jwk]] = {}
-        self._session: aiohttp.ClientSession | None = None
-        self._inflight: asyncio.Task[None] | None = None
-        self._last_attempt: float | None = None
-        self._last_ok = False
-
-    async def start(self) -> None:
-        if self._session is None:
-            self._session = aiohttp.ClientSession(headers={"Accept": "application/json"})
-            await self._refresh()
-
-    async def close(self) -> None:
-        task, self._inflight = self._inflight, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        session, self._session = self._session, None
-        self._last_ok = False
-        if session is not None:
-            await session.close()
-
-    def cached(self, kid: str | None, alg: str) -> _PublicKey | None:
-        """The cached key for ``kid`` that can verify ``alg``, or None (no I/O)."""
-        if kid is not None:
-            for jwk in self._by_kid.get((self._issuer, kid), ()):
-                if alg in jwk.algorithms:
-                    return jwk.key
-        fitting = self._by_alg.get(alg, ())
-        if len(fitting) == 1 and (kid is None or fitting[0].kid is None):
-            return fitting[0].key
-        if kid is None and fitting:
-            raise AuthError(401, f"token has no kid and {len(fitting)} keys fit {alg}")
-        return None
-
-    async def fetch_key(self, kid: str | None, alg: str) -> _PublicKey:
-        """Refetch the set (rate-limited, shared) and look again; raise 401 or 503 if absent."""
-        if self._inflight is not None or self._may_fetch():
-            await self._refresh()
-            key = self.cached(kid, alg)
-            if key is not None:
-                return key
-        if not self._last_ok:
-            raise AuthError(503, "key source unavailable")
-        raise AuthError(401, f"unknown key id {_show(kid)} for {alg}")
-
-    def _may_fetch(self) -> bool:
-        last = self._last_attempt
-        return last is None or self._clock() - last >= self._min_refresh_s
-
-    async def _refresh(self) -> None:
-        task = self._inflight
-        if task is None:
-            self._last_attempt = self._clock()
-            task = self._inflight = asyncio.create_task(self._fetch())
-            task.add_done_callback(self._fetch_done)
-        # wait() neither raises nor cancels the shared fetch if this handshake is cancelled.
-        await asyncio.wait((task,))
-
-    def _fetch_done(self, task: asyncio.Task[None]) -> None:
-        if self._inflight is task:
-            self._inflight = None
-
-    async def _fetch(self) -> None:
-        try:
-            keys = _parse_jwks(await self._download(), self._pinned)
-        except Exception as exc:  # noqa: BLE001 - any failure means "unavailable", and is logged
-            self._last_ok = False
-            logger.warning("JWKS fetch from %s failed: %s", self._url, _describe(exc))
-            return
-        self._by_kid = {}
-        self._by_alg = {alg: [jwk for jwk in keys if alg in jwk.algorithms] for alg in self._pinned}
-        for jwk in keys:
-            if jwk.kid is not None:
-                self._by_kid.setdefault((self._issuer, jwk.kid), []).append(jwk)
-        self._last_ok = True
-        logger.info("JWKS from %s: %d usable keys", self._url, len(keys))
-
-    async def _download(self) -> Any:
-        session = self._session
-        if session is None:
-            raise RuntimeError("the authenticator is not started, or closed")
-        _jwks_url(str(self._url), "auth.jwks_url")  # again, right where the request is made
-        async with asyncio.timeout(_JWKS_TIMEOUT_S):
-            # No redirects: a 30x could lead an https URL to plain http or elsewhere.
-            async with session.get(self._url, allow_redirects=False) as response:
-                if response.status != 200:
-                    raise ValueError(f"HTTP {response.status}")
-                body = bytearray()
-                async for chunk in response.content.iter_chunked(65536):
-                    body += chunk
-                    if len(body) > _JWKS_MAX_BYTES:
-                        raise ValueError(f"larger than {_JWKS_MAX_BYTES} bytes")
-        return orjson.loads(body)
-
-
 # ---------------------------------------------------------------- configuration and keys
 
 def _parse_sources(sources: Sequence[str]) -> tuple[tuple[str, str], ...]:
@@ -389,78 +270,6 @@ def _hmac_secret(secret: str | None) -> bytes:
         return HMACAlgorithm(HMACAlgorithm.SHA256).prepare_key(secret)
     except jwt.InvalidKeyError as exc:
         raise ConfigError("auth.secret", f"is not usable as an HMAC secret: {exc}") from None
-
-
-def _read_public_key(path: str) -> _PublicKey:
-    try:
-        with open(path, "rb") as file:
-            key = load_pem_public_key(file.read())
-    except OSError as exc:
-        raise ConfigError("auth.public_key_file", f"cannot read {path}: {exc.strerror}") from None
-    except ValueError:
-        raise ConfigError("auth.public_key_file", f"{path} is not a PEM public key") from None
-    if not isinstance(key, _PublicKey):
-        raise ConfigError("auth.public_key_file", f"{path} holds an unsupported key type")
-    if isinstance(key, rsa.RSAPublicKey) and key.key_size < _MIN_RSA_BITS:
-        raise ConfigError("auth.public_key_file", f"RSA key of {key.key_size} bits; need {_MIN_RSA_BITS}+")
-    return key
-
-
-def _algorithms_for(key: object, pinned: Sequence[str]) -> frozenset[str]:
-    """The pinned algorithms a public key may verify: its family, and for EC its curve."""
-    if isinstance(key, rsa.RSAPublicKey):
-        family: Sequence[str] = _RSA if key.key_size >= _MIN_RSA_BITS else ()
-    elif isinstance(key, ec.EllipticCurvePublicKey):
-        family = (_EC_BY_CURVE.get(key.curve.name, ""),)
-    elif isinstance(key, ed25519.Ed25519PublicKey | ed448.Ed448PublicKey):
-        family = ("EdDSA",)
-    else:  # HMAC secrets and private keys never come from a key file or a JWKS
-        family = ()
-    return frozenset(alg for alg in pinned if alg in family)
-
-
-def _parse_jwks(document: Any, pinned: Sequence[str]) -> list[_Jwk]:
-    entries = document.get("keys") if isinstance(document, dict) else None
-    if not isinstance(entries, list):
-        raise ValueError('not a JWK set (no "keys" list)')
-    keys = [jwk for entry in entries if (jwk := _parse_jwk(entry, pinned)) is not None]
-    if not keys:
-        raise ValueError(f"no key usable for {', '.join(pinned)} among {len(entries)}")
-    return keys
-
-
-def _parse_jwk(entry: Any, pinned: Sequence[str]) -> _Jwk | None:
-    if not isinstance(entry, dict) or entry.get("use", "sig") != "sig" or entry.get("kty") == "oct":
-        return None
-    kid, alg = entry.get("kid"), entry.get("alg")
-    if not isinstance(kid, str | None) or not isinstance(alg, str | None):
-        return None
-    try:
-        key = jwt.PyJWK(entry).key
-    except Exception as exc:  # noqa: BLE001 - one malformed key must not take the set down
-        logger.warning("JWKS key %s skipped: %s", _show(kid), _describe(exc))
-        return None
-    algorithms = _algorithms_for(key, pinned)
-    if alg is not None:  # a key that names its algorithm is used for that one only
-        algorithms = algorithms & {alg}
-    return _Jwk(kid, algorithms, key) if algorithms else None
-
-
-def _jwks_url(url: str, key: str) -> yarl.URL:
-    parsed = yarl.URL(url)  # the parser aiohttp itself uses, so both agree on the host
-    if (parsed.scheme == "https" and parsed.host) or (parsed.scheme == "http" and _is_loopback(parsed.host)):
-        return parsed
-    raise ConfigError(key, "must be an https:// URL (http:// only for a loopback host)")
-
-
-def _is_loopback(host: str | None) -> bool:
-    host = (host or "").rstrip(".").lower()
-    if host == "localhost":
-        return True
-    try:
-        return ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 # ---------------------------------------------------------------- token helpers
@@ -506,15 +315,7 @@ def _reason(exc: jwt.PyJWTError) -> str:
         return f"missing claim {exc.claim!r}"
     for kind, reason in _REASONS:
         if isinstance(exc, kind):
-            return reason if reason != "malformed token" else f"malformed token: {_show(str(exc))}"
-    return f"invalid token: {_show(str(exc))}"
+            return reason if reason != "malformed token" else f"malformed token: {show(str(exc))}"
+    return f"invalid token: {show(str(exc))}"
 
 
-def _show(value: object) -> str:
-    """A value taken from a token, quoted and cut short so that it cannot forge log lines."""
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def _describe(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
