@@ -46,3 +46,11 @@ def restartable_redis(tmp_path: Path) -> Iterator[RedisExecutor]:
     executor.start()
     yield executor
     executor.stop()
+
+
+
+def pytest_asyncio_loop_factories(config, item):  # type: ignore[no-untyped-def]
+    """Tests run on uvloop, the loop `wsgateway serve` runs on (its transports differ)."""
+    import uvloop
+
+    return {"uvloop": uvloop.new_event_loop}

@@ -1,4 +1,4 @@
-"""The management edge, on aiohttp: AWS's ``@connections`` API plus tenant fan-out.
+"""The management edge: AWS's ``@connections`` API plus fan-out, groups and probes.
 
 Routes (each also under ``/{stage}``; ``@`` may arrive as ``%40``; ids arrive URL-encoded):
 
@@ -24,16 +24,13 @@ splits it, and SigV4 is checked against exactly the bytes the client signed.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import socket
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl, unquote
 
 import orjson
-from aiohttp import web
-from aiohttp.web_exceptions import HTTPRequestEntityTooLarge
 
 from .errors import (
     BadRequestError,
@@ -41,6 +38,7 @@ from .errors import (
     NotFoundError,
     PayloadTooLargeError,
 )
+from .http import HttpServer, Request, Response
 from .ids import is_connection_id, new_request_id
 from .metrics import CONTENT_TYPE, exposition
 from .sigv4 import SigV4Verifier
@@ -82,51 +80,40 @@ class ManagementServer:
                 region=cfg.region,
                 max_skew_s=cfg.max_clock_skew_s,
             )
-        self._server: web.Server | None = None
-        self._listener: Any = None
+        self._server: HttpServer | None = None
         self.port = 0
 
-    async def start(self, *, sock: socket.socket | None = None) -> int:
-        """Listen (on ``sock`` if given, else on [management] host/port); return the port."""
-        cfg = self.gateway.config.management
-        self._server = web.Server(self._handle, access_log=None, handler_cancellation=False)
-        loop = asyncio.get_running_loop()
-        if sock is not None:
-            self._listener = await loop.create_server(self._server, sock=sock)
-        else:
-            self._listener = await loop.create_server(self._server, cfg.host, cfg.port, backlog=1024)
-        self.port = self._listener.sockets[0].getsockname()[1]
+    async def start(self, *, sock: socket.socket) -> int:
+        """Serve on a listening socket; return its port."""
+        self._server = HttpServer(self._handle, max_body=self._max_post)
+        self.port = await self._server.start(sock)
         return self.port
 
     async def close(self) -> None:
-        """Stop accepting and finish in-flight requests (bounded); idempotent."""
-        if self._listener is None:
-            return
-        listener, self._listener = self._listener, None
-        listener.close()
-        if self._server is not None:
-            await self._server.shutdown(5.0)
-        await listener.wait_closed()
+        """Stop accepting and finish requests in progress (bounded); idempotent."""
+        server, self._server = self._server, None
+        if server is not None:
+            await server.close(timeout=5.0)
 
     # ---------------------------------------------------------------- request
 
-    async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
+    async def _handle(self, request: Request) -> Response:
         started = time.perf_counter()
         request_id = new_request_id()
-        raw_path, _, raw_query = request.raw_path.partition("?")
         operation, target = "", ""
         try:
-            segments = raw_path.split("/")[1:]
+            segments = request.raw_path.split("/")[1:]
             if segments and segments[0] == self._stage and len(segments) > 1:
                 segments = segments[1:]
             if len(segments) == 1 and request.method == "GET" and segments[0] in ("health", "ready", "metrics"):
                 return await self._probe(segments[0])
-            body = await self._read_body(request)
+            if request.body_too_large:
+                raise PayloadTooLargeError("Message too long")
             if self._verifier is not None:
-                self._verifier.verify(request.method, raw_path, raw_query, request.headers, body)
+                self._verifier.verify(request.method, request.raw_path, request.raw_query, request.headers, request.body)
             operation, target, qualifier = self._route(request.method, segments)
-            response = await self._execute(operation, target, qualifier, raw_query, body)
-            response.headers["x-amzn-RequestId"] = request_id
+            response = await self._execute(operation, target, qualifier, request.raw_query, request.body)
+            response.headers.append(("x-amzn-RequestId", request_id))
         except ManagementError as exc:
             response = _error_response(exc, request_id)
             if exc.status == 403:
@@ -135,20 +122,9 @@ class ManagementServer:
             log.exception("management request failed (requestId=%s)", request_id)
             response = _error_response(ManagementError("Internal server error"), request_id)
         self.gateway.stats.management[(operation or "Unknown", response.status)] += 1
-        self._log(request, request_id, operation, target, response.status, started)
+        if self.gateway.access.enabled:
+            self._log(request, request_id, operation, target, response.status, started)
         return response
-
-    async def _read_body(self, request: web.BaseRequest) -> bytes:
-        length = request.content_length
-        if length is not None and length > self._max_post:
-            raise PayloadTooLargeError("Message too long")
-        try:
-            body = await request.read()
-        except HTTPRequestEntityTooLarge:
-            raise PayloadTooLargeError("Message too long") from None
-        if len(body) > self._max_post:
-            raise PayloadTooLargeError("Message too long")
-        return body
 
     def _route(self, method: str, segments: list[str]) -> tuple[str, str, str]:
         """Name the operation, its target (connection id or tenant) and its qualifier (group
@@ -169,7 +145,7 @@ class ManagementServer:
 
     async def _execute(
         self, operation: str, target: str, qualifier: str, raw_query: str, body: bytes
-    ) -> web.Response:
+    ) -> Response:
         gateway = self.gateway
         if operation == "PostToConnection":
             await gateway.post_to_connection(target, body)
@@ -178,10 +154,10 @@ class ManagementServer:
             return _ok(200, orjson.dumps(await gateway.get_connection(target)))
         if operation == "DeleteConnection":
             await gateway.delete_connection(target)
-            return web.Response(status=204)
+            return Response(204, b"", [])
         if operation in ("JoinGroup", "LeaveGroup"):
             await (gateway.join_group if operation == "JoinGroup" else gateway.leave_group)(target, qualifier)
-            return web.Response(status=204)
+            return Response(204, b"", [])
         if operation.startswith("PostTo"):
             kind = {"PostToUser": "user", "PostToGroup": "group"}.get(operation)
             delivered = await gateway.post_to_tenant(target, body, **({kind: qualifier} if kind else {}))
@@ -191,20 +167,16 @@ class ManagementServer:
         out = {"connections": [c.to_listing_json() for c in page.connections], "nextToken": page.next_token}
         return _ok(200, orjson.dumps(out))
 
-    async def _probe(self, kind: str) -> web.Response:
+    async def _probe(self, kind: str) -> Response:
         if kind == "metrics":
-            return web.Response(body=exposition(self.gateway), headers={"Content-Type": CONTENT_TYPE})
+            return Response(200, exposition(self.gateway), [("Content-Type", CONTENT_TYPE)])
         health = await self.gateway.health()
         return _ok(200 if health["ready" if kind == "ready" else "live"] else 503, orjson.dumps(health))
 
     def _log(
-        self, request: web.BaseRequest, request_id: str, operation: str, target: str, status: int, started: float
+        self, request: Request, request_id: str, operation: str, target: str, status: int, started: float
     ) -> None:
-        access = self.gateway.access
-        if not access.enabled:
-            return
-        peer = request.transport.get_extra_info("peername") if request.transport else None
-        access.write(
+        self.gateway.access.write(
             "management",
             requestId=request_id,
             connectionId=target if operation.endswith(("Connection", "Group")) and "To" not in operation else "",
@@ -213,21 +185,22 @@ class ManagementServer:
             status=status,
             latency_ms=round((time.perf_counter() - started) * 1000, 3),
             tenant=target if operation in _TENANT_OPS.values() else "",
-            sourceIp=peer[0] if peer else "",
+            sourceIp=request.peer,
             userAgent=request.headers.get("User-Agent", ""),
         )
 
 
-def _ok(status: int, body: bytes = b"") -> web.Response:
-    return web.Response(status=status, body=body, content_type=_JSON)
+def _ok(status: int, body: bytes = b"") -> Response:
+    return Response(status, body, [("Content-Type", _JSON)])
 
 
-def _error_response(exc: ManagementError, request_id: str) -> web.Response:
+def _error_response(exc: ManagementError, request_id: str) -> Response:
     body = orjson.dumps({"message": exc.message or exc.error_type}) if exc.send_message else b""
-    response = web.Response(status=exc.status, body=body, content_type=_JSON)
-    response.headers["x-amzn-ErrorType"] = exc.error_type
-    response.headers["x-amzn-RequestId"] = request_id
-    return response
+    return Response(
+        exc.status,
+        body,
+        [("Content-Type", _JSON), ("x-amzn-ErrorType", exc.error_type), ("x-amzn-RequestId", request_id)],
+    )
 
 
 def _name(segment: str, what: str, limit: int = 128) -> str:

@@ -1,0 +1,115 @@
+"""The management edge's HTTP/1.1 server, with raw sockets: what SDKs, curl and proxies send."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from wsgateway.http import HttpServer, Request, Response
+from wsgateway.node import listen_socket
+
+SEEN: list[Request] = []
+
+
+async def echo(request: Request) -> Response:
+    SEEN.append(request)
+    if request.raw_path == "/slow":
+        await asyncio.sleep(0.2)
+    if request.raw_path == "/boom":
+        raise RuntimeError("handler bug")
+    body = b"%s %s ?%s len=%d big=%d" % (
+        request.method.encode(), request.raw_path.encode(), request.raw_query.encode(), len(request.body), request.body_too_large,
+    )
+    return Response(200, body, [("Content-Type", "text/plain")])
+
+
+@pytest.fixture
+async def server():
+    SEEN.clear()
+    srv = HttpServer(echo, max_body=1000)
+    port = await srv.start(listen_socket("127.0.0.1", 0, reuse_port=False))
+    yield srv, port
+    await srv.close(timeout=1)
+
+
+async def exchange(port: int, raw: bytes, *, until_close: bool = True, expect: int = 1) -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(raw)
+    await writer.drain()
+    data = b""
+    try:
+        async with asyncio.timeout(3):
+            while data.count(b"HTTP/1.1 ") < expect or until_close:
+                chunk = await reader.read(65536)
+                if not chunk:
+                    break
+                data += chunk
+    except TimeoutError:
+        pass
+    writer.close()
+    return data
+
+
+async def test_keep_alive_pipelining_in_order(server):
+    _, port = server
+    raw = b"".join(b"GET /r%d?x=%%41 HTTP/1.1\r\nHost: h\r\n\r\n" % i for i in range(5))
+    raw += b"GET /slow HTTP/1.1\r\nHost: h\r\n\r\nGET /last HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n"
+    data = await exchange(port, raw)
+    bodies = [part.split(b"\r\n\r\n", 1)[1].split(b" ")[1] for part in data.split(b"HTTP/1.1 200 OK")[1:]]
+    assert bodies == [b"/r0", b"/r1", b"/r2", b"/r3", b"/r4", b"/slow", b"/last"]
+    assert SEEN[0].raw_query == "x=%41"  # percent-encoding kept, as SigV4 signed it
+    assert data.endswith(b"/last ? len=0 big=0")
+
+
+async def test_bodies_content_length_chunked_and_expect_continue(server):
+    _, port = server
+    data = await exchange(port, b"POST /p HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello")
+    assert b"len=5 big=0" in data
+    chunked = b"POST /c HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n"
+    assert b"len=5" in await exchange(port, chunked)
+    assert SEEN[-1].body == b"abcde"
+    data = await exchange(port, b"POST /e HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+    assert data.startswith(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK")
+
+
+async def test_oversize_body_is_flagged_and_connection_stays_usable(server):
+    _, port = server
+    big = b"x" * 5000
+    raw = b"POST /big HTTP/1.1\r\nHost: h\r\nContent-Length: 5000\r\n\r\n" + big
+    raw += b"GET /after HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n"
+    data = await exchange(port, raw)
+    assert b"/big ? len=0 big=1" in data and b"/after" in data
+    assert SEEN[0].headers["content-length"] == "5000"  # case-insensitive headers
+
+
+@pytest.mark.parametrize(("raw", "status"), [
+    (b"NOT HTTP AT ALL\r\n\r\n", b"400"),
+    (b"GET / HTTP/1.1\r\nHost: h\r\nX: " + b"a" * 70000 + b"\r\n\r\n", b"431"),
+    (b"GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nHost: h\r\n\r\n", b"400"),
+])
+async def test_malformed_requests_get_4xx_and_close(server, raw, status):
+    _, port = server
+    data = await exchange(port, raw)
+    assert data.startswith(b"HTTP/1.1 " + status) and b"Connection: close" in data
+
+
+async def test_handler_bug_is_a_500_without_details(server):
+    _, port = server
+    data = await exchange(port, b"GET /boom HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
+    assert data.startswith(b"HTTP/1.1 500 Internal Server Error") and b"handler bug" not in data
+
+
+async def test_http10_closes_after_answer(server):
+    _, port = server
+    data = await exchange(port, b"GET /old HTTP/1.0\r\n\r\n")
+    assert data.startswith(b"HTTP/1.1 200 OK") and b"Connection: close" in data
+
+
+async def test_close_lets_requests_in_progress_finish(server):
+    srv, port = server
+    task = asyncio.create_task(exchange(port, b"GET /slow HTTP/1.1\r\nHost: h\r\n\r\n", until_close=True))
+    await asyncio.sleep(0.05)
+    await srv.close(timeout=2)
+    data = await task
+    assert data.startswith(b"HTTP/1.1 200 OK") and b"Connection: close" in data
