@@ -119,3 +119,8 @@ async def tell_group(event: dict[str, Any], context: Any) -> dict[str, Any]:
     n = await context.post_to_group(tenant, body["group"], body["text"])
     m = await context.post_to_user(tenant, event["requestContext"]["authorizer"]["principalId"], "to my tabs")
     return {"statusCode": 200, "body": json.dumps({"group": n, "user": m})}
+
+
+def sync_slow(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    time.sleep(1.0)  # a blocking handler past its limit: abandoned in its thread
+    return {"statusCode": 200, "body": "too late"}

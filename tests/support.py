@@ -42,6 +42,7 @@ TEST_ROUTES = {
     "event": "tests.handlers_for_tests:event",
     "none": "tests.handlers_for_tests:returns_none",
     "join": "tests.handlers_for_tests:join",
+    "sync_slow": "tests.handlers_for_tests:sync_slow",
     "tell_group": "tests.handlers_for_tests:tell_group",
 }
 

@@ -60,6 +60,11 @@ async def test_handler_errors_never_leak_text():
             reply = json.loads(await ws.recv())
             assert reply["message"] == "Endpoint request timed out"
             assert await whoami(ws) == cid
+            await ws.send('{"action": "sync_slow"}')  # a blocking (thread) handler too
+            reply = json.loads(await ws.recv())
+            assert reply["message"] == "Endpoint request timed out" and reply["connectionId"] == cid
+            assert await whoami(ws) == cid  # the connection goes on after each timeout
+            assert node.gateway.stats.handler_timeouts == 2
 
 
 async def test_sync_handler_runs_off_loop_and_can_push():

@@ -13,6 +13,7 @@ connection compresses through its protocol object instead (the cost of compressi
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING, Any
 
 from websockets.frames import Frame, Opcode
@@ -67,6 +68,9 @@ class Connection:
         "compressed",
         "abandoned",
         "groups",
+        "task",
+        "deadline",
+        "deadline_hit",
         "_wall_offset",
     )
 
@@ -82,6 +86,9 @@ class Connection:
         self.compressed = False
         self.abandoned = False  # another node ran its $disconnect: close without one
         self.groups: set[str] | None = None  # groups of its tenant it was added to
+        self.task: asyncio.Task[Any] | None = None  # its read loop, which runs its handlers
+        self.deadline = 0.0  # loop time its running handler must finish by; 0: none runs
+        self.deadline_hit = False  # the sweep cancelled ``task`` for passing ``deadline``
         self._wall_offset = record.connected_at - opened
 
     @property

@@ -8,6 +8,7 @@ its text stays in the log with the request id) and ``Endpoint request timed out`
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import logging
 import time
@@ -48,7 +49,7 @@ def log_handler_failure(exc: BaseException, route_key: str, request_id: str, con
 class Dispatcher:
     """Routes client messages of every connection of one gateway."""
 
-    __slots__ = ("_gateway", "_router", "_access", "_loop", "_queue_limit", "_stats")
+    __slots__ = ("_gateway", "_router", "_access", "_loop", "_queue_limit", "_stats", "_timeout")
 
     def __init__(self, gateway: Gateway, router: Router[Integration]) -> None:
         self._gateway = gateway
@@ -57,6 +58,7 @@ class Dispatcher:
         self._loop = gateway.loop
         self._queue_limit = gateway.config.limits.max_queued_bytes
         self._stats = gateway.stats
+        self._timeout = gateway.config.limits.handler_timeout_s
 
     async def on_message(self, conn: Connection, message: str | bytes) -> None:
         """Route one message and run its handler; never raises for the handler's sake."""
@@ -82,9 +84,7 @@ class Dispatcher:
         )
         status = 200
         try:
-            result = await integration.invoke(
-                event, self._gateway.handler_context(integration, request_id, conn.id)
-            )
+            result = await self._call(conn, integration, event, request_id)
         except Disconnect as exc:
             self._gateway.close(conn, exc.code, exc.reason)
         except HandlerTimeout as exc:
@@ -101,6 +101,24 @@ class Dispatcher:
             if result is not None:
                 self._reply(conn, result, request_id)
         self._log(conn, route_key, status, request_id, started)
+
+    async def _call(self, conn: Connection, integration: Integration, event: dict[str, Any], request_id: str) -> Any:
+        """Run the handler under the route's time limit, without a timer per message: the
+        gateway's sweep cancels the connection's task once ``conn.deadline`` has passed."""
+        context = self._gateway.handler_context(integration, request_id, conn.id)
+        conn.deadline = self._loop.time() + self._timeout
+        try:
+            return await integration.call(event, context)
+        except asyncio.CancelledError:
+            if not conn.deadline_hit:
+                raise  # the connection or the node is going away
+            conn.deadline_hit = False
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
+            raise HandlerTimeout(integration.target) from None
+        finally:
+            conn.deadline = 0.0
 
     def _reply(self, conn: Connection, result: Any, request_id: str) -> None:
         """Two-way route: send the handler's ``body`` back as one frame."""

@@ -303,9 +303,12 @@ class Gateway:
             ws.transport.abort()
 
     async def _sweep(self) -> None:
-        """Once per tick: idle timeout, maximum duration, slow consumers."""
+        """Once per tick: handler time limits, idle timeout, maximum duration, slow consumers."""
         limits = self.config.limits
-        tick = max(0.05, min(1.0, limits.idle_timeout_s / 10, limits.slow_consumer_grace_s / 2))
+        tick = max(
+            0.05,
+            min(1.0, limits.idle_timeout_s / 10, limits.slow_consumer_grace_s / 2, limits.handler_timeout_s / 10),
+        )
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(tick)
@@ -313,6 +316,9 @@ class Gateway:
             idle_before = now - limits.idle_timeout_s
             born_before = now - limits.max_connection_s
             for conn in self.hub:
+                if conn.deadline and conn.deadline <= now and not conn.deadline_hit and conn.task is not None:
+                    conn.deadline_hit = True  # the dispatcher turns the cancel into a timeout
+                    conn.task.cancel()
                 if conn.close_code is not None:
                     continue
                 if conn.last_active <= idle_before:

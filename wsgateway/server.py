@@ -218,6 +218,7 @@ class ClientServer:
         gateway = self.gateway
         assert gateway.dispatcher is not None
         dispatch = gateway.dispatcher.on_message
+        conn.task = asyncio.current_task()
         try:
             await gateway.opened(conn, ws)
             gateway.log_handshake(

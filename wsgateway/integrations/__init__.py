@@ -23,6 +23,9 @@ class Integration(Protocol):
     async def invoke(self, event: dict[str, Any], context: HandlerContext) -> Any:
         """Run the route's function; raise HandlerTimeout or the function's exception."""
 
+    async def call(self, event: dict[str, Any], context: HandlerContext) -> Any:
+        """Run it with no time limit: the caller enforces one (see Dispatcher)."""
+
 
 def load_integration(target: str, *, key: str, timeout: float, executor: Executor) -> Integration:
     """Resolve a route target at start-up; raise ConfigError naming ``key`` if it cannot."""
