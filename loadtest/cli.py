@@ -21,7 +21,8 @@ __all__ = ["main", "parse_args"]
 _MAX_CONNECTIONS = 200_000
 _MAX_DURATION_S = 3_600.0
 _MAX_RATES = 12
-_SMOKE_CONNECTIONS = {"idle": 200, "connect": 200, "echo": 20, "unicast": 20, "fanout": 50, "crossnode": 20, "slow": 40}
+_SMOKE_CONNECTIONS = {"idle": 200, "connect": 200, "echo": 20, "unicast": 20, "fanout": 50, "crossnode": 20,
+                      "cluster": 30, "slow": 40}
 _SMOKE_DURATION_S = 2.0
 
 
@@ -62,8 +63,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--payload", type=int, help="message bytes (default 200; slow: 1024)")
     p.add_argument("--slow-share", type=float, default=0.1, help="share of clients that stop reading")
     p.add_argument("--concurrency", type=int, default=0, help="dials/requests in flight per client process")
+    p.add_argument("--compression", action="store_true", help="permessage-deflate on (wsgateway and bare)")
+    p.add_argument("--registry", choices=("memory", "redis"), default="memory",
+                   help="single-node scenarios: wsgateway's registry (redis: a private redis-server)")
     p.add_argument("--no-pin", action="store_true", help="do not pin servers and clients to cores")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    p.add_argument("--phase", action="append", default=[],
+                   help="run only this phase (e.g. crossnode/unicast); repeatable")
+    p.add_argument("--profile", action="store_true", help="py-spy every server during each window (top frames in the report)")
     p.add_argument("--smoke", action="store_true", help="a few seconds, a few connections: does it work?")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     args = p.parse_args(argv)
@@ -89,6 +96,8 @@ def _settings(args: argparse.Namespace, scenario: Scenario) -> Settings:
         payload=args.payload or scenario.payload,
         slow_share=args.slow_share,
         concurrency=args.concurrency,
+        compression=args.compression,
+        registry=args.registry,
     )
     if args.smoke:
         base = replace(base, connections=args.connections or _SMOKE_CONNECTIONS[scenario.name],
@@ -99,6 +108,11 @@ def _settings(args: argparse.Namespace, scenario: Scenario) -> Settings:
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; return the exit status."""
     args = parse_args(argv)
+    if args.phase:
+        known = {ph.name for sc in args.scenario for ph in sc.phases(_settings(args, sc))}
+        if unknown := sorted(set(args.phase) - known):
+            print(f"--phase: unknown {unknown}; these scenarios have {sorted(known)}", file=sys.stderr)
+            return 2
     out: Path = args.out or Path("loadtest/results") / dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     out.mkdir(parents=True, exist_ok=True)
     plan = runner.Plan(
@@ -110,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
         out=out,
         pin=not args.no_pin,
         progress=not args.quiet,
+        profile=args.profile,
+        phases=tuple(args.phase),
     )
     meta = plan_meta(args)
     records: list[dict[str, object]] = []
@@ -132,10 +148,15 @@ def plan_meta(args: argparse.Namespace) -> dict[str, object]:
     import os
     import platform
 
+    from loadtest.http_client import parser_name
+
     return {
         "command": "python -m loadtest " + " ".join(sys.argv[1:]),
         "python": platform.python_version(),
         "cpus": os.cpu_count(),
         "pinned": not args.no_pin,
-        "when": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "compression": args.compression,
+        "registry": args.registry,
+        "response_parser": parser_name(),
+        "when": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }

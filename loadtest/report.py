@@ -15,7 +15,7 @@ import orjson
 from loadtest.metrics import SLO_P99_MS, RatePoint, capacity
 from loadtest.scenarios import SCENARIOS
 
-__all__ = ["capacities", "markdown", "ratio_to_bare", "write", "write_json"]
+__all__ = ["capacities", "efficiency_to_bare", "markdown", "ratio_to_bare", "write", "write_json"]
 
 Record = dict[str, Any]
 _BARE = "bare"
@@ -60,6 +60,21 @@ def ratio_to_bare(record: Record, records: list[Record]) -> float | None:
     return None
 
 
+def efficiency_to_bare(record: Record, records: list[Record]) -> float | None:
+    """Return bare's server CPU per operation over ``record``'s, same phase and offered rate.
+
+    Above 1 the target spends less CPU per operation than bare. This is the honest ratio
+    when the generator, not the server, limited the throughput. ``None`` without figures.
+    """
+    mine = (record.get("server") or {}).get("cpu_us_per_op")
+    for other in _ok(records):
+        if (other["target"] == _BARE and other["phase"] == record["phase"]
+                and other["offered_rate"] == record["offered_rate"]):
+            bare = (other.get("server") or {}).get("cpu_us_per_op")
+            return bare / mine if bare and mine else None
+    return None
+
+
 def _headline(record: Record) -> Any:
     if record["phase"] == "idle":
         return lambda r: r["extra"].get("rss_per_conn_kb", 0.0)
@@ -94,8 +109,10 @@ def _row(r: Record, records: list[Record]) -> str:
              _fmt(lat["p50"]), _fmt(lat["p95"]), _fmt(lat["p99"]), _fmt(lat["max"], 1)]
     if "latency_last_ms" in r:
         cells.append(_fmt(r["latency_last_ms"]["p99"]))
-    cells += [str(r["error_total"]), _fmt(srv["cpu_percent"], 0), _fmt(srv["rss_mb"], 1),
-              _fmt(gen["cpu_percent"], 0) + (" (sat.)" if gen["saturated"] else "")]
+    eff = efficiency_to_bare(r, records)
+    cells += [str(r["error_total"]), _fmt(srv["cpu_percent"], 0), _fmt(srv.get("core_busy_percent"), 0),
+              _fmt(srv.get("cpu_us_per_op"), 1), f"{eff:.2f}x" if eff is not None else "—",
+              _fmt(srv["rss_mb"], 1), _fmt(gen["cpu_percent"], 0) + (" (sat.)" if gen["saturated"] else "")]
     return "| " + " | ".join(cells) + " |"
 
 
@@ -119,7 +136,8 @@ def _table(phase: str, rows: list[Record], records: list[Record]) -> list[str]:
         head = ["target", "offered", unit, "x bare", "p50 ms", "p95 ms", "p99 ms", "max ms"]
         if "latency_last_ms" in rows[0]:
             head.append("last-client p99 ms")
-        head += ["errors", "server CPU %", "server RSS MB", "generator CPU %"]
+        head += ["errors", "server CPU %", "server core %", "server CPU µs/op", "x bare (CPU/op)",
+                 "server RSS MB", "generator CPU %"]
         body = [_row(r, records) for r in rows]
     return ["| " + " | ".join(head) + " |", "|" + "---|" * len(head), *body]
 
@@ -131,6 +149,12 @@ def _notes(rows: list[Record]) -> list[str]:
         bits = []
         if "requests_per_s" in x:
             bits.append(f"{x['requests_per_s']:,.0f} requests/s")
+        if "send_lag_ms" in r:
+            lag = r["send_lag_ms"]
+            bits.append(f"generator send lag p50 {lag['p50']:.2f} / p99 {lag['p99']:.2f} ms (inside every latency)")
+        if "latency_from_send_ms" in r:
+            fs = r["latency_from_send_ms"]
+            bits.append(f"from the real send: p50 {fs['p50']:.2f} / p99 {fs['p99']:.2f} ms")
         if "delivered_share" in x:
             share = 100 * x["delivered_share"]
             bits.append(f"delivered {share:.1f}% of {x['messages_published']} messages x {x['receivers']} clients")
@@ -139,6 +163,9 @@ def _notes(rows: list[Record]) -> list[str]:
                         f"{x['healthy_closed']} healthy ones closed")
         if "redis_cpu_percent" in x:
             bits.append(f"Redis CPU {x['redis_cpu_percent']}%")
+        if "redis_calls_per_op" in x:
+            top = ", ".join(f"{k} {v}" for k, v in list(x["redis_calls_by_command"].items())[:4])
+            bits.append(f"Redis commands per {x['redis_calls_per']} {x['redis_calls_per_op']} ({top})")
         if r["errors"]:
             bits.append("errors " + ", ".join(f"{k}={v}" for k, v in r["errors"].items()))
         if bits:
@@ -146,14 +173,36 @@ def _notes(rows: list[Record]) -> list[str]:
     return notes
 
 
+def _profiles(rows: list[Record]) -> list[str]:
+    """Top frames of each profiled server (``--profile``), as shares of its busy samples."""
+    lines: list[str] = []
+    for r in rows:
+        for server, prof in (r.get("profile") or {}).items():
+            if "error" in prof:
+                lines.append(f"- profile of {server} (rate {r['offered_rate'] or 'max'}): {prof['error']}")
+                continue
+            title = (f"Profile of `{server}` (rate {r['offered_rate'] or 'max'}, {prof['samples']} samples, "
+                     f"`{prof.get('file', '')}`): self time / inclusive time, % of its CPU")
+            lines += ["", title, "", "| self % | frame | inclusive % | frame |", "|---|---|---|---|"]
+            for (f1, p1), (f2, p2) in zip(prof["self"], prof["inclusive"]):
+                lines.append(f"| {p1} | `{f1}` | {p2} | `{f2}` |")
+    return lines
+
+
 def markdown(meta: dict[str, object], records: list[Record]) -> str:
     """Return the Markdown report: one table per phase, capacities, skipped targets."""
-    lines = ["# wsgateway load test", "",
-             f"`{meta.get('command', '')}` at {meta.get('when', '')}: Python {meta.get('python', '')}, "
-             f"{meta.get('cpus', '?')} CPUs, servers and clients pinned to separate cores: "
-             f"{'yes' if meta.get('pinned') else 'no'}.", "",
-             "Every ratio is to `bare` at the same offered load in this run. Latency is measured from the "
-             "timestamp the sender put in the message. `max` in *offered* is a closed loop.", ""]
+    how = (f"`{meta.get('command', '')}` at {meta.get('when', '')}: Python {meta.get('python', '')}, "
+           f"{meta.get('cpus', '?')} CPUs, servers and clients pinned to separate cores: "
+           f"{'yes' if meta.get('pinned') else 'no'}; permessage-deflate: "
+           f"{'on' if meta.get('compression') else 'off'}; management responses parsed by "
+           f"{meta.get('response_parser', '?')}.")
+    legend = ("Every ratio is to `bare` at the same offered load in this run. *x bare* divides "
+              "throughputs; *x bare (CPU/op)* divides bare's server CPU per operation by the target's "
+              "(above 1: cheaper than bare), the honest ratio where the generator was saturated "
+              "`(sat.)`. *server core %* is the server core's busy share, softirq included. Latency is "
+              "measured from the timestamp the sender put in the message. `max` in *offered* is a "
+              "closed loop.")
+    lines = ["# wsgateway load test", "", how, "", legend, ""]
     caps = capacities(records)
     by_phase: dict[str, list[Record]] = defaultdict(list)
     for r in records:
@@ -172,5 +221,6 @@ def markdown(meta: dict[str, object], records: list[Record]) -> str:
         for r in rows:
             if r.get("status") != "ok":
                 lines.append(f"- {r['target']}: {r['status']}: {str(r.get('reason', ''))[:300]}")
+        lines += _profiles(ok)
         lines.append("")
     return "\n".join(lines)

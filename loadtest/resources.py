@@ -6,6 +6,12 @@ uvicorn's workers). Kernel memory is read from ``/proc``: the TCP buffer pages i
 and TCP control blocks live). On loopback both ends of every connection are on this machine,
 so a delta divided by the connection count is the cost of *both* sockets of a connection,
 and anything else the machine did meanwhile is in it too (see the README).
+
+A process's CPU time leaves out the interrupt and softirq time spent on its core, and on
+loopback the kernel's TCP work for a message lands largely there: :func:`core_times` reads
+each core's busy and total time from ``/proc/stat`` so a run can tell whether a *core* (not
+only a process) was saturated. :func:`redis_commandstats` reads a private Redis's
+``INFO commandstats`` (calls by command) so a run can count Redis commands per operation.
 """
 
 from __future__ import annotations
@@ -14,7 +20,16 @@ from dataclasses import dataclass
 
 import psutil
 
-__all__ = ["TreeSample", "TreeSampler", "kernel_memory_bytes", "parse_meminfo", "parse_sockstat"]
+__all__ = [
+    "TreeSample",
+    "TreeSampler",
+    "core_times",
+    "kernel_memory_bytes",
+    "parse_meminfo",
+    "parse_sockstat",
+    "parse_stat",
+    "redis_commandstats",
+]
 
 _PAGE = 4096
 
@@ -88,3 +103,40 @@ def kernel_memory_bytes() -> int:
     with open("/proc/meminfo") as f:
         slab = parse_meminfo(f.read()).get("SUnreclaim", 0)
     return tcp_pages * _PAGE + slab
+
+
+def parse_stat(text: str) -> dict[int, tuple[int, int]]:
+    """Parse ``/proc/stat`` into ``{cpu: (busy ticks, total ticks)}``, per core.
+
+    Busy is everything but idle and iowait (user, nice, system, irq, softirq, steal).
+    """
+    out: dict[int, tuple[int, int]] = {}
+    for line in text.splitlines():
+        name, _, rest = line.partition(" ")
+        if not name.startswith("cpu") or name == "cpu":
+            continue
+        ticks = [int(x) for x in rest.split()[:8]]
+        idle = ticks[3] + ticks[4]
+        out[int(name[3:])] = (sum(ticks) - idle, sum(ticks))
+    return out
+
+
+def core_times() -> dict[int, tuple[int, int]]:
+    """Return ``{cpu: (busy ticks, total ticks)}`` for every core (see :func:`parse_stat`)."""
+    with open("/proc/stat") as f:
+        return parse_stat(f.read())
+
+
+def redis_commandstats(url: str) -> dict[str, int]:
+    """Return ``{command: calls}`` from the Redis at ``url`` (``INFO commandstats``).
+
+    Raises ``redis.RedisError`` when it does not answer (within 2 s).
+    """
+    import redis
+
+    client = redis.Redis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0)
+    try:
+        stats = client.info("commandstats")
+    finally:
+        client.close()
+    return {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in stats.items()}

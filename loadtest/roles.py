@@ -26,12 +26,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiohttp
 import jwt
 from websockets.exceptions import ConnectionClosed
 
 from loadtest import wire
-from loadtest.backend import Backend, connection_path, tenant_path
+from loadtest.backend import UNCHECKED_KEYS, Backend, connection_path, tenant_path
 from loadtest.clients import ClientConn, DialError, Endpoint, dial, source_address
 from loadtest.metrics import Histogram
 
@@ -52,7 +51,7 @@ class WorkerSpec:
     connections: int
     first_conn: int = 0  # global index of this worker's first connection (source address)
     mgmt_url: str = ""
-    sigv4: tuple[str, str] | None = None
+    sigv4: tuple[str, str] = UNCHECKED_KEYS  # every target's requests are signed alike
     jwt_secret: str = ""
     tenant: str = "t0"
     rate: float | None = None  # this worker's share of the offered rate; None = closed loop
@@ -79,6 +78,8 @@ class WorkerResult:
     errors: dict[str, int] = field(default_factory=dict)
     latency: Histogram = field(default_factory=Histogram)
     request_latency: Histogram = field(default_factory=Histogram)
+    send_lag: Histogram = field(default_factory=Histogram)
+    from_send: Histogram = field(default_factory=Histogram)
     last_by_seq: dict[int, tuple[int, int]] = field(default_factory=dict)
     receivers: int = 0
     stalled_closed: int = 0
@@ -97,11 +98,13 @@ def _token(secret: str, tenant: str, index: int) -> str:
 
 
 async def _paced(
-    rate: float, start_ns: int, end_ns: int, fire: Callable[[int, int], Awaitable[None]]
+    rate: float, start_ns: int, end_ns: int, fire: Callable[[int, int], Awaitable[None]], lags: array[int]
 ) -> int:
     """Call ``fire(k, due_ns)`` at ``rate`` per second from ``start_ns``; return the count.
 
-    Timers fire with ~1 ms resolution; every operation already due is fired at once.
+    Timers fire with ~1 ms resolution; every operation already due is fired at once. How
+    late each one left (``lags``, ns) is the generator's own share of every latency, since
+    latency counts from the due time: the report shows it next to the figures.
     """
     interval = 1e9 / rate
     k = 0
@@ -112,6 +115,8 @@ async def _paced(
         now = _now()
         if due > now:
             await asyncio.sleep((due - now) / 1e9)
+            now = _now()
+        lags.append(now - due)
         await fire(k, due)
         k += 1
 
@@ -121,6 +126,7 @@ class Role:
 
     learn_ids = False
     readers = False
+    backend_concurrency = 0  # management requests in flight (0: the spec's concurrency)
 
     def __init__(self, spec: WorkerSpec) -> None:
         self.spec = spec
@@ -128,6 +134,8 @@ class Role:
         self.errors: Counter[str] = Counter()
         self.samples = array("q")
         self.request_samples = array("q")
+        self.lag_samples = array("q")  # open loop: how late each operation left (ns)
+        self.from_send_samples = array("q")  # unicast: delivery latency from the real send (ns)
         self.ops = 0
         self.requests = 0
         self.start_ns = 0
@@ -139,6 +147,7 @@ class Role:
         self.stalled: list[ClientConn] = []
         self.acked: Any = None  # shared array: per worker, highest seq all its listeners got
         self._acked_seq = -1
+        self._backend: Backend | None = None
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -154,19 +163,29 @@ class Role:
         """Do the role's work from ``start_ns`` to ``end_ns`` (monotonic nanoseconds)."""
         raise NotImplementedError
 
+    async def _open_backend(self) -> None:
+        """Connect to the management API before the window: its set-up (the pool, the signer's
+        check against botocore) must not delay the first operations that are measured."""
+        spec = self.spec
+        backend = Backend(spec.mgmt_url, spec.sigv4, self.backend_concurrency or spec.concurrency)
+        await backend.__aenter__()
+        self._backend = backend
+
     async def close(self) -> None:
         """Close every connection, politely but in bounded time."""
+        if self._backend is not None:
+            await self._backend.__aexit__(None, None, None)
+            self._backend = None
         conns = self.conns + self.stalled
         if not conns:
             return
-        done, pending = await asyncio.wait(
+        _, pending = await asyncio.wait(
             [asyncio.ensure_future(c.close()) for c in conns], timeout=5.0
         )
         for task in pending:
             task.cancel()
         for conn in conns:
-            if not conn.ws.transport.is_closing():
-                conn.ws.transport.abort()
+            conn.abort()
 
     def result(self, cpu_s: float, window_s: float) -> WorkerResult:
         """Return what this worker measured."""
@@ -180,9 +199,11 @@ class Role:
             errors=dict(self.errors),
             latency=Histogram.from_samples(self.samples),
             request_latency=Histogram.from_samples(self.request_samples),
+            send_lag=Histogram.from_samples(self.lag_samples),
+            from_send=Histogram.from_samples(self.from_send_samples),
             last_by_seq={s: (m, self.seq_count[s]) for s, m in self.seq_max.items()},
             receivers=len(self.conns),
-            stalled_closed=sum(not c.is_open for c in self.stalled),
+            stalled_closed=sum(c.peer_closed() for c in self.stalled),
             cpu_s=cpu_s,
             window_s=window_s,
             first_ns=self.first_ns,
@@ -228,7 +249,7 @@ class Role:
             conn.start_reader(self._on_push)
 
     def _on_push(self, text: str | bytes, conn: ClientConn) -> int | None:
-        """Time one pushed message; return its seq (hot path: once per delivery)."""
+        """Time one pushed message and wake its waiter; return its seq (once per delivery)."""
         now = _now()
         try:
             t, seq = wire.read_stamp(text)
@@ -237,17 +258,9 @@ class Role:
             return None
         if t < self.start_ns:
             return None
-        latency = now - t
-        self.samples.append(latency)
+        self.samples.append(now - t)
         if now <= self.end_ns:
             self.ops += 1
-        if seq >= 0:
-            prev = self.seq_max.get(seq)
-            if prev is None or latency > prev:
-                self.seq_max[seq] = latency
-            count = self.seq_count[seq] = self.seq_count.get(seq, 0) + 1
-            if count == len(self.conns) and seq > self._acked_seq and self.acked is not None:
-                self._acked_seq = self.acked[self.spec.index] = seq
         waiter = conn.waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(text)
@@ -312,8 +325,9 @@ class DialRole(Role):
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
 
-        stop = min(end_ns, start_ns + int(n / self.spec.rate * 1e9) + 1)
-        await _paced(self.spec.rate or 1.0, start_ns, stop, fire)
+        rate = self.spec.rate or 1.0
+        stop = min(end_ns, start_ns + int(n / rate * 1e9) + 1)
+        await _paced(rate, start_ns, stop, fire, self.lag_samples)
         if tasks:
             await self._bounded(asyncio.wait(tasks), end_ns)
         await self._sleep_until(end_ns)
@@ -327,74 +341,113 @@ class DialRole(Role):
 
 
 class EchoRole(Role):
-    """echo: round trips through the target's ``echo`` route."""
+    """echo: round trips through the target's ``echo`` route.
+
+    Closed loop: each connection has one message in flight; the reader callback that gets a
+    reply sends that connection's next message (no task per round trip).
+    """
+
+    readers = True
 
     async def run(self, start_ns: int, end_ns: int) -> None:
         self.start_ns, self.end_ns = start_ns, end_ns
         if self.spec.rate:
-            for conn in self.conns:
-                conn.start_reader(self._on_push)
-            await _paced(self.spec.rate, start_ns, end_ns, self._send_paced)
+            await _paced(self.spec.rate, start_ns, end_ns, self._send_paced, self.lag_samples)
             await self._sleep_until(end_ns + int(self.spec.drain * 1e9))
             return
-        tasks = [asyncio.create_task(self._loop(c, end_ns)) for c in self.conns]
-        if tasks:
-            _, pending = await asyncio.wait(tasks, timeout=(end_ns - _now()) / 1e9 + _REPLY_TIMEOUT_S)
-            for task in pending:
-                task.cancel()
-                self.errors["timeout"] += 1
+        self._closed = True
+        for conn in self.conns:
+            self._send_next(conn, _now())
+        await self._sleep_until(end_ns + int(self.spec.drain * 1e9))
+        late = _now() - int(_REPLY_TIMEOUT_S * 1e9)
+        self.errors["timeout"] += sum(1 for c in self.conns if 0 < c.sent_ns < min(end_ns, late))
+        if not self.errors["timeout"]:
+            del self.errors["timeout"]
 
-    async def _loop(self, conn: ClientConn, end_ns: int) -> None:
-        size, seq = self.spec.payload, 0
+    _closed = False
+
+    def _on_push(self, text: str | bytes, conn: ClientConn) -> int | None:
+        now = _now()
         try:
-            while (t := _now()) < end_ns:
-                await conn.send("echo", wire.body(t, seq, size, "echo"))
-                sent, _ = wire.read_stamp(await conn.recv_text())
-                done = _now()
-                self.samples.append(done - sent)
-                if done <= end_ns:
-                    self.ops += 1
-                seq += 1
+            t, seq = wire.read_stamp(text)
+        except (ValueError, KeyError, TypeError):
+            self.errors["bad_frame"] += 1
+            return None
+        if t >= self.start_ns:
+            self.samples.append(now - t)
+            if now <= self.end_ns:
+                self.ops += 1
+        conn.sent_ns = 0
+        if self._closed and now < self.end_ns:
+            self._send_next(conn, now)
+        return seq
+
+    def _send_next(self, conn: ClientConn, t: int) -> None:
+        conn.sent_ns = t
+        try:
+            conn.send_now("echo", wire.body(t, self.ops, self.spec.payload, "echo"))
         except ConnectionClosed:
+            conn.sent_ns = 0
             self.errors["closed"] += 1
 
     async def _send_paced(self, k: int, due: int) -> None:
         conn = self.conns[k % len(self.conns)]
         try:
-            await conn.send("echo", wire.body(due, k, self.spec.payload, "echo"))
+            conn.send_now("echo", wire.body(due, k, self.spec.payload, "echo"))
         except ConnectionClosed:
             self.errors["closed"] += 1
 
 
 class UnicastRole(Role):
-    """unicast / crossnode: POST to own connections via the management API."""
+    """unicast / crossnode: POST to own connections via the management API.
+
+    Its connections are its own, so each delivery is also timed from the moment the request
+    really left (``from_send``): next to the latency from the intended time, that shows how
+    much of a percentile the generator's own lag is.
+    """
 
     learn_ids = True
     readers = True
+
+    def __init__(self, spec: WorkerSpec) -> None:
+        super().__init__(spec)
+        self._sent: dict[int, int] = {}  # seq -> when its request was written
+
+    def _on_push(self, text: str | bytes, conn: ClientConn) -> int | None:
+        seq = super()._on_push(text, conn)
+        sent = self._sent.pop(seq, None) if seq is not None else None
+        if sent is not None:
+            self.from_send_samples.append(_now() - sent)
+        return seq
+
+    async def prepare(self) -> None:
+        await super().prepare()
+        await self._open_backend()
 
     async def run(self, start_ns: int, end_ns: int) -> None:
         self.start_ns, self.end_ns = start_ns, end_ns
         spec = self.spec
         if not self.conns:
             return
-        async with Backend(spec.mgmt_url, spec.sigv4, spec.concurrency) as backend:
-            self._backend = backend
-            if spec.rate:
-                await self._run_paced(start_ns, end_ns)
-            else:
-                senders = min(spec.concurrency, len(self.conns))
-                tasks = [asyncio.create_task(self._sender(j, senders, end_ns)) for j in range(senders)]
-                await asyncio.wait(tasks, timeout=(end_ns - _now()) / 1e9 + 2 * _REPLY_TIMEOUT_S)
-                for task in tasks:
-                    task.cancel()
+        if spec.rate:
+            await self._run_paced(start_ns, end_ns)
+        else:
+            senders = min(spec.concurrency, len(self.conns))
+            tasks = [asyncio.create_task(self._sender(j, senders, end_ns)) for j in range(senders)]
+            await asyncio.wait(tasks, timeout=(end_ns - _now()) / 1e9 + 2 * _REPLY_TIMEOUT_S)
+            for task in tasks:
+                task.cancel()
         await self._sleep_until(end_ns + int(spec.drain * 1e9))
 
     async def _post(self, conn: ClientConn, t: int, seq: int) -> bool:
         """POST one stamped message to ``conn``; return whether it was accepted (200)."""
         data = wire.body(t, seq, self.spec.payload).encode()
         try:
+            assert self._backend is not None, "prepare() opens the backend"
+            if t >= self.start_ns:
+                self._sent[seq] = _now()
             status, _ = await self._backend.post(connection_path(conn.conn_id), data)
-        except (aiohttp.ClientError, TimeoutError) as exc:
+        except (OSError, TimeoutError) as exc:
             self.errors[f"http_{type(exc).__name__}"] += 1
             return False
         self.request_samples.append(_now() - t)
@@ -435,7 +488,7 @@ class UnicastRole(Role):
             tasks.add(task)
             task.add_done_callback(tasks.discard)
 
-        await _paced(self.spec.rate or 1.0, start_ns, end_ns, fire)
+        await _paced(self.spec.rate or 1.0, start_ns, end_ns, fire, self.lag_samples)
         if tasks:
             await asyncio.wait(tasks, timeout=_REPLY_TIMEOUT_S * 2)
 
@@ -456,6 +509,28 @@ class ListenRole(Role):
         self.start_ns, self.end_ns = start_ns, end_ns
         await self._sleep_until(end_ns + int(self.spec.drain * 1e9))
 
+    def _on_push(self, text: str | bytes, conn: ClientConn) -> int | None:
+        """Time one delivery and count it against its message (hot path: 100k+ a second)."""
+        now = _now()
+        try:
+            t, seq = wire.read_stamp(text)
+        except (ValueError, KeyError, TypeError):
+            self.errors["bad_frame"] += 1
+            return None
+        if t < self.start_ns:
+            return None
+        self.samples.append(now - t)
+        if now <= self.end_ns:
+            self.ops += 1
+        # The clock only moves forward, so a message's latest delivery here is its slowest.
+        self.seq_max[seq] = now - t
+        count = self.seq_count[seq] = self.seq_count.get(seq, 0) + 1
+        if count == len(self.conns) and seq > self._acked_seq:
+            self._acked_seq = seq
+            if self.acked is not None:
+                self.acked[self.spec.index] = seq
+        return seq
+
 
 class PublishRole(ListenRole):
     """fanout / slow: POST to the tenant.
@@ -468,21 +543,26 @@ class PublishRole(ListenRole):
 
     _WINDOW = 4
 
+    backend_concurrency = 1  # one message at a time, in order
+
+    async def prepare(self) -> None:
+        await super().prepare()
+        await self._open_backend()
+
     async def run(self, start_ns: int, end_ns: int) -> None:
         self.start_ns, self.end_ns = start_ns, end_ns
-        async with Backend(self.spec.mgmt_url, self.spec.sigv4, 8) as backend:
-            self._backend = backend
-            if self.spec.rate:
-                await _paced(self.spec.rate, start_ns, end_ns, self._fire)
-            else:
-                await self._closed_loop(end_ns)
+        if self.spec.rate:
+            await _paced(self.spec.rate, start_ns, end_ns, self._fire, self.lag_samples)
+        else:
+            await self._closed_loop(end_ns)
         await self._sleep_until(end_ns + int(self.spec.drain * 1e9))
 
     async def _publish(self, t: int, seq: int) -> None:
         data = wire.body(t, seq, self.spec.payload).encode()
         try:
+            assert self._backend is not None, "prepare() opens the backend"
             status, _ = await self._backend.post(tenant_path(self.spec.tenant), data)
-        except (aiohttp.ClientError, TimeoutError) as exc:
+        except (OSError, TimeoutError) as exc:
             self.errors[f"http_{type(exc).__name__}"] += 1
             return
         self.request_samples.append(_now() - t)

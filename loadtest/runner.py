@@ -20,9 +20,15 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from loadtest import worker
+from loadtest import profiles, worker
+from loadtest.backend import UNCHECKED_KEYS
 from loadtest.metrics import SLO_P99_MS
-from loadtest.resources import TreeSampler, kernel_memory_bytes
+from loadtest.resources import (
+    TreeSampler,
+    core_times,
+    kernel_memory_bytes,
+    redis_commandstats,
+)
 from loadtest.results import ServerWindow, phase_record, skipped_record
 from loadtest.roles import WorkerResult, WorkerSpec
 from loadtest.scenarios import Phase, RoleGroup, Scenario, Settings
@@ -49,6 +55,8 @@ class Plan:
     out: Path = Path("loadtest/results")
     pin: bool = True
     progress: bool = True
+    profile: bool = False  # py-spy every server process during each measured window
+    phases: tuple[str, ...] = ()  # run only these phases (by name); empty: all
     log: Callable[[str], None] = field(default=lambda line: print(line, file=sys.stderr, flush=True))
 
 
@@ -93,19 +101,26 @@ def _run_target(plan: Plan, scenario: Scenario, target: Target, server_cpu: int 
         yield skipped_record(scenario.name, scenario.name, target.name, f"could not start: {exc}")
         return
     try:
-        points: list[dict[str, object]] = []
-        for rate in _rates(plan, scenario, points):
-            for phase in scenario.phases(settings):
-                record = _run_phase(plan, scenario, phase, settings, dep, rate, client_cpu)
-                points.append(record)
+        phases = [ph for ph in scenario.phases(settings) if not plan.phases or ph.name in plan.phases]
+        # A sweep goes on for each phase separately: one that broke its SLO stops there.
+        live: list[dict[str, object]] = []
+        for rate in _rates(plan, scenario, live):
+            last = []
+            for phase in phases:
+                record = _run_phase(plan, scenario, phase, settings, dep, rate, client_cpu, server_cpu)
                 plan.log(_line(record))
+                last.append(record)
                 yield record
+            if plan.sweep and rate is not None:
+                phases = [ph for ph, r in zip(phases, last) if _sustained(r, rate)]
+            live.append({"phases": len(phases)})
     finally:
         dep.stop()
 
 
 def _rates(plan: Plan, scenario: Scenario, done: list[dict[str, object]]) -> Iterator[float | None]:
-    """Yield the offered rates: --rate's list, a --sweep that doubles until p99 >= SLO, or one."""
+    """Yield the offered rates: --rate's list, a --sweep that doubles while some phase keeps
+    p99 under the SLO (``done[-1]["phases"]``: how many still do after the last rate), or one."""
     if not scenario.sweep_start:
         yield None
     elif plan.rates:
@@ -114,8 +129,8 @@ def _rates(plan: Plan, scenario: Scenario, done: list[dict[str, object]]) -> Ite
         rate = scenario.sweep_start
         for _ in range(_MAX_SWEEP_POINTS):
             yield rate
-            if not done or not _sustained(done[-1], rate):
-                return
+            if not done or not done[-1]["phases"]:
+                return  # every phase broke its SLO at this rate
             rate *= 2
     else:
         yield scenario.default_rate
@@ -145,14 +160,14 @@ def _specs(phase: Phase, settings: Settings, dep: Deployment, rate: float | None
 
 def _group_specs(g: RoleGroup, s: Settings, dep: Deployment, rate: float | None, cpu: int | None,
                  index: int, first: int) -> list[WorkerSpec]:
-    out = []
+    out: list[WorkerSpec] = []
     stalled = _split(g.stalled, g.processes)
     for k, n in enumerate(_split(g.connections, g.processes)):
         if n == 0:
             continue
         out.append(WorkerSpec(
             index=index + len(out), role=g.role, endpoint=dep.nodes[g.node].endpoint, connections=n,
-            first_conn=first, mgmt_url=dep.nodes[g.mgmt_node].mgmt_url, sigv4=dep.sigv4,
+            first_conn=first, mgmt_url=dep.nodes[g.mgmt_node].mgmt_url, sigv4=dep.sigv4 or UNCHECKED_KEYS,
             jwt_secret=dep.jwt_secret, tenant=_TENANT,
             rate=rate * n / g.connections if (rate and g.rated) else None,
             concurrency=g.concurrency, duration=s.duration, drain=min(2.0, max(0.5, s.duration / 10)),
@@ -221,7 +236,7 @@ def _spawn(specs: list[WorkerSpec]) -> _Workers:
 
 
 def _run_phase(plan: Plan, scenario: Scenario, phase: Phase, settings: Settings, dep: Deployment,
-               rate: float | None, client_cpu: int | None) -> dict[str, object]:
+               rate: float | None, client_cpu: int | None, server_cpu: int | None) -> dict[str, object]:
     specs = _specs(phase, settings, dep, rate, client_cpu)
     sampler = TreeSampler([s.popen.pid for s in dep.servers])
     redis = TreeSampler([dep.redis.popen.pid]) if dep.redis else None
@@ -237,19 +252,22 @@ def _run_phase(plan: Plan, scenario: Scenario, phase: Phase, settings: Settings,
             return skipped_record(scenario.name, phase.name, dep.target, f"failed: {why[-600:]}")
         loaded, kmem1 = sampler.sample(), kernel_memory_bytes()
         return _measure(plan, scenario, phase, settings, dep, rate, workers, sampler, redis,
-                        base, loaded, kmem1 - kmem0, client_cpu)
+                        base, loaded, kmem1 - kmem0, client_cpu, server_cpu)
     finally:
         workers.stop()
 
 
 def _measure(plan: Plan, scenario: Scenario, phase: Phase, settings: Settings, dep: Deployment,
              rate: float | None, workers: _Workers, sampler: TreeSampler, redis: TreeSampler | None,
-             base: Any, loaded: Any, kernel_delta: int, client_cpu: int | None) -> dict[str, object]:
+             base: Any, loaded: Any, kernel_delta: int, client_cpu: int | None,
+             server_cpu: int | None) -> dict[str, object]:
     start = time.monotonic_ns() + int(_START_DELAY_S * 1e9)
     workers.start_at.value = start
     workers.go.set()
     time.sleep(_START_DELAY_S)
     s0, r0 = sampler.sample(), redis.sample() if redis else None
+    cores0, calls0 = core_times(), _redis_calls(dep)
+    profilers = _start_profilers(plan, scenario, phase, dep, settings.duration, client_cpu, rate)
     end = time.monotonic() + settings.duration
     peak = s0.rss
     next_note = time.monotonic() + _PROGRESS_EVERY_S
@@ -265,8 +283,10 @@ def _measure(plan: Plan, scenario: Scenario, phase: Phase, settings: Settings, d
                          f" {sum(workers.progress)} ops, server RSS {sample.rss / 2**20:.0f} MB")
             next_note = now + _PROGRESS_EVERY_S
     s1, r1 = sampler.sample(), redis.sample() if redis else None
+    cores1, calls1 = core_times(), _redis_calls(dep)
     workers.wait(lambda: len(workers.results) + len(workers.failures) == len(workers.procs),
                  time.monotonic() + 60)
+    profile = {name: p.finish() for name, p in profilers.items()}
     if workers.failures:
         why = next(iter(workers.failures.values()))
         return skipped_record(scenario.name, phase.name, dep.target, f"failed: {why[-600:]}")
@@ -274,13 +294,62 @@ def _measure(plan: Plan, scenario: Scenario, phase: Phase, settings: Settings, d
         base=base, loaded=loaded, start=s0, end=s1, rss_peak=peak, window_s=settings.duration,
         kernel_delta=kernel_delta,
         redis_cpu_s=(r1.cpu_s - r0.cpu_s) if (r0 and r1) else None, redis_rss=r1.rss if r1 else None,
+        core_busy=_busy(cores0, cores1, server_cpu), client_core_busy=_busy(cores0, cores1, client_cpu),
+        redis_calls=_delta(calls0, calls1),
     )
-    return phase_record(
+    record = phase_record(
         scenario=scenario.name, phase=phase.name, unit=phase.unit, target=dep.target, rate=rate,
         connections=sum(g.connections for g in phase.groups), duration=settings.duration,
         results=[workers.results[i] for i in sorted(workers.results)], ready_errors=workers.ready_errors,
         server=window, generator_cores=1 if client_cpu is not None else (os.cpu_count() or 1),
     )
+    if profile:
+        record["profile"] = profile
+    return record
+
+
+def _start_profilers(plan: Plan, scenario: Scenario, phase: Phase, dep: Deployment, duration: float,
+                     client_cpu: int | None, rate: float | None) -> dict[str, profiles.Profiler]:
+    """One py-spy per server process (node), for the measured window; none without --profile."""
+    if not plan.profile:
+        return {}
+    folder = plan.out / "logs" / f"{scenario.name}-{dep.target}"
+    tag = f"{phase.name.replace('/', '-')}-{rate or 'max'}"
+    out = {}
+    for server in dep.servers:
+        p = profiles.start([server.popen.pid], folder / f"profile-{tag}-{server.name}.txt", duration, client_cpu)
+        if p is not None:
+            out[server.name] = p
+    return out
+
+
+def _fmt_us(x: object) -> str:
+    return f"{x:.1f}" if isinstance(x, (int, float)) else "—"
+
+
+def _busy(before: dict[int, tuple[int, int]], after: dict[int, tuple[int, int]], cpu: int | None) -> float | None:
+    """Share of ``cpu``'s time that was busy between two :func:`core_times` readings."""
+    if cpu is None or cpu not in before or cpu not in after:
+        return None
+    busy, total = (a - b for a, b in zip(after[cpu], before[cpu]))
+    return busy / total if total else None
+
+
+def _redis_calls(dep: Deployment) -> dict[str, int] | None:
+    if dep.redis is None:
+        return None
+    try:
+        return redis_commandstats(dep.redis.ready["url"])
+    except Exception:  # noqa: BLE001 - a figure missing from the report, not a failed run
+        return None
+
+
+def _delta(before: dict[str, int] | None, after: dict[str, int] | None) -> dict[str, int] | None:
+    if before is None or after is None:
+        return None
+    out = {k: n - before.get(k, 0) for k, n in after.items() if n - before.get(k, 0) > 0}
+    out.pop("info", None)  # our own INFO call
+    return out
 
 
 def _line(r: dict[str, object]) -> str:
@@ -292,4 +361,5 @@ def _line(r: dict[str, object]) -> str:
     return (f"[{r['phase']}] {r['target']:<13} rate={r['offered_rate'] or 'max'}: {r['throughput']:,.0f} {r['unit']}"
             f"  p50 {lat['p50']:.2f} p99 {lat['p99']:.2f} max {lat['max']:.1f} ms"  # type: ignore[index]
             f"  errors {r['error_total']}  server CPU {r['server']['cpu_percent']}%"  # type: ignore[index]
+            f" ({_fmt_us(r['server'].get('cpu_us_per_op'))} µs/op)"  # type: ignore[index,attr-defined]
             f"  gen CPU {gen['cpu_percent']}%{' (saturated)' if gen['saturated'] else ''}")  # type: ignore[index]

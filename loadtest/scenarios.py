@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from loadtest.targets import Topology
 
-__all__ = ["SCENARIOS", "PER_PROCESS_CONNECTIONS", "Phase", "RoleGroup", "Scenario", "Settings"]
+__all__ = ["PER_PROCESS_CONNECTIONS", "SCENARIOS", "Phase", "RoleGroup", "Scenario", "Settings"]
 
 PER_PROCESS_CONNECTIONS = 15_000
 """Connections one process (client or server) is given: the hard open-file limit is 20,000."""
@@ -31,6 +31,8 @@ class Settings:
     payload: int = 200
     slow_share: float = 0.1
     concurrency: int = 0  # dials / requests in flight per client process; 0 = the role's default
+    compression: bool = False  # permessage-deflate (wsgateway and bare)
+    registry: str = "memory"  # "redis": single-node scenarios get a private Redis (wsgateway's registry)
 
 
 @dataclass(frozen=True)
@@ -120,17 +122,30 @@ def _crossnode(s: Settings) -> list[Phase]:
     return [_unicast_phase("crossnode/unicast", s, 1, 0), _fanout_phase("crossnode/fanout", s, 1, 0)]
 
 
+_CLUSTER_NODES = 3
+
+
+def _cluster(s: Settings) -> list[Phase]:
+    # The tenant's connections are spread evenly over the nodes; the backend POSTs to node 0,
+    # which delivers its share and hands the message to the other nodes through Redis.
+    listeners = max(_CLUSTER_NODES, s.connections - 1)
+    shares = [listeners // _CLUSTER_NODES + (1 if i < listeners % _CLUSTER_NODES else 0) for i in range(_CLUSTER_NODES)]
+    groups = tuple(RoleGroup("listen", n, _procs(s, n), node=i) for i, n in enumerate(shares))
+    return [Phase("cluster", (*groups, RoleGroup("publish", 1, 1, node=0, mgmt_node=0, rated=True)),
+                  "deliveries/s", "messages/s")]
+
+
 def _slow(s: Settings) -> list[Phase]:
     stalled = max(1, round(s.connections * s.slow_share))
     return [_fanout_phase("slow", s, 0, 0, stalled=stalled)]
 
 
 def _single(s: Settings) -> Topology:
-    return Topology(1, s.workers or 1)
+    return Topology(1, s.workers or 1, bus=s.registry == "redis", compression=s.compression)
 
 
 def _idle_topology(s: Settings) -> Topology:
-    return Topology(1, s.workers or math.ceil(s.connections / PER_PROCESS_CONNECTIONS))
+    return Topology(1, s.workers or math.ceil(s.connections / PER_PROCESS_CONNECTIONS), compression=s.compression)
 
 
 SCENARIOS: dict[str, Scenario] = {
@@ -147,7 +162,10 @@ SCENARIOS: dict[str, Scenario] = {
         Scenario("fanout", "POST to a tenant; every connection of the tenant gets it",
                  1_000, 200, _single, lambda s: [_fanout_phase("fanout", s, 0, 0)], sweep_start=10),
         Scenario("crossnode", "unicast and fan-out with the clients on another node, through Redis",
-                 100, 200, lambda s: Topology(2, 1, bus=True), _crossnode, sweep_start=500),
+                 100, 200, lambda s: Topology(2, 1, bus=True, compression=s.compression), _crossnode, sweep_start=500),
+        Scenario("cluster", "tenant fan-out to connections spread over 3 nodes, through Redis",
+                 10_000, 200, lambda s: Topology(_CLUSTER_NODES, 1, bus=True, compression=s.compression),
+                 _cluster, sweep_start=10),
         Scenario("slow", "fan-out while a share of the clients stop reading",
                  1_000, 1024, _single, _slow, sweep_start=10, default_rate=20),
     )

@@ -32,7 +32,14 @@ from functools import cache
 from pathlib import Path
 
 from loadtest.clients import Endpoint
-from loadtest.servers import REPO_ROOT, ServerProcess, free_port, python_argv, start_redis, start_server
+from loadtest.servers import (
+    REPO_ROOT,
+    ServerProcess,
+    free_port,
+    python_argv,
+    start_redis,
+    start_server,
+)
 from loadtest.wire import Dialect
 
 __all__ = ["TARGETS", "Deployment", "Node", "Target", "Topology", "gateway_config", "resolve"]
@@ -48,6 +55,7 @@ class Topology:
     nodes: int = 1
     workers: int = 1
     bus: bool = False
+    compression: bool = False  # permessage-deflate on (clients offer it too)
 
 
 @dataclass(frozen=True)
@@ -85,6 +93,8 @@ class Target:
     dialect: Dialect = "plain"
     path = "/"
     always_redis = False
+    _compression = False
+    compression_arg: str | None = "--compression"  # how a node is told to offer deflate
     reuse_port = True  # several processes may share a node's ports (--workers)
     sigv4 = False
 
@@ -99,6 +109,7 @@ class Target:
     def deploy(self, topo: Topology, workdir: Path, cpu: int | None) -> Deployment:
         """Start Redis if needed and every node; raises ``ServerError``."""
         secret = secrets.token_hex(32)
+        self._compression = topo.compression
         redis = start_redis(workdir, cpu) if (self.always_redis or topo.bus) else None
         dep = Deployment(self.name, [], [], secret, redis=redis)
         redis_url = redis.ready["url"] if redis else ""
@@ -121,19 +132,24 @@ class Target:
         for w in range(topo.workers):
             ready = workdir / f"{self.name}-node{i}-w{w}.ready"
             argv = self.node_argv(ready, i, redis_url, dep.jwt_secret, workdir) + shared
+            if topo.compression and self.compression_arg:
+                argv.append(self.compression_arg)
             server = start_server(f"{self.name}-node{i}-w{w}", argv, workdir, ready_file=ready, cpu=cpu)
             dep.servers.append(server)
             first = first or server
         assert first is not None
-        endpoint = Endpoint("127.0.0.1", first.port, self.dialect, self.path)
+        endpoint = Endpoint("127.0.0.1", first.port, self.dialect, self.path, topo.compression)
         dep.nodes.append(Node(endpoint, f"http://127.0.0.1:{first.management_port}"))
 
 
-def gateway_config(*, secret: str, access_key: str, secret_key: str, redis_url: str = "") -> str:
+def gateway_config(
+    *, secret: str, access_key: str, secret_key: str, redis_url: str = "", compression: bool = False
+) -> str:
     """Return a wsgateway TOML config for load runs (pure: no I/O).
 
     JWT (HS256, ``?token=``, tenant claim ``tenant``) and SigV4 on; routes from
-    ``loadtest.peers.gw_handlers``; access log off; memory registry unless ``redis_url``.
+    ``loadtest.peers.gw_handlers``; access log off; memory registry unless ``redis_url``;
+    permessage-deflate only with ``compression``.
     """
     registry = f'backend = "redis"\nredis_url = "{redis_url}"' if redis_url else 'backend = "memory"'
     return f"""stage = "prod"
@@ -141,6 +157,7 @@ def gateway_config(*, secret: str, access_key: str, secret_key: str, redis_url: 
 [listen]
 host = "127.0.0.1"
 port = 0
+compression = {"true" if compression else "false"}
 
 [management]
 host = "127.0.0.1"
@@ -175,6 +192,7 @@ class WsGateway(Target):
     """wsgateway itself, through its CLI; ``--workers`` is the gateway's own."""
 
     name = "wsgateway"
+    compression_arg = None  # [listen] compression in its config
     reuse_port = False
     sigv4 = True
 
@@ -185,14 +203,15 @@ class WsGateway(Target):
         self._keys = ("AKID" + secrets.token_hex(8).upper(), secrets.token_hex(20))
         self._workers = topo.workers
         # The gateway's own --workers share the ports and need the Redis registry.
-        dep = super().deploy(Topology(topo.nodes, 1, topo.bus or topo.workers > 1), workdir, cpu)
+        dep = super().deploy(Topology(topo.nodes, 1, topo.bus or topo.workers > 1, topo.compression), workdir, cpu)
         dep.sigv4 = self._keys
         return dep
 
     def node_argv(self, ready_file: Path, index: int, redis_url: str, secret: str, workdir: Path) -> list[str]:
         config = workdir / f"wsgateway-node{index}.toml"
         access_key, secret_key = self._keys
-        config.write_text(gateway_config(secret=secret, access_key=access_key, secret_key=secret_key, redis_url=redis_url))
+        config.write_text(gateway_config(secret=secret, access_key=access_key, secret_key=secret_key,
+                                         redis_url=redis_url, compression=self._compression))
         argv = python_argv("wsgateway", "serve", "--config", str(config), "--ready-file", str(ready_file))
         return argv + (["--workers", str(self._workers)] if self._workers > 1 else [])
 
@@ -246,6 +265,7 @@ class SocketIONode(Target):
     """Socket.IO on Node.js with @socket.io/redis-adapter, npm-installed into loadtest/.npm."""
 
     name = "socketio-node"
+    compression_arg = None  # not wired: --compression runs it uncompressed
     dialect: Dialect = "socketio"
     always_redis = True
     reuse_port = False
@@ -268,7 +288,7 @@ def _missing(module: str, what: str) -> str | None:
 @cache
 def _gateway_cli_missing() -> str | None:
     try:
-        run = subprocess.run([sys.executable, "-m", "wsgateway", "serve", "--help"], cwd=REPO_ROOT,
+        run = subprocess.run([sys.executable, "-m", "wsgateway", "serve", "--help"], cwd=REPO_ROOT, check=False,
                              capture_output=True, timeout=60)
     except subprocess.TimeoutExpired:
         return "`python -m wsgateway serve --help` timed out"
@@ -287,7 +307,7 @@ def _npm_install() -> str | None:
         return None
     stamp.write_bytes(manifest)
     try:
-        run = subprocess.run(["npm", "install", "--no-audit", "--no-fund", "--omit=dev"], cwd=_NPM_DIR,
+        run = subprocess.run(["npm", "install", "--no-audit", "--no-fund", "--omit=dev"], cwd=_NPM_DIR, check=False,
                              capture_output=True, timeout=300)
     except subprocess.TimeoutExpired:
         return "npm install timed out"

@@ -21,8 +21,8 @@ from typing import Literal
 import orjson
 
 __all__ = [
-    "Dialect",
     "PING",
+    "Dialect",
     "action_frame",
     "body",
     "connect_ack_sid",

@@ -21,7 +21,7 @@ from loadtest.metrics import Histogram, RatePoint, capacity
 from loadtest.report import markdown
 
 REPO = Path(__file__).resolve().parent.parent
-PHASES = {"idle", "connect", "echo", "unicast", "fanout", "crossnode/unicast", "crossnode/fanout", "slow"}
+PHASES = {"idle", "connect", "echo", "unicast", "fanout", "crossnode/unicast", "crossnode/fanout", "cluster", "slow"}
 SMOKE_TIMEOUT_S = 150
 
 
@@ -31,6 +31,7 @@ def smoke(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     run = subprocess.run(
         [sys.executable, "-m", "loadtest", "all", "--target", "wsgateway", "--smoke", "--quiet", "--out", str(out)],
         cwd=REPO,
+        check=False,
         capture_output=True,
         timeout=SMOKE_TIMEOUT_S,
     )
@@ -67,7 +68,7 @@ def test_idle_reports_memory_per_connection(smoke: dict[str, Any]) -> None:
 
 
 def test_fanout_reaches_every_client(smoke: dict[str, Any]) -> None:
-    for phase in ("fanout", "crossnode/fanout"):
+    for phase in ("fanout", "crossnode/fanout", "cluster"):
         record = smoke["by_phase"][phase]
         assert record["extra"]["messages_published"] > 0
         assert record["extra"]["delivered_share"] == 1.0
@@ -79,6 +80,17 @@ def test_unicast_is_signed_and_delivered(smoke: dict[str, Any]) -> None:
         record = smoke["by_phase"][phase]
         assert record["extra"]["requests_per_s"] > 0  # a bad SigV4 signature would be http_403
         assert record["request_latency_ms"]["count"] > 0
+
+
+def test_server_efficiency_and_redis_commands_are_reported(smoke: dict[str, Any]) -> None:
+    for record in smoke["results"]:
+        per_op = record["server"]["cpu_us_per_op"]
+        assert (per_op is None) if record["phase"] == "idle" else per_op > 0, record["server"]
+    for phase in ("crossnode/unicast", "crossnode/fanout", "cluster"):
+        extra = smoke["by_phase"][phase]["extra"]
+        assert extra["redis_calls_per"] == "request"
+        assert extra["redis_calls_per_op"] >= 1, extra  # at least one PUBLISH per post
+    assert "server CPU µs/op" in (smoke["out"] / "report.md").read_text()
 
 
 def test_slow_clients_are_counted(smoke: dict[str, Any]) -> None:
@@ -139,3 +151,122 @@ def test_markdown_ratio_to_bare() -> None:
 
     text = markdown({"command": "x"}, [rec("bare", 1000.0), rec("wsgateway", 500.0)])
     assert "| wsgateway | max | 500 | 0.50x |" in text
+
+
+def test_signer_matches_botocore() -> None:
+    from loadtest.backend import connection_path
+    from loadtest.signer import Signer
+
+    signer = Signer("AKIDLOADTEST", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY")
+    for path, body in ((connection_path("L0SM9cOFvHcCIhw="), b'{"t":1}'), ("/@tenants/t1/messages", b""),
+                       (connection_path("a/b+c~d"), bytes(range(256)))):
+        signer.check("127.0.0.1:8081", path, body)  # raises unless botocore signs the same
+    fixed = Signer("AKIDLOADTEST", "secret", clock=lambda: 1_800_000_000.0)
+    assert fixed.headers("h:1", "/p", b"x").startswith("X-Amz-Date: 20270115T080000Z\r\n")
+
+
+def test_scan_frames_cuts_server_frames_at_their_boundaries() -> None:
+    from websockets.frames import Frame, Opcode
+
+    from loadtest.clients import scan_frames
+
+    sizes = (0, 1, 125, 126, 127, 65535, 65536)
+    frames = [Frame(Opcode.TEXT, b"a" * n).serialize(mask=False) for n in sizes]
+    frames.insert(2, Frame(Opcode.PING, b"hi").serialize(mask=False))
+    stream = b"".join(frames)
+    got = [(first, end - body) for first, body, end in scan_frames(stream)]
+    assert got == [(0x81, 0), (0x81, 1), (0x89, 2), (0x81, 125), (0x81, 126), (0x81, 127), (0x81, 65535),
+                   (0x81, 65536)]
+    cut = len(frames[0]) + len(frames[1]) + 3  # inside the ping frame: stop before it
+    assert [end for _, _, end in scan_frames(stream[:cut])] == [len(frames[0]), len(frames[0]) + len(frames[1])]
+    masked = Frame(Opcode.TEXT, b"x").serialize(mask=True)
+    assert list(scan_frames(masked)) == []
+
+
+@pytest.mark.parametrize("use_httptools", [True, False])
+async def test_response_parsers_split_pipelined_responses(use_httptools: bool) -> None:
+    import asyncio
+
+    from loadtest import http_client
+
+    if use_httptools and http_client.httptools is None:
+        pytest.skip("httptools is not installed")
+    cls = http_client._HttptoolsParser if use_httptools else http_client._AiohttpParser
+    one = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 15\r\n\r\n{\"delivered\":3}"
+    gone = b"HTTP/1.1 410 Gone\r\nx-amzn-ErrorType: GoneException\r\nContent-Length: 0\r\n\r\n"
+    stream = one + gone + one
+    for cut in (1, 20, len(one) - 3, len(one) + 5, len(stream) - 1):
+        parser = cls(asyncio.get_running_loop())
+        got = parser.feed(stream[:cut]) + parser.feed(stream[cut:])
+        assert got == [(200, b'{"delivered":3}'), (410, b""), (200, b'{"delivered":3}')]
+    with pytest.raises(ValueError):
+        cls(asyncio.get_running_loop()).feed(b"NOT HTTP AT ALL\r\n\r\n")
+
+
+def test_core_busy_from_proc_stat() -> None:
+    from loadtest.resources import parse_stat
+
+    text = "cpu  1 2 3 4 5 6 7 8 0 0\ncpu0 10 0 5 80 5 0 0 0 0 0\ncpu1 50 0 20 20 0 0 10 0 0 0\nintr 1\n"
+    assert parse_stat(text) == {0: (15, 100), 1: (80, 100)}
+
+
+def test_markdown_efficiency_ratio() -> None:
+    from loadtest.report import efficiency_to_bare
+
+    def rec(target: str, us: float) -> dict[str, Any]:
+        return {"phase": "unicast", "target": target, "status": "ok", "offered_rate": None,
+                "server": {"cpu_us_per_op": us}}
+
+    records = [rec("bare", 50.0), rec("wsgateway", 100.0)]
+    assert efficiency_to_bare(records[1], records) == 0.5
+
+
+class _Transport:
+    """Collects what a client connection writes (no socket)."""
+
+    def __init__(self) -> None:
+        self.out: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.out.append(data)
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def write_eof(self) -> None:
+        pass
+
+    def is_closing(self) -> bool:
+        return False
+
+
+@pytest.mark.parametrize("split", [0, 1, 3])
+async def test_client_reads_frames_around_websockets_after_the_handshake(split: int) -> None:
+    import asyncio
+
+    from websockets.client import ClientProtocol
+    from websockets.frames import Frame, Opcode
+    from websockets.uri import parse_uri
+    from websockets.utils import accept_key
+
+    from loadtest.clients import ClientConn, _Wire
+
+    conn = ClientConn(ClientProtocol(parse_uri("ws://127.0.0.1/?token=t")), "plain")
+    opened: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    transport = _Transport()
+    conn.wire = _Wire(conn, opened)
+    conn.wire.connection_made(transport)  # type: ignore[arg-type]
+    key = next(line.split(": ")[1] for line in transport.out[0].decode().split("\r\n") if line.startswith("Sec-WebSocket-Key"))
+    head = (f"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            f"Sec-WebSocket-Accept: {accept_key(key)}\r\n\r\n").encode()
+    first, second = (Frame(Opcode.TEXT, data).serialize(mask=False) for data in (b"one", b"two" * 50))
+    ping = Frame(Opcode.PING, b"p").serialize(mask=False)
+    got: list[bytes] = []
+    conn.start_reader(lambda text, _: got.append(bytes(text)))  # type: ignore[arg-type]
+    conn.wire.data_received(head + first + second[:split])  # the 101 may bring part of a frame
+    rest = second[split:] + ping + first
+    conn.wire.data_received(rest[:5])
+    conn.wire.data_received(rest[5:])
+    assert opened.done() and conn.is_open
+    assert got == [b"one", b"two" * 50, b"one"]
+    assert len(transport.out) == 2  # the upgrade request, then the pong websockets wrote

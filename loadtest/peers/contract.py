@@ -28,6 +28,7 @@ def parse_args(description: str, argv: list[str] | None = None) -> argparse.Name
     p.add_argument("--redis-url", default="", help="cross-node bus / peer backend")
     p.add_argument("--node-id", default="n0")
     p.add_argument("--reuse-port", action="store_true", help="share the ports (several workers)")
+    p.add_argument("--compression", action="store_true", help="offer permessage-deflate (websockets' default)")
     return p.parse_args(argv)
 
 
