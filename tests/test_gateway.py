@@ -78,3 +78,42 @@ async def test_abandon_closes_without_a_second_disconnect():
         assert ws.close_code == 1012
         await eventually(lambda: gw.hub.get(cid) is None)
         assert th.events_of("$disconnect", cid) == []
+
+
+async def test_reader_that_stops_is_cut_off_with_small_messages():
+    """Small posts never push the queue past its limit (a refused write stops short of it):
+    a client that stops reading is still cut off once its queue stays full past the grace
+    period, while the others are not delayed."""
+    import asyncio
+    import time
+
+    from tests.support import make_config
+    from wsgateway.errors import LimitExceededError
+
+    cfg = make_config(
+        limits={"max_queued_bytes": 32768, "slow_consumer_grace_s": 0.3, "socket_send_buffer_bytes": 16384},
+        listen={"ping_interval_s": 0},
+    )
+    async with running_node(cfg) as node:
+        gw = node.gateway
+        slow, fast = await connect(node), await connect(node)
+        slow_id, fast_id = await whoami(slow), await whoami(fast)
+        slow.transport.pause_reading()
+        refused, deadline = 0, time.monotonic() + 10
+        while time.monotonic() < deadline:  # a backend that keeps posting, as they do
+            try:
+                await gw.post_to_connection(slow_id, b"m" * 1000)
+            except LimitExceededError:
+                refused += 1
+                assert gw.hub.get(slow_id).queued_bytes() <= 32768  # bounded
+                await gw.post_to_connection(fast_id, "still fast")
+                assert await asyncio.wait_for(fast.recv(), 2) == "still fast"
+                await asyncio.sleep(0.01)
+            except GoneError:
+                break
+        assert refused >= 1
+        ctx = (await eventually(lambda: th.events_of("$disconnect", slow_id), timeout=5))[0]["requestContext"]
+        assert ctx["disconnectStatusCode"] == 1008 and ctx["disconnectReason"] == "slow consumer"
+        assert gw.stats.slow_consumers == 1
+        slow.transport.abort()
+        await fast.close()

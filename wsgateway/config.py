@@ -130,6 +130,7 @@ class LimitsConfig:
     close_timeout_s: float = 5.0  # seconds to wait for the peer's close frame
     shutdown_timeout_s: float = 10.0  # seconds to drain connections on stop
     handler_threads: int = 16  # thread pool for sync handlers
+    socket_send_buffer_bytes: int = 0  # SO_SNDBUF of client sockets; 0 = the kernel's autotuning
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -259,6 +260,7 @@ _RANGES: dict[str, tuple[str, Callable[[float], bool]]] = {
     "listen.ping_timeout_s": _NON_NEGATIVE,
     "auth.leeway_s": _NON_NEGATIVE,
     "limits.max_connections": _NON_NEGATIVE,  # 0 = no limit
+    "limits.socket_send_buffer_bytes": _NON_NEGATIVE,  # 0 = the kernel decides
 }
 
 # Paths: resolved against the config file's folder, stored absolute, must be existing files.

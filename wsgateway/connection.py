@@ -154,13 +154,13 @@ class Connection:
         self.last_active = now
 
     def check_queue(self, now: float, limit: int, grace: float) -> bool:
-        """Called by the sweep: return True when the client stayed over the queue limit
-        for longer than ``grace`` seconds and must be cut off as a slow consumer."""
-        if self.queued_bytes() <= limit:
+        """Called by the sweep once a write was refused: return True when the client has not
+        drained its queue below half the limit within ``grace`` seconds of the first refusal
+        and must be cut off as a slow consumer."""
+        if self.queued_bytes() < limit // 2:  # drained: it keeps up again
             self.over_since = None
             return False
         if self.over_since is None:
             self.over_since = now
             return False
         return now - self.over_since >= grace
-

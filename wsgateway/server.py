@@ -219,6 +219,8 @@ class ClientServer:
         assert gateway.dispatcher is not None
         dispatch = gateway.dispatcher.on_message
         conn.task = asyncio.current_task()
+        if self._limits.socket_send_buffer_bytes:
+            _set_send_buffer(ws, self._limits.socket_send_buffer_bytes)
         try:
             await gateway.opened(conn, ws)
             gateway.log_handshake(
@@ -240,6 +242,16 @@ class ClientServer:
                 ws.transport.abort()
             code, reason = close_info(ws, conn)
             await gateway.closed(conn, code, reason)
+
+
+def _set_send_buffer(ws: ServerConnection, size: int) -> None:
+    """Bound what the kernel buffers for one client, so that a client that stops reading
+    fills the gateway's own bounded queue (and is cut off) instead of megabytes of kernel
+    memory (Linux autotunes a loopback socket's send buffer to several MB)."""
+    sock = ws.transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
 
 
 def _peer_ip(ws: ServerConnection) -> str:
