@@ -55,7 +55,8 @@ SETTLE_TIMEOUT_S = 5.0
 
 def registry_config(url: str, prefix: str) -> RegistryConfig:
     return RegistryConfig(
-        backend="redis", redis_url=url, key_prefix=prefix, heartbeat_s=HEARTBEAT_S, node_ttl_s=NODE_TTL_S
+        backend="redis", redis_url=url, key_prefix=prefix, heartbeat_s=HEARTBEAT_S, node_ttl_s=NODE_TTL_S,
+        activity_flush_s=1.0,
     )
 
 
@@ -154,10 +155,13 @@ async def test_last_active_is_flushed_on_the_heartbeat(make: Factory, redis_url:
     node = RecordingNode("na")
     registry = await make(node)
     record = await accept(registry, node)
-    active_at = record.connected_at + 5.25
-    node.touch(record.connection_id, active_at)
     r = sync_client(redis_url)
     key = f"{key_prefix}:{{c:{record.connection_id}}}"
+    node.touch(record.connection_id, record.connected_at + 0.5)  # under activity_flush_s (1 s)
+    await asyncio.sleep(3 * HEARTBEAT_S)
+    assert float(r.hget(key, "lastActiveAt")) == record.connected_at  # not worth a write yet
+    active_at = record.connected_at + 5.25
+    node.touch(record.connection_id, active_at)
     await wait_for(lambda: r.hget(key, "lastActiveAt") == repr(active_at).encode(), 3 * HEARTBEAT_S + 1, "flush")
 
 

@@ -152,6 +152,7 @@ class RegistryConfig:
     node_id: str = ""  # "" = generated per process; else [A-Za-z0-9_-]{1,64}
     heartbeat_s: float = 2.0  # seconds between node heartbeats
     node_ttl_s: float = 10.0  # seconds without a heartbeat -> node dead; >= 2 * heartbeat_s
+    activity_flush_s: float = 30.0  # lastActiveAt in Redis lags by at most this; 0 = every beat
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -261,6 +262,7 @@ _RANGES: dict[str, tuple[str, Callable[[float], bool]]] = {
     "auth.leeway_s": _NON_NEGATIVE,
     "limits.max_connections": _NON_NEGATIVE,  # 0 = no limit
     "limits.socket_send_buffer_bytes": _NON_NEGATIVE,  # 0 = the kernel decides
+    "registry.activity_flush_s": _NON_NEGATIVE,  # 0 = at every heartbeat
 }
 
 # Paths: resolved against the config file's folder, stored absolute, must be existing files.

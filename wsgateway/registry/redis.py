@@ -90,7 +90,7 @@ class RedisRegistry:
         self._index = LocalIndex()
         self._membership = Membership(
             self._keys, node_id, self._batcher, self._index,
-            heartbeat_s=config.heartbeat_s, node_ttl_s=config.node_ttl_s,
+            heartbeat_s=config.heartbeat_s, node_ttl_s=config.node_ttl_s, activity_flush_s=config.activity_flush_s,
         )
         self._owners: dict[str, str] = {}  # connection id -> owning node
         self._node: LocalNode | None = None
