@@ -113,3 +113,15 @@ async def test_close_lets_requests_in_progress_finish(server):
     await srv.close(timeout=2)
     data = await task
     assert data.startswith(b"HTTP/1.1 200 OK") and b"Connection: close" in data
+
+
+async def test_a_request_that_stops_coming_is_dropped():
+    srv = HttpServer(echo, max_body=1000, idle_timeout_s=0.2)
+    port = await srv.start(listen_socket("127.0.0.1", 0, reuse_port=False))
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"POST /p HTTP/1.1\r\nHost: h\r\nContent-Le")  # and then nothing
+    await writer.drain()
+    async with asyncio.timeout(3):
+        assert await reader.read() == b""  # closed by the server
+    writer.close()
+    await srv.close(timeout=1)

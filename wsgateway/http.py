@@ -28,7 +28,6 @@ log = logging.getLogger("wsgateway.http")
 
 _MAX_HEAD_BYTES = 64 * 1024  # request line + headers
 _MAX_PIPELINED = 16  # parsed requests waiting per connection before reading pauses
-_KEEPALIVE_S = 75.0  # idle keep-alive connections are closed after this long
 _REASONS = {s.value: s.phrase.encode() for s in http.HTTPStatus}
 
 
@@ -118,6 +117,11 @@ class _Connection(asyncio.Protocol):
             self._fail(400)
         except httptools.HttpParserError:
             self._fail(431 if self._head_bytes > _MAX_HEAD_BYTES else 400)
+        else:
+            # Idle, or in the middle of a request that stopped coming (slowloris): either
+            # way the connection is closed after idle_timeout_s without a byte.
+            if self._worker is None:
+                self._arm_idle()
 
     # ---------------------------------------------------------------- httptools callbacks
 
@@ -207,7 +211,7 @@ class _Connection(asyncio.Protocol):
 
     def _arm_idle(self) -> None:
         if self._idle is None and not self._closing:
-            self._idle = self._loop.call_later(_KEEPALIVE_S, self._close_idle)
+            self._idle = self._loop.call_later(self._server.idle_timeout_s, self._close_idle)
 
     def _close_idle(self) -> None:
         self._idle = None
@@ -220,6 +224,10 @@ class _Connection(asyncio.Protocol):
         if self._worker is None:
             self._close_idle()
 
+    def close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+
     @property
     def busy(self) -> bool:
         return self._worker is not None
@@ -228,9 +236,11 @@ class _Connection(asyncio.Protocol):
 class HttpServer:
     """Use: ``server = HttpServer(handler, max_body=...); await server.start(sock)``."""
 
-    def __init__(self, handler: Handler, *, max_body: int) -> None:
+    def __init__(self, handler: Handler, *, max_body: int, idle_timeout_s: float = 75.0) -> None:
         self.handler = handler
         self.max_body = max_body
+        # A connection with no request in progress and no byte for this long is closed.
+        self.idle_timeout_s = idle_timeout_s
         self.connections: set[_Connection] = set()
         self.stopping = False
         self.loop = asyncio.get_running_loop()
@@ -253,5 +263,4 @@ class HttpServer:
                 while any(conn.busy for conn in self.connections):
                     await asyncio.sleep(0.01)
         for conn in list(self.connections):
-            if conn._transport is not None:
-                conn._transport.close()
+            conn.close()
