@@ -339,7 +339,7 @@ def _section(cls: type[_T], raw: Any, prefix: str, ctx: _Context) -> _T:
         key, hide = _join(prefix, f.name), f.name in secrets
         raw_value = _secret(table, f.name, key, ctx.env) if hide else table.get(f.name, MISSING)
         if raw_value is not MISSING:
-            values[f.name] = _field(key, _hints(cls)[f.name], raw_value, ctx, hide=hide)
+            values[f.name] = _field(key, _hints(cls)[f.name], raw_value, ctx, hide=hide)  # type: ignore[arg-type]
         elif f.default is MISSING and f.default_factory is MISSING:
             raise ConfigError(key, "is required" + (f" (or {f.name}_env)" if hide else ""))
     built = cls(**values)

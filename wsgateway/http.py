@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import http
 import logging
+import socket
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -246,9 +247,9 @@ class HttpServer:
         self.loop = asyncio.get_running_loop()
         self._server: asyncio.Server | None = None
 
-    async def start(self, sock: object) -> int:
+    async def start(self, sock: socket.socket) -> int:
         """Serve on a bound, listening socket; return its port."""
-        self._server = await self.loop.create_server(lambda: _Connection(self), sock=sock)  # type: ignore[arg-type]
+        self._server = await self.loop.create_server(lambda: _Connection(self), sock=sock)
         return int(self._server.sockets[0].getsockname()[1])
 
     async def close(self, timeout: float) -> None:

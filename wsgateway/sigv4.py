@@ -240,7 +240,7 @@ def _single(headers: Mapping[str, str], name: str) -> str | None:
         return None
     if len(values) != 1:
         raise SignatureError(f"{name} header is repeated")
-    return values[0]
+    return str(values[0])
 
 
 def _parse_authorization(value: str) -> tuple[str, str, str]:
