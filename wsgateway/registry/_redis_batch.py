@@ -1,9 +1,11 @@
-"""Every command the registry sends goes through one writer that pipelines what queued up.
+"""Every command the registry sends through redis-py goes through one writer that pipelines
+what queued up: records, scripts, lookups, listings. (The node channels' PUBLISHes and their
+subscription have lean connections of their own, ``_redis_link``.)
 
 redis-py costs 70-90 µs per awaited command; a pipeline of everything queued during the last
 round trip costs about half per command and keeps one connection busy instead of many. The
 queue is FIFO and only one pipeline is in flight, so commands reach Redis in the order they
-were queued: two posts to one connection are published in the order they were made.
+were queued: a ``remove`` queued after a re-registration's writes cannot be undone by them.
 """
 
 from __future__ import annotations

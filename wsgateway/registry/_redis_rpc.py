@@ -5,6 +5,11 @@ and the replies to its own requests. The sender publishes, then waits for one re
 target node until its timeout; the receiver acts only before the deadline carried in the
 request, which falls well before the sender's timeout, so a request answered with 503 is
 never acted on later (assuming node clocks agree within ``timeout - budget``).
+
+The channel traffic goes over the lean links of ``_redis_link`` (one connection subscribed,
+one publishing), never through redis-py: it is the hot path of every cross-node call. A call
+costs one future and no timer of its own: calls all have the same timeout, so they expire in
+the order they were opened, and :class:`PendingCalls` keeps one timer, for the oldest.
 """
 
 from __future__ import annotations
@@ -12,19 +17,14 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-import math
 import time
-from collections.abc import Awaitable, Collection
+from collections.abc import Awaitable
 from typing import Any
-
-from redis.asyncio import Redis
-from redis.backoff import ExponentialWithJitterBackoff
-from redis.exceptions import RedisError
 
 from ..errors import GoneError, LimitExceededError
 from . import LocalNode
-from ._redis_batch import CommandBatcher
 from ._redis_keys import KeySpace
+from ._redis_link import LOST, UNSENT, Endpoint, PublishLink, SubscribeLink
 from ._redis_wire import (
     KIND_DELETE,
     KIND_FANOUT,
@@ -37,7 +37,18 @@ from ._redis_wire import (
     info_to_json,
 )
 
-__all__ = ["Call", "NodeChannel", "PendingCalls", "RemoteNodeError", "raise_for_status"]
+__all__ = [
+    "STATUS_GONE",
+    "STATUS_LIMIT",
+    "STATUS_OK",
+    "STATUS_TIMEOUT",
+    "STATUS_UNREACHABLE",
+    "Call",
+    "NodeChannel",
+    "PendingCalls",
+    "RemoteNodeError",
+    "raise_for_status",
+]
 
 log = logging.getLogger("wsgateway.registry")
 
@@ -46,6 +57,18 @@ STATUS_GONE = "gone"
 STATUS_LIMIT = "limit"
 STATUS_FAIL = "fail"
 STATUS_UNREACHABLE = "unreachable"  # never on the wire: no node took the message
+STATUS_TIMEOUT = "timeout"  # never on the wire: no answer in time, or the request never left
+
+# Shared and never mutated: callers only read them.
+_UNREACHABLE: dict[str, Any] = {"s": STATUS_UNREACHABLE}
+_TIMEOUT: dict[str, Any] = {"s": STATUS_TIMEOUT}
+
+# A request whose PUBLISH was in flight when the link dropped may still be acted on until its
+# deadline; its reply is awaited that much longer before the call gives up on it.
+_LATE_REPLY_S = 0.05
+# uvloop's clock and timers have a millisecond's resolution: a timer may fire that early.
+_TIMER_SLACK_S = 0.001
+_CHANNEL_CACHE_SIZE = 4096
 
 
 class RemoteNodeError(RuntimeError):
@@ -64,124 +87,190 @@ def raise_for_status(status: str) -> None:
 
 
 class Call:
-    """One request in flight: the replies by node, complete when every target answered."""
+    """One request in flight: the replies by node; ``future`` is done once every target
+    answered or was given up on (``unreachable``: no subscriber took the request;
+    ``timeout``: no answer in time, or the request never left).
 
-    __slots__ = ("future", "id", "replies", "waiting")
+    It is also the sink of its own PUBLISHes (see ``_redis_link.Sink``): they are all made at
+    once, in the order of ``targets``, on one link, so their outcomes come back in that order.
+    ``failed`` counts the PUBLISHes that failed; ``answered`` the targets that answered.
+    """
 
-    def __init__(self, call_id: int, targets: Collection[str]) -> None:
+    __slots__ = (
+        "_lost", "_published", "_waiting", "answered", "deadline", "expires_at", "failed", "future", "id",
+        "replies", "targets",
+    )
+
+    def __init__(
+        self, call_id: int, targets: tuple[str, ...], deadline: float, expires_at: float,
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
         self.id = call_id
-        self.waiting = set(targets)
+        self.targets = targets
+        self.deadline = deadline  # wall clock, as the receiver checks it
+        self.expires_at = expires_at  # loop clock
         self.replies: dict[str, dict[str, Any]] = {}
-        self.future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        if not self.waiting:
+        self.answered = 0
+        self.failed = 0
+        self.future: asyncio.Future[None] = loop.create_future()
+        self._waiting = len(targets)
+        self._published = 0
+        self._lost: list[str] | None = None
+        if not targets:
             self.future.set_result(None)
 
     def answer(self, node_id: str, header: dict[str, Any]) -> None:
-        if node_id in self.waiting:
-            self.replies[node_id] = header
-            self._forget(node_id)
+        """A target's reply arrived."""
+        if node_id in self.targets and node_id not in self.replies:
+            self.answered += 1
+            self._decide(node_id, header)
 
-    def unreachable(self, node_id: str) -> None:
-        """No subscriber took the message for ``node_id``: stop waiting for it."""
-        if node_id in self.waiting:
-            self.replies[node_id] = {"s": STATUS_UNREACHABLE}
-            self._forget(node_id)
+    def outcome(self, reply: Any) -> None:
+        """The outcome of the next target's PUBLISH: how many subscribers took it, or why it
+        failed. Never delivered (UNSENT, refused): given up on at once. LOST (it may have
+        reached the target): its answer is awaited until the request's deadline."""
+        target = self.targets[self._published]
+        self._published += 1
+        if reply.__class__ is int:
+            if reply == 0 and target not in self.replies:
+                self._decide(target, _UNREACHABLE)
+            return
+        self.failed += 1
+        if target in self.replies:
+            return  # answered before the PUBLISH's own reply came (or failed to)
+        if reply is LOST:
+            if self._lost is None:
+                self._lost = []
+                delay = max(0.0, self.deadline - time.time()) + _LATE_REPLY_S
+                self.future.get_loop().call_later(delay, self._give_up_lost)
+            self._lost.append(target)
+        else:
+            if reply is not UNSENT:
+                log.warning("redis refused a request's PUBLISH: %r", reply)
+            self._decide(target, _TIMEOUT)
 
-    def _forget(self, node_id: str) -> None:
-        self.waiting.discard(node_id)
-        if not self.waiting and not self.future.done():
+    def expire(self) -> None:
+        """Give up on every target that has not answered (the call timed out)."""
+        for target in self.targets:
+            if target not in self.replies:
+                self._decide(target, _TIMEOUT)
+
+    def _give_up_lost(self) -> None:
+        for target in self._lost or ():
+            if target not in self.replies:
+                self._decide(target, _TIMEOUT)
+
+    def _decide(self, target: str, reply: dict[str, Any]) -> None:
+        self.replies[target] = reply
+        self._waiting -= 1
+        if not self._waiting and not self.future.done():
             self.future.set_result(None)
 
 
 class PendingCalls:
-    """This node's requests waiting for replies, by request id."""
+    """This node's requests waiting for replies, by request id, in the order they were
+    opened, which is the order they expire in: one timer, for the oldest, expires them."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, timeout_s: float, budget_s: float) -> None:
+        self._timeout_s = timeout_s
+        self._budget_s = budget_s
         self._calls: dict[int, Call] = {}
         self._ids = itertools.count(1)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._timer: asyncio.TimerHandle | None = None
 
-    def open(self, targets: Collection[str]) -> Call:
-        """Register a call before its request is published (a reply may come at once)."""
-        call = Call(next(self._ids), targets)
+    def open(self, targets: tuple[str, ...]) -> Call:
+        """Register a call before its request is published (a reply may come at once). The
+        receiver acts only before ``call.deadline`` (now + budget); the call expires after
+        the timeout. Close it with :meth:`close` when done."""
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        call = Call(next(self._ids), targets, time.time() + self._budget_s, loop.time() + self._timeout_s, loop)
         self._calls[call.id] = call
+        if self._timer is None:
+            self._timer = loop.call_at(call.expires_at, self._expire)
         return call
 
     def close(self, call: Call) -> None:
+        """Forget a call: a reply that comes later is dropped."""
         self._calls.pop(call.id, None)
 
     def answer(self, header: dict[str, Any]) -> None:
+        """Hand a reply to its call; a reply to no open call (too late) is dropped."""
         call = self._calls.get(header.get("r"))  # type: ignore[arg-type]
         if call is not None:
             call.answer(str(header.get("f")), header)
 
+    def _expire(self) -> None:
+        self._timer = None
+        loop = self._loop
+        assert loop is not None
+        now = loop.time() + _TIMER_SLACK_S
+        expired = []
+        for call in self._calls.values():  # oldest first: dicts keep insertion order
+            if call.expires_at > now:
+                self._timer = loop.call_at(call.expires_at, self._expire)
+                break
+            expired.append(call)
+        for call in expired:
+            del self._calls[call.id]
+            call.expire()
+
 
 class NodeChannel:
-    """Listens on this node's channel: serves requests through the LocalNode and hands
-    replies to :class:`PendingCalls`. Resubscribes with backoff after Redis errors."""
+    """This node's end of the channels: publishes requests to other nodes, serves the
+    requests on its own channel through the LocalNode, and hands the replies to
+    :class:`PendingCalls`. Both links reconnect (and resubscribe) with backoff on their own."""
 
     def __init__(
-        self,
-        client: Redis,
-        keys: KeySpace,
-        node_id: str,
-        batcher: CommandBatcher,
-        pending: PendingCalls,
-        *,
-        max_backoff_s: float,
+        self, endpoint: Endpoint, keys: KeySpace, node_id: str, pending: PendingCalls,
+        *, max_backoff_s: float, check_s: float,
     ) -> None:
-        self._client = client
         self._keys = keys
         self._node_id = node_id
-        self._channel = keys.channel(node_id)
-        self._batcher = batcher
         self._pending = pending
-        self._backoff = ExponentialWithJitterBackoff(cap=max_backoff_s, base=0.05)
+        self._inbox = SubscribeLink(
+            endpoint, keys.channel(node_id).encode(), self._on_message, max_backoff_s=max_backoff_s, check_s=check_s
+        )
+        self._outbox = PublishLink(endpoint, max_backoff_s=max_backoff_s, check_s=check_s)
+        self._channels: dict[str, bytes] = {}  # node id -> its channel name, encoded
         self._node: LocalNode | None = None
-        self._task: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()  # strong refs to running deletes
-        self.subscribed = asyncio.Event()
+        self.subscribed = self._inbox.ready
 
     def start(self, node: LocalNode) -> None:
+        """Connect both links in the background."""
         self._node = node
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._listen(), name="registry-listener")
+        self._inbox.start()
+        self._outbox.start()
+
+    async def ready(self) -> None:
+        """Until this node listens on its channel and can publish."""
+        await self._inbox.ready.wait()
+        await self._outbox.ready.wait()
 
     async def close(self) -> None:
-        """Unsubscribe and stop; running deletes are waited for briefly."""
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        """Stop listening; let running deletes answer (briefly); then stop publishing."""
+        await self._inbox.close()
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=1.0)
-        self.subscribed.clear()
+        await self._outbox.close()
 
-    async def _listen(self) -> None:
-        failures = 0
-        while True:
-            pubsub = self._client.pubsub()
-            try:
-                await pubsub.subscribe(self._channel)
-                connection = pubsub.connection
-                assert connection is not None
-                on_message = self._on_message
-                while True:
-                    # Straight from the connection: PubSub.get_message adds a dict and several
-                    # awaits per message on the hottest path of a cross-node call.
-                    reply = await connection.read_response(timeout=math.inf)
-                    if reply[0] == b"message":
-                        on_message(reply[2])
-                    elif reply[0] == b"subscribe":  # confirmed: messages published from now on reach us
-                        self.subscribed.set()
-                        failures = 0
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - Redis gone or broken: resubscribe after a pause
-                log.warning("registry subscription lost (%r); resubscribing", exc)
-            finally:
-                self.subscribed.clear()
-                await _quietly(pubsub.aclose())  # type: ignore[no-untyped-call]
-            failures += 1
-            await asyncio.sleep(self._backoff.compute(failures))
+    def request(self, call: Call, message: bytes) -> None:
+        """Publish ``message`` (encoded once) to each of the call's targets; the outcomes go
+        to the call."""
+        publish, channel = self._outbox.publish, self._channel
+        for target in call.targets:
+            publish(channel(target), message, call)
+
+    def _channel(self, node_id: str) -> bytes:
+        name = self._channels.get(node_id)
+        if name is None:
+            if len(self._channels) >= _CHANNEL_CACHE_SIZE:
+                self._channels.clear()  # node ids of long-gone processes
+            name = self._channels[node_id] = self._keys.channel(node_id).encode()
+        return name
 
     def _on_message(self, message: bytes) -> None:
         try:
@@ -229,7 +318,8 @@ class NodeChannel:
         self._reply(to, reply)
 
     def _reply(self, to: str, reply: dict[str, Any]) -> None:
-        self._batcher.send("PUBLISH", self._keys.channel(to), encode_message(reply))
+        # Nobody waits for it: if it is lost, the sender times out and answers 503.
+        self._outbox.publish(self._channel(to), encode_message(reply), None)
 
     def _spawn(self, coro: Awaitable[None]) -> None:
         task = asyncio.ensure_future(coro)
@@ -244,11 +334,3 @@ def _status_of(exc: Exception) -> str:
         return STATUS_LIMIT
     log.error("registry request failed on this node", exc_info=exc)
     return STATUS_FAIL
-
-
-async def _quietly(awaitable: Awaitable[Any]) -> None:
-    try:
-        await awaitable
-    except (RedisError, OSError) as exc:  # closing a broken connection may fail again
-        log.debug("closing the subscription failed: %r", exc)
-

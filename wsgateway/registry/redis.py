@@ -7,7 +7,9 @@ How it holds together (key layout in ``_redis_keys``, messages in ``_redis_wire`
   never raise for an outage, they mark the node for re-registration instead.
 - A call about a connection on another node finds the owner (a cached HGET: connection ids
   never move) and publishes a request on the owner's channel; the owner answers on ours
-  (``_redis_rpc``). The owner is the truth: its ``gone`` is a 410.
+  (``_redis_rpc``). The owner is the truth: its ``gone`` is a 410. The channels have lean
+  connections of their own (``_redis_link``, hiredis over an asyncio Protocol); redis-py
+  carries everything else.
 - A missing record is a 410 only when the registry can vouch for it: the epoch is settled
   (no refill after data loss in progress, this node connected for two beats) and every live
   node, asked directly, says it does not hold the connection. Otherwise the live nodes are
@@ -22,8 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
-from collections.abc import Collection, Mapping
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from redis.asyncio import Redis
@@ -35,10 +36,12 @@ from . import ConnectionInfo, ConnectionRecord, LocalNode, Page, Registry
 from ._page_token import check_limit, decode_token, encode_token
 from ._redis_batch import REDIS_FAILURES, CommandBatcher
 from ._redis_keys import KeySpace
+from ._redis_link import endpoint_of
 from ._redis_membership import LocalIndex, Membership, record_commands
 from ._redis_rpc import (
     STATUS_GONE,
     STATUS_OK,
+    STATUS_TIMEOUT,
     STATUS_UNREACHABLE,
     NodeChannel,
     PendingCalls,
@@ -64,7 +67,6 @@ __all__ = ["RedisRegistry"]
 log = logging.getLogger("wsgateway.registry")
 
 _GONE: dict[str, Any] = {"s": STATUS_GONE}
-_STATUS_TIMEOUT = "timeout"
 _OWNER_CACHE_SIZE = 65_536
 
 
@@ -83,9 +85,12 @@ class RedisRegistry:
         self._heartbeat_s = config.heartbeat_s
         self._client = _client(config, request_timeout_s)
         self._batcher = CommandBatcher(self._client)
-        self._pending = PendingCalls()
+        self._pending = PendingCalls(timeout_s=request_timeout_s, budget_s=self._budget_s)
+        # A link whose PING waits longer than redis-py's socket timeout (the request timeout)
+        # is taken for dead, as redis-py takes such a connection.
         self._channel = NodeChannel(
-            self._client, self._keys, node_id, self._batcher, self._pending, max_backoff_s=config.heartbeat_s
+            endpoint_of(self._client, request_timeout_s), self._keys, node_id, self._pending,
+            max_backoff_s=config.heartbeat_s, check_s=max(request_timeout_s, 1.0),
         )
         self._index = LocalIndex()
         self._membership = Membership(
@@ -111,7 +116,7 @@ class RedisRegistry:
         # Listen before announcing this node: other nodes may ask it as soon as it beats.
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(self._timeout_s):
-                await self._channel.subscribed.wait()
+                await self._channel.ready()
         await self._membership.join(node)
 
     async def close(self) -> None:
@@ -210,7 +215,7 @@ class RedisRegistry:
         if status == STATUS_UNREACHABLE and cached is not None:
             del self._owners[connection_id]  # maybe swept since: look it up once more
             return await self._ask_owner(connection_id, header, data)
-        if status in (STATUS_UNREACHABLE, _STATUS_TIMEOUT):
+        if status in (STATUS_UNREACHABLE, STATUS_TIMEOUT):
             self._owners.pop(connection_id, None)
             raise RegistryUnavailableError("the node holding the connection does not answer")
         if status == STATUS_GONE:
@@ -236,9 +241,9 @@ class RedisRegistry:
         targets = set(alive) - {self.node_id}
         if not trusted:
             targets |= self._membership.peers  # nodes that may not have beaten since a data loss
-        replies = await self._request(targets, header, data) if targets else {}
+        replies = await self._request(tuple(targets), header, data) if targets else {}
         for node_id, reply in replies.items():
-            if reply["s"] not in (STATUS_GONE, STATUS_UNREACHABLE, _STATUS_TIMEOUT):
+            if reply["s"] not in (STATUS_GONE, STATUS_UNREACHABLE, STATUS_TIMEOUT):
                 if reply["s"] == STATUS_OK:
                     self._remember(connection_id, node_id)
                 return reply
@@ -251,45 +256,27 @@ class RedisRegistry:
         return epoch.decode(), bool(settling), [n.decode() for n in alive], [s.decode() for s in states]
 
     async def _request(
-        self, targets: Collection[str], header: dict[str, Any], data: bytes = b""
+        self, targets: tuple[str, ...], header: dict[str, Any], data: bytes = b""
     ) -> dict[str, dict[str, Any]]:
         """Publish one request to each target and wait for their replies; a target that no
-        subscriber took answers ``unreachable``, one that did not answer in time ``timeout``.
-        Raises RegistryUnavailableError if Redis took none of them."""
+        subscriber took answers ``unreachable``, one that did not answer in time (or that the
+        request never reached) ``timeout``. Raises RegistryUnavailableError if no request
+        could be published and none was answered (a request in flight when the link broke
+        is waited for until its deadline, so that the 503 is never followed by a delivery),
+        or at once while this node does not listen on its channel (no reply could reach it)."""
+        if not self._channel.subscribed.is_set():
+            raise RegistryUnavailableError("registry unreachable: not subscribed")
         call = self._pending.open(targets)
-        deadline = time.time() + self._budget_s
         header["r"] = call.id
         header["f"] = self.node_id
-        header["d"] = deadline
-        message = encode_message(header, data)  # once, whatever the number of targets
-        channel = self._keys.channel
-        published = [(t, self._batcher.call("PUBLISH", channel(t), message)) for t in targets]
+        header["d"] = call.deadline
+        self._channel.request(call, encode_message(header, data))  # encoded once for every target
         try:
-            async with asyncio.timeout(self._timeout_s):
-                failed = 0
-                for target, receivers in published:
-                    try:
-                        if await receivers == 0:
-                            call.unreachable(target)
-                    except RegistryUnavailableError:
-                        failed += 1
-                if failed == len(published):
-                    # A request may have left before the connection broke: wait out its
-                    # deadline, so that the 503 below is never followed by a delivery.
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(asyncio.shield(call.future), deadline - time.time() + 0.05)
-                    if len(call.waiting) == len(published):
-                        raise RegistryUnavailableError("registry unreachable")
-                await call.future
-        except TimeoutError:
-            pass
+            await call.future
         finally:
             self._pending.close(call)
-            for _, receivers in published:
-                if not receivers.done():
-                    receivers.add_done_callback(_ignore_outcome)
-        for target in call.waiting:
-            call.replies[target] = {"s": _STATUS_TIMEOUT}
+        if call.failed == len(targets) and not call.answered:
+            raise RegistryUnavailableError("registry unreachable")
         return call.replies
 
     # ------------------------------------------------------------ tenants
@@ -311,7 +298,7 @@ class RedisRegistry:
             header["u"] = user
         if group is not None:
             header["g"] = group
-        replies = await self._request(targets, header, data)
+        replies = await self._request(tuple(targets), header, data)
         return sum(r.get("n", 0) for r in replies.values() if r["s"] == STATUS_OK)
 
     async def list_tenant(self, tenant: str, limit: int, next_token: str | None) -> Page:
@@ -376,11 +363,6 @@ def _client(config: RegistryConfig, timeout_s: float) -> Redis:
     if config.password is not None:  # the configured password beats the URL's
         client.connection_pool.connection_kwargs["password"] = config.password
     return client
-
-
-def _ignore_outcome(future: asyncio.Future[Any]) -> None:
-    if not future.cancelled():
-        future.exception()  # retrieved: the call has been answered already
 
 
 _: type[Registry] = RedisRegistry

@@ -1,0 +1,406 @@
+"""The lean RESP links of the node channels (``registry/_redis_link``) against real private
+redis-servers: reconnecting and resubscribing after a restart, noticing a Redis that stopped
+answering, AUTH, TLS and unix sockets, ordering; and what the registry's calls make of them:
+a reply after the call gave up is dropped, a request in flight when the link breaks is never
+answered 503 before its deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime
+import ipaddress
+import logging
+import signal
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import port_for
+import psutil
+import pytest
+import redis.asyncio
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from mirakuru import TCPExecutor
+from pytest_redis.executor import RedisExecutor
+
+from wsgateway.errors import RegistryUnavailableError
+from wsgateway.registry._redis_link import (
+    LOST,
+    UNSENT,
+    Endpoint,
+    PublishLink,
+    SubscribeLink,
+    endpoint_of,
+)
+from wsgateway.registry._redis_rpc import PendingCalls
+from wsgateway.registry._redis_wire import KIND_REPLY, decode_message, encode_message
+from wsgateway.registry.redis import RedisRegistry
+
+from .registry_contract import RecordingNode, make_record, wait_for
+from .test_registry_redis import RedisLink, accept, registry_config, wait_settled
+
+pytestmark = pytest.mark.redis
+
+CHECK_S = 0.3  # PING interval of the links under test
+BACKOFF_S = 0.1
+
+
+class Replies:
+    """A sink that keeps every outcome it is given, in order."""
+
+    def __init__(self) -> None:
+        self.replies: list[Any] = []
+
+    def outcome(self, reply: Any) -> None:
+        self.replies.append(reply)
+
+
+async def endpoint(url: str, **kwargs: Any) -> Endpoint:
+    client = redis.asyncio.Redis.from_url(url, **kwargs)
+    try:
+        return endpoint_of(client, 2.0)
+    finally:
+        await client.aclose()
+
+
+@pytest.fixture
+async def links(redis_url: str) -> AsyncIterator[tuple[SubscribeLink, PublishLink, list[bytes]]]:
+    """A subscriber on channel ``ch`` (what it receives is in the list) and a publisher."""
+    ep = await endpoint(redis_url)
+    received: list[bytes] = []
+    sub = SubscribeLink(ep, b"ch", received.append, max_backoff_s=BACKOFF_S, check_s=CHECK_S)
+    pub = PublishLink(ep, max_backoff_s=BACKOFF_S, check_s=CHECK_S)
+    sub.start()
+    pub.start()
+    try:
+        await both_ready(sub, pub)
+        yield sub, pub, received
+    finally:
+        await sub.close()
+        await pub.close()
+
+
+async def both_ready(sub: SubscribeLink, pub: PublishLink, timeout: float = 5.0) -> None:
+    async with asyncio.timeout(timeout):
+        await sub.ready.wait()
+        await pub.ready.wait()
+
+
+# ---------------------------------------------------------------- calls, without I/O
+
+
+async def test_a_call_settles_each_target_once() -> None:
+    pending = PendingCalls(timeout_s=1.0, budget_s=0.2)
+    call = pending.open(("a", "b", "c"))
+    ok = {"k": KIND_REPLY, "r": call.id, "f": "a", "s": "ok"}
+    pending.answer(ok)  # the reply may come before its PUBLISH's own reply
+    call.outcome(1)  # a: one subscriber took it
+    call.outcome(0)  # b: nobody listens on its channel
+    assert not call.future.done()
+    call.outcome(UNSENT)  # c: never left, nothing to wait for
+    await asyncio.wait_for(call.future, 0.1)
+    assert call.replies == {"a": ok, "b": {"s": "unreachable"}, "c": {"s": "timeout"}}
+    assert (call.answered, call.failed) == (1, 1)
+    pending.close(call)
+    pending.answer({**ok, "s": "gone"})  # closed: dropped
+    assert call.replies["a"] is ok
+
+
+async def test_a_lost_request_is_given_up_only_after_its_deadline() -> None:
+    pending = PendingCalls(timeout_s=1.0, budget_s=0.2)
+    call = pending.open(("a",))
+    call.outcome(LOST)  # written, then the link dropped: the owner may act until the deadline
+    await asyncio.wait_for(call.future, 1.0)
+    assert time.time() >= call.deadline
+    assert call.replies == {"a": {"s": "timeout"}} and call.failed == 1
+
+
+async def test_calls_expire_in_the_order_they_were_opened() -> None:
+    pending = PendingCalls(timeout_s=0.1, budget_s=0.05)
+    calls = [pending.open(("a",)) for _ in range(3)]
+    for call in calls:
+        call.outcome(1)
+    ok = {"k": KIND_REPLY, "r": calls[1].id, "f": "a", "s": "ok"}
+    pending.answer(ok)
+    await asyncio.wait_for(asyncio.gather(*(c.future for c in calls)), 1.0)
+    assert [c.replies["a"]["s"] for c in calls] == ["timeout", "ok", "timeout"]
+    pending.answer({**ok, "r": calls[0].id})  # too late: its call expired
+    assert calls[0].replies["a"]["s"] == "timeout"
+    later = pending.open(("a",))  # the timer is armed again for a new call
+    await asyncio.wait_for(later.future, 1.0)
+    assert later.replies == {"a": {"s": "timeout"}}
+
+
+# ---------------------------------------------------------------- the links
+
+
+async def test_a_thousand_publishes_arrive_in_order(links: tuple[SubscribeLink, PublishLink, list[bytes]]) -> None:
+    _, pub, received = links
+    sink = Replies()
+    messages = [b"%d" % i for i in range(1000)]
+    for i, message in enumerate(messages):
+        pub.publish(b"ch", message, sink)
+        if i % 100 == 0:
+            await asyncio.sleep(0)  # several writes, not one
+    await wait_for(lambda: len(received) == 1000, 5, "1000 messages")
+    assert received == messages
+    await wait_for(lambda: len(sink.replies) == 1000, 5, "1000 replies")
+    assert sink.replies == [1] * 1000  # one subscriber took each
+    pub.publish(b"nobody-listens", b"x", sink)
+    await wait_for(lambda: len(sink.replies) == 1001, 5, "the last reply")
+    assert sink.replies[-1] == 0
+
+
+async def test_links_come_back_after_redis_restarts(restartable_redis: RedisExecutor) -> None:
+    ep = await endpoint(f"redis://127.0.0.1:{restartable_redis.port}/0")
+    received: list[bytes] = []
+    sub = SubscribeLink(ep, b"ch", received.append, max_backoff_s=BACKOFF_S, check_s=CHECK_S)
+    pub = PublishLink(ep, max_backoff_s=BACKOFF_S, check_s=CHECK_S)
+    sub.start()
+    pub.start()
+    sink = Replies()
+    try:
+        await both_ready(sub, pub)
+        pub.publish(b"ch", b"before", sink)
+        await wait_for(lambda: received == [b"before"], 2, "the first message")
+        restartable_redis.kill(sig=signal.SIGKILL)
+        await wait_for(lambda: not sub.ready.is_set() and not pub.ready.is_set(), 2, "both links down")
+        pub.publish(b"ch", b"during", sink)
+        assert sink.replies == [1, UNSENT]  # at once: it never left
+        restartable_redis.start()
+        await both_ready(sub, pub)  # resubscribed, with no call from us
+        pub.publish(b"ch", b"after", sink)
+        await wait_for(lambda: received == [b"before", b"after"], 2, "a message after the restart")
+        await wait_for(lambda: len(sink.replies) == 3, 2, "its reply")
+        assert sink.replies == [1, UNSENT, 1]
+    finally:
+        await sub.close()
+        await pub.close()
+    assert not sub.ready.is_set() and not pub.ready.is_set()
+
+
+async def test_links_reconnect_when_redis_stops_answering(restartable_redis: RedisExecutor) -> None:
+    """A Redis that is there but silent (SIGSTOP: the connection stays open) is noticed by
+    an unanswered PING; in-flight PUBLISHes get LOST, and the links come back after it."""
+    ep = await endpoint(f"redis://127.0.0.1:{restartable_redis.port}/0")
+    received: list[bytes] = []
+    sub = SubscribeLink(ep, b"ch", received.append, max_backoff_s=BACKOFF_S, check_s=CHECK_S)
+    pub = PublishLink(ep, max_backoff_s=BACKOFF_S, check_s=CHECK_S)
+    sub.start()
+    pub.start()
+    sink = Replies()
+    process = restartable_redis.process
+    assert process is not None
+    try:
+        await both_ready(sub, pub)
+        process.send_signal(signal.SIGSTOP)
+        stopped = psutil.Process(process.pid)
+        await wait_for(lambda: stopped.status() == psutil.STATUS_STOPPED, 2, "Redis stopped")
+        pub.publish(b"ch", b"unanswered", sink)
+        await wait_for(lambda: not sub.ready.is_set() and not pub.ready.is_set(), 3 * CHECK_S + 1, "both links down")
+        assert sink.replies == [LOST]  # it was written: it may have reached Redis
+    finally:
+        process.send_signal(signal.SIGCONT)
+    try:
+        await both_ready(sub, pub)
+        pub.publish(b"ch", b"back", sink)
+        await wait_for(lambda: b"back" in received, 2, "a message once Redis answers again")
+    finally:
+        await sub.close()
+        await pub.close()
+
+
+@pytest.fixture
+def password_redis(tmp_path: Path) -> Iterator[RedisExecutor]:
+    executor = RedisExecutor(
+        executable="redis-server", databases=1, redis_timeout=30, loglevel="warning", host="127.0.0.1",
+        port=port_for.select_random(), password="s3cret", datadir=tmp_path,
+    )
+    with executor:
+        yield executor
+
+
+async def test_links_authenticate(password_redis: RedisExecutor, caplog: pytest.LogCaptureFixture) -> None:
+    url = f"redis://127.0.0.1:{password_redis.port}/0"
+    received: list[bytes] = []
+    good = await endpoint(url, password="s3cret")
+    sub = SubscribeLink(good, b"ch", received.append, max_backoff_s=BACKOFF_S, check_s=CHECK_S)
+    pub = PublishLink(good, max_backoff_s=BACKOFF_S, check_s=CHECK_S)
+    wrong_password = SubscribeLink(
+        await endpoint(url, password="wrong"), b"ch", received.append, max_backoff_s=BACKOFF_S, check_s=CHECK_S
+    )
+    no_password = PublishLink(await endpoint(url), max_backoff_s=BACKOFF_S, check_s=CHECK_S)
+    caplog.set_level(logging.WARNING, logger="wsgateway.registry")
+
+    def refusals(what: str) -> int:
+        return sum(what in rec.getMessage() for rec in caplog.records)
+
+    links = (sub, pub, wrong_password, no_password)
+    for link in links:
+        link.start()
+    try:
+        await both_ready(sub, pub)
+        pub.publish(b"ch", b"authenticated", None)
+        await wait_for(lambda: received == [b"authenticated"], 2, "the message")
+        await wait_for(lambda: refusals("WRONGPASS") >= 2 and refusals("NOAUTH") >= 2, 5, "two refusals each")
+        assert not wrong_password.ready.is_set() and not no_password.ready.is_set()
+        sink = Replies()
+        no_password.publish(b"ch", b"x", sink)
+        assert sink.replies == [UNSENT]
+        assert received == [b"authenticated"]
+    finally:
+        for link in links:
+            await link.close()
+
+
+async def test_cross_node_post_with_a_password(password_redis: RedisExecutor, key_prefix: str) -> None:
+    url = f"redis://:wrong@127.0.0.1:{password_redis.port}/0"  # the configured password wins
+    config = dataclasses.replace(registry_config(url, key_prefix), password="s3cret")
+    await cross_node_post(config)
+
+
+async def test_cross_node_post_over_a_unix_socket(private_redis: RedisExecutor, key_prefix: str) -> None:
+    await cross_node_post(registry_config(f"unix://{private_redis.unixsocket}?db=0", key_prefix))
+
+
+def _self_signed(folder: Path) -> tuple[Path, Path]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = folder / "redis.crt", folder / "redis.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return cert_path, key_path
+
+
+@pytest.fixture
+def tls_redis(tmp_path: Path) -> Iterator[tuple[int, Path]]:
+    """A redis-server that speaks TLS only, and the certificate to trust it by."""
+    cert, key = _self_signed(tmp_path)
+    port = port_for.select_random()
+    command = [
+        "redis-server", "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1",
+        "--tls-cert-file", str(cert), "--tls-key-file", str(key), "--tls-auth-clients", "no",
+        "--save", "", "--dir", str(tmp_path), "--loglevel", "warning",
+    ]
+    with TCPExecutor(command, host="127.0.0.1", port=port, timeout=30):
+        yield port, cert
+
+
+async def test_cross_node_post_over_tls(tls_redis: tuple[int, Path], key_prefix: str) -> None:
+    port, cert = tls_redis
+    url = f"rediss://127.0.0.1:{port}/0?ssl_cert_reqs=required&ssl_ca_certs={cert}"
+    await cross_node_post(registry_config(url, key_prefix))
+
+
+async def cross_node_post(config: Any) -> None:
+    """Two registries on ``config``'s Redis: a post from one reaches the other's connection."""
+    node_a, node_b = RecordingNode("na"), RecordingNode("nb")
+    reg_a, reg_b = RedisRegistry(config, "na"), RedisRegistry(config, "nb")
+    try:
+        for reg, node in ((reg_a, node_a), (reg_b, node_b)):
+            await reg.start(node)
+            await wait_settled(reg)
+            assert (await reg.health())["subscribed"] is True
+        cid = (await accept(reg_a, node_a)).connection_id
+        await reg_b.post(cid, b"across", False)
+        assert node_a.posted[cid] == [(b"across", False)]
+    finally:
+        await reg_b.close()
+        await reg_a.close()
+
+
+# ---------------------------------------------------------------- what the registry makes of them
+
+
+async def test_a_reply_after_the_call_gave_up_is_dropped(
+    redis_url: str, key_prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An owner that answers after the caller's timeout: the caller has answered 503 at its
+    timeout, and the late reply changes nothing (no error, no effect on later calls)."""
+    timeout_s = 0.4
+    node_b = RecordingNode("nb")
+    reg_b = RedisRegistry(registry_config(redis_url, key_prefix), "nb", request_timeout_s=timeout_s)
+    r = redis.asyncio.Redis.from_url(redis_url)
+    pubsub = r.pubsub()
+    try:
+        await reg_b.start(node_b)
+        await pubsub.subscribe(f"{key_prefix}:node:{{slow}}")  # a node that answers too late
+        record = make_record("slow")
+        await r.hset(f"{key_prefix}:{{c:{record.connection_id}}}", "node", "slow")  # its record
+        caplog.set_level(logging.DEBUG, logger="wsgateway.registry")
+        posting = asyncio.ensure_future(reg_b.post(record.connection_id, b"late", False))
+        async with asyncio.timeout(5):
+            while (message := await pubsub.get_message(ignore_subscribe_messages=True, timeout=1)) is None:
+                pass
+        header, data = decode_message(message["data"])
+        assert data == b"late"
+        assert header["d"] <= time.time() + timeout_s / 2  # the owner acts only in the first half
+        started = time.monotonic()
+        with pytest.raises(RegistryUnavailableError):
+            await asyncio.wait_for(posting, 2 * timeout_s)
+        assert time.monotonic() - started <= timeout_s + 0.05  # at its timeout (timers: ms resolution)
+        reply = {"k": KIND_REPLY, "r": header["r"], "f": "slow", "s": "ok"}
+        assert await r.publish(f"{key_prefix}:node:{{nb}}", encode_message(reply)) == 1  # too late
+        await asyncio.sleep(0.1)
+        assert [rec for rec in caplog.records if rec.levelno >= logging.WARNING] == []
+        # the node answers the next one in time: that call gets its own answer
+        posting = asyncio.ensure_future(reg_b.post(record.connection_id, b"in time", False))
+        async with asyncio.timeout(5):
+            while (message := await pubsub.get_message(ignore_subscribe_messages=True, timeout=1)) is None:
+                pass
+        header = orjson.loads(message["data"].partition(b"\n")[0])
+        await r.publish(f"{key_prefix}:node:{{nb}}", encode_message({**reply, "r": header["r"]}))
+        await asyncio.wait_for(posting, 1)
+    finally:
+        await pubsub.aclose()  # type: ignore[no-untyped-call]
+        await r.aclose()
+        await reg_b.close()
+
+
+async def test_a_request_in_flight_when_the_link_breaks_is_answered_503_after_its_deadline(
+    private_redis: RedisExecutor, redis_url: str, key_prefix: str
+) -> None:
+    """The PUBLISH left but the connection broke before Redis answered: the owner may still
+    act until the request's deadline, so the caller's 503 must not come before it."""
+    node_a, node_b = RecordingNode("na"), RecordingNode("nb")
+    reg_a = RedisRegistry(registry_config(redis_url, key_prefix), "na")
+    await reg_a.start(node_a)
+    async with RedisLink(private_redis.port, delay_s=0.2) as link:
+        # its link is slow; the owner acts only in the first half of the timeout: 0.5 s
+        reg_b = RedisRegistry(registry_config(link.url, key_prefix), "nb", request_timeout_s=1.0)
+        try:
+            await reg_b.start(node_b)
+            await wait_settled(reg_b)
+            cid = (await accept(reg_a, node_a)).connection_id
+            await reg_b.post(cid, b"warm", False)  # the owner is cached: no lookup below
+            started = time.time()
+            posting = asyncio.ensure_future(reg_b.post(cid, b"cut off", False))
+            await asyncio.sleep(0.05)
+            link.cut()  # the request is in the relay: it never reaches Redis
+            with pytest.raises(RegistryUnavailableError):
+                await asyncio.wait_for(posting, 5)
+            assert time.time() - started >= 0.5
+            assert node_a.posted[cid] == [(b"warm", False)]
+            with pytest.raises(RegistryUnavailableError):  # and while cut off: at once
+                await asyncio.wait_for(reg_b.post(cid, b"x", False), 0.5)
+        finally:
+            await reg_b.close()
+            await reg_a.close()

@@ -1,0 +1,394 @@
+"""Lean RESP connections for the node channels: the hot path of every cross-node call.
+
+A cross-node post is two PUBLISHes (the request on the owner's channel, the reply on the
+asker's) and two pushed messages. Through redis-py each PUBLISH cost a pipeline round
+(Python packing, a timer per read, task wake-ups) and each message a PubSub read: 17-31% of
+each node's CPU. Here a node keeps two plain connections of its own, with hiredis doing the
+RESP (``hiredis.pack_command`` out, ``hiredis.Reader`` in) over an asyncio Protocol:
+
+- :class:`SubscribeLink` SUBSCRIBEs to this node's channel and hands each pushed message to a
+  callback straight from ``data_received``: no task, no await, no dict per message;
+- :class:`PublishLink` queues PUBLISH commands as they are made and writes all those of one
+  event-loop iteration at once; each reply (how many subscribers got the message) goes to
+  the command's :class:`Sink`, in order, since Redis answers a connection in order.
+
+Both reach the Redis the registry's redis-py client reaches, with its credentials and TLS
+settings (``redis://``, ``rediss://``, ``unix://``; see :func:`endpoint_of`). Both reconnect
+with backoff when the connection drops, is refused, or leaves a PING unanswered for
+``check_s``. A PUBLISH made while the link is down fails at once with :data:`UNSENT` (it never
+left); one in flight when the connection drops gets :data:`LOST` (it may have reached Redis).
+Everything else the registry sends (records, scripts, listings) still goes through redis-py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import ssl
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol, cast
+
+import hiredis
+from redis.asyncio import Redis
+from redis.backoff import ExponentialWithJitterBackoff
+
+__all__ = ["LOST", "UNSENT", "Endpoint", "PublishLink", "Sink", "SubscribeLink", "endpoint_of"]
+
+log = logging.getLogger("wsgateway.registry")
+
+_pack: Callable[[tuple[Any, ...]], bytes] = hiredis.pack_command  # type: ignore[assignment]  # its stub says 1-tuple
+_PING = _pack((b"PING",))
+
+
+class _Outcome:
+    """A command that got no reply from Redis, and why (see :data:`LOST`, :data:`UNSENT`)."""
+
+    __slots__ = ("_name",)
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __repr__(self) -> str:
+        return self._name
+
+
+LOST = _Outcome("LOST")  # written, then the connection dropped: it may have reached Redis
+UNSENT = _Outcome("UNSENT")  # the link was down: it never left this process
+
+
+class Sink(Protocol):
+    """Who waits for the replies to the commands sent with it."""
+
+    def outcome(self, reply: Any) -> None:
+        """Take one command's reply (an ``int`` for PUBLISH, ``hiredis.ReplyError`` if Redis
+        refused it), or :data:`LOST` or :data:`UNSENT`. Called once per command, in the order
+        the commands were sent on one link; must not raise."""
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """Where and as whom the links connect; built by :func:`endpoint_of`."""
+
+    host: str
+    port: int
+    path: str | None  # a unix socket: host and port are ignored
+    tls: ssl.SSLContext | None
+    username: str | None
+    password: str | None
+    connect_timeout_s: float
+    keepalive: tuple[tuple[int, int], ...] | None  # TCP keepalive options; None: keepalive off
+
+
+def endpoint_of(client: Redis, connect_timeout_s: float) -> Endpoint:
+    """The endpoint ``client`` connects to, read from its pool's settings (so a password set
+    on the pool, the URL's TLS parameters and its unix socket path all apply). Raises
+    ``redis.RedisError`` for TLS settings redis-py rejects."""
+    pool = client.connection_pool
+    settings = pool.connection_class(**pool.connection_kwargs)  # never connected: read only
+    tls = getattr(settings, "ssl_context", None)
+    keepalive = None
+    if getattr(settings, "socket_keepalive", False):
+        keepalive = tuple(getattr(settings, "socket_keepalive_options", {}).items())
+    return Endpoint(
+        host=getattr(settings, "host", "127.0.0.1"),
+        port=int(getattr(settings, "port", 6379)),
+        path=getattr(settings, "path", None),
+        tls=None if tls is None else tls.get(),
+        username=settings.username,
+        password=settings.password,
+        connect_timeout_s=connect_timeout_s,
+        keepalive=keepalive,
+    )
+
+
+class _Connection(asyncio.Protocol):
+    """One connection's life. What arrives is parsed by hiredis; commands sent during one
+    event-loop iteration leave in one ``transport.write``."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._reader = hiredis.Reader()
+        self._sinks: deque[Sink | None] = deque()  # one per command awaiting its reply
+        self._out: list[bytes] = []
+        self._transport: asyncio.Transport | None = None
+        self.closed: asyncio.Future[None] = loop.create_future()
+        self.pongs = 0  # PINGs answered: the link's check that Redis still answers
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)  # uvloop's do not subclass it
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._transport = None
+        self._out.clear()
+        sinks, self._sinks = self._sinks, deque()
+        for sink in sinks:
+            if sink is not None:
+                sink.outcome(LOST)
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    def send(self, command: bytes, sink: Sink | None) -> None:
+        """Queue a packed command whose reply goes to ``sink`` (None: nobody waits for it)."""
+        if self._transport is None:  # dropped; the link has not noticed yet
+            if sink is not None:
+                sink.outcome(UNSENT)
+            return
+        self._sinks.append(sink)
+        self.write(command)
+
+    def write(self, command: bytes) -> None:
+        """Queue a packed command whose reply is not matched to it (pushes, PINGs when
+        subscribed); written at the end of this event-loop iteration."""
+        out = self._out
+        out.append(command)
+        if len(out) == 1:
+            self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        out, transport = self._out, self._transport
+        if transport is not None and out:
+            transport.write(out[0] if len(out) == 1 else b"".join(out))
+        out.clear()
+
+    def outcome(self, reply: Any) -> None:
+        """The sink of this connection's own PINGs."""
+        if reply == b"PONG":
+            self.pongs += 1
+
+    def ping(self) -> None:
+        self.send(_PING, self)
+
+    def abort(self) -> None:
+        if self._transport is not None:
+            self._transport.abort()
+
+    def _broken(self, exc: BaseException) -> None:
+        log.warning("registry link: unexpected answer from Redis (%r); reconnecting", exc)
+        self.abort()
+
+
+class _PublishConnection(_Connection):
+    """Replies are matched to sinks first in, first out."""
+
+    def data_received(self, data: bytes) -> None:
+        reader = self._reader
+        reader.feed(data)
+        gets, sinks = reader.gets, self._sinks
+        try:
+            while (reply := gets()) is not False:
+                sink = sinks.popleft()
+                if sink is not None:
+                    sink.outcome(reply)
+                elif isinstance(reply, hiredis.ReplyError):
+                    log.debug("redis refused a reply PUBLISH: %r", reply)
+        except Exception as exc:  # noqa: BLE001 - a stream out of step cannot be trusted again
+            self._broken(exc)
+
+
+class _SubscribeConnection(_Connection):
+    """The handshake's replies go to their sinks; once subscribed, everything is a push."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, on_message: Callable[[bytes], None]) -> None:
+        super().__init__(loop)
+        self._on_message = on_message
+        self.subscribed: asyncio.Future[None] = loop.create_future()
+
+    def data_received(self, data: bytes) -> None:
+        reader = self._reader
+        reader.feed(data)
+        gets, sinks, on_message = reader.gets, self._sinks, self._on_message
+        try:
+            while (reply := gets()) is not False:
+                if sinks:  # AUTH's reply: it comes before SUBSCRIBE is even sent
+                    sink = sinks.popleft()
+                    if sink is not None:
+                        sink.outcome(reply)
+                    continue
+                if reply.__class__ is not list:  # NOAUTH, or anything a subscriber never gets
+                    raise ConnectionError(f"Redis answered {reply!r}")
+                kind = reply[0]
+                if kind == b"message":
+                    on_message(reply[2])
+                elif kind == b"pong":
+                    self.pongs += 1
+                elif kind == b"subscribe" and not self.subscribed.done():
+                    self.subscribed.set_result(None)
+        except Exception as exc:  # noqa: BLE001 - a stream out of step cannot be trusted again
+            self._broken(exc)
+
+    def ping(self) -> None:
+        self.write(_PING)  # subscribed: the answer is a push, ["pong", ""]
+
+
+class _Reply:
+    """A sink a coroutine awaits (the commands of a handshake)."""
+
+    __slots__ = ("future",)
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.future: asyncio.Future[Any] = loop.create_future()
+
+    def outcome(self, reply: Any) -> None:
+        if not self.future.done():
+            self.future.set_result(reply)
+
+
+class _Link:
+    """Keeps one connection open: connect, authenticate, set up, watch it (a PING every
+    ``check_s``), and after a failure back off and start again, until :meth:`close`."""
+
+    def __init__(self, endpoint: Endpoint, name: str, *, max_backoff_s: float, check_s: float) -> None:
+        self._endpoint = endpoint
+        self._name = name
+        self._backoff = ExponentialWithJitterBackoff(cap=max_backoff_s, base=min(0.05, max_backoff_s))
+        self._check_s = check_s
+        self._task: asyncio.Task[None] | None = None
+        self._conn: _Connection | None = None
+        self.ready = asyncio.Event()  # connected and set up: commands go through
+
+    def start(self) -> None:
+        """Start connecting in the background (call once, from the event loop)."""
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._keep(), name=f"registry-{self._name}")
+
+    async def close(self) -> None:
+        """Disconnect and stop reconnecting; idempotent."""
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    def _new_connection(self, loop: asyncio.AbstractEventLoop) -> _Connection:
+        raise NotImplementedError
+
+    async def _set_up(self, conn: _Connection) -> None:
+        """What the connection does once authenticated, before it is ready."""
+
+    async def _keep(self) -> None:
+        failures = 0
+        while True:
+            conn = None
+            try:
+                conn = await self._open()
+                self._conn = conn
+                self.ready.set()
+                failures = 0
+                await self._watch(conn)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - Redis away, refusing or silent: retry
+                log.warning("registry %s link down (%r); reconnecting", self._name, exc)
+            finally:
+                self.ready.clear()
+                self._conn = None
+                if conn is not None:
+                    conn.abort()
+            failures += 1
+            await asyncio.sleep(self._backoff.compute(failures))
+
+    async def _open(self) -> _Connection:
+        ep, loop = self._endpoint, asyncio.get_running_loop()
+        conn = self._new_connection(loop)
+        try:
+            async with asyncio.timeout(ep.connect_timeout_s):
+                if ep.path is not None:
+                    await loop.create_unix_connection(lambda: conn, ep.path)
+                else:
+                    transport, _ = await loop.create_connection(lambda: conn, ep.host, ep.port, ssl=ep.tls)
+                    _keep_alive(transport, ep.keepalive)
+                if ep.password is not None:
+                    await self._auth(conn, ep)
+                await self._set_up(conn)
+        except BaseException:
+            conn.abort()
+            raise
+        return conn
+
+    @staticmethod
+    async def _auth(conn: _Connection, ep: Endpoint) -> None:
+        assert ep.password is not None
+        command = (b"AUTH", ep.username, ep.password) if ep.username else (b"AUTH", ep.password)
+        await _expect(conn, _pack(command), b"OK")
+
+    async def _watch(self, conn: _Connection) -> None:
+        """Return when the connection drops; raise if Redis leaves a PING unanswered."""
+        loop = asyncio.get_running_loop()
+        while True:
+            pongs, sent_at = conn.pongs, loop.time()
+            conn.ping()
+            done, _ = await asyncio.wait({conn.closed}, timeout=self._check_s)
+            if done:
+                raise ConnectionError("connection lost")
+            # A loop that was itself paused (GC, SIGSTOP) has not read the answer yet: ask again.
+            if conn.pongs == pongs and loop.time() - sent_at < 1.5 * self._check_s:
+                raise ConnectionError(f"no answer to PING in {self._check_s:g}s")
+
+
+class PublishLink(_Link):
+    """The connection that PUBLISHes this node's requests and replies."""
+
+    def __init__(self, endpoint: Endpoint, *, max_backoff_s: float, check_s: float) -> None:
+        super().__init__(endpoint, "publish", max_backoff_s=max_backoff_s, check_s=check_s)
+
+    def publish(self, channel: bytes, message: bytes, sink: Sink | None) -> None:
+        """Queue a PUBLISH; ``sink`` gets the number of subscribers that received it, or
+        LOST, or UNSENT (at once, if the link is down)."""
+        conn = self._conn
+        if conn is None:
+            if sink is not None:
+                sink.outcome(UNSENT)
+            return
+        conn.send(_pack((b"PUBLISH", channel, message)), sink)
+
+    def _new_connection(self, loop: asyncio.AbstractEventLoop) -> _Connection:
+        return _PublishConnection(loop)
+
+    async def _set_up(self, conn: _Connection) -> None:
+        await _expect(conn, _PING, b"PONG")  # NOAUTH here, not on every PUBLISH
+
+
+class SubscribeLink(_Link):
+    """The connection that listens on one channel; ``ready`` is set while subscribed (a
+    message published from then on reaches ``on_message``, called from ``data_received``:
+    it must not block and must not raise)."""
+
+    def __init__(
+        self, endpoint: Endpoint, channel: bytes, on_message: Callable[[bytes], None],
+        *, max_backoff_s: float, check_s: float,
+    ) -> None:
+        super().__init__(endpoint, "subscribe", max_backoff_s=max_backoff_s, check_s=check_s)
+        self._channel = channel
+        self._on_message = on_message
+
+    def _new_connection(self, loop: asyncio.AbstractEventLoop) -> _Connection:
+        return _SubscribeConnection(loop, self._on_message)
+
+    async def _set_up(self, conn: _Connection) -> None:
+        assert isinstance(conn, _SubscribeConnection)
+        conn.write(_pack((b"SUBSCRIBE", self._channel)))
+        await asyncio.wait({conn.subscribed, conn.closed}, return_when=asyncio.FIRST_COMPLETED)
+        if not conn.subscribed.done():
+            raise ConnectionError("connection lost before SUBSCRIBE was confirmed")
+
+
+async def _expect(conn: _Connection, command: bytes, expected: bytes) -> None:
+    """Send one command and raise ConnectionError unless Redis answers ``expected``."""
+    sink = _Reply(asyncio.get_running_loop())
+    conn.send(command, sink)
+    reply = await sink.future
+    if reply != expected:
+        raise ConnectionError(f"Redis answered {reply!r}")
+
+
+def _keep_alive(transport: asyncio.BaseTransport, options: tuple[tuple[int, int], ...] | None) -> None:
+    """TCP keepalive as redis-py sets it, so that a silent peer is noticed by the kernel too."""
+    sock = transport.get_extra_info("socket")
+    if sock is None or options is None:
+        return
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        for option, value in options:
+            sock.setsockopt(socket.IPPROTO_TCP, option, value)
