@@ -44,7 +44,7 @@ from wsgateway.registry._redis_wire import KIND_REPLY, decode_message, encode_me
 from wsgateway.registry.redis import RedisRegistry
 
 from .registry_contract import RecordingNode, make_record, wait_for
-from .test_registry_redis import RedisLink, accept, registry_config, wait_settled
+from .registry_support import RedisLink, accept, registry_config, wait_settled
 
 pytestmark = pytest.mark.redis
 
