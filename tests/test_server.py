@@ -278,3 +278,17 @@ async def test_wss_with_configured_certificate(tmp_path):
     async with running_node(cfg) as node:
         async with websockets.connect(f"wss://localhost:{node.port}/prod", ssl=client_ctx) as ws:
             assert await whoami(ws)
+
+
+async def test_duplicated_headers_are_a_400_not_a_500():
+    import aiohttp
+
+    async with running_node() as node, aiohttp.ClientSession() as http:
+        headers = [("Upgrade", "websocket"), ("Connection", "Upgrade"), ("Sec-WebSocket-Version", "13"),
+                   ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="), ("Origin", "https://a.example"),
+                   ("Origin", "https://b.example")]
+        from multidict import CIMultiDict
+
+        async with http.get(f"http://127.0.0.1:{node.port}/prod", headers=CIMultiDict(headers)) as resp:
+            assert resp.status == 400
+    assert th.events_of("$connect") == []

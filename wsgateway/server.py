@@ -23,7 +23,7 @@ from urllib.parse import parse_qsl
 
 import orjson
 from websockets.asyncio.server import Server, ServerConnection, serve
-from websockets.datastructures import Headers
+from websockets.datastructures import Headers, MultipleValuesError
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 from websockets.protocol import State
@@ -141,6 +141,13 @@ class ClientServer:
     # ---------------------------------------------------------------- handshake
 
     async def _process_request(self, ws: ServerConnection, request: Request) -> Response | None:
+        try:
+            return await self._handshake(ws, request)
+        except MultipleValuesError as exc:  # e.g. two Origin or Upgrade headers
+            log.info("handshake refused (400): header %s sent more than once", exc)
+            return _reject(ws, 400)
+
+    async def _handshake(self, ws: ServerConnection, request: Request) -> Response | None:
         assert isinstance(ws, GatewayConnection)
         started = time.perf_counter()
         path, _, raw_query = request.path.partition("?")
