@@ -11,6 +11,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from tests import handlers_for_tests as th
 from tests.support import connect, eventually, jwt_section, make_config, running_node, token, whoami, ws_url
+from wsgateway.server import origin_key
 
 
 @pytest.fixture(autouse=True)
@@ -56,6 +57,35 @@ async def test_origin_check():
     cfg = make_config(limits={"allowed_origins": ["https://app.example.com"], "require_origin": True})
     async with running_node(cfg) as node:
         assert await status_of(ws_url(node)) == 403
+
+
+async def test_allowed_origin_with_default_port_matches_what_browsers_send():
+    # Browsers leave :443 / :80 out of the Origin header.
+    cfg = make_config(limits={"allowed_origins": ["https://app.example.com:443", "http://localhost:80"]})
+    async with running_node(cfg) as node:
+        for origin in ("https://app.example.com", "https://app.example.com:443", "http://localhost"):
+            async with websockets.connect(ws_url(node), origin=origin) as ws:
+                assert await whoami(ws)
+        assert await status_of(ws_url(node), origin="http://app.example.com") == 403
+        assert await status_of(ws_url(node), origin="https://app.example.com:8443") == 403
+
+
+def test_origin_key_strips_only_the_scheme_default_port():
+    assert origin_key("https://a.example:443") == "https://a.example"
+    assert origin_key("http://a.example:80") == "http://a.example"
+    assert origin_key("https://a.example:80") == "https://a.example:80"
+    assert origin_key("http://a.example:8080") == "http://a.example:8080"
+    assert origin_key("null") == "null"
+
+
+async def test_offered_subprotocol_not_selected_is_warned_once_without_values(caplog):
+    async with running_node() as node:
+        with caplog.at_level("WARNING", logger="wsgateway.server"):
+            for _ in range(2):
+                async with websockets.connect(ws_url(node), subprotocols=["chat.v1", "secret-token-value"]) as ws:
+                    assert ws.subprotocol is None
+    warnings = [r.getMessage() for r in caplog.records if "subprotocol" in r.getMessage()]
+    assert len(warnings) == 1 and "secret-token-value" not in warnings[0]
 
 
 async def test_jwt_statuses():

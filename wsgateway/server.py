@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from .connection import Connection
     from .gateway import Gateway
 
-__all__ = ["ClientServer", "GatewayConnection"]
+__all__ = ["ClientServer", "GatewayConnection", "origin_key"]
 
 log = logging.getLogger("wsgateway.server")
 
@@ -51,6 +51,22 @@ class GatewayConnection(ServerConnection):
 
 def _subprotocols(headers: Headers) -> list[str]:
     return [p.strip() for value in headers.get_all("Sec-WebSocket-Protocol") for p in value.split(",") if p.strip()]
+
+
+_DEFAULT_PORTS = {"http": ":80", "https": ":443", "ws": ":80", "wss": ":443"}
+
+
+def origin_key(origin: str) -> str:
+    """``origin`` without its scheme's default port, as browsers send it.
+
+    Browsers leave ``:443`` out of ``https://`` origins (and ``:80`` out of ``http://``), so
+    an allowed origin written with one could never match without this.
+    """
+    scheme, sep, rest = origin.partition("://")
+    default = _DEFAULT_PORTS.get(scheme)
+    if sep and default and rest.endswith(default):
+        return origin[: -len(default)]
+    return origin
 
 
 def _reject(ws: ServerConnection, status: int, text: str = "") -> Response:
@@ -84,7 +100,8 @@ class ClientServer:
         self._paths = {"/", f"/{config.stage}", f"/{config.stage}/"}
         origins = config.limits.allowed_origins
         self._any_origin = "*" in origins
-        self._origins = frozenset(origins)
+        self._origins = frozenset(origin_key(origin) for origin in origins)
+        self._warned_subprotocol = False
         self._server: Server | None = None
         self.port = 0
 
@@ -191,6 +208,14 @@ class ClientServer:
         ws.gw_started = started
         ws.gw_subprotocol = outcome.subprotocol or gateway.auth.token_subprotocol(offered)
         ws.gw_request_id = outcome.request_id
+        if offered and ws.gw_subprotocol not in offered and not self._warned_subprotocol:
+            self._warned_subprotocol = True  # once per node: a misconfigured page repeats it
+            log.warning(
+                # Not the values: one of them may be a token.
+                "a client offered %d subprotocol(s) and none was selected: browsers fail such a "
+                "handshake (1006) after the gateway accepted it; return Sec-WebSocket-Protocol "
+                "from $connect or use the auth source subprotocol:NAME", len(offered),
+            )
         return None
 
     def _admission(self, headers: Headers) -> int:
@@ -204,7 +229,7 @@ class ClientServer:
         origin = headers.get("Origin")
         if origin is None:
             return 403 if self._limits.require_origin else 0
-        if self._any_origin or origin in self._origins:
+        if self._any_origin or origin in self._origins or origin_key(origin) in self._origins:
             return 0
         return 403
 
