@@ -136,7 +136,7 @@ async def _accept(registry: Registry, node: RecordingNode, record: ConnectionRec
 
 async def _close(registry: Registry, node: RecordingNode, record: ConnectionRecord) -> None:
     node.connections.pop(record.connection_id, None)
-    await registry.remove(record)
+    assert await registry.remove(record) is True  # nobody else ran its $disconnect
 
 
 # ---------------------------------------------------------------- the checks
@@ -249,7 +249,7 @@ async def check_remove_drops_from_listing(make: Factory) -> None:
     kept = await _accept(registry, node, make_record("n1"))
     gone = await _accept(registry, node, make_record("n1"))
     await _close(registry, node, gone)
-    await registry.remove(gone)  # twice: the second is a no-op
+    assert await registry.remove(gone) is True  # twice: the second is a no-op
     page = await registry.list_tenant("tenant-a", 10, None)
     assert [i.record.connection_id for i in page.connections] == [kept.connection_id]
 

@@ -266,11 +266,13 @@ async def test_killed_node_is_cleaned_up_once_with_1006(cluster: Cluster) -> Non
 async def test_paused_node_is_swept_once_and_closes_its_clients_with_1012(cluster: Cluster) -> None:
     """A node paused (SIGSTOP) for ~3x node_ttl_s is declared dead: the survivor runs each of
     its connections' $disconnect once (1006). Resumed (SIGCONT), it closes those clients with
-    1012 and runs no second $disconnect; it serves new connections, reachable from the other."""
+    1012 and runs no second $disconnect; it serves new connections, reachable from the other.
+    A client that leaves during the pause gets no second $disconnect either."""
     paused, survivor = await cluster.start("a"), await cluster.start("b")
     await settled(survivor)
     clients = [await paused.connect("t1") for _ in range(3)]
-    ids = sorted(c for _, c in clients)
+    leaver, leaver_id = await paused.connect("t1")
+    ids = sorted([*(c for _, c in clients), leaver_id])
     ws_b, cid_b = await survivor.connect("t1")
     assert await tenant_listing(survivor, "t1") == sorted([*ids, cid_b])
     await asyncio.sleep(NODE_TTL_S)  # the survivor sweeps only after being up for node_ttl_s
@@ -281,7 +283,8 @@ async def test_paused_node_is_swept_once_and_closes_its_clients_with_1012(cluste
     paused.process.send_signal(signal.SIGSTOP)
     stopped_at = time.monotonic()
     try:
-        await wait_until(lambda: len(disconnects()) >= 3, NODE_TTL_S + 5, "orphan $disconnect")
+        leaver.transport.abort()  # the node sees it go when it resumes
+        await wait_until(lambda: len(disconnects()) >= 4, NODE_TTL_S + 5, "orphan $disconnect")
         assert {(e["disconnectStatusCode"], e["pid"]) for e in disconnects()} == {(1006, survivor.process.pid)}
         await asyncio.sleep(max(0.0, 3 * NODE_TTL_S - (time.monotonic() - stopped_at)))  # the pause itself
     finally:

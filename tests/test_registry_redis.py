@@ -487,6 +487,42 @@ async def test_node_declared_dead_abandons_exactly_what_was_claimed(
             await reg_a.close()
 
 
+async def test_connection_closed_while_cut_off_runs_its_disconnect_once(
+    make: Factory, private_redis: RedisExecutor, key_prefix: str, redis_url: str
+) -> None:
+    """A connection that closes on a node cut off from Redis: remove() waits for Redis, then
+    says False where the sweep claimed the record (its $disconnect ran on the survivor) and
+    True where nobody could (accepted during the outage: never written)."""
+    survivor = RecordingNode("nb")
+    reg_b = await make(survivor)
+    victim = RecordingNode("na")
+    async with RedisLink(private_redis.port) as link:
+        reg_a = RedisRegistry(registry_config(link.url, key_prefix), "na")
+        try:
+            await reg_a.start(victim)
+            await wait_settled(reg_a)
+            swept, kept = await accept(reg_a, victim), await accept(reg_a, victim)
+            link.cut()
+            during = await accept(reg_a, victim)
+            closing = [swept, during]
+            for record in closing:
+                del victim.connections[record.connection_id]
+            removals = [asyncio.ensure_future(reg_a.remove(r)) for r in closing]
+            await wait_for(lambda: len(survivor.orphans) == 2, NODE_TTL_S + 3, "the sweep")
+            assert not any(r.done() for r in removals)  # undecided while Redis is out
+            assert {o[0].connection_id for o in survivor.orphans} == {swept.connection_id, kept.connection_id}
+            link.restore()
+            assert await asyncio.wait_for(asyncio.gather(*removals), 4 * HEARTBEAT_S) == [False, True]
+            await wait_for(lambda: bool(victim.abandoned), 4 * HEARTBEAT_S, "the reconciliation")
+            assert [cid for cid, _, _ in victim.abandoned] == [kept.connection_id]
+            await asyncio.sleep(3 * HEARTBEAT_S)  # a second $disconnect would show by now
+            assert len(survivor.orphans) == 2 and victim.orphans == []
+            r = sync_client(redis_url)  # no tombstone and no record of a closed connection is left
+            assert not r.exists(*(f"{key_prefix}:{{c:{rec.connection_id}}}" for rec in closing))
+        finally:
+            await reg_a.close()
+
+
 async def test_node_back_while_it_is_swept_keeps_or_abandons_each_connection_once(
     private_redis: RedisExecutor, key_prefix: str, redis_url: str
 ) -> None:
@@ -600,11 +636,15 @@ async def test_redis_outage_and_recovery(restartable_redis: RedisExecutor, key_p
         else:
             restartable_redis.stop()
         stopped_at = time.monotonic()
-        async with asyncio.timeout(5):  # add/remove never raise for an outage, and do not hang
+        async with asyncio.timeout(5):  # add never raises for an outage, and does not hang
             during = await accept(reg_a, node_a)
             closed = await accept(reg_a, node_a)
-            del node_a.connections[closed.connection_id]
-            await reg_a.remove(closed)
+        del node_a.connections[closed.connection_id]
+        # Who runs the $disconnect of a connection closed now is decided when Redis answers
+        # (a sweep may claim its record meanwhile): remove waits, it does not raise.
+        removal = asyncio.ensure_future(reg_a.remove(closed))
+        await asyncio.sleep(0.3)
+        assert not removal.done()
         assert (await reg_b.health())["reachable"] is False
         for cid in (before.connection_id, during.connection_id, new_connection_id()):
             with pytest.raises(RegistryUnavailableError):
@@ -628,6 +668,7 @@ async def test_redis_outage_and_recovery(restartable_redis: RedisExecutor, key_p
             while not (await delivered(during.connection_id) and await delivered(before.connection_id)):
                 await asyncio.sleep(0.02)
         assert time.monotonic() - restarted <= 4 * HEARTBEAT_S + 2
+        assert await asyncio.wait_for(removal, HEARTBEAT_S * 4) is True  # nobody claimed it
         await wait_settled(reg_b)
         # A listing answers 503 ("being refilled") until every live node registered in the new
         # epoch; an outage short enough that no beat failed leaves `settled` a beat behind.

@@ -236,8 +236,14 @@ class Gateway:
         if conn.abandoned:  # its $disconnect ran on the node that declared this one dead
             return
         started = time.perf_counter()
-        with contextlib.suppress(Exception):
-            await self.registry.remove(conn.record)
+        try:
+            run_here = await self.registry.remove(conn.record)
+        except Exception:  # noqa: BLE001 - a registry bug must not cost the $disconnect
+            log.exception("registry remove failed for %s", conn.id)
+            run_here = True
+        if not run_here:
+            log.info("connection %s closed after another node ran its $disconnect", conn.id)
+            return
         request_id = await self._run_disconnect(conn.context_base, conn.id, code, reason)
         rec = conn.record
         self.access.write(

@@ -152,8 +152,10 @@ class Registry(Protocol):
         """Record an accepted connection. Never raises for an outage: a registry that cannot
         write now re-registers the node's live connections when it can."""
 
-    async def remove(self, record: ConnectionRecord) -> None:
-        """Forget a closed connection (same outage rule as ``add``)."""
+    async def remove(self, record: ConnectionRecord) -> bool:
+        """Forget a closed connection; return whether this node runs its ``$disconnect``
+        (False: another node declared this one dead and ran it). Never raises for an
+        outage; the answer may then wait until the registry can tell."""
 
     async def post(self, connection_id: str, data: bytes, binary: bool) -> None:
         """Deliver to a connection on another node. Raises GoneError (it is nowhere),

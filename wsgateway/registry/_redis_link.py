@@ -40,7 +40,7 @@ __all__ = ["LOST", "UNSENT", "Endpoint", "PublishLink", "Sink", "SubscribeLink",
 
 log = logging.getLogger("wsgateway.registry")
 
-_pack: Callable[[tuple[Any, ...]], bytes] = hiredis.pack_command  # type: ignore[assignment]  # its stub says 1-tuple
+_pack: Callable[[tuple[Any, ...]], bytes] = hiredis.pack_command  # type: ignore[assignment,unused-ignore]  # its stub says 1-tuple
 _PING = _pack((b"PING",))
 
 

@@ -35,17 +35,21 @@ its lease the node does not re-register its sets (the sweep is removing them); i
 first beat after the sweep ends. A normal beat costs what it did: the lease is looked at only
 by a beat that finds the node unlisted, and while a sweep of it runs.
 
+A connection that closes releases its record with one atomic script (``RELEASE``): the node
+runs its ``$disconnect`` unless a sweep claimed the record (a tombstone is there). When Redis
+cannot answer (the node is cut off, or was paused), the decision waits for the first beat
+that reaches Redis, which settles every pending release before anything else.
+
 Limits: a tombstone lasts ``TOMBSTONE_S``; a node back after longer re-registers such a
-connection (its ``$disconnect`` then runs a second time when it closes). A connection that
-closes on the node while it is cut off or paused, before its first beat back, has its
-``$disconnect`` run by the gateway at once, whether or not a sweep claimed it; that needs
-``Registry.remove`` to tell the gateway, which it does not. Fencing relies on Redis's clock
-not stepping back.
+connection (its ``$disconnect`` then runs a second time when it closes). A node stopped while
+Redis is still out runs its pending ``$disconnect`` calls itself; a sweep that later claims
+those records runs them again. Fencing relies on Redis's clock not stepping back.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import secrets
@@ -65,6 +69,8 @@ from ._redis_scripts import (
     HELD_CLAIMED,
     HOLD,
     LEASE_SWEEP,
+    RELEASE,
+    RELEASED_CLAIMED,
     TOUCH,
     UNLIST,
     WRITE,
@@ -163,6 +169,10 @@ class Membership:
         self.dirty = True  # some of this node's records may be missing: re-register
         self.declared_dead = False  # found out it was swept: reconcile before re-registering
         self.being_swept = False  # a sweep of this node holds its lease: re-register after it
+        # Closed connections whose record Redis could not release yet: who runs $disconnect
+        # is decided when it answers (a sweep may have claimed the record meanwhile).
+        self._releases: dict[str, asyncio.Future[bool]] = {}
+        self._closed = False
 
     # ------------------------------------------------------------ lifecycle
 
@@ -180,10 +190,20 @@ class Membership:
 
     async def close(self, *, grace_s: float) -> None:
         """Stop beating and sweeping; give running ``$disconnect`` calls ``grace_s``."""
+        self._closed = True
         tasks = [t for t in (self._task, *self._sweeps.values()) if t is not None]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        with contextlib.suppress(*REDIS_FAILURES, TimeoutError):
+            async with asyncio.timeout(grace_s):
+                await self._release_pending()
+        for future in self._releases.values():
+            # Redis is still out: run them here. A sweep that later claims such a record
+            # runs its $disconnect a second time (see the module doc).
+            if not future.done():
+                future.set_result(True)
+        self._releases.clear()
         if self._orphans:
             await asyncio.wait(self._orphans, timeout=grace_s)
 
@@ -226,6 +246,7 @@ class Membership:
         self._learn(epoch.decode(), bool(unlisted), bool(swept))
         self.settling = bool(settling)
         self.peers = frozenset(n.decode() for n in alive) - {self._node_id}
+        await self._release_pending()
         if self.declared_dead:
             await self._reconcile()
         if self.dirty and not self.being_swept:
@@ -262,6 +283,49 @@ class Membership:
         if unlisted:
             self.dirty = True
         self.being_swept = swept
+
+    async def release(self, connection_id: str) -> bool:
+        """Delete a closed connection's record; tell whether this node runs its ``$disconnect``
+        (False: a sweep claimed the record, so its ``$disconnect`` ran on the sweeper).
+
+        When Redis cannot answer, waits for the first beat that reaches it (or for
+        :meth:`close`): a node cut off for longer than ``node_ttl_s`` may have been swept.
+        """
+        future = self._releases.get(connection_id)
+        if future is None:
+            reply = self._batcher.call("EVAL", RELEASE, 1, self._keys.record(connection_id), self._node_id)
+            try:
+                return self._released(connection_id, await reply)
+            except REDIS_FAILURES:
+                if self._closed:
+                    return True  # nobody will beat again; as close() settles the others
+                future = self._releases[connection_id] = asyncio.get_running_loop().create_future()
+        return await asyncio.shield(future)
+
+    def _released(self, connection_id: str, reply: int) -> bool:
+        if reply == RELEASED_CLAIMED:
+            self._batcher.send("DEL", self._keys.record(connection_id))  # the tombstone has told us
+            return False
+        return True
+
+    async def _release_pending(self) -> None:
+        """Settle the releases Redis could not answer before; raises if it fails again (the
+        unanswered ones are asked at the next beat)."""
+        if not self._releases:
+            return
+        keys, call, me = self._keys, self._batcher.call, self._node_id
+        ids = list(self._releases)
+        replies = await asyncio.gather(*(call("EVAL", RELEASE, 1, keys.record(i), me) for i in ids), return_exceptions=True)
+        failed: BaseException | None = None
+        for cid, reply in zip(ids, replies):
+            if isinstance(reply, BaseException):
+                failed = reply
+                continue
+            future = self._releases.pop(cid)
+            if not future.done():
+                future.set_result(self._released(cid, reply))
+        if failed is not None:
+            raise failed
 
     async def _reconcile(self) -> None:
         """Take back each local connection's record that no sweep claimed; abandon (1012, no

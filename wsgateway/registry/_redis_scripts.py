@@ -166,6 +166,22 @@ return 2
 """
 )
 
+RELEASED = 1  # the record was this node's and is deleted: the node runs its $disconnect
+RELEASED_CLAIMED = 0  # a sweep claimed it: its $disconnect ran (or runs) on the sweeper
+RELEASED_ABSENT = 2  # no record, no tombstone: never written (an outage), or lost with data
+
+# KEYS: record. ARGV: node. A node whose connection closed decides who runs its $disconnect.
+# Idempotent (a retried call gives the same answer): the tombstone is left to expire.
+# Returns RELEASED, RELEASED_CLAIMED or RELEASED_ABSENT.
+RELEASE = """
+if redis.call('HGET', KEYS[1], 'node') == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+  return 1
+end
+if redis.call('HEXISTS', KEYS[1], 'claimedBy') == 1 then return 0 end
+return 2
+"""
+
 # KEYS: record. ARGV: lastActiveAt. Never recreates a record that is gone (closed, flushed,
 # claimed: a tombstone has no node).
 TOUCH = """

@@ -39,14 +39,15 @@ class MemoryRegistry:
         self._records[record.connection_id] = record
         self._by_tenant.setdefault(record.tenant, set()).add(record.connection_id)
 
-    async def remove(self, record: ConnectionRecord) -> None:
+    async def remove(self, record: ConnectionRecord) -> bool:
         if self._records.pop(record.connection_id, None) is None:
-            return
+            return True
         ids = self._by_tenant.get(record.tenant)
         if ids is not None:
             ids.discard(record.connection_id)
             if not ids:
                 del self._by_tenant[record.tenant]
+        return True
 
     async def post(self, connection_id: str, data: bytes, binary: bool) -> None:
         raise GoneError()

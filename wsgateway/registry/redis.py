@@ -155,17 +155,20 @@ class RedisRegistry:
             commands += self._tenant_commands("SADD", record.tenant)
         await self._write(commands)
 
-    async def remove(self, record: ConnectionRecord) -> None:
-        """Forget a closed connection; never raises for an outage."""
+    async def remove(self, record: ConnectionRecord) -> bool:
+        """Forget a closed connection; True if this node runs its ``$disconnect``, False if
+        a sweep claimed it (this node was declared dead). Never raises for an outage: the
+        answer then waits until Redis answers (see ``Membership.release``)."""
         keys, cid = self._keys, record.connection_id
+        release = asyncio.ensure_future(self._membership.release(cid))
         commands: list[tuple[Any, ...]] = [
-            ("DEL", keys.record(cid)),
             ("ZREM", keys.tenant_conns(record.tenant), cid),
             ("SREM", keys.node_conns(self.node_id), cid),
         ]
         if self._index.remove(record):
             commands += self._tenant_commands("SREM", record.tenant)
         await self._write(commands)
+        return await release
 
     def _tenant_commands(self, op: str, tenant: str) -> list[tuple[Any, ...]]:
         return [(op, self._keys.tenant_nodes(tenant), self.node_id), (op, self._keys.node_tenants(self.node_id), tenant)]
