@@ -380,3 +380,31 @@ async def _outage_scenario(cluster: Cluster, redis_server: RedisExecutor) -> Non
     await settled(node_b)
     assert await tenant_listing(node_b, "t1") == sorted([cid_a, cid_b, cid_new])
     assert [e for e in cluster.events("$disconnect")] == []  # nobody was taken for dead
+
+
+async def test_node_terminated_during_a_redis_outage_runs_every_disconnect_and_exits(
+    tmp_path: Path, restartable_redis: RedisExecutor, key_prefix: str
+) -> None:
+    """SIGTERM while Redis is down: the node does not wait for Redis to decide who runs a
+    $disconnect (the one of a client that left during the outage included); it runs them all
+    itself and exits 0 well within its shutdown timeout."""
+    cluster = Cluster(tmp_path, f"redis://127.0.0.1:{restartable_redis.port}/0", key_prefix)
+    try:
+        node = await cluster.start("a")
+        (leaver, leaver_id), (stayer, stayer_id) = await node.connect(), await node.connect()
+        restartable_redis.kill(sig=signal.SIGKILL)
+        await leaver.close()  # its $disconnect waits for Redis: a sweep may have claimed it
+        await asyncio.sleep(0.5)
+        assert [e for e in cluster.events("$disconnect") if e["connectionId"] == leaver_id] == []
+        started = time.monotonic()
+        node.process.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(node.process.wait, 15) == 0
+        assert time.monotonic() - started < 4  # shutdown_timeout_s is 5: nothing waited on it
+        with pytest.raises(ConnectionClosed):
+            while True:
+                await asyncio.wait_for(stayer.recv(), 5)
+        assert stayer.close_code == 1001
+        events = {e["connectionId"]: e["disconnectStatusCode"] for e in cluster.events("$disconnect")}
+        assert events == {leaver_id: 1000, stayer_id: 1001}
+    finally:
+        cluster.stop_all()

@@ -126,13 +126,19 @@ class Gateway:
         self._spawn(self._sweep())
         self.ready = True
 
+    def begin_drain(self) -> None:
+        """The node is stopping: refuse new handshakes, and have the registry decide every
+        ``$disconnect`` now instead of waiting for an unreachable Redis."""
+        self.draining = True
+        self.registry.drain()
+
     async def stop(self) -> None:
         """Close backends in reverse order; idempotent. The client edge closes sockets first."""
         if self._stopped:
             return
         self._stopped = True
         self.ready = False
-        self.draining = True
+        self.begin_drain()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

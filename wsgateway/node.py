@@ -93,7 +93,7 @@ class Node:
         if self._stopped:
             return
         self._stopped = True
-        self.gateway.draining = True
+        self.gateway.begin_drain()
         try:
             await self.client.close()
             await self.management.close()

@@ -152,6 +152,10 @@ class Registry(Protocol):
         """Record an accepted connection. Never raises for an outage: a registry that cannot
         write now re-registers the node's live connections when it can."""
 
+    def drain(self) -> None:
+        """The node is stopping: from now on ``remove`` answers without waiting for an
+        unreachable backend (this node then runs the ``$disconnect``)."""
+
     async def remove(self, record: ConnectionRecord) -> bool:
         """Forget a closed connection; return whether this node runs its ``$disconnect``
         (False: another node declared this one dead and ran it). Never raises for an

@@ -49,7 +49,6 @@ those records runs them again. Fencing relies on Redis's clock not stepping back
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import secrets
@@ -172,7 +171,7 @@ class Membership:
         # Closed connections whose record Redis could not release yet: who runs $disconnect
         # is decided when it answers (a sweep may have claimed the record meanwhile).
         self._releases: dict[str, asyncio.Future[bool]] = {}
-        self._closed = False
+        self._draining = False
 
     # ------------------------------------------------------------ lifecycle
 
@@ -190,20 +189,11 @@ class Membership:
 
     async def close(self, *, grace_s: float) -> None:
         """Stop beating and sweeping; give running ``$disconnect`` calls ``grace_s``."""
-        self._closed = True
         tasks = [t for t in (self._task, *self._sweeps.values()) if t is not None]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        with contextlib.suppress(*REDIS_FAILURES, TimeoutError):
-            async with asyncio.timeout(grace_s):
-                await self._release_pending()
-        for future in self._releases.values():
-            # Redis is still out: run them here. A sweep that later claims such a record
-            # runs its $disconnect a second time (see the module doc).
-            if not future.done():
-                future.set_result(True)
-        self._releases.clear()
+        self.stop_waiting()
         if self._orphans:
             await asyncio.wait(self._orphans, timeout=grace_s)
 
@@ -297,10 +287,20 @@ class Membership:
             try:
                 return self._released(connection_id, await reply)
             except REDIS_FAILURES:
-                if self._closed:
-                    return True  # nobody will beat again; as close() settles the others
+                if self._draining:
+                    return True  # do not hold up the shutdown: see stop_waiting
                 future = self._releases[connection_id] = asyncio.get_running_loop().create_future()
         return await asyncio.shield(future)
+
+    def stop_waiting(self) -> None:
+        """The node is stopping: settle the pending releases, and answer later ones at once,
+        in favour of running their ``$disconnect`` here. A sweep that later claims such a
+        record runs it a second time (see the module doc)."""
+        self._draining = True
+        for future in self._releases.values():
+            if not future.done():
+                future.set_result(True)
+        self._releases.clear()
 
     def _released(self, connection_id: str, reply: int) -> bool:
         if reply == RELEASED_CLAIMED:

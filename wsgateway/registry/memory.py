@@ -39,6 +39,9 @@ class MemoryRegistry:
         self._records[record.connection_id] = record
         self._by_tenant.setdefault(record.tenant, set()).add(record.connection_id)
 
+    def drain(self) -> None:
+        pass  # remove never waits here
+
     async def remove(self, record: ConnectionRecord) -> bool:
         if self._records.pop(record.connection_id, None) is None:
             return True

@@ -155,6 +155,9 @@ class RedisRegistry:
             commands += self._tenant_commands("SADD", record.tenant)
         await self._write(commands)
 
+    def drain(self) -> None:
+        self._membership.stop_waiting()
+
     async def remove(self, record: ConnectionRecord) -> bool:
         """Forget a closed connection; True if this node runs its ``$disconnect``, False if
         a sweep claimed it (this node was declared dead). Never raises for an outage: the
