@@ -261,6 +261,22 @@ async def test_bad_signature(hs: Authenticator) -> None:
     assert (error.status, error.reason) == (401, "bad signature")
 
 
+async def test_configured_secret_is_checked_once_not_per_token(
+    hs: Authenticator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PyJWT's key-confusion checks on the HMAC secret ran at start; a handshake skips them
+    (14 µs each) and still verifies the signature."""
+    good, forged = hs256(), hs256("another-secret-that-is-long-enough-000")  # signing prepares keys too
+    calls: list[object] = []
+    stock = HMACAlgorithm.prepare_key
+    monkeypatch.setattr(HMACAlgorithm, "prepare_key", lambda self, key: calls.append(key) or stock(self, key))
+    for _ in range(3):
+        assert (await auth(hs, bearer(good))).tenant == "acme"
+    error = await refused(hs, forged)
+    assert (error.status, error.reason) == (401, "bad signature")
+    assert calls == []
+
+
 async def test_expired_with_leeway(hs: Authenticator, clock: Clock) -> None:
     token = hs256(exp=int(NOW) - 10)
     assert (await auth(hs, bearer(token))).tenant == "acme"  # within the 30 s leeway
