@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import socket
+
 import pytest
 
 from tests import handlers_for_tests as th
 from tests.support import connect, eventually, running_node, whoami
 from wsgateway.errors import GoneError, PayloadTooLargeError
 from wsgateway.registry import ConnectionRecord
+
+TCP_CLOSE = 7  # include/net/tcp_states.h: what an RST leaves; a FIN would leave CLOSE_WAIT (8)
+
+
+def tcp_state(sock: socket.socket) -> int:
+    """The kernel's TCP state of ``sock`` (``tcpi_state``, the first byte of TCP_INFO)."""
+    return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 8)[0]
 
 
 @pytest.fixture(autouse=True)
@@ -115,5 +124,9 @@ async def test_reader_that_stops_is_cut_off_with_small_messages():
         ctx = (await eventually(lambda: th.events_of("$disconnect", slow_id), timeout=5))[0]["requestContext"]
         assert ctx["disconnectStatusCode"] == 1008 and ctx["disconnectReason"] == "slow consumer"
         assert gw.stats.slow_consumers == 1
+        # Cut off with an RST: the client learns it at once and the server's kernel drops the
+        # queued data (a FIN would wait behind it for a window that never opens).
+        client_sock = slow.transport.get_extra_info("socket")
+        await eventually(lambda: tcp_state(client_sock) == TCP_CLOSE, timeout=5)
         slow.transport.abort()
         await fast.close()

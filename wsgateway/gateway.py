@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
+import struct
 import time
 from collections.abc import Coroutine, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -43,7 +45,7 @@ if TYPE_CHECKING:
 
     from .config import GatewayConfig
 
-__all__ = ["ConnectOutcome", "Gateway"]
+__all__ = ["ConnectOutcome", "Gateway", "reset"]
 
 log = logging.getLogger("wsgateway")
 
@@ -62,6 +64,23 @@ class ConnectOutcome:
     def accepted(self) -> bool:
         return self.status < 400
 
+
+
+_LINGER_ABORT = struct.pack("ii", 1, 0)  # struct linger {l_onoff = 1, l_linger = 0}
+
+def reset(transport: asyncio.Transport) -> None:
+    """Drop a TCP connection with an RST, discarding what the kernel still holds for it.
+
+    A plain close queues the FIN behind the unsent data; against a client that stopped
+    reading (a zero window) it never leaves: the client never learns it was cut off and the
+    kernel keeps the socket's send buffer (MBs with autotuning) while it probes the window.
+    ``SO_LINGER`` on with a zero timeout makes the close an abortive one.
+    """
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_ABORT)
+    transport.abort()
 
 class Gateway:
     """One node's core. Use as ``async with Gateway(config) as gateway:``."""
@@ -306,13 +325,13 @@ class Gateway:
         # websockets' close() waits for the write buffer to drain, which never happens for
         # a client that stopped reading: bound it, then drop the TCP connection.
         if code == CLOSE_SLOW_CONSUMER:
-            ws.transport.abort()
+            reset(ws.transport)
             return
         try:
             async with asyncio.timeout(self.config.limits.close_timeout_s):
                 await ws.close(code, reason)
         except TimeoutError:
-            ws.transport.abort()
+            reset(ws.transport)
 
     async def _sweep(self) -> None:
         """Once per tick: handler time limits, idle timeout, maximum duration, slow consumers."""
