@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import shutil
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -113,6 +114,9 @@ def main(argv: list[str] | None = None) -> int:
         if unknown := sorted(set(args.phase) - known):
             print(f"--phase: unknown {unknown}; these scenarios have {sorted(known)}", file=sys.stderr)
             return 2
+    if args.profile and shutil.which("py-spy") is None:
+        print("--profile needs py-spy on PATH: pip install -e '.[loadtest]'", file=sys.stderr)
+        return 2
     out: Path = args.out or Path("loadtest/results") / dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     out.mkdir(parents=True, exist_ok=True)
     plan = runner.Plan(
