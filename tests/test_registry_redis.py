@@ -8,6 +8,7 @@ Timings are scaled down (heartbeat 0.2 s, node TTL 1 s) so that the whole file s
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import os
 import signal
@@ -17,6 +18,7 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import port_for
 import pytest
@@ -456,12 +458,18 @@ async def settled_after_return(
         ) from None
 
 
-async def test_node_declared_dead_abandons_exactly_what_was_claimed(
-    make: Factory, private_redis: RedisExecutor, key_prefix: str, redis_url: str
-) -> None:
-    """Cut off from Redis past node_ttl_s, a node is swept: one $disconnect (1006) per
-    connection on the survivor. Back, it closes those with 1012 and no second $disconnect, and
-    keeps the ones no sweep could claim: accepted during the outage (never written) or after."""
+class CutOff(NamedTuple):
+    """A survivor ("nb") on the private Redis and a victim ("na") on a link the test cuts."""
+
+    survivor: RecordingNode
+    reg_b: RedisRegistry
+    victim: RecordingNode
+    reg_a: RedisRegistry
+    link: RedisLink
+
+
+@contextlib.asynccontextmanager
+async def cut_off_pair(make: Factory, private_redis: RedisExecutor, key_prefix: str) -> AsyncIterator[CutOff]:
     survivor = RecordingNode("nb")
     reg_b = await make(survivor)
     victim = RecordingNode("na")
@@ -470,21 +478,31 @@ async def test_node_declared_dead_abandons_exactly_what_was_claimed(
         try:
             await reg_a.start(victim)
             await wait_settled(reg_a)
-            before = [await accept(reg_a, victim) for _ in range(5)]
-            link.cut()
-            during = [await accept(reg_a, victim) for _ in range(2)]
-            await wait_for(lambda: len(survivor.orphans) == len(before), NODE_TTL_S + 3, "the sweep")
-            link.restore()
-            after = [await accept(reg_a, victim)]  # written at once, most likely before the beat
-            records = before + during + after
-            await settled_after_return(victim, survivor, reg_b, len(records), timeout=5)
-            await asyncio.sleep(3 * HEARTBEAT_S)  # a second $disconnect or abandon would show by now
-            claimed = await check_each_connection_once(victim, survivor, reg_b, records)
-            assert claimed == {r.connection_id for r in before}
-            r = sync_client(redis_url)  # the tombstones were consumed by the reconciliation
-            assert set(r.keys(f"{key_prefix}:{{c:*")) == {f"{key_prefix}:{{c:{cid}}}".encode() for cid in victim.connections}
+            yield CutOff(survivor, reg_b, victim, reg_a, link)
         finally:
             await reg_a.close()
+
+
+async def test_node_declared_dead_abandons_exactly_what_was_claimed(
+    make: Factory, private_redis: RedisExecutor, key_prefix: str, redis_url: str
+) -> None:
+    """Cut off from Redis past node_ttl_s, a node is swept: one $disconnect (1006) per
+    connection on the survivor. Back, it closes those with 1012 and no second $disconnect, and
+    keeps the ones no sweep could claim: accepted during the outage (never written) or after."""
+    async with cut_off_pair(make, private_redis, key_prefix) as (survivor, reg_b, victim, reg_a, link):
+        before = [await accept(reg_a, victim) for _ in range(5)]
+        link.cut()
+        during = [await accept(reg_a, victim) for _ in range(2)]
+        await wait_for(lambda: len(survivor.orphans) == len(before), NODE_TTL_S + 3, "the sweep")
+        link.restore()
+        after = [await accept(reg_a, victim)]  # written at once, most likely before the beat
+        records = before + during + after
+        await settled_after_return(victim, survivor, reg_b, len(records), timeout=5)
+        await asyncio.sleep(3 * HEARTBEAT_S)  # a second $disconnect or abandon would show by now
+        claimed = await check_each_connection_once(victim, survivor, reg_b, records)
+        assert claimed == {r.connection_id for r in before}
+        r = sync_client(redis_url)  # the tombstones were consumed by the reconciliation
+        assert set(r.keys(f"{key_prefix}:{{c:*")) == {f"{key_prefix}:{{c:{cid}}}".encode() for cid in victim.connections}
 
 
 async def test_connection_closed_while_cut_off_runs_its_disconnect_once(
@@ -493,34 +511,25 @@ async def test_connection_closed_while_cut_off_runs_its_disconnect_once(
     """A connection that closes on a node cut off from Redis: remove() waits for Redis, then
     says False where the sweep claimed the record (its $disconnect ran on the survivor) and
     True where nobody could (accepted during the outage: never written)."""
-    survivor = RecordingNode("nb")
-    reg_b = await make(survivor)
-    victim = RecordingNode("na")
-    async with RedisLink(private_redis.port) as link:
-        reg_a = RedisRegistry(registry_config(link.url, key_prefix), "na")
-        try:
-            await reg_a.start(victim)
-            await wait_settled(reg_a)
-            swept, kept = await accept(reg_a, victim), await accept(reg_a, victim)
-            link.cut()
-            during = await accept(reg_a, victim)
-            closing = [swept, during]
-            for record in closing:
-                del victim.connections[record.connection_id]
-            removals = [asyncio.ensure_future(reg_a.remove(r)) for r in closing]
-            await wait_for(lambda: len(survivor.orphans) == 2, NODE_TTL_S + 3, "the sweep")
-            assert not any(r.done() for r in removals)  # undecided while Redis is out
-            assert {o[0].connection_id for o in survivor.orphans} == {swept.connection_id, kept.connection_id}
-            link.restore()
-            assert await asyncio.wait_for(asyncio.gather(*removals), 4 * HEARTBEAT_S) == [False, True]
-            await wait_for(lambda: bool(victim.abandoned), 4 * HEARTBEAT_S, "the reconciliation")
-            assert [cid for cid, _, _ in victim.abandoned] == [kept.connection_id]
-            await asyncio.sleep(3 * HEARTBEAT_S)  # a second $disconnect would show by now
-            assert len(survivor.orphans) == 2 and victim.orphans == []
-            r = sync_client(redis_url)  # no tombstone and no record of a closed connection is left
-            assert not r.exists(*(f"{key_prefix}:{{c:{rec.connection_id}}}" for rec in closing))
-        finally:
-            await reg_a.close()
+    async with cut_off_pair(make, private_redis, key_prefix) as (survivor, reg_b, victim, reg_a, link):
+        swept, kept = await accept(reg_a, victim), await accept(reg_a, victim)
+        link.cut()
+        during = await accept(reg_a, victim)
+        closing = [swept, during]
+        for record in closing:
+            del victim.connections[record.connection_id]
+        removals = [asyncio.ensure_future(reg_a.remove(r)) for r in closing]
+        await wait_for(lambda: len(survivor.orphans) == 2, NODE_TTL_S + 3, "the sweep")
+        assert not any(r.done() for r in removals)  # undecided while Redis is out
+        assert {o[0].connection_id for o in survivor.orphans} == {swept.connection_id, kept.connection_id}
+        link.restore()
+        assert await asyncio.wait_for(asyncio.gather(*removals), 4 * HEARTBEAT_S) == [False, True]
+        await wait_for(lambda: bool(victim.abandoned), 4 * HEARTBEAT_S, "the reconciliation")
+        assert [cid for cid, _, _ in victim.abandoned] == [kept.connection_id]
+        await asyncio.sleep(3 * HEARTBEAT_S)  # a second $disconnect would show by now
+        assert len(survivor.orphans) == 2 and victim.orphans == []
+        r = sync_client(redis_url)  # no tombstone and no record of a closed connection is left
+        assert not r.exists(*(f"{key_prefix}:{{c:{rec.connection_id}}}" for rec in closing))
 
 
 async def test_node_back_while_it_is_swept_keeps_or_abandons_each_connection_once(
