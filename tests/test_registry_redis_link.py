@@ -8,6 +8,7 @@ answered 503 before its deadline.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import datetime
 import ipaddress
@@ -70,10 +71,14 @@ async def endpoint(url: str, **kwargs: Any) -> Endpoint:
         await client.aclose()
 
 
-@pytest.fixture
-async def links(redis_url: str) -> AsyncIterator[tuple[SubscribeLink, PublishLink, list[bytes]]]:
-    """A subscriber on channel ``ch`` (what it receives is in the list) and a publisher."""
-    ep = await endpoint(redis_url)
+Links = tuple[SubscribeLink, PublishLink, list[bytes]]
+
+
+@contextlib.asynccontextmanager
+async def open_links(url: str) -> AsyncIterator[Links]:
+    """A subscriber on channel ``ch`` (what it receives is in the list) and a publisher, both
+    ready; closed on the way out."""
+    ep = await endpoint(url)
     received: list[bytes] = []
     sub = SubscribeLink(ep, b"ch", received.append, max_backoff_s=BACKOFF_S, check_s=CHECK_S)
     pub = PublishLink(ep, max_backoff_s=BACKOFF_S, check_s=CHECK_S)
@@ -85,6 +90,12 @@ async def links(redis_url: str) -> AsyncIterator[tuple[SubscribeLink, PublishLin
     finally:
         await sub.close()
         await pub.close()
+
+
+@pytest.fixture
+async def links(redis_url: str) -> AsyncIterator[Links]:
+    async with open_links(redis_url) as opened:
+        yield opened
 
 
 async def both_ready(sub: SubscribeLink, pub: PublishLink, timeout: float = 5.0) -> None:
@@ -141,7 +152,7 @@ async def test_calls_expire_in_the_order_they_were_opened() -> None:
 # ---------------------------------------------------------------- the links
 
 
-async def test_a_thousand_publishes_arrive_in_order(links: tuple[SubscribeLink, PublishLink, list[bytes]]) -> None:
+async def test_a_thousand_publishes_arrive_in_order(links: Links) -> None:
     _, pub, received = links
     sink = Replies()
     messages = [b"%d" % i for i in range(1000)]
@@ -159,15 +170,8 @@ async def test_a_thousand_publishes_arrive_in_order(links: tuple[SubscribeLink, 
 
 
 async def test_links_come_back_after_redis_restarts(restartable_redis: RedisExecutor) -> None:
-    ep = await endpoint(f"redis://127.0.0.1:{restartable_redis.port}/0")
-    received: list[bytes] = []
-    sub = SubscribeLink(ep, b"ch", received.append, max_backoff_s=BACKOFF_S, check_s=CHECK_S)
-    pub = PublishLink(ep, max_backoff_s=BACKOFF_S, check_s=CHECK_S)
-    sub.start()
-    pub.start()
     sink = Replies()
-    try:
-        await both_ready(sub, pub)
+    async with open_links(f"redis://127.0.0.1:{restartable_redis.port}/0") as (sub, pub, received):
         pub.publish(b"ch", b"before", sink)
         await wait_for(lambda: received == [b"before"], 2, "the first message")
         restartable_redis.kill(sig=signal.SIGKILL)
@@ -180,41 +184,28 @@ async def test_links_come_back_after_redis_restarts(restartable_redis: RedisExec
         await wait_for(lambda: received == [b"before", b"after"], 2, "a message after the restart")
         await wait_for(lambda: len(sink.replies) == 3, 2, "its reply")
         assert sink.replies == [1, UNSENT, 1]
-    finally:
-        await sub.close()
-        await pub.close()
     assert not sub.ready.is_set() and not pub.ready.is_set()
 
 
 async def test_links_reconnect_when_redis_stops_answering(restartable_redis: RedisExecutor) -> None:
     """A Redis that is there but silent (SIGSTOP: the connection stays open) is noticed by
     an unanswered PING; in-flight PUBLISHes get LOST, and the links come back after it."""
-    ep = await endpoint(f"redis://127.0.0.1:{restartable_redis.port}/0")
-    received: list[bytes] = []
-    sub = SubscribeLink(ep, b"ch", received.append, max_backoff_s=BACKOFF_S, check_s=CHECK_S)
-    pub = PublishLink(ep, max_backoff_s=BACKOFF_S, check_s=CHECK_S)
-    sub.start()
-    pub.start()
     sink = Replies()
     process = restartable_redis.process
     assert process is not None
-    try:
-        await both_ready(sub, pub)
-        process.send_signal(signal.SIGSTOP)
-        stopped = psutil.Process(process.pid)
-        await wait_for(lambda: stopped.status() == psutil.STATUS_STOPPED, 2, "Redis stopped")
-        pub.publish(b"ch", b"unanswered", sink)
-        await wait_for(lambda: not sub.ready.is_set() and not pub.ready.is_set(), 3 * CHECK_S + 1, "both links down")
-        assert sink.replies == [LOST]  # it was written: it may have reached Redis
-    finally:
-        process.send_signal(signal.SIGCONT)
-    try:
+    async with open_links(f"redis://127.0.0.1:{restartable_redis.port}/0") as (sub, pub, received):
+        try:
+            process.send_signal(signal.SIGSTOP)
+            stopped = psutil.Process(process.pid)
+            await wait_for(lambda: stopped.status() == psutil.STATUS_STOPPED, 2, "Redis stopped")
+            pub.publish(b"ch", b"unanswered", sink)
+            await wait_for(lambda: not sub.ready.is_set() and not pub.ready.is_set(), 3 * CHECK_S + 1, "both links down")
+            assert sink.replies == [LOST]  # it was written: it may have reached Redis
+        finally:
+            process.send_signal(signal.SIGCONT)
         await both_ready(sub, pub)
         pub.publish(b"ch", b"back", sink)
         await wait_for(lambda: b"back" in received, 2, "a message once Redis answers again")
-    finally:
-        await sub.close()
-        await pub.close()
 
 
 @pytest.fixture

@@ -12,8 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import socket
-import struct
 import time
 from collections.abc import Coroutine, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -39,13 +37,14 @@ from .ids import new_connection_id, new_node_id, new_request_id
 from .integrations import HandlerContext, Integration, load_integration
 from .registry import ConnectionInfo, ConnectionRecord, Page, create_registry
 from .routing import Router
+from .server import reset
 
 if TYPE_CHECKING:
     from websockets.asyncio.server import ServerConnection
 
     from .config import GatewayConfig
 
-__all__ = ["ConnectOutcome", "Gateway", "reset"]
+__all__ = ["ConnectOutcome", "Gateway"]
 
 log = logging.getLogger("wsgateway")
 
@@ -64,23 +63,6 @@ class ConnectOutcome:
     def accepted(self) -> bool:
         return self.status < 400
 
-
-
-_LINGER_ABORT = struct.pack("ii", 1, 0)  # struct linger {l_onoff = 1, l_linger = 0}
-
-def reset(transport: asyncio.Transport) -> None:
-    """Drop a TCP connection with an RST, discarding what the kernel still holds for it.
-
-    A plain close queues the FIN behind the unsent data; against a client that stopped
-    reading (a zero window) it never leaves: the client never learns it was cut off and the
-    kernel keeps the socket's send buffer (MBs with autotuning) while it probes the window.
-    ``SO_LINGER`` on with a zero timeout makes the close an abortive one.
-    """
-    sock = transport.get_extra_info("socket")
-    if sock is not None:
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_ABORT)
-    transport.abort()
 
 class Gateway:
     """One node's core. Use as ``async with Gateway(config) as gateway:``."""

@@ -16,6 +16,7 @@ import http
 import logging
 import socket
 import ssl
+import struct
 import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -35,7 +36,7 @@ if TYPE_CHECKING:
     from .connection import Connection
     from .gateway import Gateway
 
-__all__ = ["ClientServer", "GatewayConnection", "origin_key"]
+__all__ = ["ClientServer", "GatewayConnection", "origin_key", "reset"]
 
 log = logging.getLogger("wsgateway.server")
 
@@ -229,7 +230,7 @@ class ClientServer:
         origin = headers.get("Origin")
         if origin is None:
             return 403 if self._limits.require_origin else 0
-        if self._any_origin or origin in self._origins or origin_key(origin) in self._origins:
+        if self._any_origin or origin_key(origin) in self._origins:
             return 0
         return 403
 
@@ -276,14 +277,34 @@ class ClientServer:
             await gateway.closed(conn, code, reason)
 
 
+_LINGER_ABORT = struct.pack("ii", 1, 0)  # struct linger {l_onoff = 1, l_linger = 0}
+
+
+def _setsockopt(transport: asyncio.BaseTransport, option: int, value: int | bytes) -> None:
+    """A SOL_SOCKET option on the transport's socket; best effort (the peer may be gone)."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, option, value)
+
+
+def reset(transport: asyncio.Transport) -> None:
+    """Drop a TCP connection with an RST, discarding what the kernel still holds for it.
+
+    A plain close queues the FIN behind the unsent data; against a client that stopped
+    reading (a zero window) it never leaves: the client never learns it was cut off and the
+    kernel keeps the socket's send buffer (MBs with autotuning) while it probes the window.
+    ``SO_LINGER`` on with a zero timeout makes the close an abortive one.
+    """
+    _setsockopt(transport, socket.SO_LINGER, _LINGER_ABORT)
+    transport.abort()
+
+
 def _set_send_buffer(ws: ServerConnection, size: int) -> None:
     """Bound what the kernel buffers for one client, so that a client that stops reading
     fills the gateway's own bounded queue (and is cut off) instead of megabytes of kernel
     memory (Linux autotunes a loopback socket's send buffer to several MB)."""
-    sock = ws.transport.get_extra_info("socket")
-    if sock is not None:
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
+    _setsockopt(ws.transport, socket.SO_SNDBUF, size)
 
 
 def _peer_ip(ws: ServerConnection) -> str:

@@ -283,9 +283,8 @@ class Membership:
         """
         future = self._releases.get(connection_id)
         if future is None:
-            reply = self._batcher.call("EVAL", RELEASE, 1, self._keys.record(connection_id), self._node_id)
             try:
-                return self._released(connection_id, await reply)
+                return self._released(connection_id, await self._release_call(connection_id))
             except REDIS_FAILURES:
                 if self._draining:
                     return True  # do not hold up the shutdown: see stop_waiting
@@ -302,6 +301,9 @@ class Membership:
                 future.set_result(True)
         self._releases.clear()
 
+    def _release_call(self, connection_id: str) -> asyncio.Future[Any]:
+        return self._batcher.call("EVAL", RELEASE, 1, self._keys.record(connection_id), self._node_id)
+
     def _released(self, connection_id: str, reply: int) -> bool:
         if reply == RELEASED_CLAIMED:
             self._batcher.send("DEL", self._keys.record(connection_id))  # the tombstone has told us
@@ -313,9 +315,8 @@ class Membership:
         unanswered ones are asked at the next beat)."""
         if not self._releases:
             return
-        keys, call, me = self._keys, self._batcher.call, self._node_id
         ids = list(self._releases)
-        replies = await asyncio.gather(*(call("EVAL", RELEASE, 1, keys.record(i), me) for i in ids), return_exceptions=True)
+        replies = await asyncio.gather(*map(self._release_call, ids), return_exceptions=True)
         failed: BaseException | None = None
         for cid, reply in zip(ids, replies):
             if isinstance(reply, BaseException):
