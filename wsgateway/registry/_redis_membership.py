@@ -322,8 +322,8 @@ class Membership:
             if isinstance(reply, BaseException):
                 failed = reply
                 continue
-            future = self._releases.pop(cid)
-            if not future.done():
+            future = self._releases.pop(cid, None)  # None: stop_waiting settled it meanwhile
+            if future is not None and not future.done():
                 future.set_result(self._released(cid, reply))
         if failed is not None:
             raise failed
