@@ -336,6 +336,29 @@ async def test_tenant_claim_must_be_non_empty_string(hs: Authenticator, tenant: 
     assert error.status == 403
 
 
+async def test_tenant_claim_of_256_characters_is_the_limit(hs: Authenticator) -> None:
+    """The management API addresses tenants of up to 256 characters: a longer one is a 403."""
+    assert (await auth(hs, bearer(hs256(tenant="t" * 256)))).tenant == "t" * 256
+    error = await refused(hs, hs256(tenant="t" * 257))
+    assert error.status == 403
+
+
+async def test_tenant_query_longer_than_256_is_refused_with_auth_off() -> None:
+    authenticator = Authenticator(AuthConfig(type="none"))
+    assert (await auth(authenticator, query={"tenant": "t" * 256})).tenant == "t" * 256
+    with pytest.raises(AuthError) as info:
+        await auth(authenticator, query={"tenant": "t" * 7000})
+    assert info.value.status == 403
+
+
+@pytest.mark.parametrize("sub", [42, 1.5, ["u"], {"id": "u"}, True])
+async def test_non_string_sub_is_401_whatever_pyjwt_checks(clock: Clock, sub: Any) -> None:
+    """The gateway checks "sub" itself, whatever the installed PyJWT version checks."""
+    authenticator = Authenticator(config(), clock=clock)
+    error = await refused(authenticator, hs256(sub=sub))
+    assert error.status == 401
+
+
 async def test_custom_tenant_claim(clock: Clock) -> None:
     authenticator = Authenticator(config(tenant_claim="org"), clock=clock)
     assert (await auth(authenticator, bearer(hs256(tenant=None, org="o1")))).tenant == "o1"

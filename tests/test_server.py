@@ -106,6 +106,20 @@ async def test_jwt_statuses():
             assert json.loads(await ws.recv())["authorizer"]["role"] == "staff"
 
 
+async def test_hostile_claims_are_refused_before_connect():
+    """A tenant the management API could never address (over 256 characters) is a 403, a
+    non-string "sub" a 401: both before $connect, so nothing is registered for them."""
+    async with running_node(make_config(auth=jwt_section())) as node:
+        url = ws_url(node)
+        assert await status_of(url, additional_headers={"Authorization": "Bearer " + token(practice_id="p" * 5000)}) == 403
+        assert await status_of(url + "?token=" + token(practice_id="p" * 257)) == 403
+        assert await status_of(url + "?token=" + token(sub=42)) == 401  # type: ignore[arg-type]
+        assert th.events_of("$connect") == []
+        assert len(node.gateway.hub) == 0
+        async with websockets.connect(url + "?token=" + token(practice_id="p" * 256)) as ws:
+            assert await whoami(ws)
+
+
 async def test_jwt_from_subprotocol_is_echoed_by_name_not_token():
     cfg = make_config(auth=jwt_section(sources=["subprotocol:bearer"]))
     async with running_node(cfg) as node:

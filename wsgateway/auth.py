@@ -48,11 +48,15 @@ from .keys import (
 if TYPE_CHECKING:
     from .config import AuthConfig
 
-__all__ = ["Authenticator", "Principal"]
+__all__ = ["MAX_TENANT_CHARS", "Authenticator", "Principal"]
 
 logger = logging.getLogger(__name__)
 
 _HMAC = ("HS256", "HS384", "HS512")
+
+# The longest tenant name, at the handshake and on the management API alike: a tenant that
+# could connect but never be addressed would be unreachable by its backends.
+MAX_TENANT_CHARS = 256
 _SUPPORTED = frozenset((*_HMAC, *RSA_ALGORITHMS, *EC_BY_CURVE.values(), "EdDSA"))
 _MAX_TOKEN_CHARS = 8192  # longer than any sane JWT; bounds PyJWT's per-character parsing
 _NO_CONTEXT: Mapping[str, Any] = MappingProxyType({})
@@ -117,10 +121,11 @@ class Authenticator:
         self._alg_lists = {alg: [alg] for alg in self._pinned}
         self._issuer = config.issuer
         self._audience = tuple(config.audience) or None
-        # Time claims are checked below against the injected clock, not PyJWT's wall clock.
+        # Time claims are checked below against the injected clock, not PyJWT's wall clock;
+        # "sub" in _principal, the same whichever PyJWT version is installed.
         self._jwt = jwt.PyJWT(
             options={"require": list(config.required_claims), "verify_exp": False, "verify_nbf": False,
-                     "verify_iat": False}
+                     "verify_iat": False, "verify_sub": False}
         )
         self._keys: dict[str, Any] = {}  # alg -> key; HS* -> secret bytes, others -> key object
         self._jwks: JwksCache | None = None
@@ -196,7 +201,10 @@ class Authenticator:
         Raises :class:`AuthError` with status 401, 403 or 503 (see the module docstring).
         """
         if not self._enabled:
-            return Principal("", query.get("tenant") or "default", _NO_CONTEXT)
+            tenant = query.get("tenant") or "default"
+            if len(tenant) > MAX_TENANT_CHARS:
+                raise AuthError(403, f"tenant longer than {MAX_TENANT_CHARS} characters")
+            return Principal("", tenant, _NO_CONTEXT)
         token = self._find_token(headers, query, subprotocols)
         if token is None:
             raise AuthError(401, "missing token")
@@ -262,10 +270,15 @@ class Authenticator:
         tenant = claims.get(self._tenant_claim)
         if not isinstance(tenant, str) or not tenant:
             raise AuthError(403, f"claim {self._tenant_claim!r} is missing or not a non-empty string")
+        if len(tenant) > MAX_TENANT_CHARS:  # the management API could never address it
+            raise AuthError(403, f"claim {self._tenant_claim!r} is longer than {MAX_TENANT_CHARS} characters")
+        subject = claims.get("sub", "")
+        if not isinstance(subject, str):  # whatever the PyJWT version checked
+            raise AuthError(401, "claim 'sub' is not a string")
         context = {name: claims[name] for name in self._context_claims if name in claims}
         exp = claims.get("exp")
         return Principal(
-            claims.get("sub", ""),  # PyJWT has checked that a present "sub" is a string
+            subject,
             tenant,
             MappingProxyType(context) if context else _NO_CONTEXT,
             float(exp) if exp is not None else None,
