@@ -1,14 +1,14 @@
 """The Redis registry: many gateway nodes behave as one through a shared Redis.
 
-How it holds together (key layout in ``_redis_keys``, messages in ``_redis_wire``):
+How it holds together (key layout in ``keys``, messages in ``wire``):
 
 - Every accepted connection is a record in Redis, listed under its tenant and its node.
-  Records are written through one pipelined writer (``_redis_batch``); ``add``/``remove``
+  Records are written through one pipelined writer (``batch``); ``add``/``remove``
   never raise for an outage, they mark the node for re-registration instead.
 - A call about a connection on another node finds the owner (a cached HGET: connection ids
   never move) and publishes a request on the owner's channel; the owner answers on ours
-  (``_redis_rpc``). The owner is the truth: its ``gone`` is a 410. The channels have lean
-  connections of their own (``_redis_link``, hiredis over an asyncio Protocol); redis-py
+  (``rpc``). The owner is the truth: its ``gone`` is a 410. The channels have lean
+  connections of their own (``link``, hiredis over an asyncio Protocol); redis-py
   carries everything else.
 - A missing record is a 410 only when the registry can vouch for it: the epoch is settled
   (no refill after data loss in progress, this node connected for two beats) and every live
@@ -16,7 +16,7 @@ How it holds together (key layout in ``_redis_keys``, messages in ``_redis_wire`
   asked anyway (a holder answers) and the call fails with 503, never a false 410.
 - Heartbeats, re-registration after data loss, lastActiveAt flushes, the dead-node sweep and
   the reconciliation of a node that comes back after being declared dead live in
-  ``_redis_membership``.
+  ``membership``.
 """
 
 from __future__ import annotations
@@ -31,14 +31,14 @@ from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from ..errors import GoneError, RegistryUnavailableError
-from . import ConnectionInfo, ConnectionRecord, LocalNode, Page, Registry
-from ._page_token import check_limit, decode_token, encode_token
-from ._redis_batch import REDIS_FAILURES, CommandBatcher
-from ._redis_keys import KeySpace
-from ._redis_link import endpoint_of
-from ._redis_membership import LocalIndex, Membership, record_commands
-from ._redis_rpc import (
+from ...errors import GoneError, RegistryUnavailableError
+from .. import ConnectionInfo, ConnectionRecord, LocalNode, Page, Registry
+from .._page_token import check_limit, decode_token, encode_token
+from .batch import REDIS_FAILURES, CommandBatcher
+from .keys import KeySpace
+from .link import endpoint_of
+from .membership import LocalIndex, Membership, record_commands
+from .rpc import (
     STATUS_GONE,
     STATUS_OK,
     STATUS_TIMEOUT,
@@ -47,8 +47,8 @@ from ._redis_rpc import (
     PendingCalls,
     raise_for_status,
 )
-from ._redis_scripts import STATE
-from ._redis_wire import (
+from .scripts import STATE
+from .wire import (
     KIND_DELETE,
     KIND_FANOUT,
     KIND_GET,
@@ -60,7 +60,7 @@ from ._redis_wire import (
 )
 
 if TYPE_CHECKING:
-    from ..config import RegistryConfig
+    from ...config import RegistryConfig
 
 __all__ = ["RedisRegistry"]
 

@@ -58,11 +58,11 @@ from typing import Any
 
 from redis.backoff import ExponentialWithJitterBackoff
 
-from ..errors import CLOSE_ABNORMAL, CLOSE_SERVICE_RESTART
-from . import ConnectionInfo, ConnectionRecord, LocalNode
-from ._redis_batch import REDIS_FAILURES, CommandBatcher
-from ._redis_keys import KeySpace
-from ._redis_scripts import (
+from ...errors import CLOSE_ABNORMAL, CLOSE_SERVICE_RESTART
+from .. import ConnectionInfo, ConnectionRecord, LocalNode
+from .batch import REDIS_FAILURES, CommandBatcher
+from .keys import KeySpace
+from .scripts import (
     CLAIM,
     HEARTBEAT,
     HELD_CLAIMED,
@@ -74,7 +74,7 @@ from ._redis_scripts import (
     UNLIST,
     WRITE,
 )
-from ._redis_wire import record_from_hash, record_to_hash
+from .wire import record_from_hash, record_to_hash
 
 __all__ = ["DECLARED_DEAD_REASON", "TOMBSTONE_S", "LocalIndex", "Membership", "record_commands"]
 

@@ -1,7 +1,7 @@
 """The Lua scripts of the Redis registry (sent with EVAL: Redis caches them by digest, and
 nothing needs reloading after a restart or SCRIPT FLUSH).
 
-Each script touches keys of one hash tag only (see ``_redis_keys``): the ``{meta}`` scripts
+Each script touches keys of one hash tag only (see ``keys``): the ``{meta}`` scripts
 take ``KeySpace.meta`` as KEYS, the record scripts one record key.
 
 Ownership of a record is fenced by Redis's clock: ``WRITE`` and ``HOLD`` stamp a record with
