@@ -34,7 +34,7 @@ from wsgateway.registry import (
     create_registry,
 )
 from wsgateway.registry.redis import RedisRegistry
-from wsgateway.registry.redis.membership import TOMBSTONE_S
+from wsgateway.registry.redis.sweep import TOMBSTONE_S
 from wsgateway.registry.redis.wire import (
     KIND_POST,
     decode_message,

@@ -14,9 +14,9 @@ How it holds together (key layout in ``keys``, messages in ``wire``):
   (no refill after data loss in progress, this node connected for two beats) and every live
   node, asked directly, says it does not hold the connection. Otherwise the live nodes are
   asked anyway (a holder answers) and the call fails with 503, never a false 410.
-- Heartbeats, re-registration after data loss, lastActiveAt flushes, the dead-node sweep and
-  the reconciliation of a node that comes back after being declared dead live in
-  ``membership``.
+- Heartbeats, re-registration after data loss, lastActiveAt flushes and the reconciliation
+  of a node that comes back after being declared dead live in ``membership``; the dead-node
+  sweep and the orphan ``$disconnect`` calls in ``sweep``.
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ from .rpc import (
     raise_for_status,
 )
 from .scripts import STATE
+from .sweep import Sweeper
 from .wire import (
     KIND_DELETE,
     KIND_FANOUT,
@@ -93,8 +94,9 @@ class RedisRegistry:
             max_backoff_s=config.heartbeat_s, check_s=max(request_timeout_s, 1.0),
         )
         self._index = LocalIndex()
+        self._sweeper = Sweeper(self._keys, node_id, self._batcher, node_ttl_s=config.node_ttl_s)
         self._membership = Membership(
-            self._keys, node_id, self._batcher, self._index,
+            self._keys, node_id, self._batcher, self._index, self._sweeper,
             heartbeat_s=config.heartbeat_s, node_ttl_s=config.node_ttl_s, activity_flush_s=config.activity_flush_s,
         )
         self._owners: dict[str, str] = {}  # connection id -> owning node
@@ -117,6 +119,7 @@ class RedisRegistry:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(self._timeout_s):
                 await self._channel.ready()
+        self._sweeper.start(node)
         await self._membership.join(node)
 
     async def close(self) -> None:
@@ -126,7 +129,8 @@ class RedisRegistry:
             self._closed = True
             return
         self._closed = True
-        await self._membership.close(grace_s=self._timeout_s)
+        await self._membership.close()
+        await self._sweeper.close(grace_s=self._timeout_s)
         try:
             async with asyncio.timeout(self._timeout_s):
                 await self._unregister()
@@ -142,8 +146,8 @@ class RedisRegistry:
         ids = {i.decode() for i in known}
         for tenant_ids in self._index.tenants.values():
             ids.update(tenant_ids)
-        await self._membership.drop(me, ids, orphans_before=0.0)  # closed by this node
-        await self._membership.forget_node(me)
+        await self._sweeper.drop(me, ids, orphans_before=0.0)  # closed by this node
+        await self._sweeper.forget_node(me)
         await asyncio.gather(self._batcher.call("HDEL", keys.nodes, me), self._batcher.call("ZREM", keys.alive, me))
 
     # ------------------------------------------------------------ records

@@ -26,7 +26,15 @@ __all__ = [
     "TOUCH",
     "UNLIST",
     "WRITE",
+    "ms",
 ]
+
+
+def ms(seconds: float) -> int:
+    """``seconds`` as whole milliseconds, at least 1: the durations the scripts take (a PX of
+    0 is an error in Redis)."""
+    return max(1, int(seconds * 1000))
+
 
 _NOW_MS = """
 local t = redis.call('TIME')
