@@ -21,7 +21,7 @@ import time
 from collections.abc import Awaitable
 from typing import Any
 
-from ...errors import GoneError, LimitExceededError
+from ...errors import GoneError, LimitExceededError, RemoteNodeError
 from .. import LocalNode
 from .keys import KeySpace
 from .link import LOST, UNSENT, Endpoint, PublishLink, SubscribeLink
@@ -46,7 +46,6 @@ __all__ = [
     "Call",
     "NodeChannel",
     "PendingCalls",
-    "RemoteNodeError",
     "raise_for_status",
 ]
 
@@ -71,12 +70,9 @@ _TIMER_SLACK_S = 0.001
 _CHANNEL_CACHE_SIZE = 4096
 
 
-class RemoteNodeError(RuntimeError):
-    """The owning node failed while handling a request (its log has the details): a 500."""
-
-
 def raise_for_status(status: str) -> None:
-    """Turn a reply status into the caller's error; ``ok`` returns."""
+    """Turn a reply status into the caller's error; ``ok`` returns. Raises GoneError,
+    LimitExceededError or RemoteNodeError (the node failed handling the request)."""
     if status == STATUS_OK:
         return
     if status == STATUS_GONE:
