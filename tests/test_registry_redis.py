@@ -33,15 +33,15 @@ from wsgateway.registry import (
     ConnectionRecord,
     create_registry,
 )
-from wsgateway.registry._redis_membership import TOMBSTONE_S
-from wsgateway.registry._redis_wire import (
+from wsgateway.registry.redis import RedisRegistry
+from wsgateway.registry.redis.sweep import TOMBSTONE_S
+from wsgateway.registry.redis.wire import (
     KIND_POST,
     decode_message,
     encode_message,
     info_from_json,
     info_to_json,
 )
-from wsgateway.registry.redis import RedisRegistry
 
 from .registry_contract import CHECKS, Factory, RecordingNode, make_record, wait_for
 from .registry_support import (
@@ -283,7 +283,7 @@ def test_node_messages_round_trip_without_io() -> None:
 _DOOMED_NODE = """
 import asyncio, sys
 from wsgateway.config import RegistryConfig
-from wsgateway.registry._redis_wire import KIND_POST, decode_message, encode_message, info_from_json, info_to_json
+from wsgateway.registry.redis.wire import KIND_POST, decode_message, encode_message, info_from_json, info_to_json
 from wsgateway.registry.redis import RedisRegistry
 from tests.registry_contract import RecordingNode, make_record
 

@@ -1,4 +1,4 @@
-"""The lean RESP links of the node channels (``registry/_redis_link``) against real private
+"""The lean RESP links of the node channels (``registry/redis/link``) against real private
 redis-servers: reconnecting and resubscribing after a restart, noticing a Redis that stopped
 answering, AUTH, TLS and unix sockets, ordering; and what the registry's calls make of them:
 a reply after the call gave up is dropped, a request in flight when the link breaks is never
@@ -32,7 +32,8 @@ from mirakuru import TCPExecutor
 from pytest_redis.executor import RedisExecutor
 
 from wsgateway.errors import RegistryUnavailableError
-from wsgateway.registry._redis_link import (
+from wsgateway.registry.redis import RedisRegistry
+from wsgateway.registry.redis.link import (
     LOST,
     UNSENT,
     Endpoint,
@@ -40,9 +41,8 @@ from wsgateway.registry._redis_link import (
     SubscribeLink,
     endpoint_of,
 )
-from wsgateway.registry._redis_rpc import PendingCalls
-from wsgateway.registry._redis_wire import KIND_REPLY, decode_message, encode_message
-from wsgateway.registry.redis import RedisRegistry
+from wsgateway.registry.redis.rpc import PendingCalls
+from wsgateway.registry.redis.wire import KIND_REPLY, decode_message, encode_message
 
 from .registry_contract import RecordingNode, make_record, wait_for
 from .registry_support import RedisLink, accept, registry_config, wait_settled

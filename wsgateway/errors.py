@@ -6,6 +6,7 @@
     ├── ConfigError            bad config file or value: start-up stops, the message names the key
     ├── AuthError              handshake refused with .status (401 missing/invalid token, 403 not allowed)
     ├── Disconnect             a handler raises it to close its own connection with .code/.reason
+    ├── RemoteNodeError        the node holding a connection failed handling a call: a bare 500
     └── ManagementError        an AWS-shaped answer: .status + .error_type (x-amzn-ErrorType)
         ├── BadRequestError           400 BadRequestException   (malformed id, bad parameter)
         ├── ForbiddenError            403 ForbiddenException    (unsigned, bad signature, unknown path)
@@ -46,6 +47,7 @@ __all__ = [
     "NotFoundError",
     "PayloadTooLargeError",
     "RegistryUnavailableError",
+    "RemoteNodeError",
     "SignatureError",
 ]
 
@@ -146,3 +148,8 @@ class RegistryUnavailableError(ManagementError):
 
     status = 503
     error_type = "ServiceUnavailableException"
+
+
+class RemoteNodeError(GatewayError):
+    """The node holding a connection failed while handling a request from this one (its log
+    has the details); answered as an internal error, its text never reaches a client."""

@@ -1,22 +1,22 @@
 """The Redis registry: many gateway nodes behave as one through a shared Redis.
 
-How it holds together (key layout in ``_redis_keys``, messages in ``_redis_wire``):
+How it holds together (key layout in ``keys``, messages in ``wire``):
 
 - Every accepted connection is a record in Redis, listed under its tenant and its node.
-  Records are written through one pipelined writer (``_redis_batch``); ``add``/``remove``
+  Records are written through one pipelined writer (``batch``); ``add``/``remove``
   never raise for an outage, they mark the node for re-registration instead.
 - A call about a connection on another node finds the owner (a cached HGET: connection ids
   never move) and publishes a request on the owner's channel; the owner answers on ours
-  (``_redis_rpc``). The owner is the truth: its ``gone`` is a 410. The channels have lean
-  connections of their own (``_redis_link``, hiredis over an asyncio Protocol); redis-py
+  (``rpc``). The owner is the truth: its ``gone`` is a 410. The channels have lean
+  connections of their own (``link``, hiredis over an asyncio Protocol); redis-py
   carries everything else.
 - A missing record is a 410 only when the registry can vouch for it: the epoch is settled
   (no refill after data loss in progress, this node connected for two beats) and every live
   node, asked directly, says it does not hold the connection. Otherwise the live nodes are
   asked anyway (a holder answers) and the call fails with 503, never a false 410.
-- Heartbeats, re-registration after data loss, lastActiveAt flushes, the dead-node sweep and
-  the reconciliation of a node that comes back after being declared dead live in
-  ``_redis_membership``.
+- Heartbeats, re-registration after data loss, lastActiveAt flushes and the reconciliation
+  of a node that comes back after being declared dead live in ``membership``; the dead-node
+  sweep and the orphan ``$disconnect`` calls in ``sweep``.
 """
 
 from __future__ import annotations
@@ -31,14 +31,14 @@ from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from ..errors import GoneError, RegistryUnavailableError
-from . import ConnectionInfo, ConnectionRecord, LocalNode, Page, Registry
-from ._page_token import check_limit, decode_token, encode_token
-from ._redis_batch import REDIS_FAILURES, CommandBatcher
-from ._redis_keys import KeySpace
-from ._redis_link import endpoint_of
-from ._redis_membership import LocalIndex, Membership, record_commands
-from ._redis_rpc import (
+from ...errors import GoneError, RegistryUnavailableError
+from .. import ConnectionInfo, ConnectionRecord, LocalNode, Page, Registry
+from .._page_token import check_limit, decode_token, encode_token
+from .batch import REDIS_FAILURES, CommandBatcher
+from .keys import KeySpace
+from .link import endpoint_of
+from .membership import LocalIndex, Membership, record_commands
+from .rpc import (
     STATUS_GONE,
     STATUS_OK,
     STATUS_TIMEOUT,
@@ -47,8 +47,9 @@ from ._redis_rpc import (
     PendingCalls,
     raise_for_status,
 )
-from ._redis_scripts import STATE
-from ._redis_wire import (
+from .scripts import STATE
+from .sweep import Sweeper
+from .wire import (
     KIND_DELETE,
     KIND_FANOUT,
     KIND_GET,
@@ -60,7 +61,7 @@ from ._redis_wire import (
 )
 
 if TYPE_CHECKING:
-    from ..config import RegistryConfig
+    from ...config import RegistryConfig
 
 __all__ = ["RedisRegistry"]
 
@@ -93,8 +94,9 @@ class RedisRegistry:
             max_backoff_s=config.heartbeat_s, check_s=max(request_timeout_s, 1.0),
         )
         self._index = LocalIndex()
+        self._sweeper = Sweeper(self._keys, node_id, self._batcher, node_ttl_s=config.node_ttl_s)
         self._membership = Membership(
-            self._keys, node_id, self._batcher, self._index,
+            self._keys, node_id, self._batcher, self._index, self._sweeper,
             heartbeat_s=config.heartbeat_s, node_ttl_s=config.node_ttl_s, activity_flush_s=config.activity_flush_s,
         )
         self._owners: dict[str, str] = {}  # connection id -> owning node
@@ -117,6 +119,7 @@ class RedisRegistry:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(self._timeout_s):
                 await self._channel.ready()
+        self._sweeper.start(node)
         await self._membership.join(node)
 
     async def close(self) -> None:
@@ -126,7 +129,8 @@ class RedisRegistry:
             self._closed = True
             return
         self._closed = True
-        await self._membership.close(grace_s=self._timeout_s)
+        await self._membership.close()
+        await self._sweeper.close(grace_s=self._timeout_s)
         try:
             async with asyncio.timeout(self._timeout_s):
                 await self._unregister()
@@ -142,8 +146,8 @@ class RedisRegistry:
         ids = {i.decode() for i in known}
         for tenant_ids in self._index.tenants.values():
             ids.update(tenant_ids)
-        await self._membership.drop(me, ids, orphans_before=0.0)  # closed by this node
-        await self._membership.forget_node(me)
+        await self._sweeper.drop(me, ids, orphans_before=0.0)  # closed by this node
+        await self._sweeper.forget_node(me)
         await asyncio.gather(self._batcher.call("HDEL", keys.nodes, me), self._batcher.call("ZREM", keys.alive, me))
 
     # ------------------------------------------------------------ records

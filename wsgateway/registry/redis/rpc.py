@@ -1,4 +1,4 @@
-"""Requests between nodes over their pub/sub channels, and the answers (see ``_redis_wire``).
+"""Requests between nodes over their pub/sub channels, and the answers (see ``wire``).
 
 A node listens on one channel, ``P:node:{<node>}``, for both the requests other nodes send it
 and the replies to its own requests. The sender publishes, then waits for one reply per
@@ -6,7 +6,7 @@ target node until its timeout; the receiver acts only before the deadline carrie
 request, which falls well before the sender's timeout, so a request answered with 503 is
 never acted on later (assuming node clocks agree within ``timeout - budget``).
 
-The channel traffic goes over the lean links of ``_redis_link`` (one connection subscribed,
+The channel traffic goes over the lean links of ``link`` (one connection subscribed,
 one publishing), never through redis-py: it is the hot path of every cross-node call. A call
 costs one future and no timer of its own: calls all have the same timeout, so they expire in
 the order they were opened, and :class:`PendingCalls` keeps one timer, for the oldest.
@@ -21,11 +21,11 @@ import time
 from collections.abc import Awaitable
 from typing import Any
 
-from ..errors import GoneError, LimitExceededError
-from . import LocalNode
-from ._redis_keys import KeySpace
-from ._redis_link import LOST, UNSENT, Endpoint, PublishLink, SubscribeLink
-from ._redis_wire import (
+from ...errors import GoneError, LimitExceededError, RemoteNodeError
+from .. import LocalNode
+from .keys import KeySpace
+from .link import LOST, UNSENT, Endpoint, PublishLink, SubscribeLink
+from .wire import (
     KIND_DELETE,
     KIND_FANOUT,
     KIND_GET,
@@ -46,7 +46,6 @@ __all__ = [
     "Call",
     "NodeChannel",
     "PendingCalls",
-    "RemoteNodeError",
     "raise_for_status",
 ]
 
@@ -71,12 +70,9 @@ _TIMER_SLACK_S = 0.001
 _CHANNEL_CACHE_SIZE = 4096
 
 
-class RemoteNodeError(RuntimeError):
-    """The owning node failed while handling a request (its log has the details): a 500."""
-
-
 def raise_for_status(status: str) -> None:
-    """Turn a reply status into the caller's error; ``ok`` returns."""
+    """Turn a reply status into the caller's error; ``ok`` returns. Raises GoneError,
+    LimitExceededError or RemoteNodeError (the node failed handling the request)."""
     if status == STATUS_OK:
         return
     if status == STATUS_GONE:
@@ -91,7 +87,7 @@ class Call:
     answered or was given up on (``unreachable``: no subscriber took the request;
     ``timeout``: no answer in time, or the request never left).
 
-    It is also the sink of its own PUBLISHes (see ``_redis_link.Sink``): they are all made at
+    It is also the sink of its own PUBLISHes (see ``link.Sink``): they are all made at
     once, in the order of ``targets``, on one link, so their outcomes come back in that order.
     ``failed`` counts the PUBLISHes that failed; ``answered`` the targets that answered.
     """

@@ -1,5 +1,5 @@
-"""A node's life in the cluster: heartbeat, re-registration, activity flush, dead-node sweep,
-and coming back after being declared dead.
+"""A node's life in the cluster: heartbeat, re-registration, activity flush, noticing dead
+nodes (``sweep`` sweeps them), and coming back after being declared dead.
 
 Every ``heartbeat_s`` one script (``HEARTBEAT``) pushes this node's death line ``node_ttl_s``
 ahead on Redis's clock, reads the registry epoch and lists the live and the dead nodes. Then:
@@ -11,9 +11,9 @@ ahead on Redis's clock, reads the registry epoch and lists the live and the dead
   most once per connection per ``activity_flush_s`` (never once per message; GetConnection
   asks the owning node and is exact, only listings may lag by that much);
 - once it has been connected for ``node_ttl_s`` (so that, after an outage, every live node had
-  time to beat again), it sweeps the dead nodes: a lease per dead node (which also unlists
-  it), then an atomic claim per record; whoever claims a record runs its ``$disconnect`` with
-  1006, so it runs exactly once.
+  time to beat again), it hands the dead nodes to the ``Sweeper``: a lease per dead node
+  (which also unlists it), then an atomic claim per record; whoever claims a record runs its
+  ``$disconnect`` with 1006, so it runs exactly once.
 
 A node can be declared dead while it is alive: cut off from Redis, or paused (GC, SIGSTOP,
 CPU starvation) for longer than ``node_ttl_s``. It finds out at its first beat back: it is
@@ -40,7 +40,7 @@ runs its ``$disconnect`` unless a sweep claimed the record (a tombstone is there
 cannot answer (the node is cut off, or was paused), the decision waits for the first beat
 that reaches Redis, which settles every pending release before anything else.
 
-Limits: a tombstone lasts ``TOMBSTONE_S``; a node back after longer re-registers such a
+Limits: a tombstone lasts ``sweep.TOMBSTONE_S``; a node back after longer re-registers such a
 connection (its ``$disconnect`` then runs a second time when it closes). A node stopped while
 Redis is still out runs its pending ``$disconnect`` calls itself; a sweep that later claims
 those records runs them again. Fencing relies on Redis's clock not stepping back.
@@ -50,7 +50,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import secrets
 import time
 from collections.abc import Iterable
@@ -58,34 +57,27 @@ from typing import Any
 
 from redis.backoff import ExponentialWithJitterBackoff
 
-from ..errors import CLOSE_ABNORMAL, CLOSE_SERVICE_RESTART
-from . import ConnectionInfo, ConnectionRecord, LocalNode
-from ._redis_batch import REDIS_FAILURES, CommandBatcher
-from ._redis_keys import KeySpace
-from ._redis_scripts import (
-    CLAIM,
+from ...errors import CLOSE_SERVICE_RESTART
+from .. import ConnectionInfo, ConnectionRecord, LocalNode
+from .batch import REDIS_FAILURES, CommandBatcher
+from .keys import KeySpace
+from .scripts import (
     HEARTBEAT,
     HELD_CLAIMED,
     HOLD,
-    LEASE_SWEEP,
     RELEASE,
     RELEASED_CLAIMED,
     TOUCH,
-    UNLIST,
     WRITE,
+    ms,
 )
-from ._redis_wire import record_from_hash, record_to_hash
+from .sweep import Sweeper
+from .wire import record_to_hash
 
-__all__ = ["DECLARED_DEAD_REASON", "TOMBSTONE_S", "LocalIndex", "Membership", "record_commands"]
+__all__ = ["DECLARED_DEAD_REASON", "LocalIndex", "Membership", "record_commands"]
 
 log = logging.getLogger("wsgateway.registry")
 
-_SWEEP_BATCH = 256
-_ORPHAN_CONCURRENCY = 32
-# How long a claimed record's tombstone tells its node, should it come back, that another node
-# ran its $disconnect. A node back after longer re-registers such a connection instead (and
-# its $disconnect would run a second time when it closes).
-TOMBSTONE_S = 24 * 3600.0
 DECLARED_DEAD_REASON = "node was declared dead"
 
 
@@ -141,13 +133,15 @@ class LocalIndex:
 
 
 class Membership:
-    """The heartbeat loop of one node and what it learns: epoch, live peers, reachability."""
+    """The heartbeat loop of one node and what it learns: epoch, live peers, reachability.
+    It hands the dead nodes it finds to ``sweeper``, and this node's stale records too."""
 
     def __init__(
-        self, keys: KeySpace, node_id: str, batcher: CommandBatcher, index: LocalIndex,
+        self, keys: KeySpace, node_id: str, batcher: CommandBatcher, index: LocalIndex, sweeper: Sweeper,
         *, heartbeat_s: float, node_ttl_s: float, activity_flush_s: float = 30.0,
     ) -> None:
         self._keys = keys
+        self._sweeper = sweeper
         self._activity_s = activity_flush_s
         self._node_id = node_id
         self._batcher = batcher
@@ -157,9 +151,6 @@ class Membership:
         self._backoff = ExponentialWithJitterBackoff(cap=heartbeat_s, base=min(0.05, heartbeat_s))
         self._node: LocalNode | None = None
         self._task: asyncio.Task[None] | None = None
-        self._sweeps: dict[str, asyncio.Task[None]] = {}
-        self._orphans: set[asyncio.Task[None]] = set()
-        self._orphan_slots = asyncio.Semaphore(_ORPHAN_CONCURRENCY)
         self._born = time.time()  # records of this node id connected earlier are a past life's
         self.epoch = ""  # the registry epoch this node registered in ("" before its first beat)
         self.settling = True  # Redis lost its data lately: nodes may still be refilling it
@@ -187,15 +178,13 @@ class Membership:
             log.error("registry: Redis unreachable at start (%r); retrying in the background", exc)
         self._task = asyncio.get_running_loop().create_task(self._run(), name="registry-heartbeat")
 
-    async def close(self, *, grace_s: float) -> None:
-        """Stop beating and sweeping; give running ``$disconnect`` calls ``grace_s``."""
-        tasks = [t for t in (self._task, *self._sweeps.values()) if t is not None]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+    async def close(self) -> None:
+        """Stop beating and settle the pending releases (see :meth:`stop_waiting`). The
+        sweeps it started stop when the sweeper closes."""
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
         self.stop_waiting()
-        if self._orphans:
-            await asyncio.wait(self._orphans, timeout=grace_s)
 
     def trusts_misses(self) -> bool:
         """Whether a record missing now means the connection is gone, as far as this node
@@ -229,8 +218,8 @@ class Membership:
         keys = self._keys
         reply = await self._batcher.call(
             "EVAL", HEARTBEAT, 5, *keys.meta, keys.sweep_lease(self._node_id), self._node_id,
-            _ms(self._node_ttl_s), self.epoch, secrets.token_hex(8), _ms(self._node_ttl_s),
-            _ms(2 * self._heartbeat_s), "1" if self.being_swept else "0",
+            ms(self._node_ttl_s), self.epoch, secrets.token_hex(8), ms(self._node_ttl_s),
+            ms(2 * self._heartbeat_s), "1" if self.being_swept else "0",
         )
         epoch, unlisted, settling, alive, dead, swept = reply
         self._learn(epoch.decode(), bool(unlisted), bool(swept))
@@ -249,9 +238,7 @@ class Membership:
         await self._flush_activity()
         assert self.up_since is not None  # set by _learn
         if time.monotonic() - self.up_since >= self._node_ttl_s:
-            for node_id in (n.decode() for n in dead):
-                if node_id != self._node_id and node_id not in self._sweeps:
-                    self._spawn_sweep(node_id)
+            self._sweeper.sweep(n.decode() for n in dead)
 
     def _learn(self, epoch: str, unlisted: bool, swept: bool) -> None:
         """Take in what a heartbeat found about this node: the epoch (changed: data loss),
@@ -376,7 +363,7 @@ class Membership:
         if stale:
             # Records of this node id that its hub does not hold: a previous process with this
             # node id died (its connections are orphans), or a remove failed (closed already).
-            await self.drop(me, stale, orphans_before=self._born)
+            await self._sweeper.drop(me, stale, orphans_before=self._born)
         log.info("registry: node %s registered %d connections", me, len(infos))
 
     async def _flush_activity(self) -> None:
@@ -393,76 +380,3 @@ class Membership:
                 futures.append(call("EVAL", TOUCH, 1, keys.record(cid), repr(info.last_active_at)))
         if futures:
             await asyncio.gather(*futures)
-
-    # ------------------------------------------------------------ dead nodes
-
-    def _spawn_sweep(self, node_id: str) -> None:
-        task = asyncio.get_running_loop().create_task(self._sweep(node_id), name=f"registry-sweep-{node_id}")
-        self._sweeps[node_id] = task
-        task.add_done_callback(lambda _: self._sweeps.pop(node_id, None))
-
-    async def _sweep(self, node_id: str) -> None:
-        keys, call = self._keys, self._batcher.call
-        lease = keys.sweep_lease(node_id)
-        try:
-            fence = await call("EVAL", LEASE_SWEEP, 5, *keys.meta, lease, node_id, self._node_id, _ms(self._node_ttl_s))
-            if not fence:
-                return  # another node sweeps it, or it came back
-            log.warning("registry: node %s is dead; claiming its connections", node_id)
-            # Read, claim, then remove from the set: a sweeper dying midway leaves the rest
-            # (and the claims it did not finish) to the next one.
-            while ids := await call("SRANDMEMBER", keys.node_conns(node_id), _SWEEP_BATCH):
-                await self.drop(node_id, {i.decode() for i in ids}, orphans_before=math.inf, fence=fence)
-            await self.forget_node(node_id)
-            await call("EVAL", UNLIST, 5, *keys.meta, lease, node_id, self._node_id, fence)
-        except Exception as exc:  # noqa: BLE001 - the lease expires; the next beat tries again
-            log.warning("registry: sweep of node %s interrupted (%r)", node_id, exc)
-
-    async def drop(
-        self, node_id: str, connection_ids: Iterable[str], *, orphans_before: float, fence: int | None = None
-    ) -> None:
-        """Claim and delete ``node_id``'s records of ``connection_ids``; run ``$disconnect``
-        (1006) for each claimed record of a connection made before ``orphans_before``.
-
-        A sweep passes ``fence``, its lease time: records written or held since are left to
-        their node (it came back), and claimed ones leave a tombstone for it. Without a fence
-        the node removes its own records."""
-        keys, call = self._keys, self._batcher.call
-        ids = list(connection_ids)
-        claim_args = ("", "", 0) if fence is None else (fence, self._node_id, _ms(TOMBSTONE_S))
-        claims = await asyncio.gather(*(call("EVAL", CLAIM, 1, keys.record(i), node_id, *claim_args) for i in ids))
-        cleanup = [call("SREM", keys.node_conns(node_id), *ids)] if ids else []
-        for cid, flat in zip(ids, claims):
-            if not flat:
-                continue  # someone else claimed it, its node holds it, or it was lost
-            info = record_from_hash(cid, dict(zip(flat[::2], flat[1::2])))
-            cleanup.append(call("ZREM", keys.tenant_conns(info.record.tenant), cid))
-            if info.record.connected_at < orphans_before:
-                self._spawn_orphan(info.record)
-        await asyncio.gather(*cleanup)
-
-    async def forget_node(self, node_id: str) -> None:
-        """Remove a node from its tenants' node sets and drop its own sets."""
-        keys, call = self._keys, self._batcher.call
-        tenants = await call("SMEMBERS", keys.node_tenants(node_id))
-        await asyncio.gather(
-            *(call("SREM", keys.tenant_nodes(t.decode()), node_id) for t in tenants),
-            call("DEL", keys.node_tenants(node_id), keys.node_conns(node_id)),
-        )
-
-    def _spawn_orphan(self, record: ConnectionRecord) -> None:
-        task = asyncio.get_running_loop().create_task(self._orphan(record))
-        self._orphans.add(task)
-        task.add_done_callback(self._orphans.discard)
-
-    async def _orphan(self, record: ConnectionRecord) -> None:
-        assert self._node is not None
-        async with self._orphan_slots:
-            try:
-                await self._node.run_orphan_disconnect(record, CLOSE_ABNORMAL, f"node {record.node_id} died")
-            except Exception:
-                log.exception("orphan $disconnect failed: connectionId=%s", record.connection_id)
-
-
-def _ms(seconds: float) -> int:
-    return max(1, int(seconds * 1000))

@@ -34,7 +34,7 @@ The ``{meta}`` keys share one slot on purpose: the heartbeat, lease and state sc
 and write several of them atomically. A connection id never moves between nodes, so a
 record needs no lock: the only multi-writer event, a dead node's sweep, claims each record
 with one single-key script (read, delete, leave a tombstone), and a node that comes back
-takes each record back with another (``_redis_scripts.HOLD``): whichever runs first decides.
+takes each record back with another (``scripts.HOLD``): whichever runs first decides.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Every command the registry sends through redis-py goes through one writer that pipelines
 what queued up: records, scripts, lookups, listings. (The node channels' PUBLISHes and their
-subscription have lean connections of their own, ``_redis_link``.)
+subscription have lean connections of their own, ``link``.)
 
 redis-py costs 70-90 µs per awaited command; a pipeline of everything queued during the last
 round trip costs about half per command and keeps one connection busy instead of many. The
@@ -20,7 +20,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from ..errors import RegistryUnavailableError
+from ...errors import RegistryUnavailableError
 
 __all__ = ["REDIS_FAILURES", "CommandBatcher"]
 

@@ -1,7 +1,7 @@
 """The Lua scripts of the Redis registry (sent with EVAL: Redis caches them by digest, and
 nothing needs reloading after a restart or SCRIPT FLUSH).
 
-Each script touches keys of one hash tag only (see ``_redis_keys``): the ``{meta}`` scripts
+Each script touches keys of one hash tag only (see ``keys``): the ``{meta}`` scripts
 take ``KeySpace.meta`` as KEYS, the record scripts one record key.
 
 Ownership of a record is fenced by Redis's clock: ``WRITE`` and ``HOLD`` stamp a record with
@@ -17,16 +17,24 @@ from __future__ import annotations
 __all__ = [
     "CLAIM",
     "HEARTBEAT",
-    "HELD",
-    "HELD_ABSENT",
     "HELD_CLAIMED",
     "HOLD",
     "LEASE_SWEEP",
+    "RELEASE",
+    "RELEASED_CLAIMED",
     "STATE",
     "TOUCH",
     "UNLIST",
     "WRITE",
+    "ms",
 ]
+
+
+def ms(seconds: float) -> int:
+    """``seconds`` as whole milliseconds, at least 1: the durations the scripts take (a PX of
+    0 is an error in Redis)."""
+    return max(1, int(seconds * 1000))
+
 
 _NOW_MS = """
 local t = redis.call('TIME')
@@ -148,12 +156,11 @@ end
 return fields
 """
 
-HELD = 1  # the record is this node's: stamped now, no sweep that began earlier can claim it
 HELD_CLAIMED = 0  # a sweep claimed it (and runs, or ran, its $disconnect elsewhere)
-HELD_ABSENT = 2  # no record, no tombstone: never written (an outage), or lost with data
 
 # KEYS: record. ARGV: node. A node back from being declared dead takes a record back.
-# Returns HELD, HELD_CLAIMED or HELD_ABSENT.
+# Returns 1 (the record is this node's: stamped now, no sweep that began earlier can claim it),
+# HELD_CLAIMED, or 2 (no record, no tombstone: never written, in an outage, or lost with data).
 HOLD = (
     _NOW_MS
     + """
@@ -166,13 +173,13 @@ return 2
 """
 )
 
-RELEASED = 1  # the record was this node's and is deleted: the node runs its $disconnect
 RELEASED_CLAIMED = 0  # a sweep claimed it: its $disconnect ran (or runs) on the sweeper
-RELEASED_ABSENT = 2  # no record, no tombstone: never written (an outage), or lost with data
 
 # KEYS: record. ARGV: node. A node whose connection closed decides who runs its $disconnect.
 # Idempotent (a retried call gives the same answer): the tombstone is left to expire.
-# Returns RELEASED, RELEASED_CLAIMED or RELEASED_ABSENT.
+# Returns 1 (the record was this node's and is deleted: the node runs its $disconnect),
+# RELEASED_CLAIMED, or 2 (no record, no tombstone: never written, in an outage, or lost with
+# data; the node runs its $disconnect too).
 RELEASE = """
 if redis.call('HGET', KEYS[1], 'node') == ARGV[1] then
   redis.call('DEL', KEYS[1])
