@@ -110,5 +110,6 @@ def test_the_bottom_layer_imports_no_layer_above_it():
     middle = {f"{PACKAGE}.{name}" for name in ("dispatch", "hub", "registry", "metrics", "integrations")}
     graph = _graph()
     assert BOTTOM <= graph.keys()
-    offenders = {unit: graph[unit] & (middle | ABOVE | {GATEWAY}) for unit in BOTTOM}
-    assert offenders == dict.fromkeys(BOTTOM, set())
+    upper = middle | ABOVE | {GATEWAY}
+    offenders = {unit: graph[unit] & upper for unit in BOTTOM if graph[unit] & upper}
+    assert offenders == {}
