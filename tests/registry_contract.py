@@ -19,7 +19,8 @@ import pytest
 
 from wsgateway.errors import BadRequestError, GoneError, LimitExceededError
 from wsgateway.ids import new_connection_id
-from wsgateway.registry import ConnectionInfo, ConnectionRecord, LocalNode, Registry
+from wsgateway.records import ConnectionInfo, ConnectionRecord
+from wsgateway.registry import LocalNode, Registry
 
 __all__ = ["CHECKS", "Factory", "RecordingNode", "make_record"]
 

@@ -7,7 +7,8 @@ import asyncio
 from typing import Self
 
 from wsgateway.config import RegistryConfig
-from wsgateway.registry import ConnectionRecord, Registry
+from wsgateway.records import ConnectionRecord
+from wsgateway.registry import Registry
 from wsgateway.registry.redis import RedisRegistry
 
 from .registry_contract import RecordingNode, make_record

@@ -1,7 +1,7 @@
 """Lambda-proxy event shapes, built without sockets (aws-websocket-api.md §2.6)."""
 
 from wsgateway import events
-from wsgateway.registry import ConnectionRecord
+from wsgateway.records import ConnectionRecord
 
 RECORD = ConnectionRecord(
     connection_id="R1kmxc2VNjMCFIA=",

@@ -9,7 +9,7 @@ import pytest
 from tests import handlers_for_tests as th
 from tests.support import connect, eventually, running_node, whoami
 from wsgateway.errors import GoneError, PayloadTooLargeError
-from wsgateway.registry import ConnectionRecord
+from wsgateway.records import ConnectionRecord
 
 TCP_CLOSE = 7  # include/net/tcp_states.h: what an RST leaves; a FIN would leave CLOSE_WAIT (8)
 

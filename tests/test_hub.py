@@ -6,7 +6,7 @@ from websockets.protocol import State
 
 from wsgateway.connection import Connection, encode_frame
 from wsgateway.hub import Hub
-from wsgateway.registry import ConnectionRecord
+from wsgateway.records import ConnectionRecord
 
 
 class Transport:

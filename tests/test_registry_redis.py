@@ -28,9 +28,8 @@ from pytest_redis.executor import RedisExecutor
 
 from wsgateway.errors import GoneError, LimitExceededError, RegistryUnavailableError
 from wsgateway.ids import new_connection_id
+from wsgateway.records import ConnectionInfo, ConnectionRecord
 from wsgateway.registry import (
-    ConnectionInfo,
-    ConnectionRecord,
     create_registry,
 )
 from wsgateway.registry.redis import RedisRegistry

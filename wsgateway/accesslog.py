@@ -19,6 +19,8 @@ from typing import IO, Any
 
 import orjson
 
+from .records import ConnectionRecord
+
 __all__ = ["AccessLog"]
 
 _FLUSH_BYTES = 65536
@@ -57,6 +59,47 @@ class AccessLog:
         self._size += len(line)
         if self._size >= _FLUSH_BYTES:
             self.flush()
+
+    def connection_event(
+        self,
+        kind: str,
+        *,
+        route_key: str,
+        status: int,
+        request_id: str,
+        started: float | None,
+        record: ConnectionRecord | None = None,
+        source_ip: str = "",
+        user_agent: str = "",
+        **extra: Any,
+    ) -> None:
+        """Log one connect, message or disconnect of ``record`` (None: a handshake refused
+        before the connection existed, known only by ``source_ip`` and ``user_agent``).
+
+        ``started`` is the ``time.perf_counter()`` reading when the event began (None: no
+        latency to report, 0.0 is written); ``status`` is the HTTP status, or the close code
+        of a disconnect. The one place these lines are built, so every kind has the same fields.
+        """
+        if not self.enabled:
+            return
+        if record is not None:
+            connection_id, tenant = record.connection_id, record.tenant
+            source_ip, user_agent = record.source_ip, record.user_agent
+        else:
+            connection_id = tenant = ""
+        latency = 0.0 if started is None else round((time.perf_counter() - started) * 1000, 3)
+        self.write(
+            kind,
+            requestId=request_id,
+            connectionId=connection_id,
+            routeKey=route_key,
+            status=status,
+            latency_ms=latency,
+            tenant=tenant,
+            sourceIp=source_ip,
+            userAgent=user_agent,
+            **extra,
+        )
 
     def flush(self) -> None:
         if not self._buffer or self._stream is None:

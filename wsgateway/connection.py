@@ -9,25 +9,32 @@ limit for ``limits.slow_consumer_grace_s`` (close 1008, "slow consumer").
 
 Frames are built once with websockets' own serializer; with permessage-deflate on, each
 connection compresses through its protocol object instead (the cost of compression).
+
+The connection also owns its socket: the kernel send buffer it is given, a close bounded in
+time, and the RST that drops a client that stopped reading.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
+import struct
 from typing import TYPE_CHECKING, Any
 
 from websockets.frames import Frame, Opcode
 from websockets.protocol import State
 
-from .errors import GoneError, LimitExceededError
-from .registry import ConnectionInfo, ConnectionRecord
+from .errors import CLOSE_ABNORMAL, CLOSE_SLOW_CONSUMER, GoneError, LimitExceededError
+from .records import ConnectionInfo, ConnectionRecord
 
 if TYPE_CHECKING:
     from websockets.asyncio.server import ServerConnection
 
-__all__ = ["Connection", "as_payload", "encode_frame"]
+__all__ = ["Connection", "as_payload", "encode_frame", "reset"]
 
 _OPEN = State.OPEN
+_LINGER_ABORT = struct.pack("ii", 1, 0)  # struct linger {l_onoff = 1, l_linger = 0}
 
 
 def as_payload(data: bytes | str) -> tuple[bytes, bool]:
@@ -47,6 +54,26 @@ def encode_frame(data: bytes, binary: bool) -> bytes:
     Encode a fan-out message once with this and hand the bytes to every connection.
     """
     return Frame(Opcode.BINARY if binary else Opcode.TEXT, data).serialize(mask=False)
+
+
+def _setsockopt(transport: asyncio.BaseTransport, option: int, value: int | bytes) -> None:
+    """A SOL_SOCKET option on the transport's socket; best effort (the peer may be gone)."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, option, value)
+
+
+def reset(transport: asyncio.Transport) -> None:
+    """Drop a TCP connection with an RST, discarding what the kernel still holds for it.
+
+    A plain close queues the FIN behind the unsent data; against a client that stopped
+    reading (a zero window) it never leaves: the client never learns it was cut off and the
+    kernel keeps the socket's send buffer (MBs with autotuning) while it probes the window.
+    ``SO_LINGER`` on with a zero timeout makes the close an abortive one.
+    """
+    _setsockopt(transport, socket.SO_LINGER, _LINGER_ABORT)
+    transport.abort()
 
 
 class Connection:
@@ -99,10 +126,60 @@ class Connection:
     def tenant(self) -> str:
         return self.record.tenant
 
-    @property
-    def is_open(self) -> bool:
+    def attach(self, ws: ServerConnection, send_buffer: int) -> None:
+        """The upgrade completed on ``ws``: from now on this connection writes to it.
+
+        ``send_buffer`` (bytes, 0: the kernel's default) bounds what the kernel buffers for
+        this client, so that a client that stops reading fills the gateway's own bounded
+        queue (and is cut off) instead of megabytes of kernel memory (Linux autotunes a
+        loopback socket's send buffer to several MB).
+        """
+        self.ws = ws
+        self.compressed = bool(ws.protocol.extensions)
+        if send_buffer:
+            _setsockopt(ws.transport, socket.SO_SNDBUF, send_buffer)
+
+    async def close_socket(self, timeout: float) -> None:
+        """Send the close frame decided in ``close_code``/``close_reason``, or drop the TCP
+        connection with an RST: at once for a slow consumer, else after ``timeout`` seconds."""
         ws = self.ws
-        return ws is not None and ws.protocol.state is _OPEN and self.close_code is None
+        assert ws is not None and self.close_code is not None
+        # websockets' close() waits for the write buffer to drain, which never happens for
+        # a client that stopped reading: bound it, then drop the TCP connection.
+        if self.close_code == CLOSE_SLOW_CONSUMER:
+            reset(ws.transport)
+            return
+        try:
+            async with asyncio.timeout(timeout):
+                await ws.close(self.close_code, self.close_reason)
+        except TimeoutError:
+            reset(ws.transport)
+
+    async def wait_closed(self, timeout: float) -> tuple[int, str]:
+        """Wait up to ``timeout`` seconds for the closing handshake, then abort the transport
+        if it has not finished; return the (code, reason) that ``$disconnect`` reports."""
+        ws = self.ws
+        assert ws is not None
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await ws.wait_closed()
+        if ws.protocol.state is not State.CLOSED:
+            ws.transport.abort()
+        return self.close_info()
+
+    def close_info(self) -> tuple[int, str]:
+        """The (code, reason) that ``$disconnect`` reports, whoever closed first."""
+        if self.close_code is not None:  # the gateway decided: delete, idle, slow, shutdown
+            return self.close_code, self.close_reason
+        if self.ws is None:
+            return CLOSE_ABNORMAL, ""
+        proto = self.ws.protocol
+        rcvd, sent = proto.close_rcvd, proto.close_sent
+        if rcvd is not None and (sent is None or proto.close_rcvd_then_sent):
+            return rcvd.code, rcvd.reason
+        if sent is not None:  # websockets closed it: 1009 too big, 1011 keepalive timeout, ...
+            return sent.code, sent.reason
+        return CLOSE_ABNORMAL, ""
 
     def queued_bytes(self) -> int:
         """Bytes waiting in the outbound queue (the transport's write buffer)."""
@@ -112,9 +189,6 @@ class Connection:
     def info(self) -> ConnectionInfo:
         """What GET @connections answers: the record and lastActiveAt (epoch seconds)."""
         return ConnectionInfo(self.record, self.last_active + self._wall_offset)
-
-    def last_active_wall(self) -> float:
-        return self.last_active + self._wall_offset
 
     def send(self, data: bytes, binary: bool, now: float, limit: int) -> None:
         """Queue one message; raise GoneError if not open, LimitExceededError if full."""

@@ -1,9 +1,12 @@
-"""One client message: route it, run its handler, answer as AWS does.
+"""Runs a connection's routes: ``$connect``, its messages, ``$disconnect``; answers as AWS does.
 
 A connection's messages are dispatched one at a time, in order (its read loop awaits each).
 The answers a client may get besides a handler's own ``body`` are AWS's error frames:
 ``Forbidden`` (no route and no ``$default``), ``Internal server error`` (the handler raised;
 its text stays in the log with the request id) and ``Endpoint request timed out``.
+
+The dispatcher sees the gateway only through :class:`RouteHost`: the calls handlers may make
+and a way to close a connection.
 """
 
 from __future__ import annotations
@@ -12,22 +15,26 @@ import asyncio
 import base64
 import logging
 import time
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 
 from . import events
 from .connection import Connection, as_payload
-from .errors import Disconnect, GoneError, LimitExceededError
+from .errors import Disconnect, GoneError, HandlerTimeout, LimitExceededError
 from .ids import new_request_id
-from .integrations import HandlerTimeout, Integration
-from .routing import Router
+from .integrations import HandlerContext, Integration
+from .integrations.context import GatewayCalls
 
 if TYPE_CHECKING:
-    from .gateway import Gateway
+    from .accesslog import AccessLog
+    from .metrics import Stats
+    from .records import ConnectionRecord
+    from .routing import Router
 
-__all__ = ["Dispatcher", "log_handler_failure"]
+__all__ = ["ConnectOutcome", "Dispatcher", "RouteHost"]
 
 log = logging.getLogger("wsgateway")
 
@@ -35,7 +42,28 @@ log = logging.getLogger("wsgateway")
 _ERROR_FRAME = '{{"message": "{}", "connectionId":"{}", "requestId":"{}"}}'
 
 
-def log_handler_failure(exc: BaseException, route_key: str, request_id: str, connection_id: str) -> None:
+class RouteHost(GatewayCalls, Protocol):
+    """What running routes needs of the gateway: the push calls handlers make, and closing."""
+
+    def close(self, conn: Connection, code: int, reason: str) -> None:
+        """Close ``conn`` from the gateway's side (a handler raised Disconnect)."""
+
+
+@dataclass(slots=True)
+class ConnectOutcome:
+    """What ``$connect`` decided: accept (status < 400) or reject with ``status``."""
+
+    status: int = 200
+    body: str = ""
+    subprotocol: str | None = None  # Sec-WebSocket-Protocol the handler chose
+    request_id: str = ""
+
+    @property
+    def accepted(self) -> bool:
+        return self.status < 400
+
+
+def _log_failure(exc: BaseException, route_key: str, request_id: str, connection_id: str) -> None:
     """Log a handler's failure with its request id; the client never sees the text."""
     if isinstance(exc, HandlerTimeout):
         log.warning("handler timed out: route=%s requestId=%s connectionId=%s", route_key, request_id, connection_id)
@@ -47,18 +75,91 @@ def log_handler_failure(exc: BaseException, route_key: str, request_id: str, con
 
 
 class Dispatcher:
-    """Routes client messages of every connection of one gateway."""
+    """Runs the routes of every connection of one gateway; built by the gateway at start."""
 
-    __slots__ = ("_gateway", "_router", "_access", "_loop", "_queue_limit", "_stats", "_timeout")
+    __slots__ = ("_host", "_router", "_access", "_loop", "_queue_limit", "_stats", "_timeout")
 
-    def __init__(self, gateway: Gateway, router: Router[Integration]) -> None:
-        self._gateway = gateway
+    def __init__(
+        self,
+        host: RouteHost,
+        router: Router[Integration],
+        *,
+        loop: asyncio.AbstractEventLoop,
+        access: AccessLog,
+        stats: Stats,
+        queue_limit: int,
+        timeout: float,
+    ) -> None:
+        self._host = host
         self._router = router
-        self._access = gateway.access
-        self._loop = gateway.loop
-        self._queue_limit = gateway.config.limits.max_queued_bytes
-        self._stats = gateway.stats
-        self._timeout = gateway.config.limits.handler_timeout_s
+        self._access = access
+        self._loop = loop
+        self._queue_limit = queue_limit  # limits.max_queued_bytes, for replies
+        self._stats = stats
+        self._timeout = timeout  # limits.handler_timeout_s
+
+    def handler_context(self, integration: Integration, request_id: str, connection_id: str) -> HandlerContext:
+        """The ``context`` argument of one handler invocation."""
+        return HandlerContext(
+            self._host,
+            self._loop,
+            request_id=request_id,
+            function_name=integration.target,
+            connection_id=connection_id,
+            timeout=self._timeout,
+        )
+
+    # ---------------------------------------------------------------- $connect / $disconnect
+
+    async def connect(
+        self, conn: Connection, headers: Sequence[tuple[str, str]], query: Sequence[tuple[str, str]]
+    ) -> ConnectOutcome:
+        """Run ``$connect`` (the upgrade waits for it). Never raises: a handler that raises
+        or times out rejects with 500, and its error text stays in the log."""
+        integration = self._router.connect
+        request_id = new_request_id()
+        if integration is None:
+            return ConnectOutcome(request_id=request_id)
+        event = events.connect_event(
+            conn.context_base, headers=headers, query=query, request_id=request_id, epoch_s=time.time()
+        )
+        try:
+            result = await integration.invoke(event, self.handler_context(integration, request_id, conn.id))
+        except Exception as exc:
+            _log_failure(exc, "$connect", request_id, conn.id)
+            return ConnectOutcome(status=500, body="Internal server error", request_id=request_id)
+        return _connect_outcome(result, request_id, conn.id)
+
+    async def disconnect(
+        self,
+        record: ConnectionRecord,
+        base: Mapping[str, Any],
+        code: int,
+        reason: str,
+        *,
+        started: float | None,
+        **log_fields: Any,
+    ) -> None:
+        """Run ``$disconnect`` for ``record`` (its event built on ``base``, the connection's
+        fixed ``requestContext``) and write its access-log line with ``log_fields``.
+        Never raises for the handler's sake; ``started`` as in AccessLog.connection_event."""
+        request_id = new_request_id()
+        integration = self._router.disconnect
+        if integration is not None:
+            event = events.disconnect_event(
+                base, code=code, reason=reason, request_id=request_id, epoch_s=time.time()
+            )
+            context = self.handler_context(integration, request_id, record.connection_id)
+            try:
+                await integration.invoke(event, context)
+            except Exception as exc:
+                _log_failure(exc, "$disconnect", request_id, record.connection_id)
+        self._access.connection_event(
+            "disconnect", route_key="$disconnect", status=code, request_id=request_id,
+            started=started, record=record, **log_fields,
+        )
+
+    # ---------------------------------------------------------------- messages
 
     async def on_message(self, conn: Connection, message: str | bytes) -> None:
         """Route one message and run its handler; never raises for the handler's sake."""
@@ -86,16 +187,16 @@ class Dispatcher:
         try:
             result = await self._call(conn, integration, event, request_id)
         except Disconnect as exc:
-            self._gateway.close(conn, exc.code, exc.reason)
+            self._host.close(conn, exc.code, exc.reason)
         except HandlerTimeout as exc:
             status = 504
             self._stats.handler_timeouts += 1
-            log_handler_failure(exc, route_key, request_id, conn.id)
+            _log_failure(exc, route_key, request_id, conn.id)
             self._send_error(conn, "Endpoint request timed out", request_id)
         except Exception as exc:
             status = 500
             self._stats.handler_errors += 1
-            log_handler_failure(exc, route_key, request_id, conn.id)
+            _log_failure(exc, route_key, request_id, conn.id)
             self._send_error(conn, "Internal server error", request_id)
         else:
             if result is not None:
@@ -105,7 +206,7 @@ class Dispatcher:
     async def _call(self, conn: Connection, integration: Integration, event: dict[str, Any], request_id: str) -> Any:
         """Run the handler under the route's time limit, without a timer per message: the
         gateway's sweep cancels the connection's task once ``conn.deadline`` has passed."""
-        context = self._gateway.handler_context(integration, request_id, conn.id)
+        context = self.handler_context(integration, request_id, conn.id)
         conn.deadline = self._loop.time() + self._timeout
         try:
             return await integration.call(event, context)
@@ -151,17 +252,30 @@ class Dispatcher:
             pass  # the client is gone or not reading: the sweep deals with the latter
 
     def _log(self, conn: Connection, route_key: str, status: int, request_id: str, started: float) -> None:
-        if not self._access.enabled:
-            return
-        rec = conn.record
-        self._access.write(
-            "message",
-            requestId=request_id,
-            connectionId=rec.connection_id,
-            routeKey=route_key,
-            status=status,
-            latency_ms=round((time.perf_counter() - started) * 1000, 3),
-            tenant=rec.tenant,
-            sourceIp=rec.source_ip,
-            userAgent=rec.user_agent,
+        self._access.connection_event(
+            "message", route_key=route_key, status=status, request_id=request_id,
+            started=started, record=conn.record,
         )
+
+
+def _connect_outcome(result: Any, request_id: str, connection_id: str) -> ConnectOutcome:
+    """Read a ``$connect`` handler's Lambda-proxy result."""
+    if result is None:
+        return ConnectOutcome(request_id=request_id)
+    if not isinstance(result, Mapping):
+        log.error("$connect returned %s, not a dict (requestId=%s)", type(result).__name__, request_id)
+        return ConnectOutcome(status=500, body="Internal server error", request_id=request_id)
+    status = result.get("statusCode", 200)
+    if not isinstance(status, int) or isinstance(status, bool) or not 100 <= status <= 599:
+        log.error("$connect returned statusCode %r (requestId=%s connectionId=%s)", status, request_id, connection_id)
+        return ConnectOutcome(status=500, body="Internal server error", request_id=request_id)
+    headers = result.get("headers") or {}
+    subprotocol = None
+    if isinstance(headers, Mapping):
+        for name, value in headers.items():
+            if isinstance(name, str) and name.lower() == "sec-websocket-protocol":
+                subprotocol = str(value)
+    body = result.get("body")
+    return ConnectOutcome(
+        status=status, body=body if isinstance(body, str) else "", subprotocol=subprotocol, request_id=request_id
+    )

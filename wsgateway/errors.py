@@ -6,6 +6,7 @@
     ├── ConfigError            bad config file or value: start-up stops, the message names the key
     ├── AuthError              handshake refused with .status (401 missing/invalid token, 403 not allowed)
     ├── Disconnect             a handler raises it to close its own connection with .code/.reason
+    ├── HandlerTimeout         a handler ran past its route's time limit (client: "Endpoint request timed out")
     ├── RemoteNodeError        the node holding a connection failed handling a call: a bare 500
     └── ManagementError        an AWS-shaped answer: .status + .error_type (x-amzn-ErrorType)
         ├── BadRequestError           400 BadRequestException   (malformed id, bad parameter)
@@ -42,6 +43,7 @@ __all__ = [
     "ForbiddenError",
     "GatewayError",
     "GoneError",
+    "HandlerTimeout",
     "LimitExceededError",
     "ManagementError",
     "NotFoundError",
@@ -90,6 +92,10 @@ class Disconnect(GatewayError):
         super().__init__(f"disconnect {code} {reason}".strip())
         self.code = code
         self.reason = reason
+
+
+class HandlerTimeout(GatewayError):
+    """A route's function ran past ``limits.handler_timeout_s``; the message names its target."""
 
 
 class ManagementError(GatewayError):

@@ -13,7 +13,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .registry import ConnectionRecord
+from .records import ConnectionRecord
 
 __all__ = ["connect_event", "context_base", "disconnect_event", "message_event", "request_time"]
 

@@ -13,16 +13,15 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Coroutine, Iterable, Mapping, Sequence
+from collections.abc import Coroutine, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from . import events
 from .accesslog import AccessLog
 from .auth import Authenticator, Principal
 from .connection import Connection, as_payload
-from .dispatch import Dispatcher, log_handler_failure
+from .dispatch import ConnectOutcome, Dispatcher
 from .errors import (
     CLOSE_GOING_AWAY,
     CLOSE_NORMAL,
@@ -33,35 +32,18 @@ from .errors import (
 )
 from .hub import Hub
 from .metrics import Stats
-from .ids import new_connection_id, new_node_id, new_request_id
-from .integrations import HandlerContext, Integration, load_integration
-from .registry import ConnectionInfo, ConnectionRecord, Page, create_registry
+from .ids import new_connection_id, new_node_id
+from .integrations import Integration, load_integration
+from .records import ConnectionInfo, ConnectionRecord
+from .registry import Page, create_registry
 from .routing import Router
-from .server import reset
 
 if TYPE_CHECKING:
-    from websockets.asyncio.server import ServerConnection
-
     from .config import GatewayConfig
 
 __all__ = ["ConnectOutcome", "Gateway"]
 
 log = logging.getLogger("wsgateway")
-
-
-
-@dataclass(slots=True)
-class ConnectOutcome:
-    """What ``$connect`` decided: accept (status < 400) or reject with ``status``."""
-
-    status: int = 200
-    body: str = ""
-    subprotocol: str | None = None  # Sec-WebSocket-Protocol the handler chose
-    request_id: str = ""
-
-    @property
-    def accepted(self) -> bool:
-        return self.status < 400
 
 
 class Gateway:
@@ -120,7 +102,15 @@ class Gateway:
         self._loop = asyncio.get_running_loop()
         if self.router is None:
             self.router = self.load_routes()
-        self.dispatcher = Dispatcher(self, self.router)
+        self.dispatcher = Dispatcher(
+            self,
+            self.router,
+            loop=self._loop,
+            access=self.access,
+            stats=self.stats,
+            queue_limit=self._queue_limit,
+            timeout=self._handler_timeout,
+        )
         self.access.start()
         await self.auth.start()
         await self.registry.start(self)
@@ -185,27 +175,13 @@ class Gateway:
     async def run_connect(
         self, conn: Connection, headers: Sequence[tuple[str, str]], query: Sequence[tuple[str, str]]
     ) -> ConnectOutcome:
-        """Run ``$connect`` (the upgrade waits for it). Never raises: a handler that raises
-        or times out rejects with 500, and its error text stays in the log."""
-        assert self.router is not None
-        integration = self.router.connect
-        request_id = new_request_id()
-        if integration is None:
-            return ConnectOutcome(request_id=request_id)
-        event = events.connect_event(
-            conn.context_base, headers=headers, query=query, request_id=request_id, epoch_s=time.time()
-        )
-        try:
-            result = await integration.invoke(event, self.handler_context(integration, request_id, conn.id))
-        except Exception as exc:
-            log_handler_failure(exc, "$connect", request_id, conn.id)
-            return ConnectOutcome(status=500, body="Internal server error", request_id=request_id)
-        return _connect_outcome(result, request_id, conn.id)
+        """Run ``$connect`` (the upgrade waits for it); never raises (see Dispatcher.connect)."""
+        assert self.dispatcher is not None, "Gateway.start() has not run"
+        return await self.dispatcher.connect(conn, headers, query)
 
-    async def opened(self, conn: Connection, ws: ServerConnection) -> None:
-        """The upgrade completed: from now on posts reach ``conn``."""
-        conn.ws = ws
-        conn.compressed = bool(ws.protocol.extensions)
+    async def opened(self, conn: Connection) -> None:
+        """The upgrade completed (``conn`` is attached to its socket): from now on posts
+        reach ``conn``."""
         self.hub.add(conn)
         self.stats.accepted += 1
         await self.registry.add(conn.record)
@@ -223,16 +199,9 @@ class Gateway:
         """One access-log line per handshake, accepted (101) or refused (its status)."""
         if status != 101:
             self.stats.rejected[status] += 1
-        self.access.write(
-            "connect",
-            requestId=request_id,
-            connectionId=conn.id if conn is not None else "",
-            routeKey="$connect",
-            status=status,
-            latency_ms=round((time.perf_counter() - started) * 1000, 3),
-            tenant=conn.tenant if conn is not None else "",
-            sourceIp=source_ip,
-            userAgent=user_agent,
+        self.access.connection_event(
+            "connect", route_key="$connect", status=status, request_id=request_id, started=started,
+            record=conn.record if conn is not None else None, source_ip=source_ip, user_agent=user_agent,
         )
 
     async def closed(self, conn: Connection, code: int, reason: str) -> None:
@@ -251,48 +220,8 @@ class Gateway:
         if not run_here:
             log.info("connection %s closed after another node ran its $disconnect", conn.id)
             return
-        request_id = await self._run_disconnect(conn.context_base, conn.id, code, reason)
-        rec = conn.record
-        self.access.write(
-            "disconnect",
-            requestId=request_id,
-            connectionId=rec.connection_id,
-            routeKey="$disconnect",
-            status=code,
-            latency_ms=round((time.perf_counter() - started) * 1000, 3),
-            tenant=rec.tenant,
-            sourceIp=rec.source_ip,
-            userAgent=rec.user_agent,
-        )
-
-    async def _run_disconnect(
-        self, base: Mapping[str, Any], connection_id: str, code: int, reason: str
-    ) -> str:
-        request_id = new_request_id()
-        assert self.router is not None
-        integration = self.router.disconnect
-        if integration is None:
-            return request_id
-        event = events.disconnect_event(
-            base, code=code, reason=reason, request_id=request_id, epoch_s=time.time()
-        )
-        try:
-            await integration.invoke(event, self.handler_context(integration, request_id, connection_id))
-        except Exception as exc:
-            log_handler_failure(exc, "$disconnect", request_id, connection_id)
-        return request_id
-
-    def handler_context(self, integration: Integration, request_id: str, connection_id: str) -> HandlerContext:
-        """The ``context`` argument of one handler invocation."""
-        assert self._loop is not None
-        return HandlerContext(
-            self,
-            self._loop,
-            request_id=request_id,
-            function_name=integration.target,
-            connection_id=connection_id,
-            timeout=self._handler_timeout,
-        )
+        assert self.dispatcher is not None
+        await self.dispatcher.disconnect(conn.record, conn.context_base, code, reason, started=started)
 
     # ---------------------------------------------------------------- closing
 
@@ -301,19 +230,7 @@ class Gateway:
         if conn.close_code is not None or conn.ws is None:
             return
         conn.close_code, conn.close_reason = code, reason
-        self._spawn(self._close_socket(conn.ws, code, reason))
-
-    async def _close_socket(self, ws: ServerConnection, code: int, reason: str) -> None:
-        # websockets' close() waits for the write buffer to drain, which never happens for
-        # a client that stopped reading: bound it, then drop the TCP connection.
-        if code == CLOSE_SLOW_CONSUMER:
-            reset(ws.transport)
-            return
-        try:
-            async with asyncio.timeout(self.config.limits.close_timeout_s):
-                await ws.close(code, reason)
-        except TimeoutError:
-            reset(ws.transport)
+        self._spawn(conn.close_socket(self.config.limits.close_timeout_s))
 
     async def _sweep(self) -> None:
         """Once per tick: handler time limits, idle timeout, maximum duration, slow consumers."""
@@ -475,19 +392,8 @@ class Gateway:
     async def run_orphan_disconnect(self, record: ConnectionRecord, code: int, reason: str) -> None:
         """``$disconnect`` for a connection whose node died (the registry claimed it)."""
         base = events.context_base(record, stage=self.config.stage, api_id=self.config.api_id)
-        request_id = await self._run_disconnect(base, record.connection_id, code, reason)
-        self.access.write(
-            "disconnect",
-            requestId=request_id,
-            connectionId=record.connection_id,
-            routeKey="$disconnect",
-            status=code,
-            latency_ms=0.0,
-            tenant=record.tenant,
-            sourceIp=record.source_ip,
-            userAgent=record.user_agent,
-            orphanOf=record.node_id,
-        )
+        assert self.dispatcher is not None
+        await self.dispatcher.disconnect(record, base, code, reason, started=None, orphanOf=record.node_id)
 
     # ---------------------------------------------------------------- health
 
@@ -506,25 +412,3 @@ class Gateway:
             "registry": registry,
         }
 
-
-def _connect_outcome(result: Any, request_id: str, connection_id: str) -> ConnectOutcome:
-    """Read a ``$connect`` handler's Lambda-proxy result."""
-    if result is None:
-        return ConnectOutcome(request_id=request_id)
-    if not isinstance(result, Mapping):
-        log.error("$connect returned %s, not a dict (requestId=%s)", type(result).__name__, request_id)
-        return ConnectOutcome(status=500, body="Internal server error", request_id=request_id)
-    status = result.get("statusCode", 200)
-    if not isinstance(status, int) or isinstance(status, bool) or not 100 <= status <= 599:
-        log.error("$connect returned statusCode %r (requestId=%s connectionId=%s)", status, request_id, connection_id)
-        return ConnectOutcome(status=500, body="Internal server error", request_id=request_id)
-    headers = result.get("headers") or {}
-    subprotocol = None
-    if isinstance(headers, Mapping):
-        for name, value in headers.items():
-            if isinstance(name, str) and name.lower() == "sec-websocket-protocol":
-                subprotocol = str(value)
-    body = result.get("body")
-    return ConnectOutcome(
-        status=status, body=body if isinstance(body, str) else "", subprotocol=subprotocol, request_id=request_id
-    )

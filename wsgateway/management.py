@@ -169,7 +169,7 @@ class ManagementServer:
 
     async def _probe(self, kind: str) -> Response:
         if kind == "metrics":
-            return Response(200, exposition(self.gateway), [("Content-Type", CONTENT_TYPE)])
+            return Response(200, exposition(self.gateway.stats, self.gateway.hub), [("Content-Type", CONTENT_TYPE)])
         health = await self.gateway.health()
         return _ok(200 if health["ready" if kind == "ready" else "live"] else 503, orjson.dumps(health))
 

@@ -16,7 +16,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector, CollectorRegistry
 
 if TYPE_CHECKING:
-    from .gateway import Gateway
+    from .hub import Hub
 
 __all__ = ["CONTENT_TYPE", "Stats", "exposition"]
 
@@ -50,15 +50,15 @@ class Stats:
         self.slow_consumers = 0
 
 
-class _GatewayCollector(Collector):
-    def __init__(self, gateway: Gateway) -> None:
-        self._gateway = gateway
+class _NodeCollector(Collector):
+    def __init__(self, stats: Stats, hub: Hub) -> None:
+        self._stats = stats
+        self._hub = hub
 
     def collect(self) -> Iterator[Metric]:
-        gw = self._gateway
-        stats = gw.stats
-        yield GaugeMetricFamily("wsgateway_connections", "Open connections on this node", value=len(gw.hub))
-        yield GaugeMetricFamily("wsgateway_tenants", "Tenants with a connection on this node", value=len(gw.hub.tenants()))
+        stats, hub = self._stats, self._hub
+        yield GaugeMetricFamily("wsgateway_connections", "Open connections on this node", value=len(hub))
+        yield GaugeMetricFamily("wsgateway_tenants", "Tenants with a connection on this node", value=len(hub.tenants()))
         yield CounterMetricFamily("wsgateway_connections_accepted", "Handshakes accepted", value=stats.accepted)
         rejected = CounterMetricFamily("wsgateway_handshakes_rejected", "Handshakes refused, by HTTP status", labels=["status"])
         for status, count in sorted(stats.rejected.items()):
@@ -83,8 +83,9 @@ class _GatewayCollector(Collector):
         yield calls
 
 
-def exposition(gateway: Gateway) -> bytes:
-    """The Prometheus text exposition of ``gateway``'s counters, built now."""
+def exposition(stats: Stats, hub: Hub) -> bytes:
+    """The Prometheus text exposition of a node's counters and its hub's sizes, built now
+    (call it per scrape)."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_GatewayCollector(gateway))
+    registry.register(_NodeCollector(stats, hub))
     return generate_latest(registry)

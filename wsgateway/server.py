@@ -11,12 +11,10 @@ status; a failure rejects with 500). Only then is the connection in the hub: a p
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import http
 import logging
 import socket
 import ssl
-import struct
 import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -27,16 +25,15 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers, MultipleValuesError
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
-from websockets.protocol import State
 from websockets.typing import Subprotocol
 
-from .errors import CLOSE_ABNORMAL, CLOSE_GOING_AWAY, CLOSE_INTERNAL_ERROR, AuthError
+from .errors import CLOSE_GOING_AWAY, CLOSE_INTERNAL_ERROR, AuthError
 
 if TYPE_CHECKING:
     from .connection import Connection
     from .gateway import Gateway
 
-__all__ = ["ClientServer", "GatewayConnection", "origin_key", "reset"]
+__all__ = ["ClientServer", "GatewayConnection", "origin_key"]
 
 log = logging.getLogger("wsgateway.server")
 
@@ -76,19 +73,6 @@ def _reject(ws: ServerConnection, status: int, text: str = "") -> Response:
     except ValueError:
         phrase = "Error"
     return ws.respond(status, (text or phrase) + "\n")
-
-
-def close_info(ws: ServerConnection, conn: Connection) -> tuple[int, str]:
-    """The (code, reason) that ``$disconnect`` reports, whoever closed first."""
-    if conn.close_code is not None:  # the gateway decided: delete, idle, slow, shutdown
-        return conn.close_code, conn.close_reason
-    proto = ws.protocol
-    rcvd, sent = proto.close_rcvd, proto.close_sent
-    if rcvd is not None and (sent is None or proto.close_rcvd_then_sent):
-        return rcvd.code, rcvd.reason
-    if sent is not None:  # websockets closed it: 1009 too big, 1011 keepalive timeout, ...
-        return sent.code, sent.reason
-    return CLOSE_ABNORMAL, ""
 
 
 class ClientServer:
@@ -252,10 +236,9 @@ class ClientServer:
         assert gateway.dispatcher is not None
         dispatch = gateway.dispatcher.on_message
         conn.task = asyncio.current_task()
-        if self._limits.socket_send_buffer_bytes:
-            _set_send_buffer(ws, self._limits.socket_send_buffer_bytes)
+        conn.attach(ws, self._limits.socket_send_buffer_bytes)
         try:
-            await gateway.opened(conn, ws)
+            await gateway.opened(conn)
             gateway.log_handshake(
                 status=101, request_id=ws.gw_request_id, started=ws.gw_started,
                 source_ip=conn.record.source_ip, user_agent=conn.record.user_agent, conn=conn,
@@ -268,43 +251,8 @@ class ClientServer:
             log.exception("connection failed: connectionId=%s", conn.id)
             gateway.close(conn, CLOSE_INTERNAL_ERROR, "Internal server error")
         finally:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self._limits.close_timeout_s + 1):
-                    await ws.wait_closed()
-            if ws.protocol.state is not State.CLOSED:
-                ws.transport.abort()
-            code, reason = close_info(ws, conn)
+            code, reason = await conn.wait_closed(self._limits.close_timeout_s + 1)
             await gateway.closed(conn, code, reason)
-
-
-_LINGER_ABORT = struct.pack("ii", 1, 0)  # struct linger {l_onoff = 1, l_linger = 0}
-
-
-def _setsockopt(transport: asyncio.BaseTransport, option: int, value: int | bytes) -> None:
-    """A SOL_SOCKET option on the transport's socket; best effort (the peer may be gone)."""
-    sock = transport.get_extra_info("socket")
-    if sock is not None:
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.SOL_SOCKET, option, value)
-
-
-def reset(transport: asyncio.Transport) -> None:
-    """Drop a TCP connection with an RST, discarding what the kernel still holds for it.
-
-    A plain close queues the FIN behind the unsent data; against a client that stopped
-    reading (a zero window) it never leaves: the client never learns it was cut off and the
-    kernel keeps the socket's send buffer (MBs with autotuning) while it probes the window.
-    ``SO_LINGER`` on with a zero timeout makes the close an abortive one.
-    """
-    _setsockopt(transport, socket.SO_LINGER, _LINGER_ABORT)
-    transport.abort()
-
-
-def _set_send_buffer(ws: ServerConnection, size: int) -> None:
-    """Bound what the kernel buffers for one client, so that a client that stops reading
-    fills the gateway's own bounded queue (and is cut off) instead of megabytes of kernel
-    memory (Linux autotunes a loopback socket's send buffer to several MB)."""
-    _setsockopt(ws.transport, socket.SO_SNDBUF, size)
 
 
 def _peer_ip(ws: ServerConnection) -> str:

@@ -11,8 +11,9 @@ from __future__ import annotations
 from concurrent.futures import Executor
 from typing import Any, Protocol
 
+from ..errors import HandlerTimeout
 from .context import HandlerContext
-from .python import HandlerTimeout, PythonIntegration
+from .python import PythonIntegration
 
 __all__ = ["HandlerContext", "HandlerTimeout", "Integration", "PythonIntegration", "load_integration"]
 

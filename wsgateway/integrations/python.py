@@ -19,14 +19,10 @@ from collections.abc import Callable
 from concurrent.futures import Executor
 from typing import Any
 
-from ..errors import ConfigError
+from ..errors import ConfigError, HandlerTimeout
 from .context import HandlerContext
 
-__all__ = ["HandlerTimeout", "PythonIntegration"]
-
-
-class HandlerTimeout(Exception):
-    """The function ran past its route's ``handler_timeout_s``."""
+__all__ = ["PythonIntegration"]
 
 
 def _resolve(target: str, key: str) -> Callable[..., Any]:

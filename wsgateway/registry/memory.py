@@ -11,7 +11,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..errors import GoneError
-from . import ConnectionInfo, ConnectionRecord, LocalNode, Page, Registry
+from ..records import ConnectionInfo, ConnectionRecord
+from . import LocalNode, Page, Registry
 from ._page_token import check_limit, decode_token, encode_token
 
 __all__ = ["MemoryRegistry"]

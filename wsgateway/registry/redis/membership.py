@@ -58,7 +58,8 @@ from typing import Any
 from redis.backoff import ExponentialWithJitterBackoff
 
 from ...errors import CLOSE_SERVICE_RESTART
-from .. import ConnectionInfo, ConnectionRecord, LocalNode
+from ...records import ConnectionInfo, ConnectionRecord
+from .. import LocalNode
 from .batch import REDIS_FAILURES, CommandBatcher
 from .keys import KeySpace
 from .scripts import (

@@ -32,7 +32,8 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from ...errors import GoneError, RegistryUnavailableError
-from .. import ConnectionInfo, ConnectionRecord, LocalNode, Page, Registry
+from ...records import ConnectionInfo, ConnectionRecord
+from .. import LocalNode, Page, Registry
 from .._page_token import check_limit, decode_token, encode_token
 from .batch import REDIS_FAILURES, CommandBatcher
 from .keys import KeySpace

@@ -22,7 +22,8 @@ import math
 from collections.abc import Iterable
 
 from ...errors import CLOSE_ABNORMAL
-from .. import ConnectionRecord, LocalNode
+from ...records import ConnectionRecord
+from .. import LocalNode
 from .batch import CommandBatcher
 from .keys import KeySpace
 from .scripts import CLAIM, LEASE_SWEEP, UNLIST, ms

@@ -24,7 +24,7 @@ from typing import Any
 
 import orjson
 
-from .. import ConnectionInfo, ConnectionRecord
+from ...records import ConnectionInfo, ConnectionRecord
 
 __all__ = [
     "KIND_DELETE",
