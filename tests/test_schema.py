@@ -15,7 +15,17 @@ from typing import Any
 import pytest
 
 from wsgateway.errors import ConfigError
-from wsgateway.schema import FILE, FILLED, NON_NEGATIVE, NOT_IN_FILE, PORT, build, check_fields, read_toml, rule
+from wsgateway.schema import (
+    FILE,
+    FILLED,
+    NON_NEGATIVE,
+    NOT_IN_FILE,
+    PORT,
+    build,
+    check_fields,
+    read_toml,
+    rule,
+)
 
 
 @dataclass(frozen=True, slots=True)
