@@ -437,8 +437,7 @@ async def test_eddsa_pem(tmp_path: Any, clock: Clock) -> None:
     ("overrides", "key"),
     [
         ({"type": "jwt-ish"}, "auth.type"),
-        ({"algorithms": ("none",)}, "auth.algorithms"),
-        ({"algorithms": ()}, "auth.algorithms"),
+        ({"algorithms": ("none",)}, "auth.algorithms[0]"),  # AuthConfig's own field rule
         ({"secret": None}, "auth.secret"),
         ({"sources": ("cookie:token",)}, "auth.sources[0]"),
         ({"algorithms": ("RS256",), "secret": None}, "auth.algorithms"),
@@ -451,6 +450,13 @@ def test_config_errors(overrides: dict[str, Any], key: str) -> None:
     with pytest.raises(ConfigError) as info:
         Authenticator(config(**overrides))
     assert info.value.key == key
+
+
+async def test_no_pinned_algorithm_refuses_every_token(clock: Clock) -> None:
+    """An empty ``algorithms`` is the loader's error; built in code, it fails closed."""
+    authenticator = Authenticator(config(algorithms=()), clock=clock)
+    error = await refused(authenticator, hs256())
+    assert (error.status, error.reason) == (401, "algorithm not allowed: 'HS256'")
 
 
 def test_config_key_must_fit_pinned_algorithms(tmp_path: Any) -> None:

@@ -501,6 +501,8 @@ BAD_ROUTE_KEY = ('must be $connect, $disconnect, $default or a custom route key 
          "routes.$conect: " + BAD_ROUTE_KEY),
         ({"": "a:b"},
          'routes."": ' + BAD_ROUTE_KEY),
+        ({"$Default": "a:b"}, "routes.$Default: " + BAD_ROUTE_KEY),
+        ({"$connect ": "a:b"}, 'routes."$connect ": ' + BAD_ROUTE_KEY),
         ({"chat": "app.chat"}, "routes.chat: must be \"dotted.module:function\", got 'app.chat'"),
         ({"chat": "app..chat:f"}, "routes.chat: must be \"dotted.module:function\", got 'app..chat:f'"),
         ({"chat": "app.chat:on-message"},
@@ -510,6 +512,14 @@ BAD_ROUTE_KEY = ('must be $connect, $disconnect, $default or a custom route key 
 )
 def test_bad_routes_name_their_key(routes: dict[str, Any], message: str) -> None:
     assert str(config_error({"routes": routes})) == message
+
+
+@pytest.mark.parametrize("key", ["", "$join", "$Default", "$connect "])
+def test_route_key_rule_holds_for_routes_built_in_code(key: str) -> None:
+    """The Router trusts its keys: RoutesConfig refuses bad ones however it is built."""
+    with pytest.raises(ConfigError) as info:
+        RoutesConfig(routes={key: "a:b"})
+    assert info.value.problem == BAD_ROUTE_KEY
 
 
 # ---------------------------------------------------------------- unknown keys

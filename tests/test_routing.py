@@ -315,23 +315,6 @@ def test_router_can_be_parametrised() -> None:
     assert Router[int]("$request.body.action", {"a": 1}).select('{"action":"a"}') == ("a", 1)
 
 
-@pytest.mark.parametrize(
-    ("key", "message"),
-    [
-        ("", "route key must be a non-empty string, got ''"),
-        (None, "route key must be a non-empty string, got None"),
-        ("$join", "route key '$join': custom keys must not start with '$' (reserved keys are "),
-        ("$Default", "route key '$Default': custom keys must not start with '$'"),
-        ("$connect ", "route key '$connect ': custom keys must not start with '$'"),
-    ],
-)
-def test_bad_route_keys_are_refused(key: Any, message: str) -> None:
-    """Empty keys and custom keys starting with '$' raise ValueError."""
-    with pytest.raises(ValueError) as raised:
-        Router("$request.body.action", {key: "T"})
-    assert str(raised.value).startswith(message)
-
-
 def test_bad_expression_is_refused_by_the_router() -> None:
     """Router() raises the expression's ValueError."""
     with pytest.raises(ValueError, match=r"unbalanced '\$\{'"):

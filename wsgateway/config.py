@@ -1,99 +1,184 @@
 """Configuration: frozen dataclasses read from one TOML file plus secrets from the environment.
 
 Call :func:`load_config` once at start-up (the CLI does), log what :func:`config_warnings`
-returns, and hand the :class:`GatewayConfig` down. Every value is checked here, once: nothing
-downstream re-validates and nothing mutates a config after start. A bad file or value raises
-:class:`~wsgateway.errors.ConfigError` with a one-line message naming the dotted key
-(``listen.port: must be an integer from 0 to 65535, got 'abc'``). Unknown keys are errors
+returns, and hand the :class:`GatewayConfig` down. Every value is checked once, when it is
+built: nothing downstream re-validates and nothing mutates a config after start. A bad file or
+value raises :class:`~wsgateway.errors.ConfigError` with a one-line message naming the dotted
+key (``listen.port: must be an integer from 0 to 65535, got 'abc'``). Unknown keys are errors
 too, so a typo never silently leaves a default in force.
 
-The checks are data, not one ``if`` per key:
+Each rule sits beside its field, and :mod:`wsgateway.schema` applies them:
 
-- a field's type annotation gives its type check (``bool`` is never a number, an integer is
-  fine where a float is expected, a list field also takes a single string);
-- every number must be > 0 (sizes, counts, timeouts) unless ``_RANGES`` says otherwise;
-- ``_CHECKS`` adds a regex the typed value must match (choices, names, URLs), by dotted key;
-- ``_FILES`` are paths: resolved against the config file's folder, stored absolute, must exist;
+- a field's annotation is its type check; with no metadata a number must be > 0 (sizes,
+  counts, timeouts), so most fields are one plain line: ``backlog: int = 2048``;
+- ``metadata=`` names any other rule: ``NON_NEGATIVE``, ``PORT``, ``FILLED``, ``FILE`` (a
+  path, stored absolute) or ``rule(regex, "what it must be")``;
 - a field with ``repr=False`` is a secret: it may instead be given as ``<name>_env = "VAR"``;
-- ``_CROSS`` holds the checks that span several keys of one section.
+- rules that span several fields of a section are its ``check()`` method, right after the
+  fields; the loader calls it. Field rules also hold for a section built in code
+  (``__post_init__``); ``check()`` runs only at load.
 """
 
 from __future__ import annotations
 
-import difflib
 import ipaddress
-import json
 import os
-import re
-import sys
-import tomllib
-from collections.abc import Callable, Mapping
-from dataclasses import MISSING, dataclass, field, fields, is_dataclass, replace
-from functools import cache
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, TypeVar, get_type_hints
+from typing import Any
 from urllib.parse import urlsplit
 
 from .errors import ConfigError
+from .schema import (
+    FILE,
+    FILLED,
+    NON_NEGATIVE,
+    NOT_IN_FILE,
+    PORT,
+    build,
+    check_fields,
+    read_toml,
+    rule,
+)
 
 __all__ = ["AuthConfig", "Credential", "GatewayConfig", "LimitsConfig", "ListenConfig", "LogConfig",
            "ManagementConfig", "RegistryConfig", "RoutesConfig", "config_warnings", "load_config",
            "parse_config"]
+
+# Rules several fields share; every other rule is written out beside its field.
+_NAME = rule(r"[A-Za-z0-9_-]{1,128}", "1 to 128 of A-Z a-z 0-9 _ -")
+_HOST = rule(r"[^\s/]+", "a host name or IP address")
+_IDENT = r"[^\W\d]\w*"
+_PORT_PATH = r"(:\d{1,5})?([/?]\S*)?"
+_WILDCARD_HOSTS = {"", "0.0.0.0", "::"}
+_HMAC_MIN_BYTES = {"HS256": 32, "HS384": 48, "HS512": 64}  # the digest size, as PyJWT warns
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class ListenConfig:
     """``[listen]``: the WebSocket listener clients connect to."""
 
-    host: str = "127.0.0.1"
-    port: int = 8080  # 0 = pick a free port
-    ssl_certfile: str | None = None  # PEM chain; with ssl_keyfile the listener serves wss://
-    ssl_keyfile: str | None = None  # PEM key; both or neither (absolute once loaded)
+    host: str = field(default="127.0.0.1", metadata=_HOST)
+    port: int = field(default=8080, metadata=PORT)  # 0 = pick a free port
+    # PEM chain; with ssl_keyfile the listener serves wss://
+    ssl_certfile: str | None = field(default=None, metadata=FILE)
+    ssl_keyfile: str | None = field(default=None, metadata=FILE)  # PEM key; both or neither
     compression: bool = False  # permessage-deflate
-    ping_interval_s: float = 20.0  # seconds between protocol pings; 0 disables keepalive
-    ping_timeout_s: float = 20.0  # seconds without a pong -> peer is half-open -> close
+    # seconds between protocol pings; 0 disables keepalive
+    ping_interval_s: float = field(default=20.0, metadata=NON_NEGATIVE)
+    # seconds without a pong -> peer is half-open -> close
+    ping_timeout_s: float = field(default=20.0, metadata=NON_NEGATIVE)
     backlog: int = 2048  # pending TCP connections (listen(2))
+
+    def __post_init__(self) -> None:
+        check_fields(self, "listen")
+
+    def check(self) -> None:
+        """Rules across fields; the loader calls it. Raises ConfigError."""
+        if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
+            unset = "ssl_keyfile" if self.ssl_keyfile is None else "ssl_certfile"
+            raise ConfigError(f"listen.{unset}", "set both ssl_certfile and ssl_keyfile, or neither")
 
 
 @dataclass(frozen=True, slots=True)
 class Credential:
     """One management API key pair (``[[management.credentials]]``); the secret never prints."""
 
-    access_key_id: str
-    secret_access_key: str = field(repr=False)  # or secret_access_key_env = "VAR"
+    # "/" would break the SigV4 credential scope, which is split on it
+    access_key_id: str = field(metadata=rule(r"[^\s/]{1,128}", "1 to 128 chars, no space or /"))
+    secret_access_key: str = field(repr=False, metadata=FILLED)  # or secret_access_key_env = "VAR"
+
+    def __post_init__(self) -> None:
+        check_fields(self, "management.credentials")
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class ManagementConfig:
     """``[management]``: the ``@connections`` HTTP API backends call."""
 
-    host: str = "127.0.0.1"
-    port: int = 8081  # 0 = pick a free port
-    auth: str = "none"  # "none" | "sigv4"; "sigv4" needs at least one credential
+    host: str = field(default="127.0.0.1", metadata=_HOST)
+    port: int = field(default=8081, metadata=PORT)  # 0 = pick a free port
+    # "none" | "sigv4"; "sigv4" needs at least one credential
+    auth: str = field(default="none", metadata=rule("none|sigv4", '"none" or "sigv4"'))
     credentials: tuple[Credential, ...] = ()
-    region: str | None = None  # pin the SigV4 region; None accepts any region
+    # pin the SigV4 region; None accepts any region
+    region: str | None = field(default=None, metadata=rule(r"[a-z0-9-]{1,32}", 'a region name like "us-east-1"'))
     max_clock_skew_s: float = 300.0  # seconds a signed request's date may be off
     max_post_bytes: int = 131072  # bytes; larger POST bodies answer 413
+
+    def __post_init__(self) -> None:
+        check_fields(self, "management")
+
+    def check(self) -> None:
+        """Rules across fields; the loader calls it. Raises ConfigError."""
+        if self.auth == "sigv4" and not self.credentials:
+            raise ConfigError("management.credentials", 'auth = "sigv4" needs at least one credential')
+        ids = [cred.access_key_id for cred in self.credentials]
+        for i, key_id in enumerate(ids):
+            if key_id in ids[:i]:
+                raise ConfigError(f"management.credentials[{i}].access_key_id",
+                                  f"{key_id!r} is listed twice")
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class AuthConfig:
     """``[auth]``: how a handshake's token becomes a principal (checked only if type = "jwt")."""
 
-    type: str = "none"  # "none" | "jwt"
-    sources: tuple[str, ...] = ("header:Authorization", "query:token")  # first present wins
-    algorithms: tuple[str, ...] = ("RS256",)  # HS* xor asymmetric ones; never "none"
-    secret: str | None = field(default=None, repr=False)  # HS*; or secret_env = "VAR"
-    public_key_file: str | None = None  # RS*/PS*/ES*/EdDSA: PEM file (absolute once loaded) ...
-    jwks_url: str | None = None  # ... or a JWKS URL: https://, http:// for loopback only
-    issuer: str | None = None  # required "iss"; None = not checked
-    audience: tuple[str, ...] = ()  # accepted "aud" values; () = not checked
-    leeway_s: float = 30.0  # seconds of clock skew allowed on exp/nbf/iat
-    tenant_claim: str = "tenant"
-    context_claims: tuple[str, ...] = ()  # copied into requestContext.authorizer
-    required_claims: tuple[str, ...] = ("exp",)
+    type: str = field(default="none", metadata=rule("none|jwt", '"none" or "jwt"'))
+    # first present wins
+    sources: tuple[str, ...] = field(default=("header:Authorization", "query:token"), metadata=rule(
+        r"(header|query|subprotocol):[!#$%&'*+.^_`|~0-9A-Za-z-]+",
+        '"header:NAME", "query:NAME" or "subprotocol:NAME"'))
+    # HS* xor asymmetric ones; "none" (any case) fails: it would switch signature checks off
+    algorithms: tuple[str, ...] = field(default=("RS256",), metadata=rule(
+        r"(HS|RS|PS|ES)(256|384|512)|EdDSA",
+        "one of HS256/384/512, RS256/384/512, PS256/384/512, ES256/384/512, EdDSA"))
+    secret: str | None = field(default=None, repr=False, metadata=FILLED)  # HS*; or secret_env
+    public_key_file: str | None = field(default=None, metadata=FILE)  # RS*/PS*/ES*/EdDSA PEM ...
+    # ... or a JWKS URL: https://, http:// for loopback only
+    jwks_url: str | None = field(default=None, metadata=rule(
+        rf"https://[^/\s?#@]+{_PORT_PATH}|http://(localhost|127(\.\d{{1,3}}){{3}}|\[::1\]){_PORT_PATH}",
+        "an https:// URL (http:// only for 127.0.0.0/8, ::1 or localhost)"))
+    issuer: str | None = field(default=None, metadata=FILLED)  # required "iss"; None = not checked
+    audience: tuple[str, ...] = field(default=(), metadata=FILLED)  # accepted "aud"; () = any
+    leeway_s: float = field(default=30.0, metadata=NON_NEGATIVE)  # clock skew on exp/nbf/iat
+    tenant_claim: str = field(default="tenant", metadata=FILLED)
+    # copied into requestContext.authorizer
+    context_claims: tuple[str, ...] = field(default=(), metadata=FILLED)
+    required_claims: tuple[str, ...] = field(default=("exp",), metadata=FILLED)
     jwks_min_refresh_s: float = 60.0  # seconds; refetch on an unknown kid at most this often
+
+    def __post_init__(self) -> None:
+        check_fields(self, "auth")
+
+    def check(self) -> None:
+        """Rules across fields, for type = "jwt"; the loader calls it. Raises ConfigError."""
+        if self.type != "jwt":
+            return
+        for name in ("sources", "algorithms"):
+            if not getattr(self, name):
+                raise ConfigError(f"auth.{name}", 'must not be empty when type = "jwt"')
+        algorithms = self.algorithms
+        hmac = all(a.startswith("HS") for a in algorithms)
+        if not hmac and any(a.startswith("HS") for a in algorithms):  # a public key as HMAC secret
+            raise ConfigError("auth.algorithms", "must not mix HS* and asymmetric ones (key confusion)")
+        key_file, url = self.public_key_file is not None, self.jwks_url is not None
+        secret = self.secret is not None
+        if hmac and not secret:
+            raise ConfigError("auth.secret", f"{algorithms[0]} needs auth.secret or auth.secret_env")
+        if not hmac and not (key_file or url):
+            raise ConfigError("auth.public_key_file",
+                              f"{algorithms[0]} needs auth.public_key_file or auth.jwks_url")
+        if key_file and url:
+            raise ConfigError("auth.jwks_url", "give public_key_file or jwks_url, not both")
+        # Keys the algorithms cannot use are refused: they would hide which key really checks tokens.
+        if hmac and (key_file or url):
+            key = "auth.public_key_file" if key_file else "auth.jwks_url"
+            raise ConfigError(key, "is for asymmetric algorithms, but auth.algorithms are HS*")
+        if not hmac and secret:
+            raise ConfigError("auth.secret", "is for HS* algorithms, but auth.algorithms has none")
 
 
 _DEFAULT_ROUTES: Mapping[str, str] = MappingProxyType(
@@ -110,8 +195,18 @@ class RoutesConfig:
     """``[routes]``: every key but ``selection_expression`` maps a route key to
     ``"module.path:function"``. Naming any route replaces the defaults wholesale."""
 
-    selection_expression: str = "$request.body.action"
-    routes: Mapping[str, str] = field(default_factory=lambda: _DEFAULT_ROUTES)  # read-only
+    # Light on purpose: routing.py parses the expression; this only catches plain mistakes.
+    selection_expression: str = field(default="$request.body.action", metadata=rule(
+        r"\$request\.body.*|.*\$\{request\.body.*|[^$]+",
+        '"$request.body...", text with "${request.body...}" or static text'))
+    # read-only; the keys are the rest of the [routes] table
+    routes: Mapping[str, str] = field(default_factory=lambda: _DEFAULT_ROUTES, metadata=rule(
+        rf"{_IDENT}(\.{_IDENT})*:{_IDENT}", '"dotted.module:function"',
+        keys=(r"(?s)\$connect|\$disconnect|\$default|[^$].*", ("$connect, $disconnect, $default "
+              'or a custom route key (non-empty, not starting with "$")'))))
+
+    def __post_init__(self) -> None:
+        check_fields(self, "routes")
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -124,13 +219,21 @@ class LimitsConfig:
     handler_timeout_s: float = 29.0  # seconds a handler may run
     max_queued_bytes: int = 1048576  # per-connection outbound queue
     slow_consumer_grace_s: float = 5.0  # over max_queued_bytes this long -> close 1008
-    allowed_origins: tuple[str, ...] = ("*",)  # "scheme://host[:port]" (lower-cased) or "*"
+    # Browsers send the Origin scheme and host lower-cased, and server.py compares exactly.
+    allowed_origins: tuple[str, ...] = field(default=("*",), metadata=rule(
+        r"\*|[a-z][a-z0-9+.-]*://([a-z0-9.-]+|\[[0-9a-f:.]+\])(:\d{1,5})?",
+        '"*" or a lower-case origin like "https://app.example.com" (scheme://host[:port], no path)'))
     require_origin: bool = False  # refuse handshakes without an Origin header
-    max_connections: int = 0  # per node; 0 = no limit; beyond it handshakes answer 503
+    # per node; 0 = no limit; beyond it handshakes answer 503
+    max_connections: int = field(default=0, metadata=NON_NEGATIVE)
     close_timeout_s: float = 5.0  # seconds to wait for the peer's close frame
     shutdown_timeout_s: float = 10.0  # seconds to drain connections on stop
     handler_threads: int = 16  # thread pool for sync handlers
-    socket_send_buffer_bytes: int = 0  # SO_SNDBUF of client sockets; 0 = the kernel's autotuning
+    # SO_SNDBUF of client sockets; 0 = the kernel's autotuning
+    socket_send_buffer_bytes: int = field(default=0, metadata=NON_NEGATIVE)
+
+    def __post_init__(self) -> None:
+        check_fields(self, "limits")
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -138,30 +241,51 @@ class LogConfig:
     """``[log]``."""
 
     access_log: str = "-"  # "-" stdout, "" off, else a file path (appended)
-    level: str = "INFO"  # DEBUG | INFO | WARNING | ERROR (any case in the file)
+    # any case in the file
+    level: str = field(default="INFO", metadata=rule(
+        "DEBUG|INFO|WARNING|ERROR", '"DEBUG", "INFO", "WARNING" or "ERROR"'))
+
+    def __post_init__(self) -> None:
+        check_fields(self, "log")
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class RegistryConfig:
     """``[registry]``: where the cluster-wide connection directory lives."""
 
-    backend: str = "memory"  # "memory" | "redis"
-    redis_url: str = "redis://127.0.0.1:6379/0"  # redis://, rediss:// or unix://
-    password: str | None = field(default=None, repr=False)  # or password_env; beats the URL's
-    key_prefix: str = "wsgw"  # [A-Za-z0-9:_-]+
-    node_id: str = ""  # "" = generated per process; else [A-Za-z0-9_-]{1,64}
+    backend: str = field(default="memory", metadata=rule("memory|redis", '"memory" or "redis"'))
+    redis_url: str = field(default="redis://127.0.0.1:6379/0", metadata=rule(
+        r"rediss?://\S*|unix://\S+", "a redis://, rediss:// or unix:// URL"))
+    # or password_env; beats the URL's
+    password: str | None = field(default=None, repr=False, metadata=FILLED)
+    key_prefix: str = field(default="wsgw", metadata=rule(r"[A-Za-z0-9:_-]+", "made of A-Z a-z 0-9 : _ -"))
+    # "" = generated per process
+    node_id: str = field(default="", metadata=rule(r"[A-Za-z0-9_-]{0,64}", '"" or 1 to 64 of A-Z a-z 0-9 _ -'))
     heartbeat_s: float = 2.0  # seconds between node heartbeats
     node_ttl_s: float = 10.0  # seconds without a heartbeat -> node dead; >= 2 * heartbeat_s
-    activity_flush_s: float = 30.0  # lastActiveAt in Redis lags by at most this; 0 = every beat
+    # lastActiveAt in Redis lags by at most this; 0 = every beat
+    activity_flush_s: float = field(default=30.0, metadata=NON_NEGATIVE)
+
+    def __post_init__(self) -> None:
+        check_fields(self, "registry")
+
+    def check(self) -> None:
+        """Rules across fields; the loader calls it. Raises ConfigError."""
+        if self.node_ttl_s < 2 * self.heartbeat_s:  # one late heartbeat must not declare a node dead
+            twice = f"{2 * self.heartbeat_s:g}"
+            raise ConfigError("registry.node_ttl_s",
+                              f"must be >= 2 * heartbeat_s ({twice}), got {self.node_ttl_s:g}")
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class GatewayConfig:
     """The whole configuration; ``GatewayConfig()`` is the embedded default."""
 
-    stage: str = "prod"  # [A-Za-z0-9_-]{1,128}; first segment of management paths
-    api_id: str = "wsgateway"  # requestContext.apiId
-    domain_name: str = ""  # requestContext.domainName; "" = the handshake's Host header
+    stage: str = field(default="prod", metadata=_NAME)  # first segment of management paths
+    api_id: str = field(default="wsgateway", metadata=_NAME)  # requestContext.apiId
+    # requestContext.domainName; "" = the handshake's Host header
+    domain_name: str = field(default="", metadata=rule(
+        r"[^\s/]*", "a host name (and port) without scheme or path"))
     listen: ListenConfig = field(default_factory=ListenConfig)
     management: ManagementConfig = field(default_factory=ManagementConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
@@ -169,7 +293,18 @@ class GatewayConfig:
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     log: LogConfig = field(default_factory=LogConfig)
     registry: RegistryConfig = field(default_factory=RegistryConfig)
-    source: str = "<defaults>"  # the file it came from ("<data>" from parse_config)
+    # the file it came from ("<data>" from parse_config)
+    source: str = field(default="<defaults>", metadata=NOT_IN_FILE)
+
+    def __post_init__(self) -> None:
+        check_fields(self, "")
+
+    def check(self) -> None:
+        """Rules across sections; the loader calls it. Raises ConfigError."""
+        listen, mgmt = self.listen, self.management
+        same_host = listen.host == mgmt.host or bool({listen.host, mgmt.host} & _WILDCARD_HOSTS)
+        if listen.port and listen.port == mgmt.port and same_host:
+            raise ConfigError("management.port", f"must differ from listen.port ({listen.port})")
 
 
 def load_config(
@@ -184,14 +319,7 @@ def load_config(
     if path is None:
         return GatewayConfig()
     file = Path(os.path.abspath(path))
-    try:
-        data = tomllib.loads(file.read_bytes().decode("utf-8"))
-    except OSError as exc:
-        raise ConfigError("", f"{file}: cannot read config file: {exc.strerror or exc}") from None
-    except UnicodeDecodeError:
-        raise ConfigError("", f"{file}: config file is not UTF-8 text") from None
-    except tomllib.TOMLDecodeError as exc:  # its text ends "(at line L, column C)"
-        raise ConfigError("", f"{file}: invalid TOML: {exc}") from None
+    data = read_toml(file)
     return replace(parse_config(data, env=env, base_dir=file.parent), source=str(file))
 
 
@@ -203,10 +331,9 @@ def parse_config(
     ``env`` defaults to ``os.environ``; relative file paths resolve against ``base_dir``
     (the current directory if None) and are stored absolute. Raises ConfigError.
     """
-    ctx = _Context(os.environ if env is None else env, os.path.abspath(base_dir or os.getcwd()))
-    if not isinstance(data, Mapping):
-        raise ConfigError("", f"the config must be a table, got {_show(data)}")
-    return replace(_section(GatewayConfig, data, "", ctx), source="<data>")
+    config = build(GatewayConfig, data, env=os.environ if env is None else env,
+                   base_dir=os.path.abspath(base_dir or os.getcwd()))
+    return replace(config, source="<data>")
 
 
 def config_warnings(config: GatewayConfig) -> list[str]:
@@ -242,316 +369,9 @@ def config_warnings(config: GatewayConfig) -> list[str]:
     return [message for risky, message in risks if risky]
 
 
-# ---------------------------------------------------------------- how values are checked
-
-_T = TypeVar("_T")
-_NOT_IN_TOML = {"source"}
-_WILDCARD_HOSTS = {"", "0.0.0.0", "::"}
-_SPECIAL_ROUTES = {"$connect", "$disconnect", "$default"}
-_HMAC_MIN_BYTES = {"HS256": 32, "HS384": 48, "HS512": 64}  # the digest size, as PyJWT warns
-
-# Number ranges as (text, test); every number not listed must be > 0 (sizes, counts, timeouts).
-_POSITIVE = ("> 0", lambda x: x > 0)
-_NON_NEGATIVE = (">= 0", lambda x: x >= 0)
-_PORT = ("from 0 to 65535", lambda x: 0 <= x <= 65535)
-_RANGES: dict[str, tuple[str, Callable[[float], bool]]] = {
-    "listen.port": _PORT,
-    "management.port": _PORT,
-    "listen.ping_interval_s": _NON_NEGATIVE,  # 0 disables keepalive
-    "listen.ping_timeout_s": _NON_NEGATIVE,
-    "auth.leeway_s": _NON_NEGATIVE,
-    "limits.max_connections": _NON_NEGATIVE,  # 0 = no limit
-    "limits.socket_send_buffer_bytes": _NON_NEGATIVE,  # 0 = the kernel decides
-    "registry.activity_flush_s": _NON_NEGATIVE,  # 0 = at every heartbeat
-}
-
-# Paths: resolved against the config file's folder, stored absolute, must be existing files.
-_FILES = {"listen.ssl_certfile", "listen.ssl_keyfile", "auth.public_key_file"}
-
-# Checks on a typed string (on each item of a list): (regex it must fully match, what it must be).
-_NAME = (r"[A-Za-z0-9_-]{1,128}", "1 to 128 of A-Z a-z 0-9 _ -")
-_HOST = (r"[^\s/]+", "a host name or IP address")
-_FILLED = (r"(?s).+", "non-empty")
-_IDENT = r"[^\W\d]\w*"
-_PORT_PATH = r"(:\d{1,5})?([/?]\S*)?"
-_CHECKS: dict[str, tuple[str, str]] = {
-    "stage": _NAME,
-    "api_id": _NAME,
-    "domain_name": (r"[^\s/]*", "a host name (and port) without scheme or path"),
-    "listen.host": _HOST,
-    "management.host": _HOST,
-    "management.auth": ("none|sigv4", '"none" or "sigv4"'),
-    # "/" would break the SigV4 credential scope, which is split on it
-    "management.credentials.access_key_id": (r"[^\s/]{1,128}", "1 to 128 chars, no space or /"),
-    "management.credentials.secret_access_key": _FILLED,
-    "management.region": (r"[a-z0-9-]{1,32}", 'a region name like "us-east-1"'),
-    "auth.type": ("none|jwt", '"none" or "jwt"'),
-    "auth.sources": (r"(header|query|subprotocol):[!#$%&'*+.^_`|~0-9A-Za-z-]+",
-                     '"header:NAME", "query:NAME" or "subprotocol:NAME"'),
-    # "none" (any case) fails here: it would switch signature checks off
-    "auth.algorithms": (r"(HS|RS|PS|ES)(256|384|512)|EdDSA",
-                        "one of HS256/384/512, RS256/384/512, PS256/384/512, ES256/384/512, EdDSA"),
-    "auth.secret": _FILLED,
-    "auth.jwks_url": (rf"https://[^/\s?#@]+{_PORT_PATH}"
-                      rf"|http://(localhost|127(\.\d{{1,3}}){{3}}|\[::1\]){_PORT_PATH}",
-                      "an https:// URL (http:// only for 127.0.0.0/8, ::1 or localhost)"),
-    "auth.issuer": _FILLED,
-    "auth.audience": _FILLED,
-    "auth.tenant_claim": _FILLED,
-    "auth.context_claims": _FILLED,
-    "auth.required_claims": _FILLED,
-    # Light on purpose: routing.py parses the expression; this only catches plain mistakes.
-    "routes.selection_expression": (r"\$request\.body.*|.*\$\{request\.body.*|[^$]+",
-                                    '"$request.body...", text with "${request.body...}" '
-                                    "or static text"),
-    "routes.*": (rf"{_IDENT}(\.{_IDENT})*:{_IDENT}", '"dotted.module:function"'),
-    # Browsers send the Origin scheme and host lower-cased, and server.py compares exactly.
-    "limits.allowed_origins": (r"\*|[a-z][a-z0-9+.-]*://([a-z0-9.-]+|\[[0-9a-f:.]+\])(:\d{1,5})?",
-                               '"*" or a lower-case origin like "https://app.example.com" '
-                               "(scheme://host[:port], no path)"),
-    "log.level": ("DEBUG|INFO|WARNING|ERROR", '"DEBUG", "INFO", "WARNING" or "ERROR"'),
-    "registry.backend": ("memory|redis", '"memory" or "redis"'),
-    "registry.redis_url": (r"rediss?://\S*|unix://\S+", "a redis://, rediss:// or unix:// URL"),
-    "registry.password": _FILLED,
-    "registry.key_prefix": (r"[A-Za-z0-9:_-]+", "made of A-Z a-z 0-9 : _ -"),
-    "registry.node_id": (r"[A-Za-z0-9_-]{0,64}", '"" or 1 to 64 of A-Z a-z 0-9 _ -'),
-}
-
-
-@dataclass(frozen=True, slots=True)
-class _Context:
-    env: Mapping[str, str]
-    base_dir: str
-
-
-class _Invalid(Exception):
-    """A value failed a check; the text reads "must be ..." and the caller adds key and value."""
-
-
-def _section(cls: type[_T], raw: Any, prefix: str, ctx: _Context) -> _T:
-    """Build one dataclass from its table: unknown keys, each field, then the cross-checks."""
-    table = _table(raw, prefix)
-    specs = [f for f in fields(cls) if f.name not in _NOT_IN_TOML]  # type: ignore[arg-type]
-    secrets = {f.name for f in specs if not f.repr}
-    _reject_unknown(table, [f.name for f in specs] + [f"{n}_env" for n in secrets], prefix)
-    values: dict[str, Any] = {}
-    for f in specs:
-        key, hide = _join(prefix, f.name), f.name in secrets
-        raw_value = _secret(table, f.name, key, ctx.env) if hide else table.get(f.name, MISSING)
-        if raw_value is not MISSING:
-            values[f.name] = _field(key, _hints(cls)[f.name], raw_value, ctx, hide=hide)  # type: ignore[arg-type]
-        elif f.default is MISSING and f.default_factory is MISSING:
-            raise ConfigError(key, "is required" + (f" (or {f.name}_env)" if hide else ""))
-    built = cls(**values)
-    if (check := _CROSS.get(cls)) is not None:
-        check(built)
-    return built
-
-
-def _field(
-    key: str, typ: Any, raw: Any, ctx: _Context, *, hide: bool = False, rule: str = ""
-) -> Any:
-    """Type-check and check one value; ``rule`` overrides the key used to look checks up."""
-    if typ is RoutesConfig:
-        return _routes(raw, key, ctx)
-    if isinstance(typ, type) and is_dataclass(typ):
-        return _section(typ, raw, key, ctx)
-    if typ == tuple[Credential, ...]:
-        tables = enumerate(_tables(raw, key))
-        return tuple(_section(Credential, t, f"{key}[{i}]", ctx) for i, t in tables)
-    rule = rule or re.sub(r"\[\d+\]", "", key)  # credentials[1].x is checked as credentials.x
-    value = _checked(key, raw, hide, _typed, typ, raw, _RANGES.get(rule, _POSITIVE))
-    if isinstance(value, tuple):  # a list field's check applies to each item
-        items = enumerate(value)
-        return tuple(_checked(f"{key}[{i}]", v, hide, _check, rule, v, ctx) for i, v in items)
-    return _checked(key, value, hide, _check, rule, value, ctx)
-
-
-def _checked(key: str, shown: Any, hide: bool, check: Callable[..., Any], *args: Any) -> Any:
-    """``check(*args)``, with an _Invalid turned into a ConfigError naming ``key`` and value."""
-    try:
-        return check(*args)
-    except _Invalid as exc:
-        raise ConfigError(key, f"{exc}, got {_show(shown, hide)}") from None
-
-
-def _typed(typ: Any, raw: Any, limits: tuple[str, Callable[[float], bool]]) -> Any:
-    if typ is bool:
-        if isinstance(raw, bool):
-            return raw
-        raise _Invalid("must be true or false")
-    if typ is int or typ is float:
-        number = not isinstance(raw, bool) and isinstance(raw, int if typ is int else (int, float))
-        if number and abs(raw) <= sys.float_info.max and limits[1](raw):  # no nan/inf
-            return typ(raw)
-        raise _Invalid(f"must be {'an integer' if typ is int else 'a number'} {limits[0]}")
-    if typ == tuple[str, ...]:
-        if isinstance(raw, str):
-            return (raw,)
-        if isinstance(raw, (list, tuple)) and all(isinstance(x, str) for x in raw):
-            return tuple(raw)
-        raise _Invalid("must be a string or a list of strings")
-    if typ is str or typ == str | None:
-        if isinstance(raw, str):
-            return raw
-        raise _Invalid("must be a string")
-    raise TypeError(f"config.py has no check for type {typ!r}")  # a bug here, not in the file
-
-
-def _check(rule: str, value: str, ctx: _Context) -> str:
-    if rule in _FILES:
-        path = os.path.abspath(os.path.join(ctx.base_dir, os.path.expanduser(value)))
-        if not os.path.isfile(path):
-            raise _Invalid(f"must name an existing file (looked for {path})")
-        return path
-    if rule in _CHECKS and not re.fullmatch(_CHECKS[rule][0], value):
-        raise _Invalid(f"must be {_CHECKS[rule][1]}")
-    return value
-
-
-def _routes(raw: Any, prefix: str, ctx: _Context) -> RoutesConfig:
-    table = _table(raw, prefix)
-    values: dict[str, Any] = {}
-    if "selection_expression" in table:
-        key = f"{prefix}.selection_expression"
-        values["selection_expression"] = _field(key, str, table["selection_expression"], ctx)
-    named = {k: v for k, v in table.items() if k != "selection_expression"}
-    for route_key in named:
-        if not route_key or (route_key[0] == "$" and route_key not in _SPECIAL_ROUTES):
-            raise ConfigError(_join(prefix, route_key), "must be $connect, $disconnect, $default "
-                              'or a custom route key (non-empty, not starting with "$")')
-    if named:  # naming any route replaces the defaults, so that routes can be removed
-        values["routes"] = MappingProxyType(
-            {k: _field(_join(prefix, k), str, v, ctx, rule="routes.*") for k, v in named.items()})
-    return RoutesConfig(**values)
-
-
-def _secret(table: Mapping[str, Any], name: str, key: str, env: Mapping[str, str]) -> Any:
-    """The secret's raw value: inline, from the variable ``<name>_env`` names, or MISSING."""
-    if f"{name}_env" not in table:
-        return table.get(name, MISSING)
-    if name in table:
-        raise ConfigError(key, f"give {name} or {name}_env, not both")
-    var = table[f"{name}_env"]
-    if not isinstance(var, str) or not var:
-        raise ConfigError(f"{key}_env", f"must name an environment variable, got {_show(var)}")
-    if not env.get(var):
-        state = "empty" if var in env else "not set"
-        raise ConfigError(f"{key}_env", f"environment variable {var} is {state}")
-    return env[var]
-
-
-def _table(raw: Any, key: str) -> Mapping[str, Any]:
-    if isinstance(raw, Mapping):
-        return raw
-    raise ConfigError(key, f"must be a table ([{key}]), got {_show(raw)}")
-
-
-def _tables(raw: Any, key: str) -> list[Mapping[str, Any]]:
-    if isinstance(raw, (list, tuple)) and all(isinstance(t, Mapping) for t in raw):
-        return list(raw)
-    raise ConfigError(key, f"must be a list of tables ([[{key}]]), got {_show(raw)}")
-
-
-def _reject_unknown(table: Mapping[str, Any], known: list[str], prefix: str) -> None:
-    for name in table:
-        if name not in known:
-            near = difflib.get_close_matches(str(name), known, n=1)
-            hint = f" (did you mean {near[0]}?)" if near else ""
-            raise ConfigError(_join(prefix, str(name)), "unknown key" + hint)
-
-
-@cache
-def _hints(cls: type) -> dict[str, Any]:
-    return get_type_hints(cls)
-
-
-def _join(prefix: str, name: str) -> str:
-    """Dotted key for messages; odd names are quoted as TOML would (``routes."a b"``)."""
-    shown = name if re.fullmatch(r"[A-Za-z0-9_$-]+", name) else json.dumps(name)
-    return f"{prefix}.{shown}" if prefix else shown
-
-
-def _show(value: Any, hide: bool = False) -> str:
-    """The offending value for a message: TOML-ish, one line, short; secrets are not echoed."""
-    if hide:
-        return f"<hidden {type(value).__name__}>"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
-
-
 def _is_loopback(host: str) -> bool:
     host = host.strip("[]").rstrip(".").lower()
     try:
         return host == "localhost" or ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
-
-
-# ---------------------------------------------------------------- checks across keys
-
-def _check_listen(c: ListenConfig) -> None:
-    if (c.ssl_certfile is None) != (c.ssl_keyfile is None):
-        unset = "ssl_keyfile" if c.ssl_keyfile is None else "ssl_certfile"
-        raise ConfigError(f"listen.{unset}", "set both ssl_certfile and ssl_keyfile, or neither")
-
-
-def _check_management(c: ManagementConfig) -> None:
-    if c.auth == "sigv4" and not c.credentials:
-        raise ConfigError("management.credentials", 'auth = "sigv4" needs at least one credential')
-    ids = [cred.access_key_id for cred in c.credentials]
-    for i, key_id in enumerate(ids):
-        if key_id in ids[:i]:
-            raise ConfigError(f"management.credentials[{i}].access_key_id",
-                              f"{key_id!r} is listed twice")
-
-
-def _check_auth(c: AuthConfig) -> None:
-    if c.type != "jwt":
-        return
-    for name in ("sources", "algorithms"):
-        if not getattr(c, name):
-            raise ConfigError(f"auth.{name}", 'must not be empty when type = "jwt"')
-    hmac = all(a.startswith("HS") for a in c.algorithms)
-    if not hmac and any(a.startswith("HS") for a in c.algorithms):  # a public key as HMAC secret
-        raise ConfigError("auth.algorithms", "must not mix HS* and asymmetric ones (key confusion)")
-    key_file, url = c.public_key_file is not None, c.jwks_url is not None
-    secret = c.secret is not None
-    if hmac and not secret:
-        raise ConfigError("auth.secret", f"{c.algorithms[0]} needs auth.secret or auth.secret_env")
-    if not hmac and not (key_file or url):
-        raise ConfigError("auth.public_key_file",
-                          f"{c.algorithms[0]} needs auth.public_key_file or auth.jwks_url")
-    if key_file and url:
-        raise ConfigError("auth.jwks_url", "give public_key_file or jwks_url, not both")
-    # Keys the algorithms cannot use are refused: they would hide which key really checks tokens.
-    if hmac and (key_file or url):
-        key = "auth.public_key_file" if key_file else "auth.jwks_url"
-        raise ConfigError(key, "is for asymmetric algorithms, but auth.algorithms are HS*")
-    if not hmac and secret:
-        raise ConfigError("auth.secret", "is for HS* algorithms, but auth.algorithms has none")
-
-
-def _check_registry(c: RegistryConfig) -> None:
-    if c.node_ttl_s < 2 * c.heartbeat_s:  # one late heartbeat must not declare a node dead
-        twice = f"{2 * c.heartbeat_s:g}"
-        raise ConfigError("registry.node_ttl_s",
-                          f"must be >= 2 * heartbeat_s ({twice}), got {c.node_ttl_s:g}")
-
-
-def _check_gateway(c: GatewayConfig) -> None:
-    listen, mgmt = c.listen, c.management
-    same_host = listen.host == mgmt.host or bool({listen.host, mgmt.host} & _WILDCARD_HOSTS)
-    if listen.port and listen.port == mgmt.port and same_host:
-        raise ConfigError("management.port", f"must differ from listen.port ({listen.port})")
-
-
-_CROSS: dict[type, Callable[[Any], None]] = {
-    ListenConfig: _check_listen,
-    ManagementConfig: _check_management,
-    AuthConfig: _check_auth,
-    RegistryConfig: _check_registry,
-    GatewayConfig: _check_gateway,
-}

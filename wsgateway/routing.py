@@ -127,15 +127,15 @@ class Router(Generic[T]):
     def __init__(self, selection_expression: str, routes: Mapping[str, T]) -> None:
         """Compile the expression and copy the routes (later changes to ``routes`` are not seen).
 
+        Route keys are taken as given: the config's rule on ``[routes]`` keys has refused
+        empty ones and unknown ``$`` keys.
+
         Raises:
-            ValueError: a bad expression (see :class:`SelectionExpression`), or a route key
-                that is empty, not a string, or starts with ``$`` without being one of
-                ``$connect``, ``$disconnect``, ``$default``.
+            ValueError: a bad expression (see :class:`SelectionExpression`).
         """
         key_of = SelectionExpression(selection_expression)._on_object
         table: dict[str, tuple[str, T]] = {}
         for key, target in routes.items():
-            _check_route_key(key)
             if key not in _RESERVED:
                 # Built once so that select() returns it without allocating.
                 table[key] = (key, target)
@@ -190,16 +190,6 @@ class Router(Generic[T]):
 
     def __repr__(self) -> str:
         return f"Router(keys={self._keys!r})"
-
-
-def _check_route_key(key: object) -> None:
-    if not isinstance(key, str) or not key:
-        raise ValueError(f"route key must be a non-empty string, got {key!r}")
-    if key.startswith("$") and key not in _RESERVED:
-        raise ValueError(
-            f"route key {key!r}: custom keys must not start with '$' "
-            "(reserved keys are $connect, $disconnect, $default)"
-        )
 
 
 # --- parsing --------------------------------------------------------------------------------
