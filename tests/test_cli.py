@@ -7,10 +7,10 @@ import json
 import os
 import shutil
 import signal
-import urllib.request
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -123,19 +123,23 @@ def _health(port: int) -> tuple[int, dict]:
         return response.status, json.loads(response.read())
 
 
+def _serve_without_config(cwd: Path, ready: Path) -> subprocess.Popen:
+    """The console script beside this interpreter, as `pip install .` puts it on PATH."""
+    script = shutil.which("wsgateway", path=str(Path(sys.executable).parent))
+    assert script is not None, "the console script is installed beside this interpreter"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    # Port 0 only because a fixed 8080 may be taken on a shared machine; there is no config.
+    argv = [script, "serve", "--ready-file", str(ready), "--listen-port", "0", "--management-port", "0"]
+    return subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
 async def test_serve_with_no_config_runs_from_an_empty_directory(tmp_path):
     """The README's `wsgateway serve`, run outside the clone: the embedded default routes
     import the installed examples, not a `handlers` package from the working directory."""
-    script = shutil.which("wsgateway", path=str(Path(sys.executable).parent))
-    assert script is not None, "the console script is installed beside this interpreter"
     cwd = tmp_path / "elsewhere"
     cwd.mkdir()
     ready = tmp_path / "ready.json"
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    # Port 0 only because a fixed 8080 may be taken on a shared machine; there is no config.
-    proc = subprocess.Popen([script, "serve", "--ready-file", str(ready), "--listen-port", "0",
-                             "--management-port", "0"], cwd=cwd, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = _serve_without_config(cwd, ready)
     try:
         info = await asyncio.to_thread(wait_ready, proc, ready)
         async with websockets.connect(f"ws://127.0.0.1:{info['port']}/prod?tenant=demo") as ws:
