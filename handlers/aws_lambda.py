@@ -12,11 +12,12 @@ Route: ``"sendmessage" = "handlers.aws_lambda:handler"``; the client sends
 
 import json
 import os
+from typing import Any
 
-import aioboto3
+import aioboto3  # type: ignore[import-untyped]
 
 
-def _endpoint(event):
+def _endpoint(event: dict[str, Any]) -> str:
     url = os.environ.get("APIGW_ENDPOINT") or os.environ.get("WSGATEWAY_MANAGEMENT_URL")
     if url:
         return url
@@ -24,7 +25,8 @@ def _endpoint(event):
     return f"https://{ctx['domainName']}/{ctx['stage']}"
 
 
-async def handler(event, context):
+async def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    """Post the message's ``data`` back to its sender; 410 if the sender is already gone."""
     connection_id = event["requestContext"]["connectionId"]
     try:
         data = json.loads(event.get("body") or "{}").get("data", "")

@@ -22,7 +22,7 @@ import json
 import logging
 from typing import Any
 
-log = logging.getLogger("handlers.dashboard")
+log = logging.getLogger(__name__)
 
 ALLOWED_ROLES = {"", "staff", "admin", "reception"}
 
@@ -37,6 +37,7 @@ async def on_connect(event: dict[str, Any], context: Any) -> dict[str, Any]:
 
 
 async def on_disconnect(event: dict[str, Any], context: Any) -> None:
+    """Log who left; the return value of ``$disconnect`` is ignored, as on AWS."""
     ctx = event["requestContext"]
     log.info(
         "dashboard left: practice=%s connectionId=%s code=%s",
@@ -47,8 +48,10 @@ async def on_disconnect(event: dict[str, Any], context: Any) -> None:
 
 
 async def subscribe(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    """Answer the sender with its connection id and practice."""
     ctx = event["requestContext"]
-    me = {"type": "subscribed", "connectionId": ctx["connectionId"], "practice": ctx.get("authorizer", {}).get("tenant")}
+    practice = ctx.get("authorizer", {}).get("tenant")
+    me = {"type": "subscribed", "connectionId": ctx["connectionId"], "practice": practice}
     return {"statusCode": 200, "body": json.dumps(me)}
 
 
@@ -63,9 +66,9 @@ async def publish_call_event(
     from urllib.parse import quote
 
     import aiohttp
-    import botocore.session
-    from botocore.auth import SigV4Auth
-    from botocore.awsrequest import AWSRequest
+    import botocore.session  # type: ignore[import-untyped]
+    from botocore.auth import SigV4Auth  # type: ignore[import-untyped]
+    from botocore.awsrequest import AWSRequest  # type: ignore[import-untyped]
 
     url = f"{endpoint_url.rstrip('/')}/@tenants/{quote(practice_id, safe='')}/messages"
     body = json.dumps({"type": "call", **call}).encode()
@@ -73,7 +76,9 @@ async def publish_call_event(
     credentials = botocore.session.get_session().get_credentials()
     if credentials is not None:
         SigV4Auth(credentials, "execute-api", region).add_auth(request)
-    async with aiohttp.ClientSession() as session:
-        async with session.post(url, data=body, headers=dict(request.headers)) as response:
-            response.raise_for_status()
-            return int((await response.json())["delivered"])
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(url, data=body, headers=dict(request.headers)) as response,
+    ):
+        response.raise_for_status()
+        return int((await response.json())["delivered"])

@@ -1,6 +1,7 @@
 """The simplest two-way route: send every message back to its sender.
 
-Route it as ``"$default" = "handlers.echo:handler"`` (the embedded default). The handler is
+Route it as ``"$default" = "handlers.echo:handler"`` from a clone, or name the installed copy,
+``"wsgateway.examples.echo:handler"``, as the embedded defaults do. The handler is
 async, so it runs on the gateway's event loop with no thread hop; a sync ``def`` works too
 (it then runs in the handler thread pool).
 """

@@ -1,12 +1,14 @@
 """Micro-benchmark: SigV4 verification, ours against re-signing with botocore, in one run.
 
 Run from the repository root: ``python -m loadtest.bench_sigv4`` (or
-``python loadtest/bench_sigv4.py``). Needs boto3 (the ``test`` extra); opens no sockets.
+``python loadtest/bench_sigv4.py``). Needs boto3 (the ``loadtest`` extra); opens no sockets.
 
 The request is what a real boto3 ``apigatewaymanagementapi`` client sends for a typical
 ``post_to_connection``: it is captured on botocore's ``before-send`` event, then handed to
-both verifiers as the aiohttp edge sees it (raw path, raw query, ``CIMultiDictProxy`` headers
-including the unsigned ones, body bytes). The botocore baseline is how a verifier built on
+both verifiers as the management edge's httptools server (``wsgateway/http.py``) hands a
+request to its verifier: the request target's raw path and raw query, split at ``?`` with
+their percent-encoding untouched, the headers as a ``CIMultiDict`` including the unsigned
+ones, and the body bytes. The botocore baseline is how a verifier built on
 botocore's signer checks a request: an ``AWSRequest`` holding the signed headers, timestamped
 from X-Amz-Date, then ``SigV4Auth`` canonical request -> string to sign -> signature.
 Each figure is the best of several timed rounds, to read through noise on a shared machine.
@@ -31,7 +33,7 @@ import boto3
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest, AWSResponse
 from botocore.credentials import Credentials
-from multidict import CIMultiDict, CIMultiDictProxy
+from multidict import CIMultiDict
 
 from wsgateway.sigv4 import SigV4Verifier
 
@@ -41,7 +43,7 @@ BUDGET_US = 20.0
 ROUNDS = 5
 ROUND_S = 0.1  # target duration of one timed round, in seconds
 
-Wire = tuple[str, str, str, CIMultiDictProxy[str], bytes]
+Wire = tuple[str, str, str, CIMultiDict[str], bytes]
 
 
 class _EmptyBody:
@@ -50,7 +52,7 @@ class _EmptyBody:
 
 
 def captured_requests(payloads: list[bytes]) -> list[Wire]:
-    """post_to_connection calls from a real boto3 client, as the aiohttp edge would see them."""
+    """post_to_connection calls from a real boto3 client, as the management edge receives them."""
     requests = []
 
     def capture(request: Any, **_: Any) -> AWSResponse:
@@ -75,7 +77,7 @@ def _as_received(request: Any) -> Wire:
     headers = CIMultiDict([("Host", parts.netloc), ("Accept-Encoding", "identity")])
     for name, value in request.headers.items():
         headers.add(name, value.decode() if isinstance(value, bytes) else value)
-    return request.method, parts.path, parts.query, CIMultiDictProxy(headers), request.body
+    return request.method, parts.path, parts.query, headers, request.body
 
 
 def botocore_verify(method: str, raw_path: str, raw_query: str, headers: Any, body: bytes) -> str:
@@ -83,7 +85,7 @@ def botocore_verify(method: str, raw_path: str, raw_query: str, headers: Any, bo
     fields = dict(
         part.strip().split("=", 1) for part in headers["Authorization"].split(" ", 1)[1].split(",")
     )
-    access_key, day, region, service, _ = fields["Credential"].split("/")
+    access_key, _day, region, service, _ = fields["Credential"].split("/")
     signed = fields["SignedHeaders"].split(";")
     url = f"http://{headers['Host']}{raw_path}" + (f"?{raw_query}" if raw_query else "")
     request = AWSRequest(method, url, {name: headers[name] for name in signed}, body)

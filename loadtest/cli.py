@@ -71,7 +71,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     p.add_argument("--phase", action="append", default=[],
                    help="run only this phase (e.g. crossnode/unicast); repeatable")
-    p.add_argument("--profile", action="store_true", help="py-spy every server during each window (top frames in the report)")
+    p.add_argument("--profile", action="store_true",
+                   help="py-spy every server during each window (top frames in the report)")
     p.add_argument("--smoke", action="store_true", help="a few seconds, a few connections: does it work?")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     args = p.parse_args(argv)

@@ -173,9 +173,7 @@ class _Wire(asyncio.Protocol):
         if not fed:
             self._all_to_protocol(data)
         pending = (self._unsynced or b"") + data
-        end = 0
-        for _, _, end in scan_frames(pending):
-            pass
+        end = max((stop for _, _, stop in scan_frames(pending)), default=0)  # frames come in order
         self._unsynced = None if end == len(pending) else pending
 
     def _frames(self, data: bytes) -> None:

@@ -6,10 +6,10 @@ spends, so on a two-core machine it measured the client. Here a request is one p
 ``transport.write`` and its response one parser callback that resolves a future.
 
 Each :class:`HttpConnection` keeps several requests in flight and matches responses to them
-in order, as HTTP/1.1 pipelining does (aiohttp's server, which both wsgateway and the ceiling
-use, answers pipelined requests in order). Responses are parsed by httptools when it is
-installed (``pip install httptools``: llhttp, ~0.5 µs a response), else by aiohttp's own
-response parser (llhttp too, ~3 µs); nothing here parses HTTP by hand.
+in order, as HTTP/1.1 pipelining does (wsgateway's management edge, an httptools server, and
+the ceiling's aiohttp server both answer pipelined requests in order). Responses are parsed
+by httptools when it is installed (a wsgateway dependency: llhttp, ~0.5 µs a response), else
+by aiohttp's own response parser (llhttp too, ~3 µs); nothing here parses HTTP by hand.
 
 Every request is bounded: :class:`Pool` aborts a connection whose oldest request has waited
 longer than ``timeout`` and fails everything pending on it with ``TimeoutError``.

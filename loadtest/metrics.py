@@ -50,7 +50,7 @@ class Histogram:
         # A tiny epsilon keeps a sample equal to a bucket's bound in that bucket.
         index = np.ceil(np.log(clipped / _FLOOR_NS) / _LOG_GROWTH - 1e-9).astype(np.int64)
         keys, counts = np.unique(index, return_counts=True)
-        return cls(dict(zip(keys.tolist(), counts.tolist())), int(arr.size), max(0, int(arr.max())))
+        return cls(dict(zip(keys.tolist(), counts.tolist(), strict=True)), int(arr.size), max(0, int(arr.max())))
 
     def merge(self, other: Histogram) -> Histogram:
         """Return a new histogram holding the samples of both."""

@@ -86,7 +86,7 @@ def _throughput(folder: Path, phase: str, rows: list[Record]) -> Path:
     bare = best.get("bare", {}).get("throughput")
     fig, ax = plt.subplots(figsize=(7, 4))
     bars = ax.bar(targets, values, color=[f"C{i}" for i in range(len(targets))])
-    for bar, value in zip(bars, values):
+    for bar, value in zip(bars, values, strict=True):
         label = f"{value:,.0f}" + (f"\n{value / bare:.2f}x" if bare else "")
         ax.annotate(label, (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom",
                     fontsize="small")

@@ -184,7 +184,7 @@ def _profiles(rows: list[Record]) -> list[str]:
             title = (f"Profile of `{server}` (rate {r['offered_rate'] or 'max'}, {prof['samples']} samples, "
                      f"`{prof.get('file', '')}`): self time / inclusive time, % of its CPU")
             lines += ["", title, "", "| self % | frame | inclusive % | frame |", "|---|---|---|---|"]
-            for (f1, p1), (f2, p2) in zip(prof["self"], prof["inclusive"]):
+            for (f1, p1), (f2, p2) in zip(prof["self"], prof["inclusive"], strict=False):
                 lines.append(f"| {p1} | `{f1}` | {p2} | `{f2}` |")
     return lines
 
@@ -212,7 +212,7 @@ def markdown(meta: dict[str, object], records: list[Record]) -> str:
         lines += [f"## {phase}", "", f"{scenario.summary if scenario else ''}", ""]
         ok = sorted(_ok(rows), key=lambda r: (r["target"] != _BARE, r["target"], r["offered_rate"] or 0))
         if ok:
-            lines += _table(phase, ok, records) + [""]
+            lines += [*_table(phase, ok, records), ""]
             lines += _notes(ok)
         phase_caps = {t: c for (p, t), c in caps.items() if p == phase}
         if phase_caps:

@@ -81,7 +81,7 @@ def parse_sockstat(text: str) -> dict[str, dict[str, int]]:
     for line in text.splitlines():
         proto, _, rest = line.partition(":")
         fields = rest.split()
-        out[proto.strip()] = {k: int(v) for k, v in zip(fields[::2], fields[1::2])}
+        out[proto.strip()] = {k: int(v) for k, v in zip(fields[::2], fields[1::2], strict=False)}
     return out
 
 

@@ -112,7 +112,7 @@ def _run_target(plan: Plan, scenario: Scenario, target: Target, server_cpu: int 
                 last.append(record)
                 yield record
             if plan.sweep and rate is not None:
-                phases = [ph for ph, r in zip(phases, last) if _sustained(r, rate)]
+                phases = [ph for ph, r in zip(phases, last, strict=False) if _sustained(r, rate)]
             live.append({"phases": len(phases)})
     finally:
         dep.stop()
@@ -331,7 +331,7 @@ def _busy(before: dict[int, tuple[int, int]], after: dict[int, tuple[int, int]],
     """Share of ``cpu``'s time that was busy between two :func:`core_times` readings."""
     if cpu is None or cpu not in before or cpu not in after:
         return None
-    busy, total = (a - b for a, b in zip(after[cpu], before[cpu]))
+    busy, total = (a - b for a, b in zip(after[cpu], before[cpu], strict=True))
     return busy / total if total else None
 
 

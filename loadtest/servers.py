@@ -8,6 +8,7 @@ file in the run's folder. A node is ready when it has written its ready file
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -70,10 +71,8 @@ class ServerProcess:
             self.popen.wait(5)
 
     def _signal(self, sig: signal.Signals) -> None:
-        try:
+        with contextlib.suppress(ProcessLookupError):  # already gone is what we wanted
             os.killpg(self.popen.pid, sig)  # its own session: the group id is its pid
-        except ProcessLookupError:
-            pass
 
 
 def free_port() -> int:

@@ -84,7 +84,7 @@ class Signer:
         """Sign one request with botocore and with this signer; raise ``ValueError`` unless
         both produce the same ``X-Amz-Date`` and ``Authorization``.
 
-        Call once before a run (botocore must be importable: the ``test`` extra has it).
+        Call once before a run (botocore must be importable: the ``loadtest`` extra has it).
         """
         from botocore.auth import SigV4Auth  # type: ignore[import-untyped]
         from botocore.awsrequest import AWSRequest  # type: ignore[import-untyped]

@@ -150,7 +150,7 @@ def _p99_plot(runs: list[tuple[dict[str, Any], list[Record]]], path: Path, title
     fig, axes = plt.subplots(rows, cols, figsize=(5.0 * cols, 3.4 * rows), squeeze=False)
     for ax in axes.flat[len(phases):]:
         ax.set_visible(False)
-    for ax, phase in zip(axes.flat, phases):
+    for ax, phase in zip(axes.flat, phases, strict=False):  # spare axes were hidden above
         for i, (target, pts) in enumerate(sorted(series[phase].items())):
             by_rate: dict[float, list[float]] = defaultdict(list)
             for rate, p99 in pts:

@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -111,5 +113,44 @@ def test_check_config_and_routes_commands(tmp_path):
     out = subprocess.run([sys.executable, "-m", "wsgateway", "check-config", "--config", str(path)],
                          cwd=ROOT, capture_output=True, text=True, timeout=20)
     assert out.returncode == 0 and "config OK" in out.stdout and "authentication is OFF" in out.stdout
-    out = subprocess.run([sys.executable, "-m", "wsgateway", "routes"], cwd=ROOT, capture_output=True, text=True, timeout=20)
-    assert out.returncode == 0 and "handlers.echo:handler" in out.stdout
+    out = subprocess.run([sys.executable, "-m", "wsgateway", "routes"], cwd=ROOT, capture_output=True, text=True,
+                         timeout=20)
+    assert out.returncode == 0 and "wsgateway.examples.echo:handler" in out.stdout
+
+
+def _health(port: int) -> tuple[int, dict]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as response:
+        return response.status, json.loads(response.read())
+
+
+def _serve_without_config(cwd: Path, ready: Path) -> subprocess.Popen:
+    """The console script beside this interpreter, as `pip install .` puts it on PATH."""
+    script = shutil.which("wsgateway", path=str(Path(sys.executable).parent))
+    assert script is not None, "the console script is installed beside this interpreter"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    # Port 0 only because a fixed 8080 may be taken on a shared machine; there is no config.
+    argv = [script, "serve", "--ready-file", str(ready), "--listen-port", "0", "--management-port", "0"]
+    return subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+async def test_serve_with_no_config_runs_from_an_empty_directory(tmp_path):
+    """The README's `wsgateway serve`, run outside the clone: the embedded default routes
+    import the installed examples, not a `handlers` package from the working directory."""
+    cwd = tmp_path / "elsewhere"
+    cwd.mkdir()
+    ready = tmp_path / "ready.json"
+    proc = _serve_without_config(cwd, ready)
+    try:
+        info = await asyncio.to_thread(wait_ready, proc, ready)
+        async with websockets.connect(f"ws://127.0.0.1:{info['port']}/prod?tenant=demo") as ws:
+            await ws.send('{"action": "x"}')  # $connect ran the dashboard example; $default echoes
+            assert await asyncio.wait_for(ws.recv(), 10) == '{"action": "x"}'
+        status, health = await asyncio.to_thread(_health, info["management_port"])
+        assert status == 200 and health["live"] is True
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(proc.wait, 15) == 0
+        assert list(cwd.iterdir()) == []  # nothing written where it was started
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)

@@ -256,7 +256,8 @@ async def test_client_reads_frames_around_websockets_after_the_handshake(split: 
     transport = _Transport()
     conn.wire = _Wire(conn, opened)
     conn.wire.connection_made(transport)  # type: ignore[arg-type]
-    key = next(line.split(": ")[1] for line in transport.out[0].decode().split("\r\n") if line.startswith("Sec-WebSocket-Key"))
+    request_lines = transport.out[0].decode().split("\r\n")
+    key = next(line.split(": ")[1] for line in request_lines if line.startswith("Sec-WebSocket-Key"))
     head = (f"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
             f"Sec-WebSocket-Accept: {accept_key(key)}\r\n\r\n").encode()
     first, second = (Frame(Opcode.TEXT, data).serialize(mask=False) for data in (b"one", b"two" * 50))
@@ -270,3 +271,20 @@ async def test_client_reads_frames_around_websockets_after_the_handshake(split: 
     assert opened.done() and conn.is_open
     assert got == [b"one", b"two" * 50, b"one"]
     assert len(transport.out) == 2  # the upgrade request, then the pong websockets wrote
+
+
+def test_help_without_the_extra_is_one_line_naming_it() -> None:
+    """``-S`` hides site-packages, as a fresh venv without the extra would: no traceback."""
+    run = subprocess.run([sys.executable, "-S", "-m", "loadtest", "--help"], cwd=REPO, capture_output=True,
+                         text=True, timeout=30, check=False)
+    assert run.returncode == 2 and run.stdout == ""
+    assert run.stderr.splitlines() == [
+        "python -m loadtest needs the 'loadtest' extra: pip install -e '.[loadtest]' (no module named 'numpy')"
+    ]
+
+
+def test_help_with_the_extra_lists_the_scenarios() -> None:
+    run = subprocess.run([sys.executable, "-m", "loadtest", "--help"], cwd=REPO, capture_output=True, text=True,
+                         timeout=30, check=False)
+    assert run.returncode == 0 and run.stderr == ""
+    assert "Scenarios: idle:" in run.stdout.replace("\n", " ")

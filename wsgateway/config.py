@@ -183,9 +183,9 @@ class AuthConfig:
 
 _DEFAULT_ROUTES: Mapping[str, str] = MappingProxyType(
     {
-        "$connect": "handlers.dashboard:on_connect",
-        "$disconnect": "handlers.dashboard:on_disconnect",
-        "$default": "handlers.echo:handler",
+        "$connect": "wsgateway.examples.dashboard:on_connect",
+        "$disconnect": "wsgateway.examples.dashboard:on_disconnect",
+        "$default": "wsgateway.examples.echo:handler",
     }
 )
 

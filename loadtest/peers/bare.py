@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import gc
 import os
 from collections import defaultdict
@@ -71,7 +72,7 @@ class BareNode:
                 if action == "echo":
                     await ws.send(frame)
                 elif action == "whoami":
-                    await ws.send('{"id":"%s"}' % cid)
+                    await ws.send(f'{{"id":"{cid}"}}')
         except ConnectionClosed:
             pass  # clients of a load run often leave without a close frame
         finally:
@@ -166,10 +167,8 @@ def main() -> None:
     """Run the node until it is killed (SIGTERM / SIGINT)."""
     import uvloop
 
-    try:
+    with contextlib.suppress(KeyboardInterrupt):  # SIGINT is a normal stop
         uvloop.run(_main())
-    except KeyboardInterrupt:
-        pass
 
 
 if __name__ == "__main__":

@@ -26,4 +26,4 @@ async def echo(event: dict[str, Any], context: Any) -> dict[str, Any]:
 
 async def whoami(event: dict[str, Any], context: Any) -> dict[str, Any]:
     """``whoami``: answer ``{"id": "<connection id>"}``."""
-    return {"statusCode": 200, "body": '{"id":"%s"}' % event["requestContext"]["connectionId"]}
+    return {"statusCode": 200, "body": f'{{"id":"{event["requestContext"]["connectionId"]}"}}'}

@@ -11,6 +11,7 @@ Run: ``python -m loadtest.peers.socketio_app --ready-file PATH --redis-url URL [
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import socketio
@@ -83,10 +84,8 @@ def main() -> None:
     """Run until killed."""
     import uvloop
 
-    try:
+    with contextlib.suppress(KeyboardInterrupt):  # SIGINT is a normal stop
         uvloop.run(_main())
-    except KeyboardInterrupt:
-        pass
 
 
 if __name__ == "__main__":

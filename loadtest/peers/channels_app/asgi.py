@@ -6,7 +6,7 @@ import os
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "loadtest.peers.channels_app.settings")
 
-from django.core.asgi import get_asgi_application  # noqa: E402 - settings first
+from django.core.asgi import get_asgi_application  # after the settings variable above
 
 _django = get_asgi_application()
 

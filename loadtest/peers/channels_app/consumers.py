@@ -40,7 +40,7 @@ class LoadConsumer(AsyncWebsocketConsumer):
         if action == "echo":
             await self.send(text_data=text_data)
         elif action == "whoami":
-            await self.send(text_data='{"id":"%s"}' % self.channel_name)
+            await self.send(text_data=f'{{"id":"{self.channel_name}"}}')
 
     async def push(self, event: dict[str, Any]) -> None:
         """A message from the management views (``type: push``)."""

@@ -6,6 +6,7 @@ Client and management paths share one port, as a Django deployment would.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 
 from loadtest.peers.contract import parse_args, write_ready
@@ -37,10 +38,8 @@ def main() -> None:
     """Run until killed."""
     import uvloop
 
-    try:
+    with contextlib.suppress(KeyboardInterrupt):  # SIGINT is a normal stop
         uvloop.run(_main())
-    except KeyboardInterrupt:
-        pass
 
 
 if __name__ == "__main__":
