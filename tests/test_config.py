@@ -130,9 +130,9 @@ def test_defaults_are_the_documented_literals() -> None:
     assert config.auth.sources == ("header:Authorization", "query:token")
     assert config.auth.algorithms == ("RS256",) and config.auth.required_claims == ("exp",)
     assert dict(config.routes.routes) == {
-        "$connect": "handlers.dashboard:on_connect",
-        "$disconnect": "handlers.dashboard:on_disconnect",
-        "$default": "handlers.echo:handler",
+        "$connect": "wsgateway.examples.dashboard:on_connect",
+        "$disconnect": "wsgateway.examples.dashboard:on_disconnect",
+        "$default": "wsgateway.examples.echo:handler",
     }
     assert config.limits.max_message_bytes == 131072 and config.limits.allowed_origins == ("*",)
     assert config.log == LogConfig(access_log="-", level="INFO")
@@ -186,7 +186,11 @@ def test_contract_example_loads(example: Path) -> None:
     assert config.auth.leeway_s == 30.0 and isinstance(config.auth.leeway_s, float)
     assert config.limits.idle_timeout_s == 600.0 and isinstance(config.limits.idle_timeout_s, float)
     assert config.registry.backend == "redis" and config.registry.heartbeat_s == 2.0
-    assert config.routes == RoutesConfig()
+    assert dict(config.routes.routes) == {
+        "$connect": "handlers.dashboard:on_connect",  # the examples, as a user's clone names them
+        "$disconnect": "handlers.dashboard:on_disconnect",
+        "$default": "handlers.echo:handler",
+    }
     assert config_warnings(config) == [
         'limits.allowed_origins has "*" while auth is on: any web page can open connections '
         "with its visitors' tokens; list your origins"
