@@ -67,7 +67,7 @@ Events = list[dict[str, Any]]
 
 
 class _QuietPages(SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002  (the stdlib's name)
+    def log_message(self, format: str, *args: Any) -> None:
         pass  # one line per request on stderr is noise in pytest's report
 
 

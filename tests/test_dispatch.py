@@ -18,61 +18,57 @@ def _clear_events():
 
 
 async def test_routing_and_message_event():
-    async with running_node() as node:
-        async with await connect(node, query={"tenant": "acme"}) as ws:
-            cid = await whoami(ws)
-            await ws.send('{"action": "event", "x": 1}')
-            event = json.loads(await ws.recv())
-            ctx = event["requestContext"]
-            assert ctx["routeKey"] == "event" and ctx["eventType"] == "MESSAGE" and ctx["connectionId"] == cid
-            assert len(ctx["messageId"]) == 16 and ctx["requestId"] == ctx["extendedRequestId"]
-            assert event["body"] == '{"action": "event", "x": 1}' and event["isBase64Encoded"] is False
-            await ws.send("not json at all")
-            assert await ws.recv() == "not json at all"  # $default
-            await ws.send('{"action": "unknown"}')
-            assert await ws.recv() == '{"action": "unknown"}'  # $default
-            await ws.send(b"\x00\x01\xff")
-            assert await ws.recv() == b"\x00\x01\xff"  # binary -> $default base64 -> binary back
-            (binary_event,) = [e for e in th.events_of("$default") if e["isBase64Encoded"]]
-            assert base64.b64decode(binary_event["body"]) == b"\x00\x01\xff"
+    async with running_node() as node, await connect(node, query={"tenant": "acme"}) as ws:
+        cid = await whoami(ws)
+        await ws.send('{"action": "event", "x": 1}')
+        event = json.loads(await ws.recv())
+        ctx = event["requestContext"]
+        assert ctx["routeKey"] == "event" and ctx["eventType"] == "MESSAGE" and ctx["connectionId"] == cid
+        assert len(ctx["messageId"]) == 16 and ctx["requestId"] == ctx["extendedRequestId"]
+        assert event["body"] == '{"action": "event", "x": 1}' and event["isBase64Encoded"] is False
+        await ws.send("not json at all")
+        assert await ws.recv() == "not json at all"  # $default
+        await ws.send('{"action": "unknown"}')
+        assert await ws.recv() == '{"action": "unknown"}'  # $default
+        await ws.send(b"\x00\x01\xff")
+        assert await ws.recv() == b"\x00\x01\xff"  # binary -> $default base64 -> binary back
+        (binary_event,) = [e for e in th.events_of("$default") if e["isBase64Encoded"]]
+        assert base64.b64decode(binary_event["body"]) == b"\x00\x01\xff"
 
 
 async def test_no_route_and_no_default_sends_forbidden_and_keeps_socket():
     cfg = make_config(routes={"whoami": "tests.handlers_for_tests:whoami"})
-    async with running_node(cfg) as node:
-        async with await connect(node) as ws:
-            cid = await whoami(ws)
-            await ws.send('{"action": "nope"}')
-            raw = await ws.recv()
-            assert raw.startswith('{"message": "Forbidden", "connectionId":"' + cid + '", "requestId":"')
-            assert await whoami(ws) == cid  # still open
+    async with running_node(cfg) as node, await connect(node) as ws:
+        cid = await whoami(ws)
+        await ws.send('{"action": "nope"}')
+        raw = await ws.recv()
+        assert raw.startswith('{"message": "Forbidden", "connectionId":"' + cid + '", "requestId":"')
+        assert await whoami(ws) == cid  # still open
 
 
 async def test_handler_errors_never_leak_text():
-    async with running_node(make_config(limits={"handler_timeout_s": 0.3})) as node:
-        async with await connect(node) as ws:
-            cid = await whoami(ws)
-            await ws.send('{"action": "boom"}')
-            reply = json.loads(await ws.recv())
-            assert reply["message"] == "Internal server error" and reply["connectionId"] == cid
-            assert "secret" not in json.dumps(reply)
-            await ws.send('{"action": "slow"}')
-            reply = json.loads(await ws.recv())
-            assert reply["message"] == "Endpoint request timed out"
-            assert await whoami(ws) == cid
-            await ws.send('{"action": "sync_slow"}')  # a blocking (thread) handler too
-            reply = json.loads(await ws.recv())
-            assert reply["message"] == "Endpoint request timed out" and reply["connectionId"] == cid
-            assert await whoami(ws) == cid  # the connection goes on after each timeout
-            assert node.gateway.stats.handler_timeouts == 2
+    async with running_node(make_config(limits={"handler_timeout_s": 0.3})) as node, await connect(node) as ws:
+        cid = await whoami(ws)
+        await ws.send('{"action": "boom"}')
+        reply = json.loads(await ws.recv())
+        assert reply["message"] == "Internal server error" and reply["connectionId"] == cid
+        assert "secret" not in json.dumps(reply)
+        await ws.send('{"action": "slow"}')
+        reply = json.loads(await ws.recv())
+        assert reply["message"] == "Endpoint request timed out"
+        assert await whoami(ws) == cid
+        await ws.send('{"action": "sync_slow"}')  # a blocking (thread) handler too
+        reply = json.loads(await ws.recv())
+        assert reply["message"] == "Endpoint request timed out" and reply["connectionId"] == cid
+        assert await whoami(ws) == cid  # the connection goes on after each timeout
+        assert node.gateway.stats.handler_timeouts == 2
 
 
 async def test_sync_handler_runs_off_loop_and_can_push():
-    async with running_node() as node:
-        async with await connect(node) as ws:
-            await ws.send('{"action": "sync_echo"}')
-            assert await ws.recv() == "from thread"
-            assert await ws.recv() == 'sync:{"action": "sync_echo"}'
+    async with running_node() as node, await connect(node) as ws:
+        await ws.send('{"action": "sync_echo"}')
+        assert await ws.recv() == "from thread"
+        assert await ws.recv() == 'sync:{"action": "sync_echo"}'
 
 
 async def test_handler_context_push_and_get():
@@ -87,7 +83,7 @@ async def test_handler_context_push_and_get():
             assert await b.recv() == "tenant-wide"
             got = [await a.recv(), await a.recv()]
             assert "tenant-wide" in got
-            assert json.loads([g for g in got if g != "tenant-wide"][0]) == {"delivered": 2, "gone": True}
+            assert json.loads(next(g for g in got if g != "tenant-wide")) == {"delivered": 2, "gone": True}
 
 
 async def ws_ready(*sockets) -> None:
@@ -96,10 +92,9 @@ async def ws_ready(*sockets) -> None:
 
 
 async def test_returning_none_sends_nothing():
-    async with running_node() as node:
-        async with await connect(node) as ws:
-            await ws.send('{"action": "none"}')
-            with pytest.raises(TimeoutError):
-                await asyncio.wait_for(ws.recv(), 0.2)
+    async with running_node() as node, await connect(node) as ws:
+        await ws.send('{"action": "none"}')
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(ws.recv(), 0.2)
 
 

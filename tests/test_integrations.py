@@ -55,8 +55,8 @@ async def test_timeouts_raise_handler_timeout_for_both_kinds():
         import time
         time.sleep(0.3)
 
-    import types
     import sys
+    import types
     mod = types.ModuleType("tests._blocking_mod")
     mod.blocking = blocking
     sys.modules["tests._blocking_mod"] = mod
@@ -68,8 +68,8 @@ async def test_handler_own_timeout_error_is_not_a_gateway_timeout():
     async def raises(event, ctx):
         raise TimeoutError("upstream")
 
-    import types
     import sys
+    import types
     mod = types.ModuleType("tests._raises_mod")
     mod.raises = raises
     sys.modules["tests._raises_mod"] = mod

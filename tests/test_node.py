@@ -5,9 +5,9 @@ import socket
 
 import pytest
 
+from tests.support import make_config
 from wsgateway.errors import ConfigError
 from wsgateway.node import MANAGEMENT_URL_ENV, Node
-from tests.support import make_config
 
 
 async def test_stop_is_idempotent_and_env_names_the_management_url():
