@@ -75,6 +75,15 @@ class ManagementConfig:
     region: str | None = None  # pin the SigV4 region; None accepts any region
     max_clock_skew_s: float = 300.0  # seconds a signed request's date may be off
     max_post_bytes: int = 131072  # bytes; larger POST bodies answer 413
+    # Bounds before any auth, and who may call (docs/security.md, "Management port").
+    header_timeout_s: float = 10.0  # from a request's first byte to the end of its head -> 408
+    request_timeout_s: float = 30.0  # from a request's first byte to its last body byte -> 408
+    idle_timeout_s: float = 75.0  # a keep-alive connection with no request for this long closes
+    max_connections: int = 1024  # open management connections; more are answered 503
+    allowed_hosts: tuple[str, ...] = ()  # Host names (no port); () = loopback + host if auth="none", any if sigv4; "*" = any
+    allowed_origins: tuple[str, ...] = ()  # browser origins allowed to call; () = refuse any request with Origin
+    metrics_auth: str = "none"  # /metrics: "none" | "bearer" (metrics_token) | "sigv4" (needs auth = "sigv4")
+    metrics_token: str | None = field(default=None, repr=False)  # or metrics_token_env = "VAR"
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -285,6 +294,11 @@ _CHECKS: dict[str, tuple[str, str]] = {
     "management.credentials.access_key_id": (r"[^\s/]{1,128}", "1 to 128 chars, no space or /"),
     "management.credentials.secret_access_key": _FILLED,
     "management.region": (r"[a-z0-9-]{1,32}", 'a region name like "us-east-1"'),
+    "management.allowed_hosts": (r"\*|[a-z0-9.-]+|\[[0-9a-f:.]+\]", '"*" or a lower-case host name or IP, no port'),
+    "management.allowed_origins": (r"[a-z][a-z0-9+.-]*://([a-z0-9.-]+|\[[0-9a-f:.]+\])(:\d{1,5})?",
+                                   'a lower-case origin like "https://ops.example.com"'),
+    "management.metrics_auth": ("none|bearer|sigv4", '"none", "bearer" or "sigv4"'),
+    "management.metrics_token": (r"\S{16,}", "at least 16 characters without spaces"),
     "auth.type": ("none|jwt", '"none" or "jwt"'),
     "auth.sources": (r"(header|query|subprotocol):[!#$%&'*+.^_`|~0-9A-Za-z-]+",
                      '"header:NAME", "query:NAME" or "subprotocol:NAME"'),
@@ -501,6 +515,12 @@ def _check_listen(c: ListenConfig) -> None:
 def _check_management(c: ManagementConfig) -> None:
     if c.auth == "sigv4" and not c.credentials:
         raise ConfigError("management.credentials", 'auth = "sigv4" needs at least one credential')
+    if c.metrics_auth == "bearer" and c.metrics_token is None:
+        raise ConfigError("management.metrics_token", 'metrics_auth = "bearer" needs metrics_token')
+    if c.metrics_auth == "sigv4" and c.auth != "sigv4":
+        raise ConfigError("management.metrics_auth", '"sigv4" needs auth = "sigv4"')
+    if c.header_timeout_s > c.request_timeout_s:
+        raise ConfigError("management.header_timeout_s", "must be <= request_timeout_s")
     ids = [cred.access_key_id for cred in c.credentials]
     for i, key_id in enumerate(ids):
         if key_id in ids[:i]:
