@@ -9,7 +9,10 @@ fix every closed connection kept its body chunks in a reference cycle with its p
 
 from __future__ import annotations
 
+import json
 import socket
+import subprocess
+import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,7 +20,8 @@ from pathlib import Path
 import psutil
 
 from tests.support import ACCESS_KEY, REGION
-from tests.test_cli import start, wait_ready
+
+ROOT = Path(__file__).resolve().parent.parent
 
 CONFIG = f"""
 [listen]
@@ -46,6 +50,21 @@ def requests() -> tuple[bytes, bytes]:
     return head + b"\r\n" + BODY, head + auth + b"\r\n" + BODY
 
 
+def serve(tmp_path: Path) -> tuple[subprocess.Popen[bytes], int]:
+    """``wsgateway serve`` as a process (the CLI tunes the GC); returns it and its management port."""
+    config, ready = tmp_path / "gateway.toml", tmp_path / "ready.json"
+    config.write_text(CONFIG)
+    argv = [sys.executable, "-m", "wsgateway", "serve", "--config", str(config), "--ready-file", str(ready)]
+    proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 20
+    while not ready.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError(f"node did not start (exit status {proc.poll()})")
+        time.sleep(0.05)
+    return proc, int(json.loads(ready.read_text())["management_port"])
+
+
 def post(port: int, raw: bytes) -> bytes:
     with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
         sock.sendall(raw)
@@ -53,9 +72,8 @@ def post(port: int, raw: bytes) -> bytes:
 
 
 def test_rss_stays_flat_over_10000_refused_posts_on_new_connections(tmp_path: Path) -> None:
-    proc, ready = start(tmp_path, CONFIG)
+    proc, port = serve(tmp_path)
     try:
-        port = wait_ready(proc, ready)["management_port"]
         node = psutil.Process(proc.pid)
         unsigned, forged = requests()
         assert b"403" in post(port, unsigned).split(b"\r\n")[0]
