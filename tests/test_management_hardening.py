@@ -22,6 +22,8 @@ from tests.support import (
     sigv4_section,
     whoami,
 )
+from wsgateway.config import parse_config
+from wsgateway.errors import ConfigError
 
 BAD_SIGNATURE = ("The request signature we calculated does not match the signature you provided. Check your "
                  "AWS Secret Access Key and signing method. Consult the service documentation for details.")
@@ -224,3 +226,29 @@ async def test_a_malformed_pipelined_request_never_hides_the_answer_before_it():
             assert data.startswith(b"HTTP/1.1 200 OK") and data.count(b"HTTP/1.1 ") == 2
             assert data.index(b"HTTP/1.1 200 OK") < data.index(b"HTTP/1.1 400 Bad Request")
             assert await ws.recv() == "one"
+
+
+# -- the [management] keys that set all this -----------------------------------------------
+
+
+@pytest.mark.parametrize(("section", "key", "problem"), [
+    ({"metrics_auth": "bearer"}, "management.metrics_token", "needs metrics_token"),
+    ({"metrics_auth": "sigv4"}, "management.metrics_auth", 'needs auth = "sigv4"'),
+    ({"metrics_auth": "basic"}, "management.metrics_auth", '"none", "bearer" or "sigv4"'),
+    ({"metrics_auth": "bearer", "metrics_token": "short"}, "management.metrics_token", "at least 16"),
+    ({"header_timeout_s": 20, "request_timeout_s": 10}, "management.header_timeout_s", "<= request_timeout_s"),
+    ({"max_connections": 0}, "management.max_connections", "> 0"),
+    ({"allowed_hosts": ["gw.internal:8081"]}, "management.allowed_hosts[0]", "no port"),
+    ({"allowed_origins": ["https://ops.example/path"]}, "management.allowed_origins[0]", "origin"),
+])
+def test_bad_hardening_settings_stop_start_up(section, key, problem):
+    with pytest.raises(ConfigError) as info:
+        make_config(management=section)
+    assert info.value.key == key and problem in info.value.problem
+
+
+def test_metrics_token_is_a_secret():
+    cfg = parse_config({"management": {"metrics_auth": "bearer", "metrics_token_env": "MT"}},
+                       env={"MT": "from-the-environment-0123"})
+    assert cfg.management.metrics_token == "from-the-environment-0123"
+    assert "from-the-environment" not in repr(cfg)
