@@ -16,6 +16,8 @@ async def echo(request: Request) -> Response:
     SEEN.append(request)
     if request.raw_path == "/slow":
         await asyncio.sleep(0.2)
+    if request.raw_path == "/pause":
+        await asyncio.sleep(0.05)
     if request.raw_path == "/boom":
         raise RuntimeError("handler bug")
     body = b"%s %s ?%s len=%d big=%d" % (
@@ -161,6 +163,20 @@ async def test_slowloris_gets_408_at_the_deadline_whatever_it_trickles(raw):
     assert data.startswith(b"HTTP/1.1 408 Request Timeout") and b"Connection: close" in data
     assert 0.3 < elapsed < 2.5
     assert SEEN == []  # nothing reached the handler
+    writer.close()
+    await srv.close(timeout=1)
+
+
+async def test_a_request_we_stopped_reading_is_not_timed_out():
+    # 16 answers pending pause reading; the 17th request, half read, waits on us, not the peer.
+    srv, port = await started(header_timeout_s=0.2, request_timeout_s=0.4)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET /pause HTTP/1.1\r\nHost: h\r\n\r\n" * 16 + b"GET /last HTTP/1.1\r\nHo")
+    await writer.drain()
+    await asyncio.sleep(0.3)
+    writer.write(b"st: h\r\nConnection: close\r\n\r\n")
+    data = await read_all(reader)
+    assert data.count(b"HTTP/1.1 200 OK") == 17 and data.endswith(b"/last ? len=0 big=0")
     writer.close()
     await srv.close(timeout=1)
 

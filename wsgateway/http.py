@@ -95,6 +95,7 @@ class _Connection(asyncio.Protocol):
         self._deadline: asyncio.TimerHandle | None = None
         self._closing = False
         self._failed = False  # a final answer is queued: parse nothing more
+        self._paused = False  # reading paused by us: too many answers pending
         self._started = 0.0  # loop time of the current request's first byte
         self._reset()
 
@@ -232,6 +233,7 @@ class _Connection(asyncio.Protocol):
         # Parsed bodies wait here unauthenticated: bound them by count and by bytes.
         full = len(self._queue) >= _MAX_PIPELINED or self._queued_bytes > 2 * self._server.max_body
         if full and self._transport is not None:
+            self._paused = True
             self._transport.pause_reading()
         if self._worker is None:
             self._worker = self._loop.create_task(self._work())
@@ -255,7 +257,8 @@ class _Connection(asyncio.Protocol):
                     self._closing = True
                     self._close_after_answer(transport)
                     return
-                if len(self._queue) < _MAX_PIPELINED // 2 and self._queued_bytes <= self._server.max_body:
+                if self._paused and len(self._queue) < _MAX_PIPELINED // 2 and self._queued_bytes <= self._server.max_body:
+                    self._paused = False
                     transport.resume_reading()
         finally:
             self._worker = None
@@ -306,6 +309,10 @@ class _Connection(asyncio.Protocol):
     def _late(self) -> None:
         """A request's head or body did not arrive in time (slowloris): 408, then close."""
         self._deadline = None
+        if self._paused and not self._failed:
+            # We stopped reading (answers pending), not the peer: time it again once we read.
+            self._arm_deadline(self._loop.time() + self._server.header_timeout_s)
+            return
         log.info("management request from %s timed out before it was complete", self._peer)
         self._fail(Response(408))
 
