@@ -131,7 +131,7 @@ async def test_auth_none_refuses_foreign_host_names_and_browser_origins():
                 {"Host": f"127.0.0.1:{port}", "Origin": "https://attacker.example"},  # a page's no-cors POST
                 {"Host": f"localhost:{port}", "Origin": "null"},
             ]
-            for headers in refused:
+            for headers in refused:  # a 403 as AWS's bare Forbidden; nothing runs
                 status, info, body = parse(await send(node, wire("POST", "/prod/@tenants/A/messages", headers, b"x")))
                 assert (status, info["x-amzn-errortype"], json.loads(body)) == (403, "ForbiddenException",
                                                                                  {"message": "Forbidden"})
@@ -143,6 +143,13 @@ async def test_auth_none_refuses_foreign_host_names_and_browser_origins():
                 status, _, body = parse(await send(node, wire("POST", "/@tenants/A/messages", {"Host": host}, b"ok")))
                 assert status == 200 and json.loads(body) == {"delivered": 1}, host
                 assert await ws.recv() == "ok"
+
+
+async def test_a_repeated_host_header_is_refused():
+    async with running_node() as node:
+        raw = b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nHost: attacker.example\r\nConnection: close\r\n\r\n"
+        status, headers, _ = parse(await send(node, raw))
+        assert (status, headers["x-amzn-errortype"]) == (400, "BadRequestException") and headers["x-amzn-requestid"]
 
 
 async def test_configured_hosts_and_origins_are_let_through():

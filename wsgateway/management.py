@@ -137,8 +137,11 @@ class ManagementServer:
     def _check_head(self, request: Request) -> Response | None:
         """Called by the HTTP server once a request's head is in: an answer refuses the
         request before its body is read (and buffered); None lets it through to _handle."""
+        started = time.perf_counter()
         try:
             probe = _probe_of(request.method, self._segments(request.raw_path))
+            if len(request.headers.getall("Host", ())) > 1:
+                raise BadRequestError("Host header is repeated")
             origin = request.headers.get("Origin")
             if origin is not None and origin not in self._origins:
                 raise ForbiddenError(f"Origin {origin[:80]!r} is not allowed")  # backends send none
@@ -150,11 +153,13 @@ class ManagementServer:
             if self._verifier is not None and (probe is None or metrics_auth == "sigv4"):
                 self._verifier.check_head(request.raw_query, request.headers)
         except ManagementError as exc:
-            return self._finish(request, new_request_id(), "", "", self._refusal(request, exc, ""), time.perf_counter())
+            request_id = new_request_id()
+            return self._finish(request, request_id, "", "", self._refusal(request, exc, request_id), started)
         except Exception:
-            log.exception("management request head check failed")
-            return self._finish(request, "", "", "", _error_response(ManagementError("Internal server error"), ""),
-                                time.perf_counter())
+            request_id = new_request_id()
+            log.exception("management request head check failed (requestId=%s)", request_id)
+            response = _error_response(ManagementError("Internal server error"), request_id)
+            return self._finish(request, request_id, "", "", response, started)
         return None
 
     async def _handle(self, request: Request) -> Response:
