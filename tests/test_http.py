@@ -16,6 +16,8 @@ async def echo(request: Request) -> Response:
     SEEN.append(request)
     if request.raw_path == "/slow":
         await asyncio.sleep(0.2)
+    if request.raw_path == "/pause":
+        await asyncio.sleep(0.05)
     if request.raw_path == "/boom":
         raise RuntimeError("handler bug")
     body = b"%s %s ?%s len=%d big=%d" % (
@@ -115,13 +117,117 @@ async def test_close_lets_requests_in_progress_finish(server):
     assert data.startswith(b"HTTP/1.1 200 OK") and b"Connection: close" in data
 
 
+async def started(**options) -> tuple[HttpServer, int]:
+    SEEN.clear()
+    srv = HttpServer(echo, **{"max_body": 1000, **options})
+    return srv, await srv.start(listen_socket("127.0.0.1", 0, reuse_port=False))
+
+
+async def read_all(reader: asyncio.StreamReader, limit_s: float = 3) -> bytes:
+    async with asyncio.timeout(limit_s):
+        return await reader.read()
+
+
 async def test_a_request_that_stops_coming_is_dropped():
-    srv = HttpServer(echo, max_body=1000, idle_timeout_s=0.2)
-    port = await srv.start(listen_socket("127.0.0.1", 0, reuse_port=False))
+    srv, port = await started(idle_timeout_s=0.2, header_timeout_s=0.3, request_timeout_s=0.6)
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(b"POST /p HTTP/1.1\r\nHost: h\r\nContent-Le")  # and then nothing
     await writer.drain()
-    async with asyncio.timeout(3):
-        assert await reader.read() == b""  # closed by the server
+    data = await read_all(reader)
+    assert data.startswith(b"HTTP/1.1 408 Request Timeout") and b"Connection: close" in data
     writer.close()
+    await srv.close(timeout=1)
+
+
+async def trickle(writer: asyncio.StreamWriter, raw: bytes, every_s: float) -> None:
+    """Send one byte every ``every_s``: each arrives well inside the idle timeout."""
+    for i in range(len(raw)):
+        writer.write(raw[i:i + 1])
+        await writer.drain()
+        await asyncio.sleep(every_s)
+
+
+@pytest.mark.parametrize("raw", [
+    b"GET /slow-head HTTP/1.1\r\nHost: h\r\nX-Pad: " + b"a" * 200,  # head never ends
+    b"POST /slow-body HTTP/1.1\r\nHost: h\r\nContent-Length: 300\r\n\r\n" + b"b" * 300,
+])
+async def test_slowloris_gets_408_at_the_deadline_whatever_it_trickles(raw):
+    # One byte every 50 ms never lets the 0.5 s idle timeout fire; only the deadlines can.
+    srv, port = await started(idle_timeout_s=0.5, header_timeout_s=0.4, request_timeout_s=0.8)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    slow = asyncio.create_task(trickle(writer, raw, 0.05))
+    started_at = asyncio.get_running_loop().time()
+    data = await read_all(reader)
+    elapsed = asyncio.get_running_loop().time() - started_at
+    slow.cancel()
+    assert data.startswith(b"HTTP/1.1 408 Request Timeout") and b"Connection: close" in data
+    assert 0.3 < elapsed < 2.5
+    assert SEEN == []  # nothing reached the handler
+    writer.close()
+    await srv.close(timeout=1)
+
+
+async def test_a_request_we_stopped_reading_is_not_timed_out():
+    # 16 answers pending pause reading; the 17th request, half read, waits on us, not the peer.
+    srv, port = await started(header_timeout_s=0.2, request_timeout_s=0.4)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET /pause HTTP/1.1\r\nHost: h\r\n\r\n" * 16 + b"GET /last HTTP/1.1\r\nHo")
+    await writer.drain()
+    await asyncio.sleep(0.3)
+    writer.write(b"st: h\r\nConnection: close\r\n\r\n")
+    data = await read_all(reader)
+    assert data.count(b"HTTP/1.1 200 OK") == 17 and data.endswith(b"/last ? len=0 big=0")
+    writer.close()
+    await srv.close(timeout=1)
+
+
+async def test_connections_over_the_cap_get_503_and_are_closed():
+    srv, port = await started(max_connections=2)
+    held = [await asyncio.open_connection("127.0.0.1", port) for _ in range(2)]
+    await asyncio.sleep(0.05)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    data = await read_all(reader)
+    assert data.startswith(b"HTTP/1.1 503 Service Unavailable") and b"Connection: close" in data
+    writer.close()
+    held[0][1].close()  # a slot frees up: the next connection is served
+    await asyncio.sleep(0.1)
+    assert b"/free" in await exchange(port, b"GET /free HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
+    held[1][1].close()
+    await srv.close(timeout=1)
+
+
+async def test_malformed_request_is_answered_after_the_pipelined_ones_before_it(server):
+    _, port = server
+    raw = b"GET /slow HTTP/1.1\r\nHost: h\r\n\r\nNOT HTTP AT ALL\r\n\r\n"
+    data = await exchange(port, raw)
+    assert data.index(b"HTTP/1.1 200 OK") < data.index(b"HTTP/1.1 400 Bad Request")
+    assert b"/slow" in data and data.count(b"HTTP/1.1 ") == 2
+
+
+def refuse_unless_signed(request: Request) -> Response | None:
+    return None if "authorization" in request.headers else Response(403, b"no")
+
+
+async def test_refused_head_is_answered_before_its_body_is_sent_and_nothing_is_buffered():
+    srv, port = await started(head_check=refuse_unless_signed, max_body=200_000)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"POST /p HTTP/1.1\r\nHost: h\r\nContent-Length: 120000\r\n\r\n")  # no body yet
+    await writer.drain()
+    async with asyncio.timeout(2):
+        head = await reader.readuntil(b"no")
+    assert head.startswith(b"HTTP/1.1 403 Forbidden") and b"Connection: close" in head
+    writer.write(b"x" * 120000)  # what the client had in flight is read and dropped, not reset
+    await writer.drain()
+    assert await read_all(reader) == b""
+    assert SEEN == []
+    writer.close()
+    await srv.close(timeout=1)
+
+
+async def test_refused_expect_continue_gets_the_answer_instead_of_100(server):
+    srv, port = await started(head_check=refuse_unless_signed)
+    data = await exchange(port, b"POST /e HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n")
+    assert data.startswith(b"HTTP/1.1 403 Forbidden") and b"100 Continue" not in data
+    signed = b"POST /e HTTP/1.1\r\nHost: h\r\nAuthorization: x\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
+    assert b"len=2" in await exchange(port, signed)
     await srv.close(timeout=1)

@@ -481,6 +481,35 @@ def test_unknown_access_key_is_refused() -> None:
         verify(sign(access_key="AKIDUNKNOWN"))
 
 
+def test_unknown_key_fails_at_the_signature_compare_like_a_wrong_secret() -> None:
+    # The head passes for an unknown key as for a known one: refusing it sooner would tell.
+    for wire in (sign(access_key="AKIDUNKNOWN"), sign(secret="not-the-secret")):
+        verifier(wire).check_head(wire.raw_query, wire.headers)
+    unknown = sign(access_key="AKIDUNKNOWN")
+    checker = verifier(unknown)
+    for _ in range(2):  # never cached, however often it is tried
+        with pytest.raises(SignatureError, match="unknown access key id 'AKIDUNKNOWN'"):
+            checker.verify(*unknown)
+
+
+def test_check_head_refuses_what_the_head_alone_decides() -> None:
+    wire = sign(token=TOKEN)
+    verifier(wire).check_head(wire.raw_query, wire.headers)  # a good head passes
+    presigned = presign()
+    verifier(presigned).check_head(presigned.raw_query, presigned.headers)
+    cases = [
+        (with_header(with_header(wire, "Authorization", None), "X-Amz-Date", None), "not signed"),
+        (with_header(wire, "X-Amz-Security-Token", None), "'x-amz-security-token' is missing"),
+        (sign(service="lambda"), "service 'lambda'"),
+        (with_header(wire, "Authorization", "Bearer abc"), "not AWS4-HMAC-SHA256"),
+    ]
+    for bad, reason in cases:
+        with pytest.raises(SignatureError, match=reason):
+            verifier(wire).check_head(bad.raw_query, bad.headers)
+    with pytest.raises(SignatureError, match="too far from the server clock"):
+        verifier(wire, 301).check_head(wire.raw_query, wire.headers)
+
+
 def test_wrong_secret_is_refused() -> None:
     with pytest.raises(SignatureError, match="signature does not match"):
         verify(sign(secret=OTHER_SECRET))

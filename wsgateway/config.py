@@ -107,6 +107,23 @@ class ManagementConfig:
     region: str | None = field(default=None, metadata=rule(r"[a-z0-9-]{1,32}", 'a region name like "us-east-1"'))
     max_clock_skew_s: float = 300.0  # seconds a signed request's date may be off
     max_post_bytes: int = 131072  # bytes; larger POST bodies answer 413
+    # Bounds before any auth, and who may call (docs/security.md, "Management port").
+    header_timeout_s: float = 10.0  # from a request's first byte to the end of its head -> 408
+    request_timeout_s: float = 30.0  # from a request's first byte to its last body byte -> 408
+    idle_timeout_s: float = 75.0  # a keep-alive connection with no request for this long closes
+    max_connections: int = 1024  # open management connections; more are answered 503
+    # Host names (no port); () = loopback + host if auth="none", any if sigv4; "*" = any
+    allowed_hosts: tuple[str, ...] = field(default=(), metadata=rule(
+        r"\*|[a-z0-9.-]+|\[[0-9a-f:.]+\]", '"*" or a lower-case host name or IP, no port'))
+    # browser origins allowed to call; () = refuse any request with an Origin header
+    allowed_origins: tuple[str, ...] = field(default=(), metadata=rule(
+        r"[a-z][a-z0-9+.-]*://([a-z0-9.-]+|\[[0-9a-f:.]+\])(:\d{1,5})?",
+        'a lower-case origin like "https://ops.example.com"'))
+    # /metrics: "none" | "bearer" (metrics_token) | "sigv4" (needs auth = "sigv4")
+    metrics_auth: str = field(default="none", metadata=rule("none|bearer|sigv4", '"none", "bearer" or "sigv4"'))
+    # or metrics_token_env = "VAR"
+    metrics_token: str | None = field(default=None, repr=False, metadata=rule(
+        r"\S{16,}", "at least 16 characters without spaces"))
 
     def __post_init__(self) -> None:
         check_fields(self, "management")
@@ -115,6 +132,12 @@ class ManagementConfig:
         """Rules across fields; the loader calls it. Raises ConfigError."""
         if self.auth == "sigv4" and not self.credentials:
             raise ConfigError("management.credentials", 'auth = "sigv4" needs at least one credential')
+        if self.metrics_auth == "bearer" and self.metrics_token is None:
+            raise ConfigError("management.metrics_token", 'metrics_auth = "bearer" needs metrics_token')
+        if self.metrics_auth == "sigv4" and self.auth != "sigv4":
+            raise ConfigError("management.metrics_auth", '"sigv4" needs auth = "sigv4"')
+        if self.header_timeout_s > self.request_timeout_s:
+            raise ConfigError("management.header_timeout_s", "must be <= request_timeout_s")
         ids = [cred.access_key_id for cred in self.credentials]
         for i, key_id in enumerate(ids):
             if key_id in ids[:i]:

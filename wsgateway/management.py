@@ -14,29 +14,42 @@ DELETE   /@connections/{id}/groups/{group}   take it out -> 204
 GET      /@tenants/{tenant}/connections      {"connections": [...], "nextToken": ...} (?limit=&nextToken=)
 GET      /health                             no auth; 200 once started and until draining, else 503
 GET      /ready                              no auth; 200 only while the registry is reachable too
-GET      /metrics                            no auth; Prometheus text exposition of the node's counters
+GET      /metrics                            Prometheus text of the node's counters; ``metrics_auth`` decides who
 =======  ==================================  =====================================================
 
 Errors are what botocore parses: the status, ``x-amzn-ErrorType`` and a JSON body (empty for
 410, as AWS). The path is parsed from the raw request line, so ``%2F`` inside an id never
 splits it, and SigV4 is checked against exactly the bytes the client signed.
+
+What can be decided from a request's head is decided there, before its body is read
+(:meth:`ManagementServer._check_head`): ``.``, ``..`` and empty path segments (400, so a
+signature made for one path never runs as another that normalises to it), the Host and
+Origin headers (403: DNS rebinding, web pages posting), and every SigV4 check but the
+signature itself. A failed SigV4 check is answered as AWS answers it, one message whatever
+the reason; the reason is logged. docs/security.md says what this does and does not cover.
 """
 
 from __future__ import annotations
 
+import hmac
+import ipaddress
 import logging
 import socket
 import time
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl, unquote
 
 import orjson
 
+from .auth import MAX_TENANT_CHARS
 from .errors import (
     BadRequestError,
+    ForbiddenError,
     ManagementError,
     NotFoundError,
     PayloadTooLargeError,
+    SignatureError,
 )
 from .http import HttpServer, Request, Response
 from .ids import is_connection_id, new_request_id
@@ -44,6 +57,7 @@ from .metrics import CONTENT_TYPE, exposition
 from .sigv4 import SigV4Verifier
 
 if TYPE_CHECKING:
+    from .config import ManagementConfig
     from .gateway import Gateway
 
 __all__ = ["ManagementServer"]
@@ -53,6 +67,17 @@ log = logging.getLogger("wsgateway.management")
 _CONNECTIONS = frozenset({"@connections", "%40connections"})
 _TENANTS = frozenset({"@tenants", "%40tenants"})
 _JSON = "application/json"
+_PROBES = frozenset({"health", "ready", "metrics"})
+_LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "[::1]"})
+# What AWS answers a request that is unsigned / whose signature fails any check. One answer
+# for every failure, unknown access key included, so that none can be told from another.
+_UNSIGNED = (b'{"message":"Missing Authentication Token"}', "MissingAuthenticationTokenException")
+_BAD_SIGNATURE = (
+    (b'{"message":"The request signature we calculated does not match the signature you provided.'
+     b' Check your AWS Secret Access Key and signing method.'
+     b' Consult the service documentation for details."}'),
+    "InvalidSignatureException",
+)
 # (method, sub-resource or False) -> operation
 _CONNECTION_OPS = {
     ("POST", False): "PostToConnection", ("GET", False): "GetConnection", ("DELETE", False): "DeleteConnection",
@@ -80,12 +105,25 @@ class ManagementServer:
                 region=cfg.region,
                 max_skew_s=cfg.max_clock_skew_s,
             )
+        self._cfg = cfg
+        self._hosts = _allowed_hosts(cfg)
+        self._origins = frozenset(cfg.allowed_origins)
+        self._metrics_token = f"Bearer {cfg.metrics_token}".encode() if cfg.metrics_token else b""
         self._server: HttpServer | None = None
         self.port = 0
 
     async def start(self, *, sock: socket.socket) -> int:
         """Serve on a listening socket; return its port."""
-        self._server = HttpServer(self._handle, max_body=self._max_post)
+        cfg = self._cfg
+        self._server = HttpServer(
+            self._handle,
+            max_body=self._max_post,
+            idle_timeout_s=cfg.idle_timeout_s,
+            header_timeout_s=cfg.header_timeout_s,
+            request_timeout_s=cfg.request_timeout_s,
+            max_connections=cfg.max_connections,
+            head_check=self._check_head,
+        )
         self.port = await self._server.start(sock)
         return self.port
 
@@ -97,30 +135,95 @@ class ManagementServer:
 
     # ---------------------------------------------------------------- request
 
+    def _check_head(self, request: Request) -> Response | None:
+        """Called by the HTTP server once a request's head is in: an answer refuses the
+        request before its body is read (and buffered); None lets it through to _handle."""
+        started = time.perf_counter()
+        try:
+            probe = _probe_of(request.method, self._segments(request.raw_path))
+            if len(request.headers.getall("Host", ())) > 1:
+                raise BadRequestError("Host header is repeated")
+            origin = request.headers.get("Origin")
+            if origin is not None and origin not in self._origins:
+                raise ForbiddenError(f"Origin {origin[:80]!r} is not allowed")  # backends send none
+            if not self._host_allowed(request.headers):
+                raise ForbiddenError(f"Host {request.headers.get('Host', '')[:80]!r} is not allowed")
+            metrics_auth = self._cfg.metrics_auth if probe == "metrics" else ""
+            if metrics_auth == "bearer" and not self._bearer_ok(request):
+                return Response(401, b'{"message":"Unauthorized"}', [("Content-Type", _JSON), ("WWW-Authenticate", "Bearer")])
+            if self._verifier is not None and (probe is None or metrics_auth == "sigv4"):
+                self._verifier.check_head(request.raw_query, request.headers)
+        except ManagementError as exc:
+            request_id = new_request_id()
+            return self._finish(request, request_id, "", "", self._refusal(request, exc, request_id), started)
+        except Exception:
+            request_id = new_request_id()
+            log.exception("management request head check failed (requestId=%s)", request_id)
+            response = _error_response(ManagementError("Internal server error"), request_id)
+            return self._finish(request, request_id, "", "", response, started)
+        return None
+
     async def _handle(self, request: Request) -> Response:
         started = time.perf_counter()
         request_id = new_request_id()
         operation, target = "", ""
         try:
-            segments = request.raw_path.split("/")[1:]
-            if segments and segments[0] == self._stage and len(segments) > 1:
-                segments = segments[1:]
-            if len(segments) == 1 and request.method == "GET" and segments[0] in ("health", "ready", "metrics"):
-                return await self._probe(segments[0])
+            segments = self._segments(request.raw_path)
+            probe = _probe_of(request.method, segments)
+            if probe is not None and (probe != "metrics" or self._cfg.metrics_auth != "sigv4"):
+                return await self._probe(probe)  # bearer metrics were checked with the head
             if request.body_too_large:
                 raise PayloadTooLargeError("Message too long")
             if self._verifier is not None:
                 self._verifier.verify(request.method, request.raw_path, request.raw_query, request.headers, request.body)
+            if probe is not None:
+                return await self._probe(probe)
             operation, target, qualifier = self._route(request.method, segments)
             response = await self._execute(operation, target, qualifier, request.raw_query, request.body)
             response.headers.append(("x-amzn-RequestId", request_id))
         except ManagementError as exc:
-            response = _error_response(exc, request_id)
-            if exc.status == 403:
-                log.info("management request refused: %s (requestId=%s)", exc, request_id)
+            response = self._refusal(request, exc, request_id)
         except Exception:
             log.exception("management request failed (requestId=%s)", request_id)
             response = _error_response(ManagementError("Internal server error"), request_id)
+        return self._finish(request, request_id, operation, target, response, started)
+
+    def _segments(self, raw_path: str) -> list[str]:
+        """The path's segments, the stage dropped; 400 for ``.``, ``..`` or empty ones, which
+        SigV4 normalises away but routing would not (a signature re-targeted by them)."""
+        segments = raw_path.split("/")[1:]
+        if any(unquote(segment) in ("", ".", "..") for segment in segments) or raw_path[:1] != "/":
+            raise BadRequestError("Invalid request path: empty, '.' or '..' segment")
+        if segments[0] == self._stage and len(segments) > 1:
+            segments = segments[1:]
+        return segments
+
+    def _host_allowed(self, headers: Mapping[str, str]) -> bool:
+        if "*" in self._hosts or _host_name(headers) in self._hosts:
+            return True
+        # By default an IP address is fine too: DNS rebinding needs a name to rebind.
+        return not self._cfg.allowed_hosts and _is_ip(headers)
+
+    def _bearer_ok(self, request: Request) -> bool:
+        given = request.headers.get("Authorization", "").encode("latin-1")
+        return hmac.compare_digest(given, self._metrics_token)
+
+    def _refusal(self, request: Request, exc: ManagementError, request_id: str) -> Response:
+        """The answer to a ManagementError; a SigV4 failure gets AWS's own, reason logged."""
+        if exc.status == 403:
+            log.info("management request from %s refused: %s (requestId=%s)", request.peer, exc, request_id)
+        if not isinstance(exc, SignatureError):
+            # A refused Host or Origin is logged above; the client gets AWS's bare "Forbidden".
+            return _error_response(ForbiddenError("Forbidden") if exc.status == 403 else exc, request_id)
+        unsigned = "authorization" not in request.headers and "X-Amz-Signature=" not in request.raw_query
+        body, error_type = _UNSIGNED if unsigned else _BAD_SIGNATURE
+        return Response(403, body, [("Content-Type", _JSON), ("x-amzn-ErrorType", error_type),
+                                    ("x-amzn-RequestId", request_id)])
+
+    def _finish(
+        self, request: Request, request_id: str, operation: str, target: str, response: Response, started: float
+    ) -> Response:
+        """Count and log an answered request; returns ``response``."""
         self.gateway.stats.management[(operation or "Unknown", response.status)] += 1
         if self.gateway.access.enabled:
             self._log(request, request_id, operation, target, response.status, started)
@@ -140,7 +243,7 @@ class ManagementServer:
         elif n in (3, 5) and segments[0] in _TENANTS:
             operation = _TENANT_OPS.get((method, *segments[2:n:2]))
             if operation is not None:
-                return operation, _name(segments[1], "tenant", 256), _name(segments[3], segments[2][:-1]) if n == 5 else ""
+                return operation, _name(segments[1], "tenant", MAX_TENANT_CHARS), _name(segments[3], segments[2][:-1]) if n == 5 else ""
         raise NotFoundError(f"No method found matching route {'/'.join(segments)} for http method {method}")
 
     async def _execute(
@@ -201,6 +304,40 @@ def _error_response(exc: ManagementError, request_id: str) -> Response:
         body,
         [("Content-Type", _JSON), ("x-amzn-ErrorType", exc.error_type), ("x-amzn-RequestId", request_id)],
     )
+
+
+def _allowed_hosts(cfg: ManagementConfig) -> frozenset[str]:
+    """Host names (lower-case, no port) requests may name; "*" = any. By default, any with
+    SigV4 (the Host header is signed), else loopback names and the configured host."""
+    if cfg.allowed_hosts:
+        return frozenset(cfg.allowed_hosts)
+    if cfg.auth == "sigv4":
+        return frozenset({"*"})
+    host = cfg.host.lower()
+    return _LOOPBACK_NAMES | {f"[{host}]" if ":" in host else host}
+
+
+def _host_name(headers: Mapping[str, str]) -> str:
+    """The Host header's name, lower-case, without its port ("" if absent)."""
+    host = headers.get("Host", "").strip().lower()
+    if host.startswith("["):
+        return host[: host.find("]") + 1]
+    return host.rpartition(":")[0] if ":" in host else host
+
+
+def _is_ip(headers: Mapping[str, str]) -> bool:
+    """Whether Host names an IP address."""
+    try:
+        ipaddress.ip_address(_host_name(headers).strip("[]"))
+    except ValueError:
+        return False
+    return True
+
+
+def _probe_of(method: str, segments: list[str]) -> str | None:
+    if len(segments) == 1 and method == "GET" and segments[0] in _PROBES:
+        return segments[0]
+    return None
 
 
 def _name(segment: str, what: str, limit: int = 128) -> str:

@@ -17,6 +17,7 @@ Everything in this module is pure: no I/O, time comes from the injected ``clock`
 from __future__ import annotations
 
 import hmac
+import secrets
 import time
 from collections.abc import Callable, Mapping
 from datetime import date
@@ -37,7 +38,7 @@ _MAX_EXPIRES_S = 604_800  # AWS caps a presigned URL at 7 days
 _EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
 # botocore's canonical URI is quote(path, safe="/~") over the path as sent (so "%3D" becomes
 # "%253D"). The table is built with that very call; str.translate with it is ~3x faster than
-# quote() and applies to every path aiohttp accepts, since its parser rejects non-ASCII targets.
+# quote(), for the ASCII paths nearly every request has (others go through quote() itself).
 _PATH_TABLE = [quote(chr(i), safe="/~") for i in range(128)]
 
 
@@ -52,6 +53,18 @@ class _Scope(NamedTuple):
     names: tuple[str, ...]
     body_hash_signed: bool  # x-amz-content-sha256 is among the signed headers
     keyed: hmac.HMAC  # keyed with the signing key; each request signs on a copy
+    known: bool  # False: an unknown access key, keyed with the decoy secret
+
+
+class _Head(NamedTuple):
+    """What the request's head says about its signature, checked as far as it can be."""
+
+    scope: _Scope
+    signature: str
+    canonical_query: str
+    canonical_headers: str
+    amz_date: str
+    remember: str | tuple[str, str] | None  # the cache key to store the scope under once it matched
 
 
 class SigV4Verifier:
@@ -95,6 +108,7 @@ class SigV4Verifier:
         self._max_skew_s = max_skew_s
         self._clock = clock
         self._scopes: dict[str | tuple[str, str], _Scope] = {}
+        self._decoy = secrets.token_hex(32)  # signs for unknown access keys; never matches
 
     def verify(
         self, method: str, raw_path: str, raw_query: str, headers: Mapping[str, str], body: bytes
@@ -102,20 +116,38 @@ class SigV4Verifier:
         """Check the request's signature; call it before acting on a management request.
 
         ``raw_path`` and ``raw_query`` are the request target as received, percent-encoding
-        untouched, split at ``?`` (from aiohttp: ``request.rel_url.raw_path`` and
-        ``request.rel_url.raw_query_string``; not ``request.raw_path``, which keeps the
-        query). ``headers`` is case-insensitive and may repeat names (``CIMultiDictProxy``).
-        Accepts the ``Authorization`` header form and the presigned query-string form.
+        untouched, split at ``?`` (the management server's ``Request.raw_path`` and
+        ``Request.raw_query``). ``headers`` is case-insensitive and may repeat names (a
+        ``CIMultiDict``, as ``Request.headers``). Accepts the ``Authorization`` header form
+        and the presigned query-string form.
 
         Returns the access key id that signed the request. Raises :class:`SignatureError`
-        (answered as 403 ForbiddenException) when the request is unsigned, malformed, signed
-        with an unknown key, for another service or pinned region, outside the time window,
-        without ``host`` among the signed headers, or when anything signed was altered.
+        (answered as 403) when the request is unsigned, malformed, signed with an unknown key,
+        for another service or pinned region, outside the time window, without ``host``
+        among the signed headers, or when anything signed was altered. Its text says which,
+        for the log only: the client must get one answer whatever the reason.
         """
+        head = self._head(raw_query, headers)
+        self._check(head, method, raw_path, headers, body)
+        if head.remember is not None:
+            self._remember(head.remember, head.scope)
+        return head.scope.access_key
+
+    def check_head(self, raw_query: str, headers: Mapping[str, str]) -> None:
+        """Everything :meth:`verify` checks that does not need the body; call it when a
+        request's head has arrived, to refuse before reading (and buffering) the body.
+
+        Raises :class:`SignatureError` as :meth:`verify` does. An unknown access key passes
+        here on purpose: refusing it sooner than a known key with a wrong signature would
+        tell an attacker which keys exist. :meth:`verify` must still be called.
+        """
+        self._head(raw_query, headers)
+
+    def _head(self, raw_query: str, headers: Mapping[str, str]) -> _Head:
         authorization = _single(headers, "authorization")
         if authorization is None:
             if "X-Amz-Signature=" in raw_query:
-                return self._verify_presigned(method, raw_path, raw_query, headers, body)
+                return self._presigned_head(raw_query, headers)
             raise SignatureError("request is not signed")
         # SDKs put Signature last, so the text before it names the scope: a cache key.
         cache_key, _, signature = authorization.rpartition("Signature=")
@@ -131,15 +163,11 @@ class SigV4Verifier:
             raise SignatureError("X-Amz-Date header is missing")
         if abs(self._clock() - _timestamp(amz_date, scope)) > self._max_skew_s:
             raise SignatureError("X-Amz-Date is too far from the server clock")
-        canonical_query = _canonical_query(raw_query)
-        self._check(scope, signature, method, raw_path, canonical_query, headers, body, amz_date)
-        if remember:
-            self._remember(cache_key, scope)
-        return scope.access_key
+        canonical_headers = _canonical_headers(headers, scope.names)  # missing ones: refused here
+        return _Head(scope, signature, _canonical_query(raw_query), canonical_headers, amz_date,
+                     cache_key if remember else None)
 
-    def _verify_presigned(
-        self, method: str, raw_path: str, raw_query: str, headers: Mapping[str, str], body: bytes
-    ) -> str:
+    def _presigned_head(self, raw_query: str, headers: Mapping[str, str]) -> _Head:
         """The X-Amz-* query parameters stand in for the Authorization and X-Amz-Date headers."""
         params = _auth_params(raw_query)
         if params.get("X-Amz-Algorithm") != _ALGORITHM:
@@ -168,10 +196,9 @@ class SigV4Verifier:
         if now > timestamp + expires:
             raise SignatureError("presigned: URL has expired")
         canonical_query = _canonical_query(raw_query, presigned=True)
-        self._check(scope, signature, method, raw_path, canonical_query, headers, body, amz_date)
-        if remember:
-            self._remember(cache_key, scope)
-        return scope.access_key
+        canonical_headers = _canonical_headers(headers, scope.names)
+        return _Head(scope, signature, canonical_query, canonical_headers, amz_date,
+                     cache_key if remember else None)
 
     def _new_scope(self, credential: str, signed_headers: str) -> _Scope:
         """Parse and check a scope the cache does not hold; derives its signing key."""
@@ -184,44 +211,40 @@ class SigV4Verifier:
         if self._region is not None and region != self._region:
             raise SignatureError(f"credential scope is for region {region[:40]!r}")
         secret = self._credentials.get(access_key)
-        if secret is None:
-            raise SignatureError(f"unknown access key id {access_key[:40]!r}")
         day_start = _day_start(day)
         names = _signed_header_names(signed_headers)
-        key = _signing_key(secret, day, region, service)  # checked before paying 4 HMACs
+        # Checked before paying 4 HMACs. An unknown key is signed for with a random secret,
+        # so that it is refused exactly when, and as slowly as, a wrong signature.
+        key = _signing_key(self._decoy if secret is None else secret, day, region, service)
         return _Scope(
             access_key, day, day_start, "/".join(parts[1:]), signed_headers, names,
-            _CONTENT_SHA256 in names, hmac.new(key, digestmod=sha256),
+            _CONTENT_SHA256 in names, hmac.new(key, digestmod=sha256), secret is not None,
         )  # fmt: skip
 
     def _check(
-        self,
-        scope: _Scope,
-        signature: str,
-        method: str,
-        raw_path: str,
-        canonical_query: str,
-        headers: Mapping[str, str],
-        body: bytes,
-        amz_date: str,
+        self, head: _Head, method: str, raw_path: str, headers: Mapping[str, str], body: bytes
     ) -> None:
         """Rebuild the canonical request and compare signatures; raise unless they match."""
+        scope, signature, amz_date = head.scope, head.signature, head.amz_date
         canonical_request = "\n".join((
             method,
             _canonical_uri(raw_path),
-            canonical_query,
-            _canonical_headers(headers, scope.names),
+            head.canonical_query,
+            head.canonical_headers,
             scope.signed_headers,
             _payload_hash(headers, scope.body_hash_signed, body),
         ))  # fmt: skip
         try:
             request_hash = sha256(canonical_request.encode()).hexdigest()
-        except UnicodeEncodeError:  # lone surrogates: aiohttp's decoding of invalid UTF-8
+        except UnicodeEncodeError:  # lone surrogates in a caller's str (invalid UTF-8 decoded so)
             raise SignatureError("signed data is not valid UTF-8") from None
         mac = scope.keyed.copy()  # copying the keyed state skips re-keying per request
         mac.update(f"{_ALGORITHM}\n{amz_date}\n{scope.scope}\n{request_hash}".encode())
         # compare_digest takes ASCII str only; anything else cannot be a hex signature anyway.
-        if not (signature.isascii() and hmac.compare_digest(mac.hexdigest(), signature)):
+        matches = signature.isascii() and hmac.compare_digest(mac.hexdigest(), signature)
+        if not scope.known:  # checked only now, so it costs what a known key costs
+            raise SignatureError(f"unknown access key id {scope.access_key[:40]!r}")
+        if not matches:
             raise SignatureError("signature does not match")
 
     def _remember(self, cache_key: str | tuple[str, str], scope: _Scope) -> None:
