@@ -400,3 +400,26 @@ async def test_max_connections_holds_for_concurrent_handshakes_and_never_leaks()
         assert await status_of(url) == 503
         for ws in again:
             await ws.close()
+
+
+# ---------------------------------------------------------------- health probes
+
+
+async def test_client_port_health_is_private_unless_details_are_asked_for():
+    """Load balancers probing the client port learn the status only; the node id, its load and
+    the registry's state stay on the management port (or [listen] health_details = true)."""
+    import aiohttp
+
+    async with running_node() as node, aiohttp.ClientSession() as http:
+        for path in ("/health", "/ready"):
+            async with http.get(f"http://127.0.0.1:{node.port}{path}") as resp:
+                assert resp.status == 200 and await resp.json() == {"status": "ok"}
+        async with http.get(f"http://127.0.0.1:{node.management_port}/health") as resp:
+            assert (await resp.json())["node_id"] == node.node_id
+        node.gateway.begin_drain()
+        async with http.get(f"http://127.0.0.1:{node.port}/health") as resp:
+            assert resp.status == 503 and await resp.json() == {"status": "unavailable"}
+    async with running_node(make_config(listen={"health_details": True})) as node, aiohttp.ClientSession() as http:
+        async with http.get(f"http://127.0.0.1:{node.port}/health") as resp:
+            health = await resp.json()
+            assert resp.status == 200 and health["node_id"] == node.node_id and health["connections"] == 0
