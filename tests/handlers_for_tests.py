@@ -32,6 +32,8 @@ async def on_connect(event: dict[str, Any], context: Any) -> Any:
         raise RuntimeError("secret internal detail")
     if mode == "slow":
         await asyncio.sleep(60)
+    if mode == "pause":  # accepts, but late: concurrent handshakes pile up meanwhile
+        await asyncio.sleep(0.5)
     if mode == "post_self":
         try:
             await context.post_to_connection(event["requestContext"]["connectionId"], "hello")

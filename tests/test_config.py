@@ -590,6 +590,27 @@ def test_risky_settings_warn(data: dict[str, Any], warning: str) -> None:
     assert warning in config_warnings(parse_config(data, env={}))
 
 
+def test_public_key_without_audience_warns(tmp_path: Path, public_pem: bytes) -> None:
+    """A public key, like a JWKS, usually serves an issuer with other applications too."""
+    (tmp_path / "key.pem").write_bytes(public_pem)
+    auth = {"type": "jwt", "public_key_file": "key.pem"}
+    warning = ("auth.audience is empty: tokens the public key's issuer minted for other "
+               "applications are accepted")
+    assert warning in config_warnings(parse_config({"auth": auth}, env={}, base_dir=tmp_path))
+    with_audience = parse_config({"auth": {**auth, "audience": "app"}}, env={}, base_dir=tmp_path)
+    assert not [w for w in config_warnings(with_audience) if w.startswith("auth.audience")]
+    # An HS* secret is normally this gateway's alone: no audience warning for it.
+    assert not [w for w in config_warnings(parse_config({"auth": JWT_HS}, env={}))
+                if w.startswith("auth.audience")]
+
+
+def test_listen_health_details_is_off_by_default() -> None:
+    assert GatewayConfig().listen.health_details is False
+    assert parse_config({"listen": {"health_details": True}}, env={}).listen.health_details is True
+    with pytest.raises(ConfigError):
+        parse_config({"listen": {"health_details": "yes"}}, env={})
+
+
 def test_star_origin_warns_only_when_auth_is_on() -> None:
     star = 'limits.allowed_origins has "*" while auth is on'
     assert not any(w.startswith(star) for w in config_warnings(GatewayConfig()))

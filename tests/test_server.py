@@ -336,3 +336,90 @@ async def test_duplicated_headers_are_a_400_not_a_500():
         async with http.get(f"http://127.0.0.1:{node.port}/prod", headers=CIMultiDict(headers)) as resp:
             assert resp.status == 400
     assert th.events_of("$connect") == []
+
+
+# ---------------------------------------------------------------- admission
+
+
+async def _open_or_status(url: str) -> websockets.ClientConnection | int:
+    """The open connection, or the status that refused the handshake."""
+    try:
+        return await websockets.connect(url, open_timeout=10)
+    except InvalidStatus as exc:
+        return exc.response.status_code
+
+
+async def _raw_handshake(node, target: str, *, key: bool = True) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """Send an upgrade request by hand (``key=False``: without Sec-WebSocket-Key, which
+    websockets refuses with 400 after our process_request accepted it)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", node.port)
+    lines = [f"GET {target} HTTP/1.1", f"Host: 127.0.0.1:{node.port}", "Upgrade: websocket",
+             "Connection: Upgrade", "Sec-WebSocket-Version: 13"]
+    if key:
+        lines.append("Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==")
+    writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
+    await writer.drain()
+    return reader, writer
+
+
+async def test_max_connections_holds_for_concurrent_handshakes_and_never_leaks():
+    """The slot is reserved at admission, before the awaited auth and $connect: 20 handshakes
+    racing through a slow $connect against a limit of 5 get exactly 5 upgrades and 15 503s.
+    Every slot comes back: after the connections close, and after handshakes refused by auth,
+    by $connect, by a raising $connect, by websockets itself, or abandoned by the client."""
+    cfg = make_config(auth=jwt_section(), limits={"max_connections": 5})
+    async with running_node(cfg) as node:
+        url = ws_url(node, connect="pause", token=token())
+        results = await asyncio.gather(*(_open_or_status(url) for _ in range(20)))
+        opened = [r for r in results if not isinstance(r, int)]
+        assert len(opened) == 5
+        assert [r for r in results if isinstance(r, int)] == [503] * 15
+        assert len(node.gateway.hub) == 5
+        for ws in opened:
+            await ws.close()
+        await eventually(lambda: len(node.gateway.hub) == 0)
+
+        # Refused and failed handshakes, each kind more often than the limit.
+        for _ in range(6):
+            assert await status_of(ws_url(node)) == 401  # no token
+            assert await status_of(ws_url(node, connect="403", token=token())) == 403
+            assert await status_of(ws_url(node, connect="raise", token=token())) == 500
+        for _ in range(6):  # websockets answers 400 after our process_request said go on
+            reader, writer = await _raw_handshake(node, f"/prod?token={token()}", key=False)
+            assert (await asyncio.wait_for(reader.readline(), 5)).startswith(b"HTTP/1.1 400")
+            writer.close()
+        before = len(th.events_of("$connect"))
+        vanished = [await _raw_handshake(node, f"/prod?connect=pause&token={token()}") for _ in range(6)]
+        await eventually(lambda: len(th.events_of("$connect")) == before + 5)  # the 6th got 503
+        for _, writer in vanished:  # the clients leave while their $connect still runs
+            writer.transport.abort()
+        await eventually(lambda: node.gateway.slots.in_use == 0)
+
+        again = await asyncio.gather(*(_open_or_status(url) for _ in range(5)))
+        assert not [r for r in again if isinstance(r, int)]
+        assert await status_of(url) == 503
+        for ws in again:
+            await ws.close()
+
+
+# ---------------------------------------------------------------- health probes
+
+
+async def test_client_port_health_is_private_unless_details_are_asked_for():
+    """Load balancers probing the client port learn the status only; the node id, its load and
+    the registry's state stay on the management port (or [listen] health_details = true)."""
+    import aiohttp
+
+    async with running_node() as node, aiohttp.ClientSession() as http:
+        for path in ("/health", "/ready"):
+            async with http.get(f"http://127.0.0.1:{node.port}{path}") as resp:
+                assert resp.status == 200 and await resp.json() == {"status": "ok"}
+        async with http.get(f"http://127.0.0.1:{node.management_port}/health") as resp:
+            assert (await resp.json())["node_id"] == node.node_id
+        node.gateway.begin_drain()
+        async with http.get(f"http://127.0.0.1:{node.port}/health") as resp:
+            assert resp.status == 503 and await resp.json() == {"status": "unavailable"}
+    async with running_node(make_config(listen={"health_details": True})) as node, aiohttp.ClientSession() as http:
+        async with http.get(f"http://127.0.0.1:{node.port}/health") as resp:
+            health = await resp.json()
+            assert resp.status == 200 and health["node_id"] == node.node_id and health["connections"] == 0

@@ -2,8 +2,10 @@
 
 Fields: ``time`` (ISO-8601 UTC), ``kind`` (connect / message / disconnect / management),
 ``requestId``, ``connectionId``, ``routeKey``, ``status`` (HTTP status, or the close code for a
-disconnect), ``latency_ms``, ``tenant``, ``sourceIp``, ``userAgent``, and for management calls
-``method`` and ``operation``. Never the token, never a message body.
+disconnect), ``latency_ms``, ``tenant``, ``sourceIp``, ``userAgent`` (connect lines only: once
+per connection), and for management calls ``method`` and ``operation``. Never the token, never
+a message body. Strings a client chose are cut to 256 characters (ending in ``...[truncated]``),
+so a client cannot make its lines cost more than their share of the log.
 
 Lines are buffered and written at most every 200 ms or every 64 KiB, so logging a message
 costs one ``orjson.dumps`` and no system call on the hot path.
@@ -25,6 +27,15 @@ __all__ = ["AccessLog"]
 
 _FLUSH_BYTES = 65536
 _FLUSH_INTERVAL_S = 0.2
+_MAX_CHARS = 256  # per client-supplied string (User-Agent may be 8 KB)
+_TRUNCATED = "...[truncated]"
+
+
+def _bounded(value: str) -> str:
+    """``value``, or its first characters and ``_TRUNCATED`` if it is over ``_MAX_CHARS``."""
+    if len(value) <= _MAX_CHARS:
+        return value
+    return value[: _MAX_CHARS - len(_TRUNCATED)] + _TRUNCATED
 
 
 def _iso_now() -> str:
@@ -78,7 +89,9 @@ class AccessLog:
 
         ``started`` is the ``time.perf_counter()`` reading when the event began (None: no
         latency to report, 0.0 is written); ``status`` is the HTTP status, or the close code
-        of a disconnect. The one place these lines are built, so every kind has the same fields.
+        of a disconnect. The one place these lines are built, so every kind has the same fields
+        but ``userAgent``, which only ``connect`` lines carry: repeated on every message it let
+        an 8 KB header multiply the log ~1000 times. Every string is bounded (see ``_bounded``).
         """
         if not self.enabled:
             return
@@ -88,18 +101,20 @@ class AccessLog:
         else:
             connection_id = tenant = ""
         latency = 0.0 if started is None else round((time.perf_counter() - started) * 1000, 3)
-        self.write(
-            kind,
-            requestId=request_id,
-            connectionId=connection_id,
-            routeKey=route_key,
-            status=status,
-            latency_ms=latency,
-            tenant=tenant,
-            sourceIp=source_ip,
-            userAgent=user_agent,
-            **extra,
-        )
+        fields: dict[str, Any] = {
+            "requestId": request_id,
+            "connectionId": connection_id,
+            "routeKey": _bounded(route_key),
+            "status": status,
+            "latency_ms": latency,
+            "tenant": _bounded(tenant),
+            "sourceIp": _bounded(source_ip),
+        }
+        if kind == "connect":
+            fields["userAgent"] = _bounded(user_agent)
+        for name, value in extra.items():
+            fields[name] = _bounded(value) if isinstance(value, str) else value
+        self.write(kind, **fields)
 
     def flush(self) -> None:
         if not self._buffer or self._stream is None:

@@ -71,6 +71,8 @@ class ListenConfig:
     # seconds without a pong -> peer is half-open -> close
     ping_timeout_s: float = field(default=20.0, metadata=NON_NEGATIVE)
     backlog: int = 2048  # pending TCP connections (listen(2))
+    # /health and /ready here say node id, connection count and registry state; else {"status"}
+    health_details: bool = False
 
     def __post_init__(self) -> None:
         check_fields(self, "listen")
@@ -384,6 +386,11 @@ def config_warnings(config: GatewayConfig) -> list[str]:
          "for the configured HS* algorithms"),
         (jwt_on and bool(auth.jwks_url) and not auth.audience,
          "auth.audience is empty: tokens the JWKS issuer minted for other applications "
+         "are accepted"),
+        # A public key, like a JWKS, usually belongs to an issuer that serves many applications;
+        # an HS* secret is normally shared with this gateway alone, so it is not warned about.
+        (jwt_on and bool(auth.public_key_file) and not auth.audience,
+         "auth.audience is empty: tokens the public key's issuer minted for other applications "
          "are accepted"),
         (config.registry.backend == "redis" and bool(urlsplit(config.registry.redis_url).password),
          "registry.redis_url contains a password, which shows wherever the URL is logged; "

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import events
 from .accesslog import AccessLog
+from .admission import Slots
 from .auth import Authenticator, Principal
 from .connection import Connection, as_payload
 from .dispatch import ConnectOutcome, Dispatcher
@@ -56,6 +57,9 @@ class Gateway:
         self.registry = create_registry(config.registry, self.node_id)
         self.auth = Authenticator(config.auth)
         self.access = AccessLog(config.log.access_log)
+        # limits.max_connections: handshakes in flight plus connections in the hub (the
+        # client edge takes a slot at admission, before the awaited auth and $connect)
+        self.slots = Slots(config.limits.max_connections)
         self.stats = Stats()
         self.router: Router[Integration] | None = None
         self.dispatcher: Dispatcher | None = None
@@ -399,7 +403,9 @@ class Gateway:
 
     async def health(self) -> dict[str, Any]:
         """``live``: serving (started, not draining); ``ready``: live and the registry
-        reachable, so that cross-node calls work (a load balancer's readiness check)."""
+        reachable, so that cross-node calls work (a load balancer's readiness check).
+        The node's details (id, connections, registry state) are for the management port;
+        the client port shows them only with ``[listen] health_details``."""
         registry = dict(await self.registry.health())
         live = self.ready and not self.draining
         reachable = bool(registry.get("reachable", False))

@@ -5,7 +5,9 @@ Handshake order, as AWS: the path must be ``/`` or ``/{stage}``; a request that 
 upgrade gets 426 (websockets); the Origin is checked (403); the token is verified (401/403);
 then ``$connect`` runs and the upgrade waits for it (its statusCode >= 400 rejects with that
 status; a failure rejects with 500). Only then is the connection in the hub: a post during
-``$connect`` answers 410.
+``$connect`` answers 410. ``limits.max_connections`` is a :class:`~wsgateway.admission.Slot`
+taken at admission and held from there until the handshake fails or the connection closes,
+so handshakes in flight count against it too.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 from websockets.typing import Subprotocol
 
+from .admission import Slot
 from .errors import CLOSE_GOING_AWAY, CLOSE_INTERNAL_ERROR, AuthError
 
 if TYPE_CHECKING:
@@ -87,6 +90,9 @@ class ClientServer:
         self._any_origin = "*" in origins
         self._origins = frozenset(origin_key(origin) for origin in origins)
         self._warned_subprotocol = False
+        self._health_details = config.listen.health_details
+        # Slots of handshakes in flight; the handler takes its slot out of here (see _admission)
+        self._reserved: dict[ServerConnection, Slot] = {}
         self._server: Server | None = None
         self.port = 0
 
@@ -144,10 +150,16 @@ class ClientServer:
 
     async def _process_request(self, ws: ServerConnection, request: Request) -> Response | None:
         try:
-            return await self._handshake(ws, request)
+            response = await self._handshake(ws, request)
         except MultipleValuesError as exc:  # e.g. two Origin or Upgrade headers
             log.info("handshake refused (400): header %s sent more than once", exc)
-            return _reject(ws, 400)
+            response = _reject(ws, 400)
+        except BaseException:  # websockets answers 500, or the open timeout cancelled us
+            self._release(ws)
+            raise
+        if response is not None:  # refused: its slot is free at once
+            self._release(ws)
+        return response
 
     async def _handshake(self, ws: ServerConnection, request: Request) -> Response | None:
         assert isinstance(ws, GatewayConnection)
@@ -159,12 +171,14 @@ class ClientServer:
         gateway = self.gateway
         if path in ("/health", "/ready"):  # for load balancers that probe the client port
             health = await gateway.health()
-            return _json_response(ws, 200 if health["live" if path == "/health" else "ready"] else 503, health)
+            status = 200 if health["live" if path == "/health" else "ready"] else 503
+            # The node id, its load and the registry's state are for operators, not the internet.
+            return _json_response(ws, status, health if self._health_details else {"status": health["status"]})
         if path not in self._paths:
             return _reject(ws, 404)
         if "websocket" not in headers.get("Upgrade", "").lower():
             return None  # websockets answers 426 Upgrade Required
-        status = self._admission(headers)
+        status = self._admission(ws, headers)
         if status:
             gateway.log_handshake(status=status, request_id="", started=started, source_ip=source_ip, user_agent=user_agent)
             return _reject(ws, status)
@@ -203,20 +217,36 @@ class ClientServer:
             )
         return None
 
-    def _admission(self, headers: Headers) -> int:
-        """0 to go on, else the status that refuses the handshake before auth."""
+    def _admission(self, ws: ServerConnection, headers: Headers) -> int:
+        """0 to go on, else the status that refuses the handshake before auth.
+
+        Going on reserves a slot of ``limits.max_connections`` for ``ws`` now, before the
+        awaited auth and ``$connect``: checking the hub alone let every handshake in flight
+        through. The slot goes back when the handshake is refused (:meth:`_process_request`),
+        when the socket is lost before the handler took it (a client gone mid-``$connect``,
+        websockets refusing the upgrade itself, the open timeout), or when the handler ends.
+        """
         gateway = self.gateway
         if gateway.draining or not gateway.ready:
             return 503
-        limit = self._limits.max_connections
-        if limit and len(gateway.hub) >= limit:
+        slot = gateway.slots.try_take()
+        if slot is None:
             return 503
         origin = headers.get("Origin")
-        if origin is None:
-            return 403 if self._limits.require_origin else 0
-        if self._any_origin or origin_key(origin) in self._origins:
-            return 0
-        return 403
+        allowed = not self._limits.require_origin if origin is None else (
+            self._any_origin or origin_key(origin) in self._origins)
+        if not allowed:
+            slot.release()
+            return 403
+        self._reserved[ws] = slot
+        ws.connection_lost_waiter.add_done_callback(lambda _: self._release(ws))
+        return 0
+
+    def _release(self, ws: ServerConnection) -> None:
+        """Free the slot of a handshake that did not become a connection (no-op if none)."""
+        slot = self._reserved.pop(ws, None)
+        if slot is not None:
+            slot.release()
 
     def _select_subprotocol(self, ws: ServerConnection, offered: Sequence[Subprotocol]) -> Subprotocol | None:
         chosen = getattr(ws, "gw_subprotocol", None)
@@ -234,6 +264,7 @@ class ClientServer:
         conn = ws.gw_conn
         gateway = self.gateway
         assert gateway.dispatcher is not None
+        slot = self._reserved.pop(ws, None)  # now this connection's, until the finally
         dispatch = gateway.dispatcher.on_message
         conn.task = asyncio.current_task()
         conn.attach(ws, self._limits.socket_send_buffer_bytes)
@@ -251,7 +282,11 @@ class ClientServer:
             log.exception("connection failed: connectionId=%s", conn.id)
             gateway.close(conn, CLOSE_INTERNAL_ERROR, "Internal server error")
         finally:
-            code, reason = await conn.wait_closed(self._limits.close_timeout_s + 1)
+            try:
+                code, reason = await conn.wait_closed(self._limits.close_timeout_s + 1)
+            finally:
+                if slot is not None:  # freed as closed() takes it out of the hub: no await between
+                    slot.release()
             await gateway.closed(conn, code, reason)
 
 

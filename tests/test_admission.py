@@ -1,0 +1,25 @@
+"""Slots: the reservation the client edge takes at admission (no sockets here)."""
+
+import pytest
+
+from wsgateway.admission import Slots
+
+
+def test_places_run_out_at_the_limit_and_come_back_once_each():
+    slots = Slots(2)
+    a, b = slots.try_take(), slots.try_take()
+    assert a is not None and b is not None and slots.in_use == 2
+    assert slots.try_take() is None
+    a.release()
+    a.release()  # a second release (two exit paths reaching it) gives nothing back twice
+    assert slots.in_use == 1 and not a.held and b.held
+    c = slots.try_take()
+    assert c is not None and slots.try_take() is None
+
+
+def test_zero_means_no_limit_but_still_counts():
+    slots = Slots(0)
+    taken = [slots.try_take() for _ in range(1000)]
+    assert all(s is not None for s in taken) and slots.in_use == 1000
+    with pytest.raises(ValueError):
+        Slots(-1)
