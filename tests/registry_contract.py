@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from wsgateway.errors import BadRequestError, GoneError, LimitExceededError
+from wsgateway.fanout import FanoutResult
 from wsgateway.ids import new_connection_id
 from wsgateway.records import ConnectionInfo, ConnectionRecord
 from wsgateway.registry import LocalNode, Registry
@@ -183,8 +184,8 @@ async def check_fanout_without_other_nodes(make: Factory) -> None:
     node = RecordingNode("n1")
     registry = await make(node)
     await _accept(registry, node, make_record("n1", "tenant-a"))
-    assert await registry.fanout("tenant-a", b"hello", False) == 0
-    assert await registry.fanout("nobody", b"hello", True) == 0
+    assert await registry.fanout("tenant-a", b"hello", False) == FanoutResult(0, 0)
+    assert await registry.fanout("nobody", b"hello", True) == FanoutResult(0, 0)
     assert node.fanouts == []  # the gateway fans out locally itself
 
 

@@ -211,7 +211,7 @@ async def test_any_node_serves_any_connection(cluster: Cluster) -> None:
         http.post(f"{node_b.endpoint}/@tenants/t1/messages", data=b"to all") as resp,
     ):
         assert resp.status == 200
-        assert await resp.json() == {"delivered": 3}
+        assert await resp.json() == {"delivered": 3, "unreachableNodes": 0}
     for client, _ in on_a + on_b:
         assert await asyncio.wait_for(client.recv(), 5) == "to all"
     assert await tenant_listing(node_b, "t1") == sorted(c for _, c in on_a + on_b)

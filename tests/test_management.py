@@ -220,13 +220,13 @@ async def test_tenant_fanout_and_listing():
         ids = sorted([await whoami(ws) for ws in acme])
         await whoami(other)
         status, _, body = await raw(node, "POST", "/prod/@tenants/acme/messages", b'{"type":"call"}')
-        assert status == 200 and json.loads(body) == {"delivered": 5}
+        assert status == 200 and json.loads(body) == {"delivered": 5, "unreachableNodes": 0}
         for ws in acme:
             assert await ws.recv() == '{"type":"call"}'
         with pytest.raises(TimeoutError):
             await asyncio.wait_for(other.recv(), 0.2)  # another tenant sees nothing
         status, _, body = await raw(node, "POST", "/@tenants/nobody/messages", b"x")
-        assert status == 200 and json.loads(body) == {"delivered": 0}
+        assert status == 200 and json.loads(body) == {"delivered": 0, "unreachableNodes": 0}
         seen, token = [], None
         while True:
             query = "?limit=2" + (f"&nextToken={token}" if token else "")
@@ -285,7 +285,7 @@ async def test_user_and_group_fanout_and_membership():
         mallory = await websockets.connect(ws_url(node, token=token("alice", "p2")))  # same sub, other tenant
         ids = [await whoami(ws) for ws in [*alice, bob, mallory]]
         status, _, body = await raw(node, "POST", "/prod/@tenants/p1/users/alice/messages", b"hi alice")
-        assert status == 200 and json.loads(body) == {"delivered": 2}
+        assert status == 200 and json.loads(body) == {"delivered": 2, "unreachableNodes": 0}
         for ws in alice:
             assert await ws.recv() == "hi alice"
         # Groups: a backend adds bob, a handler adds alice's first tab.
@@ -295,7 +295,7 @@ async def test_user_and_group_fanout_and_membership():
         assert await alice[0].recv() == "joined front-desk"
         await raw(node, "PUT", f"/prod/@connections/{ids[3]}/groups/front-desk")  # other tenant's group
         status, _, body = await raw(node, "POST", "/@tenants/p1/groups/front-desk/messages", b"ring")
-        assert json.loads(body) == {"delivered": 2}
+        assert json.loads(body) == {"delivered": 2, "unreachableNodes": 0}
         assert await bob.recv() == "ring" and await alice[0].recv() == "ring"
         await bob.send('{"action": "tell_group", "group": "front-desk", "text": "from bob"}')
         got = [await bob.recv(), await bob.recv(), await bob.recv()]
@@ -304,7 +304,7 @@ async def test_user_and_group_fanout_and_membership():
         status, _, _ = await raw(node, "DELETE", f"/prod/@connections/{ids[2]}/groups/front-desk")
         assert status == 204
         status, _, body = await raw(node, "POST", "/@tenants/p1/groups/front-desk/messages", b"again")
-        assert json.loads(body) == {"delivered": 1}
+        assert json.loads(body) == {"delivered": 1, "unreachableNodes": 0}
         assert await alice[0].recv() == "again"
         with pytest.raises(TimeoutError):
             await asyncio.wait_for(mallory.recv(), 0.2)  # never crosses tenants

@@ -107,6 +107,7 @@ class ManagementConfig:
     region: str | None = field(default=None, metadata=rule(r"[a-z0-9-]{1,32}", 'a region name like "us-east-1"'))
     max_clock_skew_s: float = 300.0  # seconds a signed request's date may be off
     max_post_bytes: int = 131072  # bytes; larger POST bodies answer 413
+    replay_protection: bool = False  # sigv4: a signature used twice answers 403 (cluster-wide)
 
     def __post_init__(self) -> None:
         check_fields(self, "management")
