@@ -696,3 +696,39 @@ async def test_redis_outage_and_recovery(restartable_redis: RedisExecutor, key_p
     finally:
         for reg in regs:
             await reg.close()
+
+
+async def test_fanout_counts_a_node_that_does_not_answer(
+    make: Factory, private_redis: RedisExecutor, key_prefix: str
+) -> None:
+    """A node holding the tenant but cut off from Redis gets nothing: the fan-out says so
+    (unreachable 1) and counts only the connections of the nodes that answered, for the
+    tenant, a user and a group alike."""
+    async with cut_off_pair(make, private_redis, key_prefix) as (survivor, reg_b, victim, reg_a, link):
+        node_c = RecordingNode("nc")
+        reg_c = await make(node_c)
+        await accept(reg_a, victim, principal_id="alice")
+        await accept(reg_a, victim, principal_id="bob")
+        alice_c = await accept(reg_c, node_c, principal_id="alice")
+        await reg_b.group(alice_c.connection_id, "desk", join=True)
+        link.cut()
+        assert await reg_b.fanout("tenant-a", b"all", False) == FanoutResult(1, 1)
+        assert await reg_b.fanout("tenant-a", b"alice", False, user="alice") == FanoutResult(1, 1)
+        assert await reg_b.fanout("tenant-a", b"desk", False, group="desk") == FanoutResult(1, 1)
+        assert victim.fanouts == []
+        assert node_c.posted[alice_c.connection_id] == [(b"all", False), (b"alice", False), (b"desk", False)]
+
+
+async def test_claims_are_cluster_wide_and_fail_closed(
+    make: Factory, private_redis: RedisExecutor, key_prefix: str, redis_url: str
+) -> None:
+    async with cut_off_pair(make, private_redis, key_prefix) as (survivor, reg_b, victim, reg_a, link):
+        assert await reg_a.claim_once("sig", 30.0) is True
+        assert await reg_b.claim_once("sig", 30.0) is False  # another node saw it first
+        assert 0 < sync_client(redis_url).pttl(f"{key_prefix}:{{o:sig}}") <= 30_000
+        link.cut()
+        with pytest.raises(RegistryUnavailableError):
+            await reg_a.claim_once("other", 30.0)  # cannot tell: refused, never guessed
+        with pytest.raises(RegistryUnavailableError):
+            await reg_a.release_once("sig")
+        assert await reg_b.claim_once("sig", 30.0) is False

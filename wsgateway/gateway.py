@@ -342,6 +342,15 @@ class Gateway:
             log.info("management request refused: its signature was used before (a replay)")
             raise ForbiddenError("Forbidden")
 
+    async def allow_retry(self, key: str) -> None:
+        """After :meth:`refuse_replay` passed, the request failed retriably (429, 5xx) and
+        delivered nothing: forget its signature, so that an SDK's retry (signed in the same
+        second, hence alike) is not taken for a replay. Never raises."""
+        try:
+            await self.registry.release_once(key)
+        except Exception:  # noqa: BLE001 - at worst that retry is refused 403
+            log.warning("could not forget a failed request's signature; a retry of it is refused")
+
     async def join_group(self, connection_id: str, group: str) -> None:
         """Add a connection (on any node) to a group of its tenant; raise GoneError."""
         if not self.local_group(connection_id, group, join=True):

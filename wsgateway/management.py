@@ -107,6 +107,7 @@ class ManagementServer:
         started = time.perf_counter()
         request_id = new_request_id()
         operation, target = "", ""
+        claimed: str | None = None  # the signature's one-time key, once replay protection took it
         try:
             segments = request.raw_path.split("/")[1:]
             if segments and segments[0] == self._stage and len(segments) > 1:
@@ -118,7 +119,9 @@ class ManagementServer:
             if self._verifier is not None:
                 self._verifier.verify(request.method, request.raw_path, request.raw_query, request.headers, request.body)
                 if self._replay_skew_s is not None:
-                    await self.gateway.refuse_replay(*replay_key(request.headers, request.raw_query, self._replay_skew_s))
+                    key, ttl_s = replay_key(request.headers, request.raw_query, self._replay_skew_s)
+                    await self.gateway.refuse_replay(key, ttl_s)
+                    claimed = key
             operation, target, qualifier = self._route(request.method, segments)
             response = await self._execute(operation, target, qualifier, request.raw_query, request.body)
             response.headers.append(("x-amzn-RequestId", request_id))
@@ -129,6 +132,8 @@ class ManagementServer:
         except Exception:
             log.exception("management request failed (requestId=%s)", request_id)
             response = _error_response(ManagementError("Internal server error"), request_id)
+        if claimed is not None and (response.status == 429 or response.status >= 500):
+            await self.gateway.allow_retry(claimed)  # SDKs retry these, signed alike
         self.gateway.stats.management[(operation or "Unknown", response.status)] += 1
         if self.gateway.access.enabled:
             self._log(request, request_id, operation, target, response.status, started)

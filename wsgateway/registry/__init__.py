@@ -147,6 +147,10 @@ class Registry(Protocol):
         it, False if it was already remembered (a replay). Memory stays bounded: expired keys
         are dropped. Raises RegistryUnavailableError when it cannot tell (callers refuse)."""
 
+    async def release_once(self, key: str) -> None:
+        """Forget a claimed ``key`` (its request failed retriably: the retry, signed alike,
+        must pass). Raises RegistryUnavailableError when it cannot reach the backend."""
+
     async def health(self) -> Mapping[str, Any]:
         """``{"backend": kind, "reachable": bool, ...}`` for /health."""
 

@@ -98,12 +98,16 @@ class MemoryRegistry:
         heapq.heappush(self._expiries, (now + ttl_s, key))
         return True
 
+    async def release_once(self, key: str) -> None:
+        self._claimed.pop(key, None)  # its heap entry goes when due (see _prune)
+
     def _prune(self, now: float) -> None:
         # On every claim, so memory holds only the keys of the last ttl_s: no timer needed.
         expiries = self._expiries
         while expiries and expiries[0][0] <= now:
-            _, key = heapq.heappop(expiries)
-            del self._claimed[key]
+            expiry, key = heapq.heappop(expiries)
+            if self._claimed.get(key) == expiry:  # not released and claimed again since
+                del self._claimed[key]
 
     async def health(self) -> Mapping[str, Any]:
         return {"backend": self.kind, "reachable": True}

@@ -325,6 +325,13 @@ class RedisRegistry:
             raise RegistryUnavailableError("registry unreachable: cannot tell a replay") from exc
         return reply is not None
 
+    async def release_once(self, key: str) -> None:
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                await self._batcher.call("DEL", self._keys.once(key))
+        except REDIS_FAILURES as exc:
+            raise RegistryUnavailableError("registry unreachable") from exc
+
     async def list_tenant(self, tenant: str, limit: int, next_token: str | None) -> Page:
         check_limit(limit)
         after = decode_token(next_token)
