@@ -368,16 +368,19 @@ async def test_without_replay_protection_a_replay_is_delivered_again(signed_conf
 
 async def test_a_replay_to_another_node_sharing_redis_is_refused(redis_url, key_prefix):
     shared = {"backend": "redis", "redis_url": redis_url, "key_prefix": key_prefix}
-    async with running_node(replay_config(**shared)) as node_a, running_node(replay_config(**shared)) as node_b:
-        async with await connect(node_a) as ws:
-            cid = await whoami(ws)
-            path, headers = signed_post(node_a, cid, b"once")
-            status, _, _ = await raw(node_a, "POST", path, b"once", headers)
-            assert status == 200 and await ws.recv() == "once"
-            status, got, body = await raw(node_b, "POST", path, b"once", headers)  # signed Host is a's
-            assert (status, got["x-amzn-ErrorType"], json.loads(body)) == FORBIDDEN
-            with pytest.raises(TimeoutError):
-                await asyncio.wait_for(ws.recv(), 0.3)
+    async with (
+        running_node(replay_config(**shared)) as node_a,
+        running_node(replay_config(**shared)) as node_b,
+        await connect(node_a) as ws,
+    ):
+        cid = await whoami(ws)
+        path, headers = signed_post(node_a, cid, b"once")
+        status, _, _ = await raw(node_a, "POST", path, b"once", headers)
+        assert status == 200 and await ws.recv() == "once"
+        status, got, body = await raw(node_b, "POST", path, b"once", headers)  # signed Host is a's
+        assert (status, got["x-amzn-ErrorType"], json.loads(body)) == FORBIDDEN
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(ws.recv(), 0.3)
 
 
 async def test_replay_protection_fails_closed_when_redis_is_unreachable(private_redis, key_prefix):

@@ -704,7 +704,7 @@ async def test_fanout_counts_a_node_that_does_not_answer(
     """A node holding the tenant but cut off from Redis gets nothing: the fan-out says so
     (unreachable 1) and counts only the connections of the nodes that answered, for the
     tenant, a user and a group alike."""
-    async with cut_off_pair(make, private_redis, key_prefix) as (survivor, reg_b, victim, reg_a, link):
+    async with cut_off_pair(make, private_redis, key_prefix) as (_, reg_b, victim, reg_a, link):
         node_c = RecordingNode("nc")
         reg_c = await make(node_c)
         await accept(reg_a, victim, principal_id="alice")
@@ -722,7 +722,7 @@ async def test_fanout_counts_a_node_that_does_not_answer(
 async def test_claims_are_cluster_wide_and_fail_closed(
     make: Factory, private_redis: RedisExecutor, key_prefix: str, redis_url: str
 ) -> None:
-    async with cut_off_pair(make, private_redis, key_prefix) as (survivor, reg_b, victim, reg_a, link):
+    async with cut_off_pair(make, private_redis, key_prefix) as (_, reg_b, _, reg_a, link):
         assert await reg_a.claim_once("sig", 30.0) is True
         assert await reg_b.claim_once("sig", 30.0) is False  # another node saw it first
         assert 0 < sync_client(redis_url).pttl(f"{key_prefix}:{{o:sig}}") <= 30_000
