@@ -97,7 +97,7 @@ async def push_tenant(event: dict[str, Any], context: Any) -> dict[str, Any]:
         gone = True
     else:
         gone = False
-    return {"statusCode": 200, "body": json.dumps({"delivered": n, "gone": gone})}
+    return {"statusCode": 200, "body": json.dumps({"delivered": n.delivered, "gone": gone})}
 
 
 async def bye(event: dict[str, Any], context: Any) -> None:
@@ -120,7 +120,7 @@ async def tell_group(event: dict[str, Any], context: Any) -> dict[str, Any]:
     tenant = event["requestContext"]["authorizer"]["tenant"]
     n = await context.post_to_group(tenant, body["group"], body["text"])
     m = await context.post_to_user(tenant, event["requestContext"]["authorizer"]["principalId"], "to my tabs")
-    return {"statusCode": 200, "body": json.dumps({"group": n, "user": m})}
+    return {"statusCode": 200, "body": json.dumps({"group": n.delivered, "user": m.delivered})}
 
 
 def sync_slow(event: dict[str, Any], context: Any) -> dict[str, Any]:

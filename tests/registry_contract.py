@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from wsgateway.errors import BadRequestError, GoneError, LimitExceededError
+from wsgateway.fanout import FanoutResult
 from wsgateway.ids import new_connection_id
 from wsgateway.records import ConnectionInfo, ConnectionRecord
 from wsgateway.registry import LocalNode, Registry
@@ -183,9 +184,30 @@ async def check_fanout_without_other_nodes(make: Factory) -> None:
     node = RecordingNode("n1")
     registry = await make(node)
     await _accept(registry, node, make_record("n1", "tenant-a"))
-    assert await registry.fanout("tenant-a", b"hello", False) == 0
-    assert await registry.fanout("nobody", b"hello", True) == 0
+    assert await registry.fanout("tenant-a", b"hello", False) == FanoutResult(0, 0)
+    assert await registry.fanout("nobody", b"hello", True) == FanoutResult(0, 0)
     assert node.fanouts == []  # the gateway fans out locally itself
+
+
+async def check_claim_once_refuses_a_second_claim(make: Factory) -> None:
+    registry = await make(RecordingNode("n1"))
+    assert await registry.claim_once("sig-1", 60.0) is True
+    assert await registry.claim_once("sig-1", 60.0) is False
+    assert await registry.claim_once("sig-2", 60.0) is True  # keys are independent
+
+
+async def check_claim_once_expires_and_releases(make: Factory) -> None:
+    registry = await make(RecordingNode("n1"))
+    assert await registry.claim_once("short", 0.2) is True
+    assert await registry.claim_once("short", 0.2) is False
+    deadline = time.monotonic() + 3.0
+    while not await registry.claim_once("short", 60.0):  # claimable again once expired
+        assert time.monotonic() < deadline, "a claim outlived its ttl"
+        await asyncio.sleep(0.02)
+    assert await registry.claim_once("short", 60.0) is False  # the new claim holds
+    await registry.release_once("short")  # its request failed retriably
+    assert await registry.claim_once("short", 60.0) is True
+    await registry.release_once("never-claimed")  # a no-op
 
 
 async def check_listing_holds_full_records(make: Factory) -> None:
@@ -267,6 +289,8 @@ CHECKS: list[Callable[[Factory], Awaitable[None]]] = [
     check_unknown_connection_is_gone,
     check_own_connection_is_not_served_twice,
     check_fanout_without_other_nodes,
+    check_claim_once_refuses_a_second_claim,
+    check_claim_once_expires_and_releases,
     check_listing_holds_full_records,
     check_listing_pages_in_id_order,
     check_listing_exact_page_has_no_token,

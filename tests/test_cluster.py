@@ -31,6 +31,8 @@ from pytest_redis.executor import RedisExecutor
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
+from tests.support import HS_SECRET, token
+
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -61,9 +63,10 @@ class GatewayProcess:
             config=Config(retries={"total_max_attempts": 1, "mode": "standard"}, read_timeout=10),
         )
 
-    async def connect(self, tenant: str = "t1") -> tuple[ClientConnection, str]:
-        """A websockets client on this node, and its connection id."""
-        ws = await websockets.connect(f"ws://127.0.0.1:{self.port}/prod?tenant={tenant}", open_timeout=5)
+    async def connect(self, tenant: str = "t1", *, jwt: str = "") -> tuple[ClientConnection, str]:
+        """A websockets client on this node (``jwt``: with that token), and its connection id."""
+        query = f"token={jwt}" if jwt else f"tenant={tenant}"
+        ws = await websockets.connect(f"ws://127.0.0.1:{self.port}/prod?{query}", open_timeout=5)
         await ws.send('{"action": "whoami"}')
         return ws, str(await asyncio.wait_for(ws.recv(), 5))
 
@@ -79,9 +82,10 @@ class Cluster:
         self.events_file.touch()
         self.nodes: list[GatewayProcess] = []
 
-    async def start(self, name: str) -> GatewayProcess:
+    async def start(self, name: str, *, extra: str = "", node_ttl_s: float = NODE_TTL_S) -> GatewayProcess:
+        """Start a node; ``extra`` is TOML appended to its config (tables not in _CONFIG)."""
         config = self.tmp_path / f"{name}.toml"
-        config.write_text(_CONFIG.format(url=self.redis_url, prefix=self.key_prefix))
+        config.write_text(_CONFIG.format(url=self.redis_url, prefix=self.key_prefix, node_ttl_s=node_ttl_s) + extra)
         ready = self.tmp_path / f"{name}.ready.json"
         log = open(self.tmp_path / f"{name}.log", "wb")  # noqa: SIM115, ASYNC230 - lives with the process
         process = subprocess.Popen(  # noqa: ASYNC220 - returns at once; the wait below is async
@@ -139,7 +143,7 @@ backend = "redis"
 redis_url = "{url}"
 key_prefix = "{prefix}"
 heartbeat_s = 0.2
-node_ttl_s = 1.0
+node_ttl_s = {node_ttl_s}
 """
 
 
@@ -211,7 +215,7 @@ async def test_any_node_serves_any_connection(cluster: Cluster) -> None:
         http.post(f"{node_b.endpoint}/@tenants/t1/messages", data=b"to all") as resp,
     ):
         assert resp.status == 200
-        assert await resp.json() == {"delivered": 3}
+        assert await resp.json() == {"delivered": 3, "unreachableNodes": 0}
     for client, _ in on_a + on_b:
         assert await asyncio.wait_for(client.recv(), 5) == "to all"
     assert await tenant_listing(node_b, "t1") == sorted(c for _, c in on_a + on_b)
@@ -413,3 +417,67 @@ async def test_node_terminated_during_a_redis_outage_runs_every_disconnect_and_e
         assert events == {leaver_id: 1000, stayer_id: 1001}
     finally:
         cluster.stop_all()
+
+
+_JWT_AUTH = f"""
+[auth]
+type = "jwt"
+algorithms = ["HS256"]
+secret = "{HS_SECRET}"
+tenant_claim = "practice_id"
+"""
+
+
+async def fanout(node: GatewayProcess, path: str, data: bytes) -> tuple[int, Any]:
+    async with aiohttp.ClientSession() as http, http.post(f"{node.endpoint}/@tenants/p1/{path}", data=data) as resp:
+        return resp.status, await resp.json()
+
+
+async def test_fanout_past_a_paused_node_says_who_it_missed(cluster: Cluster) -> None:
+    """One node paused (SIGSTOP): a fan-out answers 207 with the connections reached and the
+    node that did not answer, within the request deadline, for a tenant, a user and a group;
+    503 when nobody got it. The paused node drops the requests it finds on waking: they are
+    past their deadline, so its clients never get them late."""
+    # node_ttl_s 30: the pause must not get the node declared dead (that is another test).
+    paused = await cluster.start("a", extra=_JWT_AUTH, node_ttl_s=30)
+    awake = await cluster.start("b", extra=_JWT_AUTH, node_ttl_s=30)
+    await settled(awake)
+    alice_a, bob_a = await paused.connect(jwt=token("alice", "p1")), await paused.connect(jwt=token("bob", "p1"))
+    alice_b, carol_b = await awake.connect(jwt=token("alice", "p1")), await awake.connect(jwt=token("carol", "p1"))
+    async with aiohttp.ClientSession() as http:
+        for _, cid in (bob_a, carol_b):
+            async with http.put(f"{awake.endpoint}/@connections/{cid}/groups/desk") as resp:
+                assert resp.status == 204
+    status, body = await fanout(awake, "messages", b"warm")
+    assert (status, body) == (200, {"delivered": 4, "unreachableNodes": 0})
+    for ws, _ in (alice_a, bob_a, alice_b, carol_b):
+        assert await asyncio.wait_for(ws.recv(), 5) == "warm"
+
+    paused.process.send_signal(signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        answers = await asyncio.gather(
+            fanout(awake, "messages", b"all"),
+            fanout(awake, "users/alice/messages", b"alice"),
+            fanout(awake, "groups/desk/messages", b"desk"),
+            fanout(awake, "users/bob/messages", b"bob"),
+        )
+        took = time.monotonic() - started
+    finally:
+        paused.process.send_signal(signal.SIGCONT)
+    partial = {"delivered": 1, "unreachableNodes": 1}  # one connection on b, node a missed
+    assert answers[:3] == [(207, {"delivered": 2, "unreachableNodes": 1}), (207, partial), (207, partial)]
+    assert answers[3][0] == 503 and list(answers[3][1]) == ["message"]  # bob is only on the paused node
+    assert took < 2.0 + 2.0  # the request timeout (2 s), not the node TTL
+    assert sorted([await asyncio.wait_for(alice_b[0].recv(), 5) for _ in range(2)]) == ["alice", "all"]
+    assert sorted([await asyncio.wait_for(carol_b[0].recv(), 5) for _ in range(2)]) == ["all", "desk"]
+    # Awake again, the paused node finds the four requests and drops them (past their
+    # deadline): what b posts now, behind them on a's channel, is the first thing its clients get.
+    api_b = awake.management()
+    for ws, cid in (alice_a, bob_a):
+        async with asyncio.timeout(5):
+            while error_code(api_b.post_to_connection, ConnectionId=cid, Data=b"after") != "200":
+                await asyncio.sleep(0.05)
+        assert await asyncio.wait_for(ws.recv(), 5) == "after"
+    for ws, _ in (alice_a, bob_a, alice_b, carol_b):
+        await ws.close()

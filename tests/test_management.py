@@ -6,12 +6,16 @@ from __future__ import annotations
 import asyncio
 import json
 from datetime import datetime, timezone
+from urllib.parse import quote
 
 import aioboto3
 import aiohttp
 import boto3
 import pytest
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
 from botocore.config import Config
+from botocore.credentials import Credentials
 from botocore.exceptions import ClientError
 
 from tests import handlers_for_tests as th
@@ -32,6 +36,7 @@ from tests.support import (
     whoami,
     ws_url,
 )
+from tests.registry_support import RedisLink
 
 # What AWS answers any SigV4 failure (the reason is only logged).
 BAD_SIGNATURE = ("The request signature we calculated does not match the signature you provided. Check your "
@@ -225,13 +230,13 @@ async def test_tenant_fanout_and_listing():
         ids = sorted([await whoami(ws) for ws in acme])
         await whoami(other)
         status, _, body = await raw(node, "POST", "/prod/@tenants/acme/messages", b'{"type":"call"}')
-        assert status == 200 and json.loads(body) == {"delivered": 5}
+        assert status == 200 and json.loads(body) == {"delivered": 5, "unreachableNodes": 0}
         for ws in acme:
             assert await ws.recv() == '{"type":"call"}'
         with pytest.raises(TimeoutError):
             await asyncio.wait_for(other.recv(), 0.2)  # another tenant sees nothing
         status, _, body = await raw(node, "POST", "/@tenants/nobody/messages", b"x")
-        assert status == 200 and json.loads(body) == {"delivered": 0}
+        assert status == 200 and json.loads(body) == {"delivered": 0, "unreachableNodes": 0}
         seen, token = [], None
         while True:
             query = "?limit=2" + (f"&nextToken={token}" if token else "")
@@ -290,7 +295,7 @@ async def test_user_and_group_fanout_and_membership():
         mallory = await websockets.connect(ws_url(node, token=token("alice", "p2")))  # same sub, other tenant
         ids = [await whoami(ws) for ws in [*alice, bob, mallory]]
         status, _, body = await raw(node, "POST", "/prod/@tenants/p1/users/alice/messages", b"hi alice")
-        assert status == 200 and json.loads(body) == {"delivered": 2}
+        assert status == 200 and json.loads(body) == {"delivered": 2, "unreachableNodes": 0}
         for ws in alice:
             assert await ws.recv() == "hi alice"
         # Groups: a backend adds bob, a handler adds alice's first tab.
@@ -300,7 +305,7 @@ async def test_user_and_group_fanout_and_membership():
         assert await alice[0].recv() == "joined front-desk"
         await raw(node, "PUT", f"/prod/@connections/{ids[3]}/groups/front-desk")  # other tenant's group
         status, _, body = await raw(node, "POST", "/@tenants/p1/groups/front-desk/messages", b"ring")
-        assert json.loads(body) == {"delivered": 2}
+        assert json.loads(body) == {"delivered": 2, "unreachableNodes": 0}
         assert await bob.recv() == "ring" and await alice[0].recv() == "ring"
         await bob.send('{"action": "tell_group", "group": "front-desk", "text": "from bob"}')
         got = [await bob.recv(), await bob.recv(), await bob.recv()]
@@ -309,7 +314,7 @@ async def test_user_and_group_fanout_and_membership():
         status, _, _ = await raw(node, "DELETE", f"/prod/@connections/{ids[2]}/groups/front-desk")
         assert status == 204
         status, _, body = await raw(node, "POST", "/@tenants/p1/groups/front-desk/messages", b"again")
-        assert json.loads(body) == {"delivered": 1}
+        assert json.loads(body) == {"delivered": 1, "unreachableNodes": 0}
         assert await alice[0].recv() == "again"
         with pytest.raises(TimeoutError):
             await asyncio.wait_for(mallory.recv(), 0.2)  # never crosses tenants
@@ -319,3 +324,79 @@ async def test_user_and_group_fanout_and_membership():
         assert status == 400
         for ws in [*alice, bob, mallory]:
             await ws.close()
+
+
+# ---------------------------------------------------------------- replay protection
+
+
+def signed_post(node, cid: str, data: bytes) -> tuple[str, dict[str, str]]:
+    """One PostToConnection signed by botocore, as raw path and headers to send as often as
+    a test likes (an SDK signs each attempt anew; an attacker re-sends captured bytes)."""
+    path = f"/prod/@connections/{quote(cid, safe='')}"
+    request = AWSRequest("POST", f"http://127.0.0.1:{node.management_port}{path}", data=data,
+                         headers={"Host": f"127.0.0.1:{node.management_port}"})
+    SigV4Auth(Credentials(ACCESS_KEY, SECRET_KEY), "execute-api", REGION).add_auth(request)
+    return path, dict(request.headers)
+
+
+def replay_config(**registry):
+    return make_config(management={**sigv4_section(), "replay_protection": True}, registry=registry)
+
+
+FORBIDDEN = (403, "ForbiddenException", {"message": "Forbidden"})
+
+
+async def test_a_replayed_signed_request_is_refused_403():
+    async with running_node(replay_config()) as node, await connect(node) as ws:
+        cid = await whoami(ws)
+        path, headers = signed_post(node, cid, b"once")
+        status, _, _ = await raw(node, "POST", path, b"once", headers)
+        assert status == 200 and await ws.recv() == "once"
+        status, got, body = await raw(node, "POST", path, b"once", headers)  # the captured bytes again
+        assert (status, got["x-amzn-ErrorType"], json.loads(body)) == FORBIDDEN
+        # SDK calls are signed anew each time: two posts are two requests, both delivered;
+        # and the replay above delivered nothing (the next message is the SDK's first).
+        client = boto_client(node)
+        for data in (b"first", b"second"):
+            await asyncio.to_thread(client.post_to_connection, ConnectionId=cid, Data=data)
+        assert [await asyncio.wait_for(ws.recv(), 5) for _ in range(2)] == ["first", "second"]
+
+
+async def test_without_replay_protection_a_replay_is_delivered_again(signed_config):
+    async with running_node(signed_config) as node, await connect(node) as ws:
+        cid = await whoami(ws)
+        path, headers = signed_post(node, cid, b"again")
+        for _ in range(2):
+            status, _, _ = await raw(node, "POST", path, b"again", headers)
+            assert status == 200 and await asyncio.wait_for(ws.recv(), 5) == "again"
+
+
+async def test_a_replay_to_another_node_sharing_redis_is_refused(redis_url, key_prefix):
+    shared = {"backend": "redis", "redis_url": redis_url, "key_prefix": key_prefix}
+    async with (
+        running_node(replay_config(**shared)) as node_a,
+        running_node(replay_config(**shared)) as node_b,
+        await connect(node_a) as ws,
+    ):
+        cid = await whoami(ws)
+        path, headers = signed_post(node_a, cid, b"once")
+        status, _, _ = await raw(node_a, "POST", path, b"once", headers)
+        assert status == 200 and await ws.recv() == "once"
+        status, got, body = await raw(node_b, "POST", path, b"once", headers)  # signed Host is a's
+        assert (status, got["x-amzn-ErrorType"], json.loads(body)) == FORBIDDEN
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(ws.recv(), 0.3)
+
+
+async def test_replay_protection_fails_closed_when_redis_is_unreachable(private_redis, key_prefix):
+    async with RedisLink(private_redis.port) as link:
+        cfg = replay_config(backend="redis", redis_url=link.url, key_prefix=key_prefix)
+        async with running_node(cfg) as node, await connect(node) as ws:
+            cid = await whoami(ws)
+            link.cut()
+            path, headers = signed_post(node, cid, b"unchecked")
+            status, got, body = await raw(node, "POST", path, b"unchecked", headers)
+            assert (status, got["x-amzn-ErrorType"]) == (503, "ServiceUnavailableException")
+            assert list(json.loads(body)) == ["message"]
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(ws.recv(), 0.3)  # a local connection, yet not delivered

@@ -49,3 +49,21 @@ async def test_listing_skips_a_connection_the_hub_just_closed() -> None:
     del node.connections[closing.connection_id]  # hub already dropped it, remove() not yet called
     page = await registry.list_tenant("tenant-a", 10, None)
     assert page.connections == []
+
+
+async def test_claims_are_pruned_as_they_expire() -> None:
+    """Memory stays bounded: each claim drops the expired ones; a released key claimed again
+    is not dropped early by its first claim's expiry."""
+    now = [0.0]
+    registry = MemoryRegistry("n1", clock=lambda: now[0])
+    await registry.start(RecordingNode("n1"))
+    for i in range(1000):
+        assert await registry.claim_once(f"k{i}", 10.0)
+    await registry.release_once("k0")
+    now[0] = 5.0
+    assert await registry.claim_once("k0", 10.0) is True  # expires at 15, not at 10
+    assert await registry.claim_once("k1", 10.0) is False
+    now[0] = 10.0
+    assert await registry.claim_once("k1", 10.0) is True
+    assert await registry.claim_once("k0", 10.0) is False
+    assert len(registry._claimed) == 2  # k0 and k1: the 998 others were pruned

@@ -27,6 +27,7 @@ import redis.asyncio
 from pytest_redis.executor import RedisExecutor
 
 from wsgateway.errors import GoneError, LimitExceededError, RegistryUnavailableError
+from wsgateway.fanout import FanoutResult
 from wsgateway.ids import new_connection_id
 from wsgateway.records import ConnectionInfo, ConnectionRecord
 from wsgateway.registry import (
@@ -188,8 +189,8 @@ async def test_cross_node_fanout_and_listing(make: Factory) -> None:
     on_b = [await accept(regs[1], nodes[1]) for _ in range(2)]
     await accept(regs[1], nodes[1], "tenant-other")
     # nc holds no connection of tenant-a: it must not be asked
-    assert await regs[2].fanout("tenant-a", b"news", False) == 5
-    assert await regs[0].fanout("tenant-a", b"more", True) == 2
+    assert await regs[2].fanout("tenant-a", b"news", False) == FanoutResult(5)
+    assert await regs[0].fanout("tenant-a", b"more", True) == FanoutResult(2)
     assert [f[0] for f in nodes[0].fanouts] == ["tenant-a"]  # one message per node
     assert [f[0] for f in nodes[1].fanouts] == ["tenant-a", "tenant-a"]
     assert nodes[2].fanouts == []
@@ -214,12 +215,12 @@ async def test_cross_node_user_and_group_audiences(make: Factory) -> None:
     bob = await accept(reg_a, node_a, principal_id="bob")
     await reg_b.group(bob.connection_id, "desk", join=True)  # through the owner, node a
     assert node_a.groups[bob.connection_id] == {"desk"}
-    assert await reg_b.fanout("tenant-a", b"to alice", False, user="alice") == 1
-    assert await reg_b.fanout("tenant-a", b"to desk", False, group="desk") == 1
+    assert await reg_b.fanout("tenant-a", b"to alice", False, user="alice") == FanoutResult(1)
+    assert await reg_b.fanout("tenant-a", b"to desk", False, group="desk") == FanoutResult(1)
     assert node_a.posted[alice.connection_id] == [(b"to alice", False)]
     assert node_a.posted[bob.connection_id] == [(b"to desk", False)]
     await reg_b.group(bob.connection_id, "desk", join=False)
-    assert await reg_b.fanout("tenant-a", b"x", False, group="desk") == 0
+    assert await reg_b.fanout("tenant-a", b"x", False, group="desk") == FanoutResult(0)
     with pytest.raises(GoneError):
         await reg_b.group("AAAAAAAAAAAAAAAA", "desk", join=True)
 
@@ -367,7 +368,7 @@ async def test_closed_node_is_gone_at_once(make: Factory) -> None:
         with pytest.raises(GoneError):
             await reg_b.post(record.connection_id, b"x", False)
     assert (await reg_b.list_tenant("tenant-a", 10, None)).connections == []
-    assert await reg_b.fanout("tenant-a", b"x", False) == 0
+    assert await reg_b.fanout("tenant-a", b"x", False) == FanoutResult(0)
     assert node_b.orphans == []
 
 
@@ -695,3 +696,39 @@ async def test_redis_outage_and_recovery(restartable_redis: RedisExecutor, key_p
     finally:
         for reg in regs:
             await reg.close()
+
+
+async def test_fanout_counts_a_node_that_does_not_answer(
+    make: Factory, private_redis: RedisExecutor, key_prefix: str
+) -> None:
+    """A node holding the tenant but cut off from Redis gets nothing: the fan-out says so
+    (unreachable 1) and counts only the connections of the nodes that answered, for the
+    tenant, a user and a group alike."""
+    async with cut_off_pair(make, private_redis, key_prefix) as (_, reg_b, victim, reg_a, link):
+        node_c = RecordingNode("nc")
+        reg_c = await make(node_c)
+        await accept(reg_a, victim, principal_id="alice")
+        await accept(reg_a, victim, principal_id="bob")
+        alice_c = await accept(reg_c, node_c, principal_id="alice")
+        await reg_b.group(alice_c.connection_id, "desk", join=True)
+        link.cut()
+        assert await reg_b.fanout("tenant-a", b"all", False) == FanoutResult(1, 1)
+        assert await reg_b.fanout("tenant-a", b"alice", False, user="alice") == FanoutResult(1, 1)
+        assert await reg_b.fanout("tenant-a", b"desk", False, group="desk") == FanoutResult(1, 1)
+        assert victim.fanouts == []
+        assert node_c.posted[alice_c.connection_id] == [(b"all", False), (b"alice", False), (b"desk", False)]
+
+
+async def test_claims_are_cluster_wide_and_fail_closed(
+    make: Factory, private_redis: RedisExecutor, key_prefix: str, redis_url: str
+) -> None:
+    async with cut_off_pair(make, private_redis, key_prefix) as (_, reg_b, _, reg_a, link):
+        assert await reg_a.claim_once("sig", 30.0) is True
+        assert await reg_b.claim_once("sig", 30.0) is False  # another node saw it first
+        assert 0 < sync_client(redis_url).pttl(f"{key_prefix}:{{o:sig}}") <= 30_000
+        link.cut()
+        with pytest.raises(RegistryUnavailableError):
+            await reg_a.claim_once("other", 30.0)  # cannot tell: refused, never guessed
+        with pytest.raises(RegistryUnavailableError):
+            await reg_a.release_once("sig")
+        assert await reg_b.claim_once("sig", 30.0) is False

@@ -3,7 +3,8 @@ WebSocket API (``$connect``/``$disconnect``/``$default`` routes, Lambda-proxy ev
 ``@connections`` management API), plus tenant fan-out, and many nodes on one Redis.
 
 Handlers import what they need from here: ``GoneError`` (a gone connection), ``Disconnect``
-(raise it to close your own connection), and the other management errors.
+(raise it to close your own connection), the other management errors, and ``FanoutResult``
+(what the handler context's fan-out calls return: an ``int`` with ``unreachable_nodes``).
 """
 
 from .errors import (
@@ -14,9 +15,11 @@ from .errors import (
     PayloadTooLargeError,
     RegistryUnavailableError,
 )
+from .fanout import FanoutResult
 
 __all__ = [
     "Disconnect",
+    "FanoutResult",
     "GatewayError",
     "GoneError",
     "LimitExceededError",

@@ -126,6 +126,7 @@ class ManagementConfig:
     # or metrics_token_env = "VAR"
     metrics_token: str | None = field(default=None, repr=False, metadata=rule(
         r"\S{16,}", "at least 16 characters without spaces"))
+    replay_protection: bool = False  # sigv4: a signature used twice answers 403 (cluster-wide)
 
     def __post_init__(self) -> None:
         check_fields(self, "management")

@@ -28,9 +28,12 @@ from .errors import (
     CLOSE_NORMAL,
     CLOSE_SLOW_CONSUMER,
     ConfigError,
+    ForbiddenError,
     GoneError,
     PayloadTooLargeError,
+    RegistryUnavailableError,
 )
+from .fanout import FanoutResult
 from .hub import Hub
 from .metrics import Stats
 from .ids import new_connection_id, new_node_id
@@ -304,24 +307,53 @@ class Gateway:
 
     async def post_to_tenant(
         self, tenant: str, data: bytes | str, *, user: str | None = None, group: str | None = None
-    ) -> int:
+    ) -> FanoutResult:
         """Deliver ``data`` to every connection of ``tenant`` on every node, or only to one
-        user's connections, or only to a group's; return how many took it."""
+        user's connections, or only to a group's; return how many took it and how many nodes
+        holding the tenant did not confirm (``unreachable_nodes`` > 0: a partial delivery,
+        which a retry would duplicate for those who got it).
+
+        Raises PayloadTooLargeError, and RegistryUnavailableError when nobody got it while
+        some node was unreachable (a retry is then safe).
+        """
         payload, binary = as_payload(data)
         if len(payload) > self._max_post:
             raise PayloadTooLargeError("Message too long")
         # Other nodes first: if the registry cannot answer, the caller gets a retriable error
         # before anyone received the message, so a retry never duplicates it locally.
         remote = await self.registry.fanout(tenant, payload, binary, user=user, group=group)
-        return remote + self.local_fanout(tenant, payload, binary, user=user, group=group)
+        result = remote.plus_local(self.local_fanout(tenant, payload, binary, user=user, group=group))
+        if result.delivered == 0 and not result.complete:
+            raise RegistryUnavailableError(f"{result.unreachable_nodes} node(s) did not answer; nobody got it")
+        return result
 
-    async def post_to_user(self, tenant: str, user: str, data: bytes | str) -> int:
-        """Deliver ``data`` to every connection of one user (token ``sub``) of ``tenant``."""
+    async def post_to_user(self, tenant: str, user: str, data: bytes | str) -> FanoutResult:
+        """Deliver ``data`` to every connection of one user (token ``sub``) of ``tenant``;
+        result and errors as :meth:`post_to_tenant`."""
         return await self.post_to_tenant(tenant, data, user=user)
 
-    async def post_to_group(self, tenant: str, group: str, data: bytes | str) -> int:
-        """Deliver ``data`` to every connection in a group of ``tenant``."""
+    async def post_to_group(self, tenant: str, group: str, data: bytes | str) -> FanoutResult:
+        """Deliver ``data`` to every connection in a group of ``tenant``; result and errors
+        as :meth:`post_to_tenant`."""
         return await self.post_to_tenant(tenant, data, group=group)
+
+    async def refuse_replay(self, key: str, ttl_s: float) -> None:
+        """With ``management.replay_protection``: call once per verified signed request,
+        before acting on it, with its signature's digest and how long it stays valid.
+        Raises ForbiddenError if any node saw it before (a replay), RegistryUnavailableError
+        if the registry cannot tell (refused rather than risk a second delivery)."""
+        if not await self.registry.claim_once(key, ttl_s):
+            log.info("management request refused: its signature was used before (a replay)")
+            raise ForbiddenError("Forbidden")
+
+    async def allow_retry(self, key: str) -> None:
+        """After :meth:`refuse_replay` passed, the request failed retriably (429, 5xx) and
+        delivered nothing: forget its signature, so that an SDK's retry (signed in the same
+        second, hence alike) is not taken for a replay. Never raises."""
+        try:
+            await self.registry.release_once(key)
+        except Exception:  # noqa: BLE001 - at worst that retry is refused 403
+            log.warning("could not forget a failed request's signature; a retry of it is refused")
 
     async def join_group(self, connection_id: str, group: str) -> None:
         """Add a connection (on any node) to a group of its tenant; raise GoneError."""

@@ -6,7 +6,7 @@ Routes (each also under ``/{stage}``; ``@`` may arrive as ``%40``; ids arrive UR
 POST     /@connections/{id}                  deliver the raw body as one frame -> 200
 GET      /@connections/{id}                  connectedAt, lastActiveAt, identity -> 200
 DELETE   /@connections/{id}                  close with 1000 -> 204
-POST     /@tenants/{tenant}/messages         deliver to every connection of the tenant -> {"delivered": N}
+POST     /@tenants/{tenant}/messages         deliver to every connection of the tenant -> {"delivered": N, "unreachableNodes": K}
 POST     /@tenants/{tenant}/users/{user}/messages    ... to every connection of one user (token sub)
 POST     /@tenants/{tenant}/groups/{group}/messages  ... to every connection in a group
 PUT      /@connections/{id}/groups/{group}   add the connection to a group of its tenant -> 204
@@ -16,6 +16,10 @@ GET      /health                             no auth; 200 once started and until
 GET      /ready                              no auth; 200 only while the registry is reachable too
 GET      /metrics                            Prometheus text of the node's counters; ``metrics_auth`` decides who
 =======  ==================================  =====================================================
+
+A fan-out answers 200 when every node holding the tenant confirmed, 207 when some did not
+(``unreachableNodes`` > 0: their clients did not get it, retrying duplicates it for the
+others), 503 when nobody got it.
 
 Errors are what botocore parses: the status, ``x-amzn-ErrorType`` and a JSON body (empty for
 410, as AWS). The path is parsed from the raw request line, so ``%2F`` inside an id never
@@ -54,6 +58,7 @@ from .errors import (
 from .http import HttpServer, Request, Response
 from .ids import is_connection_id, new_request_id
 from .metrics import CONTENT_TYPE, exposition
+from .replay import replay_key
 from .sigv4 import SigV4Verifier
 
 if TYPE_CHECKING:
@@ -99,6 +104,7 @@ class ManagementServer:
         self._stage = gateway.config.stage
         self._max_post = cfg.max_post_bytes
         self._verifier: SigV4Verifier | None = None
+        self._replay_skew_s = cfg.max_clock_skew_s if cfg.replay_protection else None
         if cfg.auth == "sigv4":
             self._verifier = SigV4Verifier(
                 {c.access_key_id: c.secret_access_key for c in cfg.credentials},
@@ -167,6 +173,7 @@ class ManagementServer:
         started = time.perf_counter()
         request_id = new_request_id()
         operation, target = "", ""
+        claimed: str | None = None  # the signature's one-time key, once replay protection took it
         try:
             segments = self._segments(request.raw_path)
             probe = _probe_of(request.method, segments)
@@ -176,6 +183,10 @@ class ManagementServer:
                 raise PayloadTooLargeError("Message too long")
             if self._verifier is not None:
                 self._verifier.verify(request.method, request.raw_path, request.raw_query, request.headers, request.body)
+                if self._replay_skew_s is not None and probe is None:
+                    key, ttl_s = replay_key(request.headers, request.raw_query, self._replay_skew_s)
+                    await self.gateway.refuse_replay(key, ttl_s)
+                    claimed = key
             if probe is not None:
                 return await self._probe(probe)
             operation, target, qualifier = self._route(request.method, segments)
@@ -186,6 +197,8 @@ class ManagementServer:
         except Exception:
             log.exception("management request failed (requestId=%s)", request_id)
             response = _error_response(ManagementError("Internal server error"), request_id)
+        if claimed is not None and (response.status == 429 or response.status >= 500):
+            await self.gateway.allow_retry(claimed)  # SDKs retry these, signed alike
         return self._finish(request, request_id, operation, target, response, started)
 
     def _segments(self, raw_path: str) -> list[str]:
@@ -263,8 +276,9 @@ class ManagementServer:
             return Response(204, b"", [])
         if operation.startswith("PostTo"):
             kind = {"PostToUser": "user", "PostToGroup": "group"}.get(operation)
-            delivered = await gateway.post_to_tenant(target, body, **({kind: qualifier} if kind else {}))
-            return _ok(200, orjson.dumps({"delivered": delivered}))
+            result = await gateway.post_to_tenant(target, body, **({kind: qualifier} if kind else {}))
+            # 207, not an error: some clients got it, so a caller must not simply retry.
+            return _ok(200 if result.complete else 207, orjson.dumps(result.to_json()))
         limit, token = _page_params(raw_query)
         page = await gateway.list_tenant(target, limit, token)
         out = {"connections": [c.to_listing_json() for c in page.connections], "nextToken": page.next_token}

@@ -6,6 +6,10 @@ Handlers push without HTTP through the coroutines :meth:`HandlerContext.post_to_
 and ``leave_group``: the same semantics as the management API, raising
 ``wsgateway.GoneError`` for a gone connection. A sync handler (running in a worker thread)
 calls them through :meth:`HandlerContext.run`.
+
+The three fan-out calls return a :class:`wsgateway.fanout.FanoutResult`: ``.delivered``
+(connections that took it) and ``.unreachable_nodes`` (nodes that did not confirm; > 0 is a
+partial delivery, where retrying would duplicate it for the ``delivered`` ones).
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ import asyncio
 import time
 from collections.abc import Awaitable
 from typing import Any, Protocol, TypeVar
+
+from ..fanout import FanoutResult
 
 __all__ = ["GatewayCalls", "HandlerContext"]
 
@@ -26,9 +32,9 @@ class GatewayCalls(Protocol):
     async def post_to_connection(self, connection_id: str, data: bytes | str) -> None: ...
     async def get_connection(self, connection_id: str) -> dict[str, Any]: ...
     async def delete_connection(self, connection_id: str) -> None: ...
-    async def post_to_tenant(self, tenant: str, data: bytes | str) -> int: ...
-    async def post_to_user(self, tenant: str, user: str, data: bytes | str) -> int: ...
-    async def post_to_group(self, tenant: str, group: str, data: bytes | str) -> int: ...
+    async def post_to_tenant(self, tenant: str, data: bytes | str) -> FanoutResult: ...
+    async def post_to_user(self, tenant: str, user: str, data: bytes | str) -> FanoutResult: ...
+    async def post_to_group(self, tenant: str, group: str, data: bytes | str) -> FanoutResult: ...
     async def join_group(self, connection_id: str, group: str) -> None: ...
     async def leave_group(self, connection_id: str, group: str) -> None: ...
 
@@ -79,16 +85,20 @@ class HandlerContext:
         """Close a connection with 1000; raise GoneError."""
         await self._gateway.delete_connection(connection_id)
 
-    async def post_to_tenant(self, tenant: str, data: bytes | str) -> int:
-        """Send ``data`` to every connection of ``tenant`` on every node; return how many."""
+    async def post_to_tenant(self, tenant: str, data: bytes | str) -> FanoutResult:
+        """Send ``data`` to every connection of ``tenant`` on every node; return how many took
+        it and how many nodes did not confirm. Raise PayloadTooLargeError, and
+        RegistryUnavailableError when nobody got it because a node did not answer."""
         return await self._gateway.post_to_tenant(tenant, data)
 
-    async def post_to_user(self, tenant: str, user: str, data: bytes | str) -> int:
-        """Send ``data`` to every connection of one user (the token's ``sub``) of ``tenant``."""
+    async def post_to_user(self, tenant: str, user: str, data: bytes | str) -> FanoutResult:
+        """Send ``data`` to every connection of one user (the token's ``sub``) of ``tenant``;
+        result and errors as :meth:`post_to_tenant`."""
         return await self._gateway.post_to_user(tenant, user, data)
 
-    async def post_to_group(self, tenant: str, group: str, data: bytes | str) -> int:
-        """Send ``data`` to every connection in a group of ``tenant``; return how many."""
+    async def post_to_group(self, tenant: str, group: str, data: bytes | str) -> FanoutResult:
+        """Send ``data`` to every connection in a group of ``tenant``; result and errors as
+        :meth:`post_to_tenant`."""
         return await self._gateway.post_to_group(tenant, group, data)
 
     async def join_group(self, connection_id: str, group: str) -> None:

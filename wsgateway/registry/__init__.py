@@ -8,6 +8,8 @@ always tries it first. The registry answers for everything else:
 - it carries management calls for connections held by other nodes (``post``/``get``/
   ``delete``) and tenant fan-out to other nodes (``fanout``), calling back into the owning
   node's :class:`LocalNode`;
+- it remembers one-time keys cluster-wide (``claim_once``: signed management requests, so
+  that a replay is refused on every node);
 - with several nodes, it notices nodes that died and runs ``$disconnect`` for their
   connections on a surviving node (``LocalNode.run_orphan_disconnect``).
 
@@ -21,6 +23,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
+from ..fanout import FanoutResult
+
 # Re-exported: the registry's submodules and older imports name them from here.
 from ..records import ConnectionInfo, ConnectionRecord, iso8601
 
@@ -30,6 +34,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ConnectionInfo",
     "ConnectionRecord",
+    "FanoutResult",
     "LocalNode",
     "Page",
     "Registry",
@@ -124,9 +129,11 @@ class Registry(Protocol):
 
     async def fanout(
         self, tenant: str, data: bytes, binary: bool, *, user: str | None = None, group: str | None = None
-    ) -> int:
+    ) -> FanoutResult:
         """Deliver to the audience's connections on *other* nodes (one message per node that
-        holds the tenant; each node filters by user or group); return how many took it there."""
+        holds the tenant; each node filters by user or group); return how many took it there
+        and how many of those nodes did not confirm within the request deadline. Raises
+        RegistryUnavailableError only when the message reached no node (nobody got it)."""
 
     async def group(self, connection_id: str, group: str, *, join: bool) -> None:
         """Join or leave a group for a connection on another node; errors as ``post``."""
@@ -134,6 +141,15 @@ class Registry(Protocol):
     async def list_tenant(self, tenant: str, limit: int, next_token: str | None) -> Page:
         """The tenant's connections on every node, this one included, ``limit`` per page.
         Raises BadRequestError for a token it did not issue, RegistryUnavailableError."""
+
+    async def claim_once(self, key: str, ttl_s: float) -> bool:
+        """Remember ``key`` for ``ttl_s`` seconds (cluster-wide); True if this call recorded
+        it, False if it was already remembered (a replay). Memory stays bounded: expired keys
+        are dropped. Raises RegistryUnavailableError when it cannot tell (callers refuse)."""
+
+    async def release_once(self, key: str) -> None:
+        """Forget a claimed ``key`` (its request failed retriably: the retry, signed alike,
+        must pass). Raises RegistryUnavailableError when it cannot reach the backend."""
 
     async def health(self) -> Mapping[str, Any]:
         """``{"backend": kind, "reachable": bool, ...}`` for /health."""

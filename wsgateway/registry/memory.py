@@ -7,12 +7,14 @@ it only for ids the hub does not hold, so they are gone: there is no other node.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import heapq
+import time
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from ..errors import GoneError
 from ..records import ConnectionInfo, ConnectionRecord
-from . import LocalNode, Page, Registry
+from . import FanoutResult, LocalNode, Page, Registry
 from ._page_token import check_limit, decode_token, encode_token
 
 __all__ = ["MemoryRegistry"]
@@ -23,11 +25,14 @@ class MemoryRegistry:
 
     kind = "memory"
 
-    def __init__(self, node_id: str) -> None:
+    def __init__(self, node_id: str, *, clock: Callable[[], float] = time.monotonic) -> None:
         self.node_id = node_id
         self._node: LocalNode | None = None
         self._records: dict[str, ConnectionRecord] = {}
         self._by_tenant: dict[str, set[str]] = {}
+        self._clock = clock
+        self._claimed: dict[str, float] = {}  # key -> when it may be claimed again
+        self._expiries: list[tuple[float, str]] = []  # heap of the same, soonest first
 
     async def start(self, node: LocalNode) -> None:
         self._node = node
@@ -64,8 +69,8 @@ class MemoryRegistry:
 
     async def fanout(
         self, tenant: str, data: bytes, binary: bool, *, user: str | None = None, group: str | None = None
-    ) -> int:
-        return 0
+    ) -> FanoutResult:
+        return FanoutResult()  # no other node: the gateway's hub holds the whole audience
 
     async def group(self, connection_id: str, group: str, *, join: bool) -> None:
         raise GoneError()
@@ -83,6 +88,26 @@ class MemoryRegistry:
                 return Page(page, encode_token(page[-1].record.connection_id))
             page.append(info)
         return Page(page, None)
+
+    async def claim_once(self, key: str, ttl_s: float) -> bool:
+        now = self._clock()
+        self._prune(now)
+        if key in self._claimed:
+            return False
+        self._claimed[key] = now + ttl_s
+        heapq.heappush(self._expiries, (now + ttl_s, key))
+        return True
+
+    async def release_once(self, key: str) -> None:
+        self._claimed.pop(key, None)  # its heap entry goes when due (see _prune)
+
+    def _prune(self, now: float) -> None:
+        # On every claim, so memory holds only the keys of the last ttl_s: no timer needed.
+        expiries = self._expiries
+        while expiries and expiries[0][0] <= now:
+            expiry, key = heapq.heappop(expiries)
+            if self._claimed.get(key) == expiry:  # not released and claimed again since
+                del self._claimed[key]
 
     async def health(self) -> Mapping[str, Any]:
         return {"backend": self.kind, "reachable": True}

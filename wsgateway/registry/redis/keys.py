@@ -16,6 +16,8 @@ touches keys of one tag, and pipelines of single-key commands can be split by sl
     P:{t:<tenant>}:nodes      SET     the nodes holding at least one of the tenant's connections
     P:{n:<node>}:conns        SET     the node's connection ids (walked when the node dies)
     P:{n:<node>}:tenants      SET     the tenants the node holds (its :nodes entries, when it dies)
+    P:{o:<key>}               STRING  a one-time key (``claim_once``: a signed management request's
+                                      signature digest), SET NX with its TTL: expires by itself
     P:{meta}:epoch            STRING  registry epoch: a random token made when Redis has none,
                                       i.e. on first start and after Redis lost its data
     P:{meta}:settle           STRING  present (TTL node_ttl_s) while the nodes refill a Redis that
@@ -61,6 +63,9 @@ class KeySpace:
 
     def record(self, connection_id: str) -> str:
         return f"{self.prefix}:{{c:{connection_id}}}"
+
+    def once(self, key: str) -> str:
+        return f"{self.prefix}:{{o:{key}}}"
 
     def tenant_conns(self, tenant: str) -> str:
         return f"{self.prefix}:{{t:{tenant}}}:conns"

@@ -33,7 +33,7 @@ from redis.backoff import NoBackoff
 
 from ...errors import GoneError, RegistryUnavailableError
 from ...records import ConnectionInfo, ConnectionRecord
-from .. import LocalNode, Page, Registry
+from .. import FanoutResult, LocalNode, Page, Registry
 from .._page_token import check_limit, decode_token, encode_token
 from .batch import REDIS_FAILURES, CommandBatcher
 from .keys import KeySpace
@@ -294,23 +294,43 @@ class RedisRegistry:
 
     async def fanout(
         self, tenant: str, data: bytes, binary: bool, *, user: str | None = None, group: str | None = None
-    ) -> int:
+    ) -> FanoutResult:
         """Deliver to the audience on other nodes: one message per node holding the tenant,
-        each narrowing it to a user or a group of it on its own hub."""
+        each narrowing it to a user or a group of it on its own hub. A node that does not
+        confirm by the request deadline (paused, partitioned, failing) counts as unreachable:
+        it acts only before the deadline, so it will not deliver later either."""
         holders = await self._batcher.call("SMEMBERS", self._keys.tenant_nodes(tenant))
         targets = {h.decode() for h in holders}
         if not self._membership.trusts_misses():
             targets |= self._membership.peers  # the tenant sets may still be refilling
         targets.discard(self.node_id)
         if not targets:
-            return 0
+            return FanoutResult()
         header: dict[str, Any] = {"k": KIND_FANOUT, "t": tenant, "b": int(binary)}
         if user is not None:
             header["u"] = user
         if group is not None:
             header["g"] = group
         replies = await self._request(tuple(targets), header, data)
-        return sum(r.get("n", 0) for r in replies.values() if r["s"] == STATUS_OK)
+        confirmed = [r for r in replies.values() if r["s"] == STATUS_OK]
+        return FanoutResult(sum(r.get("n", 0) for r in confirmed), len(replies) - len(confirmed))
+
+    async def claim_once(self, key: str, ttl_s: float) -> bool:
+        """SET NX with the TTL: the first node to claim ``key`` wins, cluster-wide. Raises
+        RegistryUnavailableError when Redis does not answer within the request timeout."""
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                reply = await self._batcher.call("SET", self._keys.once(key), b"1", "NX", "PX", max(1, int(ttl_s * 1000)))
+        except REDIS_FAILURES as exc:
+            raise RegistryUnavailableError("registry unreachable: cannot tell a replay") from exc
+        return reply is not None
+
+    async def release_once(self, key: str) -> None:
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                await self._batcher.call("DEL", self._keys.once(key))
+        except REDIS_FAILURES as exc:
+            raise RegistryUnavailableError("registry unreachable") from exc
 
     async def list_tenant(self, tenant: str, limit: int, next_token: str | None) -> Page:
         check_limit(limit)
