@@ -15,6 +15,7 @@ class Transport:
     def __init__(self) -> None:
         self.written: list[bytes] = []
         self.buffered = 0
+        self.reading = True
 
     def write(self, data: bytes) -> None:
         self.written.append(data)
@@ -22,16 +23,27 @@ class Transport:
     def get_write_buffer_size(self) -> int:
         return self.buffered
 
+    def pause_reading(self) -> None:
+        self.reading = False
+
+    def resume_reading(self) -> None:
+        self.reading = True
+
 
 class Protocol:
     state = State.OPEN
     extensions: list = []
 
 
+class Messages:
+    paused = False  # websockets' own pause, while too many messages wait for the read loop
+
+
 class WS:
     def __init__(self) -> None:
         self.transport = Transport()
         self.protocol = Protocol()
+        self.recv_messages = Messages()
 
 
 def conn(cid: str, tenant: str = "t") -> Connection:

@@ -5,7 +5,9 @@ responses write finished WebSocket frames straight to the transport, without awa
 socket, so a slow client never delays anyone else. The buffer is bounded by
 ``limits.max_queued_bytes``: a write that would go past it raises LimitExceededError (the
 management API answers 429), and the gateway's sweep cuts off a client that stays over the
-limit for ``limits.slow_consumer_grace_s`` (close 1008, "slow consumer").
+limit for ``limits.slow_consumer_grace_s`` (close 1008, "slow consumer"). What websockets
+writes on its own (pongs, the close echo) counts too: a client whose frames take the buffer
+past the limit is no longer read until it drains (see :meth:`Connection.after_read`).
 
 Frames are built once with websockets' own serializer; with permessage-deflate on, each
 connection compresses through its protocol object instead (the cost of compression).
@@ -98,6 +100,7 @@ class Connection:
         "task",
         "deadline",
         "deadline_hit",
+        "reading_paused",
         "_wall_offset",
     )
 
@@ -116,6 +119,7 @@ class Connection:
         self.task: asyncio.Task[Any] | None = None  # its read loop, which runs its handlers
         self.deadline = 0.0  # loop time its running handler must finish by; 0: none runs
         self.deadline_hit = False  # the sweep cancelled ``task`` for passing ``deadline``
+        self.reading_paused = False  # after_read stopped reading: its replies overflowed the queue
         self._wall_offset = record.connected_at - opened
 
     @property
@@ -227,12 +231,37 @@ class Connection:
         ws.send_data()
         self.last_active = now
 
+    def after_read(self, now: float, limit: int) -> None:
+        """Call each time websockets handled data from the client: it answers pings (and a
+        close) by writing to the transport itself, past :meth:`send`'s check, so a client that
+        sends pings and never reads would grow the queue without bound. Once the queue is over
+        ``limit``, stop reading from the client (it cannot make the gateway write more) and
+        start its slow-consumer clock, as a refused write does; :meth:`check_queue` reads it
+        again once it drained."""
+        ws = self.ws
+        if ws is None or ws.transport.get_write_buffer_size() <= limit:
+            return
+        ws.transport.pause_reading()
+        self.reading_paused = True
+        if self.over_since is None:
+            self.over_since = now
+
+    def _resume_reading(self) -> None:
+        ws = self.ws
+        self.reading_paused = False
+        # websockets pauses reading too, while too many messages wait for the read loop:
+        # leave that pause to it, or its bound on received messages would be lost.
+        if ws is not None and not ws.recv_messages.paused:
+            ws.transport.resume_reading()
+
     def check_queue(self, now: float, limit: int, grace: float) -> bool:
         """Called by the sweep once a write was refused: return True when the client has not
         drained its queue below half the limit within ``grace`` seconds of the first refusal
         and must be cut off as a slow consumer."""
         if self.queued_bytes() < limit // 2:  # drained: it keeps up again
             self.over_since = None
+            if self.reading_paused:
+                self._resume_reading()
             return False
         if self.over_since is None:
             self.over_since = now

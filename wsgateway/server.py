@@ -45,6 +45,15 @@ class GatewayConnection(ServerConnection):
     gw_subprotocol: str | None = None
     gw_started: float = 0.0
     gw_request_id: str = ""
+    gw_queue_limit: int = 0  # limits.max_queued_bytes, set by the handler
+
+    def data_received(self, data: bytes) -> None:
+        """websockets handles the data (and answers pings), then the queue's limit applies
+        to what it wrote: a client that floods pings and never reads is stopped here."""
+        super().data_received(data)
+        conn = self.gw_conn
+        if conn is not None and conn.ws is self:
+            conn.after_read(self.loop.time(), self.gw_queue_limit)
 
 
 def _subprotocols(headers: Headers) -> list[str]:
@@ -236,6 +245,7 @@ class ClientServer:
         assert gateway.dispatcher is not None
         dispatch = gateway.dispatcher.on_message
         conn.task = asyncio.current_task()
+        ws.gw_queue_limit = self._limits.max_queued_bytes
         conn.attach(ws, self._limits.socket_send_buffer_bytes)
         try:
             await gateway.opened(conn)
