@@ -403,3 +403,46 @@ async def test_ping_flood_from_a_client_that_never_reads_is_cut_off_as_slow_cons
         assert gw.stats.slow_consumers == 1
         await eventually(lambda: sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 8)[0] == TCP_CLOSE)
         sock.close()
+
+
+async def test_closed_deflate_connections_are_freed_without_garbage_collection():
+    """A closed connection leaves no reference cycle behind: its websockets protocol and its
+    permessage-deflate streams are freed when it closes, not by a full collection that
+    cli.py's high GC thresholds make rare."""
+    import gc
+
+    from websockets.server import ServerProtocol
+
+    from wsgateway.connection import Connection
+    from wsgateway.server import GatewayConnection
+
+    kinds = (GatewayConnection, ServerProtocol, Connection)
+
+    def alive() -> dict[str, int]:
+        counts = dict.fromkeys((kind.__name__ for kind in kinds), 0)
+        for obj in gc.get_objects():
+            if type(obj) in kinds:
+                counts[type(obj).__name__] += 1
+        return counts
+
+    async with running_node(make_config(listen={"compression": True, "ping_interval_s": 0})) as node:
+        gc.collect()
+        before = alive()
+        gc.disable()
+        try:
+            for i in range(30):
+                async with websockets.connect(ws_url(node), compression="deflate") as ws:
+                    assert ws.protocol.extensions
+                    await ws.send("x" * 5000)
+                    assert await asyncio.wait_for(ws.recv(), 5) == "x" * 5000
+                    if i % 2:  # every other one closed by the gateway (a handler's Disconnect)
+                        await ws.send('{"action": "bye"}')
+                        await ws.wait_closed()
+                        assert ws.close_code == 4000
+                del ws
+            await eventually(lambda: len(th.events_of("$disconnect")) == 30)
+            await eventually(lambda: len(node.gateway.hub) == 0)
+            await asyncio.sleep(0.1)  # let websockets' handler tasks finish
+            assert alive() == before
+        finally:
+            gc.enable()

@@ -55,6 +55,18 @@ class GatewayConnection(ServerConnection):
         if conn is not None and conn.ws is self:
             conn.after_read(self.loop.time(), self.gw_queue_limit)
 
+    def connection_lost(self, exc: Exception | None) -> None:
+        """The socket is gone: break the reference cycles websockets leaves, so that the
+        connection (its deflate buffers, its transport) is freed at once, not by a rare full
+        garbage collection (cli.py sets the thresholds high)."""
+        super().connection_lost(exc)
+        # serve() binds select_subprotocol to a closure that holds this connection.
+        self.protocol.__dict__.pop("select_subprotocol", None)
+        # The protocol's parser is a generator holding the protocol (and through it the
+        # permessage-deflate zlib streams, ~60 KB); after EOF it stays suspended at its last
+        # yield and is never stepped again: finish it.
+        self.protocol.parser.close()
+
 
 def _subprotocols(headers: Headers) -> list[str]:
     return [p.strip() for value in headers.get_all("Sec-WebSocket-Protocol") for p in value.split(",") if p.strip()]
@@ -262,6 +274,7 @@ class ClientServer:
             gateway.close(conn, CLOSE_INTERNAL_ERROR, "Internal server error")
         finally:
             code, reason = await conn.wait_closed(self._limits.close_timeout_s + 1)
+            ws.gw_conn = None  # conn.ws points back: no cycle must outlive the connection
             await gateway.closed(conn, code, reason)
 
 
