@@ -446,3 +446,27 @@ async def test_closed_deflate_connections_are_freed_without_garbage_collection()
             assert alive() == before
         finally:
             gc.enable()
+
+
+async def test_compression_without_context_takeover_shares_fanout_frames():
+    cfg = make_config(listen={"compression": True, "compression_no_context_takeover": True})
+    async with running_node(cfg) as node:
+        gw = node.gateway
+        clients = [await websockets.connect(ws_url(node), compression="deflate") for _ in range(3)]
+        plain = await connect(node, compression=None)
+        try:
+            for ws in clients:
+                assert "server_no_context_takeover" in ws.response.headers["Sec-WebSocket-Extensions"]
+            ids = [await whoami(ws) for ws in (*clients, plain)]
+            assert all(gw.hub.get(cid).shared_deflate is not None for cid in ids[:3])
+            assert gw.hub.get(ids[3]).shared_deflate is None
+            for n in range(3):  # frames written past the protocol and its own replies interleave
+                message = f"update {n} " * 10000
+                assert await gw.post_to_tenant("default", message) == 4
+                for ws in (*clients, plain):
+                    assert await asyncio.wait_for(ws.recv(), 5) == message
+                    await ws.send("x" * 3000)
+                    assert await asyncio.wait_for(ws.recv(), 5) == "x" * 3000
+        finally:
+            for ws in (*clients, plain):
+                await ws.close()

@@ -10,7 +10,9 @@ writes on its own (pongs, the close echo) counts too: a client whose frames take
 past the limit is no longer read until it drains (see :meth:`Connection.after_read`).
 
 Frames are built once with websockets' own serializer; with permessage-deflate on, each
-connection compresses through its protocol object instead (the cost of compression).
+connection compresses through its protocol object instead (the cost of compression), unless
+it compresses each message alone (no context takeover): then one compressed frame serves
+every such connection with the same window (see ``shared_deflate``).
 
 The connection also owns its socket: the kernel send buffer it is given, a close bounded in
 time, and the RST that drops a client that stopped reading.
@@ -24,6 +26,7 @@ import socket
 import struct
 from typing import TYPE_CHECKING, Any
 
+from websockets.extensions.permessage_deflate import PerMessageDeflate
 from websockets.frames import Frame, Opcode
 from websockets.protocol import State
 
@@ -50,12 +53,15 @@ def as_payload(data: bytes | str) -> tuple[bytes, bool]:
     return bytes(data), False
 
 
-def encode_frame(data: bytes, binary: bool) -> bytes:
-    """Serialize one unmasked, uncompressed server frame carrying ``data``.
+def encode_frame(data: bytes, binary: bool, deflate: PerMessageDeflate | None = None) -> bytes:
+    """Serialize one unmasked server frame carrying ``data``, compressed by ``deflate`` if
+    given (a connection's ``shared_deflate``: the frame then serves every connection whose
+    ``shared_deflate`` has the same ``local_max_window_bits``).
 
     Encode a fan-out message once with this and hand the bytes to every connection.
     """
-    return Frame(Opcode.BINARY if binary else Opcode.TEXT, data).serialize(mask=False)
+    frame = Frame(Opcode.BINARY if binary else Opcode.TEXT, data)
+    return frame.serialize(mask=False, extensions=None if deflate is None else [deflate])
 
 
 def _setsockopt(transport: asyncio.BaseTransport, option: int, value: int | bytes) -> None:
@@ -95,6 +101,7 @@ class Connection:
         "close_code",
         "close_reason",
         "compressed",
+        "shared_deflate",
         "abandoned",
         "groups",
         "task",
@@ -114,6 +121,9 @@ class Connection:
         self.close_code: int | None = None  # set when the gateway decides to close
         self.close_reason = ""
         self.compressed = False
+        # Its permessage-deflate when that compresses each message alone: stateless, so a
+        # frame encoded with it is valid for every connection with the same window bits.
+        self.shared_deflate: PerMessageDeflate | None = None
         self.abandoned = False  # another node ran its $disconnect: close without one
         self.groups: set[str] | None = None  # groups of its tenant it was added to
         self.task: asyncio.Task[Any] | None = None  # its read loop, which runs its handlers
@@ -139,7 +149,11 @@ class Connection:
         loopback socket's send buffer to several MB).
         """
         self.ws = ws
-        self.compressed = bool(ws.protocol.extensions)
+        extensions = ws.protocol.extensions
+        self.compressed = bool(extensions)
+        if len(extensions) == 1 and isinstance(extensions[0], PerMessageDeflate):
+            if extensions[0].local_no_context_takeover:
+                self.shared_deflate = extensions[0]
         if send_buffer:
             _setsockopt(ws.transport, socket.SO_SNDBUF, send_buffer)
 

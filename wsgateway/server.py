@@ -24,6 +24,8 @@ import orjson
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers, MultipleValuesError
 from websockets.exceptions import ConnectionClosed
+from websockets.extensions.base import ServerExtensionFactory
+from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFactory
 from websockets.http11 import Request, Response
 from websockets.typing import Subprotocol
 
@@ -130,6 +132,7 @@ class ClientServer:
             select_subprotocol=self._select_subprotocol,
             create_connection=GatewayConnection,
             compression="deflate" if listen.compression else None,
+            extensions=_deflate_extensions(listen.compression_no_context_takeover),
             open_timeout=self._limits.handler_timeout_s + 10,
             ping_interval=listen.ping_interval_s or None,
             ping_timeout=listen.ping_timeout_s or None,
@@ -276,6 +279,22 @@ class ClientServer:
             code, reason = await conn.wait_closed(self._limits.close_timeout_s + 1)
             ws.gw_conn = None  # conn.ws points back: no cycle must outlive the connection
             await gateway.closed(conn, code, reason)
+
+
+def _deflate_extensions(no_context_takeover: bool) -> list[ServerExtensionFactory] | None:
+    """websockets' default permessage-deflate settings, plus server_no_context_takeover when
+    configured: each message is compressed alone, so one compressed frame serves every
+    connection of a fan-out (see Hub.fanout). None leaves websockets' defaults."""
+    if not no_context_takeover:
+        return None
+    return [
+        ServerPerMessageDeflateFactory(
+            server_no_context_takeover=True,
+            server_max_window_bits=12,
+            client_max_window_bits=12,
+            compress_settings={"memLevel": 5},
+        )
+    ]
 
 
 def _peer_ip(ws: ServerConnection) -> str:
