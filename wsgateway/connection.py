@@ -151,9 +151,9 @@ class Connection:
         self.ws = ws
         extensions = ws.protocol.extensions
         self.compressed = bool(extensions)
-        if len(extensions) == 1 and isinstance(extensions[0], PerMessageDeflate):
-            if extensions[0].local_no_context_takeover:
-                self.shared_deflate = extensions[0]
+        deflate = extensions[0] if len(extensions) == 1 else None
+        if isinstance(deflate, PerMessageDeflate) and deflate.local_no_context_takeover:
+            self.shared_deflate = deflate
         if send_buffer:
             _setsockopt(ws.transport, socket.SO_SNDBUF, send_buffer)
 
