@@ -35,3 +35,29 @@ def test_info_reports_wall_clock_activity():
     c = conn("a")
     c.send(b"x", False, 2.5, limit=100)
     assert c.info().last_active_at == 1002.5 and c.info().record.connected_at == 1000.0
+
+
+def test_replies_past_the_limit_stop_reading_until_drained():
+    c = conn("a")
+    c.ws.transport.buffered = 50  # at the limit: still read
+    c.after_read(1.0, limit=50)
+    assert c.ws.transport.reading and c.over_since is None
+    c.ws.transport.buffered = 51  # pongs took it past: no more reading, the clock starts
+    c.after_read(2.0, limit=50)
+    assert not c.ws.transport.reading and c.reading_paused and c.over_since == 2.0
+    c.after_read(3.0, limit=50)
+    assert c.over_since == 2.0  # the clock runs from the first time
+    assert c.check_queue(now=4.0, limit=50, grace=2.0)  # still over after the grace: cut off
+    c.ws.transport.buffered = 24  # drained below half: read again
+    assert not c.check_queue(now=4.5, limit=50, grace=2.0)
+    assert c.ws.transport.reading and not c.reading_paused and c.over_since is None
+
+
+def test_draining_leaves_websockets_own_read_pause_alone():
+    c = conn("a")
+    c.ws.transport.buffered = 51
+    c.after_read(1.0, limit=50)
+    c.ws.recv_messages.paused = True  # too many received messages wait for the read loop
+    c.ws.transport.buffered = 0
+    assert not c.check_queue(now=1.5, limit=50, grace=2.0)
+    assert not c.ws.transport.reading and not c.reading_paused

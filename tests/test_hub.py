@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 from websockets.protocol import State
 
 from wsgateway.connection import Connection, encode_frame
@@ -15,6 +17,7 @@ class Transport:
     def __init__(self) -> None:
         self.written: list[bytes] = []
         self.buffered = 0
+        self.reading = True
 
     def write(self, data: bytes) -> None:
         self.written.append(data)
@@ -22,16 +25,27 @@ class Transport:
     def get_write_buffer_size(self) -> int:
         return self.buffered
 
+    def pause_reading(self) -> None:
+        self.reading = False
+
+    def resume_reading(self) -> None:
+        self.reading = True
+
 
 class Protocol:
     state = State.OPEN
     extensions: list = []
 
 
+class Messages:
+    paused = False  # websockets' own pause, while too many messages wait for the read loop
+
+
 class WS:
     def __init__(self) -> None:
         self.transport = Transport()
         self.protocol = Protocol()
+        self.recv_messages = Messages()
 
 
 def conn(cid: str, tenant: str = "t") -> Connection:
@@ -63,3 +77,46 @@ def test_hub_index_by_tenant():
     assert hub.get("a") is a and len(hub) == 2 and sorted(hub.tenants()) == ["t", "u"]
     assert hub.remove(a) and not hub.remove(a)
     assert hub.tenants() == ["u"] and hub.tenant_size("t") == 0
+
+
+def deflate_conn(cid: str, window: int, no_context_takeover: bool = True) -> Connection:
+    from websockets.extensions.permessage_deflate import PerMessageDeflate
+
+    c = conn(cid)
+    ws = WS()
+    ws.protocol.extensions = [PerMessageDeflate(False, no_context_takeover, 15, window)]
+    c.attach(ws, 0)  # type: ignore[arg-type]
+    return c
+
+
+def test_fanout_compresses_once_per_window_for_connections_without_context_takeover():
+    from websockets.extensions.permessage_deflate import PerMessageDeflate
+    from websockets.frames import Frame
+    from websockets.streams import StreamReader
+
+    hub = Hub()
+    a, b, c, plain = deflate_conn("a", 12), deflate_conn("b", 12), deflate_conn("c", 10), conn("p")
+    for x in (a, b, c, plain):
+        hub.add(x)
+    assert a.shared_deflate is not None and plain.shared_deflate is None
+    block = random.Random(7).randbytes(2000)
+    data = block * 50  # repeats 2000 bytes apart: inside a 4 KB window (12 bits), past 1 KB (10)
+    assert hub.fanout("t", data, False, now=1.0, limit=10**6) == 4
+    [fa], [fb], [fc], [fp] = (x.ws.transport.written for x in (a, b, c, plain))
+    assert fa is fb and fa != fc  # one compressed frame per window size
+    assert fp == encode_frame(data, False)
+    assert len(fa) < len(data) // 20 < len(fc) and fa[0] & 0x40 and fc[0] & 0x40  # RSV1: compressed
+    for frame, window in ((fa, 12), (fc, 10)):  # each is what a client with that window decodes
+        reader = StreamReader()
+        reader.feed_data(frame)
+        parser = Frame.parse(reader.read_exact, mask=False, extensions=[PerMessageDeflate(True, False, window, 15)])
+        try:
+            next(parser)
+        except StopIteration as done:
+            assert done.value.data == data
+        else:
+            raise AssertionError("frame incomplete")
+
+
+def test_connection_with_context_takeover_is_not_shared():
+    assert deflate_conn("a", 12, no_context_takeover=False).shared_deflate is None

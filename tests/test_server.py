@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 
 import pytest
 import websockets
@@ -423,3 +424,136 @@ async def test_client_port_health_is_private_unless_details_are_asked_for():
         async with http.get(f"http://127.0.0.1:{node.port}/health") as resp:
             health = await resp.json()
             assert resp.status == 200 and health["node_id"] == node.node_id and health["connections"] == 0
+
+
+# ---------------------------------------------------------------- control frames and memory
+
+
+TCP_CLOSE = 7  # include/net/tcp_states.h: what an RST leaves
+
+
+async def raw_upgrade(node, *, rcvbuf: int = 0, extensions: str = ""):
+    """A bare TCP client that completed the upgrade; what it reads is up to the test."""
+    import socket
+
+    loop = asyncio.get_running_loop()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    if rcvbuf:  # a client that never reads: its kernel holds little, the gateway the rest
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    sock.setblocking(False)
+    await loop.sock_connect(sock, ("127.0.0.1", node.port))
+    request = (
+        f"GET /prod HTTP/1.1\r\nHost: 127.0.0.1:{node.port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+        + (f"Sec-WebSocket-Extensions: {extensions}\r\n" if extensions else "") + "\r\n"
+    )
+    await loop.sock_sendall(sock, request.encode())
+    response = b""
+    while b"\r\n\r\n" not in response:
+        chunk = await asyncio.wait_for(loop.sock_recv(sock, 1), 5)  # byte by byte: no frame read
+        assert chunk, response
+        response += chunk
+    assert response.startswith(b"HTTP/1.1 101"), response
+    return sock, response
+
+
+async def test_ping_flood_from_a_client_that_never_reads_is_cut_off_as_slow_consumer():
+    """Pongs count against the outbound queue: a client that sends pings and never reads the
+    pongs stops being read once its queue is over the limit, and is cut off (1008, RST)."""
+    limit = 32768
+    cfg = make_config(
+        limits={"max_queued_bytes": limit, "slow_consumer_grace_s": 0.3, "socket_send_buffer_bytes": 16384},
+        listen={"ping_interval_s": 0},
+    )
+    async with running_node(cfg) as node:
+        gw = node.gateway
+        loop = asyncio.get_running_loop()
+        sock, _ = await raw_upgrade(node, rcvbuf=4096)
+        cid = (await eventually(lambda: th.events_of("$connect")))[0]["requestContext"]["connectionId"]
+        conn = await eventually(lambda: gw.hub.get(cid))
+        ping = bytes([0x89, 0x80 | 125]) + b"\0\0\0\0" + b"p" * 125  # masked with a zero key
+        chunk, sent, peak = ping * 100, 0, 0
+        deadline = loop.time() + 10
+        while not th.events_of("$disconnect", cid) and sent < 8 * 2**20 and loop.time() < deadline:
+            try:
+                await asyncio.wait_for(loop.sock_sendall(sock, chunk), 0.5)
+                sent += len(chunk)
+            except TimeoutError:
+                pass  # the gateway stopped reading from it
+            except OSError:
+                break  # reset
+            peak = max(peak, conn.queued_bytes())
+        # Bounded: at most one read's worth of pongs (asyncio reads 256 KiB at a time) past it.
+        assert peak <= limit + 256 * 1024, peak
+        ctx = (await eventually(lambda: th.events_of("$disconnect", cid), timeout=5))[0]["requestContext"]
+        assert ctx["disconnectStatusCode"] == 1008 and ctx["disconnectReason"] == "slow consumer"
+        assert gw.stats.slow_consumers == 1
+        await eventually(lambda: sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 8)[0] == TCP_CLOSE)
+        sock.close()
+
+
+async def test_closed_deflate_connections_are_freed_without_garbage_collection():
+    """A closed connection leaves no reference cycle behind: its websockets protocol and its
+    permessage-deflate streams are freed when it closes, not by a full collection that
+    cli.py's high GC thresholds make rare."""
+    import gc
+
+    from websockets.server import ServerProtocol
+
+    from wsgateway.connection import Connection
+    from wsgateway.server import GatewayConnection
+
+    kinds = (GatewayConnection, ServerProtocol, Connection)
+
+    def alive() -> dict[str, int]:
+        counts = dict.fromkeys((kind.__name__ for kind in kinds), 0)
+        for obj in gc.get_objects():
+            if type(obj) in kinds:
+                counts[type(obj).__name__] += 1
+        return counts
+
+    async with running_node(make_config(listen={"compression": True, "ping_interval_s": 0})) as node:
+        gc.collect()
+        before = alive()
+        gc.disable()
+        try:
+            for i in range(30):
+                async with websockets.connect(ws_url(node), compression="deflate") as ws:
+                    assert ws.protocol.extensions
+                    await ws.send("x" * 5000)
+                    assert await asyncio.wait_for(ws.recv(), 5) == "x" * 5000
+                    if i % 2:  # every other one closed by the gateway (a handler's Disconnect)
+                        await ws.send('{"action": "bye"}')
+                        await ws.wait_closed()
+                        assert ws.close_code == 4000
+                del ws
+            await eventually(lambda: len(th.events_of("$disconnect")) == 30)
+            await eventually(lambda: len(node.gateway.hub) == 0)
+            await asyncio.sleep(0.1)  # let websockets' handler tasks finish
+            assert alive() == before
+        finally:
+            gc.enable()
+
+
+async def test_compression_without_context_takeover_shares_fanout_frames():
+    cfg = make_config(listen={"compression": True, "compression_no_context_takeover": True})
+    async with running_node(cfg) as node:
+        gw = node.gateway
+        clients = [await websockets.connect(ws_url(node), compression="deflate") for _ in range(3)]
+        plain = await connect(node, compression=None)
+        try:
+            for ws in clients:
+                assert "server_no_context_takeover" in ws.response.headers["Sec-WebSocket-Extensions"]
+            ids = [await whoami(ws) for ws in (*clients, plain)]
+            assert all(gw.hub.get(cid).shared_deflate is not None for cid in ids[:3])
+            assert gw.hub.get(ids[3]).shared_deflate is None
+            for n in range(3):  # frames written past the protocol and its own replies interleave
+                message = f"update {n} " * 10000
+                assert await gw.post_to_tenant("default", message) == 4
+                for ws in (*clients, plain):
+                    assert await asyncio.wait_for(ws.recv(), 5) == message
+                    await ws.send("x" * 3000)
+                    assert await asyncio.wait_for(ws.recv(), 5) == "x" * 3000
+        finally:
+            for ws in (*clients, plain):
+                await ws.close()

@@ -66,6 +66,8 @@ class ListenConfig:
     ssl_certfile: str | None = field(default=None, metadata=FILE)
     ssl_keyfile: str | None = field(default=None, metadata=FILE)  # PEM key; both or neither
     compression: bool = False  # permessage-deflate
+    # compress each message alone (server_no_context_takeover): fan-out compresses once
+    compression_no_context_takeover: bool = False
     # seconds between protocol pings; 0 disables keepalive
     ping_interval_s: float = field(default=20.0, metadata=NON_NEGATIVE)
     # seconds without a pong -> peer is half-open -> close

@@ -5,10 +5,14 @@ responses write finished WebSocket frames straight to the transport, without awa
 socket, so a slow client never delays anyone else. The buffer is bounded by
 ``limits.max_queued_bytes``: a write that would go past it raises LimitExceededError (the
 management API answers 429), and the gateway's sweep cuts off a client that stays over the
-limit for ``limits.slow_consumer_grace_s`` (close 1008, "slow consumer").
+limit for ``limits.slow_consumer_grace_s`` (close 1008, "slow consumer"). What websockets
+writes on its own (pongs, the close echo) counts too: a client whose frames take the buffer
+past the limit is no longer read until it drains (see :meth:`Connection.after_read`).
 
 Frames are built once with websockets' own serializer; with permessage-deflate on, each
-connection compresses through its protocol object instead (the cost of compression).
+connection compresses through its protocol object instead (the cost of compression), unless
+it compresses each message alone (no context takeover): then one compressed frame serves
+every such connection with the same window (see ``shared_deflate``).
 
 The connection also owns its socket: the kernel send buffer it is given, a close bounded in
 time, and the RST that drops a client that stopped reading.
@@ -22,6 +26,7 @@ import socket
 import struct
 from typing import TYPE_CHECKING, Any
 
+from websockets.extensions.permessage_deflate import PerMessageDeflate
 from websockets.frames import Frame, Opcode
 from websockets.protocol import State
 
@@ -48,12 +53,15 @@ def as_payload(data: bytes | str) -> tuple[bytes, bool]:
     return bytes(data), False
 
 
-def encode_frame(data: bytes, binary: bool) -> bytes:
-    """Serialize one unmasked, uncompressed server frame carrying ``data``.
+def encode_frame(data: bytes, binary: bool, deflate: PerMessageDeflate | None = None) -> bytes:
+    """Serialize one unmasked server frame carrying ``data``, compressed by ``deflate`` if
+    given (a connection's ``shared_deflate``: the frame then serves every connection whose
+    ``shared_deflate`` has the same ``local_max_window_bits``).
 
     Encode a fan-out message once with this and hand the bytes to every connection.
     """
-    return Frame(Opcode.BINARY if binary else Opcode.TEXT, data).serialize(mask=False)
+    frame = Frame(Opcode.BINARY if binary else Opcode.TEXT, data)
+    return frame.serialize(mask=False, extensions=None if deflate is None else [deflate])
 
 
 def _setsockopt(transport: asyncio.BaseTransport, option: int, value: int | bytes) -> None:
@@ -93,11 +101,13 @@ class Connection:
         "close_code",
         "close_reason",
         "compressed",
+        "shared_deflate",
         "abandoned",
         "groups",
         "task",
         "deadline",
         "deadline_hit",
+        "reading_paused",
         "_wall_offset",
     )
 
@@ -111,11 +121,15 @@ class Connection:
         self.close_code: int | None = None  # set when the gateway decides to close
         self.close_reason = ""
         self.compressed = False
+        # Its permessage-deflate when that compresses each message alone: stateless, so a
+        # frame encoded with it is valid for every connection with the same window bits.
+        self.shared_deflate: PerMessageDeflate | None = None
         self.abandoned = False  # another node ran its $disconnect: close without one
         self.groups: set[str] | None = None  # groups of its tenant it was added to
         self.task: asyncio.Task[Any] | None = None  # its read loop, which runs its handlers
         self.deadline = 0.0  # loop time its running handler must finish by; 0: none runs
         self.deadline_hit = False  # the sweep cancelled ``task`` for passing ``deadline``
+        self.reading_paused = False  # after_read stopped reading: its replies overflowed the queue
         self._wall_offset = record.connected_at - opened
 
     @property
@@ -135,7 +149,11 @@ class Connection:
         loopback socket's send buffer to several MB).
         """
         self.ws = ws
-        self.compressed = bool(ws.protocol.extensions)
+        extensions = ws.protocol.extensions
+        self.compressed = bool(extensions)
+        deflate = extensions[0] if len(extensions) == 1 else None
+        if isinstance(deflate, PerMessageDeflate) and deflate.local_no_context_takeover:
+            self.shared_deflate = deflate
         if send_buffer:
             _setsockopt(ws.transport, socket.SO_SNDBUF, send_buffer)
 
@@ -227,12 +245,37 @@ class Connection:
         ws.send_data()
         self.last_active = now
 
+    def after_read(self, now: float, limit: int) -> None:
+        """Call each time websockets handled data from the client: it answers pings (and a
+        close) by writing to the transport itself, past :meth:`send`'s check, so a client that
+        sends pings and never reads would grow the queue without bound. Once the queue is over
+        ``limit``, stop reading from the client (it cannot make the gateway write more) and
+        start its slow-consumer clock, as a refused write does; :meth:`check_queue` reads it
+        again once it drained."""
+        ws = self.ws
+        if ws is None or ws.transport.get_write_buffer_size() <= limit:
+            return
+        ws.transport.pause_reading()
+        self.reading_paused = True
+        if self.over_since is None:
+            self.over_since = now
+
+    def _resume_reading(self) -> None:
+        ws = self.ws
+        self.reading_paused = False
+        # websockets pauses reading too, while too many messages wait for the read loop:
+        # leave that pause to it, or its bound on received messages would be lost.
+        if ws is not None and not ws.recv_messages.paused:
+            ws.transport.resume_reading()
+
     def check_queue(self, now: float, limit: int, grace: float) -> bool:
         """Called by the sweep once a write was refused: return True when the client has not
         drained its queue below half the limit within ``grace`` seconds of the first refusal
         and must be cut off as a slow consumer."""
         if self.queued_bytes() < limit // 2:  # drained: it keeps up again
             self.over_since = None
+            if self.reading_paused:
+                self._resume_reading()
             return False
         if self.over_since is None:
             self.over_since = now

@@ -94,19 +94,24 @@ class Hub:
 
         The frame is encoded once and written to each transport without awaiting; a full
         or closing connection is skipped (a full one starts its slow-consumer clock).
+        Compressed once too for connections that compress each message alone (one frame per
+        window size); a connection with context takeover compresses it itself.
         """
         members = self._members.get(audience_key(tenant, user, group))
         if not members:
             return 0
-        frame: bytes | None = None
+        frames: dict[int, bytes] = {}  # by deflate window bits; 0: uncompressed
         delivered = 0
         for conn in list(members.values()):
+            deflate = conn.shared_deflate
             try:
-                if conn.compressed:
+                if conn.compressed and deflate is None:
                     conn.send(data, binary, now, limit)
                 else:
+                    key = 0 if deflate is None else deflate.local_max_window_bits
+                    frame = frames.get(key)
                     if frame is None:
-                        frame = encode_frame(data, binary)
+                        frame = frames[key] = encode_frame(data, binary, deflate)
                     conn.send_frame(frame, now, limit)
             except (GoneError, LimitExceededError):
                 continue

@@ -26,6 +26,8 @@ import orjson
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers, MultipleValuesError
 from websockets.exceptions import ConnectionClosed
+from websockets.extensions.base import ServerExtensionFactory
+from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFactory
 from websockets.http11 import Request, Response
 from websockets.typing import Subprotocol
 
@@ -48,6 +50,27 @@ class GatewayConnection(ServerConnection):
     gw_subprotocol: str | None = None
     gw_started: float = 0.0
     gw_request_id: str = ""
+    gw_queue_limit: int = 0  # limits.max_queued_bytes, set by the handler
+
+    def data_received(self, data: bytes) -> None:
+        """websockets handles the data (and answers pings), then the queue's limit applies
+        to what it wrote: a client that floods pings and never reads is stopped here."""
+        super().data_received(data)
+        conn = self.gw_conn
+        if conn is not None and conn.ws is self:
+            conn.after_read(self.loop.time(), self.gw_queue_limit)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """The socket is gone: break the reference cycles websockets leaves, so that the
+        connection (its deflate buffers, its transport) is freed at once, not by a rare full
+        garbage collection (cli.py sets the thresholds high)."""
+        super().connection_lost(exc)
+        # serve() binds select_subprotocol to a closure that holds this connection.
+        self.protocol.__dict__.pop("select_subprotocol", None)
+        # The protocol's parser is a generator holding the protocol (and through it the
+        # permessage-deflate zlib streams, ~60 KB); after EOF it stays suspended at its last
+        # yield and is never stepped again: finish it.
+        self.protocol.parser.close()
 
 
 def _subprotocols(headers: Headers) -> list[str]:
@@ -115,6 +138,7 @@ class ClientServer:
             select_subprotocol=self._select_subprotocol,
             create_connection=GatewayConnection,
             compression="deflate" if listen.compression else None,
+            extensions=_deflate_extensions(listen.compression_no_context_takeover),
             open_timeout=self._limits.handler_timeout_s + 10,
             ping_interval=listen.ping_interval_s or None,
             ping_timeout=listen.ping_timeout_s or None,
@@ -267,6 +291,7 @@ class ClientServer:
         slot = self._reserved.pop(ws, None)  # now this connection's, until the finally
         dispatch = gateway.dispatcher.on_message
         conn.task = asyncio.current_task()
+        ws.gw_queue_limit = self._limits.max_queued_bytes
         conn.attach(ws, self._limits.socket_send_buffer_bytes)
         try:
             await gateway.opened(conn)
@@ -287,7 +312,24 @@ class ClientServer:
             finally:
                 if slot is not None:  # freed as closed() takes it out of the hub: no await between
                     slot.release()
+            ws.gw_conn = None  # conn.ws points back: no cycle must outlive the connection
             await gateway.closed(conn, code, reason)
+
+
+def _deflate_extensions(no_context_takeover: bool) -> list[ServerExtensionFactory] | None:
+    """websockets' default permessage-deflate settings, plus server_no_context_takeover when
+    configured: each message is compressed alone, so one compressed frame serves every
+    connection of a fan-out (see Hub.fanout). None leaves websockets' defaults."""
+    if not no_context_takeover:
+        return None
+    return [
+        ServerPerMessageDeflateFactory(
+            server_no_context_takeover=True,
+            server_max_window_bits=12,
+            client_max_window_bits=12,
+            compress_settings={"memLevel": 5},
+        )
+    ]
 
 
 def _peer_ip(ws: ServerConnection) -> str:
