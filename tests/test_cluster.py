@@ -88,7 +88,7 @@ class Cluster:
         config.write_text(_CONFIG.format(url=self.redis_url, prefix=self.key_prefix, node_ttl_s=node_ttl_s) + extra)
         ready = self.tmp_path / f"{name}.ready.json"
         log = open(self.tmp_path / f"{name}.log", "wb")  # noqa: SIM115, ASYNC230 - lives with the process
-        process = subprocess.Popen(  # noqa: ASYNC220 - returns at once; the wait below is async
+        process = subprocess.Popen(
             [sys.executable, "-m", "wsgateway", "serve", "--config", str(config), "--ready-file", str(ready)],
             cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
             env={**os.environ, "PYTHONPATH": str(ROOT), "WSGW_CLUSTER_EVENTS": str(self.events_file)},
@@ -388,7 +388,7 @@ async def _outage_scenario(cluster: Cluster, redis_server: RedisExecutor) -> Non
     assert await asyncio.wait_for(ws_a.recv(), 5) == "after"
     await settled(node_b)
     assert await tenant_listing(node_b, "t1") == sorted([cid_a, cid_b, cid_new])
-    assert [e for e in cluster.events("$disconnect")] == []  # nobody was taken for dead
+    assert list(cluster.events("$disconnect")) == []  # nobody was taken for dead
 
 
 async def test_node_terminated_during_a_redis_outage_runs_every_disconnect_and_exits(

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from websockets.protocol import State
 
-from wsgateway.errors import GoneError, LimitExceededError
 from tests.test_hub import conn
+from wsgateway.errors import GoneError, LimitExceededError
 
 
 def test_send_limits_and_gone():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from typing import ClassVar
 
 from websockets.protocol import State
 
@@ -34,7 +35,7 @@ class Transport:
 
 class Protocol:
     state = State.OPEN
-    extensions: list = []
+    extensions: ClassVar[list[object]] = []
 
 
 class Messages:

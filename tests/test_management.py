@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from urllib.parse import quote
 
 import aioboto3
 import aiohttp
 import boto3
 import pytest
+import websockets
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.config import Config
@@ -19,8 +20,7 @@ from botocore.credentials import Credentials
 from botocore.exceptions import ClientError
 
 from tests import handlers_for_tests as th
-import websockets
-
+from tests.registry_support import RedisLink
 from tests.support import (
     ACCESS_KEY,
     HS_SECRET,
@@ -36,7 +36,6 @@ from tests.support import (
     whoami,
     ws_url,
 )
-from tests.registry_support import RedisLink
 
 # What AWS answers any SigV4 failure (the reason is only logged).
 BAD_SIGNATURE = ("The request signature we calculated does not match the signature you provided. Check your "
@@ -77,7 +76,7 @@ async def test_boto3_post_get_delete_and_gone(signed_config):
         info = await asyncio.to_thread(client.get_connection, ConnectionId=cid)
         assert info["Identity"] == {"SourceIp": "127.0.0.1", "UserAgent": "dash/1.0"}
         assert isinstance(info["ConnectedAt"], datetime) and isinstance(info["LastActiveAt"], datetime)
-        assert abs(info["ConnectedAt"].timestamp() - datetime.now(timezone.utc).timestamp()) < 30
+        assert abs(info["ConnectedAt"].timestamp() - datetime.now(UTC).timestamp()) < 30
         resp = await asyncio.to_thread(client.delete_connection, ConnectionId=cid)
         assert resp["ResponseMetadata"]["HTTPStatusCode"] == 204
         await ws.wait_closed()

@@ -511,7 +511,7 @@ async def test_connection_closed_while_cut_off_runs_its_disconnect_once(
     """A connection that closes on a node cut off from Redis: remove() waits for Redis, then
     says False where the sweep claimed the record (its $disconnect ran on the survivor) and
     True where nobody could (accepted during the outage: never written)."""
-    async with cut_off_pair(make, private_redis, key_prefix) as (survivor, reg_b, victim, reg_a, link):
+    async with cut_off_pair(make, private_redis, key_prefix) as (survivor, _reg_b, victim, reg_a, link):
         swept, kept = await accept(reg_a, victim), await accept(reg_a, victim)
         link.cut()
         during = await accept(reg_a, victim)

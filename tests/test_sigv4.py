@@ -446,7 +446,7 @@ MALFORMED_AUTHORIZATION = [
     ("{A} Credential={K}{D}/eu-west-1/execute-api/aws5_request, {H}, Signature={S}", "malformed"),
     ("{A} Credential={K}{D}//execute-api/aws4_request, {H}, Signature={S}", "scope is malformed"),
     ("{A} Credential={K}20261327/eu-west-1/execute-api/{T}, {H}, Signature={S}", "YYYYMMDD"),
-    ("{A} Credential={K}2026112７/eu-west-1/execute-api/{T}, {H}, Signature={S}", "YYYYMMDD"),
+    ("{A} Credential={K}2026112７/eu-west-1/execute-api/{T}, {H}, Signature={S}", "YYYYMMDD"),  # noqa: RUF001 - a non-ASCII digit
     ("{A} Credential={C}, SignedHeaders=x-amz-date;host, Signature={S}", "sorted list"),
     ("{A} Credential={C}, SignedHeaders=Host;X-Amz-Date, Signature={S}", "sorted list"),
     ("{A} Credential={C}, SignedHeaders=host;host;x-amz-date, Signature={S}", "sorted list"),
@@ -532,7 +532,7 @@ def test_wrong_secret_is_refused() -> None:
     ids=[
         "body", "body-dropped", "method", "path", "path-decoded",
         "stage", "query", "query-added", "host", "token",
-    ],  # fmt: skip
+    ],
 )
 def test_tampered_request_is_refused(tamper: Callable[[Wire], Wire]) -> None:
     wire = sign(query="limit=10", token=TOKEN)
@@ -574,7 +574,7 @@ def test_missing_x_amz_date_is_refused() -> None:
     [
         ("T0839Z", "not YYYYMMDDTHHMMSSZ"),
         (" 083926Z", "not YYYYMMDDTHHMMSSZ"),
-        ("T08392６Z", "not YYYYMMDDTHHMMSSZ"),  # a non-ASCII digit
+        ("T08392６Z", "not YYYYMMDDTHHMMSSZ"),  # noqa: RUF001 - a non-ASCII digit
         ("T083926", "not YYYYMMDDTHHMMSSZ"),
         ("T250000Z", "not a valid time"),
         ("T086000Z", "not a valid time"),

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -125,7 +126,7 @@ class Dispatcher:
         )
         try:
             result = await integration.invoke(event, self.handler_context(integration, request_id, conn.id))
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - a handler's failure rejects, it never crashes the node
             _log_failure(exc, "$connect", request_id, conn.id)
             return ConnectOutcome(status=500, body="Internal server error", request_id=request_id)
         return _connect_outcome(result, request_id, conn.id)
@@ -152,7 +153,7 @@ class Dispatcher:
             context = self.handler_context(integration, request_id, record.connection_id)
             try:
                 await integration.invoke(event, context)
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - logged; the connection is gone anyway
                 _log_failure(exc, "$disconnect", request_id, record.connection_id)
         self._access.connection_event(
             "disconnect", route_key="$disconnect", status=code, request_id=request_id,
@@ -193,7 +194,7 @@ class Dispatcher:
             self._stats.handler_timeouts += 1
             _log_failure(exc, route_key, request_id, conn.id)
             self._send_error(conn, "Endpoint request timed out", request_id)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - the client gets AWS's error frame, the log the text
             status = 500
             self._stats.handler_errors += 1
             _log_failure(exc, route_key, request_id, conn.id)
@@ -246,10 +247,9 @@ class Dispatcher:
         self._send(conn, _ERROR_FRAME.format(message, conn.id, request_id).encode(), False)
 
     def _send(self, conn: Connection, data: bytes, binary: bool) -> None:
-        try:
+        # The client is gone or not reading: the sweep deals with the latter.
+        with contextlib.suppress(GoneError, LimitExceededError):
             conn.send(data, binary, self._loop.time(), self._queue_limit)
-        except (GoneError, LimitExceededError):
-            pass  # the client is gone or not reading: the sweep deals with the latter
 
     def _log(self, conn: Connection, route_key: str, status: int, request_id: str, started: float) -> None:
         self._access.connection_event(

@@ -6,7 +6,7 @@ Routes (each also under ``/{stage}``; ``@`` may arrive as ``%40``; ids arrive UR
 POST     /@connections/{id}                  deliver the raw body as one frame -> 200
 GET      /@connections/{id}                  connectedAt, lastActiveAt, identity -> 200
 DELETE   /@connections/{id}                  close with 1000 -> 204
-POST     /@tenants/{tenant}/messages         deliver to every connection of the tenant -> {"delivered": N, "unreachableNodes": K}
+POST     /@tenants/{tenant}/messages         to every connection of the tenant -> {"delivered": N, "unreachableNodes": K}
 POST     /@tenants/{tenant}/users/{user}/messages    ... to every connection of one user (token sub)
 POST     /@tenants/{tenant}/groups/{group}/messages  ... to every connection in a group
 PUT      /@connections/{id}/groups/{group}   add the connection to a group of its tenant -> 204
@@ -256,7 +256,8 @@ class ManagementServer:
         elif n in (3, 5) and segments[0] in _TENANTS:
             operation = _TENANT_OPS.get((method, *segments[2:n:2]))
             if operation is not None:
-                return operation, _name(segments[1], "tenant", MAX_TENANT_CHARS), _name(segments[3], segments[2][:-1]) if n == 5 else ""
+                qualifier = _name(segments[3], segments[2][:-1]) if n == 5 else ""
+                return operation, _name(segments[1], "tenant", MAX_TENANT_CHARS), qualifier
         raise NotFoundError(f"No method found matching route {'/'.join(segments)} for http method {method}")
 
     async def _execute(

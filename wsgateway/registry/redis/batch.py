@@ -104,7 +104,7 @@ class CommandBatcher:
             log.exception("redis pipeline failed")
             self._fail(batch, exc)
             return
-        for (_, future), reply in zip(batch, replies):
+        for (_, future), reply in zip(batch, replies, strict=True):
             if future.done():
                 continue
             if isinstance(reply, _UNREACHABLE):

@@ -306,7 +306,7 @@ class Membership:
         ids = list(self._releases)
         replies = await asyncio.gather(*map(self._release_call, ids), return_exceptions=True)
         failed: BaseException | None = None
-        for cid, reply in zip(ids, replies):
+        for cid, reply in zip(ids, replies, strict=True):
             if isinstance(reply, BaseException):
                 failed = reply
                 continue
@@ -324,7 +324,7 @@ class Membership:
         keys, call, me = self._keys, self._batcher.call, self._node_id
         ids = [info.record.connection_id for info in self._node.local_connections()]
         replies = await asyncio.gather(*(call("EVAL", HOLD, 1, keys.record(i), me) for i in ids), return_exceptions=True)
-        claimed = [cid for cid, reply in zip(ids, replies) if reply == HELD_CLAIMED]
+        claimed = [cid for cid, reply in zip(ids, replies, strict=True) if reply == HELD_CLAIMED]
         if claimed:
             self._node.abandon(claimed, CLOSE_SERVICE_RESTART, DECLARED_DEAD_REASON)
             for cid in claimed:

@@ -114,10 +114,10 @@ class Sweeper:
         claim_args = ("", "", 0) if fence is None else (fence, self._node_id, ms(TOMBSTONE_S))
         claims = await asyncio.gather(*(call("EVAL", CLAIM, 1, keys.record(i), node_id, *claim_args) for i in ids))
         cleanup = [call("SREM", keys.node_conns(node_id), *ids)] if ids else []
-        for cid, flat in zip(ids, claims):
+        for cid, flat in zip(ids, claims, strict=True):
             if not flat:
                 continue  # someone else claimed it, its node holds it, or it was lost
-            info = record_from_hash(cid, dict(zip(flat[::2], flat[1::2])))
+            info = record_from_hash(cid, dict(zip(flat[::2], flat[1::2], strict=True)))
             cleanup.append(call("ZREM", keys.tenant_conns(info.record.tenant), cid))
             if info.record.connected_at < orphans_before:
                 self._spawn_orphan(info.record)
