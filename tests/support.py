@@ -241,3 +241,16 @@ async def read_raw_frame(reader: asyncio.StreamReader) -> tuple[int, bool, bytes
     elif length == 127:
         length = int.from_bytes(await reader.readexactly(8), "big")
     return first & 0x0F, bool(first & 0x40), await reader.readexactly(length)
+
+
+async def raw_get(port: int, path: str = "/health") -> tuple[int, bytes]:
+    """``GET path`` on ``127.0.0.1:port`` over a fresh connection (closed after): (status, body)."""
+    async with asyncio.timeout(5):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            writer.write(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n".encode())
+            head, _, body = (await reader.read()).partition(b"\r\n\r\n")
+        finally:
+            writer.close()
+    assert head.startswith(b"HTTP/1.1 "), head
+    return int(head.split(b" ", 2)[1]), body

@@ -35,6 +35,7 @@ from tests.support import (
     NodeProcess,
     RawStreams,
     node_process,
+    raw_get,
     raw_handshake,
     read_raw_frame,
 )
@@ -210,15 +211,9 @@ _PING_CONFIG = (
 
 
 async def _health_connections(port: int) -> int:
-    """GET /health on the management port; the node's live connection count."""
-    async with asyncio.timeout(5):
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        try:
-            writer.write(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
-            head, _, body = (await reader.read()).partition(b"\r\n\r\n")
-        finally:
-            writer.close()
-    assert head.startswith(b"HTTP/1.1 200 "), head
+    """GET /health on the management port: the node's live connection count."""
+    status, body = await raw_get(port)
+    assert status == 200, body
     return int(json.loads(body)["connections"])
 
 
