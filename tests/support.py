@@ -12,7 +12,6 @@ import dataclasses
 import json
 import os
 import socket
-import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -151,12 +150,14 @@ async def eventually(check: Callable[[], Any] | Callable[[], Awaitable[Any]], ti
 
 # ---------------------------------------------------------------- a node as a subprocess
 
+_ROOT = Path(__file__).resolve().parent.parent  # the checkout a subprocess node runs from
+
 
 @dataclasses.dataclass
 class NodeProcess:
     """A ``wsgateway serve`` subprocess and the ports its ready file named."""
 
-    process: subprocess.Popen[bytes]
+    process: asyncio.subprocess.Process
     port: int
     management_port: int
     log_path: Path
@@ -173,29 +174,31 @@ class NodeProcess:
 async def node_process(tmp_path: Path, config_toml: str, start_timeout: float = 30.0) -> AsyncIterator[NodeProcess]:
     """Run ``wsgateway serve --config`` (``config_toml`` written to ``tmp_path``) until the
     block ends, then SIGTERM it and wait; kill it if it does not exit within 10 s."""
-    root = Path(__file__).resolve().parent.parent
+    root = _ROOT
     config, ready, log_path = tmp_path / "node.toml", tmp_path / "node.ready.json", tmp_path / "node.log"
     config.write_text(config_toml)
     with open(log_path, "wb") as log:  # noqa: ASYNC230 - the child inherits it at once
-        process = subprocess.Popen(  # noqa: ASYNC220 - returns at once; the wait below is async
-            [sys.executable, "-m", "wsgateway", "serve", "--config", str(config), "--ready-file", str(ready)],
-            cwd=root, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(root)},
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "wsgateway", "serve", "--config", str(config), "--ready-file", str(ready),
+            cwd=root, stdout=log, stderr=asyncio.subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(root)},
         )
     try:
         async with asyncio.timeout(start_timeout):
             while not ready.exists():
-                assert process.poll() is None, log_path.read_text(errors="replace")
+                assert process.returncode is None, log_path.read_text(errors="replace")
                 await asyncio.sleep(0.05)
         info = json.loads(ready.read_text())
         yield NodeProcess(process, info["port"], info["management_port"], log_path)
     finally:
-        if process.poll() is None:
+        if process.returncode is None:
             process.terminate()
         try:
-            await asyncio.to_thread(process.wait, 10)
-        except subprocess.TimeoutExpired:
+            async with asyncio.timeout(10):
+                await process.wait()
+        except TimeoutError:
             process.kill()
-            await asyncio.to_thread(process.wait, 10)
+            async with asyncio.timeout(10):
+                await process.wait()
 
 
 # ---------------------------------------------------------------- a WebSocket client by hand

@@ -328,7 +328,7 @@ async def test_hostile_input_at_both_ports_leaves_the_node_serving(tmp_path: Pat
             after = node.rss()
             print(f"fuzz: {fuzzer.examples} examples in {elapsed:.1f}s; RSS {before / MB:.1f} -> {after / MB:.1f} MB; "
                   f"statuses seen {sorted(fuzzer.statuses)}, close codes seen {sorted(fuzzer.close_codes)}")
-            assert node.process.poll() is None, node.log_text()
+            assert node.process.returncode is None, node.log_text()
             for port in (node.port, node.management_port):
                 assert (await raw_get(port, "/health"))[0] == 200
             for i, ws in enumerate(live):
