@@ -8,12 +8,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import json
 import os
+import socket
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import jwt
+import psutil
 import websockets
 from websockets.asyncio.client import ClientConnection
 
@@ -140,3 +146,114 @@ async def eventually(check: Callable[[], Any] | Callable[[], Awaitable[Any]], ti
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout}s")
         await asyncio.sleep(20 * MS)
+
+
+# ---------------------------------------------------------------- a node as a subprocess
+
+_ROOT = Path(__file__).resolve().parent.parent  # the checkout a subprocess node runs from
+
+
+@dataclasses.dataclass
+class NodeProcess:
+    """A ``wsgateway serve`` subprocess and the ports its ready file named."""
+
+    process: asyncio.subprocess.Process
+    port: int
+    management_port: int
+    log_path: Path
+
+    def rss(self) -> int:
+        """The node's resident set size in bytes, now."""
+        return int(psutil.Process(self.process.pid).memory_info().rss)
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+@contextlib.asynccontextmanager
+async def node_process(tmp_path: Path, config_toml: str, start_timeout: float = 30.0) -> AsyncIterator[NodeProcess]:
+    """Run ``wsgateway serve --config`` (``config_toml`` written to ``tmp_path``) until the
+    block ends, then SIGTERM it and wait; kill it if it does not exit within 10 s."""
+    root = _ROOT
+    config, ready, log_path = tmp_path / "node.toml", tmp_path / "node.ready.json", tmp_path / "node.log"
+    config.write_text(config_toml)
+    with open(log_path, "wb") as log:  # noqa: ASYNC230 - the child inherits it at once
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "wsgateway", "serve", "--config", str(config), "--ready-file", str(ready),
+            cwd=root, stdout=log, stderr=asyncio.subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(root)},
+        )
+    try:
+        async with asyncio.timeout(start_timeout):
+            while not ready.exists():
+                assert process.returncode is None, log_path.read_text(errors="replace")
+                await asyncio.sleep(0.05)
+        info = json.loads(ready.read_text())
+        yield NodeProcess(process, info["port"], info["management_port"], log_path)
+    finally:
+        if process.returncode is None:
+            process.terminate()
+        try:
+            async with asyncio.timeout(10):
+                await process.wait()
+        except TimeoutError:
+            process.kill()
+            async with asyncio.timeout(10):
+                await process.wait()
+
+
+# ---------------------------------------------------------------- a WebSocket client by hand
+
+RawStreams = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+
+
+async def raw_handshake(port: int, *, extensions: str = "", recv_buffer: int = 0) -> RawStreams:
+    """Open a TCP connection to ``127.0.0.1:port`` and upgrade it to a WebSocket by hand.
+
+    For tests that must write frames no well-behaved client would (or never read): the
+    caller speaks raw frames on the returned streams. ``extensions`` is sent as
+    Sec-WebSocket-Extensions; ``recv_buffer`` sets SO_RCVBUF before connecting. Raises
+    AssertionError unless the answer is 101 (with the extension accepted, if one was asked).
+    """
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    if recv_buffer:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, recv_buffer)
+    sock.setblocking(False)
+    try:
+        await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
+        reader, writer = await asyncio.open_connection(sock=sock)
+    except BaseException:
+        sock.close()
+        raise
+    extra = f"Sec-WebSocket-Extensions: {extensions}\r\n" if extensions else ""
+    writer.write(
+        f"GET /prod HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n".encode()
+    )
+    head = await reader.readuntil(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 101 "), head
+    assert not extensions or b"sec-websocket-extensions: " + extensions.split(";")[0].encode() in head.lower(), head
+    return reader, writer
+
+
+async def read_raw_frame(reader: asyncio.StreamReader) -> tuple[int, bool, bytes]:
+    """Read one unmasked (server) frame: (opcode, rsv1, payload); IncompleteReadError at EOF."""
+    first, second = await reader.readexactly(2)
+    length = second & 0x7F
+    if length == 126:
+        length = int.from_bytes(await reader.readexactly(2), "big")
+    elif length == 127:
+        length = int.from_bytes(await reader.readexactly(8), "big")
+    return first & 0x0F, bool(first & 0x40), await reader.readexactly(length)
+
+
+async def raw_get(port: int, path: str = "/health") -> tuple[int, bytes]:
+    """``GET path`` on ``127.0.0.1:port`` over a fresh connection (closed after): (status, body)."""
+    async with asyncio.timeout(5):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            writer.write(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n".encode())
+            head, _, body = (await reader.read()).partition(b"\r\n\r\n")
+        finally:
+            writer.close()
+    assert head.startswith(b"HTTP/1.1 "), head
+    return int(head.split(b" ", 2)[1]), body
