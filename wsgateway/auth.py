@@ -209,6 +209,25 @@ class Authenticator:
             claims = self._decode(token, key, self._alg_lists[alg])
         return self._principal(claims)
 
+    async def verify_token(self, token: str) -> Principal:
+        """Check a token given on a live connection (a token refresh) exactly as
+        :meth:`authenticate` checks a handshake's: length, pinned algorithm and key,
+        signature, audience, issuer, exp/nbf/iat with leeway, tenant claim.
+
+        Returns its :class:`Principal`; raises :class:`AuthError` (401, 403 or 503), also
+        when ``auth.type`` is not "jwt" (there is no token to check then).
+        """
+        if not self._enabled:
+            raise AuthError(401, "no token authentication configured")
+        if len(token) > _MAX_TOKEN_CHARS:
+            raise AuthError(401, f"token too long ({len(token)} characters)")
+        if self._direct_key is not None:
+            claims = self._decode(token, self._direct_key, self._pinned)
+        else:
+            key, alg = await self._select_key(token)
+            claims = self._decode(token, key, self._alg_lists[alg])
+        return self._principal(claims)
+
     def _find_token(
         self, headers: Mapping[str, str], query: Mapping[str, str], subprotocols: Sequence[str]
     ) -> str | None:

@@ -177,12 +177,23 @@ class AuthConfig:
     context_claims: tuple[str, ...] = field(default=(), metadata=FILLED)
     required_claims: tuple[str, ...] = field(default=("exp",), metadata=FILLED)
     jwks_min_refresh_s: float = 60.0  # seconds; refetch on an unknown kid at most this often
+    # "ignore": exp counts at the handshake only (AWS); "close": close 1008 once exp + leeway_s passes
+    on_expiry: str = field(default="ignore", metadata=rule("ignore|close", '"ignore" or "close"'))
+    # a message selecting this route key renews the token ({"action": KEY, "token": "..."});
+    # "" = off, so that no application message is ever taken away from its route by default
+    refresh_action: str = field(default="", metadata=rule(
+        r"(?s)([^$].*)?", '"" or a custom route key (not starting with "$")'))
 
     def __post_init__(self) -> None:
         check_fields(self, "auth")
 
     def check(self) -> None:
-        """Rules across fields, for type = "jwt"; the loader calls it. Raises ConfigError."""
+        """Rules across fields; the loader calls it. Raises ConfigError."""
+        # Without tokens these would protect nothing, silently.
+        if self.type == "none" and self.on_expiry == "close":
+            raise ConfigError("auth.on_expiry", '"close" needs tokens: auth.type = "jwt"')
+        if self.refresh_action and self.type != "jwt":  # only a JWT can be checked again here
+            raise ConfigError("auth.refresh_action", 'needs auth.type = "jwt"')
         if self.type != "jwt":
             return
         for name in ("sources", "algorithms"):

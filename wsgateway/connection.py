@@ -108,6 +108,7 @@ class Connection:
         "deadline",
         "deadline_hit",
         "reading_paused",
+        "token_deadline",
         "_wall_offset",
     )
 
@@ -130,6 +131,9 @@ class Connection:
         self.deadline = 0.0  # loop time its running handler must finish by; 0: none runs
         self.deadline_hit = False  # the sweep cancelled ``task`` for passing ``deadline``
         self.reading_paused = False  # after_read stopped reading: its replies overflowed the queue
+        # Wall clock (epoch s): its token's exp + leeway, past which the sweep closes it with
+        # 1008 "Token expired" (auth.on_expiry = "close"); a token refresh moves it. None: never.
+        self.token_deadline: float | None = None
         self._wall_offset = record.connected_at - opened
 
     @property
@@ -159,12 +163,15 @@ class Connection:
 
     async def close_socket(self, timeout: float) -> None:
         """Send the close frame decided in ``close_code``/``close_reason``, or drop the TCP
-        connection with an RST: at once for a slow consumer, else after ``timeout`` seconds."""
+        connection with an RST: at once for a slow consumer (1008 while its queue is over the
+        limit), else after ``timeout`` seconds."""
         ws = self.ws
         assert ws is not None and self.close_code is not None
         # websockets' close() waits for the write buffer to drain, which never happens for
         # a client that stopped reading: bound it, then drop the TCP connection.
-        if self.close_code == CLOSE_SLOW_CONSUMER:
+        # 1008 alone is not enough: an expired token or a handler's Disconnect(1008) closes a
+        # client that still reads, and it should get its close frame.
+        if self.close_code == CLOSE_SLOW_CONSUMER and self.over_since is not None:
             reset(ws.transport)
             return
         try:

@@ -3,7 +3,9 @@
 A connection's messages are dispatched one at a time, in order (its read loop awaits each).
 The answers a client may get besides a handler's own ``body`` are AWS's error frames:
 ``Forbidden`` (no route and no ``$default``), ``Internal server error`` (the handler raised;
-its text stays in the log with the request id) and ``Endpoint request timed out``.
+its text stays in the log with the request id) and ``Endpoint request timed out``. A token
+refresh (``auth.refresh_action``, see :mod:`wsgateway.lifetime`) is answered here, never by a
+handler: ``Token refreshed`` with the new ``expiresAt``, or ``Unauthorized``.
 
 The dispatcher sees the gateway only through :class:`RouteHost`: the calls handlers may make
 and a way to close a connection.
@@ -24,13 +26,14 @@ import orjson
 
 from . import events
 from .connection import Connection, as_payload
-from .errors import Disconnect, GoneError, HandlerTimeout, LimitExceededError
+from .errors import AuthError, Disconnect, GoneError, HandlerTimeout, LimitExceededError
 from .ids import new_request_id
 from .integrations import HandlerContext, Integration
 from .integrations.context import GatewayCalls
 
 if TYPE_CHECKING:
     from .accesslog import AccessLog
+    from .lifetime import TokenLifetime
     from .metrics import Stats
     from .records import ConnectionRecord
     from .routing import Router
@@ -41,6 +44,9 @@ log = logging.getLogger("wsgateway")
 
 # AWS's error frame, spacing included (aws-websocket-api.md §2.2, §2.3).
 _ERROR_FRAME = '{{"message": "{}", "connectionId":"{}", "requestId":"{}"}}'
+# A token refresh's answers, spaced as AWS's frames.
+_REFRESHED_FRAME = '{{"message": "Token refreshed", "expiresAt": {}}}'
+_UNAUTHORIZED_FRAME = b'{"message": "Unauthorized"}'
 
 
 class RouteHost(GatewayCalls, Protocol):
@@ -78,7 +84,7 @@ def _log_failure(exc: BaseException, route_key: str, request_id: str, connection
 class Dispatcher:
     """Runs the routes of every connection of one gateway; built by the gateway at start."""
 
-    __slots__ = ("_host", "_router", "_access", "_loop", "_queue_limit", "_stats", "_timeout")
+    __slots__ = ("_host", "_router", "_access", "_lifetime", "_loop", "_queue_limit", "_stats", "_timeout")
 
     def __init__(
         self,
@@ -90,10 +96,12 @@ class Dispatcher:
         stats: Stats,
         queue_limit: int,
         timeout: float,
+        lifetime: TokenLifetime | None = None,
     ) -> None:
         self._host = host
         self._router = router
         self._access = access
+        self._lifetime = lifetime  # None: tokens are checked at the handshake only
         self._loop = loop
         self._queue_limit = queue_limit  # limits.max_queued_bytes, for replies
         self._stats = stats
@@ -174,6 +182,11 @@ class Dispatcher:
             selected = self._router.select_binary()
             body, is_b64 = base64.b64encode(message).decode(), True
         request_id = new_request_id()
+        lifetime = self._lifetime
+        if lifetime is not None and lifetime.is_refresh(message, None if selected is None else selected[0]):
+            assert isinstance(message, str)  # binary frames never are refreshes
+            await self._refresh(conn, lifetime, message, request_id, started)
+            return
         if selected is None:
             self._stats.no_route += 1
             self._send_error(conn, "Forbidden", request_id)
@@ -203,6 +216,26 @@ class Dispatcher:
             if result is not None:
                 self._reply(conn, result, request_id)
         self._log(conn, route_key, status, request_id, started)
+
+    async def _refresh(
+        self, conn: Connection, lifetime: TokenLifetime, message: str, request_id: str, started: float
+    ) -> None:
+        """Answer a token refresh: move the connection's deadline to the new token's, or
+        refuse with ``Unauthorized`` (the reason goes to the log only) and keep the old one."""
+        try:
+            principal = await lifetime.renew(conn.record, message, conn.token_deadline)
+        except AuthError as exc:
+            log.info(
+                "token refresh refused (%d): %s connectionId=%s requestId=%s",
+                exc.status, exc.reason, conn.id, request_id,
+            )
+            self._send(conn, _UNAUTHORIZED_FRAME, False)
+            self._log(conn, lifetime.action, 401, request_id, started)
+            return
+        conn.token_deadline = lifetime.deadline(principal.expires_at)
+        expires = "null" if principal.expires_at is None else str(int(principal.expires_at))
+        self._send(conn, _REFRESHED_FRAME.format(expires).encode(), False)
+        self._log(conn, lifetime.action, 200, request_id, started)
 
     async def _call(self, conn: Connection, integration: Integration, event: dict[str, Any], request_id: str) -> Any:
         """Run the handler under the route's time limit, without a timer per message: the

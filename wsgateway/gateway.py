@@ -37,6 +37,7 @@ from .fanout import FanoutResult
 from .hub import Hub
 from .ids import new_connection_id, new_node_id
 from .integrations import Integration, load_integration
+from .lifetime import CLOSE_TOKEN_EXPIRED, TOKEN_EXPIRED, TokenLifetime
 from .metrics import Stats
 from .records import ConnectionInfo, ConnectionRecord
 from .registry import Page, create_registry
@@ -66,6 +67,7 @@ class Gateway:
         self.stats = Stats()
         self.router: Router[Integration] | None = None
         self.dispatcher: Dispatcher | None = None
+        self.lifetime: TokenLifetime | None = None  # [auth] on_expiry / refresh_action; set by start
         self.draining = False
         self.ready = False
         limits = config.limits
@@ -109,6 +111,8 @@ class Gateway:
         self._loop = asyncio.get_running_loop()
         if self.router is None:
             self.router = self.load_routes()
+        # After load_routes: the selection expression is known to compile.
+        self.lifetime = TokenLifetime(self.config.auth, self.config.routes.selection_expression, self.auth.verify_token)
         self.dispatcher = Dispatcher(
             self,
             self.router,
@@ -117,6 +121,7 @@ class Gateway:
             stats=self.stats,
             queue_limit=self._queue_limit,
             timeout=self._handler_timeout,
+            lifetime=self.lifetime,
         )
         self.access.start()
         await self.auth.start()
@@ -176,8 +181,10 @@ class Gateway:
             domain_name=self.config.domain_name or domain_name,
         )
         base = events.context_base(record, stage=self.config.stage, api_id=self.config.api_id)
-        assert self._loop is not None
-        return Connection(record, self._loop.time(), base)
+        assert self._loop is not None and self.lifetime is not None
+        conn = Connection(record, self._loop.time(), base)
+        conn.token_deadline = self.lifetime.deadline(principal.expires_at)
+        return conn
 
     async def run_connect(
         self, conn: Connection, headers: Sequence[tuple[str, str]], query: Sequence[tuple[str, str]]
@@ -240,16 +247,19 @@ class Gateway:
         self._spawn(conn.close_socket(self.config.limits.close_timeout_s))
 
     async def _sweep(self) -> None:
-        """Once per tick: handler time limits, idle timeout, maximum duration, slow consumers."""
+        """Once per tick: handler time limits, token expiry, idle timeout, maximum duration,
+        slow consumers."""
         limits = self.config.limits
         tick = max(
             0.05,
             min(1.0, limits.idle_timeout_s / 10, limits.slow_consumer_grace_s / 2, limits.handler_timeout_s / 10),
         )
         loop = asyncio.get_running_loop()
+        wall_clock = self.lifetime.clock if self.lifetime is not None else time.time
         while True:
             await asyncio.sleep(tick)
             now = loop.time()
+            wall = wall_clock()  # token deadlines are epoch seconds, as exp is
             idle_before = now - limits.idle_timeout_s
             born_before = now - limits.max_connection_s
             for conn in self.hub:
@@ -258,7 +268,9 @@ class Gateway:
                     conn.task.cancel()
                 if conn.close_code is not None:
                     continue
-                if conn.last_active <= idle_before:
+                if conn.token_deadline is not None and conn.token_deadline <= wall:
+                    self.close(conn, CLOSE_TOKEN_EXPIRED, TOKEN_EXPIRED)
+                elif conn.last_active <= idle_before:
                     self.close(conn, CLOSE_GOING_AWAY, "Idle timeout")
                 elif conn.opened <= born_before:
                     self.close(conn, CLOSE_GOING_AWAY, "Maximum connection duration")
