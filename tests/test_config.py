@@ -129,6 +129,7 @@ def test_defaults_are_the_documented_literals() -> None:
     assert config.management.port == 8081 and config.management.auth == "none"
     assert config.auth.sources == ("header:Authorization", "query:token")
     assert config.auth.algorithms == ("RS256",) and config.auth.required_claims == ("exp",)
+    assert config.auth.on_expiry == "ignore" and config.auth.refresh_action == ""  # AWS's behaviour
     assert dict(config.routes.routes) == {
         "$connect": "wsgateway.examples.dashboard:on_connect",
         "$disconnect": "wsgateway.examples.dashboard:on_disconnect",
@@ -302,6 +303,9 @@ def test_non_utf8_file_names_the_path(tmp_path: Path) -> None:
          "got 'http://127.0.0.1.evil.example/jwks'"),
         ({"auth": {"audience": ["a", ""]}}, "auth.audience[1]: must be non-empty, got ''"),
         ({"auth": {"tenant_claim": ""}}, "auth.tenant_claim: must be non-empty, got ''"),
+        ({"auth": {"on_expiry": "kick"}}, 'auth.on_expiry: must be "ignore" or "close", got \'kick\''),
+        ({"auth": {"refresh_action": "$default"}},
+         'auth.refresh_action: must be "" or a custom route key (not starting with "$"), got \'$default\''),
         ({"routes": {"selection_expression": "$request.header.x"}},
          'routes.selection_expression: must be "$request.body...", text with "${request.body...}" '
          "or static text, got '$request.header.x'"),
@@ -404,6 +408,8 @@ def test_secret_values_are_not_echoed_in_errors() -> None:
          "auth.jwks_url: is for asymmetric algorithms, but auth.algorithms are HS*"),
         ({"auth": {"type": "jwt", "public_key_file": "{pem}", "secret": HS_SECRET}},
          "auth.secret: is for HS* algorithms, but auth.algorithms has none"),
+        ({"auth": {"on_expiry": "close"}}, 'auth.on_expiry: "close" needs tokens: auth.type = "jwt"'),
+        ({"auth": {"refresh_action": "refreshToken"}}, 'auth.refresh_action: needs auth.type = "jwt"'),
         ({"registry": {"heartbeat_s": 6}}, "registry.node_ttl_s: must be >= 2 * heartbeat_s (12), got 10"),
         ({"management": {"port": 8080}}, "management.port: must differ from listen.port (8080)"),
         ({"listen": {"host": "0.0.0.0", "port": 9000}, "management": {"port": 9000}},
