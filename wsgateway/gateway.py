@@ -121,7 +121,7 @@ class Gateway:
             stats=self.stats,
             queue_limit=self._queue_limit,
             timeout=self._handler_timeout,
-            lifetime=self.lifetime,
+            lifetime=self.lifetime if self.lifetime.action else None,  # no per-message check when off
         )
         self.access.start()
         await self.auth.start()
