@@ -35,6 +35,7 @@ __all__ = [
     "CLOSE_NORMAL",
     "CLOSE_SERVICE_RESTART",
     "CLOSE_SLOW_CONSUMER",
+    "CLOSE_TOKEN_EXPIRED",
     "CLOSE_UNSUPPORTED_DATA",
     "AuthError",
     "BadRequestError",
@@ -58,6 +59,7 @@ CLOSE_GOING_AWAY = 1001  # idle timeout, max connection duration, node shutdown
 CLOSE_UNSUPPORTED_DATA = 1003
 CLOSE_ABNORMAL = 1006  # no close frame: the peer vanished, or its node died
 CLOSE_SLOW_CONSUMER = 1008  # stayed over limits.max_queued_bytes past the grace period
+CLOSE_TOKEN_EXPIRED = 1008  # policy violation: the connection outlived its token (auth.on_expiry)
 CLOSE_MESSAGE_TOO_BIG = 1009  # a message over limits.max_message_bytes
 CLOSE_INTERNAL_ERROR = 1011
 CLOSE_SERVICE_RESTART = 1012  # this node was declared dead by the others: reconnect elsewhere

@@ -27,6 +27,7 @@ from .errors import (
     CLOSE_GOING_AWAY,
     CLOSE_NORMAL,
     CLOSE_SLOW_CONSUMER,
+    CLOSE_TOKEN_EXPIRED,
     ConfigError,
     ForbiddenError,
     GoneError,
@@ -37,7 +38,7 @@ from .fanout import FanoutResult
 from .hub import Hub
 from .ids import new_connection_id, new_node_id
 from .integrations import Integration, load_integration
-from .lifetime import CLOSE_TOKEN_EXPIRED, TOKEN_EXPIRED, TokenLifetime
+from .lifetime import TOKEN_EXPIRED, TokenLifetime
 from .metrics import Stats
 from .records import ConnectionInfo, ConnectionRecord
 from .registry import Page, create_registry

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from .errors import AuthError
+from .errors import CLOSE_TOKEN_EXPIRED, AuthError
 from .routing import SelectionExpression
 
 if TYPE_CHECKING:
@@ -31,7 +31,6 @@ if TYPE_CHECKING:
 
 __all__ = ["CLOSE_TOKEN_EXPIRED", "TOKEN_EXPIRED", "TokenLifetime"]
 
-CLOSE_TOKEN_EXPIRED = 1008  # policy violation: the connection outlived its token
 TOKEN_EXPIRED = "Token expired"  # the close reason, and $disconnect's disconnectReason
 
 _OBJECT_STARTS = "{ \t\r\n"  # what a JSON object's text can start with
