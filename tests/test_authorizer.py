@@ -9,10 +9,13 @@ verbatim, and each status the issue lists.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import signal
 import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import jwt
@@ -24,6 +27,7 @@ from tests import authorizers_for_tests as ta
 from tests import handlers_for_tests as th
 from tests import seed_authorizer
 from tests.support import eventually, make_config, running_node, whoami, ws_url
+from tests.test_cluster import NODE_TTL_S, Cluster, wait_until
 from wsgateway.auth import Authenticator, Principal
 from wsgateway.authorizer import CACHE_ENTRIES, HandshakeRequest, evaluate_policy, load_authorizer, method_arn
 from wsgateway.config import parse_config
@@ -429,3 +433,46 @@ async def test_cache_on_a_real_node() -> None:
         for _ in range(3):
             assert await handshake_status(node, "allow:acme") == 101
         assert len(ta.CALLS) == 5
+
+
+_CLUSTER_AUTH = """
+[auth]
+type = "authorizer"
+authorizer = "tests.authorizers_for_tests:decide_sync"
+identity_sources = ["route.request.querystring.token"]
+"""
+
+
+@pytest.fixture
+async def cluster(tmp_path: Path, redis_url: str, key_prefix: str) -> AsyncIterator[Cluster]:
+    """Gateway processes on the session's private Redis (test_cluster.py's Cluster)."""
+    running = Cluster(tmp_path, redis_url, key_prefix)
+    try:
+        yield running
+    finally:
+        running.stop_all()
+
+
+@pytest.mark.redis
+@pytest.mark.slow
+async def test_dead_nodes_disconnect_carries_the_authorizer_context(cluster: Cluster) -> None:
+    """A survivor runs the $disconnect of a killed node's connection with the context the
+    authorizer returned on the dead node, types kept."""
+    doomed = await cluster.start("a", extra=_CLUSTER_AUTH)
+    survivor = await cluster.start("b", extra=_CLUSTER_AUTH)
+    ws, conn_id = await doomed.connect(jwt="allow:acme")  # ?token=allow:acme
+    await asyncio.sleep(NODE_TTL_S)  # survivors sweep only after being up for node_ttl_s
+    doomed.process.send_signal(signal.SIGKILL)
+    doomed.process.wait()
+
+    def disconnects() -> list[dict[str, Any]]:
+        return [e for e in cluster.events("$disconnect") if e["connectionId"] == conn_id]
+
+    await wait_until(lambda: disconnects(), NODE_TTL_S + 5, "orphan $disconnect")
+    [event] = disconnects()
+    assert event["pid"] == survivor.process.pid
+    assert event["authorizer"] == {"principalId": "user-1", "tenant": "acme", "role": "admin", "seats": 3, "beta": True}
+    [connect] = [e for e in cluster.events("$connect") if e["connectionId"] == conn_id]
+    assert connect["authorizer"] == event["authorizer"]
+    with contextlib.suppress(Exception):
+        await ws.close()
