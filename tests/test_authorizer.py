@@ -211,8 +211,7 @@ async def make_auth() -> AsyncIterator[Callable[..., Authenticator]]:
                                "limits": {"handler_timeout_s": 0.3}, "log": {"access_log": ""}}, env={})
         executor = ThreadPoolExecutor(2)
         executors.append(executor)
-        calls = Gateway(config)
-        executors.append(calls._executor)  # the unstarted gateway's own pool, never used here
+        calls = Gateway(config)  # unstarted: the handler context's calls, never made here
         return Authenticator(config.auth, authorizer=load_authorizer(config, executor=executor, calls=calls,
                                                                      clock=clock))
 

@@ -236,7 +236,7 @@ class Authenticator:
         if isinstance(tenant, int) and not isinstance(tenant, bool):
             tenant = str(tenant)  # a numeric id, as AWS passes context values on: as text
         if not isinstance(tenant, str) or not tenant:
-            raise AuthError(500, f"authorizer context {self._tenant_key!r} is missing or not a non-empty string")
+            raise AuthError(500, f"authorizer context {self._tenant_key!r} is missing or not a non-empty string or integer")
         if len(tenant) > MAX_TENANT_CHARS:  # the management API could never address it
             raise AuthError(403, f"authorizer context {self._tenant_key!r} is longer than {MAX_TENANT_CHARS} characters")
         return Principal(allowed.principal_id, tenant, allowed.context)
@@ -293,7 +293,7 @@ class Authenticator:
     def _principal(self, claims: dict[str, Any]) -> Principal:
         tenant = claims.get(self._tenant_claim)
         if not isinstance(tenant, str) or not tenant:
-            raise AuthError(403, f"claim {self._tenant_claim!r} is missing or not a non-empty string")
+            raise AuthError(403, f"claim {self._tenant_claim!r} is missing or not a non-empty string or integer")
         if len(tenant) > MAX_TENANT_CHARS:  # the management API could never address it
             raise AuthError(403, f"claim {self._tenant_claim!r} is longer than {MAX_TENANT_CHARS} characters")
         subject = claims.get("sub", "")
