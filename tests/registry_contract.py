@@ -123,7 +123,8 @@ def make_record(node_id: str, tenant: str = "tenant-a", **overrides: object) -> 
         "connected_at": time.time(),
         "source_ip": "203.0.113.7",
         "user_agent": "test-agent/1.0",
-        "authorizer": {"principalId": "user-1", "role": "admin", "n": 3},
+        # every type an authorizer context may hold, as a dead node's $disconnect needs them back
+        "authorizer": {"principalId": "user-1", "role": "admin", "n": 3, "ratio": 0.5, "beta": True},
         "domain_name": "ws.example.com",
     }
     values.update(overrides)

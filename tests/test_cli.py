@@ -91,6 +91,11 @@ async def test_sigint_also_exits_zero(tmp_path):
         ("[limits]\nmax_message_bytes = -1\n", "limits.max_message_bytes"),
         ("[auth]\ntype = 'jwt'\nalgorithms = ['HS256']\nsecret_env = 'WSGW_TEST_UNSET_VAR'\n", "auth.secret_env"),
         ("[routes]\n'$default' = 'handlers.nope:handler'\n", "routes.$default"),
+        ("[auth]\ntype = 'authorizer'\nauthorizer = 'tests.seed_authorizer:handler'\ncache_ttl_s = 3601\n",
+         "auth.cache_ttl_s"),
+        ("[auth]\ntype = 'authorizer'\nauthorizer = 'tests.seed_authorizer:handler'\n"
+         "identity_sources = ['$request.header.Authorization']\n", "auth.identity_sources"),
+        ("[auth]\ntype = 'authorizer'\nauthorizer = 'handlers.nope:handler'\n", "auth.authorizer"),
         ("[listen\n", "gateway.toml"),
     ],
 )

@@ -285,7 +285,7 @@ def test_non_utf8_file_names_the_path(tmp_path: Path) -> None:
         ({"management": {"auth": "basic"}}, 'management.auth: must be "none" or "sigv4", got \'basic\''),
         ({"management": {"region": "US East"}},
          "management.region: must be a region name like \"us-east-1\", got 'US East'"),
-        ({"auth": {"type": "JWT"}}, "auth.type: must be \"none\" or \"jwt\", got 'JWT'"),
+        ({"auth": {"type": "JWT"}}, "auth.type: must be \"none\", \"jwt\" or \"authorizer\", got 'JWT'"),
         ({"auth": {"sources": ["header:Authorization", "cookie:session"]}},
          'auth.sources[1]: must be "header:NAME", "query:NAME" or "subprotocol:NAME", '
          "got 'cookie:session'"),
@@ -630,3 +630,74 @@ def test_section_classes_build_with_keywords_only() -> None:
         assert cls() == cls()
         with pytest.raises(TypeError):
             cls("positional")  # type: ignore[misc]
+
+
+# ---------------------------------------------------------------- [auth] type = "authorizer"
+
+AUTHORIZER = {"type": "authorizer", "authorizer": "tests.seed_authorizer:handler"}
+
+
+def test_authorizer_section_as_the_issue_writes_it() -> None:
+    auth = parse_config({"auth": {
+        **AUTHORIZER,
+        "identity_sources": ["route.request.header.Authorization", "route.request.querystring.practice"],
+        "cache_ttl_s": 3600,
+        "tenant_key": "practice_id",
+        "region": "eu-west-2",
+        "account_id": "123456789012",
+    }}, env={}).auth
+    assert auth.type == "authorizer"
+    assert auth.identity_sources == ("route.request.header.Authorization", "route.request.querystring.practice")
+    assert (auth.cache_ttl_s, auth.tenant_key, auth.region, auth.account_id) == (3600, "practice_id", "eu-west-2",
+                                                                                  "123456789012")
+
+
+def test_authorizer_defaults() -> None:
+    auth = parse_config({"auth": AUTHORIZER}, env={}).auth
+    assert auth.identity_sources == ("route.request.header.Authorization",)
+    assert (auth.cache_ttl_s, auth.tenant_key, auth.region, auth.account_id) == (300, "tenant", "us-east-1",
+                                                                                  "000000000000")
+
+
+@pytest.mark.parametrize(
+    ("auth", "message"),
+    [
+        ({"cache_ttl_s": 3601}, "auth.cache_ttl_s: must be a number from 0 to 3600, got 3601"),
+        ({"cache_ttl_s": -1}, "auth.cache_ttl_s: must be a number from 0 to 3600, got -1"),
+        ({"identity_sources": ["method.request.header.Authorization"]},
+         'auth.identity_sources[0]: must be "route.request.header.NAME" or "route.request.querystring.NAME", '
+         "got 'method.request.header.Authorization'"),
+        ({"identity_sources": ["$request.header.Authorization"]},
+         'auth.identity_sources[0]: must be "route.request.header.NAME" or "route.request.querystring.NAME", '
+         "got '$request.header.Authorization'"),
+        ({"identity_sources": ["route.request.context.authorizer"]},
+         'auth.identity_sources[0]: must be "route.request.header.NAME" or "route.request.querystring.NAME", '
+         "got 'route.request.context.authorizer'"),
+        ({"authorizer": "no_function_here"},
+         "auth.authorizer: must be \"dotted.module:function\", got 'no_function_here'"),
+        ({"account_id": "12345"}, "auth.account_id: must be 12 digits, got '12345'"),
+        ({"tenant_key": ""}, "auth.tenant_key: must be non-empty, got ''"),
+        ({"identity_sources": [], "cache_ttl_s": 300}, "auth.identity_sources: must not be empty while cache_ttl_s > 0"),
+    ],
+)
+def test_bad_authorizer_settings_name_their_key(auth: dict[str, Any], message: str) -> None:
+    error = config_error({"auth": {**AUTHORIZER, **auth}})
+    assert str(error) == message
+    assert error.key == message.split(": ", 1)[0]
+
+
+def test_authorizer_type_needs_its_target() -> None:
+    error = config_error({"auth": {"type": "authorizer"}})
+    assert (error.key, str(error)) == (
+        "auth.authorizer", 'auth.authorizer: type = "authorizer" needs authorizer = "module:function"')
+
+
+def test_no_identity_source_is_allowed_without_caching() -> None:
+    auth = parse_config({"auth": {**AUTHORIZER, "identity_sources": [], "cache_ttl_s": 0}}, env={}).auth
+    assert auth.identity_sources == ()
+
+
+def test_authorizer_counts_as_auth_on_for_warnings() -> None:
+    warnings = config_warnings(parse_config({"auth": AUTHORIZER}, env={}))
+    assert AUTH_OFF not in warnings
+    assert any(w.startswith('limits.allowed_origins has "*" while auth is on') for w in warnings)

@@ -342,7 +342,8 @@ async def test_killed_node_is_swept_once_with_1006(make: Factory, redis_url: str
     await asyncio.sleep(3 * HEARTBEAT_S)  # no second run
     assert sorted(o[0].connection_id for o in orphans()) == sorted(ids)
     assert {(o[1], o[0].node_id) for o in orphans()} == {(1006, "doomed")}
-    assert all(o[0].authorizer == {"principalId": "user-1", "role": "admin", "n": 3} for o in orphans())
+    assert all(o[0].authorizer == {"principalId": "user-1", "role": "admin", "n": 3, "ratio": 0.5, "beta": True}
+               for o in orphans())
     for reg in regs:
         with pytest.raises(GoneError):
             await reg.post(ids[1], b"x", False)

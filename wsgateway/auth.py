@@ -19,6 +19,11 @@ unknown may use a kid-less key under the same "only key" rule.
 Statuses: 401 for a missing or invalid token, 403 for a valid token without a usable tenant,
 503 when the JWKS cannot be fetched and the kid is unknown. The reason is for the log; it never
 contains the token.
+
+With ``auth.type = "authorizer"`` a :class:`~wsgateway.authorizer.Authorizer` decides instead
+(401, 403 or 500, see :mod:`wsgateway.authorizer`); the tenant is the allowed context's
+``auth.tenant_key`` value: missing, empty or not a string or integer is a 500 (the authorizer
+is broken), longer than :data:`MAX_TENANT_CHARS` a 403, as a JWT's.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 import jwt
 from jwt.algorithms import HMACAlgorithm
 
+from .authorizer import Allowed, Authorizer, HandshakeRequest
 from .errors import AuthError, ConfigError
 from .keys import (
     JwksCache,
@@ -104,7 +110,13 @@ class Authenticator:
     ``clock`` (epoch seconds) drives token expiry checks and the JWKS refetch interval.
     """
 
-    def __init__(self, config: AuthConfig, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, config: AuthConfig, *, clock: Callable[[], float] = time.time, authorizer: Authorizer | None = None
+    ) -> None:
+        if config.type == "authorizer" and authorizer is None:
+            raise ConfigError("auth.authorizer", 'type = "authorizer" needs authorizer = "module:function"')
+        self._authorizer = authorizer if config.type == "authorizer" else None
+        self._tenant_key = config.tenant_key
         self._enabled = config.type == "jwt"
         self._clock = clock
         self._sources = _parse_sources(config.sources)
@@ -162,7 +174,7 @@ class Authenticator:
 
     async def start(self) -> None:
         """Open the JWKS client and prefetch the key set; a failed fetch is logged, not raised."""
-        if not self._enabled:
+        if not self._enabled and self._authorizer is None:
             logger.warning('auth.type = "none": every handshake is accepted without a token')
         elif self._jwks is not None:
             await self._jwks.start()
@@ -184,14 +196,24 @@ class Authenticator:
         return None
 
     async def authenticate(
-        self, headers: Mapping[str, str], query: Mapping[str, str], subprotocols: Sequence[str]
+        self,
+        headers: Mapping[str, str],
+        query: Mapping[str, str],
+        subprotocols: Sequence[str],
+        handshake: HandshakeRequest | None = None,
     ) -> Principal:
         """Check a handshake's token and return its :class:`Principal`.
 
         ``headers`` is case-insensitive (websockets' ``Headers``); ``query`` holds each
-        parameter's first value; ``subprotocols`` the offered values in order.
-        Raises :class:`AuthError` with status 401, 403 or 503 (see the module docstring).
+        parameter's first value; ``subprotocols`` the offered values in order. ``handshake``
+        (the whole request and its connection id) is what an authorizer's event is built from:
+        without it, type = "authorizer" refuses with 500.
+        Raises :class:`AuthError` with status 401, 403, 500 or 503 (see the module docstring).
         """
+        if self._authorizer is not None:
+            if handshake is None:
+                raise AuthError(500, "no handshake request to build the authorizer event from")
+            return self._authorized(await self._authorizer.authorize(handshake))
         if not self._enabled:
             tenant = query.get("tenant") or "default"
             if len(tenant) > MAX_TENANT_CHARS:
@@ -200,14 +222,7 @@ class Authenticator:
         token = self._find_token(headers, query, subprotocols)
         if token is None:
             raise AuthError(401, "missing token")
-        if len(token) > _MAX_TOKEN_CHARS:
-            raise AuthError(401, f"token too long ({len(token)} characters)")
-        if self._direct_key is not None:
-            claims = self._decode(token, self._direct_key, self._pinned)
-        else:
-            key, alg = await self._select_key(token)
-            claims = self._decode(token, key, self._alg_lists[alg])
-        return self._principal(claims)
+        return await self.verify_token(token)
 
     async def verify_token(self, token: str) -> Principal:
         """Check a token given on a live connection (a token refresh) exactly as
@@ -227,6 +242,16 @@ class Authenticator:
             key, alg = await self._select_key(token)
             claims = self._decode(token, key, self._alg_lists[alg])
         return self._principal(claims)
+
+    def _authorized(self, allowed: Allowed) -> Principal:
+        tenant = allowed.context.get(self._tenant_key)
+        if isinstance(tenant, int) and not isinstance(tenant, bool):
+            tenant = str(tenant)  # a numeric id, as AWS passes context values on: as text
+        if not isinstance(tenant, str) or not tenant:
+            raise AuthError(500, f"authorizer context {self._tenant_key!r} is missing or not a non-empty string or integer")
+        if len(tenant) > MAX_TENANT_CHARS:  # the management API could never address it
+            raise AuthError(403, f"authorizer context {self._tenant_key!r} is longer than {MAX_TENANT_CHARS} characters")
+        return Principal(allowed.principal_id, tenant, allowed.context)
 
     def _find_token(
         self, headers: Mapping[str, str], query: Mapping[str, str], subprotocols: Sequence[str]
@@ -280,7 +305,7 @@ class Authenticator:
     def _principal(self, claims: dict[str, Any]) -> Principal:
         tenant = claims.get(self._tenant_claim)
         if not isinstance(tenant, str) or not tenant:
-            raise AuthError(403, f"claim {self._tenant_claim!r} is missing or not a non-empty string")
+            raise AuthError(403, f"claim {self._tenant_claim!r} is missing or not a non-empty string or integer")
         if len(tenant) > MAX_TENANT_CHARS:  # the management API could never address it
             raise AuthError(403, f"claim {self._tenant_claim!r} is longer than {MAX_TENANT_CHARS} characters")
         subject = claims.get("sub", "")

@@ -152,9 +152,11 @@ class ManagementConfig:
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class AuthConfig:
-    """``[auth]``: how a handshake's token becomes a principal (checked only if type = "jwt")."""
+    """``[auth]``: how a handshake becomes a principal: no check, a JWT, or a Lambda-style
+    REQUEST authorizer (the JWT keys are checked only if type = "jwt", the authorizer keys
+    only if type = "authorizer")."""
 
-    type: str = field(default="none", metadata=rule("none|jwt", '"none" or "jwt"'))
+    type: str = field(default="none", metadata=rule("none|jwt|authorizer", '"none", "jwt" or "authorizer"'))
     # first present wins
     sources: tuple[str, ...] = field(default=("header:Authorization", "query:token"), metadata=rule(
         r"(header|query|subprotocol):[!#$%&'*+.^_`|~0-9A-Za-z-]+",
@@ -183,17 +185,33 @@ class AuthConfig:
     # "" = off, so that no application message is ever taken away from its route by default
     refresh_action: str = field(default="", metadata=rule(
         r"(?s)([^$].*)?", '"" or a custom route key (not starting with "$")'))
+    # type = "authorizer": a "module:function" called as an AWS Lambda REQUEST authorizer
+    authorizer: str | None = field(default=None, metadata=rule(
+        rf"{_IDENT}(\.{_IDENT})*:{_IDENT}", '"dotted.module:function"'))
+    # AWS syntax; each must be present and non-empty, else 401 without calling the authorizer
+    identity_sources: tuple[str, ...] = field(default=("route.request.header.Authorization",), metadata=rule(
+        r"route\.request\.(header\.[!#$%&'*+.^_`|~0-9A-Za-z-]+|querystring\.[^\s&=#]+)",
+        '"route.request.header.NAME" or "route.request.querystring.NAME"'))
+    # seconds a result (Allow or Deny) is reused for the same identity values; 0 = off
+    cache_ttl_s: float = field(default=300.0, metadata=rule(numbers=("from 0 to 3600", lambda x: 0 <= x <= 3600)))
+    tenant_key: str = field(default="tenant", metadata=FILLED)  # the returned context's tenant
+    # the methodArn's region and account: arn:aws:execute-api:{region}:{account_id}:{api_id}/{stage}/$connect
+    region: str = field(default="us-east-1", metadata=rule(r"[a-z0-9-]{1,32}", 'a region name like "us-east-1"'))
+    account_id: str = field(default="000000000000", metadata=rule(r"\d{12}", "12 digits"))
 
     def __post_init__(self) -> None:
         check_fields(self, "auth")
 
     def check(self) -> None:
-        """Rules across fields; the loader calls it. Raises ConfigError."""
-        # Without tokens these would protect nothing, silently.
-        if self.type == "none" and self.on_expiry == "close":
+        """Rules across fields, for type = "jwt" or "authorizer"; the loader calls it. Raises
+        ConfigError."""
+        # Without a token's exp these would protect nothing, silently.
+        if self.type != "jwt" and self.on_expiry == "close":
             raise ConfigError("auth.on_expiry", '"close" needs tokens: auth.type = "jwt"')
         if self.refresh_action and self.type != "jwt":  # only a JWT can be checked again here
             raise ConfigError("auth.refresh_action", 'needs auth.type = "jwt"')
+        if self.type == "authorizer":
+            self._check_authorizer()
         if self.type != "jwt":
             return
         for name in ("sources", "algorithms"):
@@ -218,6 +236,13 @@ class AuthConfig:
             raise ConfigError(key, "is for asymmetric algorithms, but auth.algorithms are HS*")
         if not hmac and secret:
             raise ConfigError("auth.secret", "is for HS* algorithms, but auth.algorithms has none")
+
+    def _check_authorizer(self) -> None:
+        if self.authorizer is None:
+            raise ConfigError("auth.authorizer", 'type = "authorizer" needs authorizer = "module:function"')
+        # As AWS: a cached result must be keyed by something the request carries.
+        if not self.identity_sources and self.cache_ttl_s:
+            raise ConfigError("auth.identity_sources", "must not be empty while cache_ttl_s > 0")
 
 
 _DEFAULT_ROUTES: Mapping[str, str] = MappingProxyType(
@@ -379,12 +404,13 @@ def config_warnings(config: GatewayConfig) -> list[str]:
     """Return the risky-but-legal settings, one line each; log them loudly at start-up."""
     auth, mgmt, listen = config.auth, config.management, config.listen
     jwt_on = auth.type == "jwt"
+    auth_on = auth.type != "none"
     hmac_bytes = max((_HMAC_MIN_BYTES.get(a, 0) for a in auth.algorithms), default=0)
     secret_bytes = len((auth.secret or "").encode())
     risks = [
-        (not jwt_on, 'auth.type = "none": authentication is OFF: '
-                     "anyone who can reach the port can connect"),
-        (jwt_on and "*" in config.limits.allowed_origins,
+        (not auth_on, 'auth.type = "none": authentication is OFF: '
+                      "anyone who can reach the port can connect"),
+        (auth_on and "*" in config.limits.allowed_origins,
          'limits.allowed_origins has "*" while auth is on: any web page can open connections '
          "with its visitors' tokens; list your origins"),
         (mgmt.auth == "none" and not _is_loopback(mgmt.host),

@@ -15,7 +15,8 @@ from typing import Any
 
 from .records import ConnectionRecord
 
-__all__ = ["connect_event", "context_base", "disconnect_event", "message_event", "request_time"]
+__all__ = ["authorizer_event", "connect_event", "context_base", "disconnect_event", "message_event",
+           "request_time"]
 
 _clf_cache: list[Any] = [-1, ""]
 
@@ -92,6 +93,48 @@ def connect_event(
         event["queryStringParameters"] = qs
         event["multiValueQueryStringParameters"] = mqs
     return event
+
+
+def authorizer_event(
+    *,
+    method_arn: str,
+    token: str,
+    connection_id: str,
+    stage: str,
+    api_id: str,
+    domain_name: str,
+    source_ip: str,
+    user_agent: str,
+    headers: Sequence[tuple[str, str]],
+    query: Sequence[tuple[str, str]],
+    request_id: str,
+    epoch_s: float,
+) -> dict[str, Any]:
+    """AWS's REQUEST authorizer event for ``$connect``, plus ``authorizationToken`` (``token``).
+
+    The ``$connect`` event's headers, query maps (empty ``{}`` without a query string, as AWS
+    sends them) and CONNECT ``requestContext`` (without ``authorizer``: none ran yet).
+    """
+    identity = {"sourceIp": source_ip}
+    if user_agent:
+        identity["userAgent"] = user_agent
+    base = {
+        "stage": stage, "domainName": domain_name, "apiId": api_id, "connectionId": connection_id,
+        "connectedAt": int(epoch_s * 1000), "identity": identity, "authorizer": {},
+    }
+    event = connect_event(base, headers=headers, query=query, request_id=request_id, epoch_s=epoch_s)
+    del event["requestContext"]["authorizer"]
+    return {
+        "type": "REQUEST",
+        "methodArn": method_arn,
+        "authorizationToken": token,
+        "headers": event["headers"],
+        "multiValueHeaders": event["multiValueHeaders"],
+        "queryStringParameters": event.get("queryStringParameters", {}),
+        "multiValueQueryStringParameters": event.get("multiValueQueryStringParameters", {}),
+        "stageVariables": {},
+        "requestContext": event["requestContext"],
+    }
 
 
 def message_event(

@@ -21,6 +21,7 @@ from . import events
 from .accesslog import AccessLog
 from .admission import Slots
 from .auth import Authenticator, Principal
+from .authorizer import load_authorizer
 from .connection import Connection, as_payload
 from .dispatch import ConnectOutcome, Dispatcher
 from .errors import (
@@ -60,7 +61,6 @@ class Gateway:
         self.node_id = node_id or config.registry.node_id or new_node_id()
         self.hub = Hub()
         self.registry = create_registry(config.registry, self.node_id)
-        self.auth = Authenticator(config.auth)
         self.access = AccessLog(config.log.access_log)
         # limits.max_connections: handshakes in flight plus connections in the hub (the
         # client edge takes a slot at admission, before the awaited auth and $connect)
@@ -76,6 +76,10 @@ class Gateway:
         self._max_post = config.management.max_post_bytes
         self._handler_timeout = limits.handler_timeout_s
         self._executor = ThreadPoolExecutor(limits.handler_threads, thread_name_prefix="wsgw-handler")
+        # After the executor: a sync authorizer runs in it, as sync handlers do.
+        self.auth = Authenticator(
+            config.auth, authorizer=load_authorizer(config, executor=self._executor, calls=self)
+        )
         self._tasks: set[asyncio.Task[Any]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._started = False
@@ -167,11 +171,15 @@ class Gateway:
     # ---------------------------------------------------------------- handshake
 
     def new_connection(
-        self, principal: Principal, *, source_ip: str, user_agent: str, domain_name: str
+        self, principal: Principal, *, source_ip: str, user_agent: str, domain_name: str,
+        connection_id: str | None = None,
     ) -> Connection:
-        """A connection for a handshake that passed auth; not in the hub until opened."""
+        """A connection for a handshake that passed auth; not in the hub until opened.
+
+        ``connection_id`` is the one the authorizer already saw; None draws a fresh one.
+        """
         record = ConnectionRecord(
-            connection_id=new_connection_id(),
+            connection_id=connection_id or new_connection_id(),
             node_id=self.node_id,
             tenant=principal.tenant,
             principal_id=principal.principal_id,

@@ -2,7 +2,8 @@
 limits, and the close code every ``$disconnect`` reports.
 
 Handshake order, as AWS: the path must be ``/`` or ``/{stage}``; a request that is not an
-upgrade gets 426 (websockets); the Origin is checked (403); the token is verified (401/403);
+upgrade gets 426 (websockets); the Origin is checked (403); the token is verified or the
+authorizer asked (401/403/500; the connection id is drawn first, the authorizer sees it);
 then ``$connect`` runs and the upgrade waits for it (its statusCode >= 400 rejects with that
 status; a failure rejects with 500). Only then is the connection in the hub: a post during
 ``$connect`` answers 410. ``limits.max_connections`` is a :class:`~wsgateway.admission.Slot`
@@ -32,7 +33,9 @@ from websockets.http11 import Request, Response
 from websockets.typing import Subprotocol
 
 from .admission import Slot
+from .authorizer import HandshakeRequest
 from .errors import CLOSE_GOING_AWAY, CLOSE_INTERNAL_ERROR, AuthError
+from .ids import new_connection_id
 
 if TYPE_CHECKING:
     from .connection import Connection
@@ -211,16 +214,21 @@ class ClientServer:
         for name, value in query_pairs:
             query.setdefault(name, value)
         offered = _subprotocols(headers)
+        raw_headers = list(headers.raw_items())
+        host = headers.get("Host", "")
+        # Drawn before auth: an authorizer's event carries the connection id, as on AWS.
+        handshake = HandshakeRequest(new_connection_id(), raw_headers, query_pairs, source_ip, user_agent, host)
         try:
-            principal = await gateway.auth.authenticate(headers, query, offered)
+            principal = await gateway.auth.authenticate(headers, query, offered, handshake)
         except AuthError as exc:
             log.info("handshake refused (%d): %s from %s", exc.status, exc.reason, source_ip)
             gateway.log_handshake(status=exc.status, request_id="", started=started, source_ip=source_ip, user_agent=user_agent)
             return _reject(ws, exc.status)
         conn = gateway.new_connection(
-            principal, source_ip=source_ip, user_agent=user_agent, domain_name=headers.get("Host", "")
+            principal, source_ip=source_ip, user_agent=user_agent, domain_name=host,
+            connection_id=handshake.connection_id,
         )
-        outcome = await gateway.run_connect(conn, list(headers.raw_items()), query_pairs)
+        outcome = await gateway.run_connect(conn, raw_headers, query_pairs)
         if not outcome.accepted:
             gateway.log_handshake(
                 status=outcome.status, request_id=outcome.request_id, started=started,
