@@ -59,9 +59,11 @@ class GatewayConnection(ServerConnection):
         """websockets handles the data (and answers pings), then the queue's limit applies
         to what it wrote: a client that floods pings and never reads is stopped here."""
         super().data_received(data)
-        conn = self.gw_conn
-        if conn is not None and conn.ws is self:
-            conn.after_read(self.loop.time(), self.gw_queue_limit)
+        # One C call on the common path (under the limit): this runs for every read.
+        if self.transport.get_write_buffer_size() > self.gw_queue_limit:
+            conn = self.gw_conn
+            if conn is not None and conn.ws is self:
+                conn.after_read(self.loop.time(), self.gw_queue_limit)
 
     def connection_lost(self, exc: Exception | None) -> None:
         """The socket is gone: break the reference cycles websockets leaves, so that the
