@@ -370,3 +370,44 @@ async def test_dead_nodes_disconnect_reaches_the_backend_through_the_survivor(tm
             assert {s.event["requestContext"]["disconnectStatusCode"] for s in seen} == {1006}
             with contextlib.suppress(Exception):
                 await ws.close()
+
+
+def _doc_block(language: str) -> str:
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parent.parent / "docs" / "integrations.md").read_text()
+    return text.split(f"```{language}\n", 1)[1].split("```", 1)[0]
+
+
+def test_the_documented_python_verifier_accepts_what_the_gateway_signs():
+    namespace: dict = {}
+    exec(_doc_block("python"), namespace)  # the docs' own example, run as users copy it
+    body = b'{"requestContext": {"routeKey": "$default"}}'
+    header = sign(SECRET.encode(), body, time.time())
+    assert namespace["verify"](SECRET.encode(), header, body)
+    assert not namespace["verify"](SECRET.encode(), header, body + b"x")
+    assert not namespace["verify"](SECRET.encode(), sign(SECRET.encode(), body, time.time() - 301), body)
+
+
+def test_the_documented_node_verifier_accepts_what_the_gateway_signs(tmp_path):
+    import shutil
+    import subprocess
+
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("node is not installed")
+    body = b'{"requestContext": {"routeKey": "$default"}, "body": "h\\u00e9"}'
+    now = time.time()
+    cases = [(sign(SECRET.encode(), body, now), body), (sign(SECRET.encode(), body, now), body + b" "),
+             (sign(SECRET.encode(), body, now - 301), body), ("t=abc,v1=00", body)]
+    script = _doc_block("js") + (
+        "const cases = JSON.parse(process.argv[2]);\n"
+        "console.log(JSON.stringify(cases.map(([h, b]) => verify(process.argv[3], h, Buffer.from(b, 'base64')))));\n"
+    )
+    (tmp_path / "verify.js").write_text(script)
+    import base64
+
+    arg = json.dumps([[h, base64.b64encode(b).decode()] for h, b in cases])
+    out = subprocess.run([node, str(tmp_path / "verify.js"), arg, SECRET], capture_output=True, text=True, timeout=20)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == [True, False, False, False]
