@@ -55,6 +55,9 @@ async def recv(ws, timeout: float = 5.0):
         (200, "text/plain", b"hello", False, {"statusCode": 200, "body": b"hello"}),
         (200, "application/json", b'{"no": "statusCode"}', False, {"statusCode": 200, "body": b'{"no": "statusCode"}'}),
         (200, "application/json", b"[1, 2]", False, {"statusCode": 200, "body": b"[1, 2]"}),
+        (200, "application/json", b'{"a": ', False, {"statusCode": 200, "body": b'{"a": '}),  # names no statusCode
+        (200, "text/plain", b'say "statusCode"', False, {"statusCode": 200, "body": b'say "statusCode"'}),
+        (200, "application/json", b'["statusCode", 1]', False, {"statusCode": 200, "body": b'["statusCode", 1]'}),
         (204, "", b"", False, None),
         (200, "text/plain", b"", True, None),
         (403, "text/plain", b"nope", True, {"statusCode": 403}),
@@ -68,7 +71,8 @@ def test_answers_read_as_lambda_results(status, ctype, body, connect, result):
     ("status", "ctype", "body", "connect", "reason", "retryable"),
     [
         (200, "application/json", b'{"statusCode": ', False, "invalid_json", False),
-        (200, "application/problem+json", b"{", True, "invalid_json", False),
+        (200, "application/problem+json", b'{"statusCode": 4', True, "invalid_json", False),
+        (200, "text/plain", b' {"statusCode": 200, "body": "x"', False, "invalid_json", False),
         (302, "", b"", True, "redirect", False),
         (404, "", b"", False, "4xx", False),
         (500, "", b"", True, "5xx", True),

@@ -4,9 +4,10 @@ The gateway POSTs the same Lambda-proxy event a Python handler gets, as JSON, ov
 pooled keep-alive connections (:class:`HttpPool`, one per node), and reads the answer as AWS's
 HTTP_PROXY integration does (:func:`read_result`): a JSON object with ``statusCode`` is a
 Lambda result; any other 2xx body goes back to the client as one frame; an empty 2xx sends
-nothing. A redirect, a 5xx, a refused connection, a body over ``limits.max_message_bytes`` or a
-JSON reply that does not parse raise :class:`~wsgateway.errors.IntegrationError`; on
-``$connect`` a 4xx is the handshake's answer, elsewhere it is a failure too.
+nothing. A redirect, a 5xx, a refused connection, a body over ``limits.max_message_bytes`` or
+a reply naming ``statusCode`` that is not valid JSON raise
+:class:`~wsgateway.errors.IntegrationError`; on ``$connect`` a 4xx is the handshake's
+answer, elsewhere it is a failure too.
 
 ``$disconnect`` must not be lost: a refusal, a dropped connection or a 5xx is retried with
 :class:`~wsgateway.integrations.backoff.Backoff` for up to ``disconnect_retry_s``, every
@@ -87,8 +88,10 @@ class HttpPool:
 
 async def _read(resp: aiohttp.ClientResponse, limit: int, url: str) -> bytes:
     """The response body, refused as soon as it passes ``limit`` bytes."""
-    if resp.content_length is not None and resp.content_length > limit:
-        raise IntegrationError("http", "too_large", f"{url}: body of {resp.content_length} bytes")
+    if resp.content_length is not None:
+        if resp.content_length > limit:
+            raise IntegrationError("http", "too_large", f"{url}: body of {resp.content_length} bytes")
+        return await resp.read()  # the length is known and allowed: one read
     chunks: list[bytes] = []
     size = 0
     async for chunk in resp.content.iter_any():
@@ -107,14 +110,13 @@ def read_result(status: int, content_type: str, body: bytes, *, connect: bool, u
     if 200 <= status < 300:
         if not body:
             return None
+        # Only a reply that names statusCode can be a Lambda result: others skip the parse.
         is_json = content_type == "application/json" or content_type.endswith("+json")
-        if is_json or body[:1] == b"{":
+        if b'"statusCode"' in body and (is_json or body.lstrip()[:1] == b"{"):
             try:
                 parsed = orjson.loads(body)
             except orjson.JSONDecodeError:
-                if is_json:
-                    raise IntegrationError("http", "invalid_json", f"{url}: {status} with invalid JSON") from None
-                parsed = None
+                raise IntegrationError("http", "invalid_json", f"{url}: {status} with invalid JSON") from None
             if isinstance(parsed, dict) and "statusCode" in parsed:
                 return parsed
         return {"statusCode": 200, "body": body}
