@@ -34,6 +34,7 @@ from pathlib import Path
 from loadtest.clients import Endpoint
 from loadtest.servers import (
     REPO_ROOT,
+    ServerError,
     ServerProcess,
     free_port,
     python_argv,
@@ -99,6 +100,7 @@ class Target:
     reuse_port = True  # several processes may share a node's ports (--workers)
     sigv4 = False
     _backend_url = ""  # set by deploy when the topology has an HTTP echo backend
+    forwards_http = False  # its echo can go through an HTTP backend (the echohttp scenario)
 
     def unavailable(self) -> str | None:
         """Return why this target cannot run here, or ``None`` if it can."""
@@ -110,6 +112,8 @@ class Target:
 
     def deploy(self, topo: Topology, workdir: Path, cpu: int | None) -> Deployment:
         """Start Redis if needed and every node; raises ``ServerError``."""
+        if topo.backend and not self.forwards_http:  # it would measure plain echo under this name
+            raise ServerError(f"{self.name} has no adapter that forwards to an HTTP backend")
         secret = secrets.token_hex(32)
         self._compression = topo.compression
         redis = start_redis(workdir, cpu) if (self.always_redis or topo.bus) else None
@@ -207,6 +211,7 @@ class WsGateway(Target):
     compression_arg = None  # [listen] compression in its config
     reuse_port = False
     sigv4 = True
+    forwards_http = True
 
     def unavailable(self) -> str | None:
         return _gateway_cli_missing()
@@ -234,6 +239,7 @@ class Bare(Target):
     """The ceiling (``peers/bare.py``)."""
 
     name = "bare"
+    forwards_http = True
 
     def node_argv(self, ready_file: Path, index: int, redis_url: str, secret: str, workdir: Path) -> list[str]:
         argv = python_argv("loadtest.peers.bare", "--ready-file", str(ready_file), "--jwt-secret", secret,
