@@ -680,3 +680,13 @@ def test_plain_http_and_lambda_name_allowed_by_their_settings() -> None:
     config = parse_config({"routes": {"x": "http://backend.example/hook", "y": "lambda:chat"},
                            "integrations": {"http": {"allow_plain_http": True}, "lambda": {"region": "us-east-1"}}})
     assert dict(config.routes.routes) == {"x": "http://backend.example/hook", "y": "lambda:chat"}
+
+
+def test_unsigned_http_integrations_are_warned_about() -> None:
+    unsigned = parse_config({"routes": {"$default": "https://backend.example/ws"}})
+    signed = parse_config({"routes": {"$default": "https://backend.example/ws"},
+                           "integrations": {"http": {"signing_secret": "s"}}})
+    warning = ("HTTP integrations are not signed: backends cannot tell the gateway's requests from anyone "
+               "else's; set integrations.http.signing_secret_env")
+    assert warning in config_warnings(unsigned)
+    assert warning not in config_warnings(signed) and warning not in config_warnings(GatewayConfig())

@@ -415,3 +415,31 @@ def test_the_documented_node_verifier_accepts_what_the_gateway_signs(tmp_path):
     out = subprocess.run([node, str(tmp_path / "verify.js"), arg, SECRET], capture_output=True, text=True, timeout=20)
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout) == [True, False, False, False]
+
+
+async def test_access_log_and_metric_name_the_kind_and_reason_of_each_failure(tmp_path):
+    path = tmp_path / "access.log"
+    async with running_backend(disconnect_failures=99) as backend:
+        config = make_config(
+            routes={"$default": backend.url("/message"), "boom": "tests.handlers_for_tests:boom",
+                    "$disconnect": backend.url("/disconnect")},
+            integrations={"http": {"signing_secret": SECRET, "disconnect_retry_s": 0.2}},
+            log={"access_log": str(path)},
+        )
+        async with running_node(config) as node:
+            async with await connect(node) as ws:
+                await ws.send('{"do": "500"}')
+                await recv(ws)
+                await ws.send('{"action": "boom"}')
+                await recv(ws)
+                await ws.send('{"n": 1}')
+                await recv(ws)
+            await eventually(lambda: node.gateway.stats.integration_failures[("http", "5xx")] == 2)
+            assert dict(node.gateway.stats.integration_failures) == {("http", "5xx"): 2, ("python", "error"): 1}
+    entries = [json.loads(line) for line in path.read_bytes().splitlines()]
+    messages = [e for e in entries if e["kind"] == "message"]
+    assert [(e["status"], e["integration"], e.get("error")) for e in messages] == [
+        (500, "http", "5xx"), (500, "python", "error"), (200, "http", None)]
+    (bye,) = [e for e in entries if e["kind"] == "disconnect"]
+    assert (bye["integration"], bye["error"]) == ("http", "5xx")
+    assert str(backend.port) not in path.read_text()  # the backend's URL stays in the server log

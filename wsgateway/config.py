@@ -460,6 +460,10 @@ def config_warnings(config: GatewayConfig) -> list[str]:
         (jwt_on and bool(auth.public_key_file) and not auth.audience,
          "auth.audience is empty: tokens the public key's issuer minted for other applications "
          "are accepted"),
+        (config.integrations.http.signing_secret is None
+         and any(t.startswith(("http://", "https://")) for t in config.routes.routes.values()),
+         "HTTP integrations are not signed: backends cannot tell the gateway's requests from anyone "
+         "else's; set integrations.http.signing_secret_env"),
         (config.registry.backend == "redis" and bool(urlsplit(config.registry.redis_url).password),
          "registry.redis_url contains a password, which shows wherever the URL is logged; "
          "use registry.password_env"),
