@@ -443,3 +443,20 @@ async def test_access_log_and_metric_name_the_kind_and_reason_of_each_failure(tm
     (bye,) = [e for e in entries if e["kind"] == "disconnect"]
     assert (bye["integration"], bye["error"]) == ("http", "5xx")
     assert str(backend.port) not in path.read_text()  # the backend's URL stays in the server log
+
+
+async def test_shutdown_bounds_disconnect_retries_and_logs_the_abandoned_ones(caplog):
+    config = make_config(routes={"$disconnect": f"http://127.0.0.1:{free_port()}/disconnect",
+                                 "$default": "handlers.echo:handler"},
+                         limits={"shutdown_timeout_s": 1})
+    node_cm = running_node(config)
+    node = await node_cm.__aenter__()
+    try:
+        ws = await connect(node)
+        await ws.send("hi")
+        await recv(ws)
+    finally:
+        started = time.monotonic()
+        await node_cm.__aexit__(None, None, None)  # the $disconnect is refused, retried, then cut
+    assert 1 <= time.monotonic() - started < 5
+    assert any("$disconnect delivery abandoned at shutdown" in r.getMessage() for r in caplog.records)

@@ -199,5 +199,10 @@ class HttpIntegration:
                     raise
                 log.warning("$disconnect delivery failed (%s), retry %d in %.2fs: requestId=%s connectionId=%s",
                             exc.reason, attempt + 1, delay, context.aws_request_id, context.connection_id)
-            await asyncio.sleep(delay)
+            try:
+                await asyncio.sleep(delay)
+            except asyncio.CancelledError:  # the node stopped past limits.shutdown_timeout_s
+                log.error("$disconnect delivery abandoned at shutdown: requestId=%s connectionId=%s",
+                          context.aws_request_id, context.connection_id)
+                raise
             attempt += 1
