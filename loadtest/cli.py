@@ -22,8 +22,8 @@ __all__ = ["main", "parse_args"]
 _MAX_CONNECTIONS = 200_000
 _MAX_DURATION_S = 3_600.0
 _MAX_RATES = 12
-_SMOKE_CONNECTIONS = {"idle": 200, "connect": 200, "echo": 20, "unicast": 20, "fanout": 50, "crossnode": 20,
-                      "cluster": 30, "slow": 40}
+_SMOKE_CONNECTIONS = {"idle": 200, "connect": 200, "echo": 20, "echohttp": 20, "unicast": 20, "fanout": 50,
+                      "crossnode": 20, "cluster": 30, "slow": 40}
 _SMOKE_DURATION_S = 2.0
 
 

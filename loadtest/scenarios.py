@@ -98,6 +98,11 @@ def _echo(s: Settings) -> list[Phase]:
     return [Phase("echo", (group,), "round trips/s", "messages/s")]
 
 
+def _echohttp(s: Settings) -> list[Phase]:
+    group = RoleGroup("echo", s.connections, _procs(s, s.connections), rated=True)
+    return [Phase("echohttp", (group,), "round trips/s", "messages/s")]
+
+
 def _unicast_phase(name: str, s: Settings, node: int, mgmt: int) -> Phase:
     group = RoleGroup("unicast", s.connections, _procs(s, s.connections), node=node, mgmt_node=mgmt,
                       rated=True, concurrency=_conc(s, 16))
@@ -144,6 +149,10 @@ def _single(s: Settings) -> Topology:
     return Topology(1, s.workers or 1, bus=s.registry == "redis", compression=s.compression)
 
 
+def _with_backend(s: Settings) -> Topology:
+    return Topology(1, s.workers or 1, bus=s.registry == "redis", compression=s.compression, backend=True)
+
+
 def _idle_topology(s: Settings) -> Topology:
     return Topology(1, s.workers or math.ceil(s.connections / PER_PROCESS_CONNECTIONS), compression=s.compression)
 
@@ -157,6 +166,8 @@ SCENARIOS: dict[str, Scenario] = {
                  2_000, 200, _single, _connect, sweep_start=500),
         Scenario("echo", "client messages routed by action to a handler that answers",
                  100, 200, _single, _echo, sweep_start=2_000),
+        Scenario("echohttp", "echo through an HTTP backend: wsgateway's HTTP integration, bare's pooled aiohttp client",
+                 100, 200, _with_backend, _echohttp, sweep_start=1_000),
         Scenario("unicast", "backends POST to single connections (SigV4 where the target checks it)",
                  100, 200, _single, lambda s: [_unicast_phase("unicast", s, 0, 0)], sweep_start=1_000),
         Scenario("fanout", "POST to a tenant; every connection of the tenant gets it",

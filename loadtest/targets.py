@@ -34,6 +34,7 @@ from pathlib import Path
 from loadtest.clients import Endpoint
 from loadtest.servers import (
     REPO_ROOT,
+    ServerError,
     ServerProcess,
     free_port,
     python_argv,
@@ -56,6 +57,7 @@ class Topology:
     workers: int = 1
     bus: bool = False
     compression: bool = False  # permessage-deflate on (clients offer it too)
+    backend: bool = False  # an HTTP echo backend (peers/echo_backend.py) that echo goes through
 
 
 @dataclass(frozen=True)
@@ -97,6 +99,8 @@ class Target:
     compression_arg: str | None = "--compression"  # how a node is told to offer deflate
     reuse_port = True  # several processes may share a node's ports (--workers)
     sigv4 = False
+    _backend_url = ""  # set by deploy when the topology has an HTTP echo backend
+    forwards_http = False  # its echo can go through an HTTP backend (the echohttp scenario)
 
     def unavailable(self) -> str | None:
         """Return why this target cannot run here, or ``None`` if it can."""
@@ -108,12 +112,21 @@ class Target:
 
     def deploy(self, topo: Topology, workdir: Path, cpu: int | None) -> Deployment:
         """Start Redis if needed and every node; raises ``ServerError``."""
+        if topo.backend and not self.forwards_http:  # it would measure plain echo under this name
+            raise ServerError(f"{self.name} has no adapter that forwards to an HTTP backend")
         secret = secrets.token_hex(32)
         self._compression = topo.compression
         redis = start_redis(workdir, cpu) if (self.always_redis or topo.bus) else None
         dep = Deployment(self.name, [], [], secret, redis=redis)
         redis_url = redis.ready["url"] if redis else ""
+        self._backend_url = ""
         try:
+            if topo.backend:  # on the server's core: its work is part of every echo, for both targets
+                ready = workdir / f"{self.name}-backend.ready"
+                server = start_server(f"{self.name}-backend", python_argv(
+                    "loadtest.peers.echo_backend", "--ready-file", str(ready)), workdir, ready_file=ready, cpu=cpu)
+                dep.servers.append(server)
+                self._backend_url = f"http://127.0.0.1:{server.port}/echo"
             for i in range(topo.nodes):
                 self._start_node(dep, topo, i, redis_url, workdir, cpu)
         except BaseException:
@@ -143,15 +156,18 @@ class Target:
 
 
 def gateway_config(
-    *, secret: str, access_key: str, secret_key: str, redis_url: str = "", compression: bool = False
+    *, secret: str, access_key: str, secret_key: str, redis_url: str = "", compression: bool = False,
+    backend_url: str = "",
 ) -> str:
     """Return a wsgateway TOML config for load runs (pure: no I/O).
 
     JWT (HS256, ``?token=``, tenant claim ``tenant``) and SigV4 on; routes from
-    ``loadtest.peers.gw_handlers``; access log off; memory registry unless ``redis_url``;
-    permessage-deflate only with ``compression``.
+    ``loadtest.peers.gw_handlers`` (``echo`` an HTTP integration to ``backend_url`` if set);
+    access log off; memory registry unless ``redis_url``; permessage-deflate only with
+    ``compression``.
     """
     registry = f'backend = "redis"\nredis_url = "{redis_url}"' if redis_url else 'backend = "memory"'
+    echo = backend_url or "loadtest.peers.gw_handlers:echo"
     return f"""stage = "prod"
 
 [listen]
@@ -177,7 +193,7 @@ tenant_claim = "tenant"
 
 [routes]
 "$connect" = "loadtest.peers.gw_handlers:connect"
-"echo" = "loadtest.peers.gw_handlers:echo"
+"echo" = "{echo}"
 "whoami" = "loadtest.peers.gw_handlers:whoami"
 
 [registry]
@@ -195,6 +211,7 @@ class WsGateway(Target):
     compression_arg = None  # [listen] compression in its config
     reuse_port = False
     sigv4 = True
+    forwards_http = True
 
     def unavailable(self) -> str | None:
         return _gateway_cli_missing()
@@ -203,7 +220,8 @@ class WsGateway(Target):
         self._keys = ("AKID" + secrets.token_hex(8).upper(), secrets.token_hex(20))
         self._workers = topo.workers
         # The gateway's own --workers share the ports and need the Redis registry.
-        dep = super().deploy(Topology(topo.nodes, 1, topo.bus or topo.workers > 1, topo.compression), workdir, cpu)
+        dep = super().deploy(Topology(topo.nodes, 1, topo.bus or topo.workers > 1, topo.compression, topo.backend),
+                             workdir, cpu)
         dep.sigv4 = self._keys
         return dep
 
@@ -211,7 +229,8 @@ class WsGateway(Target):
         config = workdir / f"wsgateway-node{index}.toml"
         access_key, secret_key = self._keys
         config.write_text(gateway_config(secret=secret, access_key=access_key, secret_key=secret_key,
-                                         redis_url=redis_url, compression=self._compression))
+                                         redis_url=redis_url, compression=self._compression,
+                                         backend_url=self._backend_url))
         argv = python_argv("wsgateway", "serve", "--config", str(config), "--ready-file", str(ready_file))
         return argv + (["--workers", str(self._workers)] if self._workers > 1 else [])
 
@@ -220,10 +239,12 @@ class Bare(Target):
     """The ceiling (``peers/bare.py``)."""
 
     name = "bare"
+    forwards_http = True
 
     def node_argv(self, ready_file: Path, index: int, redis_url: str, secret: str, workdir: Path) -> list[str]:
         argv = python_argv("loadtest.peers.bare", "--ready-file", str(ready_file), "--jwt-secret", secret,
                            "--node-id", f"n{index}")
+        argv += ["--backend-url", self._backend_url] if self._backend_url else []
         return argv + (["--redis-url", redis_url] if redis_url else [])
 
 

@@ -96,6 +96,9 @@ async def test_sigint_also_exits_zero(tmp_path):
         ("[auth]\ntype = 'authorizer'\nauthorizer = 'tests.seed_authorizer:handler'\n"
          "identity_sources = ['$request.header.Authorization']\n", "auth.identity_sources"),
         ("[auth]\ntype = 'authorizer'\nauthorizer = 'handlers.nope:handler'\n", "auth.authorizer"),
+        ("[routes]\nchat = 'ftp://backend.example/ws'\n", "routes.chat"),
+        ("[routes]\n'$connect' = 'http://backend.example/ws'\n", "routes.$connect"),
+        ("[routes]\nchat = 'lambda:chat'\n", "routes.chat"),
         ("[listen\n", "gateway.toml"),
     ],
 )
@@ -121,6 +124,24 @@ def test_check_config_and_routes_commands(tmp_path):
     out = subprocess.run([sys.executable, "-m", "wsgateway", "routes"], cwd=ROOT, capture_output=True, text=True,
                          timeout=20)
     assert out.returncode == 0 and "wsgateway.examples.echo:handler" in out.stdout
+
+
+def test_routes_command_shows_each_kind_and_target(tmp_path):
+    path = tmp_path / "g.toml"
+    path.write_text(
+        "[routes]\n'$connect' = 'https://backend.example/ws/connect'\n"
+        "sendMessage = 'lambda:arn:aws:lambda:us-east-1:123456789012:function:chat'\n"
+        "'$default' = 'handlers.echo:handler'\n"
+    )
+    out = subprocess.run([sys.executable, "-m", "wsgateway", "routes", "--config", str(path)],
+                         cwd=ROOT, capture_output=True, text=True, timeout=20)
+    assert out.returncode == 0, out.stderr
+    rows = [line.split() for line in out.stdout.splitlines()[1:]]
+    assert rows == [
+        ["$connect", "http", "https://backend.example/ws/connect"],
+        ["sendMessage", "lambda", "lambda:arn:aws:lambda:us-east-1:123456789012:function:chat"],
+        ["$default", "python", "handlers.echo:handler"],
+    ]
 
 
 def _health(port: int) -> tuple[int, dict]:

@@ -114,7 +114,7 @@ def as_document(config: Any) -> dict[str, Any]:
             continue
         elif isinstance(value, tuple):
             value = [as_document(v) if dataclasses.is_dataclass(v) else v for v in value]
-        doc[f.name] = value
+        doc[f.name.removesuffix("_") if f.name == "lambda_" else f.name] = value  # a keyword in the file
     return doc
 
 
@@ -504,6 +504,10 @@ BAD_ROUTE_KEY = ('must be $connect, $disconnect, $default or a custom route key 
                  '(non-empty, not starting with "$")')
 
 
+BAD_TARGET = ('must be "dotted.module:function", an http(s):// URL, "lambda:NAME[:QUALIFIER]" '
+              'or "lambda:arn:aws:lambda:REGION:ACCOUNT:function:NAME[:QUALIFIER]"')
+
+
 @pytest.mark.parametrize(
     ("routes", "message"),
     [
@@ -513,10 +517,10 @@ BAD_ROUTE_KEY = ('must be $connect, $disconnect, $default or a custom route key 
          'routes."": ' + BAD_ROUTE_KEY),
         ({"$Default": "a:b"}, "routes.$Default: " + BAD_ROUTE_KEY),
         ({"$connect ": "a:b"}, 'routes."$connect ": ' + BAD_ROUTE_KEY),
-        ({"chat": "app.chat"}, "routes.chat: must be \"dotted.module:function\", got 'app.chat'"),
-        ({"chat": "app..chat:f"}, "routes.chat: must be \"dotted.module:function\", got 'app..chat:f'"),
+        ({"chat": "app.chat"}, "routes.chat: " + BAD_TARGET + ", got 'app.chat'"),
+        ({"chat": "app..chat:f"}, "routes.chat: " + BAD_TARGET + ", got 'app..chat:f'"),
         ({"chat": "app.chat:on-message"},
-         "routes.chat: must be \"dotted.module:function\", got 'app.chat:on-message'"),
+         "routes.chat: " + BAD_TARGET + ", got 'app.chat:on-message'"),
         ({"send message": 3}, 'routes."send message": must be a string, got 3'),
     ],
 )
@@ -701,3 +705,65 @@ def test_authorizer_counts_as_auth_on_for_warnings() -> None:
     warnings = config_warnings(parse_config({"auth": AUTHORIZER}, env={}))
     assert AUTH_OFF not in warnings
     assert any(w.startswith('limits.allowed_origins has "*" while auth is on') for w in warnings)
+
+
+# ---------------------------------------------------------------- [integrations] and route targets
+
+
+def test_three_kinds_of_route_target_and_the_integrations_section() -> None:
+    config = parse_config({
+        "routes": {"$connect": "https://backend.example/ws/connect", "$disconnect": "http://127.0.0.1:9000/dc",
+                   "sendMessage": "lambda:arn:aws:lambda:us-east-1:123456789012:function:chat",
+                   "other": "lambda:chat:live", "$default": "handlers.echo:handler"},
+        "integrations": {"http": {"signing_secret_env": "HOOK_SECRET", "max_connections": 7},
+                         "lambda": {"region": "eu-west-1", "endpoint_url": "http://127.0.0.1:3001"}},
+    }, env={"HOOK_SECRET": "s3cret-value"})
+    http, lam = config.integrations.http, config.integrations.lambda_
+    assert (http.signing_secret, http.max_connections, http.allow_plain_http) == ("s3cret-value", 7, False)
+    assert http.disconnect_retry_s == 30.0 and "s3cret-value" not in repr(config)
+    assert (lam.region, lam.endpoint_url) == ("eu-west-1", "http://127.0.0.1:3001")
+    assert len(config.routes.routes) == 5
+
+
+@pytest.mark.parametrize("host", ["localhost", "127.0.0.2", "[::1]"])
+def test_plain_http_to_loopback_needs_no_permission(host: str) -> None:
+    assert parse_config({"routes": {"x": f"http://{host}:8000/hook"}}).routes.routes["x"].startswith("http://")
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"routes": {"x": "http://backend.example/hook"}},
+         "routes.x: http:// to non-loopback host backend.example sends events in clear text: use https://, "
+         "or set [integrations.http] allow_plain_http = true"),
+        ({"routes": {"x": "lambda:chat"}},
+         "routes.x: a lambda target needs a region: give the function's full ARN or set [integrations.lambda] region"),
+        ({"routes": {"x": "https://user:pw@backend.example/hook"}}, "routes.x: " + "{bad}" + ", got "
+         "'https://user:pw@backend.example/hook'"),
+        ({"routes": {"x": "lambda:arn:aws:lambda:us-east-1:12345:function:chat"}}, "routes.x: " + "{bad}" + ", got "
+         "'lambda:arn:aws:lambda:us-east-1:12345:function:chat'"),
+        ({"integrations": {"http": {"max_connections": 0}}},
+         "integrations.http.max_connections: must be an integer > 0, got 0"),
+        ({"integrations": {"lambda": {"endpoint_url": "127.0.0.1:3001"}}},
+         "integrations.lambda.endpoint_url: must be \"\" or an http(s):// URL, got '127.0.0.1:3001'"),
+        ({"integrations": {"lamda": {}}}, "integrations.lamda: unknown key (did you mean lambda?)"),
+    ],
+)
+def test_bad_targets_and_integrations_name_their_key(data: dict[str, Any], message: str) -> None:
+    assert str(config_error(data)) == message.replace("{bad}", BAD_TARGET)
+
+
+def test_plain_http_and_lambda_name_allowed_by_their_settings() -> None:
+    config = parse_config({"routes": {"x": "http://backend.example/hook", "y": "lambda:chat"},
+                           "integrations": {"http": {"allow_plain_http": True}, "lambda": {"region": "us-east-1"}}})
+    assert dict(config.routes.routes) == {"x": "http://backend.example/hook", "y": "lambda:chat"}
+
+
+def test_unsigned_http_integrations_are_warned_about() -> None:
+    unsigned = parse_config({"routes": {"$default": "https://backend.example/ws"}})
+    signed = parse_config({"routes": {"$default": "https://backend.example/ws"},
+                           "integrations": {"http": {"signing_secret": "s"}}})
+    warning = ("HTTP integrations are not signed: backends cannot tell the gateway's requests from anyone "
+               "else's; set integrations.http.signing_secret_env")
+    assert warning in config_warnings(unsigned)
+    assert warning not in config_warnings(signed) and warning not in config_warnings(GatewayConfig())

@@ -21,7 +21,7 @@ from loadtest.metrics import Histogram, RatePoint, capacity
 from loadtest.report import markdown
 
 REPO = Path(__file__).resolve().parent.parent
-PHASES = {"idle", "connect", "echo", "unicast", "fanout", "crossnode/unicast", "crossnode/fanout", "cluster", "slow"}
+PHASES = {"idle", "connect", "echo", "echohttp", "unicast", "fanout", "crossnode/unicast", "crossnode/fanout", "cluster", "slow"}
 SMOKE_TIMEOUT_S = 150
 
 

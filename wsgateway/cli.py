@@ -107,9 +107,11 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
 
 def _cmd_routes(args: argparse.Namespace) -> int:
     config = load_config(args.config)
+    from .integrations import target_kind
+
     print(f"selection expression: {config.routes.selection_expression}")
     for key, target in config.routes.routes.items():
-        print(f"{key:>16}  {target}")
+        print(f"{key:>16}  {target_kind(target):<6}  {target}")
     return 0
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -43,9 +44,9 @@ from .schema import (
     rule,
 )
 
-__all__ = ["AuthConfig", "Credential", "GatewayConfig", "LimitsConfig", "ListenConfig", "LogConfig",
-           "ManagementConfig", "RegistryConfig", "RoutesConfig", "config_warnings", "load_config",
-           "parse_config"]
+__all__ = ["AuthConfig", "Credential", "GatewayConfig", "HttpIntegrationConfig", "IntegrationsConfig",
+           "LambdaIntegrationConfig", "LimitsConfig", "ListenConfig", "LogConfig", "ManagementConfig",
+           "RegistryConfig", "RoutesConfig", "config_warnings", "load_config", "parse_config"]
 
 # Rules several fields share; every other rule is written out beside its field.
 _NAME = rule(r"[A-Za-z0-9_-]{1,128}", "1 to 128 of A-Z a-z 0-9 _ -")
@@ -53,6 +54,11 @@ _HOST = rule(r"[^\s/]+", "a host name or IP address")
 _IDENT = r"[^\W\d]\w*"
 _PORT_PATH = r"(:\d{1,5})?([/?]\S*)?"
 _WILDCARD_HOSTS = {"", "0.0.0.0", "::"}
+# The three kinds of route target (docs/integrations.md); integrations/ tells them apart the same way.
+_LAMBDA_NAME = r"[A-Za-z0-9_-]{1,64}(:[A-Za-z0-9$_-]{1,128})?"  # NAME[:QUALIFIER]
+_LAMBDA_ARN = rf"arn:aws[a-z-]*:lambda:(?P<region>[a-z0-9-]+):\d{{12}}:function:{_LAMBDA_NAME}"
+_TARGET = (rf"{_IDENT}(\.{_IDENT})*:{_IDENT}|https?://[^/\s?#@]+{_PORT_PATH}"
+           rf"|lambda:({_LAMBDA_ARN}|{_LAMBDA_NAME})")
 _HMAC_MIN_BYTES = {"HS256": 32, "HS384": 48, "HS512": 64}  # the digest size, as PyJWT warns
 
 
@@ -256,8 +262,9 @@ _DEFAULT_ROUTES: Mapping[str, str] = MappingProxyType(
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class RoutesConfig:
-    """``[routes]``: every key but ``selection_expression`` maps a route key to
-    ``"module.path:function"``. Naming any route replaces the defaults wholesale."""
+    """``[routes]``: every key but ``selection_expression`` maps a route key to its target:
+    ``"module.path:function"``, an ``http(s)://`` URL or ``"lambda:..."`` (see
+    :class:`IntegrationsConfig`). Naming any route replaces the defaults wholesale."""
 
     # Light on purpose: routing.py parses the expression; this only catches plain mistakes.
     selection_expression: str = field(default="$request.body.action", metadata=rule(
@@ -265,12 +272,53 @@ class RoutesConfig:
         '"$request.body...", text with "${request.body...}" or static text'))
     # read-only; the keys are the rest of the [routes] table
     routes: Mapping[str, str] = field(default_factory=lambda: _DEFAULT_ROUTES, metadata=rule(
-        rf"{_IDENT}(\.{_IDENT})*:{_IDENT}", '"dotted.module:function"',
+        _TARGET, '"dotted.module:function", an http(s):// URL, "lambda:NAME[:QUALIFIER]" '
+                 'or "lambda:arn:aws:lambda:REGION:ACCOUNT:function:NAME[:QUALIFIER]"',
         keys=(r"(?s)\$connect|\$disconnect|\$default|[^$].*", ("$connect, $disconnect, $default "
               'or a custom route key (non-empty, not starting with "$")'))))
 
     def __post_init__(self) -> None:
         check_fields(self, "routes")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class HttpIntegrationConfig:
+    """``[integrations.http]``: routes whose target is an ``http://`` or ``https://`` URL."""
+
+    # HMAC-SHA256 key for X-Wsgateway-Signature; None = requests go unsigned; or signing_secret_env
+    signing_secret: str | None = field(default=None, repr=False, metadata=FILLED)
+    max_connections: int = 100  # pooled keep-alive connections to backends, per node
+    allow_plain_http: bool = False  # false: http:// only to 127.0.0.0/8, ::1 or localhost
+    disconnect_retry_s: float = 30.0  # seconds $disconnect is retried on a refusal or a 5xx
+
+    def __post_init__(self) -> None:
+        check_fields(self, "integrations.http")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class LambdaIntegrationConfig:
+    """``[integrations.lambda]``: routes whose target is ``"lambda:..."``."""
+
+    # for "lambda:NAME" targets; an ARN target names its own region
+    region: str = field(default="", metadata=rule(r"([a-z0-9-]{1,32})?", '"" or a region like "us-east-1"'))
+    # "" = AWS; e.g. http://127.0.0.1:3001, what `sam local start-lambda` serves
+    endpoint_url: str = field(default="", metadata=rule(r"(https?://\S+)?", '"" or an http(s):// URL'))
+
+    def __post_init__(self) -> None:
+        check_fields(self, "integrations.lambda")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class IntegrationsConfig:
+    """``[integrations]``: settings of the route targets that are not Python functions.
+
+    The Lambda sub-table is the field ``lambda_`` (``lambda`` is a Python keyword)."""
+
+    http: HttpIntegrationConfig = field(default_factory=HttpIntegrationConfig)
+    lambda_: LambdaIntegrationConfig = field(default_factory=LambdaIntegrationConfig)
+
+    def __post_init__(self) -> None:
+        check_fields(self, "integrations")
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -354,6 +402,7 @@ class GatewayConfig:
     management: ManagementConfig = field(default_factory=ManagementConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
     routes: RoutesConfig = field(default_factory=RoutesConfig)
+    integrations: IntegrationsConfig = field(default_factory=IntegrationsConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     log: LogConfig = field(default_factory=LogConfig)
     registry: RegistryConfig = field(default_factory=RegistryConfig)
@@ -369,6 +418,22 @@ class GatewayConfig:
         same_host = listen.host == mgmt.host or bool({listen.host, mgmt.host} & _WILDCARD_HOSTS)
         if listen.port and listen.port == mgmt.port and same_host:
             raise ConfigError("management.port", f"must differ from listen.port ({listen.port})")
+        for key, target in self.routes.routes.items():
+            _check_target(f"routes.{key}", target, self.integrations)
+
+
+def _check_target(key: str, target: str, integrations: IntegrationsConfig) -> None:
+    """What a route target's form alone cannot say: plain HTTP off loopback, a Lambda region."""
+    if target.startswith("http://") and not integrations.http.allow_plain_http:
+        host = urlsplit(target).hostname or ""
+        if not _is_loopback(host):
+            raise ConfigError(key, f"http:// to non-loopback host {host} sends events in clear text: "
+                                   "use https://, or set [integrations.http] allow_plain_http = true")
+    if target.startswith("lambda:") and not integrations.lambda_.region:
+        arn = re.fullmatch(_LAMBDA_ARN, target.removeprefix("lambda:"))
+        if arn is None:
+            raise ConfigError(key, "a lambda target needs a region: give the function's full ARN "
+                                   "or set [integrations.lambda] region")
 
 
 def load_config(
@@ -432,6 +497,10 @@ def config_warnings(config: GatewayConfig) -> list[str]:
         (jwt_on and bool(auth.public_key_file) and not auth.audience,
          "auth.audience is empty: tokens the public key's issuer minted for other applications "
          "are accepted"),
+        (config.integrations.http.signing_secret is None
+         and any(t.startswith(("http://", "https://")) for t in config.routes.routes.values()),
+         "HTTP integrations are not signed: backends cannot tell the gateway's requests from anyone "
+         "else's; set integrations.http.signing_secret_env"),
         (config.registry.backend == "redis" and bool(urlsplit(config.registry.redis_url).password),
          "registry.redis_url contains a password, which shows wherever the URL is logged; "
          "use registry.password_env"),

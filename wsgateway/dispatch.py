@@ -25,7 +25,7 @@ import orjson
 
 from . import events
 from .connection import Connection, as_payload
-from .errors import AuthError, Disconnect, GoneError, HandlerTimeout, LimitExceededError
+from .errors import AuthError, Disconnect, GoneError, HandlerTimeout, IntegrationError, LimitExceededError
 from .ids import new_request_id
 from .integrations import HandlerContext, Integration
 from .integrations.context import GatewayCalls
@@ -73,6 +73,9 @@ def _log_failure(exc: BaseException, route_key: str, request_id: str, connection
     """Log a handler's failure with its request id; the client never sees the text."""
     if isinstance(exc, HandlerTimeout):
         log.warning("handler timed out: route=%s requestId=%s connectionId=%s", route_key, request_id, connection_id)
+    elif isinstance(exc, IntegrationError):  # an expected failure of a backend: no traceback
+        log.warning("%s integration failed (%s): route=%s requestId=%s connectionId=%s: %s",
+                    exc.kind, exc.reason, route_key, request_id, connection_id, exc)
     else:
         log.error(
             "handler failed: route=%s requestId=%s connectionId=%s",
@@ -135,6 +138,7 @@ class Dispatcher:
             result = await integration.invoke(event, self.handler_context(integration, request_id, conn.id))
         except Exception as exc:  # noqa: BLE001 - a handler's failure rejects, it never crashes the node
             _log_failure(exc, "$connect", request_id, conn.id)
+            self._stats.integration_failed(integration.kind, exc)
             return ConnectOutcome(status=500, body="Internal server error", request_id=request_id)
         return _connect_outcome(result, request_id, conn.id)
 
@@ -154,6 +158,7 @@ class Dispatcher:
         request_id = new_request_id()
         integration = self._router.disconnect
         if integration is not None:
+            log_fields["integration"] = integration.kind
             event = events.disconnect_event(
                 base, code=code, reason=reason, request_id=request_id, epoch_s=time.time()
             )
@@ -162,6 +167,7 @@ class Dispatcher:
                 await integration.invoke(event, context)
             except Exception as exc:  # noqa: BLE001 - logged; the connection is gone anyway
                 _log_failure(exc, "$disconnect", request_id, record.connection_id)
+                log_fields["error"] = self._stats.integration_failed(integration.kind, exc)
         self._access.connection_event(
             "disconnect", route_key="$disconnect", status=code, request_id=request_id,
             started=started, record=record, **log_fields,
@@ -196,7 +202,7 @@ class Dispatcher:
             conn.context_base, route_key=route_key, body=body, is_base64=is_b64,
             request_id=request_id, epoch_s=time.time(),
         )
-        status = 200
+        status, failure = 200, {}
         try:
             result = await self._call(conn, integration, event, request_id)
         except Disconnect as exc:
@@ -205,16 +211,18 @@ class Dispatcher:
             status = 504
             self._stats.handler_timeouts += 1
             _log_failure(exc, route_key, request_id, conn.id)
+            failure["error"] = self._stats.integration_failed(integration.kind, exc)
             self._send_error(conn, "Endpoint request timed out", request_id)
         except Exception as exc:  # noqa: BLE001 - the client gets AWS's error frame, the log the text
             status = 500
             self._stats.handler_errors += 1
             _log_failure(exc, route_key, request_id, conn.id)
+            failure["error"] = self._stats.integration_failed(integration.kind, exc)
             self._send_error(conn, "Internal server error", request_id)
         else:
             if result is not None:
                 self._reply(conn, result, request_id)
-        self._log(conn, route_key, status, request_id, started)
+        self._log(conn, route_key, status, request_id, started, integration=integration.kind, **failure)
 
     async def _refresh(
         self, conn: Connection, lifetime: TokenLifetime, message: str, request_id: str, started: float
@@ -285,12 +293,14 @@ class Dispatcher:
         except (GoneError, LimitExceededError):
             pass  # the client is gone or not reading: the sweep deals with the latter
 
-    def _log(self, conn: Connection, route_key: str, status: int, request_id: str, started: float) -> None:
+    def _log(
+        self, conn: Connection, route_key: str, status: int, request_id: str, started: float, **fields: str
+    ) -> None:
         if not self._access.enabled:  # per message: skip building the call's arguments
             return
         self._access.connection_event(
             "message", route_key=route_key, status=status, request_id=request_id,
-            started=started, record=conn.record,
+            started=started, record=conn.record, **fields,
         )
 
 

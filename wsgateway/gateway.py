@@ -38,7 +38,7 @@ from .errors import (
 from .fanout import FanoutResult
 from .hub import Hub
 from .ids import new_connection_id, new_node_id
-from .integrations import Integration, load_integration
+from .integrations import HttpPool, Integration, load_integration
 from .lifetime import TOKEN_EXPIRED, TokenLifetime
 from .metrics import Stats
 from .records import ConnectionInfo, ConnectionRecord
@@ -80,6 +80,8 @@ class Gateway:
         self.auth = Authenticator(
             config.auth, authorizer=load_authorizer(config, executor=self._executor, calls=self)
         )
+        self._http = HttpPool(config.integrations.http)  # every HTTP route's keep-alive pool
+        self._integrations: list[Integration] = []
         self._tasks: set[asyncio.Task[Any]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._started = False
@@ -99,10 +101,13 @@ class Gateway:
         routes_cfg = self.config.routes
         targets = {
             key: load_integration(
-                target, key=f"routes.{key}", timeout=self._handler_timeout, executor=self._executor
+                target, key=f"routes.{key}", timeout=self._handler_timeout, executor=self._executor,
+                route_key=key, settings=self.config.integrations, pool=self._http,
+                max_body=self.config.limits.max_message_bytes,
             )
             for key, target in routes_cfg.routes.items()
         }
+        self._integrations = list(targets.values())
         try:
             return Router(routes_cfg.selection_expression, targets)
         except ValueError as exc:
@@ -118,6 +123,8 @@ class Gateway:
             self.router = self.load_routes()
         # After load_routes: the selection expression is known to compile.
         self.lifetime = TokenLifetime(self.config.auth, self.config.routes.selection_expression, self.auth.verify_token)
+        for integration in self._integrations:
+            await integration.start()
         self.dispatcher = Dispatcher(
             self,
             self.router,
@@ -151,7 +158,9 @@ class Gateway:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         with contextlib.suppress(Exception):
-            await self.registry.close()
+            await self.registry.close()  # after its orphan $disconnect calls (their grace)
+        for integration in reversed(self._integrations):  # every route has run by now
+            await integration.close()
         await self.auth.close()
         self._executor.shutdown(wait=False, cancel_futures=True)
         await self.access.close()

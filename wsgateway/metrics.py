@@ -15,6 +15,8 @@ from prometheus_client import generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
+from .errors import HandlerTimeout, IntegrationError
+
 if TYPE_CHECKING:
     from .hub import Hub
 
@@ -36,6 +38,7 @@ class Stats:
         "disconnects",
         "management",
         "slow_consumers",
+        "integration_failures",
     )
 
     def __init__(self) -> None:
@@ -48,6 +51,19 @@ class Stats:
         self.disconnects: Counter[int] = Counter()  # close code -> count
         self.management: Counter[tuple[str, int]] = Counter()  # (operation, status) -> count
         self.slow_consumers = 0
+        # (kind, reason) -> count: "http"/"lambda"/"python" x "5xx", "connect", "timeout", ...
+        self.integration_failures: Counter[tuple[str, str]] = Counter()
+
+    def integration_failed(self, kind: str, exc: BaseException) -> str:
+        """Count a route's failure by its integration's kind and why; return the reason (for
+        the access log). Never names the backend: the label set stays small."""
+        reason = "error"
+        if isinstance(exc, HandlerTimeout):
+            reason = "timeout"
+        elif isinstance(exc, IntegrationError):
+            reason = exc.reason
+        self.integration_failures[kind, reason] += 1
+        return reason
 
 
 class _NodeCollector(Collector):
@@ -81,6 +97,12 @@ class _NodeCollector(Collector):
         for (operation, status), count in sorted(stats.management.items()):
             calls.add_metric([operation, str(status)], count)
         yield calls
+        failures = CounterMetricFamily(
+            "wsgateway_integration_failures", "Route failures, by integration kind and reason", labels=["kind", "reason"]
+        )
+        for (kind, reason), count in sorted(stats.integration_failures.items()):
+            failures.add_metric([kind, reason], count)
+        yield failures
 
 
 def exposition(stats: Stats, hub: Hub) -> bytes:

@@ -22,7 +22,8 @@ What the checker does with a field:
 - :attr:`Rule.keys` makes a mapping field take every other key of its table (``[routes]``);
 - a field with ``repr=False`` is a secret: it may instead be given as ``<name>_env = "VAR"``,
   and its value is never echoed in a message;
-- a key that names no field is an error, with the closest field name as a hint.
+- a key that names no field is an error, with the closest field name as a hint;
+- a field named after a Python keyword plus ``_`` (``lambda_``) is the keyword in the file.
 
 After building a table :func:`build` calls the dataclass's ``check()`` method, if it has one:
 the rules that span several fields of that section.
@@ -32,6 +33,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import keyword
 import os
 import re
 import sys
@@ -123,7 +125,7 @@ def check_fields(section: Any, prefix: str) -> None:
     cls = type(section)
     ctx = _Context({}, os.getcwd())
     for f in fields(cls):
-        typ, value, key = _hints(cls)[f.name], getattr(section, f.name), _join(prefix, f.name)
+        typ, value, key = _hints(cls)[f.name], getattr(section, f.name), _join(prefix, _in_file(f.name))
         if _is_section(typ) or _sections_of(typ) is not None:
             continue
         if value is None and type(None) in get_args(typ):
@@ -154,13 +156,13 @@ def _section(cls: type[_T], raw: Any, prefix: str, ctx: _Context) -> _T:
     rest = next((f for f in specs if _rule_of(f).keys is not None), None)
     plain = [f for f in specs if f is not rest]
     secrets = {f.name for f in plain if not f.repr}
-    known = [f.name for f in plain] + [f"{n}_env" for n in secrets]
+    known = [_in_file(f.name) for f in plain] + [f"{n}_env" for n in secrets]
     if rest is None:
         _reject_unknown(table, known, prefix)
     values: dict[str, Any] = {}
     for f in plain:
-        key, hide = _join(prefix, f.name), f.name in secrets
-        raw_value = _secret(table, f.name, key, ctx.env) if hide else table.get(f.name, MISSING)
+        key, hide = _join(prefix, _in_file(f.name)), f.name in secrets
+        raw_value = _secret(table, f.name, key, ctx.env) if hide else table.get(_in_file(f.name), MISSING)
         if raw_value is not MISSING:
             values[f.name] = _field(key, _hints(cls)[f.name], _rule_of(f), raw_value, ctx, hide=hide)
         elif f.default is MISSING and f.default_factory is MISSING:
@@ -316,6 +318,11 @@ def _hints(cls: type) -> dict[str, Any]:
     if hints is None:
         hints = _HINTS[cls] = get_type_hints(cls)
     return hints
+
+
+def _in_file(name: str) -> str:
+    """A field's key in the file: ``lambda_`` is ``lambda`` (a keyword cannot name a field)."""
+    return name[:-1] if name.endswith("_") and keyword.iskeyword(name[:-1]) else name
 
 
 def _join(prefix: str, name: str) -> str:

@@ -5,13 +5,16 @@ serves the management paths from aiohttp on a second port, writing to sockets wi
 ``websockets.broadcast`` (one encoded frame, no await), as ``docs/performance.md`` measured.
 Cross-node (``--redis-url``): a connection id starts with its node id, so the receiving node
 PUBLISHes to the owner's own channel; tenant messages go to one channel every node reads.
-It has none of the gateway's features: no $connect handler, no AWS event, no SigV4, no
+With ``--backend-url`` (the ``echohttp`` scenario) ``echo`` POSTs each message to that HTTP
+backend with one pooled aiohttp client and sends its answer back, as wsgateway's HTTP
+integration does. It has none of the gateway's features: no $connect handler, no AWS event, no SigV4, no
 registry, no slow-consumer cut-off (``broadcast`` buffers without bound). It tunes the
 garbage collector as ``wsgateway serve`` does (freeze what start-up allocated, raise the
 first threshold), so a ratio compares the two code paths, not two GC settings: untuned,
 CPython's cyclic GC costs bare ~15% of its handshake rate with 10k connections open.
 
-Run: ``python -m loadtest.peers.bare --ready-file PATH [--jwt-secret S] [--redis-url URL]``.
+Run: ``python -m loadtest.peers.bare --ready-file PATH [--jwt-secret S] [--redis-url URL]
+[--backend-url URL]``.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from collections import defaultdict
 from typing import Any
 
 import orjson
-from aiohttp import web
+from aiohttp import ClientSession, TCPConnector, web
 from websockets.asyncio.server import ServerConnection, broadcast, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
@@ -48,6 +51,8 @@ class BareNode:
         self.conns: dict[str, ServerConnection] = {}
         self.tenants: dict[str, set[ServerConnection]] = defaultdict(set)
         self.redis: Any = None
+        self.backend_url = ""
+        self.http: ClientSession | None = None  # one pool for every connection (echohttp)
 
     def process_request(self, conn: ServerConnection, request: Request) -> Response | None:
         """Refuse the handshake with 401 unless the token verifies; remember the tenant."""
@@ -69,7 +74,9 @@ class BareNode:
                     action = orjson.loads(frame).get("action")
                 except (orjson.JSONDecodeError, AttributeError):
                     continue
-                if action == "echo":
+                if action == "echo" and self.http is not None:
+                    await ws.send(await self.forward(frame))
+                elif action == "echo":
                     await ws.send(frame)
                 elif action == "whoami":
                     await ws.send(f'{{"id":"{cid}"}}')
@@ -78,6 +85,14 @@ class BareNode:
         finally:
             del self.conns[cid]
             self.tenants[tenant].discard(ws)
+
+    async def forward(self, frame: str | bytes) -> str:
+        """POST a message to the backend; return its answer (one frame to send back)."""
+        assert self.http is not None
+        data = frame.encode() if isinstance(frame, str) else frame
+        async with self.http.post(self.backend_url, data=data, headers={"Content-Type": "application/json"},
+                                  allow_redirects=False) as resp:
+            return (await resp.read()).decode()  # the least work: no charset guess
 
     def deliver(self, cid: str, data: bytes) -> bool:
         """Write ``data`` to a local connection; return whether it is here."""
@@ -135,6 +150,9 @@ async def _main() -> None:
 
         node.redis = aioredis.Redis.from_url(args.redis_url)
         bus = asyncio.create_task(node.run_bus())
+    if args.backend_url:  # the same pool wsgateway's [integrations.http] defaults to
+        node.backend_url = args.backend_url
+        node.http = ClientSession(connector=TCPConnector(limit=100))
     app = web.Application()
     app.router.add_post("/@connections/{id}", node.post_connection)
     app.router.add_post("/@tenants/{tenant}/messages", node.post_tenant)

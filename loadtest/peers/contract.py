@@ -29,6 +29,7 @@ def parse_args(description: str, argv: list[str] | None = None) -> argparse.Name
     p.add_argument("--node-id", default="n0")
     p.add_argument("--reuse-port", action="store_true", help="share the ports (several workers)")
     p.add_argument("--compression", action="store_true", help="offer permessage-deflate (websockets' default)")
+    p.add_argument("--backend-url", default="", help="echohttp: forward each echo to this HTTP backend")
     return p.parse_args(argv)
 
 

@@ -1,25 +1,44 @@
-"""How a route runs. Today: a Python function (``module:function``), sync or async.
+"""How a route runs. Three kinds of target, told apart by the form of the route's value:
+
+- ``module:function``: a Python function, sync or async (:class:`PythonIntegration`);
+- ``http://...`` or ``https://...``: the event POSTed to a backend (:class:`HttpIntegration`);
+- ``lambda:NAME[:QUALIFIER]`` or ``lambda:arn:aws:lambda:...``: an AWS Lambda function.
 
 Every integration takes the AWS Lambda-proxy event and a :class:`HandlerContext` and returns
-what the function returned; it raises :class:`HandlerTimeout` past the route's time limit and
-lets the function's own exceptions through (the gateway logs them and answers the client
-with AWS's ``Internal server error`` frame).
+a Lambda result (what the function returned, or what the backend answered, read the same
+way); it raises :class:`HandlerTimeout` past the route's time limit and lets failures
+through (the gateway logs them and answers the client with AWS's ``Internal server error``
+frame). Integrations holding connections open them in ``start()`` and release them in
+``close()``; the gateway calls both.
 """
 
 from __future__ import annotations
 
+import importlib
 from concurrent.futures import Executor
 from typing import Any, Protocol
 
-from ..errors import HandlerTimeout
+from ..config import IntegrationsConfig
+from ..errors import ConfigError, HandlerTimeout
 from .context import HandlerContext
+from .http import HttpIntegration, HttpPool
 from .python import PythonIntegration
 
-__all__ = ["HandlerContext", "HandlerTimeout", "Integration", "PythonIntegration", "load_integration"]
+__all__ = ["HandlerContext", "HandlerTimeout", "HttpIntegration", "HttpPool", "Integration", "PythonIntegration",
+           "load_integration", "target_kind"]
+
+_DEFAULT_MAX_BODY = 131072  # limits.max_message_bytes's default
 
 
 class Integration(Protocol):
     target: str
+    kind: str  # "python", "http" or "lambda": the metric label and the access log's "integration"
+
+    async def start(self) -> None:
+        """Open what the integration needs (a connection pool); called once at gateway start."""
+
+    async def close(self) -> None:
+        """Release it; called at gateway stop, after every route has run. Idempotent."""
 
     async def invoke(self, event: dict[str, Any], context: HandlerContext) -> Any:
         """Run the route's function; raise HandlerTimeout or the function's exception."""
@@ -28,6 +47,48 @@ class Integration(Protocol):
         """Run it with no time limit: the caller enforces one (see Dispatcher)."""
 
 
-def load_integration(target: str, *, key: str, timeout: float, executor: Executor) -> Integration:
-    """Resolve a route target at start-up; raise ConfigError naming ``key`` if it cannot."""
+def target_kind(target: str) -> str:
+    """The kind of a route target by its form: "http", "lambda" or "python"."""
+    if target.startswith(("http://", "https://")):
+        return "http"
+    if target.startswith("lambda:"):
+        return "lambda"
+    return "python"
+
+
+def load_integration(
+    target: str,
+    *,
+    key: str,
+    timeout: float,
+    executor: Executor,
+    route_key: str = "$default",
+    settings: IntegrationsConfig | None = None,
+    pool: HttpPool | None = None,
+    max_body: int = _DEFAULT_MAX_BODY,
+) -> Integration:
+    """Resolve a route target at start-up; raise ConfigError naming ``key`` if it cannot.
+
+    ``route_key`` is the route it serves (``$connect`` and ``$disconnect`` read answers
+    differently); ``settings`` is ``[integrations]``; HTTP targets share ``pool`` (one per
+    node; a new one if None) and read answers up to ``max_body`` bytes."""
+    settings = settings or IntegrationsConfig()
+    kind = target_kind(target)
+    if kind == "http":
+        pool = pool or HttpPool(settings.http)
+        return HttpIntegration(target, pool=pool, timeout=timeout, max_body=max_body, route_key=route_key)
+    if kind == "lambda":
+        return _load_lambda(target, key=key, timeout=timeout, settings=settings)
     return PythonIntegration.load(target, key=key, timeout=timeout, executor=executor)
+
+
+def _load_lambda(target: str, *, key: str, timeout: float, settings: IntegrationsConfig) -> Integration:
+    """The Lambda integration lives in its own module, imported only when a route needs it."""
+    try:
+        module = importlib.import_module(f"{__name__}.lambda_")
+    except ModuleNotFoundError as exc:
+        if exc.name != f"{__name__}.lambda_":
+            raise ConfigError(key, f"lambda targets need {exc.name!r}: pip install 'wsgateway[aws]'") from None
+        raise ConfigError(key, "lambda targets need the Lambda integration, which this build lacks") from None
+    integration: Integration = module.load_lambda(target, key=key, timeout=timeout, settings=settings.lambda_)
+    return integration

@@ -51,6 +51,8 @@ class PythonIntegration:
 
     __slots__ = ("target", "func", "is_async", "timeout", "executor")
 
+    kind = "python"
+
     def __init__(self, target: str, func: Callable[..., Any], timeout: float, executor: Executor) -> None:
         self.target = target
         self.func = func
@@ -62,6 +64,12 @@ class PythonIntegration:
     def load(cls, target: str, *, key: str, timeout: float, executor: Executor) -> PythonIntegration:
         """Import the target now (start-up), so a typo stops the node, not a request."""
         return cls(target, _resolve(target, key), timeout, executor)
+
+    async def start(self) -> None:
+        """Nothing to open: the function was imported by :meth:`load`."""
+
+    async def close(self) -> None:
+        """Nothing to release (the gateway owns the thread pool)."""
 
     async def invoke(self, event: dict[str, Any], context: HandlerContext) -> Any:
         """Call the function; raise HandlerTimeout past the limit, or what it raised."""
