@@ -43,9 +43,9 @@ from .schema import (
     rule,
 )
 
-__all__ = ["AuthConfig", "Credential", "GatewayConfig", "LimitsConfig", "ListenConfig", "LogConfig",
-           "ManagementConfig", "RegistryConfig", "RoutesConfig", "config_warnings", "load_config",
-           "parse_config"]
+__all__ = ["AuthConfig", "Credential", "GatewayConfig", "IntegrationsConfig", "LambdaIntegrationConfig",
+           "LimitsConfig", "ListenConfig", "LogConfig", "ManagementConfig", "RegistryConfig", "RoutesConfig",
+           "config_warnings", "load_config", "parse_config"]
 
 # Rules several fields share; every other rule is written out beside its field.
 _NAME = rule(r"[A-Za-z0-9_-]{1,128}", "1 to 128 of A-Z a-z 0-9 _ -")
@@ -238,6 +238,31 @@ class RoutesConfig:
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class LambdaIntegrationConfig:
+    """``[integrations.lambda]``: routes whose target is ``"lambda:..."``."""
+
+    # for "lambda:NAME" targets; an ARN target names its own region
+    region: str = field(default="", metadata=rule(r"([a-z0-9-]{1,32})?", '"" or a region like "us-east-1"'))
+    # "" = AWS; e.g. http://127.0.0.1:3001, what `sam local start-lambda` serves
+    endpoint_url: str = field(default="", metadata=rule(r"(https?://\S+)?", '"" or an http(s):// URL'))
+
+    def __post_init__(self) -> None:
+        check_fields(self, "integrations.lambda")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class IntegrationsConfig:
+    """``[integrations]``: settings of the route targets that are not Python functions.
+
+    The Lambda sub-table is the field ``lambda_`` (``lambda`` is a Python keyword)."""
+
+    lambda_: LambdaIntegrationConfig = field(default_factory=LambdaIntegrationConfig)
+
+    def __post_init__(self) -> None:
+        check_fields(self, "integrations")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class LimitsConfig:
     """``[limits]``: per-connection and per-node limits."""
 
@@ -318,6 +343,7 @@ class GatewayConfig:
     management: ManagementConfig = field(default_factory=ManagementConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
     routes: RoutesConfig = field(default_factory=RoutesConfig)
+    integrations: IntegrationsConfig = field(default_factory=IntegrationsConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     log: LogConfig = field(default_factory=LogConfig)
     registry: RegistryConfig = field(default_factory=RegistryConfig)

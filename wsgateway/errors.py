@@ -7,6 +7,7 @@
     ├── AuthError              handshake refused with .status (401 missing/invalid token, 403 not allowed)
     ├── Disconnect             a handler raises it to close its own connection with .code/.reason
     ├── HandlerTimeout         a handler ran past its route's time limit (client: "Endpoint request timed out")
+    ├── IntegrationError       an HTTP or Lambda backend failed (.kind, .reason); the client sees a 500
     ├── RemoteNodeError        the node holding a connection failed handling a call: a bare 500
     └── ManagementError        an AWS-shaped answer: .status + .error_type (x-amzn-ErrorType)
         ├── BadRequestError           400 BadRequestException   (malformed id, bad parameter)
@@ -44,6 +45,7 @@ __all__ = [
     "GatewayError",
     "GoneError",
     "HandlerTimeout",
+    "IntegrationError",
     "LimitExceededError",
     "ManagementError",
     "NotFoundError",
@@ -96,6 +98,18 @@ class Disconnect(GatewayError):
 
 class HandlerTimeout(GatewayError):
     """A route's function ran past ``limits.handler_timeout_s``; the message names its target."""
+
+
+class IntegrationError(GatewayError):
+    """A backend (``kind`` "http" or "lambda") failed: ``reason`` is a short metric label
+    ("connect", "5xx", "redirect", ...), ``retryable`` says whether sending the same event
+    again may succeed. The message (with the target) is logged; the client gets a 500."""
+
+    def __init__(self, kind: str, reason: str, detail: str, *, retryable: bool = False) -> None:
+        super().__init__(detail)
+        self.kind = kind
+        self.reason = reason
+        self.retryable = retryable
 
 
 class ManagementError(GatewayError):

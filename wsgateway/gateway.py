@@ -36,7 +36,7 @@ from .errors import (
 from .fanout import FanoutResult
 from .hub import Hub
 from .ids import new_connection_id, new_node_id
-from .integrations import Integration, load_integration
+from .integrations import Integration, LambdaClients, load_integration
 from .metrics import Stats
 from .records import ConnectionInfo, ConnectionRecord
 from .registry import Page, create_registry
@@ -73,6 +73,11 @@ class Gateway:
         self._max_post = config.management.max_post_bytes
         self._handler_timeout = limits.handler_timeout_s
         self._executor = ThreadPoolExecutor(limits.handler_threads, thread_name_prefix="wsgw-handler")
+        lambda_cfg = config.integrations.lambda_
+        # one client per region for every lambda: route; no I/O until start()
+        self._lambdas = LambdaClients(
+            region=lambda_cfg.region, endpoint_url=lambda_cfg.endpoint_url, timeout=limits.handler_timeout_s
+        )
         self._tasks: set[asyncio.Task[Any]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._started = False
@@ -92,7 +97,8 @@ class Gateway:
         routes_cfg = self.config.routes
         targets = {
             key: load_integration(
-                target, key=f"routes.{key}", timeout=self._handler_timeout, executor=self._executor
+                target, key=f"routes.{key}", timeout=self._handler_timeout, executor=self._executor,
+                lambdas=self._lambdas,
             )
             for key, target in routes_cfg.routes.items()
         }
@@ -119,6 +125,7 @@ class Gateway:
             timeout=self._handler_timeout,
         )
         self.access.start()
+        await self._lambdas.start()
         await self.auth.start()
         await self.registry.start(self)
         self._spawn(self._sweep())
@@ -143,6 +150,7 @@ class Gateway:
         with contextlib.suppress(Exception):
             await self.registry.close()
         await self.auth.close()
+        await self._lambdas.close()
         self._executor.shutdown(wait=False, cancel_futures=True)
         await self.access.close()
 
