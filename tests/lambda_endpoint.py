@@ -80,6 +80,7 @@ class LambdaEndpoint:
         self.refused = 0
         self._verifier = SigV4Verifier(credentials, service="lambda", region=region)
         self._runner: web.AppRunner | None = None
+        self._running: set[asyncio.Task[Any]] = set()
         self.url = ""
 
     async def __aenter__(self) -> LambdaEndpoint:
@@ -94,6 +95,10 @@ class LambdaEndpoint:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        # Functions the gateway gave up on (past its time limit) would keep the server's
+        # shutdown waiting for them: Lambda would run them out; a test stops them.
+        for task in self._running:
+            task.cancel()
         if self._runner is not None:
             await self._runner.cleanup()
 
@@ -121,6 +126,9 @@ class LambdaEndpoint:
         self.invocations.append(Invocation(name, qualifier, event))
         context = _Context(name, qualifier, request.headers.get("X-Amz-Request-Id", "local"))
         headers = {"X-Amz-Executed-Version": qualifier or "$LATEST"}
+        task = asyncio.current_task()
+        assert task is not None
+        self._running.add(task)
         try:
             if inspect.iscoroutinefunction(function):
                 result = await function(event, context)
@@ -130,6 +138,8 @@ class LambdaEndpoint:
             error = {"errorMessage": str(exc), "errorType": type(exc).__name__, "stackTrace": []}
             headers["X-Amz-Function-Error"] = "Unhandled"
             return web.Response(status=200, body=orjson.dumps(error), headers=headers, content_type="application/json")
+        finally:
+            self._running.discard(task)
         payload = result if isinstance(result, bytes) else orjson.dumps(result)
         return web.Response(status=200, body=payload, headers=headers, content_type="application/json")
 

@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import importlib
 import re
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -31,7 +32,6 @@ if TYPE_CHECKING:
     from ..config import LambdaIntegrationConfig
 
 __all__ = ["LambdaClients", "LambdaIntegration", "LambdaTarget", "load_lambda", "parse_target"]
-
 
 _NAME = r"(?P<name>[A-Za-z0-9_-]{1,64})(?::(?P<qualifier>[A-Za-z0-9$_-]{1,128}))?"
 _ARN = re.compile(rf"(?P<function>arn:aws[a-z-]*:lambda:(?P<region>[a-z0-9-]+):\d{{12}}:function:{_NAME})")
@@ -127,25 +127,20 @@ class LambdaClients:
 class LambdaIntegration:
     """A resolved ``lambda:`` target, calling its function through a shared client owner."""
 
-    __slots__ = ("target", "function", "qualifier", "region", "timeout", "_clients", "_owns_clients")
+    __slots__ = ("target", "function", "qualifier", "region", "timeout", "_clients")
 
     kind = "lambda"
 
-    def __init__(
-        self, target: str, parsed: LambdaTarget, *, clients: LambdaClients, timeout: float, owns_clients: bool = False
-    ) -> None:
+    def __init__(self, target: str, parsed: LambdaTarget, *, clients: LambdaClients, timeout: float) -> None:
         self.target = target
         self.function = parsed.function
         self.qualifier = parsed.qualifier
         self.region = parsed.region or clients.region
         self.timeout = timeout
         self._clients = clients
-        self._owns_clients = owns_clients  # True: start/close are this route's to call
 
     @classmethod
-    def load(
-        cls, target: str, *, key: str, timeout: float, clients: LambdaClients, owns_clients: bool = False
-    ) -> LambdaIntegration:
+    def load(cls, target: str, *, key: str, timeout: float, clients: LambdaClients) -> LambdaIntegration:
         """Check the target at start-up: its form, a region, aioboto3 installed. Raises
         ConfigError naming ``key``, in one line, for each."""
         parsed = parse_target(target, key)
@@ -158,17 +153,15 @@ class LambdaIntegration:
         except ImportError:
             raise ConfigError(key, "lambda targets need aioboto3: pip install 'wsgateway[aws]'") from None
         clients.add(region)
-        return cls(target, parsed, clients=clients, timeout=timeout, owns_clients=owns_clients)
+        return cls(target, parsed, clients=clients, timeout=timeout)
 
     async def start(self) -> None:
-        """Open the client when this route owns it; the gateway opens a shared one itself."""
-        if self._owns_clients:
-            await self._clients.start()
+        """Open the node's clients (idempotent: every Lambda route shares them)."""
+        await self._clients.start()
 
     async def close(self) -> None:
-        """Close the client when this route owns it; idempotent."""
-        if self._owns_clients:
-            await self._clients.close()
+        """Close the node's clients, once every route has run; idempotent."""
+        await self._clients.close()
 
     async def invoke(self, event: dict[str, Any], context: HandlerContext) -> Any:
         """Call the function; raise HandlerTimeout past the limit, or IntegrationError."""
@@ -194,12 +187,12 @@ class LambdaIntegration:
             response = await client.invoke(**args)
             payload: bytes = await response["Payload"].read()
         except botocore_exceptions.ClientError as exc:
-            code = str(exc.response.get("Error", {}).get("Code", "")) or "Unknown"
-            reason = "throttle" if code in _THROTTLES else "refused"
-            raise IntegrationError("lambda", reason, f"{self.target}: Invoke failed: {code}",
-                                   retryable=reason == "throttle") from None
-        except botocore_exceptions.BotoCoreError as exc:  # connection refused, read timeout...
+            raise _refusal(self.target, exc.response) from None
+        except (botocore_exceptions.EndpointConnectionError, botocore_exceptions.ConnectTimeoutError) as exc:
+            # never reached Lambda: the function did not run
             raise IntegrationError("lambda", "connect", f"{self.target}: Invoke failed: {exc}", retryable=True) from None
+        except botocore_exceptions.BotoCoreError as exc:  # a dropped connection, a read timeout: it may have run
+            raise IntegrationError("lambda", "transport", f"{self.target}: Invoke failed: {exc}") from None
         return self._result(response.get("FunctionError"), payload)
 
     def _result(self, function_error: str | None, payload: bytes) -> Any:
@@ -211,7 +204,18 @@ class LambdaIntegration:
         try:
             return orjson.loads(payload)
         except orjson.JSONDecodeError:
-            raise IntegrationError("lambda", "invalid_payload", f"{self.target}: payload is not JSON") from None
+            raise IntegrationError("lambda", "invalid_json", f"{self.target}: payload is not JSON") from None
+
+
+def _refusal(target: str, response: Mapping[str, Any]) -> IntegrationError:
+    """Lambda answered an error instead of a payload: a throttle (the function did not run,
+    so trying again may work), else labelled by the HTTP status class."""
+    code = str(response.get("Error", {}).get("Code", "")) or "Unknown"
+    status = int(response.get("ResponseMetadata", {}).get("HTTPStatusCode", 500))
+    if code in _THROTTLES:
+        return IntegrationError("lambda", "throttle", f"{target}: Invoke throttled: {code}", retryable=True)
+    reason = "4xx" if 400 <= status < 500 else "5xx"
+    return IntegrationError("lambda", reason, f"{target}: Invoke refused: {status} {code}", retryable=False)
 
 
 def load_lambda(
@@ -219,9 +223,8 @@ def load_lambda(
 ) -> LambdaIntegration:
     """Resolve a ``lambda:`` route at start-up (ConfigError naming ``key`` if it cannot).
 
-    ``clients`` is the node's shared owner (the gateway starts and closes it); without one the
-    route gets its own, opened and closed by its ``start()`` and ``close()``."""
-    owned = clients is None
+    ``clients`` is the node's owner, shared by its Lambda routes; without one (a route loaded
+    alone) the route gets its own, built from ``settings``."""
     if clients is None:
         clients = LambdaClients(region=settings.region, endpoint_url=settings.endpoint_url, timeout=timeout)
-    return LambdaIntegration.load(target, key=key, timeout=timeout, clients=clients, owns_clients=owned)
+    return LambdaIntegration.load(target, key=key, timeout=timeout, clients=clients)
