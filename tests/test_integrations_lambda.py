@@ -7,8 +7,10 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -25,6 +27,7 @@ from wsgateway.gateway import Gateway
 from wsgateway.integrations import HandlerContext, LambdaClients, LambdaIntegration, load_integration
 from wsgateway.integrations.lambda_ import parse_target
 
+ROOT = Path(__file__).resolve().parent.parent
 POOL = ThreadPoolExecutor(1)
 ARN = f"arn:aws:lambda:{REGION}:123456789012:function:echo"
 
@@ -99,7 +102,7 @@ def test_targets_parse_into_function_qualifier_and_region(target, function, qual
 
 
 @pytest.mark.parametrize("target", ["lambda:", "lambda:a b", "lambda:a:b:c", "lambda:arn:aws:lambda:eu-west-1:12:function:f",
-                                    "lambda:" + "x" * 65])
+                                    "lambda:" + "x" * 65, ARN, "echo"])
 def test_malformed_targets_name_the_key(target):
     with pytest.raises(ConfigError) as info:
         parse_target(target, "routes.x")
@@ -122,6 +125,17 @@ def test_gateway_refuses_a_lambda_route_without_region():
     with pytest.raises(ConfigError) as info:
         Gateway(config).load_routes()
     assert info.value.key == "routes.$default"
+
+
+def test_serve_stops_with_one_line_naming_the_route(tmp_path):
+    """What an operator sees: ``wsgateway serve`` exits 2 with one line, no traceback."""
+    config = tmp_path / "g.toml"
+    config.write_text('[listen]\nport = 0\n[management]\nport = 0\n[routes]\n"$default" = "lambda:echo"\n')
+    out = subprocess.run([sys.executable, "-m", "wsgateway", "serve", "--config", str(config)],
+                         cwd=ROOT, capture_output=True, text=True, timeout=30)
+    errors = [line for line in out.stderr.splitlines() if "WARNING" not in line]
+    assert out.returncode == 2
+    assert len(errors) == 1 and "routes.$default" in errors[0] and "region" in errors[0], out.stderr
 
 
 def test_without_aioboto3_start_up_says_what_to_install(monkeypatch):

@@ -55,13 +55,13 @@ class LambdaTarget:
 def parse_target(target: str, key: str) -> LambdaTarget:
     """Split ``lambda:...`` into function, qualifier and the ARN's region ("" for a name);
     raise ConfigError naming ``key`` for any other form."""
-    rest = target.removeprefix("lambda:")
-    arn = _ARN.fullmatch(rest)
+    prefix, _, rest = target.partition(":")
+    arn = _ARN.fullmatch(rest) if prefix == "lambda" else None
     if arn is not None:
         function = arn["function"].removesuffix(f":{arn['qualifier']}") if arn["qualifier"] else arn["function"]
         return LambdaTarget(function, arn["qualifier"] or "", arn["region"])
-    plain = _PLAIN.fullmatch(rest)
-    if plain is None or rest == target:
+    plain = _PLAIN.fullmatch(rest) if prefix == "lambda" else None
+    if plain is None:
         raise ConfigError(key, "a lambda target looks like 'lambda:NAME[:QUALIFIER]' or "
                                f"'lambda:arn:aws:lambda:REGION:ACCOUNT:function:NAME[:QUALIFIER]', got {target!r}")
     return LambdaTarget(plain["name"], plain["qualifier"] or "", "")
