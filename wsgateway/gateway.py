@@ -38,7 +38,7 @@ from .errors import (
 from .fanout import FanoutResult
 from .hub import Hub
 from .ids import new_connection_id, new_node_id
-from .integrations import HttpPool, Integration, load_integration
+from .integrations import HttpPool, Integration, LambdaClients, load_integration
 from .lifetime import TOKEN_EXPIRED, TokenLifetime
 from .metrics import Stats
 from .records import ConnectionInfo, ConnectionRecord
@@ -82,6 +82,11 @@ class Gateway:
         )
         self._http = HttpPool(config.integrations.http)  # every HTTP route's keep-alive pool
         self._integrations: list[Integration] = []
+        lambda_cfg = config.integrations.lambda_
+        # one client per region for every lambda: route; no I/O until start()
+        self._lambdas = LambdaClients(
+            region=lambda_cfg.region, endpoint_url=lambda_cfg.endpoint_url, timeout=limits.handler_timeout_s
+        )
         self._tasks: set[asyncio.Task[Any]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._started = False
@@ -104,6 +109,7 @@ class Gateway:
                 target, key=f"routes.{key}", timeout=self._handler_timeout, executor=self._executor,
                 route_key=key, settings=self.config.integrations, pool=self._http,
                 max_body=self.config.limits.max_message_bytes,
+                lambdas=self._lambdas,
             )
             for key, target in routes_cfg.routes.items()
         }
@@ -136,6 +142,7 @@ class Gateway:
             lifetime=self.lifetime if self.lifetime.action else None,  # no per-message check when off
         )
         self.access.start()
+        await self._lambdas.start()
         await self.auth.start()
         await self.registry.start(self)
         self._spawn(self._sweep())
@@ -162,6 +169,7 @@ class Gateway:
         for integration in reversed(self._integrations):  # every route has run by now
             await integration.close()
         await self.auth.close()
+        await self._lambdas.close()
         self._executor.shutdown(wait=False, cancel_futures=True)
         await self.access.close()
 

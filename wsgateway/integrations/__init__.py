@@ -14,18 +14,18 @@ frame). Integrations holding connections open them in ``start()`` and release th
 
 from __future__ import annotations
 
-import importlib
 from concurrent.futures import Executor
 from typing import Any, Protocol
 
 from ..config import IntegrationsConfig
-from ..errors import ConfigError, HandlerTimeout
+from ..errors import HandlerTimeout
 from .context import HandlerContext
 from .http import HttpIntegration, HttpPool
+from .lambda_ import LambdaClients, LambdaIntegration, load_lambda
 from .python import PythonIntegration
 
-__all__ = ["HandlerContext", "HandlerTimeout", "HttpIntegration", "HttpPool", "Integration", "PythonIntegration",
-           "load_integration", "target_kind"]
+__all__ = ["HandlerContext", "HandlerTimeout", "HttpIntegration", "HttpPool", "Integration", "LambdaClients",
+           "LambdaIntegration", "PythonIntegration", "load_integration", "target_kind"]
 
 _DEFAULT_MAX_BODY = 131072  # limits.max_message_bytes's default
 
@@ -66,29 +66,20 @@ def load_integration(
     settings: IntegrationsConfig | None = None,
     pool: HttpPool | None = None,
     max_body: int = _DEFAULT_MAX_BODY,
+    lambdas: LambdaClients | None = None,
 ) -> Integration:
     """Resolve a route target at start-up; raise ConfigError naming ``key`` if it cannot.
 
     ``route_key`` is the route it serves (``$connect`` and ``$disconnect`` read answers
     differently); ``settings`` is ``[integrations]``; HTTP targets share ``pool`` (one per
-    node; a new one if None) and read answers up to ``max_body`` bytes."""
+    node; a new one if None) and read answers up to ``max_body`` bytes; ``lambda:`` targets
+    share ``lambdas``, the node's client owner (see :func:`load_lambda` without one)."""
     settings = settings or IntegrationsConfig()
     kind = target_kind(target)
     if kind == "http":
         pool = pool or HttpPool(settings.http)
         return HttpIntegration(target, pool=pool, timeout=timeout, max_body=max_body, route_key=route_key)
     if kind == "lambda":
-        return _load_lambda(target, key=key, timeout=timeout, settings=settings)
+        return load_lambda(target, key=key, timeout=timeout, settings=settings.lambda_, clients=lambdas)
     return PythonIntegration.load(target, key=key, timeout=timeout, executor=executor)
 
-
-def _load_lambda(target: str, *, key: str, timeout: float, settings: IntegrationsConfig) -> Integration:
-    """The Lambda integration lives in its own module, imported only when a route needs it."""
-    try:
-        module = importlib.import_module(f"{__name__}.lambda_")
-    except ModuleNotFoundError as exc:
-        if exc.name != f"{__name__}.lambda_":
-            raise ConfigError(key, f"lambda targets need {exc.name!r}: pip install 'wsgateway[aws]'") from None
-        raise ConfigError(key, "lambda targets need the Lambda integration, which this build lacks") from None
-    integration: Integration = module.load_lambda(target, key=key, timeout=timeout, settings=settings.lambda_)
-    return integration
