@@ -200,6 +200,9 @@ async def test_links_reconnect_when_redis_stops_answering(restartable_redis: Red
             await wait_for(lambda: stopped.status() == psutil.STATUS_STOPPED, 2, "Redis stopped")
             pub.publish(b"ch", b"unanswered", sink)
             await wait_for(lambda: not sub.ready.is_set() and not pub.ready.is_set(), 3 * CHECK_S + 1, "both links down")
+            # The link settles its pending replies as it goes down, possibly a beat after it
+            # cleared `ready`: wait for the outcome, then check it is the right one.
+            await wait_for(lambda: sink.replies, 2, "the in-flight publish settled")
             assert sink.replies == [LOST]  # it was written: it may have reached Redis
         finally:
             process.send_signal(signal.SIGCONT)
