@@ -28,12 +28,14 @@ from .errors import Disconnect, GoneError, HandlerTimeout, LimitExceededError
 from .ids import new_request_id
 from .integrations import HandlerContext, Integration
 from .integrations.context import GatewayCalls
+from .usage import TOO_MANY_REQUESTS
 
 if TYPE_CHECKING:
     from .accesslog import AccessLog
     from .metrics import Stats
     from .records import ConnectionRecord
     from .routing import Router
+    from .usage import RouteGate, Usage
 
 __all__ = ["ConnectOutcome", "Dispatcher", "RouteHost"]
 
@@ -78,7 +80,7 @@ def _log_failure(exc: BaseException, route_key: str, request_id: str, connection
 class Dispatcher:
     """Runs the routes of every connection of one gateway; built by the gateway at start."""
 
-    __slots__ = ("_host", "_router", "_access", "_loop", "_queue_limit", "_stats", "_timeout")
+    __slots__ = ("_host", "_router", "_access", "_loop", "_queue_limit", "_stats", "_timeout", "_usage")
 
     def __init__(
         self,
@@ -90,6 +92,7 @@ class Dispatcher:
         stats: Stats,
         queue_limit: int,
         timeout: float,
+        usage: Usage | None = None,
     ) -> None:
         self._host = host
         self._router = router
@@ -98,6 +101,7 @@ class Dispatcher:
         self._queue_limit = queue_limit  # limits.max_queued_bytes, for replies
         self._stats = stats
         self._timeout = timeout  # limits.handler_timeout_s
+        self._usage = usage  # usage plans, route settings, per-connection rates
 
     def handler_context(self, integration: Integration, request_id: str, connection_id: str) -> HandlerContext:
         """The ``context`` argument of one handler invocation."""
@@ -174,12 +178,18 @@ class Dispatcher:
             selected = self._router.select_binary()
             body, is_b64 = base64.b64encode(message).decode(), True
         request_id = new_request_id()
+        usage = self._usage
+        if usage is not None and usage.active and self._throttled(usage, conn, None, request_id, started):
+            return
         if selected is None:
             self._stats.no_route += 1
             self._send_error(conn, "Forbidden", request_id)
             self._log(conn, "", 403, request_id, started)
             return
         route_key, integration = selected
+        gate = usage.route_of(route_key) if usage is not None else None
+        if gate is not None and self._throttled(usage, conn, gate, request_id, started, route_key):
+            return
         event = events.message_event(
             conn.context_base, route_key=route_key, body=body, is_base64=is_b64,
             request_id=request_id, epoch_s=time.time(),
@@ -202,7 +212,31 @@ class Dispatcher:
         else:
             if result is not None:
                 self._reply(conn, result, request_id)
+        finally:
+            if gate is not None:
+                gate.leave()
         self._log(conn, route_key, status, request_id, started)
+
+    def _throttled(
+        self, usage: Usage | None, conn: Connection, gate: RouteGate | None, request_id: str, started: float,
+        route_key: str = "",
+    ) -> bool:
+        """Check the message against the connection's rate and its tenant's plan (``gate``
+        None), or against its route's settings. True: it was throttled, the client got AWS's
+        error frame (the socket stays open) and the handler is not run."""
+        assert usage is not None
+        if gate is None:
+            refusal = usage.message(conn.record.tenant) if usage.connection_message(conn.id) else TOO_MANY_REQUESTS
+        else:
+            limit = gate.enter()
+            if limit is not None:
+                usage.count("", limit, "message")
+            refusal = None if limit is None else TOO_MANY_REQUESTS
+        if refusal is None:
+            return False
+        self._send_error(conn, refusal, request_id)
+        self._log(conn, route_key, 429, request_id, started)
+        return True
 
     async def _call(self, conn: Connection, integration: Integration, event: dict[str, Any], request_id: str) -> Any:
         """Run the handler under the route's time limit, without a timer per message: the

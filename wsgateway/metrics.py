@@ -36,6 +36,7 @@ class Stats:
         "disconnects",
         "management",
         "slow_consumers",
+        "throttled",
     )
 
     def __init__(self) -> None:
@@ -48,6 +49,9 @@ class Stats:
         self.disconnects: Counter[int] = Counter()  # close code -> count
         self.management: Counter[tuple[str, int]] = Counter()  # (operation, status) -> count
         self.slow_consumers = 0
+        # (plan, limit, kind) -> calls throttled; plan "" for route and connection limits.
+        # Never a tenant label: one series per tenant would grow without bound.
+        self.throttled: Counter[tuple[str, str, str]] = Counter()
 
 
 class _NodeCollector(Collector):
@@ -81,6 +85,13 @@ class _NodeCollector(Collector):
         for (operation, status), count in sorted(stats.management.items()):
             calls.add_metric([operation, str(status)], count)
         yield calls
+        throttled = CounterMetricFamily(
+            "wsgateway_throttled", "Calls refused by a usage plan, route setting or connection rate, by plan, "
+            "limit and kind (handshake, message, post)", labels=["plan", "limit", "kind"]
+        )
+        for (plan, limit, kind), count in sorted(stats.throttled.items()):
+            throttled.add_metric([plan, limit, kind], count)
+        yield throttled
 
 
 def exposition(stats: Stats, hub: Hub) -> bytes:
