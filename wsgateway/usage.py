@@ -134,6 +134,7 @@ class Usage:
         self._day = ""
         self._day_end = 0.0
         self.book = PlanBook(())
+        self._start_day(wall())
         self.configure(plans, route_settings)
 
     # ---------------------------------------------------------------- configuration
