@@ -18,7 +18,7 @@ import pytest
 import websockets
 from websockets.exceptions import InvalidStatus
 
-from tests.support import connect, endpoint, jwt_section, make_config, running_node, token, ws_url, whoami
+from tests.support import connect, endpoint, jwt_section, make_config, running_node, token, whoami, ws_url
 from wsgateway.node import Node
 
 SMALL = {"name": "small", "tenants": ["p001", "p002"], "max_connections": 3, "messages_per_s": 5,
@@ -177,6 +177,7 @@ async def test_route_concurrency_and_per_connection_rate() -> None:
         assert json.loads(await asyncio.wait_for(second.recv(), 5)) == {"n": 1}
         assert json.loads(await asyncio.wait_for(second.recv(), 5))["message"] == "Too Many Requests"
         status, _, metrics = await management(node, "GET", "/metrics")
+        assert status == 200
         assert 'wsgateway_throttled_total{kind="message",limit="max_concurrency",plan=""} 1.0' in metrics.decode()
         await first.close()
         await second.close()
