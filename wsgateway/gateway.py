@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import events
 from .accesslog import AccessLog
-from .admission import Hold, Slots
+from .admission import Slots
 from .auth import Authenticator, Principal
 from .connection import Connection, as_payload
 from .dispatch import ConnectOutcome, Dispatcher
@@ -31,7 +31,6 @@ from .errors import (
     ConfigError,
     ForbiddenError,
     GoneError,
-    LimitExceededError,
     PayloadTooLargeError,
     RegistryUnavailableError,
 )
@@ -43,7 +42,8 @@ from .metrics import Stats
 from .records import ConnectionInfo, ConnectionRecord
 from .registry import Page, create_registry
 from .routing import Router
-from .usage import SYNC_S, Usage
+from .throttle import Throttle
+from .usage import Usage
 
 if TYPE_CHECKING:
     from .config import GatewayConfig
@@ -71,6 +71,7 @@ class Gateway:
             config.plans, config.route_settings.routes, stats=self.stats,
             per_connection=(config.limits.messages_per_s_per_connection, config.limits.messages_burst_per_connection),
         )
+        self.throttle = Throttle(self.usage, self.registry, self._spawn)
         self.router: Router[Integration] | None = None
         self.dispatcher: Dispatcher | None = None
         self.draining = False
@@ -130,7 +131,7 @@ class Gateway:
         await self.auth.start()
         await self.registry.start(self)
         self._spawn(self._sweep())
-        self._spawn(self._sync_usage())
+        self._spawn(self.throttle.run_sync())
         self.ready = True
 
     def begin_drain(self) -> None:
@@ -188,57 +189,19 @@ class Gateway:
         assert self._loop is not None
         return Connection(record, self._loop.time(), base)
 
-    async def reserve_places(self, tenant: str, principal_id: str) -> Hold | None:
-        """While plans are configured: take one of the tenant's connection places, cluster-wide,
-        before the awaited ``$connect``. None: over its plan's cap (the handshake gets 429);
-        else a Hold to release on every exit path (a failed handshake, the close)."""
-        if not self.usage.book:
-            return Hold(None)
-        plan = self.usage.plan_of(tenant)
-        caps = (plan.max_connections, plan.max_connections_per_principal) if plan is not None else (0, 0)
-        refused = await self.registry.reserve(tenant, principal_id, *caps)
-        if refused is not None:
-            assert plan is not None
-            log.info("handshake refused (429): tenant %s over its plan's %s", tenant, refused)
-            self.usage.count(plan.name, refused, "handshake")
-            return None
-        return Hold(lambda: self._spawn(self.registry.unreserve(tenant, principal_id)))
-
-    def admit_post(self, tenant: str) -> None:
-        """A management call aimed at ``tenant``: raise LimitExceededError (429) naming the
-        plan's limit it is over."""
-        limit = self.usage.post(tenant)
-        if limit is not None:
-            what = "used up" if limit == "quota_per_day" else "over"
-            raise LimitExceededError(f"Too Many Requests: tenant {tenant} {what} its plan's {limit}")
-
     async def tenant_usage(self, tenant: str) -> dict[str, Any]:
         """``GET /@tenants/{tenant}/usage``: its plan, connections on every node and today's
         counts. Raises RegistryUnavailableError."""
-        usage = self.usage
-        plan, day = usage.plan_of(tenant), usage.day
-        synced = await self.registry.usage_today(tenant, day)
-        unsynced = usage.today(tenant)
-        messages, posts = synced[0] + unsynced[0], synced[1] + unsynced[1]
-        quota = plan.quota_per_day if plan is not None else 0
-        return {
-            "plan": plan.name if plan is not None else None,
-            "connections": await self._tenant_connections(tenant),
-            "messagesToday": messages,
-            "postsToday": posts,
-            "quotaPerDay": quota,
-            "remainingToday": max(0, quota - messages - posts) if quota else None,
-        }
-
-    async def _tenant_connections(self, tenant: str) -> int:
         if self.usage.book:  # every handshake takes a place: the count is one read
-            return await self.registry.held(tenant)
-        count, token = 0, None
-        while True:  # no places without plans: count the listing
-            page = await self.registry.list_tenant(tenant, 1000, token)
-            count += len(page.connections)
-            if (token := page.next_token) is None:
-                return count
+            connections = await self.registry.held(tenant)
+        else:
+            connections, token = 0, None
+            while True:  # no places without plans: count the listing
+                page = await self.registry.list_tenant(tenant, 1000, token)
+                connections += len(page.connections)
+                if (token := page.next_token) is None:
+                    break
+        return await self.throttle.report(tenant, connections)
 
     def reload_plans(self, config: GatewayConfig) -> None:
         """Take ``config``'s plans, route settings and allowed origins (SIGHUP); open
@@ -246,20 +209,6 @@ class Gateway:
         limits = replace(self.config.limits, allowed_origins=config.limits.allowed_origins)
         self.config = replace(self.config, plans=config.plans, route_settings=config.route_settings, limits=limits)
         self.usage.configure(config.plans, config.route_settings.routes)
-
-    async def _sync_usage(self) -> None:
-        """Every SYNC_S: tell the registry this node's usage, learn the cluster's."""
-        while True:
-            await asyncio.sleep(SYNC_S)
-            if not self.usage.active:
-                continue
-            report = self.usage.report()
-            try:
-                totals = await self.registry.sync_usage(report)
-            except Exception as exc:  # noqa: BLE001 - limits then hold per node until it answers
-                log.debug("usage sync failed (%r): limits hold per node", exc)
-                totals = None
-            self.usage.learn(report, totals)
 
     async def run_connect(
         self, conn: Connection, headers: Sequence[tuple[str, str]], query: Sequence[tuple[str, str]]
@@ -365,7 +314,7 @@ class Gateway:
         conn = self.hub.get(connection_id)
         if conn is not None:
             assert self._loop is not None
-            self.admit_post(conn.record.tenant)
+            self.throttle.admit_post(conn.record.tenant)
             conn.send(payload, binary, self._loop.time(), self._queue_limit)
             return
         await self.registry.post(connection_id, payload, binary)  # its node checks the plan
@@ -385,7 +334,7 @@ class Gateway:
         if conn is not None:
             if conn.close_code is not None:
                 raise GoneError()
-            self.admit_post(conn.record.tenant)
+            self.throttle.admit_post(conn.record.tenant)
             self.close(conn, CLOSE_NORMAL, "Connection Closed Normally")
             return
         await self.registry.delete(connection_id)  # its node checks the plan
@@ -404,7 +353,7 @@ class Gateway:
         payload, binary = as_payload(data)
         if len(payload) > self._max_post:
             raise PayloadTooLargeError("Message too long")
-        self.admit_post(tenant)
+        self.throttle.admit_post(tenant)
         # Other nodes first: if the registry cannot answer, the caller gets a retriable error
         # before anyone received the message, so a retry never duplicates it locally.
         remote = await self.registry.fanout(tenant, payload, binary, user=user, group=group)
@@ -462,7 +411,7 @@ class Gateway:
         if conn is None:
             raise GoneError()
         assert self._loop is not None
-        self.admit_post(conn.record.tenant)
+        self.throttle.admit_post(conn.record.tenant)
         conn.send(data, binary, self._loop.time(), self._queue_limit)
 
     def local_info(self, connection_id: str) -> ConnectionInfo:
@@ -475,7 +424,7 @@ class Gateway:
         conn = self.hub.get(connection_id)
         if conn is None or conn.close_code is not None:
             raise GoneError()
-        self.admit_post(conn.record.tenant)
+        self.throttle.admit_post(conn.record.tenant)
         self.close(conn, CLOSE_NORMAL, "Connection Closed Normally")
 
     def local_fanout(

@@ -282,7 +282,7 @@ class ClientServer:
         """Take the tenant's place under its usage plan's caps, after auth (the tenant is known
         only then) and before the awaited ``$connect``; False: over a cap (429). The place goes
         back on the same paths as the node's slot (see :meth:`_admission`)."""
-        hold = await self.gateway.reserve_places(tenant, principal_id)
+        hold = await self.gateway.throttle.reserve_places(tenant, principal_id)
         if hold is None:
             return False
         self._holds[ws] = hold

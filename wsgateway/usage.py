@@ -263,13 +263,14 @@ class Usage:
         for tenant, state in self._tenants.items():
             if state is None:
                 continue
+            # Only tenants with traffic here: their day totals come back with the answer.
+            if state.used_m or state.used_p or (state.plan.quota_per_day and (state.tried_m or state.tried_p)):
+                report.used[tenant] = (state.used_m, state.used_p)
+                state.used_m = state.used_p = 0
             if state.tried_m:
                 demand["m:" + tenant], state.tried_m = state.tried_m, 0
             if state.tried_p:
                 demand["p:" + tenant], state.tried_p = state.tried_p, 0
-            if state.used_m or state.used_p or state.plan.quota_per_day:
-                report.used[tenant] = (state.used_m, state.used_p)
-                state.used_m = state.used_p = 0
         for key, gate in self._routes.items():
             if gate.tried:
                 demand["r:" + key], gate.tried = gate.tried, 0

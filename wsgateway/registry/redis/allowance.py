@@ -40,17 +40,23 @@ class Allowance:
         self._mine: Counter[tuple[str, str]] = Counter()  # (tenant, principal) -> places held here
         self._offline: Counter[tuple[str, str]] = Counter()  # ... of them granted while Redis was down
         self._warned = False
+        self._listed: set[str] = set()  # tenants listed under this node since the last sync
 
     async def reserve(self, tenant: str, principal: str, max_tenant: int, max_principal: int) -> str | None:
         """See ``Registry.reserve``."""
         keys, call, key = self._keys, self._batcher.call, (tenant, principal)
         try:
             async with asyncio.timeout(self._timeout_s):
-                # Listed first: a node that dies right after the script still has it listed.
-                listed = call("SADD", keys.node_places(self._node_id), tenant)
+                # Listed first (same pipeline): a node that dies right after the script still
+                # has it listed. Once per tenant per sync is enough (see sync).
+                listed = None
+                if tenant not in self._listed:
+                    listed = call("SADD", keys.node_places(self._node_id), tenant)
                 taken = await call("EVAL", PLACES_TAKE, 1, keys.tenant_places(tenant), self._node_id, principal,
                                    max_tenant, max_principal)
-                await listed
+                if listed is not None:
+                    await listed
+                    self._listed.add(tenant)
         except REDIS_FAILURES as exc:
             return self._reserve_offline(key, max_tenant, max_principal, exc)
         if taken:
@@ -105,6 +111,7 @@ class Allowance:
     async def sync(self, report: UsageReport) -> UsageTotals:
         """See ``Registry.sync_usage``: one pipelined round of commands."""
         keys, call = self._keys, self._batcher.call
+        self._listed.clear()  # list again: a sweep of this node (declared dead) dropped the set
         window = keys.demand(report.window)
         adds = [call("HINCRBY", window, key, n) for key, n in report.demand.items()]
         if adds:
