@@ -209,3 +209,17 @@ def test_plans_config_reads_the_issues_example() -> None:
     })
     assert config.plans[0].max_connections_per_principal == 5
     assert config.route_settings.routes["sendMessage"] == RouteSettingsConfig(rate_per_s=100, burst=200, max_concurrency=20)
+
+
+def test_loadtest_plans_flag_configures_every_check_generously() -> None:
+    import tomllib
+
+    from loadtest.targets import gateway_config
+
+    config = parse_config(tomllib.loads(gateway_config(secret="s" * 40, access_key="AK", secret_key="k", plans=True)))
+    assert [p.tenants for p in config.plans] == [("*",)]
+    assert config.plans[0].max_connections >= 10_000_000 and config.plans[0].quota_per_day >= 10**12
+    assert config.route_settings.routes["echo"].max_concurrency >= 10_000_000
+    assert config.limits.messages_per_s_per_connection >= 10_000_000
+    plain = parse_config(tomllib.loads(gateway_config(secret="s" * 40, access_key="AK", secret_key="k")))
+    assert plain.plans == () and not plain.route_settings.routes

@@ -282,7 +282,14 @@ class ClientServer:
         """Take the tenant's place under its usage plan's caps, after auth (the tenant is known
         only then) and before the awaited ``$connect``; False: over a cap (429). The place goes
         back on the same paths as the node's slot (see :meth:`_admission`)."""
-        hold = await self.gateway.throttle.reserve_places(tenant, principal_id)
+        if not self.gateway.usage.book:
+            return True  # no plans: no places to take
+        taking = asyncio.ensure_future(self.gateway.throttle.reserve_places(tenant, principal_id))
+        try:
+            hold = await asyncio.shield(taking)
+        except asyncio.CancelledError:  # the open timeout: give the place back once it is taken
+            taking.add_done_callback(_release_taken)
+            raise
         if hold is None:
             return False
         self._holds[ws] = hold
@@ -345,6 +352,12 @@ class ClientServer:
                     hold.release()
             ws.gw_conn = None  # conn.ws points back: no cycle must outlive the connection
             await gateway.closed(conn, code, reason)
+
+
+def _release_taken(taking: asyncio.Future[Hold | None]) -> None:
+    """A place taken for a handshake that was cancelled meanwhile goes back at once."""
+    if not taking.cancelled() and taking.exception() is None and (hold := taking.result()) is not None:
+        hold.release()
 
 
 def _deflate_extensions(no_context_takeover: bool) -> list[ServerExtensionFactory] | None:
