@@ -140,3 +140,31 @@ async def test_a_post_throttled_on_the_owning_node_answers_429_naming_the_limit(
     assert error["Error"]["Message"] == "Too Many Requests: tenant t1 over its plan's posts_per_s"
     assert [await asyncio.wait_for(ws.recv(), 5) for _ in range(2)] == ["1", "2"]
     await ws.close()
+
+
+async def test_a_daily_quota_holds_across_nodes_within_20_percent(cluster: Cluster) -> None:
+    quota = 300
+    extra = plan(messages_per_s=60, messages_burst=60, quota_per_day=quota)
+    nodes = [await cluster.start(n, extra=extra) for n in ("a", "b", "c")]
+    clients = [await node.connect("t1") for node in nodes for _ in range(2)]  # whoami: 6 of the quota
+    replies: dict[str, int] = {"echo": 0, "Too Many Requests": 0, "Limit Exceeded": 0}
+
+    async def flood(ws: websockets.ClientConnection) -> None:
+        deadline = time.monotonic() + 7.0
+        while time.monotonic() < deadline:
+            await ws.send('{"f": 1}')
+            reply = await asyncio.wait_for(ws.recv(), 5)
+            kind = next((k for k in ("Too Many Requests", "Limit Exceeded") if k in reply), "echo")
+            replies[kind] += 1
+            if kind != "echo":
+                await asyncio.sleep(0.005)
+
+    await asyncio.gather(*(flood(ws) for ws, _ in clients))
+    used = replies["echo"] + len(clients)
+    assert quota <= used <= 1.2 * quota, replies
+    assert replies["Limit Exceeded"] > 0
+    await asyncio.sleep(1.0)  # every node's last counts synced
+    report = await usage(nodes[0], "t1")
+    assert report["messagesToday"] == used and report["remainingToday"] == 0 and report["quotaPerDay"] == quota
+    for ws, _ in clients:
+        await ws.close()
