@@ -67,6 +67,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--compression", action="store_true", help="permessage-deflate on (wsgateway and bare)")
     p.add_argument("--registry", choices=("memory", "redis"), default="memory",
                    help="single-node scenarios: wsgateway's registry (redis: a private redis-server)")
+    p.add_argument("--plans", action="store_true",
+                   help="wsgateway: a generous usage plan on every tenant (what the checks cost; nothing throttled)")
     p.add_argument("--no-pin", action="store_true", help="do not pin servers and clients to cores")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     p.add_argument("--phase", action="append", default=[],
@@ -100,6 +102,7 @@ def _settings(args: argparse.Namespace, scenario: Scenario) -> Settings:
         concurrency=args.concurrency,
         compression=args.compression,
         registry=args.registry,
+        plans=args.plans,
     )
     if args.smoke:
         base = replace(base, connections=args.connections or _SMOKE_CONNECTIONS[scenario.name],
@@ -162,6 +165,7 @@ def plan_meta(args: argparse.Namespace) -> dict[str, object]:
         "pinned": not args.no_pin,
         "compression": args.compression,
         "registry": args.registry,
+        "plans": args.plans,
         "response_parser": parser_name(),
         "when": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }

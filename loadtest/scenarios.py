@@ -33,6 +33,7 @@ class Settings:
     concurrency: int = 0  # dials / requests in flight per client process; 0 = the role's default
     compression: bool = False  # permessage-deflate (wsgateway and bare)
     registry: str = "memory"  # "redis": single-node scenarios get a private Redis (wsgateway's registry)
+    plans: bool = False  # wsgateway: a generous usage plan on every tenant (checked, never throttling)
 
 
 @dataclass(frozen=True)
@@ -146,7 +147,7 @@ def _slow(s: Settings) -> list[Phase]:
 
 
 def _single(s: Settings) -> Topology:
-    return Topology(1, s.workers or 1, bus=s.registry == "redis", compression=s.compression)
+    return Topology(1, s.workers or 1, bus=s.registry == "redis", compression=s.compression, plans=s.plans)
 
 
 def _with_backend(s: Settings) -> Topology:
@@ -154,7 +155,8 @@ def _with_backend(s: Settings) -> Topology:
 
 
 def _idle_topology(s: Settings) -> Topology:
-    return Topology(1, s.workers or math.ceil(s.connections / PER_PROCESS_CONNECTIONS), compression=s.compression)
+    return Topology(1, s.workers or math.ceil(s.connections / PER_PROCESS_CONNECTIONS), compression=s.compression,
+                    plans=s.plans)
 
 
 SCENARIOS: dict[str, Scenario] = {
@@ -173,9 +175,10 @@ SCENARIOS: dict[str, Scenario] = {
         Scenario("fanout", "POST to a tenant; every connection of the tenant gets it",
                  1_000, 200, _single, lambda s: [_fanout_phase("fanout", s, 0, 0)], sweep_start=10),
         Scenario("crossnode", "unicast and fan-out with the clients on another node, through Redis",
-                 100, 200, lambda s: Topology(2, 1, bus=True, compression=s.compression), _crossnode, sweep_start=500),
+                 100, 200, lambda s: Topology(2, 1, bus=True, compression=s.compression, plans=s.plans), _crossnode,
+                 sweep_start=500),
         Scenario("cluster", "tenant fan-out to connections spread over 3 nodes, through Redis",
-                 10_000, 200, lambda s: Topology(_CLUSTER_NODES, 1, bus=True, compression=s.compression),
+                 10_000, 200, lambda s: Topology(_CLUSTER_NODES, 1, bus=True, compression=s.compression, plans=s.plans),
                  _cluster, sweep_start=10),
         Scenario("slow", "fan-out while a share of the clients stop reading",
                  1_000, 1024, _single, _slow, sweep_start=10, default_rate=20),

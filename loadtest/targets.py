@@ -58,6 +58,7 @@ class Topology:
     bus: bool = False
     compression: bool = False  # permessage-deflate on (clients offer it too)
     backend: bool = False  # an HTTP echo backend (peers/echo_backend.py) that echo goes through
+    plans: bool = False  # wsgateway: usage plans on every tenant, figures no run reaches
 
 
 @dataclass(frozen=True)
@@ -155,17 +156,41 @@ class Target:
         dep.nodes.append(Node(endpoint, f"http://127.0.0.1:{first.management_port}"))
 
 
+# Every check of usage plans runs (caps reserved, buckets, quota counts, route gates,
+# per-connection buckets) with figures no load run reaches: what they cost, never a 429.
+_GENEROUS_PLANS = """
+[[plans]]
+name = "loadtest"
+tenants = ["*"]
+max_connections = 10000000
+max_connections_per_principal = 10000000
+messages_per_s = 100000000
+messages_burst = 100000000
+posts_per_s = 100000000
+posts_burst = 100000000
+quota_per_day = 1000000000000
+
+[route_settings.echo]
+rate_per_s = 100000000
+burst = 100000000
+max_concurrency = 10000000
+"""
+
+
 def gateway_config(
     *, secret: str, access_key: str, secret_key: str, redis_url: str = "", compression: bool = False,
     backend_url: str = "",
+    plans: bool = False,
 ) -> str:
     """Return a wsgateway TOML config for load runs (pure: no I/O).
 
     JWT (HS256, ``?token=``, tenant claim ``tenant``) and SigV4 on; routes from
     ``loadtest.peers.gw_handlers`` (``echo`` an HTTP integration to ``backend_url`` if set);
     access log off; memory registry unless ``redis_url``; permessage-deflate only with
-    ``compression``.
+    ``compression``; with ``plans`` a generous usage plan on every tenant, a route setting on
+    ``echo`` and a per-connection rate.
     """
+    per_connection = "messages_per_s_per_connection = 10000000\nmessages_burst_per_connection = 10000000\n"
     registry = f'backend = "redis"\nredis_url = "{redis_url}"' if redis_url else 'backend = "memory"'
     echo = backend_url or "loadtest.peers.gw_handlers:echo"
     return f"""stage = "prod"
@@ -201,7 +226,10 @@ tenant_claim = "tenant"
 
 [log]
 access_log = ""
-"""
+
+[limits]
+{per_connection if plans else ""}
+{_GENEROUS_PLANS if plans else ""}"""
 
 
 class WsGateway(Target):
@@ -210,6 +238,7 @@ class WsGateway(Target):
     name = "wsgateway"
     compression_arg = None  # [listen] compression in its config
     reuse_port = False
+    _plans = False
     sigv4 = True
     forwards_http = True
 
@@ -220,7 +249,9 @@ class WsGateway(Target):
         self._keys = ("AKID" + secrets.token_hex(8).upper(), secrets.token_hex(20))
         self._workers = topo.workers
         # The gateway's own --workers share the ports and need the Redis registry.
-        dep = super().deploy(Topology(topo.nodes, 1, topo.bus or topo.workers > 1, topo.compression, topo.backend),
+        self._plans = topo.plans
+        dep = super().deploy(Topology(topo.nodes, 1, topo.bus or topo.workers > 1, topo.compression, topo.backend,
+                                      topo.plans),
                              workdir, cpu)
         dep.sigv4 = self._keys
         return dep
@@ -230,7 +261,7 @@ class WsGateway(Target):
         access_key, secret_key = self._keys
         config.write_text(gateway_config(secret=secret, access_key=access_key, secret_key=secret_key,
                                          redis_url=redis_url, compression=self._compression,
-                                         backend_url=self._backend_url))
+                                         backend_url=self._backend_url, plans=self._plans))
         argv = python_argv("wsgateway", "serve", "--config", str(config), "--ready-file", str(ready_file))
         return argv + (["--workers", str(self._workers)] if self._workers > 1 else [])
 

@@ -22,6 +22,7 @@ from wsgateway.fanout import FanoutResult
 from wsgateway.ids import new_connection_id
 from wsgateway.records import ConnectionInfo, ConnectionRecord
 from wsgateway.registry import LocalNode, Registry
+from wsgateway.usage import UsageReport
 
 __all__ = ["CHECKS", "Factory", "RecordingNode", "make_record"]
 
@@ -284,6 +285,32 @@ async def check_close_is_idempotent(make: Factory) -> None:
     await registry.close()
 
 
+async def check_places_hold_caps_per_tenant_and_principal(make: Factory) -> None:
+    registry = await make(RecordingNode("n1"))
+    assert [await registry.reserve("t", "alice", 3, 2) for _ in range(3)] == [
+        None, None, "max_connections_per_principal"]
+    assert await registry.reserve("t", "bob", 3, 2) is None
+    assert await registry.reserve("t", "carol", 3, 2) == "max_connections"
+    assert await registry.reserve("u", "alice", 3, 2) is None  # another tenant
+    assert await registry.held("t") == 3
+    await registry.unreserve("t", "alice")
+    assert await registry.held("t") == 2
+    assert await registry.reserve("t", "carol", 3, 2) is None
+    assert await registry.reserve("t", "dave", 0, 0) is None  # 0 = no cap: taken, and counted
+    assert await registry.held("t") == 4
+
+
+async def check_usage_sync_adds_up_the_day(make: Factory) -> None:
+    registry = await make(RecordingNode("n1"))
+    first = await registry.sync_usage(UsageReport(100, "20261206", {"m:t": 5}, {"t": (4, 1)}))
+    assert first.day == {"t": (4, 1)}
+    second = await registry.sync_usage(UsageReport(101, "20261206", {"m:t": 2}, {"t": (1, 0), "u": (0, 0)}))
+    assert second.day == {"t": (5, 1), "u": (0, 0)}
+    assert second.demand.get("m:t") in (2, 5)  # memory: this report's; Redis: window 100's
+    assert await registry.usage_today("t", "20261206") == (5, 1)
+    assert await registry.usage_today("t", "20261207") == (0, 0)
+
+
 CHECKS: list[Callable[[Factory], Awaitable[None]]] = [
     check_satisfies_protocol,
     check_health_reachable,
@@ -298,6 +325,8 @@ CHECKS: list[Callable[[Factory], Awaitable[None]]] = [
     check_listing_rejects_bad_input,
     check_remove_drops_from_listing,
     check_close_is_idempotent,
+    check_places_hold_caps_per_tenant_and_principal,
+    check_usage_sync_adds_up_the_day,
 ]
 
 

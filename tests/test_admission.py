@@ -2,7 +2,7 @@
 
 import pytest
 
-from wsgateway.admission import Slots
+from wsgateway.admission import Hold, Slots
 
 
 def test_places_run_out_at_the_limit_and_come_back_once_each():
@@ -23,3 +23,12 @@ def test_zero_means_no_limit_but_still_counts():
     assert all(s is not None for s in taken) and slots.in_use == 1000
     with pytest.raises(ValueError):
         Slots(-1)
+
+
+def test_a_hold_gives_its_place_back_exactly_once() -> None:
+    given_back: list[int] = []
+    hold = Hold(lambda: given_back.append(1))
+    hold.release()
+    hold.release()  # the handshake's failure path and the close both reach it
+    assert given_back == [1]
+    Hold(None).release()  # nothing was taken: nothing to give back

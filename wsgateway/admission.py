@@ -11,7 +11,25 @@ Use from the event loop only: taking and releasing are plain counter updates, no
 
 from __future__ import annotations
 
-__all__ = ["Slot", "Slots"]
+from collections.abc import Callable
+
+__all__ = ["Hold", "Slot", "Slots"]
+
+
+class Hold:
+    """A place held somewhere else (a usage plan's cluster-wide connection cap): like a
+    :class:`Slot`, :meth:`release` gives it back exactly once, by calling ``give_back``."""
+
+    __slots__ = ("_give_back",)
+
+    def __init__(self, give_back: Callable[[], object] | None) -> None:
+        self._give_back = give_back  # None: nothing was taken (no cap applies)
+
+    def release(self) -> None:
+        """Give the place back; call on every exit path. Idempotent."""
+        give_back, self._give_back = self._give_back, None
+        if give_back is not None:
+            give_back()
 
 
 class Slot:

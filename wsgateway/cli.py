@@ -4,6 +4,8 @@
 the client and management ports through SO_REUSEPORT (Redis registry only: each worker is a
 node of the shared registry, so a management call reaching any worker finds any connection).
 SIGTERM / SIGINT drain: clients are closed with 1001, every ``$disconnect`` runs, exit 0.
+SIGHUP reloads the config file's ``[[plans]]``, ``[route_settings]`` and
+``limits.allowed_origins`` without dropping a connection; a bad file is logged and ignored.
 """
 
 from __future__ import annotations
@@ -59,6 +61,7 @@ async def _serve(config: GatewayConfig, args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, _reload, node, args.config)
     await node.start()
     _tune_gc()
     if args.ready_file:
@@ -72,6 +75,22 @@ async def _serve(config: GatewayConfig, args: argparse.Namespace) -> int:
     finally:
         await node.stop()
     return 0
+
+
+def _reload(node: Any, path: str | None) -> None:
+    """SIGHUP: re-read the config file and apply its [[plans]], [route_settings] and
+    limits.allowed_origins; connections stay open. A bad file changes nothing (one log line)."""
+    if path is None:
+        log.warning("SIGHUP ignored: the node runs on the embedded defaults, no config file to reload")
+        return
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        log.error("SIGHUP: config not reloaded, the old settings stay: %s", exc)
+        return
+    node.reload(config)
+    log.info("SIGHUP: reloaded plans (%d), route settings (%d) and allowed origins from %s",
+             len(config.plans), len(config.route_settings.routes), config.source)
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:

@@ -45,8 +45,9 @@ from .schema import (
 )
 
 __all__ = ["AuthConfig", "Credential", "GatewayConfig", "HttpIntegrationConfig", "IntegrationsConfig",
-           "LambdaIntegrationConfig", "LimitsConfig", "ListenConfig", "LogConfig", "ManagementConfig",
-           "RegistryConfig", "RoutesConfig", "config_warnings", "load_config", "parse_config"]
+           "LambdaIntegrationConfig", "LimitsConfig", "ListenConfig", "LogConfig", "ManagementConfig", "PlanConfig",
+           "RegistryConfig", "RouteSettings", "RouteSettingsConfig", "RoutesConfig", "config_warnings", "load_config",
+           "parse_config"]
 
 # Rules several fields share; every other rule is written out beside its field.
 _NAME = rule(r"[A-Za-z0-9_-]{1,128}", "1 to 128 of A-Z a-z 0-9 _ -")
@@ -343,9 +344,69 @@ class LimitsConfig:
     handler_threads: int = 16  # thread pool for sync handlers
     # SO_SNDBUF of client sockets; 0 = the kernel's autotuning
     socket_send_buffer_bytes: int = field(default=0, metadata=NON_NEGATIVE)
+    # a token bucket per connection: messages/s it refills at (0 = off), and its size
+    messages_per_s_per_connection: float = field(default=0.0, metadata=NON_NEGATIVE)
+    messages_burst_per_connection: int = field(default=0, metadata=NON_NEGATIVE)
 
     def __post_init__(self) -> None:
         check_fields(self, "limits")
+
+    def check(self) -> None:
+        """Rules across fields; the loader calls it. Raises ConfigError."""
+        _check_burst("limits.", "messages_burst_per_connection", self.messages_burst_per_connection,
+                     self.messages_per_s_per_connection)
+
+
+def _check_burst(prefix: str, name: str, burst: int, rate: float) -> None:
+    """A bucket smaller than one second of its rate would never let the rate through."""
+    if rate and burst < rate:
+        raise ConfigError(f"{prefix}{name}", f"must be >= its rate ({rate:g}) when the rate is set, got {burst}")
+
+
+_TENANT_OR_ANY = rule(r"\*|[^\s]{1,128}", '"*" or a tenant name (1 to 128 characters, no spaces)')
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class PlanConfig:
+    """One ``[[plans]]`` entry: the limits of every tenant it names, cluster-wide; 0 = no limit."""
+
+    name: str = field(metadata=_NAME)
+    tenants: tuple[str, ...] = field(metadata=_TENANT_OR_ANY)  # "*" = every tenant no other plan names
+    max_connections: int = field(default=0, metadata=NON_NEGATIVE)  # of the tenant, all nodes together
+    max_connections_per_principal: int = field(default=0, metadata=NON_NEGATIVE)  # per (tenant, principalId)
+    messages_per_s: float = field(default=0.0, metadata=NON_NEGATIVE)  # client messages of the tenant
+    messages_burst: int = field(default=0, metadata=NON_NEGATIVE)
+    posts_per_s: float = field(default=0.0, metadata=NON_NEGATIVE)  # management calls aimed at the tenant
+    posts_burst: int = field(default=0, metadata=NON_NEGATIVE)
+    quota_per_day: int = field(default=0, metadata=NON_NEGATIVE)  # messages + posts per UTC day
+
+    def __post_init__(self) -> None:
+        check_fields(self, "plans")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class RouteSettingsConfig:
+    """``[route_settings."<route key>"]``: throttles of one route; 0 = no limit."""
+
+    rate_per_s: float = field(default=0.0, metadata=NON_NEGATIVE)  # all tenants and nodes together
+    burst: int = field(default=0, metadata=NON_NEGATIVE)
+    max_concurrency: int = field(default=0, metadata=NON_NEGATIVE)  # handler invocations in flight per node
+
+    def __post_init__(self) -> None:
+        check_fields(self, "route_settings")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class RouteSettings:
+    """``[route_settings]``: its keys are route keys, each a table of :class:`RouteSettingsConfig`."""
+
+    routes: Mapping[str, RouteSettingsConfig] = field(default_factory=lambda: MappingProxyType({}), metadata=rule(
+        keys=(r"(?s)\$connect|\$disconnect|\$default|[^$].*", "a route key")))
+
+    def check(self) -> None:
+        """Rules across fields; the loader calls it. Raises ConfigError."""
+        for key, route in self.routes.items():
+            _check_burst(f"route_settings.{key}.", "burst", route.burst, route.rate_per_s)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -406,6 +467,8 @@ class GatewayConfig:
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     log: LogConfig = field(default_factory=LogConfig)
     registry: RegistryConfig = field(default_factory=RegistryConfig)
+    plans: tuple[PlanConfig, ...] = ()  # [[plans]]: usage plans per tenant
+    route_settings: RouteSettings = field(default_factory=RouteSettings)
     # the file it came from ("<data>" from parse_config)
     source: str = field(default="<defaults>", metadata=NOT_IN_FILE)
 
@@ -420,6 +483,7 @@ class GatewayConfig:
             raise ConfigError("management.port", f"must differ from listen.port ({listen.port})")
         for key, target in self.routes.routes.items():
             _check_target(f"routes.{key}", target, self.integrations)
+        _check_plans(self.plans)
 
 
 def _check_target(key: str, target: str, integrations: IntegrationsConfig) -> None:
@@ -434,6 +498,25 @@ def _check_target(key: str, target: str, integrations: IntegrationsConfig) -> No
         if arn is None:
             raise ConfigError(key, "a lambda target needs a region: give the function's full ARN "
                                    "or set [integrations.lambda] region")
+
+
+def _check_plans(plans: tuple[PlanConfig, ...]) -> None:
+    """Each tenant (and ``*``) in at most one plan, names unique, bursts at least their rate."""
+    owner: dict[str, str] = {}
+    names: set[str] = set()
+    for i, plan in enumerate(plans):
+        key = f"plans[{i}]"
+        if plan.name in names:
+            raise ConfigError(f"{key}.name", f"{plan.name!r} is used by another plan")
+        names.add(plan.name)
+        if not plan.tenants:
+            raise ConfigError(f"{key}.tenants", 'must name at least one tenant (or "*")')
+        for tenant in plan.tenants:
+            if tenant in owner:
+                raise ConfigError(f"{key}.tenants", f"{tenant!r} is already in plan {owner[tenant]!r}")
+            owner[tenant] = plan.name
+        _check_burst(f"{key}.", "messages_burst", plan.messages_burst, plan.messages_per_s)
+        _check_burst(f"{key}.", "posts_burst", plan.posts_burst, plan.posts_per_s)
 
 
 def load_config(

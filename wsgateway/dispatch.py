@@ -29,6 +29,7 @@ from .errors import AuthError, Disconnect, GoneError, HandlerTimeout, Integratio
 from .ids import new_request_id
 from .integrations import HandlerContext, Integration
 from .integrations.context import GatewayCalls
+from .usage import TOO_MANY_REQUESTS
 
 if TYPE_CHECKING:
     from .accesslog import AccessLog
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
     from .metrics import Stats
     from .records import ConnectionRecord
     from .routing import Router
+    from .usage import RouteGate, Usage
 
 __all__ = ["ConnectOutcome", "Dispatcher", "RouteHost"]
 
@@ -86,7 +88,7 @@ def _log_failure(exc: BaseException, route_key: str, request_id: str, connection
 class Dispatcher:
     """Runs the routes of every connection of one gateway; built by the gateway at start."""
 
-    __slots__ = ("_host", "_router", "_access", "_lifetime", "_loop", "_queue_limit", "_stats", "_timeout")
+    __slots__ = ("_host", "_router", "_access", "_lifetime", "_loop", "_queue_limit", "_stats", "_timeout", "_usage")
 
     def __init__(
         self,
@@ -99,6 +101,7 @@ class Dispatcher:
         queue_limit: int,
         timeout: float,
         lifetime: TokenLifetime | None = None,
+        usage: Usage | None = None,
     ) -> None:
         self._host = host
         self._router = router
@@ -108,6 +111,7 @@ class Dispatcher:
         self._queue_limit = queue_limit  # limits.max_queued_bytes, for replies
         self._stats = stats
         self._timeout = timeout  # limits.handler_timeout_s
+        self._usage = usage  # usage plans, route settings, per-connection rates
 
     def handler_context(self, integration: Integration, request_id: str, connection_id: str) -> HandlerContext:
         """The ``context`` argument of one handler invocation."""
@@ -187,6 +191,9 @@ class Dispatcher:
             selected = self._router.select_binary()
             body, is_b64 = base64.b64encode(message).decode(), True
         request_id = new_request_id()
+        usage = self._usage
+        if usage is not None and usage.active and self._throttled(usage, conn, None, request_id, started):
+            return
         lifetime = self._lifetime
         if lifetime is not None and lifetime.is_refresh(message, None if selected is None else selected[0]):
             assert isinstance(message, str)  # binary frames never are refreshes
@@ -198,6 +205,9 @@ class Dispatcher:
             self._log(conn, "", 403, request_id, started)
             return
         route_key, integration = selected
+        gate = usage.route_of(route_key) if usage is not None else None
+        if gate is not None and self._throttled(usage, conn, gate, request_id, started, route_key):
+            return
         event = events.message_event(
             conn.context_base, route_key=route_key, body=body, is_base64=is_b64,
             request_id=request_id, epoch_s=time.time(),
@@ -222,6 +232,9 @@ class Dispatcher:
         else:
             if result is not None:
                 self._reply(conn, result, request_id)
+        finally:
+            if gate is not None:
+                gate.leave()
         self._log(conn, route_key, status, request_id, started, integration=integration.kind, **failure)
 
     async def _refresh(
@@ -243,6 +256,27 @@ class Dispatcher:
         expires = "null" if principal.expires_at is None else str(int(principal.expires_at))
         self._send(conn, _REFRESHED_FRAME.format(expires).encode(), False)
         self._log(conn, lifetime.action, 200, request_id, started)
+
+    def _throttled(
+        self, usage: Usage | None, conn: Connection, gate: RouteGate | None, request_id: str, started: float,
+        route_key: str = "",
+    ) -> bool:
+        """Check the message against the connection's rate and its tenant's plan (``gate``
+        None), or against its route's settings. True: it was throttled, the client got AWS's
+        error frame (the socket stays open) and the handler is not run."""
+        assert usage is not None
+        if gate is None:
+            refusal = usage.message(conn.record.tenant) if usage.connection_message(conn.id) else TOO_MANY_REQUESTS
+        else:
+            limit = gate.enter()
+            if limit is not None:
+                usage.count("", limit, "message")
+            refusal = None if limit is None else TOO_MANY_REQUESTS
+        if refusal is None:
+            return False
+        self._send_error(conn, refusal, request_id)
+        self._log(conn, route_key, 429, request_id, started)
+        return True
 
     async def _call(self, conn: Connection, integration: Integration, event: dict[str, Any], request_id: str) -> Any:
         """Run the handler under the route's time limit, without a timer per message: the

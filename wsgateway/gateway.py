@@ -15,6 +15,7 @@ import logging
 import time
 from collections.abc import Coroutine, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from . import events
@@ -44,6 +45,8 @@ from .metrics import Stats
 from .records import ConnectionInfo, ConnectionRecord
 from .registry import Page, create_registry
 from .routing import Router
+from .throttle import Throttle
+from .usage import Usage
 
 if TYPE_CHECKING:
     from .config import GatewayConfig
@@ -66,6 +69,11 @@ class Gateway:
         # client edge takes a slot at admission, before the awaited auth and $connect)
         self.slots = Slots(config.limits.max_connections)
         self.stats = Stats()
+        self.usage = Usage(
+            config.plans, config.route_settings.routes, stats=self.stats,
+            per_connection=(config.limits.messages_per_s_per_connection, config.limits.messages_burst_per_connection),
+        )
+        self.throttle = Throttle(self.usage, self.registry, self._spawn)
         self.router: Router[Integration] | None = None
         self.dispatcher: Dispatcher | None = None
         self.lifetime: TokenLifetime | None = None  # [auth] on_expiry / refresh_action; set by start
@@ -140,12 +148,14 @@ class Gateway:
             queue_limit=self._queue_limit,
             timeout=self._handler_timeout,
             lifetime=self.lifetime if self.lifetime.action else None,  # no per-message check when off
+            usage=self.usage,
         )
         self.access.start()
         await self._lambdas.start()
         await self.auth.start()
         await self.registry.start(self)
         self._spawn(self._sweep())
+        self._spawn(self.throttle.run_sync())
         self.ready = True
 
     def begin_drain(self) -> None:
@@ -212,6 +222,27 @@ class Gateway:
         conn.token_deadline = self.lifetime.deadline(principal.expires_at)
         return conn
 
+    async def tenant_usage(self, tenant: str) -> dict[str, Any]:
+        """``GET /@tenants/{tenant}/usage``: its plan, connections on every node and today's
+        counts. Raises RegistryUnavailableError."""
+        if self.usage.book:  # every handshake takes a place: the count is one read
+            connections = await self.registry.held(tenant)
+        else:
+            connections, token = 0, None
+            while True:  # no places without plans: count the listing
+                page = await self.registry.list_tenant(tenant, 1000, token)
+                connections += len(page.connections)
+                if (token := page.next_token) is None:
+                    break
+        return await self.throttle.report(tenant, connections)
+
+    def reload_plans(self, config: GatewayConfig) -> None:
+        """Take ``config``'s plans, route settings and allowed origins (SIGHUP); open
+        connections stay, new caps apply to new handshakes."""
+        limits = replace(self.config.limits, allowed_origins=config.limits.allowed_origins)
+        self.config = replace(self.config, plans=config.plans, route_settings=config.route_settings, limits=limits)
+        self.usage.configure(config.plans, config.route_settings.routes)
+
     async def run_connect(
         self, conn: Connection, headers: Sequence[tuple[str, str]], query: Sequence[tuple[str, str]]
     ) -> ConnectOutcome:
@@ -248,6 +279,7 @@ class Gateway:
         """The socket closed: forget it everywhere, then run ``$disconnect`` exactly once."""
         if not self.hub.remove(conn):
             return
+        self.usage.forget_connection(conn.id)
         self.stats.disconnects[code] += 1
         if conn.abandoned:  # its $disconnect ran on the node that declared this one dead
             return
@@ -320,9 +352,10 @@ class Gateway:
         conn = self.hub.get(connection_id)
         if conn is not None:
             assert self._loop is not None
+            self.throttle.admit_post(conn.record.tenant)
             conn.send(payload, binary, self._loop.time(), self._queue_limit)
             return
-        await self.registry.post(connection_id, payload, binary)
+        await self.registry.post(connection_id, payload, binary)  # its node checks the plan
 
     async def get_connection(self, connection_id: str) -> dict[str, Any]:
         """GetConnection's JSON for a connection on any node; raises GoneError."""
@@ -339,9 +372,10 @@ class Gateway:
         if conn is not None:
             if conn.close_code is not None:
                 raise GoneError()
+            self.throttle.admit_post(conn.record.tenant)
             self.close(conn, CLOSE_NORMAL, "Connection Closed Normally")
             return
-        await self.registry.delete(connection_id)
+        await self.registry.delete(connection_id)  # its node checks the plan
 
     async def post_to_tenant(
         self, tenant: str, data: bytes | str, *, user: str | None = None, group: str | None = None
@@ -357,6 +391,7 @@ class Gateway:
         payload, binary = as_payload(data)
         if len(payload) > self._max_post:
             raise PayloadTooLargeError("Message too long")
+        self.throttle.admit_post(tenant)
         # Other nodes first: if the registry cannot answer, the caller gets a retriable error
         # before anyone received the message, so a retry never duplicates it locally.
         remote = await self.registry.fanout(tenant, payload, binary, user=user, group=group)
@@ -414,6 +449,7 @@ class Gateway:
         if conn is None:
             raise GoneError()
         assert self._loop is not None
+        self.throttle.admit_post(conn.record.tenant)
         conn.send(data, binary, self._loop.time(), self._queue_limit)
 
     def local_info(self, connection_id: str) -> ConnectionInfo:
@@ -426,6 +462,7 @@ class Gateway:
         conn = self.hub.get(connection_id)
         if conn is None or conn.close_code is not None:
             raise GoneError()
+        self.throttle.admit_post(conn.record.tenant)
         self.close(conn, CLOSE_NORMAL, "Connection Closed Normally")
 
     def local_fanout(

@@ -12,6 +12,7 @@ POST     /@tenants/{tenant}/groups/{group}/messages  ... to every connection in 
 PUT      /@connections/{id}/groups/{group}   add the connection to a group of its tenant -> 204
 DELETE   /@connections/{id}/groups/{group}   take it out -> 204
 GET      /@tenants/{tenant}/connections      {"connections": [...], "nextToken": ...} (?limit=&nextToken=)
+GET      /@tenants/{tenant}/usage            its usage plan, connections and today's counts (docs/configuration.md)
 GET      /health                             no auth; 200 once started and until draining, else 503
 GET      /ready                              no auth; 200 only while the registry is reachable too
 GET      /metrics                            Prometheus text of the node's counters; ``metrics_auth`` decides who
@@ -92,6 +93,7 @@ _CONNECTION_OPS = {
 _TENANT_OPS = {
     ("POST", "messages"): "PostToTenant", ("GET", "connections"): "ListTenantConnections",
     ("POST", "users", "messages"): "PostToUser", ("POST", "groups", "messages"): "PostToGroup",
+    ("GET", "usage"): "GetTenantUsage",
 }
 
 
@@ -275,6 +277,8 @@ class ManagementServer:
         if operation in ("JoinGroup", "LeaveGroup"):
             await (gateway.join_group if operation == "JoinGroup" else gateway.leave_group)(target, qualifier)
             return Response(204, b"", [])
+        if operation == "GetTenantUsage":
+            return _ok(200, orjson.dumps(await gateway.tenant_usage(target)))
         if operation.startswith("PostTo"):
             kind = {"PostToUser": "user", "PostToGroup": "group"}.get(operation)
             result = await gateway.post_to_tenant(target, body, **({kind: qualifier} if kind else {}))

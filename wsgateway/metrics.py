@@ -39,6 +39,7 @@ class Stats:
         "management",
         "slow_consumers",
         "integration_failures",
+        "throttled",
     )
 
     def __init__(self) -> None:
@@ -53,6 +54,9 @@ class Stats:
         self.slow_consumers = 0
         # (kind, reason) -> count: "http"/"lambda"/"python" x "5xx", "connect", "timeout", ...
         self.integration_failures: Counter[tuple[str, str]] = Counter()
+        # (plan, limit, kind) -> calls throttled; plan "" for route and connection limits.
+        # Never a tenant label: one series per tenant would grow without bound.
+        self.throttled: Counter[tuple[str, str, str]] = Counter()
 
     def integration_failed(self, kind: str, exc: BaseException) -> str:
         """Count a route's failure by its integration's kind and why; return the reason (for
@@ -103,6 +107,13 @@ class _NodeCollector(Collector):
         for (kind, reason), count in sorted(stats.integration_failures.items()):
             failures.add_metric([kind, reason], count)
         yield failures
+        throttled = CounterMetricFamily(
+            "wsgateway_throttled", "Calls refused by a usage plan, route setting or connection rate, by plan, "
+            "limit and kind (handshake, message, post)", labels=["plan", "limit", "kind"]
+        )
+        for (plan, limit, kind), count in sorted(stats.throttled.items()):
+            throttled.add_metric([plan, limit, kind], count)
+        yield throttled
 
 
 def exposition(stats: Stats, hub: Hub) -> bytes:

@@ -88,6 +88,12 @@ class Node:
             self.management_port, self.gateway.registry.kind,
         )
 
+    def reload(self, config: GatewayConfig) -> None:
+        """Apply ``config``'s plans, route settings and allowed origins (SIGHUP); everything
+        else in it is ignored until a restart. Open connections are kept."""
+        self.gateway.reload_plans(config)
+        self.client.set_origins(config.limits.allowed_origins)
+
     async def stop(self) -> None:
         """Drain and stop; idempotent."""
         if self._stopped:

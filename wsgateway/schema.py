@@ -205,6 +205,9 @@ def _mapping(
         if not re.fullmatch(pattern, name):
             raise ConfigError(_join(prefix, name), f"must be {means}")
     value_type = get_args(typ)[1]
+    if _is_section(value_type):  # a table of sub-tables ([route_settings."key"])
+        return MappingProxyType({k: v if isinstance(v, value_type) else _section(value_type, v, _join(prefix, k), ctx)
+                                 for k, v in named.items()})
     return MappingProxyType(
         {k: _value(_join(prefix, k), value_type, rule, v, ctx, hide=False) for k, v in named.items()})
 

@@ -4,7 +4,8 @@ limits, and the close code every ``$disconnect`` reports.
 Handshake order, as AWS: the path must be ``/`` or ``/{stage}``; a request that is not an
 upgrade gets 426 (websockets); the Origin is checked (403); the token is verified or the
 authorizer asked (401/403/500; the connection id is drawn first, the authorizer sees it);
-then ``$connect`` runs and the upgrade waits for it (its statusCode >= 400 rejects with that
+the tenant's usage plan must have a connection place left (429); then ``$connect`` runs
+and the upgrade waits for it (its statusCode >= 400 rejects with that
 status; a failure rejects with 500). Only then is the connection in the hub: a post during
 ``$connect`` answers 410. ``limits.max_connections`` is a :class:`~wsgateway.admission.Slot`
 taken at admission and held from there until the handshake fails or the connection closes,
@@ -32,7 +33,7 @@ from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFact
 from websockets.http11 import Request, Response
 from websockets.typing import Subprotocol
 
-from .admission import Slot
+from .admission import Hold, Slot
 from .authorizer import HandshakeRequest
 from .errors import CLOSE_GOING_AWAY, CLOSE_INTERNAL_ERROR, AuthError
 from .ids import new_connection_id
@@ -114,15 +115,23 @@ class ClientServer:
         config = gateway.config
         self._limits = config.limits
         self._paths = {"/", f"/{config.stage}", f"/{config.stage}/"}
-        origins = config.limits.allowed_origins
-        self._any_origin = "*" in origins
-        self._origins = frozenset(origin_key(origin) for origin in origins)
+        self._any_origin = False
+        self._origins: frozenset[str] = frozenset()
+        self.set_origins(config.limits.allowed_origins)
         self._warned_subprotocol = False
         self._health_details = config.listen.health_details
         # Slots of handshakes in flight; the handler takes its slot out of here (see _admission)
         self._reserved: dict[ServerConnection, Slot] = {}
+        # Usage-plan places of handshakes in flight, taken after auth (see _plan_admission)
+        self._holds: dict[ServerConnection, Hold] = {}
         self._server: Server | None = None
         self.port = 0
+
+    def set_origins(self, origins: Sequence[str]) -> None:
+        """Check new handshakes against ``origins`` (``limits.allowed_origins``; a SIGHUP
+        reload calls it again)."""
+        self._any_origin = "*" in origins
+        self._origins = frozenset(origin_key(origin) for origin in origins)
 
     async def start(self, *, sock: socket.socket | None = None) -> int:
         """Listen (on ``sock`` if given, else on [listen] host/port); return the port."""
@@ -226,6 +235,9 @@ class ClientServer:
             log.info("handshake refused (%d): %s from %s", exc.status, exc.reason, source_ip)
             gateway.log_handshake(status=exc.status, request_id="", started=started, source_ip=source_ip, user_agent=user_agent)
             return _reject(ws, exc.status)
+        if not await self._plan_admission(ws, principal.tenant, principal.principal_id):
+            gateway.log_handshake(status=429, request_id="", started=started, source_ip=source_ip, user_agent=user_agent)
+            return _reject(ws, 429)
         conn = gateway.new_connection(
             principal, source_ip=source_ip, user_agent=user_agent, domain_name=host,
             connection_id=handshake.connection_id,
@@ -276,11 +288,34 @@ class ClientServer:
         ws.connection_lost_waiter.add_done_callback(lambda _: self._release(ws))
         return 0
 
+    async def _plan_admission(self, ws: ServerConnection, tenant: str, principal_id: str) -> bool:
+        """Take the tenant's place under its usage plan's caps, after auth (the tenant is known
+        only then) and before the awaited ``$connect``; False: over a cap (429). The place goes
+        back on the same paths as the node's slot (see :meth:`_admission`)."""
+        if not self.gateway.usage.book:
+            return True  # no plans: no places to take
+        taking = asyncio.ensure_future(self.gateway.throttle.reserve_places(tenant, principal_id))
+        try:
+            hold = await asyncio.shield(taking)
+        except asyncio.CancelledError:  # the open timeout: give the place back once it is taken
+            taking.add_done_callback(_release_taken)
+            raise
+        if hold is None:
+            return False
+        self._holds[ws] = hold
+        if ws.connection_lost_waiter.done():  # the client left while the place was being taken
+            self._release(ws)
+        return True
+
     def _release(self, ws: ServerConnection) -> None:
-        """Free the slot of a handshake that did not become a connection (no-op if none)."""
+        """Free the slot (and plan place) of a handshake that did not become a connection
+        (no-op if none)."""
         slot = self._reserved.pop(ws, None)
         if slot is not None:
             slot.release()
+        hold = self._holds.pop(ws, None)
+        if hold is not None:
+            hold.release()
 
     def _select_subprotocol(self, ws: ServerConnection, offered: Sequence[Subprotocol]) -> Subprotocol | None:
         chosen = getattr(ws, "gw_subprotocol", None)
@@ -299,6 +334,7 @@ class ClientServer:
         gateway = self.gateway
         assert gateway.dispatcher is not None
         slot = self._reserved.pop(ws, None)  # now this connection's, until the finally
+        hold = self._holds.pop(ws, None)  # likewise its usage plan's place
         dispatch = gateway.dispatcher.on_message
         conn.task = asyncio.current_task()
         ws.gw_queue_limit = self._limits.max_queued_bytes
@@ -322,8 +358,16 @@ class ClientServer:
             finally:
                 if slot is not None:  # freed as closed() takes it out of the hub: no await between
                     slot.release()
+                if hold is not None:
+                    hold.release()
             ws.gw_conn = None  # conn.ws points back: no cycle must outlive the connection
             await gateway.closed(conn, code, reason)
+
+
+def _release_taken(taking: asyncio.Future[Hold | None]) -> None:
+    """A place taken for a handshake that was cancelled meanwhile goes back at once."""
+    if not taking.cancelled() and taking.exception() is None and (hold := taking.result()) is not None:
+        hold.release()
 
 
 def _deflate_extensions(no_context_takeover: bool) -> list[ServerExtensionFactory] | None:

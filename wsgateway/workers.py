@@ -87,10 +87,18 @@ def supervise(config: GatewayConfig, args: argparse.Namespace) -> int:
         nonlocal stopping
         stopping = True
 
+    workers: list[_Worker] = []
+
+    def _reload(signum: int, _frame: Any) -> None:  # each worker reloads the file itself
+        for worker in workers:
+            if worker.process is not None and worker.process.poll() is None:
+                worker.process.send_signal(signal.SIGHUP)
+
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGHUP, _reload)
     with tempfile.TemporaryDirectory(prefix="wsgateway-workers-") as tmp:
-        workers = [_Worker(i, base, Path(tmp), f"{prefix}-{i}") for i in range(args.workers)]
+        workers[:] = [_Worker(i, base, Path(tmp), f"{prefix}-{i}") for i in range(args.workers)]
         for worker in workers:
             worker.start()
         if not _wait_ready(workers, lambda: stopping):

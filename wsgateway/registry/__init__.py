@@ -30,6 +30,7 @@ from ..records import ConnectionInfo, ConnectionRecord, iso8601
 
 if TYPE_CHECKING:
     from ..config import RegistryConfig
+    from ..usage import UsageReport, UsageTotals
 
 __all__ = [
     "ConnectionInfo",
@@ -153,6 +154,28 @@ class Registry(Protocol):
 
     async def health(self) -> Mapping[str, Any]:
         """``{"backend": kind, "reachable": bool, ...}`` for /health."""
+
+    async def reserve(self, tenant: str, principal: str, max_tenant: int, max_principal: int) -> str | None:
+        """Take one of the tenant's connection places cluster-wide, atomically, before the
+        awaited ``$connect``: None when taken (give it back with :meth:`unreserve`), else the
+        name of the cap it would break (``max_connections``, ``max_connections_per_principal``).
+        0 = no cap. Never raises: while the backend is unreachable the caps hold per node."""
+
+    async def unreserve(self, tenant: str, principal: str) -> None:
+        """Give back a place :meth:`reserve` took (the handshake failed or the connection
+        closed). Never raises; a node's places are also given back when it stops or dies."""
+
+    async def held(self, tenant: str) -> int:
+        """The tenant's places taken on every node (connections and handshakes in flight).
+        Raises RegistryUnavailableError."""
+
+    async def sync_usage(self, report: UsageReport) -> UsageTotals:
+        """Add this node's usage ``report`` to the cluster's counts and answer the cluster's
+        totals (see :mod:`wsgateway.usage`). Raises RegistryUnavailableError."""
+
+    async def usage_today(self, tenant: str, day: str) -> tuple[int, int]:
+        """The tenant's (messages, posts) on UTC ``day`` as synced by every node.
+        Raises RegistryUnavailableError."""
 
 
 def create_registry(config: RegistryConfig, node_id: str) -> Registry:

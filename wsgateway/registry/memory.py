@@ -14,6 +14,7 @@ from typing import Any
 
 from ..errors import GoneError
 from ..records import ConnectionInfo, ConnectionRecord
+from ..usage import UsageReport, UsageTotals
 from . import FanoutResult, LocalNode, Page, Registry
 from ._page_token import check_limit, decode_token, encode_token
 
@@ -33,6 +34,9 @@ class MemoryRegistry:
         self._clock = clock
         self._claimed: dict[str, float] = {}  # key -> when it may be claimed again
         self._expiries: list[tuple[float, str]] = []  # heap of the same, soonest first
+        self._places: dict[str, int] = {}  # tenant -> places taken (see reserve)
+        self._principal_places: dict[tuple[str, str], int] = {}
+        self._days: dict[tuple[str, str], tuple[int, int]] = {}  # (day, tenant) -> (messages, posts)
 
     async def start(self, node: LocalNode) -> None:
         self._node = node
@@ -112,6 +116,36 @@ class MemoryRegistry:
     async def health(self) -> Mapping[str, Any]:
         return {"backend": self.kind, "reachable": True}
 
+    async def reserve(self, tenant: str, principal: str, max_tenant: int, max_principal: int) -> str | None:
+        places, key = self._places.get(tenant, 0), (tenant, principal)
+        if max_tenant and places >= max_tenant:
+            return "max_connections"
+        if max_principal and self._principal_places.get(key, 0) >= max_principal:
+            return "max_connections_per_principal"
+        self._places[tenant] = places + 1
+        self._principal_places[key] = self._principal_places.get(key, 0) + 1
+        return None
+
+    async def unreserve(self, tenant: str, principal: str) -> None:
+        _decrement(self._places, tenant)
+        _decrement(self._principal_places, (tenant, principal))
+
+    async def held(self, tenant: str) -> int:
+        return self._places.get(tenant, 0)
+
+    async def sync_usage(self, report: UsageReport) -> UsageTotals:
+        # One node: the cluster's attempts are this node's, the day's counts are kept here.
+        totals = UsageTotals(demand=dict(report.demand))
+        for tenant, (messages, posts) in report.used.items():
+            before = self._days.get((report.day, tenant), (0, 0))
+            totals.day[tenant] = self._days[(report.day, tenant)] = (before[0] + messages, before[1] + posts)
+        for old in [key for key in self._days if key[0] < report.day]:
+            del self._days[old]  # yesterday's: nobody asks any more
+        return totals
+
+    async def usage_today(self, tenant: str, day: str) -> tuple[int, int]:
+        return self._days.get((day, tenant), (0, 0))
+
     def _info(self, connection_id: str) -> ConnectionInfo | None:
         record = self._records[connection_id]
         if self._node is None:
@@ -120,6 +154,14 @@ class MemoryRegistry:
             return ConnectionInfo(record, self._node.local_info(connection_id).last_active_at)
         except GoneError:
             return None  # closed a moment ago; its remove() is on its way
+
+
+def _decrement(counts: dict[Any, int], key: Any) -> None:
+    left = counts.get(key, 0) - 1
+    if left > 0:
+        counts[key] = left
+    else:
+        counts.pop(key, None)
 
 
 _: type[Registry] = MemoryRegistry

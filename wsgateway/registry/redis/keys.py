@@ -18,6 +18,13 @@ touches keys of one tag, and pipelines of single-key commands can be split by sl
     P:{n:<node>}:tenants      SET     the tenants the node holds (its :nodes entries, when it dies)
     P:{o:<key>}               STRING  a one-time key (``claim_once``: a signed management request's
                                       signature digest), SET NX with its TTL: expires by itself
+    P:{u:<tenant>}:places     HASH    the tenant's connection places (usage plans' caps): "*",
+                                      per principal, per node, per node and principal (scripts.PLACES_*)
+    P:{u:<tenant>}:day:<day>  HASH    the tenant's messages ("m") and posts ("p") of a UTC day
+                                      (YYYYMMDD), all nodes; expires two days later
+    P:{n:<node>}:places       SET     the tenants the node took places of (given back when it dies)
+    P:{q}:demand:<window>     HASH    attempts per throttled key ("m:<tenant>", "p:<tenant>",
+                                      "r:<route>") in one second-long window, all nodes; expires
     P:{meta}:epoch            STRING  registry epoch: a random token made when Redis has none,
                                       i.e. on first start and after Redis lost its data
     P:{meta}:settle           STRING  present (TTL node_ttl_s) while the nodes refill a Redis that
@@ -78,6 +85,18 @@ class KeySpace:
 
     def node_tenants(self, node_id: str) -> str:
         return f"{self.prefix}:{{n:{node_id}}}:tenants"
+
+    def tenant_places(self, tenant: str) -> str:
+        return f"{self.prefix}:{{u:{tenant}}}:places"
+
+    def tenant_day(self, tenant: str, day: str) -> str:
+        return f"{self.prefix}:{{u:{tenant}}}:day:{day}"
+
+    def node_places(self, node_id: str) -> str:
+        return f"{self.prefix}:{{n:{node_id}}}:places"
+
+    def demand(self, window: int) -> str:
+        return f"{self.prefix}:{{q}}:demand:{window}"
 
     def sweep_lease(self, node_id: str) -> str:
         return f"{self.prefix}:{{meta}}:sweep:{node_id}"

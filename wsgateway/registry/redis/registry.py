@@ -24,8 +24,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Mapping
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
@@ -35,6 +35,7 @@ from ...errors import GoneError, RegistryUnavailableError
 from ...records import ConnectionInfo, ConnectionRecord
 from .. import FanoutResult, LocalNode, Page, Registry
 from .._page_token import check_limit, decode_token, encode_token
+from .allowance import Allowance
 from .batch import REDIS_FAILURES, CommandBatcher
 from .keys import KeySpace
 from .link import endpoint_of
@@ -63,11 +64,13 @@ from .wire import (
 
 if TYPE_CHECKING:
     from ...config import RegistryConfig
+    from ...usage import UsageReport, UsageTotals
 
 __all__ = ["RedisRegistry"]
 
 log = logging.getLogger("wsgateway.registry")
 
+_T = TypeVar("_T")
 _GONE: dict[str, Any] = {"s": STATUS_GONE}
 _OWNER_CACHE_SIZE = 65_536
 
@@ -95,7 +98,9 @@ class RedisRegistry:
             max_backoff_s=config.heartbeat_s, check_s=max(request_timeout_s, 1.0),
         )
         self._index = LocalIndex()
-        self._sweeper = Sweeper(self._keys, node_id, self._batcher, node_ttl_s=config.node_ttl_s)
+        self._allowance = Allowance(self._keys, node_id, self._batcher, timeout_s=request_timeout_s)
+        self._sweeper = Sweeper(self._keys, node_id, self._batcher, node_ttl_s=config.node_ttl_s,
+                                allowance=self._allowance)
         self._membership = Membership(
             self._keys, node_id, self._batcher, self._index, self._sweeper,
             heartbeat_s=config.heartbeat_s, node_ttl_s=config.node_ttl_s, activity_flush_s=config.activity_flush_s,
@@ -198,7 +203,7 @@ class RedisRegistry:
 
     async def post(self, connection_id: str, data: bytes, binary: bool) -> None:
         reply = await self._ask_owner(connection_id, {"k": KIND_POST, "c": connection_id, "b": int(binary)}, data)
-        raise_for_status(reply["s"])
+        raise_for_status(reply["s"], reply.get("m", ""))
 
     async def get(self, connection_id: str) -> ConnectionInfo:
         reply = await self._ask_owner(connection_id, {"k": KIND_GET, "c": connection_id})
@@ -207,7 +212,7 @@ class RedisRegistry:
 
     async def delete(self, connection_id: str) -> None:
         reply = await self._ask_owner(connection_id, {"k": KIND_DELETE, "c": connection_id})
-        raise_for_status(reply["s"])
+        raise_for_status(reply["s"], reply.get("m", ""))
 
     async def group(self, connection_id: str, group: str, *, join: bool) -> None:
         reply = await self._ask_owner(connection_id, {"k": KIND_GROUP, "c": connection_id, "g": group, "j": int(join)})
@@ -359,6 +364,30 @@ class RedisRegistry:
             return None
 
     # ------------------------------------------------------------ health
+
+    # ------------------------------------------------------------ usage plans (see allowance)
+
+    async def reserve(self, tenant: str, principal: str, max_tenant: int, max_principal: int) -> str | None:
+        return await self._allowance.reserve(tenant, principal, max_tenant, max_principal)
+
+    async def unreserve(self, tenant: str, principal: str) -> None:
+        await self._allowance.unreserve(tenant, principal)
+
+    async def held(self, tenant: str) -> int:
+        return await self._unavailable_on_failure(self._allowance.held(tenant))
+
+    async def sync_usage(self, report: UsageReport) -> UsageTotals:
+        return await self._unavailable_on_failure(self._allowance.sync(report))
+
+    async def usage_today(self, tenant: str, day: str) -> tuple[int, int]:
+        return await self._unavailable_on_failure(self._allowance.today(tenant, day))
+
+    async def _unavailable_on_failure(self, call: Awaitable[_T]) -> _T:
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                return await call
+        except REDIS_FAILURES as exc:
+            raise RegistryUnavailableError("the registry does not answer") from exc
 
     async def health(self) -> Mapping[str, Any]:
         """``reachable``: a PING answered within the request timeout; ``subscribed``: this

@@ -70,15 +70,16 @@ _TIMER_SLACK_S = 0.001
 _CHANNEL_CACHE_SIZE = 4096
 
 
-def raise_for_status(status: str) -> None:
+def raise_for_status(status: str, message: str = "") -> None:
     """Turn a reply status into the caller's error; ``ok`` returns. Raises GoneError,
-    LimitExceededError or RemoteNodeError (the node failed handling the request)."""
+    LimitExceededError (with the owner's ``message``: a usage plan's limit, else a full queue)
+    or RemoteNodeError (the node failed handling the request)."""
     if status == STATUS_OK:
         return
     if status == STATUS_GONE:
         raise GoneError()
     if status == STATUS_LIMIT:
-        raise LimitExceededError("the connection's outbound queue is full")
+        raise LimitExceededError(message or "the connection's outbound queue is full")
     raise RemoteNodeError(f"remote node answered {status}")
 
 
@@ -304,6 +305,8 @@ class NodeChannel:
                 raise ValueError(f"unknown request kind {kind!r}")
         except Exception as exc:  # noqa: BLE001 - every failure is answered (and logged)
             reply["s"] = _status_of(exc)
+            if isinstance(exc, LimitExceededError) and exc.message:
+                reply["m"] = exc.message  # which limit: a usage plan's names it
         self._reply(header["f"], reply)
 
     async def _delete(self, closing: Awaitable[None], to: str, reply: dict[str, Any]) -> None:
@@ -311,6 +314,8 @@ class NodeChannel:
             await closing
         except Exception as exc:  # noqa: BLE001 - every failure is answered (and logged)
             reply["s"] = _status_of(exc)
+            if isinstance(exc, LimitExceededError) and exc.message:
+                reply["m"] = exc.message
         self._reply(to, reply)
 
     def _reply(self, to: str, reply: dict[str, Any]) -> None:

@@ -20,6 +20,9 @@ __all__ = [
     "HELD_CLAIMED",
     "HOLD",
     "LEASE_SWEEP",
+    "PLACES_FREE",
+    "PLACES_FREE_NODE",
+    "PLACES_TAKE",
     "RELEASE",
     "RELEASED_CLAIMED",
     "STATE",
@@ -196,4 +199,55 @@ if redis.call('HEXISTS', KEYS[1], 'node') == 1 then
   redis.call('HSET', KEYS[1], 'lastActiveAt', ARGV[1])
 end
 return 0
+"""
+
+
+# The places of a tenant (usage plans' connection caps): one hash per tenant,
+# KEYS[1] = KeySpace.tenant_places. Fields: "*" all places, "p|<principal>", "n|<node>" and
+# "np|<node>|<principal>"; the node's fields let a sweep give a dead node's places back.
+# PLACES_TAKE: ARGV node, principal, cap of the tenant, cap per principal (0 = none);
+# 0 taken, 1 over the tenant's cap, 2 over the principal's.
+PLACES_TAKE = """
+local h, node, pr = KEYS[1], ARGV[1], ARGV[2]
+local cap_t, cap_p = tonumber(ARGV[3]), tonumber(ARGV[4])
+if cap_t > 0 and tonumber(redis.call('HGET', h, '*') or '0') >= cap_t then return 1 end
+if cap_p > 0 and tonumber(redis.call('HGET', h, 'p|' .. pr) or '0') >= cap_p then return 2 end
+redis.call('HINCRBY', h, '*', 1)
+redis.call('HINCRBY', h, 'p|' .. pr, 1)
+redis.call('HINCRBY', h, 'n|' .. node, 1)
+redis.call('HINCRBY', h, 'np|' .. node .. '|' .. pr, 1)
+return 0
+"""
+
+# PLACES_FREE: ARGV node, principal. Gives back one place of the node's, if it still has one
+# (a sweep may have given them all back already): 1 given back, 0 none held.
+PLACES_FREE = """
+local h, node, pr = KEYS[1], ARGV[1], ARGV[2]
+local np = 'np|' .. node .. '|' .. pr
+if tonumber(redis.call('HGET', h, np) or '0') <= 0 then return 0 end
+for _, f in ipairs({np, 'n|' .. node, 'p|' .. pr, '*'}) do
+  if redis.call('HINCRBY', h, f, -1) <= 0 then redis.call('HDEL', h, f) end
+end
+return 1
+"""
+
+# PLACES_FREE_NODE: ARGV node. Gives back every place of the node (it stopped or died);
+# returns how many. Running it twice gives nothing back the second time.
+PLACES_FREE_NODE = """
+local h, n, np = KEYS[1], 'n|' .. ARGV[1], 'np|' .. ARGV[1] .. '|'
+local flat = redis.call('HGETALL', h)
+local freed = 0
+for i = 1, #flat, 2 do
+  local f, v = flat[i], tonumber(flat[i + 1])
+  if f == n then
+    freed = v
+    redis.call('HDEL', h, f)
+  elseif string.sub(f, 1, #np) == np then
+    local p = 'p|' .. string.sub(f, #np + 1)
+    if redis.call('HINCRBY', h, p, -v) <= 0 then redis.call('HDEL', h, p) end
+    redis.call('HDEL', h, f)
+  end
+end
+if freed > 0 and redis.call('HINCRBY', h, '*', -freed) <= 0 then redis.call('HDEL', h, '*') end
+return freed
 """

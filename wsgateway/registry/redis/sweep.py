@@ -24,6 +24,7 @@ from collections.abc import Iterable
 from ...errors import CLOSE_ABNORMAL
 from ...records import ConnectionRecord
 from .. import LocalNode
+from .allowance import Allowance
 from .batch import CommandBatcher
 from .keys import KeySpace
 from .scripts import CLAIM, LEASE_SWEEP, UNLIST, ms
@@ -48,8 +49,12 @@ class Sweeper:
     :meth:`sweep` with the dead nodes a heartbeat found, and :meth:`close` when stopping.
     """
 
-    def __init__(self, keys: KeySpace, node_id: str, batcher: CommandBatcher, *, node_ttl_s: float) -> None:
+    def __init__(
+        self, keys: KeySpace, node_id: str, batcher: CommandBatcher, *, node_ttl_s: float,
+        allowance: Allowance | None = None,
+    ) -> None:
         self._keys = keys
+        self._allowance = allowance  # its places are given back with the node's sets
         self._node_id = node_id
         self._batcher = batcher
         self._node_ttl_s = node_ttl_s
@@ -124,13 +129,18 @@ class Sweeper:
         await asyncio.gather(*cleanup)
 
     async def forget_node(self, node_id: str) -> None:
-        """Remove a node from its tenants' node sets and drop its own sets."""
+        """Remove a node from its tenants' node sets, give back its connection places (usage
+        plans' caps) and drop its own sets."""
         keys, call = self._keys, self._batcher.call
         tenants = await call("SMEMBERS", keys.node_tenants(node_id))
         await asyncio.gather(
             *(call("SREM", keys.tenant_nodes(t.decode()), node_id) for t in tenants),
             call("DEL", keys.node_tenants(node_id), keys.node_conns(node_id)),
         )
+        if self._allowance is not None:
+            freed = await self._allowance.free_node(node_id)
+            if freed and node_id != self._node_id:
+                log.warning("registry: gave back %d connection places of dead node %s", freed, node_id)
 
     def _spawn_orphan(self, record: ConnectionRecord) -> None:
         task = asyncio.get_running_loop().create_task(self._orphan(record))
