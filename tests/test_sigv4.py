@@ -510,6 +510,19 @@ def test_check_head_refuses_what_the_head_alone_decides() -> None:
         verifier(wire, 301).check_head(wire.raw_query, wire.headers)
 
 
+def test_verify_reuses_the_head_check_and_still_checks_the_rest() -> None:
+    """The management edge parses a request's head once: verify(head=...) checks the body,
+    method and path against it exactly as a fresh parse would."""
+    wire = sign(token=TOKEN)
+    checker = verifier(wire)
+    head = checker.check_head(wire.raw_query, wire.headers)
+    assert checker.verify(*wire, head=head) == ACCESS_KEY
+    for tampered in (wire._replace(body=wire.body + b"x"), wire._replace(method="DELETE"),
+                     wire._replace(raw_path=wire.raw_path + "x")):
+        with pytest.raises(SignatureError, match="signature does not match"):
+            checker.verify(*tampered, head=head)
+
+
 def test_wrong_secret_is_refused() -> None:
     with pytest.raises(SignatureError, match="signature does not match"):
         verify(sign(secret=OTHER_SECRET))

@@ -35,6 +35,7 @@ log = logging.getLogger("wsgateway.http")
 
 _MAX_HEAD_BYTES = 64 * 1024  # request line + headers
 _LINGER_S = 1.0  # after a final answer, input is read and dropped this long before closing
+_IDLE, _HEAD, _BODY = "idle", "head", "body"  # what a connection's current request awaits
 _MAX_PIPELINED = 16  # parsed requests waiting per connection before reading pauses
 _REASONS = {s.value: s.phrase.encode() for s in http.HTTPStatus}
 
@@ -51,6 +52,7 @@ class Request:
     body: bytes
     peer: str
     body_too_large: bool = False
+    head_state: object = None  # what the head check learned, for the handler to reuse
 
 
 @dataclass(slots=True)
@@ -97,6 +99,7 @@ class _Connection(asyncio.Protocol):
         self._failed = False  # a final answer is queued: parse nothing more
         self._paused = False  # reading paused by us: too many answers pending
         self._started = 0.0  # loop time of the current request's first byte
+        self._phase = _IDLE  # what the current request is waiting for: _HEAD, _BODY, or none
         self._reset()
 
     def _reset(self) -> None:
@@ -152,8 +155,8 @@ class _Connection(asyncio.Protocol):
             self._fail(Response(431 if self._head_bytes > _MAX_HEAD_BYTES else 400))
         else:
             # Idle between requests: closed after idle_timeout_s without a byte. A request
-            # that stopped coming is bounded by its deadline instead (see _arm_deadline).
-            if self._worker is None and self._deadline is None:
+            # that stopped coming is bounded by its deadline instead (see _late).
+            if self._worker is None and self._phase is _IDLE:
                 self._arm_idle()
 
     # ---------------------------------------------------------------- httptools callbacks
@@ -161,7 +164,9 @@ class _Connection(asyncio.Protocol):
     def on_message_begin(self) -> None:
         self._reset()
         self._started = self._loop.time()
-        self._arm_deadline(self._started + self._server.header_timeout_s)
+        self._phase = _HEAD
+        if self._deadline is None:  # one timer per connection, re-armed lazily (see _late)
+            self._arm_deadline(self._started + self._server.header_timeout_s)
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -172,8 +177,9 @@ class _Connection(asyncio.Protocol):
         self._headers.append((name.decode("latin-1"), value.decode("latin-1")))
 
     def on_headers_complete(self) -> None:
-        # The body gets what is left of the whole request's deadline, counted from its first byte.
-        self._arm_deadline(self._started + self._server.request_timeout_s)
+        # The body gets what is left of the whole request's deadline, counted from its first
+        # byte; the timer armed for the head moves there when it fires (see _late).
+        self._phase = _BODY
         assert self._parser is not None  # only the parser calls this
         if self._parser.should_upgrade():
             return  # feed_data raises HttpParserUpgrade next: answered 400, never handled
@@ -198,9 +204,7 @@ class _Connection(asyncio.Protocol):
         self._body.append(body)
 
     def on_message_complete(self) -> None:
-        if self._deadline is not None:
-            self._deadline.cancel()
-            self._deadline = None
+        self._phase = _IDLE  # the timer lapses when it fires, or serves the next request
         assert self._parser is not None  # only the parser calls this
         if self._failed or self._parser.should_upgrade():
             return
@@ -307,8 +311,18 @@ class _Connection(asyncio.Protocol):
         self._deadline = self._loop.call_at(when, self._late)
 
     def _late(self) -> None:
-        """A request's head or body did not arrive in time (slowloris): 408, then close."""
+        """The deadline timer fired. Re-armed lazily: requests that complete in time never
+        touch it, so it costs one timer per connection per ``header_timeout_s``, not two per
+        request. Past its deadline, a request's head or body did not arrive in time
+        (slowloris): 408, then close."""
         self._deadline = None
+        if self._phase is _IDLE or self._failed:
+            return  # between requests: the next one arms it again
+        timeout = self._server.header_timeout_s if self._phase is _HEAD else self._server.request_timeout_s
+        due = self._started + timeout
+        if self._loop.time() < due:  # a later request, or the head arrived: not late yet
+            self._arm_deadline(due)
+            return
         if self._paused and not self._failed:
             # We stopped reading (answers pending), not the peer: time it again once we read.
             self._arm_deadline(self._loop.time() + self._server.header_timeout_s)

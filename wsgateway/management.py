@@ -148,7 +148,8 @@ class ManagementServer:
         request before its body is read (and buffered); None lets it through to _handle."""
         started = time.perf_counter()
         try:
-            probe = _probe_of(request.method, self._segments(request.raw_path))
+            segments = self._segments(request.raw_path)
+            probe = _probe_of(request.method, segments)
             if len(request.headers.getall("Host", ())) > 1:
                 raise BadRequestError("Host header is repeated")
             origin = request.headers.get("Origin")
@@ -160,7 +161,10 @@ class ManagementServer:
             if metrics_auth == "bearer" and not self._bearer_ok(request):
                 return Response(401, b'{"message":"Unauthorized"}', [("Content-Type", _JSON), ("WWW-Authenticate", "Bearer")])
             if self._verifier is not None and (probe is None or metrics_auth == "sigv4"):
-                self._verifier.check_head(request.raw_query, request.headers)
+                signed = self._verifier.check_head(request.raw_query, request.headers)
+                request.head_state = (segments, signed)  # _handle parses neither again
+                return None
+            request.head_state = (segments, None)
         except ManagementError as exc:
             request_id = new_request_id()
             return self._finish(request, request_id, "", "", self._refusal(request, exc, request_id), started)
@@ -177,14 +181,16 @@ class ManagementServer:
         operation, target = "", ""
         claimed: str | None = None  # the signature's one-time key, once replay protection took it
         try:
-            segments = self._segments(request.raw_path)
+            segments, signed = request.head_state if isinstance(request.head_state, tuple) else (
+                self._segments(request.raw_path), None)
             probe = _probe_of(request.method, segments)
             if probe is not None and (probe != "metrics" or self._cfg.metrics_auth != "sigv4"):
                 return await self._probe(probe)  # bearer metrics were checked with the head
             if request.body_too_large:
                 raise PayloadTooLargeError("Message too long")
             if self._verifier is not None:
-                self._verifier.verify(request.method, request.raw_path, request.raw_query, request.headers, request.body)
+                self._verifier.verify(request.method, request.raw_path, request.raw_query, request.headers, request.body,
+                                      head=signed)
                 if self._replay_skew_s is not None and probe is None:
                     key, ttl_s = replay_key(request.headers, request.raw_query, self._replay_skew_s)
                     await self.gateway.refuse_replay(key, ttl_s)
@@ -207,7 +213,9 @@ class ManagementServer:
         """The path's segments, the stage dropped; 400 for ``.``, ``..`` or empty ones, which
         SigV4 normalises away but routing would not (a signature re-targeted by them)."""
         segments = raw_path.split("/")[1:]
-        if any(unquote(segment) in ("", ".", "..") for segment in segments) or raw_path[:1] != "/":
+        if raw_path[:1] != "/" or "" in segments or "." in segments or ".." in segments or (
+            "%" in raw_path and any(unquote(segment) in (".", "..") for segment in segments)
+        ):
             raise BadRequestError("Invalid request path: empty, '.' or '..' segment")
         if segments[0] == self._stage and len(segments) > 1:
             segments = segments[1:]

@@ -111,7 +111,8 @@ class SigV4Verifier:
         self._decoy = secrets.token_hex(32)  # signs for unknown access keys; never matches
 
     def verify(
-        self, method: str, raw_path: str, raw_query: str, headers: Mapping[str, str], body: bytes
+        self, method: str, raw_path: str, raw_query: str, headers: Mapping[str, str], body: bytes,
+        *, head: object = None,
     ) -> str:
         """Check the request's signature; call it before acting on a management request.
 
@@ -126,22 +127,26 @@ class SigV4Verifier:
         for another service or pinned region, outside the time window, without ``host``
         among the signed headers, or when anything signed was altered. Its text says which,
         for the log only: the client must get one answer whatever the reason.
-        """
-        head = self._head(raw_query, headers)
-        self._check(head, method, raw_path, headers, body)
-        if head.remember is not None:
-            self._remember(head.remember, head.scope)
-        return head.scope.access_key
 
-    def check_head(self, raw_query: str, headers: Mapping[str, str]) -> None:
+        ``head`` is what :meth:`check_head` returned for this request, if it ran: the head is
+        then not parsed twice.
+        """
+        parsed = head if isinstance(head, _Head) else self._head(raw_query, headers)
+        self._check(parsed, method, raw_path, headers, body)
+        if parsed.remember is not None:
+            self._remember(parsed.remember, parsed.scope)
+        return parsed.scope.access_key
+
+    def check_head(self, raw_query: str, headers: Mapping[str, str]) -> object:
         """Everything :meth:`verify` checks that does not need the body; call it when a
         request's head has arrived, to refuse before reading (and buffering) the body.
 
         Raises :class:`SignatureError` as :meth:`verify` does. An unknown access key passes
         here on purpose: refusing it sooner than a known key with a wrong signature would
-        tell an attacker which keys exist. :meth:`verify` must still be called.
+        tell an attacker which keys exist. :meth:`verify` must still be called; hand it the
+        returned value as ``head=`` so it does not parse the head again.
         """
-        self._head(raw_query, headers)
+        return self._head(raw_query, headers)
 
     def _head(self, raw_query: str, headers: Mapping[str, str]) -> _Head:
         authorization = _single(headers, "authorization")
