@@ -25,10 +25,11 @@ import aiohttp
 import orjson
 
 from ..config import HttpIntegrationConfig
-from ..errors import HandlerTimeout, IntegrationError
+from ..errors import IntegrationError
 from .backoff import Backoff
 from .context import HandlerContext
 from .signature import HEADER, sign
+from .timed import within
 
 __all__ = ["HttpIntegration", "HttpPool", "read_result"]
 
@@ -178,13 +179,7 @@ class HttpIntegration:
         return read_result(status, content_type, data, connect=self._connect, url=self.target)
 
     async def _timed(self, event: dict[str, Any], context: HandlerContext) -> Any:
-        try:
-            async with asyncio.timeout(self.timeout) as scope:
-                return await self.call(event, context)
-        except TimeoutError:
-            if scope.expired():
-                raise HandlerTimeout(self.target) from None
-            raise
+        return await within(self.timeout, self.target, self.call(event, context))
 
     async def _deliver(self, event: dict[str, Any], context: HandlerContext, backoff: Backoff) -> Any:
         """The retry loop: the one place that sleeps between attempts (see Backoff)."""

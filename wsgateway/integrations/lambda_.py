@@ -16,7 +16,6 @@ extra; it is imported only when a node has a Lambda route.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import importlib
 import re
@@ -25,8 +24,9 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from ..errors import ConfigError, HandlerTimeout, IntegrationError
+from ..errors import ConfigError, IntegrationError
 from .context import HandlerContext
+from .timed import within
 
 if TYPE_CHECKING:
     from ..config import LambdaIntegrationConfig
@@ -165,13 +165,7 @@ class LambdaIntegration:
 
     async def invoke(self, event: dict[str, Any], context: HandlerContext) -> Any:
         """Call the function; raise HandlerTimeout past the limit, or IntegrationError."""
-        try:
-            async with asyncio.timeout(self.timeout) as scope:
-                return await self.call(event, context)
-        except TimeoutError:
-            if scope.expired():
-                raise HandlerTimeout(self.target) from None
-            raise
+        return await within(self.timeout, self.target, self.call(event, context))
 
     async def call(self, event: dict[str, Any], context: HandlerContext) -> Any:
         """Invoke the function with no time limit of its own (the caller enforces one) and

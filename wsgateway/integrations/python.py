@@ -19,8 +19,9 @@ from collections.abc import Callable
 from concurrent.futures import Executor
 from typing import Any
 
-from ..errors import ConfigError, HandlerTimeout
+from ..errors import ConfigError
 from .context import HandlerContext
+from .timed import within
 
 __all__ = ["PythonIntegration"]
 
@@ -73,13 +74,7 @@ class PythonIntegration:
 
     async def invoke(self, event: dict[str, Any], context: HandlerContext) -> Any:
         """Call the function; raise HandlerTimeout past the limit, or what it raised."""
-        try:
-            async with asyncio.timeout(self.timeout) as scope:
-                return await self.call(event, context)
-        except TimeoutError:
-            if scope.expired():
-                raise HandlerTimeout(self.target) from None
-            raise
+        return await within(self.timeout, self.target, self.call(event, context))
 
     async def call(self, event: dict[str, Any], context: HandlerContext) -> Any:
         """Call the function with no time limit of its own: for a caller that enforces the
