@@ -8,13 +8,15 @@ see each other's keys and need no FLUSHALL.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import port_for
 import pytest
 from pytest_redis import factories
 from pytest_redis.executor import RedisExecutor
+
+from tests.cluster_support import Cluster
 
 private_redis = factories.redis_proc(port=None)  # type: ignore[arg-type]  # None: any free port
 
@@ -54,3 +56,13 @@ def pytest_asyncio_loop_factories(config, item):  # type: ignore[no-untyped-def]
     import uvloop
 
     return {"uvloop": uvloop.new_event_loop}
+
+
+@pytest.fixture
+async def cluster(tmp_path: Path, redis_url: str, key_prefix: str) -> AsyncIterator[Cluster]:
+    """Gateway processes on the session's private Redis; every one killed at the end."""
+    running = Cluster(tmp_path, redis_url, key_prefix)
+    try:
+        yield running
+    finally:
+        running.stop_all()

@@ -15,7 +15,6 @@ import signal
 import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import jwt
@@ -26,8 +25,8 @@ from websockets.exceptions import InvalidStatus
 from tests import authorizers_for_tests as ta
 from tests import handlers_for_tests as th
 from tests import seed_authorizer
+from tests.cluster_support import NODE_TTL_S, Cluster, wait_until
 from tests.support import eventually, make_config, running_node, whoami, ws_url
-from tests.test_cluster import NODE_TTL_S, Cluster, wait_until
 from wsgateway.auth import Authenticator, Principal
 from wsgateway.authorizer import CACHE_ENTRIES, HandshakeRequest, evaluate_policy, load_authorizer, method_arn
 from wsgateway.config import parse_config
@@ -441,15 +440,6 @@ authorizer = "tests.authorizers_for_tests:decide_sync"
 identity_sources = ["route.request.querystring.token"]
 """
 
-
-@pytest.fixture
-async def cluster(tmp_path: Path, redis_url: str, key_prefix: str) -> AsyncIterator[Cluster]:
-    """Gateway processes on the session's private Redis (test_cluster.py's Cluster)."""
-    running = Cluster(tmp_path, redis_url, key_prefix)
-    try:
-        yield running
-    finally:
-        running.stop_all()
 
 
 @pytest.mark.redis

@@ -12,8 +12,6 @@ import contextlib
 import json
 import signal
 import time
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import aiohttp
 import pytest
@@ -21,7 +19,7 @@ import websockets
 from botocore.exceptions import ClientError
 from websockets.exceptions import InvalidStatus
 
-from tests.test_cluster import HEARTBEAT_S, NODE_TTL_S, Cluster, GatewayProcess, settled
+from tests.cluster_support import HEARTBEAT_S, NODE_TTL_S, Cluster, GatewayProcess, settled
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
 
@@ -30,14 +28,6 @@ def plan(**figures: object) -> str:
     lines = "\n".join(f"{key} = {json.dumps(value)}" for key, value in figures.items())
     return f'\n[[plans]]\nname = "small"\ntenants = ["t1"]\n{lines}\n'
 
-
-@pytest.fixture
-async def cluster(tmp_path: Path, redis_url: str, key_prefix: str) -> AsyncIterator[Cluster]:
-    running = Cluster(tmp_path, redis_url, key_prefix)
-    try:
-        yield running
-    finally:
-        running.stop_all()
 
 
 async def try_connect(node: GatewayProcess, tenant: str = "t1") -> websockets.ClientConnection | int:

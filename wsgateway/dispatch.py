@@ -192,7 +192,9 @@ class Dispatcher:
             body, is_b64 = base64.b64encode(message).decode(), True
         request_id = new_request_id()
         usage = self._usage
-        if usage is not None and usage.active and self._throttled(usage, conn, None, request_id, started):
+        if usage is not None and not usage.active:
+            usage = None  # nothing is limited: the rest of this message skips every check
+        if usage is not None and self._throttled(usage, conn, None, request_id, started):
             return
         lifetime = self._lifetime
         if lifetime is not None and lifetime.is_refresh(message, None if selected is None else selected[0]):
@@ -235,7 +237,8 @@ class Dispatcher:
         finally:
             if gate is not None:
                 gate.leave()
-        self._log(conn, route_key, status, request_id, started, integration=integration.kind, **failure)
+        if self._access.enabled:  # per message: build no arguments for a log that is off
+            self._log(conn, route_key, status, request_id, started, integration=integration.kind, **failure)
 
     async def _refresh(
         self, conn: Connection, lifetime: TokenLifetime, message: str, request_id: str, started: float

@@ -64,7 +64,8 @@ class UsageTotals:
 class _Tenant:
     """The throttles and counts of one tenant on a plan."""
 
-    __slots__ = ("messages", "name", "plan", "posts", "seen", "tried_m", "tried_p", "used_m", "used_p")
+    __slots__ = ("messages", "name", "plan", "posts", "quota_share", "seen", "tried_m", "tried_p", "used_m",
+                 "used_p")
 
     def __init__(self, name: str, plan: PlanConfig, now: float) -> None:
         self.name = name
@@ -74,10 +75,16 @@ class _Tenant:
         self.tried_m = self.tried_p = 0  # attempts since the last report
         self.used_m = self.used_p = 0  # let through, not yet synced
         self.seen = 0  # messages + posts of the day, all nodes, at the last sync
+        self.quota_share = 1.0  # this node's part of the tenant's demand (1.0: alone, or unknown)
 
     def over_quota(self) -> bool:
+        """Until the next sync this node may use its share of what the day has left, so that
+        nodes spending at once overshoot the quota by rounding, not by a sync's worth each."""
         quota = self.plan.quota_per_day
-        return bool(quota) and self.seen + self.used_m + self.used_p >= quota
+        if not quota:
+            return False
+        left = quota - self.seen
+        return left <= 0 or self.used_m + self.used_p >= left * self.quota_share
 
 
 class RouteGate:
@@ -340,5 +347,6 @@ class Usage:
         plan, shares = state.plan, self._shares
         share = shares.get("m:" + state.name, 1.0) if shares else 1.0
         state.messages.resize(plan.messages_per_s * share, plan.messages_burst * share, now)
-        share = shares.get("p:" + state.name, 1.0) if shares else 1.0
-        state.posts.resize(plan.posts_per_s * share, plan.posts_burst * share, now)
+        share_p = shares.get("p:" + state.name, 1.0) if shares else 1.0
+        state.posts.resize(plan.posts_per_s * share_p, plan.posts_burst * share_p, now)
+        state.quota_share = shares.get("m:" + state.name, share_p) if shares else 1.0
