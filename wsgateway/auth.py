@@ -215,10 +215,7 @@ class Authenticator:
                 raise AuthError(500, "no handshake request to build the authorizer event from")
             return self._authorized(await self._authorizer.authorize(handshake))
         if not self._enabled:
-            tenant = query.get("tenant") or "default"
-            if len(tenant) > MAX_TENANT_CHARS:
-                raise AuthError(403, f"tenant longer than {MAX_TENANT_CHARS} characters")
-            return Principal("", tenant, _NO_CONTEXT)
+            return Principal("", _addressable(query.get("tenant") or "default", "tenant"), _NO_CONTEXT)
         token = self._find_token(headers, query, subprotocols)
         if token is None:
             raise AuthError(401, "missing token")
@@ -249,8 +246,7 @@ class Authenticator:
             tenant = str(tenant)  # a numeric id, as AWS passes context values on: as text
         if not isinstance(tenant, str) or not tenant:
             raise AuthError(500, f"authorizer context {self._tenant_key!r} is missing or not a non-empty string or integer")
-        if len(tenant) > MAX_TENANT_CHARS:  # the management API could never address it
-            raise AuthError(403, f"authorizer context {self._tenant_key!r} is longer than {MAX_TENANT_CHARS} characters")
+        tenant = _addressable(tenant, f"authorizer context {self._tenant_key!r} is")
         return Principal(allowed.principal_id, tenant, allowed.context)
 
     def _find_token(
@@ -305,9 +301,8 @@ class Authenticator:
     def _principal(self, claims: dict[str, Any]) -> Principal:
         tenant = claims.get(self._tenant_claim)
         if not isinstance(tenant, str) or not tenant:
-            raise AuthError(403, f"claim {self._tenant_claim!r} is missing or not a non-empty string or integer")
-        if len(tenant) > MAX_TENANT_CHARS:  # the management API could never address it
-            raise AuthError(403, f"claim {self._tenant_claim!r} is longer than {MAX_TENANT_CHARS} characters")
+            raise AuthError(403, f"claim {self._tenant_claim!r} is missing or not a non-empty string")
+        tenant = _addressable(tenant, f"claim {self._tenant_claim!r} is")
         subject = claims.get("sub", "")
         if not isinstance(subject, str):  # whatever the PyJWT version checked
             raise AuthError(401, "claim 'sub' is not a string")
@@ -320,6 +315,14 @@ class Authenticator:
             float(exp) if exp is not None else None,
         )
 
+
+
+def _addressable(tenant: str, what: str) -> str:
+    """``tenant``, unless the management API could never address it: 403 past
+    :data:`MAX_TENANT_CHARS` (``what`` names where it came from, for the log)."""
+    if len(tenant) > MAX_TENANT_CHARS:
+        raise AuthError(403, f"{what} longer than {MAX_TENANT_CHARS} characters")
+    return tenant
 
 # ---------------------------------------------------------------- configuration and keys
 

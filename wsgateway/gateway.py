@@ -91,7 +91,7 @@ class Gateway:
         self._http = HttpPool(config.integrations.http)  # every HTTP route's keep-alive pool
         self._integrations: list[Integration] = []
         lambda_cfg = config.integrations.lambda_
-        # one client per region for every lambda: route; no I/O until start()
+        # one client per region for every lambda: route; its integrations start and close it
         self._lambdas = LambdaClients(
             region=lambda_cfg.region, endpoint_url=lambda_cfg.endpoint_url, timeout=limits.handler_timeout_s
         )
@@ -151,7 +151,6 @@ class Gateway:
             usage=self.usage,
         )
         self.access.start()
-        await self._lambdas.start()
         await self.auth.start()
         await self.registry.start(self)
         self._spawn(self._sweep())
@@ -179,7 +178,6 @@ class Gateway:
         for integration in reversed(self._integrations):  # every route has run by now
             await integration.close()
         await self.auth.close()
-        await self._lambdas.close()
         self._executor.shutdown(wait=False, cancel_futures=True)
         await self.access.close()
 
@@ -286,7 +284,7 @@ class Gateway:
         started = time.perf_counter()
         try:
             run_here = await self.registry.remove(conn.record)
-        except Exception:
+        except Exception:  # a registry bug must not cost the $disconnect
             log.exception("registry remove failed for %s", conn.id)
             run_here = True
         if not run_here:

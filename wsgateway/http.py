@@ -323,7 +323,7 @@ class _Connection(asyncio.Protocol):
         if self._loop.time() < due:  # a later request, or the head arrived: not late yet
             self._arm_deadline(due)
             return
-        if self._paused and not self._failed:
+        if self._paused:
             # We stopped reading (answers pending), not the peer: time it again once we read.
             self._arm_deadline(self._loop.time() + self._server.header_timeout_s)
             return

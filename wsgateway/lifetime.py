@@ -17,12 +17,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
-
-import orjson
+from typing import TYPE_CHECKING
 
 from .errors import CLOSE_TOKEN_EXPIRED, AuthError
-from .routing import SelectionExpression
+from .routing import SelectionExpression, json_object
 
 if TYPE_CHECKING:
     from .auth import Principal
@@ -33,7 +31,6 @@ __all__ = ["CLOSE_TOKEN_EXPIRED", "TOKEN_EXPIRED", "TokenLifetime"]
 
 TOKEN_EXPIRED = "Token expired"  # the close reason, and $disconnect's disconnectReason
 
-_OBJECT_STARTS = "{ \t\r\n"  # what a JSON object's text can start with
 
 
 class TokenLifetime:
@@ -81,7 +78,7 @@ class TokenLifetime:
             return True
         if route_key is not None and route_key != "$default":
             return False
-        body = _json_object(message)
+        body = json_object(message)
         assert self._selection is not None  # compiled whenever action is set
         return body is not None and self._selection.evaluate(body) == action
 
@@ -95,7 +92,7 @@ class TokenLifetime:
         """
         if deadline is not None and deadline <= self.clock():
             raise AuthError(401, "the connection's token had already expired")
-        body = _json_object(message)
+        body = json_object(message)
         token = None if body is None else body.get("token")
         if not isinstance(token, str) or not token:
             raise AuthError(401, 'no "token" string in the refresh message')
@@ -107,12 +104,3 @@ class TokenLifetime:
         return principal
 
 
-def _json_object(message: str) -> dict[str, Any] | None:
-    """``message`` parsed if it is a JSON object, else None (as the router reads it)."""
-    if not message or message[0] not in _OBJECT_STARTS:
-        return None
-    try:
-        body = orjson.loads(message)
-    except (ValueError, RecursionError):
-        return None
-    return body if type(body) is dict else None

@@ -104,7 +104,6 @@ class ManagementServer:
         self.gateway = gateway
         cfg = gateway.config.management
         self._stage = gateway.config.stage
-        self._max_post = cfg.max_post_bytes
         self._verifier: SigV4Verifier | None = None
         self._replay_skew_s = cfg.max_clock_skew_s if cfg.replay_protection else None
         if cfg.auth == "sigv4":
@@ -125,7 +124,7 @@ class ManagementServer:
         cfg = self._cfg
         self._server = HttpServer(
             self._handle,
-            max_body=self._max_post,
+            max_body=cfg.max_post_bytes,
             idle_timeout_s=cfg.idle_timeout_s,
             header_timeout_s=cfg.header_timeout_s,
             request_timeout_s=cfg.request_timeout_s,
@@ -181,8 +180,8 @@ class ManagementServer:
         operation, target = "", ""
         claimed: str | None = None  # the signature's one-time key, once replay protection took it
         try:
-            segments, signed = request.head_state if isinstance(request.head_state, tuple) else (
-                self._segments(request.raw_path), None)
+            assert isinstance(request.head_state, tuple)  # _check_head always ran first
+            segments, signed = request.head_state
             probe = _probe_of(request.method, segments)
             if probe is not None and (probe != "metrics" or self._cfg.metrics_auth != "sigv4"):
                 return await self._probe(probe)  # bearer metrics were checked with the head

@@ -162,15 +162,8 @@ class Router(Generic[T]):
         out-of-range numbers go to ``$default``. So does a key that evaluates to
         ``$connect`` or ``$disconnect``: those routes are not selectable by messages.
         """
-        try:
-            # A JSON object starts with "{" or whitespace: anything else goes to $default
-            # unparsed, sparing orjson's costly exception on frames such as "ping".
-            if message[0] not in _OBJECT_STARTS:  # IndexError on an empty frame
-                return self._fallback
-            body = _loads(message)
-        except (IndexError, ValueError, RecursionError):  # JSONDecodeError is a ValueError
-            return self._fallback
-        if type(body) is not dict:  # orjson builds exact dicts
+        body = json_object(message)
+        if body is None:
             return self._fallback
         return self._table.get(self._key_of(body), self._fallback)
 
@@ -415,3 +408,17 @@ _OBJECT_STARTS = frozenset([*"{ \t\n\r", *b"{ \t\n\r"])
 # orjson >= 3.9.15 (pinned) stops at 1024 levels of nesting with an error; older releases
 # recursed without limit and could crash the process (CVE-2024-27454).
 _loads: Callable[[str | bytes | bytearray | memoryview], Any] = orjson.loads
+
+
+def json_object(message: str | bytes) -> dict[str, Any] | None:
+    """``message`` parsed if it is a JSON object, else None; never raises (malformed JSON,
+    invalid UTF-8, nesting deeper than 1024 levels, out-of-range numbers: None)."""
+    try:
+        # A JSON object starts with "{" or whitespace: anything else is not parsed, sparing
+        # orjson's costly exception on frames such as "ping".
+        if message[0] not in _OBJECT_STARTS:  # IndexError on an empty frame
+            return None
+        body = _loads(message)
+    except (IndexError, ValueError, RecursionError):  # JSONDecodeError is a ValueError
+        return None
+    return body if type(body) is dict else None  # orjson builds exact dicts

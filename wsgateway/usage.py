@@ -18,7 +18,6 @@ Use from the event loop only.
 
 from __future__ import annotations
 
-import calendar
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
@@ -137,7 +136,7 @@ class Usage:
         self._tenants: dict[str, _Tenant | None] = {}
         self._routes: dict[str, RouteGate] = {}
         self._shares: dict[str, float] = {}  # key -> this node's share of its rate
-        self._mine: dict[int, dict[str, int]] = {}  # window -> this node's reported attempts
+        self._mine: dict[int, Counter[str]] = {}  # window -> this node's reported attempts
         self._day = ""
         self._day_end = 0.0
         self.book = PlanBook(())
@@ -253,7 +252,7 @@ class Usage:
 
     def _start_day(self, now: float) -> None:
         self._day = utc_day(now)
-        self._day_end = calendar.timegm(time.strptime(self._day, "%Y%m%d")) + 86400.0
+        self._day_end = (now // 86400 + 1) * 86400.0  # the next UTC midnight: epoch days are 86,400 s
         for state in self._tenants.values():
             if state is not None:
                 state.seen = state.used_m = state.used_p = 0
@@ -281,9 +280,7 @@ class Usage:
         for key, gate in self._routes.items():
             if gate.tried:
                 demand["r:" + key], gate.tried = gate.tried, 0
-        mine = self._mine.setdefault(window, Counter())
-        for key, count in demand.items():
-            mine[key] = mine.get(key, 0) + count
+        self._mine.setdefault(window, Counter()).update(demand)
         for old in [w for w in self._mine if w < window - 1]:
             del self._mine[old]
         return report
@@ -295,7 +292,7 @@ class Usage:
             self._unsent(report)
             self._set_shares({})
             return
-        mine = self._mine.get(report.window - 1, {})
+        mine = self._mine.get(report.window - 1, Counter())
         shares = {key: min(1.0, count / total) for key, count in mine.items()
                   if (total := totals.demand.get(key, 0)) > count > 0}
         self._set_shares(shares)

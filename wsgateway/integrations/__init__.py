@@ -17,7 +17,7 @@ from __future__ import annotations
 from concurrent.futures import Executor
 from typing import Any, Protocol
 
-from ..config import IntegrationsConfig
+from ..config import IntegrationsConfig, LimitsConfig
 from ..errors import HandlerTimeout
 from .context import HandlerContext
 from .http import HttpIntegration, HttpPool
@@ -27,7 +27,7 @@ from .python import PythonIntegration
 __all__ = ["HandlerContext", "HandlerTimeout", "HttpIntegration", "HttpPool", "Integration", "LambdaClients",
            "LambdaIntegration", "PythonIntegration", "load_integration", "target_kind"]
 
-_DEFAULT_MAX_BODY = 131072  # limits.max_message_bytes's default
+_DEFAULT_MAX_BODY = LimitsConfig().max_message_bytes
 
 
 class Integration(Protocol):

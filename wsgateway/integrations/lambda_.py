@@ -73,12 +73,13 @@ class LambdaClients:
     routes, :meth:`start` on the gateway's loop, :meth:`close` when the gateway stops (both
     idempotent). ``timeout`` is ``limits.handler_timeout_s``: it bounds connect and read."""
 
-    __slots__ = ("region", "endpoint_url", "timeout", "_regions", "_clients", "_stack", "_closed")
+    __slots__ = ("region", "endpoint_url", "timeout", "errors", "_regions", "_clients", "_stack", "_closed")
 
     def __init__(self, *, region: str = "", endpoint_url: str = "", timeout: float) -> None:
         self.region = region
         self.endpoint_url = endpoint_url
         self.timeout = timeout
+        self.errors: Any = None  # botocore.exceptions, imported by start() with the clients
         self._regions: set[str] = set()
         self._clients: dict[str, Any] = {}
         self._stack = contextlib.AsyncExitStack()
@@ -94,6 +95,7 @@ class LambdaClients:
         if self._closed or not self._regions or self._clients:
             return
         aioboto3 = importlib.import_module("aioboto3")
+        self.errors = importlib.import_module("botocore.exceptions")
         botocore_config = importlib.import_module("botocore.config")
         config = botocore_config.Config(
             connect_timeout=min(_CONNECT_TIMEOUT_S, self.timeout),
@@ -176,7 +178,7 @@ class LambdaIntegration:
         }
         if self.qualifier:
             args["Qualifier"] = self.qualifier
-        botocore_exceptions = importlib.import_module("botocore.exceptions")
+        botocore_exceptions = self._clients.errors
         try:
             response = await client.invoke(**args)
             payload: bytes = await response["Payload"].read()

@@ -40,6 +40,7 @@ __all__ = [
     "Page",
     "Registry",
     "create_registry",
+    "decrement",
     "iso8601",
 ]
 
@@ -187,3 +188,12 @@ def create_registry(config: RegistryConfig, node_id: str) -> Registry:
     from .memory import MemoryRegistry
 
     return MemoryRegistry(node_id)
+
+
+def decrement(counts: dict[Any, int], key: Any) -> None:
+    """Count one ``key`` fewer in ``counts``, dropping it at zero (counts of places held)."""
+    left = counts.get(key, 0) - 1
+    if left > 0:
+        counts[key] = left
+    else:
+        counts.pop(key, None)

@@ -15,7 +15,7 @@ from typing import Any
 from ..errors import GoneError
 from ..records import ConnectionInfo, ConnectionRecord
 from ..usage import UsageReport, UsageTotals
-from . import FanoutResult, LocalNode, Page, Registry
+from . import FanoutResult, LocalNode, Page, Registry, decrement
 from ._page_token import check_limit, decode_token, encode_token
 
 __all__ = ["MemoryRegistry"]
@@ -127,8 +127,8 @@ class MemoryRegistry:
         return None
 
     async def unreserve(self, tenant: str, principal: str) -> None:
-        _decrement(self._places, tenant)
-        _decrement(self._principal_places, (tenant, principal))
+        decrement(self._places, tenant)
+        decrement(self._principal_places, (tenant, principal))
 
     async def held(self, tenant: str) -> int:
         return self._places.get(tenant, 0)
@@ -154,14 +154,6 @@ class MemoryRegistry:
             return ConnectionInfo(record, self._node.local_info(connection_id).last_active_at)
         except GoneError:
             return None  # closed a moment ago; its remove() is on its way
-
-
-def _decrement(counts: dict[Any, int], key: Any) -> None:
-    left = counts.get(key, 0) - 1
-    if left > 0:
-        counts[key] = left
-    else:
-        counts.pop(key, None)
 
 
 _: type[Registry] = MemoryRegistry

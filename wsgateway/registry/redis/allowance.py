@@ -16,6 +16,7 @@ import logging
 from collections import Counter
 
 from ...usage import WINDOW_S, UsageReport, UsageTotals
+from .. import decrement
 from .batch import REDIS_FAILURES, CommandBatcher
 from .keys import KeySpace
 from .scripts import PLACES_FREE, PLACES_FREE_NODE, PLACES_TAKE
@@ -81,9 +82,9 @@ class Allowance:
     async def unreserve(self, tenant: str, principal: str) -> None:
         """See ``Registry.unreserve``."""
         key = (tenant, principal)
-        _decrement(self._mine, key)
+        decrement(self._mine, key)
         if self._offline[key]:
-            _decrement(self._offline, key)
+            decrement(self._offline, key)
             return
         self._offline.pop(key, None)
         try:
@@ -122,12 +123,12 @@ class Allowance:
             day = keys.tenant_day(tenant, report.day)
             days.append((tenant, call("HINCRBY", day, "m", messages), call("HINCRBY", day, "p", posts)))
             adds.append(call("EXPIRE", day, _DAY_TTL_S))
-        async with asyncio.timeout(self._timeout_s):
-            await asyncio.gather(*adds)
-            flat = await previous
-            totals = UsageTotals({k.decode(): int(v) for k, v in flat.items()})
-            for tenant, messages_total, posts_total in days:
-                totals.day[tenant] = (int(await messages_total), int(await posts_total))
+        # Bounded by the caller (RedisRegistry.sync_usage), as today() and held() are.
+        await asyncio.gather(*adds)
+        flat = await previous
+        totals = UsageTotals({k.decode(): int(v) for k, v in flat.items()})
+        for tenant, messages_total, posts_total in days:
+            totals.day[tenant] = (int(await messages_total), int(await posts_total))
         return totals
 
     async def today(self, tenant: str, day: str) -> tuple[int, int]:
@@ -135,9 +136,3 @@ class Allowance:
         messages, posts = await self._batcher.call("HMGET", self._keys.tenant_day(tenant, day), "m", "p")
         return int(messages or 0), int(posts or 0)
 
-
-def _decrement(counts: Counter[tuple[str, str]], key: tuple[str, str]) -> None:
-    if counts[key] > 1:
-        counts[key] -= 1
-    else:
-        counts.pop(key, None)

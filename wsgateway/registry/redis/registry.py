@@ -323,19 +323,12 @@ class RedisRegistry:
     async def claim_once(self, key: str, ttl_s: float) -> bool:
         """SET NX with the TTL: the first node to claim ``key`` wins, cluster-wide. Raises
         RegistryUnavailableError when Redis does not answer within the request timeout."""
-        try:
-            async with asyncio.timeout(self._timeout_s):
-                reply = await self._batcher.call("SET", self._keys.once(key), b"1", "NX", "PX", max(1, int(ttl_s * 1000)))
-        except REDIS_FAILURES as exc:
-            raise RegistryUnavailableError("registry unreachable: cannot tell a replay") from exc
+        claim = self._batcher.call("SET", self._keys.once(key), b"1", "NX", "PX", max(1, int(ttl_s * 1000)))
+        reply = await self._unavailable_on_failure(claim, "registry unreachable: cannot tell a replay")
         return reply is not None
 
     async def release_once(self, key: str) -> None:
-        try:
-            async with asyncio.timeout(self._timeout_s):
-                await self._batcher.call("DEL", self._keys.once(key))
-        except REDIS_FAILURES as exc:
-            raise RegistryUnavailableError("registry unreachable") from exc
+        await self._unavailable_on_failure(self._batcher.call("DEL", self._keys.once(key)), "registry unreachable")
 
     async def list_tenant(self, tenant: str, limit: int, next_token: str | None) -> Page:
         check_limit(limit)
@@ -382,12 +375,14 @@ class RedisRegistry:
     async def usage_today(self, tenant: str, day: str) -> tuple[int, int]:
         return await self._unavailable_on_failure(self._allowance.today(tenant, day))
 
-    async def _unavailable_on_failure(self, call: Awaitable[_T]) -> _T:
+    async def _unavailable_on_failure(self, call: Awaitable[_T], message: str = "the registry does not answer") -> _T:
+        """Await ``call`` within the request timeout; RegistryUnavailableError(``message``) if
+        Redis does not answer."""
         try:
             async with asyncio.timeout(self._timeout_s):
                 return await call
         except REDIS_FAILURES as exc:
-            raise RegistryUnavailableError("the registry does not answer") from exc
+            raise RegistryUnavailableError(message) from exc
 
     async def health(self) -> Mapping[str, Any]:
         """``reachable``: a PING answered within the request timeout; ``subscribed``: this
