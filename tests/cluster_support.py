@@ -62,9 +62,10 @@ class GatewayProcess:
 class Cluster:
     """Starts gateway nodes on free ports, sharing one Redis and one event file."""
 
-    def __init__(self, tmp_path: Path, redis_url: str, key_prefix: str) -> None:
+    def __init__(self, tmp_path: Path, redis_url: str, key_prefix: str, *, registry_toml: str = "") -> None:
         self.tmp_path = tmp_path
         self.redis_url = redis_url
+        self.registry_toml = registry_toml  # more [registry] lines: passwords
         self.key_prefix = key_prefix
         self.events_file = tmp_path / "events.jsonl"
         self.events_file.touch()
@@ -73,7 +74,9 @@ class Cluster:
     async def start(self, name: str, *, extra: str = "", node_ttl_s: float = NODE_TTL_S) -> GatewayProcess:
         """Start a node; ``extra`` is TOML appended to its config (tables not in _CONFIG)."""
         config = self.tmp_path / f"{name}.toml"
-        config.write_text(_CONFIG.format(url=self.redis_url, prefix=self.key_prefix, node_ttl_s=node_ttl_s) + extra)
+        config.write_text(
+            _CONFIG.format(url=self.redis_url, prefix=self.key_prefix, node_ttl_s=node_ttl_s) + self.registry_toml + extra
+        )
         ready = self.tmp_path / f"{name}.ready.json"
         log = open(self.tmp_path / f"{name}.log", "wb")  # noqa: SIM115, ASYNC230 - lives with the process
         process = subprocess.Popen(

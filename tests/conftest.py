@@ -17,6 +17,7 @@ from pytest_redis import factories
 from pytest_redis.executor import RedisExecutor
 
 from tests.cluster_support import Cluster
+from tests.redis_topologies import TOPOLOGIES, SentinelTopology, SingleTopology, Topology
 
 private_redis = factories.redis_proc(port=None)  # type: ignore[arg-type]  # None: any free port
 
@@ -49,6 +50,27 @@ def restartable_redis(tmp_path: Path) -> Iterator[RedisExecutor]:
     yield executor
     executor.stop()
 
+
+
+@pytest.fixture(scope="session")
+def sentinel_topology(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SentinelTopology]:
+    """The session's master, replica and three Sentinels (tests/redis_topologies.py); tests
+    that make it fail over start their own instead."""
+    topology = SentinelTopology(tmp_path_factory.mktemp("sentinel"))
+    try:
+        topology.start()
+        yield topology
+    finally:
+        topology.stop()
+
+
+@pytest.fixture(params=TOPOLOGIES)
+def topology(request: pytest.FixtureRequest) -> Topology:
+    """Runs the test on each Redis deployment of ``TOPOLOGIES`` (the session's own)."""
+    if request.param == "sentinel":
+        return request.getfixturevalue("sentinel_topology")  # type: ignore[no-any-return]
+    executor: RedisExecutor = request.getfixturevalue("private_redis")
+    return SingleTopology(executor.host, executor.port)
 
 
 def pytest_asyncio_loop_factories(config, item):  # type: ignore[no-untyped-def]

@@ -11,6 +11,7 @@ from wsgateway.records import ConnectionRecord
 from wsgateway.registry import Registry
 from wsgateway.registry.redis import RedisRegistry
 
+from .redis_topologies import Topology
 from .registry_contract import RecordingNode, make_record
 
 HEARTBEAT_S = 0.2
@@ -23,6 +24,11 @@ def registry_config(url: str, prefix: str) -> RegistryConfig:
         backend="redis", redis_url=url, key_prefix=prefix, heartbeat_s=HEARTBEAT_S, node_ttl_s=NODE_TTL_S,
         activity_flush_s=1.0,
     )
+
+
+def topology_config(topology: Topology, prefix: str) -> RegistryConfig:
+    """:func:`registry_config` for a topology of ``tests.redis_topologies``."""
+    return topology.config(key_prefix=prefix, heartbeat_s=HEARTBEAT_S, node_ttl_s=NODE_TTL_S, activity_flush_s=1.0)
 
 
 async def wait_settled(registry: RedisRegistry, timeout: float = SETTLE_TIMEOUT_S) -> None:

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import signal
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +31,21 @@ from tests.cluster_support import (
     tenant_listing,
     wait_until,
 )
+from tests.redis_topologies import Topology
 from tests.support import HS_SECRET, token
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
+
+
+@pytest.fixture
+async def cluster(tmp_path: Path, topology: Topology, key_prefix: str) -> AsyncIterator[Cluster]:
+    """Gateway processes on each Redis deployment (single, Sentinel); all killed at the end."""
+    running = Cluster(tmp_path, topology.url, key_prefix, registry_toml=topology.registry_toml())
+    try:
+        yield running
+    finally:
+        running.stop_all()
+
 
 # ---------------------------------------------------------------- the tests
 

@@ -43,6 +43,7 @@ from wsgateway.registry.redis.wire import (
     info_to_json,
 )
 
+from .redis_topologies import Topology
 from .registry_contract import CHECKS, Factory, RecordingNode, make_record, wait_for
 from .registry_support import (
     HEARTBEAT_S,
@@ -50,6 +51,7 @@ from .registry_support import (
     RedisLink,
     accept,
     registry_config,
+    topology_config,
     wait_settled,
 )
 
@@ -72,13 +74,30 @@ async def make(redis_url: str, key_prefix: str) -> AsyncIterator[Factory]:
         await registry.close()
 
 
+@pytest.fixture
+async def make_on(topology: Topology, key_prefix: str) -> AsyncIterator[Factory]:
+    """``make`` on each Redis deployment of ``tests.redis_topologies`` (single, Sentinel)."""
+    started: list[RedisRegistry] = []
+
+    async def factory(node: RecordingNode) -> RedisRegistry:
+        registry = RedisRegistry(topology_config(topology, key_prefix), node.node_id)
+        started.append(registry)
+        await registry.start(node)
+        await wait_settled(registry)
+        return registry
+
+    yield factory
+    for registry in reversed(started):
+        await registry.close()
+
+
 def sync_client(url: str) -> redis.Redis:
     return redis.Redis.from_url(url)
 
 
 @pytest.mark.parametrize("check", CHECKS, ids=lambda c: c.__name__.removeprefix("check_"))
-async def test_contract(check: Callable[[Factory], object], make: Factory) -> None:
-    await check(make)  # type: ignore[misc]
+async def test_contract(check: Callable[[Factory], object], make_on: Factory) -> None:
+    await check(make_on)  # type: ignore[misc]
 
 
 def test_create_registry_builds_redis(redis_url: str) -> None:
@@ -148,9 +167,9 @@ async def test_last_active_is_flushed_on_the_heartbeat(make: Factory, redis_url:
 # ---------------------------------------------------------------- cross-node calls
 
 
-async def test_cross_node_post_get_delete(make: Factory) -> None:
+async def test_cross_node_post_get_delete(make_on: Factory) -> None:
     node_a, node_b = RecordingNode("na"), RecordingNode("nb")
-    reg_a, reg_b = await make(node_a), await make(node_b)
+    reg_a, reg_b = await make_on(node_a), await make_on(node_b)
     record = await accept(reg_a, node_a)
     cid = record.connection_id
     await reg_b.post(cid, b"\x00\x01binary", True)
@@ -170,9 +189,9 @@ async def test_cross_node_post_get_delete(make: Factory) -> None:
         await reg_b.post(next(iter(node_a.full)), b"x", False)
 
 
-async def test_gone_after_remove_even_with_a_cached_owner(make: Factory) -> None:
+async def test_gone_after_remove_even_with_a_cached_owner(make_on: Factory) -> None:
     node_a, node_b = RecordingNode("na"), RecordingNode("nb")
-    reg_a, reg_b = await make(node_a), await make(node_b)
+    reg_a, reg_b = await make_on(node_a), await make_on(node_b)
     record = await accept(reg_a, node_a)
     await reg_b.post(record.connection_id, b"1", False)  # caches the owner
     del node_a.connections[record.connection_id]
@@ -182,9 +201,9 @@ async def test_gone_after_remove_even_with_a_cached_owner(make: Factory) -> None
     assert node_a.posted[record.connection_id] == [(b"1", False)]
 
 
-async def test_cross_node_fanout_and_listing(make: Factory) -> None:
+async def test_cross_node_fanout_and_listing(make_on: Factory) -> None:
     nodes = [RecordingNode(n) for n in ("na", "nb", "nc")]
-    regs = [await make(n) for n in nodes]
+    regs = [await make_on(n) for n in nodes]
     on_a = [await accept(regs[0], nodes[0]) for _ in range(3)]
     on_b = [await accept(regs[1], nodes[1]) for _ in range(2)]
     await accept(regs[1], nodes[1], "tenant-other")
@@ -208,9 +227,9 @@ async def test_cross_node_fanout_and_listing(make: Factory) -> None:
     assert seen == expected
 
 
-async def test_cross_node_user_and_group_audiences(make: Factory) -> None:
+async def test_cross_node_user_and_group_audiences(make_on: Factory) -> None:
     node_a, node_b = RecordingNode("na"), RecordingNode("nb")
-    reg_a, reg_b = await make(node_a), await make(node_b)
+    reg_a, reg_b = await make_on(node_a), await make_on(node_b)
     alice = await accept(reg_a, node_a, principal_id="alice")
     bob = await accept(reg_a, node_a, principal_id="bob")
     await reg_b.group(bob.connection_id, "desk", join=True)  # through the owner, node a
@@ -225,9 +244,9 @@ async def test_cross_node_user_and_group_audiences(make: Factory) -> None:
         await reg_b.group("AAAAAAAAAAAAAAAA", "desk", join=True)
 
 
-async def test_posts_from_one_caller_arrive_in_order(make: Factory) -> None:
+async def test_posts_from_one_caller_arrive_in_order(make_on: Factory) -> None:
     node_a, node_b = RecordingNode("na"), RecordingNode("nb")
-    reg_a, reg_b = await make(node_a), await make(node_b)
+    reg_a, reg_b = await make_on(node_a), await make_on(node_b)
     cid = (await accept(reg_a, node_a)).connection_id
     messages = [str(i).encode() for i in range(1000)]
     await asyncio.gather(*(reg_b.post(cid, m, False) for m in messages))

@@ -36,7 +36,7 @@ from wsgateway.registry.redis import RedisRegistry
 from wsgateway.registry.redis.link import (
     LOST,
     UNSENT,
-    Endpoint,
+    Fixed,
     PublishLink,
     SubscribeLink,
     endpoint_of,
@@ -63,10 +63,11 @@ class Replies:
         self.replies.append(reply)
 
 
-async def endpoint(url: str, **kwargs: Any) -> Endpoint:
+async def endpoint(url: str, **kwargs: Any) -> Fixed:
+    """The locator of the one server at ``url`` (``kwargs``: redis-py's settings)."""
     client = redis.asyncio.Redis.from_url(url, **kwargs)
     try:
-        return endpoint_of(client, 2.0)
+        return Fixed(endpoint_of(client, 2.0))
     finally:
         await client.aclose()
 

@@ -428,9 +428,12 @@ class RegistryConfig:
 
     backend: str = field(default="memory", metadata=rule("memory|redis", '"memory" or "redis"'))
     redis_url: str = field(default="redis://127.0.0.1:6379/0", metadata=rule(
-        r"rediss?://\S*|unix://\S+", "a redis://, rediss:// or unix:// URL"))
-    # or password_env; beats the URL's
+        r"rediss?://\S*|unix://\S+|rediss?\+sentinel://([^/@\s]+@)?[^/@\s]+/[^/?\s]+(/\d+)?(\?\S*)?",
+        "a redis://, rediss:// or unix:// URL, or redis+sentinel://host:port,host:port/service[/db]"))
+    # the data nodes' (the master's); or password_env; beats the URL's
     password: str | None = field(default=None, repr=False, metadata=FILLED)
+    # the Sentinels' (redis+sentinel:// URLs); or sentinel_password_env; None = they need none
+    sentinel_password: str | None = field(default=None, repr=False, metadata=FILLED)
     key_prefix: str = field(default="wsgw", metadata=rule(r"[A-Za-z0-9:_-]+", "made of A-Z a-z 0-9 : _ -"))
     # "" = generated per process
     node_id: str = field(default="", metadata=rule(r"[A-Za-z0-9_-]{0,64}", '"" or 1 to 64 of A-Z a-z 0-9 _ -'))

@@ -13,11 +13,18 @@ RESP (``hiredis.pack_command`` out, ``hiredis.Reader`` in) over an asyncio Proto
   the command's :class:`Sink`, in order, since Redis answers a connection in order.
 
 Both reach the Redis the registry's redis-py client reaches, with its credentials and TLS
-settings (``redis://``, ``rediss://``, ``unix://``; see :func:`endpoint_of`). Both reconnect
-with backoff when the connection drops, is refused, or leaves a PING unanswered for
-``check_s``. A PUBLISH made while the link is down fails at once with :data:`UNSENT` (it never
-left); one in flight when the connection drops gets :data:`LOST` (it may have reached Redis).
-Everything else the registry sends (records, scripts, listings) still goes through redis-py.
+settings (see :func:`endpoint_of`). Where that is, a :class:`Locator` says, asked again at
+every connect: always the same server for ``redis://``, ``rediss://`` and ``unix://``; the
+master the Sentinels name now for ``redis+sentinel://`` (``connect``). Both reconnect with
+backoff when the connection drops, is refused, or leaves a PING unanswered for ``check_s``,
+and when the server stopped being the master (a failover demotes a master that still runs:
+it keeps the connections open, answers PUBLISH and feeds its subscribers only what it
+replicates). With an endpoint that says so (``master_only``), the publishing link asks
+``ROLE`` instead of PING, and the subscribed link, which may only PING, leaves a server
+the locator no longer names (see :meth:`Locator.moved`). A PUBLISH made while the link is
+down fails at once with :data:`UNSENT` (it never left); one in flight when the connection
+drops gets :data:`LOST` (it may have reached Redis). Everything else the registry sends (records, scripts,
+listings) still goes through redis-py.
 """
 
 from __future__ import annotations
@@ -36,12 +43,13 @@ import hiredis
 from redis.asyncio import Redis
 from redis.backoff import ExponentialWithJitterBackoff
 
-__all__ = ["LOST", "UNSENT", "Endpoint", "PublishLink", "Sink", "SubscribeLink", "endpoint_of"]
+__all__ = ["LOST", "UNSENT", "Endpoint", "Fixed", "Locator", "PublishLink", "Sink", "SubscribeLink", "endpoint_of"]
 
 log = logging.getLogger("wsgateway.registry")
 
 _pack: Callable[[tuple[Any, ...]], bytes] = hiredis.pack_command  # type: ignore[assignment,unused-ignore]  # its stub says 1-tuple
 _PING = _pack((b"PING",))
+_ROLE = _pack((b"ROLE",))
 
 
 class _Outcome:
@@ -81,6 +89,32 @@ class Endpoint:
     password: str | None
     connect_timeout_s: float
     keepalive: tuple[tuple[int, int], ...] | None  # TCP keepalive options; None: keepalive off
+    master_only: bool = False  # a failover may demote the server: check its ROLE
+
+
+class Locator(Protocol):
+    """Where the links connect; asked at every (re)connect."""
+
+    async def locate(self) -> Endpoint:
+        """The endpoint to connect to now; raises (``redis.RedisError``, ``OSError``) when
+        nobody can tell (the link retries after its backoff)."""
+
+    def moved(self, endpoint: Endpoint) -> bool:
+        """True once ``endpoint`` is known not to be the server to use any more (a link
+        connected there reconnects)."""
+
+
+class Fixed:
+    """The :class:`Locator` of one server that never moves."""
+
+    def __init__(self, endpoint: Endpoint) -> None:
+        self._endpoint = endpoint
+
+    async def locate(self) -> Endpoint:
+        return self._endpoint
+
+    def moved(self, endpoint: Endpoint) -> bool:
+        return False
 
 
 def endpoint_of(client: Redis, connect_timeout_s: float) -> Endpoint:
@@ -155,12 +189,13 @@ class _Connection(asyncio.Protocol):
         out.clear()
 
     def outcome(self, reply: Any) -> None:
-        """The sink of this connection's own PINGs."""
-        if reply == b"PONG":
+        """The sink of this connection's own PINGs and ROLEs: a ROLE counts only if the
+        server is still a master."""
+        if reply == b"PONG" or (reply.__class__ is list and reply and reply[0] == b"master"):
             self.pongs += 1
 
-    def ping(self) -> None:
-        self.send(_PING, self)
+    def ping(self, role: bool = False) -> None:
+        self.send(_ROLE if role else _PING, self)
 
     def abort(self) -> None:
         if self._transport is not None:
@@ -220,8 +255,8 @@ class _SubscribeConnection(_Connection):
         except Exception as exc:  # noqa: BLE001 - a stream out of step cannot be trusted again
             self._broken(exc)
 
-    def ping(self) -> None:
-        self.write(_PING)  # subscribed: the answer is a push, ["pong", ""]
+    def ping(self, role: bool = False) -> None:
+        self.write(_PING)  # subscribed: only PING is allowed; the answer is a push, ["pong", ""]
 
 
 class _Reply:
@@ -241,8 +276,8 @@ class _Link:
     """Keeps one connection open: connect, authenticate, set up, watch it (a PING every
     ``check_s``), and after a failure back off and start again, until :meth:`close`."""
 
-    def __init__(self, endpoint: Endpoint, name: str, *, max_backoff_s: float, check_s: float) -> None:
-        self._endpoint = endpoint
+    def __init__(self, locator: Locator, name: str, *, max_backoff_s: float, check_s: float) -> None:
+        self._locator = locator
         self._name = name
         self._backoff = ExponentialWithJitterBackoff(cap=max_backoff_s, base=min(0.05, max_backoff_s))
         self._check_s = check_s
@@ -272,11 +307,11 @@ class _Link:
         while True:
             conn = None
             try:
-                conn = await self._open()
+                conn, ep = await self._open()
                 self._conn = conn
                 self.ready.set()
                 failures = 0
-                await self._watch(conn)
+                await self._watch(conn, ep)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - Redis away, refusing or silent: retry
@@ -289,8 +324,9 @@ class _Link:
             failures += 1
             await asyncio.sleep(self._backoff.compute(failures))
 
-    async def _open(self) -> _Connection:
-        ep, loop = self._endpoint, asyncio.get_running_loop()
+    async def _open(self) -> tuple[_Connection, Endpoint]:
+        loop = asyncio.get_running_loop()
+        ep = await self._locator.locate()
         conn = self._new_connection(loop)
         try:
             async with asyncio.timeout(ep.connect_timeout_s):
@@ -301,11 +337,13 @@ class _Link:
                     _keep_alive(transport, ep.keepalive)
                 if ep.password is not None:
                     await self._auth(conn, ep)
+                if ep.master_only:
+                    await _expect_master(conn)
                 await self._set_up(conn)
         except BaseException:
             conn.abort()
             raise
-        return conn
+        return conn, ep
 
     @staticmethod
     async def _auth(conn: _Connection, ep: Endpoint) -> None:
@@ -313,25 +351,28 @@ class _Link:
         command = (b"AUTH", ep.username, ep.password) if ep.username else (b"AUTH", ep.password)
         await _expect(conn, _pack(command), b"OK")
 
-    async def _watch(self, conn: _Connection) -> None:
-        """Return when the connection drops; raise if Redis leaves a PING unanswered."""
+    async def _watch(self, conn: _Connection, ep: Endpoint) -> None:
+        """Return when the connection drops; raise if Redis leaves a PING unanswered, or (a
+        ``master_only`` endpoint) answers ROLE as a replica, or the locator moved away."""
         loop = asyncio.get_running_loop()
         while True:
             pongs, sent_at = conn.pongs, loop.time()
-            conn.ping()
+            conn.ping(ep.master_only)
             done, _ = await asyncio.wait({conn.closed}, timeout=self._check_s)
             if done:
                 raise ConnectionError("connection lost")
+            if self._locator.moved(ep):
+                raise ConnectionError(f"the master moved away from {ep.host}:{ep.port}")
             # A loop that was itself paused (GC, SIGSTOP) has not read the answer yet: ask again.
             if conn.pongs == pongs and loop.time() - sent_at < 1.5 * self._check_s:
-                raise ConnectionError(f"no answer to PING in {self._check_s:g}s")
+                raise ConnectionError(f"no answer to PING in {self._check_s:g}s, or not a master")
 
 
 class PublishLink(_Link):
     """The connection that PUBLISHes this node's requests and replies."""
 
-    def __init__(self, endpoint: Endpoint, *, max_backoff_s: float, check_s: float) -> None:
-        super().__init__(endpoint, "publish", max_backoff_s=max_backoff_s, check_s=check_s)
+    def __init__(self, locator: Locator, *, max_backoff_s: float, check_s: float) -> None:
+        super().__init__(locator, "publish", max_backoff_s=max_backoff_s, check_s=check_s)
 
     def publish(self, channel: bytes, message: bytes, sink: Sink | None) -> None:
         """Queue a PUBLISH; ``sink`` gets the number of subscribers that received it, or
@@ -356,10 +397,10 @@ class SubscribeLink(_Link):
     it must not block and must not raise)."""
 
     def __init__(
-        self, endpoint: Endpoint, channel: bytes, on_message: Callable[[bytes], None],
+        self, locator: Locator, channel: bytes, on_message: Callable[[bytes], None],
         *, max_backoff_s: float, check_s: float,
     ) -> None:
-        super().__init__(endpoint, "subscribe", max_backoff_s=max_backoff_s, check_s=check_s)
+        super().__init__(locator, "subscribe", max_backoff_s=max_backoff_s, check_s=check_s)
         self._channel = channel
         self._on_message = on_message
 
@@ -381,6 +422,16 @@ async def _expect(conn: _Connection, command: bytes, expected: bytes) -> None:
     reply = await sink.future
     if reply != expected:
         raise ConnectionError(f"Redis answered {reply!r}")
+
+
+async def _expect_master(conn: _Connection) -> None:
+    """Raise ConnectionError unless the server answers ROLE as a master (a locator may name
+    one that was demoted since)."""
+    sink = _Reply(asyncio.get_running_loop())
+    conn.send(_ROLE, sink)
+    reply = await sink.future
+    if not (isinstance(reply, list) and reply and reply[0] == b"master"):
+        raise ConnectionError(f"not a master: ROLE answered {reply!r}")
 
 
 def _keep_alive(transport: asyncio.BaseTransport, options: tuple[tuple[int, int], ...] | None) -> None:

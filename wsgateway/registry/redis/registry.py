@@ -27,18 +27,14 @@ import logging
 from collections.abc import Awaitable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from redis.asyncio import Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-
 from ...errors import GoneError, RegistryUnavailableError
 from ...records import ConnectionInfo, ConnectionRecord
 from .. import FanoutResult, LocalNode, Page, Registry
 from .._page_token import check_limit, decode_token, encode_token
 from .allowance import Allowance
 from .batch import REDIS_FAILURES, CommandBatcher
+from .connect import connect
 from .keys import KeySpace
-from .link import endpoint_of
 from .membership import LocalIndex, Membership, record_commands
 from .rpc import (
     STATUS_GONE,
@@ -88,13 +84,14 @@ class RedisRegistry:
         self._timeout_s = request_timeout_s
         self._budget_s = request_timeout_s / 2
         self._heartbeat_s = config.heartbeat_s
-        self._client = _client(config, request_timeout_s)
-        self._batcher = CommandBatcher(self._client)
+        self._redis = connect(config, request_timeout_s)
+        self._redis.on_failover = self._failed_over
+        self._batcher = CommandBatcher(self._redis.client)
         self._pending = PendingCalls(timeout_s=request_timeout_s, budget_s=self._budget_s)
         # A link whose PING waits longer than redis-py's socket timeout (the request timeout)
         # is taken for dead, as redis-py takes such a connection.
         self._channel = NodeChannel(
-            endpoint_of(self._client, request_timeout_s), self._keys, node_id, self._pending,
+            self._redis.locator, self._keys, node_id, self._pending,
             max_backoff_s=config.heartbeat_s, check_s=max(request_timeout_s, 1.0),
         )
         self._index = LocalIndex()
@@ -144,7 +141,7 @@ class RedisRegistry:
             log.warning("registry: could not remove this node's records (%r)", exc)
         await self._channel.close()
         await self._batcher.close()
-        await self._client.aclose()
+        await self._redis.aclose()
 
     async def _unregister(self) -> None:
         keys, me = self._keys, self.node_id
@@ -155,6 +152,13 @@ class RedisRegistry:
         await self._sweeper.drop(me, ids, orphans_before=0.0)  # closed by this node
         await self._sweeper.forget_node(me)
         await asyncio.gather(self._batcher.call("HDEL", keys.nodes, me), self._batcher.call("ZREM", keys.alive, me))
+
+    def _failed_over(self) -> None:
+        """The master changed (Sentinel promoted a replica): it may have missed the last
+        writes, and its epoch marker, replicated long before, does not tell. Re-register
+        every connection at the next beat (which reaches the new master)."""
+        log.warning("registry: node %s writes to a new master; re-registering its connections", self.node_id)
+        self._membership.dirty = True
 
     # ------------------------------------------------------------ records
 
@@ -402,22 +406,6 @@ class RedisRegistry:
             "settled": reachable and membership.trusts_misses(),
             "nodes": len(membership.peers) + 1,
         }
-
-
-def _client(config: RegistryConfig, timeout_s: float) -> Redis:
-    """A client that fails fast and never retries by itself: a retried pipeline could
-    publish a request twice, and an outage must reach the caller as a 503 at once."""
-    client = Redis.from_url(
-        config.redis_url,
-        retry=Retry(NoBackoff(), 0),
-        socket_timeout=timeout_s,
-        socket_connect_timeout=timeout_s,
-        # RESP2: redis-py's pure-Python RESP3 parser costs ~30% more per pub/sub message
-        protocol=2,
-    )
-    if config.password is not None:  # the configured password beats the URL's
-        client.connection_pool.connection_kwargs["password"] = config.password
-    return client
 
 
 _: type[Registry] = RedisRegistry

@@ -24,7 +24,7 @@ from typing import Any
 from ...errors import GoneError, LimitExceededError, RemoteNodeError
 from .. import LocalNode
 from .keys import KeySpace
-from .link import LOST, UNSENT, Endpoint, PublishLink, SubscribeLink
+from .link import LOST, UNSENT, Locator, PublishLink, SubscribeLink
 from .wire import (
     KIND_DELETE,
     KIND_FANOUT,
@@ -221,16 +221,16 @@ class NodeChannel:
     :class:`PendingCalls`. Both links reconnect (and resubscribe) with backoff on their own."""
 
     def __init__(
-        self, endpoint: Endpoint, keys: KeySpace, node_id: str, pending: PendingCalls,
+        self, locator: Locator, keys: KeySpace, node_id: str, pending: PendingCalls,
         *, max_backoff_s: float, check_s: float,
     ) -> None:
         self._keys = keys
         self._node_id = node_id
         self._pending = pending
         self._inbox = SubscribeLink(
-            endpoint, keys.channel(node_id).encode(), self._on_message, max_backoff_s=max_backoff_s, check_s=check_s
+            locator, keys.channel(node_id).encode(), self._on_message, max_backoff_s=max_backoff_s, check_s=check_s
         )
-        self._outbox = PublishLink(endpoint, max_backoff_s=max_backoff_s, check_s=check_s)
+        self._outbox = PublishLink(locator, max_backoff_s=max_backoff_s, check_s=check_s)
         self._channels: dict[str, bytes] = {}  # node id -> its channel name, encoded
         self._node: LocalNode | None = None
         self._tasks: set[asyncio.Task[Any]] = set()  # strong refs to running deletes

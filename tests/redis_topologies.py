@@ -1,0 +1,214 @@
+"""Redis deployments for the tests, private to the test session: real ``redis-server``
+processes on free loopback ports, each in a temp dir of its own.
+
+- ``single``: the session's pytest-redis server (``conftest.private_redis``);
+- ``sentinel``: one master, one replica and three Sentinels (``redis-server --sentinel``),
+  with passwords on the data nodes and on the Sentinels, ``down-after-milliseconds`` 1000
+  and ``failover-timeout`` 3000, so that Sentinel promotes the replica a few seconds after
+  the master dies.
+
+A topology says how the registry reaches it (:meth:`Topology.config`, :meth:`registry_toml`)
+and how a test reaches the current master directly (:meth:`Topology.direct_url`). The
+``topology`` fixture (conftest.py) runs a test on each.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Protocol
+
+import port_for
+import redis
+
+from wsgateway.config import RegistryConfig
+
+__all__ = ["TOPOLOGIES", "RedisProcess", "SentinelTopology", "SingleTopology", "Topology"]
+
+TOPOLOGIES = ("single", "sentinel")
+SERVICE = "mymaster"
+DATA_PASSWORD = "data-secret"
+SENTINEL_PASSWORD = "sentinel-secret"
+DOWN_AFTER_MS = 1000
+FAILOVER_TIMEOUT_MS = 3000
+START_TIMEOUT_S = 10.0
+
+
+class Topology(Protocol):
+    name: str
+    url: str
+
+    def config(self, **fields: object) -> RegistryConfig:
+        """A redis registry config reaching this topology (``fields`` override)."""
+
+    def registry_toml(self) -> str:
+        """The ``[registry]`` lines a gateway process needs beyond ``redis_url``."""
+
+    def direct_url(self) -> str:
+        """A plain ``redis://`` URL of the current master, for the test's own checks."""
+
+
+@dataclasses.dataclass
+class SingleTopology:
+    """One redis-server without a password."""
+
+    host: str
+    port: int
+    name: str = "single"
+
+    @property
+    def url(self) -> str:
+        return f"redis://{self.host}:{self.port}/0"
+
+    def config(self, **fields: object) -> RegistryConfig:
+        return RegistryConfig(backend="redis", redis_url=self.url, **fields)  # type: ignore[arg-type]
+
+    def registry_toml(self) -> str:
+        return ""
+
+    def direct_url(self) -> str:
+        return self.url
+
+
+class RedisProcess:
+    """One ``redis-server`` (or ``redis-server --sentinel``) process with its config file in
+    ``directory``: SIGKILL it, start it again."""
+
+    def __init__(self, directory: Path, lines: list[str], *, sentinel: bool = False) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        self.directory = directory
+        self.port = port_for.select_random()
+        self.password = DATA_PASSWORD if not sentinel else SENTINEL_PASSWORD
+        self._sentinel = sentinel
+        self._conf = directory / ("sentinel.conf" if sentinel else "redis.conf")
+        common = [f"port {self.port}", "bind 127.0.0.1", f"dir {directory}", "save \"\"", "appendonly no",
+                  f"logfile {directory / 'log.txt'}", f"requirepass {self.password}"]
+        self._conf.write_text("\n".join(common + lines) + "\n")
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        command = ["redis-server", str(self._conf)] + (["--sentinel"] if self._sentinel else [])
+        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while True:
+            try:
+                self.client().ping()
+                return
+            except (redis.ConnectionError, OSError):
+                if time.monotonic() > deadline or self.process.poll() is not None:
+                    raise RuntimeError(f"redis-server on {self.port} did not start") from None
+                time.sleep(0.02)
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(host="127.0.0.1", port=self.port, password=self.password, socket_timeout=2,
+                           decode_responses=True)
+
+    def kill(self) -> None:
+        """SIGKILL: gone at once, with whatever it did not replicate."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait()
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+
+class SentinelTopology:
+    """A master, a replica and three Sentinels watching them as ``mymaster`` (quorum 2)."""
+
+    name = "sentinel"
+
+    def __init__(self, directory: Path) -> None:
+        auth = [f"masterauth {DATA_PASSWORD}"]
+        self.master = RedisProcess(directory / "a", auth)
+        self.replica = RedisProcess(directory / "b", [*auth, f"replicaof 127.0.0.1 {self.master.port}"])
+        self.servers = (self.master, self.replica)
+        watch = [
+            f"sentinel monitor {SERVICE} 127.0.0.1 {self.master.port} 2",
+            f"sentinel auth-pass {SERVICE} {DATA_PASSWORD}",
+            f"sentinel down-after-milliseconds {SERVICE} {DOWN_AFTER_MS}",
+            f"sentinel failover-timeout {SERVICE} {FAILOVER_TIMEOUT_MS}",
+        ]
+        self.sentinels = [RedisProcess(directory / f"s{i}", watch, sentinel=True) for i in range(3)]
+        hosts = ",".join(f"127.0.0.1:{s.port}" for s in self.sentinels)
+        self.url = f"redis+sentinel://{hosts}/{SERVICE}/0"
+
+    def start(self) -> None:
+        for process in (*self.servers, *self.sentinels):
+            process.start()
+
+    def stop(self) -> None:
+        for process in (*self.sentinels, *self.servers):
+            process.kill()
+
+    def config(self, **fields: object) -> RegistryConfig:
+        return RegistryConfig(  # type: ignore[arg-type]
+            backend="redis", redis_url=self.url, password=DATA_PASSWORD, sentinel_password=SENTINEL_PASSWORD, **fields
+        )
+
+    def registry_toml(self) -> str:
+        return f'password = "{DATA_PASSWORD}"\nsentinel_password = "{SENTINEL_PASSWORD}"\n'
+
+    def master_port(self) -> int:
+        """The master's port as the Sentinels (all of them, asked in turn) name it now."""
+        for sentinel in self.sentinels:
+            if sentinel.running:
+                with sentinel.client() as client:
+                    return int(client.sentinel_get_master_addr_by_name(SERVICE)[1])
+        raise RuntimeError("no Sentinel runs")
+
+    def current_master(self) -> RedisProcess:
+        port = self.master_port()
+        return next(s for s in self.servers if s.port == port)
+
+    def direct_url(self) -> str:
+        return f"redis://:{DATA_PASSWORD}@127.0.0.1:{self.master_port()}/0"
+
+    async def wait_ready(self, timeout: float = 20.0) -> None:
+        """Until every Sentinel knows the other two and a replica in sync: a failover can
+        then happen (Sentinels find each other through hello messages every 2 s)."""
+        async with asyncio.timeout(timeout):
+            while not await asyncio.to_thread(self._ready):
+                await asyncio.sleep(0.1)
+
+    def _ready(self) -> bool:
+        master = self.current_master()
+        with master.client() as client:
+            info = client.info("replication")
+            if info.get("connected_slaves") != 1 or info["slave0"]["state"] != "online":
+                return False
+        for sentinel in self.sentinels:
+            with sentinel.client() as client:
+                state = client.sentinel_master(SERVICE)
+                if state["num-other-sentinels"] != 2 or state["num-slaves"] != 1:
+                    return False
+                if state["is_sdown"] or state["is_odown"]:
+                    return False
+                if any(r["is_sdown"] for r in client.sentinel_slaves(SERVICE)):
+                    return False
+        return True
+
+    async def wait_promoted(self, old_port: int, timeout: float = 30.0) -> float:
+        """Until every Sentinel names another master than ``old_port`` and it answers as a
+        master; returns the seconds it took."""
+        started = time.monotonic()
+        async with asyncio.timeout(timeout):
+            while not await asyncio.to_thread(self._promoted, old_port):
+                await asyncio.sleep(0.05)
+        return time.monotonic() - started
+
+    def _promoted(self, old_port: int) -> bool:
+        ports = set()
+        for sentinel in self.sentinels:
+            with sentinel.client() as client:
+                ports.add(int(client.sentinel_get_master_addr_by_name(SERVICE)[1]))
+        if len(ports) != 1 or old_port in ports:
+            return False
+        master = next(s for s in self.servers if s.port in ports)
+        with master.client() as client:
+            return client.execute_command("ROLE")[0] == "master"
