@@ -36,6 +36,7 @@ from wsgateway.registry.redis import RedisRegistry
 from wsgateway.registry.redis.link import (
     LOST,
     UNSENT,
+    Endpoint,
     Fixed,
     PublishLink,
     SubscribeLink,
@@ -44,6 +45,7 @@ from wsgateway.registry.redis.link import (
 from wsgateway.registry.redis.rpc import PendingCalls
 from wsgateway.registry.redis.wire import KIND_REPLY, decode_message, encode_message
 
+from .redis_topologies import RedisProcess
 from .registry_contract import RecordingNode, make_record, wait_for
 from .registry_support import RedisLink, accept, registry_config, wait_settled
 
@@ -65,9 +67,13 @@ class Replies:
 
 async def endpoint(url: str, **kwargs: Any) -> Fixed:
     """The locator of the one server at ``url`` (``kwargs``: redis-py's settings)."""
+    return Fixed(await endpoint_at(url, **kwargs))
+
+
+async def endpoint_at(url: str, **kwargs: Any) -> Endpoint:
     client = redis.asyncio.Redis.from_url(url, **kwargs)
     try:
-        return Fixed(endpoint_of(client, 2.0))
+        return endpoint_of(client, 2.0)
     finally:
         await client.aclose()
 
@@ -399,3 +405,68 @@ async def test_a_request_in_flight_when_the_link_breaks_is_answered_503_after_it
         finally:
             await reg_b.close()
             await reg_a.close()
+
+
+class Named:
+    """A Locator naming one of several servers, as Sentinel names the master: ``current`` is
+    the index of the one it names now. A test's own implementation of the protocol."""
+
+    def __init__(self, endpoints: list[Endpoint]) -> None:
+        self.endpoints = endpoints
+        self.current = 0
+
+    async def locate(self) -> Endpoint:
+        return self.endpoints[self.current]
+
+    async def moved(self, endpoint: Endpoint) -> bool:
+        return endpoint != self.endpoints[self.current]
+
+
+async def test_links_leave_a_demoted_master_that_keeps_them_connected(tmp_path: Path) -> None:
+    """A failover demotes a master that still runs: made a replica (REPLICAOF), it keeps its
+    clients connected, answers PUBLISH and PING as before. The publishing link notices at its
+    next check (ROLE answers "slave"); both links move when the locator names another
+    server, and messages flow again without a call from us."""
+    servers = [RedisProcess(tmp_path / name, []) for name in ("a", "b")]
+    for server in servers:
+        server.start()
+    try:
+        locator = Named([
+            dataclasses.replace(await endpoint_at(f"redis://127.0.0.1:{s.port}/0", password=s.password), master_only=True)
+            for s in servers
+        ])
+        received: list[bytes] = []
+        sub = SubscribeLink(locator, b"ch", received.append, max_backoff_s=BACKOFF_S, check_s=CHECK_S)
+        pub = PublishLink(locator, max_backoff_s=BACKOFF_S, check_s=CHECK_S)
+        sub.start()
+        pub.start()
+        try:
+            await both_ready(sub, pub)
+            pub.publish(b"ch", b"on a", None)
+            await wait_for(lambda: received == [b"on a"], 2, "a message through a")
+            a, b = (s.client() for s in servers)
+            a.execute_command("CONFIG", "SET", "masterauth", servers[1].password)
+            a.execute_command("REPLICAOF", "127.0.0.1", str(servers[1].port))  # no client is killed
+            # Before Sentinel names b, the publishing link finds a is no master (ROLE) and
+            # will not publish there; the subscribed link stays until the locator moves.
+            await wait_for(lambda: not pub.ready.is_set(), 3 * CHECK_S + 2, "pub off the demoted a")
+            sink = Replies()
+            pub.publish(b"ch", b"lost", sink)
+            assert sink.replies == [UNSENT] and sub.ready.is_set()
+            await asyncio.sleep(3 * CHECK_S)
+            assert not pub.ready.is_set()  # it reconnects, and leaves again at ROLE
+            locator.current = 1
+            demoted = time.monotonic()
+            await wait_for(lambda: b.pubsub_numsub("ch") == [("ch", 1)], 3 * CHECK_S + 2, "the subscriber on b")
+            await wait_for(lambda: pub.ready.is_set() and b.client_list(_type="normal") and any(
+                c["cmd"] in ("role", "publish") for c in b.client_list(_type="normal")), 3 * CHECK_S + 2, "pub on b")
+            assert time.monotonic() - demoted < 3 * CHECK_S + 2
+            pub.publish(b"ch", b"on b", None)
+            await wait_for(lambda: received == [b"on a", b"on b"], 2, "a message through b")
+            assert a.pubsub_numsub("ch") == [("ch", 0)]
+        finally:
+            await sub.close()
+            await pub.close()
+    finally:
+        for server in servers:
+            server.kill()

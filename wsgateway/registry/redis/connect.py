@@ -17,6 +17,8 @@ parser costs ~30% more per pub/sub message). The configured password beats the U
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
 import logging
 from collections.abc import Callable
@@ -29,6 +31,7 @@ from redis.asyncio.connection import parse_url
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
 
 from .link import Endpoint, Fixed, Locator, endpoint_of
 
@@ -49,13 +52,13 @@ class Connected:
 
     client: Redis
     locator: Locator
+    sentinel: Sentinel | None = None  # the Sentinels' clients, under Sentinel
     on_failover: Callable[[], None] | None = None  # the master the client writes to changed
-    _closers: tuple[Any, ...] = ()
 
     async def aclose(self) -> None:
         await self.client.aclose()
-        for closer in self._closers:
-            await closer.aclose()
+        if self.sentinel is not None:
+            await self.sentinel.aclose()
 
 
 def connect(config: RegistryConfig, timeout_s: float) -> Connected:
@@ -131,21 +134,6 @@ def _host_port(text: str) -> tuple[str, int]:
     return host, int(port) if port else SENTINEL_PORT
 
 
-class _Sentinels(Sentinel):
-    """redis-py's Sentinel client, remembering the last master it was told of (the links'
-    :meth:`SentinelLocator.moved` compares with it)."""
-
-    master: tuple[str, int] | None = None
-
-    async def discover_master(self, service_name: str) -> tuple[str, int]:
-        address: tuple[str, int] = await super().discover_master(service_name)
-        address = (str(address[0]), int(address[1]))
-        if self.master is not None and address != self.master:
-            log.warning("registry: Sentinel names a new master for %s: %s:%d", service_name, *address)
-        self.master = address
-        return address
-
-
 class _MasterPool(SentinelConnectionPool):
     """The client's pool: reports each change of the master its connections go to."""
 
@@ -153,28 +141,51 @@ class _MasterPool(SentinelConnectionPool):
 
     async def get_master_address(self) -> tuple[str, int]:
         before = self.master_address
-        address: tuple[str, int] = await super().get_master_address()  # type: ignore[no-untyped-call]
+        address = await super().get_master_address()  # type: ignore[no-untyped-call]
+        address = (str(address[0]), int(address[1]))
         connected = self.connected
         if before is not None and address != before and connected is not None and connected.on_failover is not None:
+            log.warning("registry: Sentinel names a new master for %s: %s:%d", self.service_name, *address)
             connected.on_failover()
         return address
 
+    async def follow(self, address: tuple[str, int]) -> None:
+        """The Sentinels name ``address`` now: leave the old master at once, the connection
+        in use too (its commands fail as in an outage), rather than at the next error."""
+        if self.master_address is not None and tuple(self.master_address) != address:
+            await self.disconnect(inuse_connections=True)
+            await self.get_master_address()
+
 
 class SentinelLocator:
-    """The links' :class:`~.link.Locator` under Sentinel: the master they name now."""
+    """The links' :class:`~.link.Locator` under Sentinel: the master they name now. A link
+    that finds it moved moves the client's pool along (:meth:`_MasterPool.follow`)."""
 
-    def __init__(self, sentinels: _Sentinels, service: str, template: Endpoint) -> None:
+    def __init__(self, sentinels: Sentinel, service: str, pool: _MasterPool, template: Endpoint) -> None:
         self._sentinels = sentinels
         self._service = service
-        self._template = template
+        self._pool = pool
+        self.template = template  # all but the address
 
     async def locate(self) -> Endpoint:
-        host, port = await self._sentinels.discover_master(self._service)
-        return dataclasses.replace(self._template, host=host, port=port)
+        host, port = await self._master()
+        return dataclasses.replace(self.template, host=host, port=port)
 
-    def moved(self, endpoint: Endpoint) -> bool:
-        master = self._sentinels.master
-        return master is not None and master != (endpoint.host, endpoint.port)
+    async def moved(self, endpoint: Endpoint) -> bool:
+        try:
+            async with asyncio.timeout(endpoint.connect_timeout_s):
+                address = await self._master()
+        except (RedisError, OSError, TimeoutError):
+            return False  # nobody can tell: stay
+        if address == (endpoint.host, endpoint.port):
+            return False
+        with contextlib.suppress(RedisError, OSError):  # else the pool finds it at its next connection
+            await self._pool.follow(address)
+        return True
+
+    async def _master(self) -> tuple[str, int]:
+        host, port = await self._sentinels.discover_master(self._service)
+        return str(host), int(port)
 
 
 def _sentinel(config: RegistryConfig, timeout_s: float) -> Connected:
@@ -189,11 +200,11 @@ def _sentinel(config: RegistryConfig, timeout_s: float) -> Connected:
     }
     if url.tls:
         options["ssl"] = sentinel_options["ssl"] = True
-    sentinels = _Sentinels(url.sentinels, sentinel_kwargs=sentinel_options)
+    sentinels = Sentinel(url.sentinels, sentinel_kwargs=sentinel_options)
     client = sentinels.master_for(url.service, connection_pool_class=_MasterPool, **options)
     pool = client.connection_pool
-    template = dataclasses.replace(endpoint_of(client, timeout_s), master_only=True)
-    connected = Connected(client, SentinelLocator(sentinels, url.service, template), _closers=(sentinels,))
     assert isinstance(pool, _MasterPool)
+    template = dataclasses.replace(endpoint_of(client, timeout_s), master_only=True)
+    connected = Connected(client, SentinelLocator(sentinels, url.service, pool, template), sentinels)
     pool.connected = connected
     return connected

@@ -19,9 +19,10 @@ master the Sentinels name now for ``redis+sentinel://`` (``connect``). Both reco
 backoff when the connection drops, is refused, or leaves a PING unanswered for ``check_s``,
 and when the server stopped being the master (a failover demotes a master that still runs:
 it keeps the connections open, answers PUBLISH and feeds its subscribers only what it
-replicates). With an endpoint that says so (``master_only``), the publishing link asks
-``ROLE`` instead of PING, and the subscribed link, which may only PING, leaves a server
-the locator no longer names (see :meth:`Locator.moved`). A PUBLISH made while the link is
+replicates). With an endpoint that says so (``master_only``), both links ask the locator
+at every check whether the master moved (Sentinel names another one before it demotes the
+old, which may take it seconds), and the publishing link asks ``ROLE`` instead of PING (the
+subscribed one may only PING). A PUBLISH made while the link is
 down fails at once with :data:`UNSENT` (it never left); one in flight when the connection
 drops gets :data:`LOST` (it may have reached Redis). Everything else the registry sends (records, scripts,
 listings) still goes through redis-py.
@@ -99,9 +100,9 @@ class Locator(Protocol):
         """The endpoint to connect to now; raises (``redis.RedisError``, ``OSError``) when
         nobody can tell (the link retries after its backoff)."""
 
-    def moved(self, endpoint: Endpoint) -> bool:
-        """True once ``endpoint`` is known not to be the server to use any more (a link
-        connected there reconnects)."""
+    async def moved(self, endpoint: Endpoint) -> bool:
+        """Whether ``endpoint`` is no longer the server to use (a link connected there
+        reconnects); False when that cannot be told now. Asked at every check."""
 
 
 class Fixed:
@@ -113,7 +114,7 @@ class Fixed:
     async def locate(self) -> Endpoint:
         return self._endpoint
 
-    def moved(self, endpoint: Endpoint) -> bool:
+    async def moved(self, endpoint: Endpoint) -> bool:
         return False
 
 
@@ -361,7 +362,7 @@ class _Link:
             done, _ = await asyncio.wait({conn.closed}, timeout=self._check_s)
             if done:
                 raise ConnectionError("connection lost")
-            if self._locator.moved(ep):
+            if ep.master_only and await self._locator.moved(ep):
                 raise ConnectionError(f"the master moved away from {ep.host}:{ep.port}")
             # A loop that was itself paused (GC, SIGSTOP) has not read the answer yet: ask again.
             if conn.pongs == pongs and loop.time() - sent_at < 1.5 * self._check_s:
