@@ -5,7 +5,7 @@ processes on free loopback ports, each in a temp dir of its own.
 - ``sentinel``: one master, one replica and three Sentinels (``redis-server --sentinel``),
   with passwords on the data nodes and on the Sentinels, ``down-after-milliseconds`` 1000
   and ``failover-timeout`` 3000, so that Sentinel promotes the replica a few seconds after
-  the master dies.
+  the master dies; ``SentinelTopology(tls=True)`` speaks only TLS, everywhere.
 
 A topology says how the registry reaches it (:meth:`Topology.config`, :meth:`registry_toml`)
 and how a test reaches the current master directly (:meth:`Topology.direct_url`). The
@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import datetime
+import ipaddress
 import signal
 import subprocess
 import time
@@ -24,6 +26,10 @@ from typing import Protocol
 
 import port_for
 import redis
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from wsgateway.config import RegistryConfig
 
@@ -36,6 +42,27 @@ SENTINEL_PASSWORD = "sentinel-secret"
 DOWN_AFTER_MS = 1000
 FAILOVER_TIMEOUT_MS = 3000
 START_TIMEOUT_S = 10.0
+
+
+def self_signed(folder: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 (a CA too) and its key, written to ``folder``."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = folder / "redis.crt", folder / "redis.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return cert_path, key_path
 
 
 class Topology(Protocol):
@@ -78,14 +105,21 @@ class RedisProcess:
     """One ``redis-server`` (or ``redis-server --sentinel``) process with its config file in
     ``directory``: SIGKILL it, start it again."""
 
-    def __init__(self, directory: Path, lines: list[str], *, sentinel: bool = False) -> None:
+    def __init__(
+        self, directory: Path, lines: list[str], *, sentinel: bool = False, tls: tuple[Path, Path] | None = None
+    ) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         self.directory = directory
         self.port = port_for.select_random()
         self.password = DATA_PASSWORD if not sentinel else SENTINEL_PASSWORD
+        self.tls = tls  # (certificate, key): TLS only, the certificate is its own CA
         self._sentinel = sentinel
         self._conf = directory / ("sentinel.conf" if sentinel else "redis.conf")
-        common = [f"port {self.port}", "bind 127.0.0.1", f"dir {directory}", "save \"\"", "appendonly no",
+        listen = [f"port {self.port}"] if tls is None else [
+            "port 0", f"tls-port {self.port}", f"tls-cert-file {tls[0]}", f"tls-key-file {tls[1]}",
+            f"tls-ca-cert-file {tls[0]}", "tls-auth-clients no", "tls-replication yes",
+        ]
+        common = [*listen, "bind 127.0.0.1", f"dir {directory}", "save \"\"", "appendonly no",
                   f"logfile {directory / 'log.txt'}", f"requirepass {self.password}"]
         self._conf.write_text("\n".join(common + lines) + "\n")
         self.process: subprocess.Popen[bytes] | None = None
@@ -104,8 +138,9 @@ class RedisProcess:
                 time.sleep(0.02)
 
     def client(self) -> redis.Redis:
+        tls = {} if self.tls is None else {"ssl": True, "ssl_ca_certs": str(self.tls[0])}
         return redis.Redis(host="127.0.0.1", port=self.port, password=self.password, socket_timeout=2,
-                           decode_responses=True)
+                           decode_responses=True, **tls)  # type: ignore[arg-type]
 
     def kill(self) -> None:
         """SIGKILL: gone at once, with whatever it did not replicate."""
@@ -123,10 +158,12 @@ class SentinelTopology:
 
     name = "sentinel"
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, *, tls: bool = False) -> None:
         auth = [f"masterauth {DATA_PASSWORD}"]
-        self.master = RedisProcess(directory / "a", auth)
-        self.replica = RedisProcess(directory / "b", [*auth, f"replicaof 127.0.0.1 {self.master.port}"])
+        directory.mkdir(parents=True, exist_ok=True)
+        self.tls = self_signed(directory) if tls else None
+        self.master = RedisProcess(directory / "a", auth, tls=self.tls)
+        self.replica = RedisProcess(directory / "b", [*auth, f"replicaof 127.0.0.1 {self.master.port}"], tls=self.tls)
         self.servers = (self.master, self.replica)
         watch = [
             f"sentinel monitor {SERVICE} 127.0.0.1 {self.master.port} 2",
@@ -134,9 +171,12 @@ class SentinelTopology:
             f"sentinel down-after-milliseconds {SERVICE} {DOWN_AFTER_MS}",
             f"sentinel failover-timeout {SERVICE} {FAILOVER_TIMEOUT_MS}",
         ]
-        self.sentinels = [RedisProcess(directory / f"s{i}", watch, sentinel=True) for i in range(3)]
+        self.sentinels = [RedisProcess(directory / f"s{i}", watch, sentinel=True, tls=self.tls) for i in range(3)]
         hosts = ",".join(f"127.0.0.1:{s.port}" for s in self.sentinels)
-        self.url = f"redis+sentinel://{hosts}/{SERVICE}/0"
+        if self.tls is None:
+            self.url = f"redis+sentinel://{hosts}/{SERVICE}/0"
+        else:
+            self.url = f"rediss+sentinel://{hosts}/{SERVICE}/0?ssl_cert_reqs=required&ssl_ca_certs={self.tls[0]}"
 
     def start(self) -> None:
         for process in (*self.servers, *self.sentinels):
@@ -167,6 +207,8 @@ class SentinelTopology:
         return next(s for s in self.servers if s.port == port)
 
     def direct_url(self) -> str:
+        if self.tls is not None:
+            return f"rediss://:{DATA_PASSWORD}@127.0.0.1:{self.master_port()}/0?ssl_ca_certs={self.tls[0]}"
         return f"redis://:{DATA_PASSWORD}@127.0.0.1:{self.master_port()}/0"
 
     async def wait_ready(self, timeout: float = 20.0) -> None:

@@ -218,3 +218,22 @@ async def test_a_coordinated_failover_moves_every_link_and_pool(failing_over: Se
     assert time.monotonic() - promoted < 2 * CHECK_S + 2.0
     for registry in (reg_b, reg_a):
         await registry.close()
+
+
+async def test_cross_node_calls_over_tls_to_the_sentinels_and_the_data_nodes(tmp_path: Path, key_prefix: str) -> None:
+    """rediss+sentinel://: every server speaks only TLS (replication and Sentinel's own
+    connections too); the certificate is trusted through the URL's ssl_ca_certs."""
+    topology = SentinelTopology(tmp_path / "redis", tls=True)
+    try:
+        topology.start()
+        (node_a, reg_a), (_, reg_b) = await registries(topology, key_prefix, "na", "nb")
+        record = await accept(reg_a, node_a)
+        await reg_b.post(record.connection_id, b"over tls", False)
+        assert node_a.posted[record.connection_id] == [(b"over tls", False)]
+        assert (await reg_b.get(record.connection_id)).record.node_id == "na"
+        with redis.Redis.from_url(topology.direct_url()) as direct:
+            assert direct.hget(f"{key_prefix}:{{c:{record.connection_id}}}", "node") == b"na"
+        for registry in (reg_b, reg_a):
+            await registry.close()
+    finally:
+        topology.stop()

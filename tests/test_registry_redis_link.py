@@ -10,8 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import datetime
-import ipaddress
 import logging
 import signal
 import time
@@ -24,10 +22,6 @@ import port_for
 import psutil
 import pytest
 import redis.asyncio
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from mirakuru import TCPExecutor
 from pytest_redis.executor import RedisExecutor
 
@@ -45,7 +39,7 @@ from wsgateway.registry.redis.link import (
 from wsgateway.registry.redis.rpc import PendingCalls
 from wsgateway.registry.redis.wire import KIND_REPLY, decode_message, encode_message
 
-from .redis_topologies import RedisProcess
+from .redis_topologies import RedisProcess, self_signed
 from .registry_contract import RecordingNode, make_record, wait_for
 from .registry_support import RedisLink, accept, registry_config, wait_settled
 
@@ -271,30 +265,10 @@ async def test_cross_node_post_over_a_unix_socket(private_redis: RedisExecutor, 
     await cross_node_post(registry_config(f"unix://{private_redis.unixsocket}?db=0", key_prefix))
 
 
-def _self_signed(folder: Path) -> tuple[Path, Path]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = folder / "redis.crt", folder / "redis.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
-    return cert_path, key_path
-
-
 @pytest.fixture
 def tls_redis(tmp_path: Path) -> Iterator[tuple[int, Path]]:
     """A redis-server that speaks TLS only, and the certificate to trust it by."""
-    cert, key = _self_signed(tmp_path)
+    cert, key = self_signed(tmp_path)
     port = port_for.select_random()
     command = [
         "redis-server", "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1",
