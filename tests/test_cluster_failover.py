@@ -193,7 +193,8 @@ async def _scenario(cluster: Cluster, sentinel: SentinelTopology) -> None:
     # the owner's publishing link still reconnecting. Such posts were all in flight between
     # the kill and the moment every link was back; tighten to `== []` once the outcome of a
     # request outlives a failover.
-    assert all(p.ended > killed and p.started < back for p in answered_but_delivered), answered_but_delivered
+    assert all(p.ended > killed and p.started < back for p in answered_but_delivered), (
+        killed, back, [(p, everyone[p.cid].node.name) for p in answered_but_delivered])
     print(f"failover {failover_s:.2f} s; every node back {recovered_s:.2f} s after it; answers {dict(codes)};"
           f" {len(answered_but_delivered)} answered 503 yet delivered")
 

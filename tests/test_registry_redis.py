@@ -525,6 +525,22 @@ async def test_node_declared_dead_abandons_exactly_what_was_claimed(
         assert set(r.keys(f"{key_prefix}:{{c:*")) == {f"{key_prefix}:{{c:{cid}}}".encode() for cid in victim.connections}
 
 
+async def test_concurrent_calls_to_an_owner_that_stopped_listening_answer_503(
+    make: Factory, private_redis: RedisExecutor, key_prefix: str, redis_url: str
+) -> None:
+    """The owner's subscription is gone (cut off) but its record is there: every concurrent
+    call that had its owner cached answers 503, none fails on the cache emptied under it."""
+    async with cut_off_pair(make, private_redis, key_prefix) as (_, reg_b, victim, reg_a, link):
+        cid = (await accept(reg_a, victim)).connection_id
+        await reg_b.post(cid, b"cached", False)  # b caches the owner
+        link.cut()
+        r = sync_client(redis_url)
+        channel = f"{key_prefix}:node:{{na}}"
+        await wait_for(lambda: r.pubsub_numsub(channel)[0][1] == 0, 2, "the owner's subscription gone")
+        results = await asyncio.gather(*(reg_b.post(cid, b"x", False) for _ in range(5)), return_exceptions=True)
+        assert [type(r) for r in results] == [RegistryUnavailableError] * 5
+
+
 async def test_connection_closed_while_cut_off_runs_its_disconnect_once(
     make: Factory, private_redis: RedisExecutor, key_prefix: str, redis_url: str
 ) -> None:

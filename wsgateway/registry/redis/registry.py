@@ -233,7 +233,8 @@ class RedisRegistry:
         reply = (await self._request((owner,), header, data))[owner]
         status = reply["s"]
         if status == STATUS_UNREACHABLE and cached is not None:
-            del self._owners[connection_id]  # maybe swept since: look it up once more
+            # maybe swept since: look it up once more (a concurrent call may have dropped it)
+            self._owners.pop(connection_id, None)
             return await self._ask_owner(connection_id, header, data)
         if status in (STATUS_UNREACHABLE, STATUS_TIMEOUT):
             self._owners.pop(connection_id, None)
