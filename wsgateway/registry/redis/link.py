@@ -19,13 +19,14 @@ master the Sentinels name now for ``redis+sentinel://`` (``connect``). Both reco
 backoff when the connection drops, is refused, or leaves a PING unanswered for ``check_s``,
 and when the server stopped being the master (a failover demotes a master that still runs:
 it keeps the connections open, answers PUBLISH and feeds its subscribers only what it
-replicates). With an endpoint that says so (``master_only``), both links ask the locator
-at every check whether the master moved (Sentinel names another one before it demotes the
-old, which may take it seconds), and the publishing link asks ``ROLE`` instead of PING (the
-subscribed one may only PING). A PUBLISH made while the link is
-down fails at once with :data:`UNSENT` (it never left); one in flight when the connection
-drops gets :data:`LOST` (it may have reached Redis). Everything else the registry sends (records, scripts,
-listings) still goes through redis-py.
+replicates). With an endpoint that says so (``master_only``), both links ask the locator at
+every check whether the master moved (Sentinel names another one before it demotes the old,
+which may take it seconds), and the publishing link asks ``ROLE`` instead of PING (the
+subscribed one may only PING).
+
+A PUBLISH made while the link is down fails at once with :data:`UNSENT` (it never left);
+one in flight when the connection drops gets :data:`LOST` (it may have reached Redis).
+Everything else the registry sends (records, scripts, listings) still goes through redis-py.
 """
 
 from __future__ import annotations
