@@ -106,11 +106,12 @@ class RedisProcess:
     ``directory``: SIGKILL it, start it again."""
 
     def __init__(
-        self, directory: Path, lines: list[str], *, sentinel: bool = False, tls: tuple[Path, Path] | None = None
+        self, directory: Path, lines: list[str], *, sentinel: bool = False, tls: tuple[Path, Path] | None = None,
+        port: int | None = None,
     ) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         self.directory = directory
-        self.port = port_for.select_random()
+        self.port = port or port_for.select_random()
         self.password = DATA_PASSWORD if not sentinel else SENTINEL_PASSWORD
         self.tls = tls  # (certificate, key): TLS only, the certificate is its own CA
         self._sentinel = sentinel
@@ -159,7 +160,7 @@ class SentinelTopology:
     name = "sentinel"
 
     def __init__(self, directory: Path, *, tls: bool = False) -> None:
-        auth = [f"masterauth {DATA_PASSWORD}"]
+        auth = [f"masterauth {DATA_PASSWORD}", "repl-diskless-sync-delay 0"]  # a replica syncs at once
         directory.mkdir(parents=True, exist_ok=True)
         self.tls = self_signed(directory) if tls else None
         self.master = RedisProcess(directory / "a", auth, tls=self.tls)
@@ -170,8 +171,19 @@ class SentinelTopology:
             f"sentinel auth-pass {SERVICE} {DATA_PASSWORD}",
             f"sentinel down-after-milliseconds {SERVICE} {DOWN_AFTER_MS}",
             f"sentinel failover-timeout {SERVICE} {FAILOVER_TIMEOUT_MS}",
+            f"sentinel known-replica {SERVICE} 127.0.0.1 {self.replica.port}",
         ]
-        self.sentinels = [RedisProcess(directory / f"s{i}", watch, sentinel=True, tls=self.tls) for i in range(3)]
+        # Each Sentinel knows the others from the start (ids and ports), instead of finding
+        # them through hello messages every 2 s: a topology can fail over a second after it starts.
+        ports = [port_for.select_random() for _ in range(3)]
+        ids = [f"{i + 1:040x}" for i in range(3)]
+        self.sentinels = [
+            RedisProcess(directory / f"s{i}", [
+                *watch, f"sentinel myid {ids[i]}",
+                *(f"sentinel known-sentinel {SERVICE} 127.0.0.1 {ports[j]} {ids[j]}" for j in range(3) if j != i),
+            ], sentinel=True, tls=self.tls, port=ports[i])
+            for i in range(3)
+        ]
         hosts = ",".join(f"127.0.0.1:{s.port}" for s in self.sentinels)
         if self.tls is None:
             self.url = f"redis+sentinel://{hosts}/{SERVICE}/0"
