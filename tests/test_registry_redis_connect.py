@@ -68,6 +68,9 @@ def test_the_config_takes_sentinel_urls_and_a_sentinel_password_from_the_environ
     config = load_config(path, env={"DATA_PW": "d", "SENTINEL_PW": "s"}).registry
     assert (config.password, config.sentinel_password) == ("d", "s")
     assert "password" not in repr(config)  # secrets never print
+    path.write_text('[registry]\nbackend = "redis"\nredis_url = "redis://10.0.0.1:6379/0"\nsentinel_password = "s"\n')
+    with pytest.raises(ConfigError, match=r"^registry\.sentinel_password: is for redis\+sentinel:// URLs only$"):
+        load_config(path)
     for bad in ("redis+sentinel://10.0.0.1:26379/", "redis+sentinel:///mymaster", "redis+sentinel://h:1/m/x"):
         with pytest.raises(ConfigError, match=r"^registry\.redis_url"):
             RegistryConfig(backend="redis", redis_url=bad)

@@ -447,6 +447,8 @@ class RegistryConfig:
 
     def check(self) -> None:
         """Rules across fields; the loader calls it. Raises ConfigError."""
+        if self.sentinel_password is not None and "+sentinel://" not in self.redis_url:
+            raise ConfigError("registry.sentinel_password", "is for redis+sentinel:// URLs only")
         if self.node_ttl_s < 2 * self.heartbeat_s:  # one late heartbeat must not declare a node dead
             twice = f"{2 * self.heartbeat_s:g}"
             raise ConfigError("registry.node_ttl_s",
