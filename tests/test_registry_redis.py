@@ -234,20 +234,52 @@ async def test_posts_from_one_caller_arrive_in_order(make: Factory) -> None:
     assert [m for m, _ in node_a.posted[cid]] == messages
 
 
+def _command_calls(r: redis.Redis) -> dict[str, int]:
+    return {k.removeprefix("cmdstat_"): v["calls"] for k, v in r.info("commandstats").items()}
+
+
 async def test_redis_commands_per_post(make: Factory, redis_url: str) -> None:
-    """One PUBLISH for the request and one for the reply; the owner lookup is cached."""
+    """One PUBLISH for the request and one for the reply; an id that names its node needs
+    no lookup, not even the first time."""
     node_a, node_b = RecordingNode("na"), RecordingNode("nb")
     reg_a, reg_b = await make(node_a), await make(node_b)
     cid = (await accept(reg_a, node_a)).connection_id
-    await reg_b.post(cid, b"warm", False)
     r = sync_client(redis_url)
     r.config_resetstat()
     for i in range(200):
         await reg_b.post(cid, b"%d" % i, False)
-    stats = r.info("commandstats")
-    calls = {k.removeprefix("cmdstat_"): v["calls"] for k, v in stats.items()}
+    calls = _command_calls(r)
     assert calls["publish"] == 400
     assert calls.get("hget", 0) == 0
+
+
+async def test_ids_of_the_plain_form_are_looked_up_once(make: Factory, redis_url: str) -> None:
+    """Ids made before connection ids named their node: one HGET, then the owner is cached."""
+    node_a, node_b = RecordingNode("na"), RecordingNode("nb")
+    reg_a, reg_b = await make(node_a), await make(node_b)
+    cid = (await accept(reg_a, node_a, connection_id=new_connection_id())).connection_id
+    assert len(cid) == 16
+    r = sync_client(redis_url)
+    r.config_resetstat()
+    for i in range(50):
+        await reg_b.post(cid, b"%d" % i, False)
+    calls = _command_calls(r)
+    assert (calls["publish"], calls["hget"]) == (100, 1)
+    assert [m for m, _ in node_a.posted[cid]] == [b"%d" % i for i in range(50)]
+
+
+async def test_an_id_naming_no_live_node_is_looked_up(make: Factory) -> None:
+    """The node part is only a hint: an id naming a node that does not listen (a made-up
+    node, or a dead one whose record a sweep claimed) is 410 once the registry is sure
+    that no node holds it, and reaches the holder if the record names another."""
+    node_a, node_b = RecordingNode("na"), RecordingNode("nb")
+    reg_a, reg_b = await make(node_a), await make(node_b)
+    with pytest.raises(GoneError):
+        await reg_b.post(new_connection_id("nowhere"), b"x", False)
+    # an id naming "nowhere" but held by node a (ids copied between deployments, say)
+    record = await accept(reg_a, node_a, connection_id=new_connection_id("nowhere"))
+    await reg_b.post(record.connection_id, b"found", False)
+    assert node_a.posted[record.connection_id] == [(b"found", False)]
 
 
 async def test_owner_ignores_requests_past_their_deadline(make: Factory, redis_url: str, key_prefix: str) -> None:
