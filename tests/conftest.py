@@ -17,6 +17,7 @@ from pytest_redis import factories
 from pytest_redis.executor import RedisExecutor
 
 from tests.cluster_support import Cluster
+from tests.topology_cluster import PrivateRedisCluster, Topology
 
 private_redis = factories.redis_proc(port=None)  # type: ignore[arg-type]  # None: any free port
 
@@ -27,6 +28,28 @@ _prefixes = itertools.count(1)
 def redis_url(private_redis: RedisExecutor) -> str:
     """URL of the session's private redis-server."""
     return f"redis://{private_redis.host}:{private_redis.port}/0"
+
+
+@pytest.fixture(scope="session")
+def private_redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateRedisCluster]:
+    """A three-master Redis Cluster of the session's own (see tests/topology_cluster.py)."""
+    running = PrivateRedisCluster(tmp_path_factory.mktemp("redis-cluster"))
+    try:
+        running.start()
+        yield running
+    finally:
+        running.stop()
+
+
+@pytest.fixture
+def redis_topology(request: pytest.FixtureRequest) -> Topology:
+    """The Redis the test runs on: "single" (the session's redis-server) unless the test
+    is parametrised with ``pytest.mark.parametrize("redis_topology", [...], indirect=True)``."""
+    name = getattr(request, "param", "single")
+    if name == "cluster":
+        return Topology(name, request.getfixturevalue("private_redis_cluster").url)
+    assert name == "single", name
+    return Topology(name, request.getfixturevalue("redis_url"))
 
 
 @pytest.fixture
@@ -59,9 +82,9 @@ def pytest_asyncio_loop_factories(config, item):  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture
-async def cluster(tmp_path: Path, redis_url: str, key_prefix: str) -> AsyncIterator[Cluster]:
-    """Gateway processes on the session's private Redis; every one killed at the end."""
-    running = Cluster(tmp_path, redis_url, key_prefix)
+async def cluster(tmp_path: Path, redis_topology: Topology, key_prefix: str) -> AsyncIterator[Cluster]:
+    """Gateway processes on the test's Redis topology; every one killed at the end."""
+    running = Cluster(tmp_path, redis_topology.url, key_prefix)
     try:
         yield running
     finally:

@@ -52,16 +52,17 @@ from .registry_support import (
     registry_config,
     wait_settled,
 )
+from .topology_cluster import Topology
 
 pytestmark = pytest.mark.redis
 
 @pytest.fixture
-async def make(redis_url: str, key_prefix: str) -> AsyncIterator[Factory]:
+async def make(redis_topology: Topology, key_prefix: str) -> AsyncIterator[Factory]:
     """Start registries on the private Redis (one key prefix per test); close them after."""
     started: list[RedisRegistry] = []
 
     async def factory(node: RecordingNode) -> RedisRegistry:
-        registry = RedisRegistry(registry_config(redis_url, key_prefix), node.node_id)
+        registry = RedisRegistry(registry_config(redis_topology.url, key_prefix), node.node_id)
         started.append(registry)
         await registry.start(node)
         await wait_settled(registry)
@@ -76,6 +77,10 @@ def sync_client(url: str) -> redis.Redis:
     return redis.Redis.from_url(url)
 
 
+ON_EACH_TOPOLOGY = pytest.mark.parametrize("redis_topology", ["single", "cluster"], indirect=True)
+
+
+@ON_EACH_TOPOLOGY
 @pytest.mark.parametrize("check", CHECKS, ids=lambda c: c.__name__.removeprefix("check_"))
 async def test_contract(check: Callable[[Factory], object], make: Factory) -> None:
     await check(make)  # type: ignore[misc]
@@ -148,6 +153,7 @@ async def test_last_active_is_flushed_on_the_heartbeat(make: Factory, redis_url:
 # ---------------------------------------------------------------- cross-node calls
 
 
+@ON_EACH_TOPOLOGY
 async def test_cross_node_post_get_delete(make: Factory) -> None:
     node_a, node_b = RecordingNode("na"), RecordingNode("nb")
     reg_a, reg_b = await make(node_a), await make(node_b)
@@ -170,6 +176,7 @@ async def test_cross_node_post_get_delete(make: Factory) -> None:
         await reg_b.post(next(iter(node_a.full)), b"x", False)
 
 
+@ON_EACH_TOPOLOGY
 async def test_gone_after_remove_even_with_a_cached_owner(make: Factory) -> None:
     node_a, node_b = RecordingNode("na"), RecordingNode("nb")
     reg_a, reg_b = await make(node_a), await make(node_b)
@@ -182,6 +189,7 @@ async def test_gone_after_remove_even_with_a_cached_owner(make: Factory) -> None
     assert node_a.posted[record.connection_id] == [(b"1", False)]
 
 
+@ON_EACH_TOPOLOGY
 async def test_cross_node_fanout_and_listing(make: Factory) -> None:
     nodes = [RecordingNode(n) for n in ("na", "nb", "nc")]
     regs = [await make(n) for n in nodes]
@@ -208,6 +216,7 @@ async def test_cross_node_fanout_and_listing(make: Factory) -> None:
     assert seen == expected
 
 
+@ON_EACH_TOPOLOGY
 async def test_cross_node_user_and_group_audiences(make: Factory) -> None:
     node_a, node_b = RecordingNode("na"), RecordingNode("nb")
     reg_a, reg_b = await make(node_a), await make(node_b)
@@ -225,6 +234,7 @@ async def test_cross_node_user_and_group_audiences(make: Factory) -> None:
         await reg_b.group("AAAAAAAAAAAAAAAA", "desk", join=True)
 
 
+@ON_EACH_TOPOLOGY
 async def test_posts_from_one_caller_arrive_in_order(make: Factory) -> None:
     node_a, node_b = RecordingNode("na"), RecordingNode("nb")
     reg_a, reg_b = await make(node_a), await make(node_b)
@@ -268,6 +278,7 @@ async def test_ids_of_the_plain_form_are_looked_up_once(make: Factory, redis_url
     assert [m for m, _ in node_a.posted[cid]] == [b"%d" % i for i in range(50)]
 
 
+@ON_EACH_TOPOLOGY
 async def test_an_id_naming_no_live_node_is_looked_up(make: Factory) -> None:
     """The node part is only a hint: an id naming a node that does not listen (a made-up
     node, or a dead one whose record a sweep claimed) is 410 once the registry is sure
@@ -390,6 +401,7 @@ async def test_killed_node_is_swept_once_with_1006(make: Factory, redis_url: str
     assert set(r.hkeys(f"{key_prefix}:{{meta}}:nodes")) == {b"nb", b"nc"}
 
 
+@ON_EACH_TOPOLOGY
 async def test_closed_node_is_gone_at_once(make: Factory) -> None:
     node_a, node_b = RecordingNode("na"), RecordingNode("nb")
     reg_a, reg_b = await make(node_a), await make(node_b)

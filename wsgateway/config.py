@@ -428,7 +428,7 @@ class RegistryConfig:
 
     backend: str = field(default="memory", metadata=rule("memory|redis", '"memory" or "redis"'))
     redis_url: str = field(default="redis://127.0.0.1:6379/0", metadata=rule(
-        r"rediss?://\S*|unix://\S+", "a redis://, rediss:// or unix:// URL"))
+        r"rediss?(\+cluster)?://\S*|unix://\S+", "a redis://, rediss://, unix://, redis+cluster:// or rediss+cluster:// URL"))
     # or password_env; beats the URL's
     password: str | None = field(default=None, repr=False, metadata=FILLED)
     key_prefix: str = field(default="wsgw", metadata=rule(r"[A-Za-z0-9:_-]+", "made of A-Z a-z 0-9 : _ -"))

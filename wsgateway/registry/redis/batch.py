@@ -16,8 +16,9 @@ from collections import deque
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import ClusterDownError, RedisClusterUnreachableError, RedisError, SlotNotCoveredError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ...errors import RegistryUnavailableError
@@ -26,7 +27,11 @@ __all__ = ["REDIS_FAILURES", "CommandBatcher"]
 
 log = logging.getLogger("wsgateway.registry")
 
-_UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError)
+# Redis Cluster adds: no shard serves the slot, no shard answers, the cluster is down.
+_UNREACHABLE = (
+    RedisConnectionError, RedisTimeoutError, OSError, SlotNotCoveredError, RedisClusterUnreachableError,
+    ClusterDownError,
+)
 
 # What a call through Redis may raise when Redis is away, slow or refuses a command.
 REDIS_FAILURES = (RegistryUnavailableError, RedisError, OSError, TimeoutError)
@@ -39,7 +44,7 @@ class CommandBatcher:
     failure reaches the caller, which decides.
     """
 
-    def __init__(self, client: Redis, *, max_batch: int = 1024) -> None:
+    def __init__(self, client: Redis | RedisCluster, *, max_batch: int = 1024) -> None:
         self._client = client
         self._max_batch = max_batch
         self._queue: deque[tuple[tuple[Any, ...], asyncio.Future[Any]]] = deque()
@@ -102,7 +107,8 @@ class CommandBatcher:
             return
         except Exception as exc:
             log.exception("redis pipeline failed")
-            self._fail(batch, exc)
+            # RedisClusterException is no RedisError: callers catch RegistryUnavailableError
+            self._fail(batch, exc if isinstance(exc, RedisError) else RegistryUnavailableError(repr(exc)))
             return
         for (_, future), reply in zip(batch, replies, strict=True):
             if future.done():

@@ -28,6 +28,7 @@ from collections.abc import Awaitable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
@@ -38,6 +39,7 @@ from .. import FanoutResult, LocalNode, Page, Registry
 from .._page_token import check_limit, decode_token, encode_token
 from .allowance import Allowance
 from .batch import REDIS_FAILURES, CommandBatcher
+from .connect import cluster_client, cluster_seeds, is_cluster_url
 from .keys import KeySpace
 from .link import endpoint_of
 from .membership import LocalIndex, Membership, record_commands
@@ -51,6 +53,7 @@ from .rpc import (
     raise_for_status,
 )
 from .scripts import STATE
+from .shards import Locate
 from .sweep import Sweeper
 from .wire import (
     KIND_DELETE,
@@ -89,15 +92,21 @@ class RedisRegistry:
         self._timeout_s = request_timeout_s
         self._budget_s = request_timeout_s / 2
         self._heartbeat_s = config.heartbeat_s
-        self._client = _client(config, request_timeout_s)
-        self._batcher = CommandBatcher(self._client)
+        self._client: Redis | RedisCluster
         self._pending = PendingCalls(timeout_s=request_timeout_s, budget_s=self._budget_s)
         # A link whose PING waits longer than redis-py's socket timeout (the request timeout)
         # is taken for dead, as redis-py takes such a connection.
-        self._channel = NodeChannel(
-            endpoint_of(self._client, request_timeout_s), self._keys, node_id, self._pending,
-            max_backoff_s=config.heartbeat_s, check_s=max(request_timeout_s, 1.0),
-        )
+        links: dict[str, Any] = {"max_backoff_s": config.heartbeat_s, "check_s": max(request_timeout_s, 1.0)}
+        if is_cluster_url(config.redis_url):
+            cluster = self._client = cluster_client(config, request_timeout_s)
+            seeds = cluster_seeds(cluster, request_timeout_s)
+            self._channel = NodeChannel(seeds[0], self._keys, node_id, self._pending,
+                                        shards=(seeds, _locator(cluster)), **links)
+        else:
+            self._client = _client(config, request_timeout_s)
+            self._channel = NodeChannel(endpoint_of(self._client, request_timeout_s), self._keys, node_id,
+                                        self._pending, **links)
+        self._batcher = CommandBatcher(self._client)
         self._index = LocalIndex()
         self._allowance = Allowance(self._keys, node_id, self._batcher, timeout_s=request_timeout_s)
         self._sweeper = Sweeper(self._keys, node_id, self._batcher, node_ttl_s=config.node_ttl_s,
@@ -426,6 +435,20 @@ def _client(config: RegistryConfig, timeout_s: float) -> Redis:
     if config.password is not None:  # the configured password beats the URL's
         client.connection_pool.connection_kwargs["password"] = config.password
     return client
+
+
+def _locator(client: RedisCluster) -> Locate:
+    """Where ``client``'s slot table says a channel's slot is served (None until it has
+    read the table: the links then start from the URL's hosts, which redirect them)."""
+
+    def locate(channel: bytes) -> tuple[str, int] | None:
+        try:
+            node = client.get_node_from_key(channel.decode())
+        except Exception:  # noqa: BLE001 - no table yet, or a slot not covered
+            return None
+        return None if node is None else (node.host, int(node.port))
+
+    return locate
 
 
 _: type[Registry] = RedisRegistry

@@ -25,6 +25,7 @@ from ...errors import GoneError, LimitExceededError, RemoteNodeError
 from .. import LocalNode
 from .keys import KeySpace
 from .link import LOST, UNSENT, Endpoint, PublishLink, SubscribeLink
+from .shards import Locate, ShardedPublisher, ShardedSubscribeLink
 from .wire import (
     KIND_DELETE,
     KIND_FANOUT,
@@ -128,6 +129,11 @@ class Call:
         reached the target): its answer is awaited until the request's deadline."""
         target = self.targets[self._published]
         self._published += 1
+        self.outcome_of(target, reply)
+
+    def outcome_of(self, target: str, reply: Any) -> None:
+        """The outcome of the PUBLISH to ``target`` (as :meth:`outcome`, for publishes whose
+        outcomes may come back in any order: one link per shard on Redis Cluster)."""
         if reply.__class__ is int:
             if reply == 0 and target not in self.replies:
                 self._decide(target, _UNREACHABLE)
@@ -222,15 +228,25 @@ class NodeChannel:
 
     def __init__(
         self, endpoint: Endpoint, keys: KeySpace, node_id: str, pending: PendingCalls,
-        *, max_backoff_s: float, check_s: float,
+        *, max_backoff_s: float, check_s: float, shards: tuple[list[Endpoint], Locate] | None = None,
     ) -> None:
+        """``shards``: on Redis Cluster, the URL's hosts and where a channel's slot is served
+        (sharded pub/sub, see ``shards``); ``endpoint`` is then unused."""
         self._keys = keys
         self._node_id = node_id
         self._pending = pending
-        self._inbox = SubscribeLink(
-            endpoint, keys.channel(node_id).encode(), self._on_message, max_backoff_s=max_backoff_s, check_s=check_s
-        )
-        self._outbox = PublishLink(endpoint, max_backoff_s=max_backoff_s, check_s=check_s)
+        channel = keys.channel(node_id).encode()
+        self._inbox: SubscribeLink
+        self._outbox: PublishLink | ShardedPublisher
+        if shards is None:
+            self._inbox = SubscribeLink(endpoint, channel, self._on_message, max_backoff_s=max_backoff_s, check_s=check_s)
+            self._outbox = PublishLink(endpoint, max_backoff_s=max_backoff_s, check_s=check_s)
+        else:
+            seeds, locate = shards
+            self._inbox = ShardedSubscribeLink(
+                seeds, channel, self._on_message, locate, max_backoff_s=max_backoff_s, check_s=check_s
+            )
+            self._outbox = ShardedPublisher(seeds, locate, max_backoff_s=max_backoff_s, check_s=check_s)
         self._channels: dict[str, bytes] = {}  # node id -> its channel name, encoded
         self._node: LocalNode | None = None
         self._tasks: set[asyncio.Task[Any]] = set()  # strong refs to running deletes
@@ -245,7 +261,7 @@ class NodeChannel:
     async def ready(self) -> None:
         """Until this node listens on its channel and can publish."""
         await self._inbox.ready.wait()
-        await self._outbox.ready.wait()
+        await self._outbox.wait_ready()
 
     async def close(self) -> None:
         """Stop listening; let running deletes answer (briefly); then stop publishing."""
@@ -258,8 +274,12 @@ class NodeChannel:
         """Publish ``message`` (encoded once) to each of the call's targets; the outcomes go
         to the call."""
         publish, channel = self._outbox.publish, self._channel
-        for target in call.targets:
-            publish(channel(target), message, call)
+        if self._outbox.in_order:
+            for target in call.targets:
+                publish(channel(target), message, call)
+        else:
+            for target in call.targets:
+                publish(channel(target), message, _TargetSink(call, target))
 
     def _channel(self, node_id: str) -> bytes:
         name = self._channels.get(node_id)
@@ -326,6 +346,19 @@ class NodeChannel:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+
+class _TargetSink:
+    """The sink of one target's PUBLISH, when outcomes may come back in any order."""
+
+    __slots__ = ("_call", "_target")
+
+    def __init__(self, call: Call, target: str) -> None:
+        self._call = call
+        self._target = target
+
+    def outcome(self, reply: Any) -> None:
+        self._call.outcome_of(self._target, reply)
 
 
 def _status_of(exc: Exception) -> str:
