@@ -69,6 +69,8 @@ _LATE_REPLY_S = 0.05
 # uvloop's clock and timers have a millisecond's resolution: a timer may fire that early.
 _TIMER_SLACK_S = 0.001
 _CHANNEL_CACHE_SIZE = 4096
+# A reply no subscriber took is sent again this often, until the request's deadline.
+_RESEND_S = 0.02
 
 
 def raise_for_status(status: str, message: str = "") -> None:
@@ -319,7 +321,7 @@ class NodeChannel:
                 if not node.local_group(header["c"], header["g"], join=bool(header["j"])):
                     reply["s"] = STATUS_GONE
             elif kind == KIND_DELETE:
-                self._spawn(self._delete(node.local_delete(header["c"]), header["f"], reply))
+                self._spawn(self._delete(node.local_delete(header["c"]), header["f"], reply, header["d"]))
                 return
             else:
                 raise ValueError(f"unknown request kind {kind!r}")
@@ -327,25 +329,51 @@ class NodeChannel:
             reply["s"] = _status_of(exc)
             if isinstance(exc, LimitExceededError) and exc.message:
                 reply["m"] = exc.message  # which limit: a usage plan's names it
-        self._reply(header["f"], reply)
+        self._reply(header["f"], reply, header["d"])
 
-    async def _delete(self, closing: Awaitable[None], to: str, reply: dict[str, Any]) -> None:
+    async def _delete(self, closing: Awaitable[None], to: str, reply: dict[str, Any], deadline: float) -> None:
         try:
             await closing
         except Exception as exc:  # noqa: BLE001 - every failure is answered (and logged)
             reply["s"] = _status_of(exc)
             if isinstance(exc, LimitExceededError) and exc.message:
                 reply["m"] = exc.message
-        self._reply(to, reply)
+        self._reply(to, reply, deadline)
 
-    def _reply(self, to: str, reply: dict[str, Any]) -> None:
-        # Nobody waits for it: if it is lost, the sender times out and answers 503.
-        self._outbox.publish(self._channel(to), encode_message(reply), None)
+    def _reply(self, to: str, reply: dict[str, Any], deadline: float) -> None:
+        """Publish a reply; one that no subscriber took (the sender's subscription is being
+        moved to another shard, or reconnects) is published again until the request's
+        deadline, while the sender still waits (a reply twice is taken once)."""
+        _ReplyPublish(self._outbox, self._channel(to), encode_message(reply), deadline).send()
 
     def _spawn(self, coro: Awaitable[None]) -> None:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+
+class _ReplyPublish:
+    """One reply and its own sink: sent again every ``_RESEND_S`` until a subscriber took
+    it or the request's deadline (wall clock) is near."""
+
+    __slots__ = ("_channel", "_deadline", "_message", "_outbox")
+
+    def __init__(self, outbox: PublishLink | ShardedPublisher, channel: bytes, message: bytes, deadline: float) -> None:
+        self._outbox = outbox
+        self._channel = channel
+        self._message = message
+        self._deadline = deadline
+
+    def send(self) -> None:
+        self._outbox.publish(self._channel, self._message, self)
+
+    def outcome(self, reply: Any) -> None:
+        if reply.__class__ is int and reply > 0:
+            return
+        if time.time() + _RESEND_S < self._deadline:
+            asyncio.get_running_loop().call_later(_RESEND_S, self.send)
+        elif reply.__class__ is not int and reply is not LOST and reply is not UNSENT:
+            log.debug("redis refused a reply PUBLISH: %r", reply)
 
 
 class _TargetSink:
