@@ -10,10 +10,11 @@ credentials and TLS settings, starting from the URL's hosts.
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.connection import SSLConnection, parse_url
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
@@ -65,11 +66,12 @@ def cluster_client(config: RegistryConfig, timeout_s: float) -> RedisCluster:
     """A cluster client that fails fast and never retries by itself (see ``_client`` of
     ``registry``): a shard that does not answer reaches the caller as a 503 at once."""
     single, nodes = split_cluster_url(config.redis_url)
-    kwargs = {}
+    kwargs: dict[str, Any] = dict(parse_url(single))  # as RedisCluster.from_url reads it
+    if kwargs.pop("connection_class", None) is SSLConnection:
+        kwargs["ssl"] = True
     if config.password is not None:  # the configured password beats the URL's
         kwargs["password"] = config.password
-    return RedisCluster.from_url(
-        single,
+    return RedisCluster(
         startup_nodes=[ClusterNode(host, port) for host, port in nodes[1:]],
         retry=Retry(NoBackoff(), 0),
         socket_timeout=timeout_s,
