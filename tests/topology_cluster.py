@@ -47,7 +47,8 @@ class PrivateRedisCluster:
             home.mkdir(parents=True)
             self._processes.append(subprocess.Popen(
                 ["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--cluster-enabled", "yes",
-                 "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "2000", "--save", "",
+                 "--cluster-config-file", "nodes.conf", "--cluster-port", str(port_for.select_random()),
+                 "--cluster-node-timeout", "2000", "--save", "",
                  "--appendonly", "no", "--logfile", "redis.log"],
                 cwd=home, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
             ))
