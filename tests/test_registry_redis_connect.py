@@ -3,6 +3,8 @@ client's settings and the MOVED/ASK answers the channel links follow. No sockets
 
 from __future__ import annotations
 
+import ssl
+
 import hiredis
 import pytest
 
@@ -51,3 +53,9 @@ def test_moved_and_ask_name_where_to_go() -> None:
     assert moved_to(hiredis.ReplyError("MOVED 3999 :7000")) == ("", 7000)  # the host it asked
     for other in (hiredis.ReplyError("NOAUTH Authentication required."), hiredis.ReplyError("MOVED x"), 3, b"MOVED"):
         assert moved_to(other) is None
+
+
+def test_rediss_cluster_urls_give_the_links_tls() -> None:
+    config = RegistryConfig(backend="redis", redis_url="rediss+cluster://127.0.0.1:7000,127.0.0.2:7001/?ssl_cert_reqs=none")
+    seeds = cluster_seeds(cluster_client(config, 2.0), 2.0)
+    assert len(seeds) == 2 and all(isinstance(s.tls, ssl.SSLContext) for s in seeds)

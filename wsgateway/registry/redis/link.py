@@ -13,7 +13,10 @@ RESP (``hiredis.pack_command`` out, ``hiredis.Reader`` in) over an asyncio Proto
   the command's :class:`Sink`, in order, since Redis answers a connection in order.
 
 Both reach the Redis the registry's redis-py client reaches, with its credentials and TLS
-settings (``redis://``, ``rediss://``, ``unix://``; see :func:`endpoint_of`). Both reconnect
+settings (``redis://``, ``rediss://``, ``unix://``; see :func:`endpoint_of`). On Redis Cluster
+they speak sharded pub/sub (``sharded``: SSUBSCRIBE, SPUBLISH), one publish link per shard,
+and ``shards`` points them at the shard serving each channel (:func:`moved_to` reads where a
+``MOVED`` sends them). Both reconnect
 with backoff when the connection drops, is refused, or leaves a PING unanswered for
 ``check_s``. A PUBLISH made while the link is down fails at once with :data:`UNSENT` (it never
 left); one in flight when the connection drops gets :data:`LOST` (it may have reached Redis).
