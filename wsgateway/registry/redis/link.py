@@ -47,6 +47,7 @@ log = logging.getLogger("wsgateway.registry")
 
 _pack: Callable[[tuple[Any, ...]], bytes] = hiredis.pack_command  # type: ignore[assignment,unused-ignore]  # its stub says 1-tuple
 _PING = _pack((b"PING",))
+_REDIRECTS_AT_ONCE = 4  # redirections followed in a row without backing off
 
 
 class _Outcome:
@@ -213,7 +214,7 @@ class _SubscribeConnection(_Connection):
         self._on_message = on_message
         self._kinds = (b"smessage", b"ssubscribe") if sharded else (b"message", b"subscribe")
         self.subscribed: asyncio.Future[None] = loop.create_future()
-        self.moved: tuple[str, int] | None = None
+        self.moved: tuple[str, int] | None = None  # ("", 0): moved, to a shard not named
 
     def data_received(self, data: bytes) -> None:
         reader = self._reader
@@ -239,8 +240,10 @@ class _SubscribeConnection(_Connection):
                     self.pongs += 1
                 elif kind == self._kinds[1] and not self.subscribed.done():
                     self.subscribed.set_result(None)
-                elif kind == b"sunsubscribe":
-                    raise ConnectionError("the channel's slot moved to another shard")
+                elif kind == b"sunsubscribe":  # the slot moved: subscribe where it is now
+                    self.moved = ("", 0)
+                    self.abort()
+                    return
         except Exception as exc:  # noqa: BLE001 - a stream out of step cannot be trusted again
             self._broken(exc)
 
@@ -323,7 +326,7 @@ class _Link:
                 if conn is not None:
                     conn.abort()
             failures += 1
-            if not at_once:
+            if not at_once or failures > _REDIRECTS_AT_ONCE:  # shards that disagree: back off
                 await asyncio.sleep(self._backoff.compute(failures))
 
     async def _open(self) -> _Connection:
@@ -423,7 +426,7 @@ class SubscribeLink(_Link):
 
     def _retry_at_once(self, conn: _Connection | None) -> bool:
         moved = conn.moved if isinstance(conn, _SubscribeConnection) else None
-        if moved is not None:
+        if moved is not None and moved[1]:
             self.redirect = moved
         return moved is not None
 
