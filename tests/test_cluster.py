@@ -384,6 +384,14 @@ async def test_posts_keep_flowing_while_the_channels_slots_move(
         delivered = [data for data, code in answers if code == "200"]
         assert sorted(r for r in received if r != "probe") == sorted(d for d in delivered if d != "probe")
         assert received.count("probe") >= delivered.count("probe")
+        # The record's and the tenant's slots move too: the nodes' own slot tables are stale
+        # now, and what MOVED tells them is followed.
+        for key in (f"{key_prefix}:{{c:{cid}}}", f"{key_prefix}:{{t:t1}}:conns"):
+            slot = key_slot(key.encode())
+            private_redis_cluster.move_slot(slot, next(
+                p for p in private_redis_cluster.ports if p != private_redis_cluster.port_of_slot(slot)))
+        for node in (node_a, node_b):
+            assert await tenant_listing(node, "t1") == [cid]
         await ws.close()
     finally:
         cluster.stop_all()

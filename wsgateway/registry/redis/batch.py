@@ -22,6 +22,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ...errors import RegistryUnavailableError
+from .shard_pipeline import ShardPipeline
 
 __all__ = ["REDIS_FAILURES", "CommandBatcher"]
 
@@ -46,6 +47,8 @@ class CommandBatcher:
 
     def __init__(self, client: Redis | RedisCluster, *, max_batch: int = 1024) -> None:
         self._client = client
+        # Redis Cluster: one plain pipeline per shard (see shard_pipeline)
+        self._shards = ShardPipeline(client) if isinstance(client, RedisCluster) else None
         self._max_batch = max_batch
         self._queue: deque[tuple[tuple[Any, ...], asyncio.Future[Any]]] = deque()
         self._wakeup = asyncio.Event()
@@ -80,6 +83,8 @@ class CommandBatcher:
             await asyncio.gather(self._task, return_exceptions=True)
         self._fail(list(self._queue), "registry closed")
         self._queue.clear()
+        if self._shards is not None:
+            await self._shards.aclose()
 
     async def _run(self) -> None:
         queue = self._queue
@@ -96,11 +101,14 @@ class CommandBatcher:
                     raise
 
     async def _send(self, batch: list[tuple[tuple[Any, ...], asyncio.Future[Any]]]) -> None:
-        pipe = self._client.pipeline(transaction=False)
-        for args, _ in batch:
-            pipe.execute_command(*args)
         try:
-            replies = await pipe.execute(raise_on_error=False)
+            if self._shards is not None:
+                replies = await self._shards.execute([args for args, _ in batch])
+            else:
+                pipe = self._client.pipeline(transaction=False)
+                for args, _ in batch:
+                    pipe.execute_command(*args)
+                replies = await pipe.execute(raise_on_error=False)
         except _UNREACHABLE as exc:
             log.debug("redis unreachable: %r", exc)
             self._fail(batch, "registry unreachable")
