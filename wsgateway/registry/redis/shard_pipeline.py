@@ -57,8 +57,16 @@ class ShardPipeline:
             node = self._node_of(args)
             groups.setdefault(node.name, (node, []))[1].append(i)
         replies: list[Any] = [None] * len(commands)
-        runs = [self._run(node, [commands[i] for i in idx]) for node, idx in groups.values()]
-        for (_, idx), outcome in zip(groups.values(), await asyncio.gather(*runs, return_exceptions=True), strict=True):
+        if len(groups) == 1:  # one shard: no task to gather (a lone SMEMBERS, a heartbeat)
+            node, _ = next(iter(groups.values()))
+            try:
+                outcomes: list[Any] = [await self._run(node, commands)]
+            except Exception as exc:  # noqa: BLE001 - handled below, as gather's would be
+                outcomes = [exc]
+        else:
+            runs = [self._run(node, [commands[i] for i in idx]) for node, idx in groups.values()]
+            outcomes = await asyncio.gather(*runs, return_exceptions=True)
+        for (_, idx), outcome in zip(groups.values(), outcomes, strict=True):
             if isinstance(outcome, BaseException):
                 if not isinstance(outcome, Exception):
                     raise outcome  # cancelled: the batcher fails the batch

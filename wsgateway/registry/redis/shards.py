@@ -78,7 +78,8 @@ class ShardedPublisher:
         self._max_backoff_s = max_backoff_s
         self._check_s = check_s
         self._links: dict[tuple[str, int], PublishLink] = {}
-        self._fresh: set[tuple[str, int]] = set()  # links not yet connected once
+        # links not connected yet since they were made: what waits for them, in order
+        self._fresh: dict[tuple[str, int], list[tuple[bytes, bytes, Sink, bool]]] = {}
         self._where: dict[bytes, tuple[str, int]] = {}  # channel -> its shard, as last known
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -107,24 +108,28 @@ class ShardedPublisher:
 
     def _send(self, where: tuple[str, int], channel: bytes, message: bytes, sink: Sink, *, asking: bool) -> None:
         link = self._link(where)
-        if where in self._fresh:  # a shard just found: wait for its first connection
-            self._spawn(self._when_ready(link, where, channel, message, sink, asking))
+        backlog = self._fresh.get(where)
+        if backlog is not None:  # a shard just found: its publishes wait for its first connection
+            backlog.append((channel, message, sink, asking))
             return
         if asking:
             link.send((b"ASKING",), None)
         link.publish(channel, message, sink)
 
-    async def _when_ready(
-        self, link: PublishLink, where: tuple[str, int], channel: bytes, message: bytes, sink: Sink, asking: bool
-    ) -> None:
+    async def _when_ready(self, link: PublishLink, where: tuple[str, int]) -> None:
+        """Hand a new link what was published to it before it connected, in order (or
+        UNSENT to each, if it does not connect within the connect timeout)."""
         try:
             async with asyncio.timeout(self._seeds[0].connect_timeout_s):
                 await link.ready.wait()
         except TimeoutError:
-            sink.outcome(UNSENT)
-            return
-        self._fresh.discard(where)
-        self._send(where, channel, message, sink, asking=asking)
+            pass
+        backlog = self._fresh.pop(where, [])
+        for channel, message, sink, asking in backlog:
+            if link.ready.is_set():
+                self._send(where, channel, message, sink, asking=asking)
+            else:
+                sink.outcome(UNSENT)
 
     def follow(self, reply: Any, channel: bytes, message: bytes, sink: Sink | None, hops: int) -> bool:
         """Send a publish again where a ``MOVED``/``ASK`` ``reply`` points; False if the reply
@@ -150,10 +155,9 @@ class ShardedPublisher:
             link = PublishLink(_at(self._seeds[0], where), max_backoff_s=self._max_backoff_s,
                                check_s=self._check_s, sharded=True)
             self._links[where] = link
-            self._fresh.add(where)
+            self._fresh[where] = []
             link.start()
-        elif where in self._fresh and link.ready.is_set():
-            self._fresh.discard(where)
+            self._spawn(self._when_ready(link, where))
         return link
 
     def _spawn(self, coro: Any) -> None:
