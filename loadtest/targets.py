@@ -9,6 +9,8 @@ target         dialect  what runs
 ============== ======== ====================================================================
 wsgateway      plain    ``python -m wsgateway serve`` (routes in ``peers/gw_handlers.py``),
                         SigV4 on the management API, memory registry (Redis across nodes)
+wsgateway-     plain    the same, its Redis a private three-master Redis Cluster
+redis-cluster           (``redis+cluster://``) wherever it needs one
 bare           plain    ``peers/bare.py``: websockets + aiohttp, no gateway features (ceiling)
 socketio       socketio ``peers/socketio_app.py``: python-socketio + AsyncRedisManager
 channels       plain    ``peers/channels_app``: Django Channels + channels_redis, uvicorn

@@ -19,11 +19,14 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from .link import Endpoint, endpoint_from
+from .shards import Locate
 
 if TYPE_CHECKING:
     from ...config import RegistryConfig
 
-__all__ = ["CLUSTER_SCHEMES", "cluster_client", "cluster_seeds", "is_cluster_url", "split_cluster_url"]
+__all__ = [
+    "CLUSTER_SCHEMES", "cluster_client", "cluster_locator", "cluster_seeds", "is_cluster_url", "split_cluster_url",
+]
 
 CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
 
@@ -88,3 +91,17 @@ def cluster_seeds(client: RedisCluster, connect_timeout_s: float) -> list[Endpoi
     template = endpoint_from(nodes[0].connection_class(**nodes[0].connection_kwargs), connect_timeout_s)
     seeds = [(n.host, int(n.port)) for n in client.nodes_manager.startup_nodes.values()]
     return [replace(template, host=host, port=port) for host, port in dict.fromkeys(seeds)]
+
+
+def cluster_locator(client: RedisCluster) -> Locate:
+    """Where ``client``'s slot table says a channel's slot is served (None until it has
+    read the table: the links then start from the URL's hosts, which redirect them)."""
+
+    def locate(channel: bytes) -> tuple[str, int] | None:
+        try:
+            node = client.get_node_from_key(channel.decode())
+        except Exception:  # noqa: BLE001 - no table yet, or a slot not covered
+            return None
+        return None if node is None else (node.host, int(node.port))
+
+    return locate

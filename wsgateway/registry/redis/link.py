@@ -16,11 +16,11 @@ Both reach the Redis the registry's redis-py client reaches, with its credential
 settings (``redis://``, ``rediss://``, ``unix://``; see :func:`endpoint_of`). On Redis Cluster
 they speak sharded pub/sub (``sharded``: SSUBSCRIBE, SPUBLISH), one publish link per shard,
 and ``shards`` points them at the shard serving each channel (:func:`moved_to` reads where a
-``MOVED`` sends them). Both reconnect
-with backoff when the connection drops, is refused, or leaves a PING unanswered for
-``check_s``. A PUBLISH made while the link is down fails at once with :data:`UNSENT` (it never
-left); one in flight when the connection drops gets :data:`LOST` (it may have reached Redis).
-Everything else the registry sends (records, scripts, listings) still goes through redis-py.
+``MOVED`` sends them). Both reconnect with backoff when the connection drops, is refused,
+or leaves a PING unanswered for ``check_s``. A PUBLISH made while the link is down fails at
+once with :data:`UNSENT` (it never left); one in flight when the connection drops gets
+:data:`LOST` (it may have reached Redis). Everything else the registry sends (records,
+scripts, listings) still goes through redis-py.
 """
 
 from __future__ import annotations

@@ -39,7 +39,7 @@ from .. import FanoutResult, LocalNode, Page, Registry
 from .._page_token import check_limit, decode_token, encode_token
 from .allowance import Allowance
 from .batch import REDIS_FAILURES, CommandBatcher
-from .connect import cluster_client, cluster_seeds, is_cluster_url
+from .connect import cluster_client, cluster_locator, cluster_seeds, is_cluster_url
 from .keys import KeySpace
 from .link import endpoint_of
 from .membership import LocalIndex, Membership, record_commands
@@ -53,7 +53,6 @@ from .rpc import (
     raise_for_status,
 )
 from .scripts import STATE
-from .shards import Locate
 from .sweep import Sweeper
 from .wire import (
     KIND_DELETE,
@@ -101,7 +100,7 @@ class RedisRegistry:
             cluster = self._client = cluster_client(config, request_timeout_s)
             seeds = cluster_seeds(cluster, request_timeout_s)
             self._channel = NodeChannel(seeds[0], self._keys, node_id, self._pending,
-                                        shards=(seeds, _locator(cluster)), **links)
+                                        shards=(seeds, cluster_locator(cluster)), **links)
         else:
             self._client = _client(config, request_timeout_s)
             self._channel = NodeChannel(endpoint_of(self._client, request_timeout_s), self._keys, node_id,
@@ -435,20 +434,6 @@ def _client(config: RegistryConfig, timeout_s: float) -> Redis:
     if config.password is not None:  # the configured password beats the URL's
         client.connection_pool.connection_kwargs["password"] = config.password
     return client
-
-
-def _locator(client: RedisCluster) -> Locate:
-    """Where ``client``'s slot table says a channel's slot is served (None until it has
-    read the table: the links then start from the URL's hosts, which redirect them)."""
-
-    def locate(channel: bytes) -> tuple[str, int] | None:
-        try:
-            node = client.get_node_from_key(channel.decode())
-        except Exception:  # noqa: BLE001 - no table yet, or a slot not covered
-            return None
-        return None if node is None else (node.host, int(node.port))
-
-    return locate
 
 
 _: type[Registry] = RedisRegistry
