@@ -15,6 +15,7 @@ import os
 import queue
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -239,7 +240,7 @@ def _run_phase(plan: Plan, scenario: Scenario, phase: Phase, settings: Settings,
                rate: float | None, client_cpu: int | None, server_cpu: int | None) -> dict[str, object]:
     specs = _specs(phase, settings, dep, rate, client_cpu)
     sampler = TreeSampler([s.popen.pid for s in dep.servers])
-    redis = TreeSampler([dep.redis.popen.pid]) if dep.redis else None
+    redis = TreeSampler([r.popen.pid for r in dep.redis_servers]) if dep.redis else None
     base, kmem0 = sampler.sample(), kernel_memory_bytes()
     workers = _spawn(specs)
     try:
@@ -338,10 +339,13 @@ def _busy(before: dict[int, tuple[int, int]], after: dict[int, tuple[int, int]],
 def _redis_calls(dep: Deployment) -> dict[str, int] | None:
     if dep.redis is None:
         return None
+    total: Counter[str] = Counter()
     try:
-        return redis_commandstats(dep.redis.ready["url"])
+        for server in dep.redis_servers:  # a cluster's masters: their sum
+            total.update(redis_commandstats(server.ready["url"]))
     except Exception:  # noqa: BLE001 - a figure missing from the report, not a failed run
         return None
+    return dict(total)
 
 
 def _delta(before: dict[str, int] | None, after: dict[str, int] | None) -> dict[str, int] | None:

@@ -29,6 +29,7 @@ __all__ = [
     "free_port",
     "python_argv",
     "start_redis",
+    "start_redis_cluster",
     "start_server",
 ]
 
@@ -144,8 +145,11 @@ def start_server(
     raise ServerError(f"{name} not ready after {timeout:.0f} s:\n{_log_tail(server.log_path)}")
 
 
-def start_redis(workdir: Path, cpu: int | None = None, timeout: float = 20.0) -> ServerProcess:
-    """Start a private ``redis-server`` on a free loopback port (never the shared 6379).
+def start_redis(
+    workdir: Path, cpu: int | None = None, timeout: float = 20.0, *, name: str = "redis", cluster: bool = False
+) -> ServerProcess:
+    """Start a private ``redis-server`` on a free loopback port (never the shared 6379);
+    ``cluster``: with cluster mode on, to be joined by :func:`start_redis_cluster`.
 
     Persistence is off. Raises :class:`ServerError` if it does not answer PING in time.
     """
@@ -155,7 +159,12 @@ def start_redis(workdir: Path, cpu: int | None = None, timeout: float = 20.0) ->
     port = free_port()
     argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
             "--dir", str(workdir), "--maxclients", "10000"]
-    server = _spawn("redis", argv, workdir, None, cpu)
+    if cluster:
+        (workdir / f"{name}-nodes.conf").unlink(missing_ok=True)  # a previous run's, in a reused --out
+        # the bus port is a free one too (by default port + 10000, which may be taken or > 65535)
+        argv += ["--cluster-enabled", "yes", "--cluster-config-file", f"{name}-nodes.conf",
+                 "--cluster-port", str(free_port())]
+    server = _spawn(name, argv, workdir, None, cpu)
     client = redis.Redis(host="127.0.0.1", port=port, socket_connect_timeout=0.5)
     deadline = time.monotonic() + timeout
     try:
@@ -172,3 +181,41 @@ def start_redis(workdir: Path, cpu: int | None = None, timeout: float = 20.0) ->
         client.close()
     server.stop()
     raise ServerError("redis-server did not answer PING")
+
+
+def start_redis_cluster(
+    workdir: Path, cpu: int | None = None, masters: int = 3, timeout: float = 30.0
+) -> list[ServerProcess]:
+    """Start a private Redis Cluster of ``masters`` masters, no replicas (``redis-cli
+    --cluster create``); the first server's ``ready["cluster_url"]`` is its
+    ``redis+cluster://`` URL. Raises :class:`ServerError` if it does not come up in time."""
+    import redis
+
+    servers: list[ServerProcess] = []
+    try:
+        # one by one, so that those started are stopped if one fails
+        servers.extend(start_redis(workdir, cpu, name=f"redis-{i}", cluster=True) for i in range(masters))
+        hosts = [f"127.0.0.1:{s.port}" for s in servers]
+        done = subprocess.run(
+            [shutil.which("redis-cli") or "/usr/bin/redis-cli", "--cluster", "create", *hosts,
+             "--cluster-replicas", "0", "--cluster-yes"],
+            capture_output=True, timeout=timeout, check=False,
+        )
+        if done.returncode != 0:
+            raise ServerError(f"redis-cli --cluster create failed:\n{done.stdout.decode(errors='replace')[-600:]}")
+        deadline = time.monotonic() + timeout
+        for server in servers:  # every master agrees that the cluster is up
+            client = redis.Redis(host="127.0.0.1", port=server.port, socket_timeout=2.0)
+            try:
+                while b"cluster_state:ok" not in client.execute_command("CLUSTER", "INFO"):
+                    if time.monotonic() > deadline:
+                        raise ServerError("the Redis Cluster did not reach cluster_state:ok")
+                    time.sleep(_POLL_S)
+            finally:
+                client.close()
+    except BaseException:
+        for server in servers:
+            server.stop()
+        raise
+    servers[0].ready["cluster_url"] = "redis+cluster://" + ",".join(hosts) + "/"
+    return servers

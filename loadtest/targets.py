@@ -9,6 +9,8 @@ target         dialect  what runs
 ============== ======== ====================================================================
 wsgateway      plain    ``python -m wsgateway serve`` (routes in ``peers/gw_handlers.py``),
                         SigV4 on the management API, memory registry (Redis across nodes)
+wsgateway-     plain    the same, its Redis a private three-master Redis Cluster
+redis-cluster           (``redis+cluster://``) wherever it needs one
 bare           plain    ``peers/bare.py``: websockets + aiohttp, no gateway features (ceiling)
 socketio       socketio ``peers/socketio_app.py``: python-socketio + AsyncRedisManager
 channels       plain    ``peers/channels_app``: Django Channels + channels_redis, uvicorn
@@ -39,6 +41,7 @@ from loadtest.servers import (
     free_port,
     python_argv,
     start_redis,
+    start_redis_cluster,
     start_server,
 )
 from loadtest.wire import Dialect
@@ -79,14 +82,20 @@ class Deployment:
     jwt_secret: str
     sigv4: tuple[str, str] | None = None
     redis: ServerProcess | None = None
+    redis_more: list[ServerProcess] = field(default_factory=list)  # a Redis Cluster's other masters
     notes: list[str] = field(default_factory=list)
+
+    @property
+    def redis_servers(self) -> list[ServerProcess]:
+        """Every redis-server of the deployment (one, or a cluster's masters)."""
+        return ([self.redis] if self.redis is not None else []) + self.redis_more
 
     def stop(self) -> None:
         """Stop every server, then Redis; safe to call twice."""
         for server in self.servers:
             server.stop()
-        if self.redis is not None:
-            self.redis.stop()
+        for redis in self.redis_servers:
+            redis.stop()
 
 
 class Target:
@@ -96,6 +105,7 @@ class Target:
     dialect: Dialect = "plain"
     path = "/"
     always_redis = False
+    redis_cluster = False  # its Redis, when it needs one, is a three-master Redis Cluster
     _compression = False
     compression_arg: str | None = "--compression"  # how a node is told to offer deflate
     reuse_port = True  # several processes may share a node's ports (--workers)
@@ -117,9 +127,14 @@ class Target:
             raise ServerError(f"{self.name} has no adapter that forwards to an HTTP backend")
         secret = secrets.token_hex(32)
         self._compression = topo.compression
-        redis = start_redis(workdir, cpu) if (self.always_redis or topo.bus) else None
-        dep = Deployment(self.name, [], [], secret, redis=redis)
-        redis_url = redis.ready["url"] if redis else ""
+        redis, more, redis_url = None, [], ""
+        if self.redis_cluster and topo.bus:
+            redis, *more = start_redis_cluster(workdir, cpu)
+            redis_url = redis.ready["cluster_url"]
+        elif self.always_redis or topo.bus:
+            redis = start_redis(workdir, cpu)
+            redis_url = redis.ready["url"]
+        dep = Deployment(self.name, [], [], secret, redis=redis, redis_more=more)
         self._backend_url = ""
         try:
             if topo.backend:  # on the server's core: its work is part of every echo, for both targets
@@ -266,6 +281,14 @@ class WsGateway(Target):
         return argv + (["--workers", str(self._workers)] if self._workers > 1 else [])
 
 
+class WsGatewayRedisCluster(WsGateway):
+    """wsgateway with its Redis registry on a three-master Redis Cluster (``redis+cluster://``)
+    wherever it needs Redis: the same nodes as ``wsgateway``, another Redis."""
+
+    name = "wsgateway-redis-cluster"
+    redis_cluster = True
+
+
 class Bare(Target):
     """The ceiling (``peers/bare.py``)."""
 
@@ -369,7 +392,9 @@ def _npm_install() -> str | None:
     return None
 
 
-TARGETS: dict[str, Target] = {t.name: t for t in (WsGateway(), Bare(), SocketIO(), Channels(), SocketIONode())}
+TARGETS: dict[str, Target] = {
+    t.name: t for t in (WsGateway(), WsGatewayRedisCluster(), Bare(), SocketIO(), Channels(), SocketIONode())
+}
 """Every target by name, in report order."""
 
 

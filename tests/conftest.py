@@ -18,6 +18,7 @@ from pytest_redis.executor import RedisExecutor
 
 from tests.cluster_support import Cluster
 from tests.redis_topologies import TOPOLOGIES, SentinelTopology, SingleTopology, Topology
+from tests.topology_cluster import ClusterTopology, PrivateRedisCluster
 
 private_redis = factories.redis_proc(port=None)  # type: ignore[arg-type]  # None: any free port
 
@@ -28,6 +29,36 @@ _prefixes = itertools.count(1)
 def redis_url(private_redis: RedisExecutor) -> str:
     """URL of the session's private redis-server."""
     return f"redis://{private_redis.host}:{private_redis.port}/0"
+
+
+@pytest.fixture(scope="session")
+def private_redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateRedisCluster]:
+    """A three-master Redis Cluster of the session's own (see tests/topology_cluster.py)."""
+    running = PrivateRedisCluster(tmp_path_factory.mktemp("redis-cluster"))
+    try:
+        running.start()
+        yield running
+    finally:
+        running.stop()
+
+
+def _topology(request: pytest.FixtureRequest, name: str) -> Topology:
+    if name == "cluster":
+        running: PrivateRedisCluster = request.getfixturevalue("private_redis_cluster")
+        return ClusterTopology(running.url, running.ports[0])
+    if name == "sentinel":
+        return request.getfixturevalue("sentinel_topology")  # type: ignore[no-any-return]
+    assert name == "single", name
+    executor: RedisExecutor = request.getfixturevalue("private_redis")
+    return SingleTopology(executor.host, executor.port)
+
+
+@pytest.fixture
+def redis_topology(request: pytest.FixtureRequest) -> Topology:
+    """The Redis the test runs on: "single" (the session's redis-server) unless the test
+    is parametrised with ``pytest.mark.parametrize("redis_topology", [...], indirect=True)``
+    ("single", "sentinel", "cluster")."""
+    return _topology(request, getattr(request, "param", "single"))
 
 
 @pytest.fixture
@@ -66,11 +97,9 @@ def sentinel_topology(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sent
 
 @pytest.fixture(params=TOPOLOGIES)
 def topology(request: pytest.FixtureRequest) -> Topology:
-    """Runs the test on each Redis deployment of ``TOPOLOGIES`` (the session's own)."""
-    if request.param == "sentinel":
-        return request.getfixturevalue("sentinel_topology")  # type: ignore[no-any-return]
-    executor: RedisExecutor = request.getfixturevalue("private_redis")
-    return SingleTopology(executor.host, executor.port)
+    """Runs the test on each Redis deployment of ``TOPOLOGIES`` (the session's own); a test
+    may name others with ``pytest.mark.parametrize("topology", [...], indirect=True)``."""
+    return _topology(request, request.param)
 
 
 def pytest_asyncio_loop_factories(config, item):  # type: ignore[no-untyped-def]
@@ -81,9 +110,9 @@ def pytest_asyncio_loop_factories(config, item):  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture
-async def cluster(tmp_path: Path, redis_url: str, key_prefix: str) -> AsyncIterator[Cluster]:
-    """Gateway processes on the session's private Redis; every one killed at the end."""
-    running = Cluster(tmp_path, redis_url, key_prefix)
+async def cluster(tmp_path: Path, redis_topology: Topology, key_prefix: str) -> AsyncIterator[Cluster]:
+    """Gateway processes on the test's Redis topology; every one killed at the end."""
+    running = Cluster(tmp_path, redis_topology.url, key_prefix, registry_toml=redis_topology.registry_toml())
     try:
         yield running
     finally:

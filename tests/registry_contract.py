@@ -115,9 +115,10 @@ Factory = Callable[[RecordingNode], Awaitable[Registry]]
 
 
 def make_record(node_id: str, tenant: str = "tenant-a", **overrides: object) -> ConnectionRecord:
-    """A record as the gateway builds it, with a fresh connection id."""
+    """A record as the gateway of a cluster builds it, with a fresh connection id that names
+    its node (``connection_id=new_connection_id()`` for an id of the plain form)."""
     values: dict[str, object] = {
-        "connection_id": new_connection_id(),
+        "connection_id": new_connection_id(node_id),
         "node_id": node_id,
         "tenant": tenant,
         "principal_id": "user-1",

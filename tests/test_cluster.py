@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import signal
 import time
+from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,7 @@ from typing import Any
 import aiohttp
 import pytest
 from pytest_redis.executor import RedisExecutor
+from redis.crc import key_slot
 from websockets.exceptions import ConnectionClosed
 
 from tests.cluster_support import (
@@ -33,8 +36,12 @@ from tests.cluster_support import (
 )
 from tests.redis_topologies import Topology
 from tests.support import HS_SECRET, token
+from tests.topology_cluster import PrivateRedisCluster
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
+# Every test that takes `cluster` runs on one Redis and under Sentinel (the `topology`
+# fixture); these also on a three-master Redis Cluster (tests/topology_cluster.py).
+ON_EACH_TOPOLOGY = pytest.mark.parametrize("topology", ["single", "sentinel", "cluster"], indirect=True)
 
 
 @pytest.fixture
@@ -50,6 +57,7 @@ async def cluster(tmp_path: Path, topology: Topology, key_prefix: str) -> AsyncI
 # ---------------------------------------------------------------- the tests
 
 
+@ON_EACH_TOPOLOGY
 async def test_any_node_serves_any_connection(cluster: Cluster) -> None:
     node_a, node_b = await cluster.start("a"), await cluster.start("b")
     await settled(node_b)
@@ -81,6 +89,7 @@ async def test_any_node_serves_any_connection(cluster: Cluster) -> None:
     assert error_code(api_b.get_connection, ConnectionId=cid) == "GoneException"
 
 
+@ON_EACH_TOPOLOGY
 async def test_posts_across_nodes_keep_their_order(cluster: Cluster) -> None:
     node_a, node_b = await cluster.start("a"), await cluster.start("b")
     ws, cid = await node_a.connect()
@@ -90,6 +99,7 @@ async def test_posts_across_nodes_keep_their_order(cluster: Cluster) -> None:
     assert [await asyncio.wait_for(ws.recv(), 5) for _ in range(100)] == [str(i) for i in range(100)]
 
 
+@ON_EACH_TOPOLOGY
 async def test_killed_node_is_cleaned_up_once_with_1006(cluster: Cluster) -> None:
     nodes = [await cluster.start(n) for n in ("a", "b", "c")]
     doomed, survivors = nodes[0], nodes[1:]
@@ -120,6 +130,7 @@ async def test_killed_node_is_cleaned_up_once_with_1006(cluster: Cluster) -> Non
             await ws.close()
 
 
+@ON_EACH_TOPOLOGY
 async def test_paused_node_is_swept_once_and_closes_its_clients_with_1012(cluster: Cluster) -> None:
     """A node paused (SIGSTOP) for ~3x node_ttl_s is declared dead: the survivor runs each of
     its connections' $disconnect once (1006). Resumed (SIGCONT), it closes those clients with
@@ -179,6 +190,7 @@ async def test_paused_node_is_swept_once_and_closes_its_clients_with_1012(cluste
         await ws.close()
 
 
+@ON_EACH_TOPOLOGY
 async def test_terminated_node_is_gone_at_once(cluster: Cluster) -> None:
     node_a, node_b = await cluster.start("a"), await cluster.start("b")
     clients = [await node_a.connect("t1") for _ in range(2)]
@@ -286,6 +298,7 @@ async def fanout(node: GatewayProcess, path: str, data: bytes) -> tuple[int, Any
         return resp.status, await resp.json()
 
 
+@ON_EACH_TOPOLOGY
 async def test_fanout_past_a_paused_node_says_who_it_missed(cluster: Cluster) -> None:
     """One node paused (SIGSTOP): a fan-out answers 207 with the connections reached and the
     node that did not answer, within the request deadline, for a tenant, a user and a group;
@@ -334,3 +347,65 @@ async def test_fanout_past_a_paused_node_says_who_it_missed(cluster: Cluster) ->
         assert await asyncio.wait_for(ws.recv(), 5) == "after"
     for ws, _ in (alice_a, bob_a, alice_b, carol_b):
         await ws.close()
+
+
+async def test_posts_keep_flowing_while_the_channels_slots_move(
+    tmp_path: Path, private_redis_cluster: PrivateRedisCluster, key_prefix: str
+) -> None:
+    """Redis Cluster: the slots of both nodes' channels move to another master (as a reshard
+    moves them) while node b posts to a client of node a. Each post answers 200 and is
+    delivered once, or answers 503 and is not delivered; posts answer 200 again at once
+    after each move, and the nodes stay subscribed where the slots are now."""
+    cluster = Cluster(tmp_path, private_redis_cluster.url, key_prefix)
+    try:
+        node_a, node_b = await cluster.start("a"), await cluster.start("b")
+        await settled(node_b)
+        ws, cid = await node_a.connect()
+        api_b = node_b.management()
+        slots = [key_slot(f"{key_prefix}:node:{{{n.node_id}}}".encode()) for n in (node_a, node_b)]
+        answers: list[tuple[str, str]] = []
+        numbers = itertools.count()
+
+        async def post() -> None:
+            data = str(next(numbers))
+            answers.append((data, await asyncio.to_thread(error_code, api_b.post_to_connection,
+                                                          ConnectionId=cid, Data=data.encode())))
+
+        for _ in range(20):
+            await post()
+        for _ in range(2):
+            for slot in slots:
+                elsewhere = next(p for p in private_redis_cluster.ports if p != private_redis_cluster.port_of_slot(slot))
+                moving = asyncio.create_task(asyncio.to_thread(private_redis_cluster.move_slot, slot, elsewhere))
+                while not moving.done():
+                    await post()
+                await moving
+                moved_at = time.monotonic()
+                while (await asyncio.to_thread(error_code, api_b.post_to_connection, ConnectionId=cid,
+                                               Data=b"probe")) != "200":
+                    assert time.monotonic() - moved_at < 3 * HEARTBEAT_S + 2, "posts did not come back"
+                    await asyncio.sleep(0.02)
+                answers.append(("probe", "200"))
+                for _ in range(10):
+                    await post()
+        codes = Counter(code for _, code in answers)
+        assert set(codes) <= {"200", "ServiceUnavailableException"}, codes
+        assert codes["ServiceUnavailableException"] <= 8, answers  # a short gap per move, if any
+        received = []
+        with contextlib.suppress(TimeoutError):
+            while True:
+                received.append(await asyncio.wait_for(ws.recv(), 1))
+        delivered = [data for data, code in answers if code == "200"]
+        assert sorted(r for r in received if r != "probe") == sorted(d for d in delivered if d != "probe")
+        assert received.count("probe") >= delivered.count("probe")
+        # The record's and the tenant's slots move too: the nodes' own slot tables are stale
+        # now, and what MOVED tells them is followed.
+        for key in (f"{key_prefix}:{{c:{cid}}}", f"{key_prefix}:{{t:t1}}:conns"):
+            slot = key_slot(key.encode())
+            private_redis_cluster.move_slot(slot, next(
+                p for p in private_redis_cluster.ports if p != private_redis_cluster.port_of_slot(slot)))
+        for node in (node_a, node_b):
+            assert await tenant_listing(node, "t1") == [cid]
+        await ws.close()
+    finally:
+        cluster.stop_all()

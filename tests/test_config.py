@@ -319,7 +319,8 @@ def test_non_utf8_file_names_the_path(tmp_path: Path) -> None:
          'log.level: must be "DEBUG", "INFO", "WARNING" or "ERROR", got \'verbose\''),
         ({"registry": {"backend": "etcd"}}, 'registry.backend: must be "memory" or "redis", got \'etcd\''),
         ({"registry": {"redis_url": "http://127.0.0.1:6379"}},
-         "registry.redis_url: must be a redis://, rediss:// or unix:// URL, or redis+sentinel://host:port,host:port/service[/db], got 'http://127.0.0.1:6379'"),
+         "registry.redis_url: must be a redis://, rediss:// or unix:// URL, redis+sentinel://host:port,host:port/service[/db], "
+         "or redis+cluster://host:port,host:port/, got 'http://127.0.0.1:6379'"),
         ({"registry": {"key_prefix": "ws gw"}},
          "registry.key_prefix: must be made of A-Z a-z 0-9 : _ -, got 'ws gw'"),
         ({"registry": {"node_id": "n" * 65}},

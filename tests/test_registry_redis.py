@@ -58,29 +58,12 @@ from .registry_support import (
 pytestmark = pytest.mark.redis
 
 @pytest.fixture
-async def make(redis_url: str, key_prefix: str) -> AsyncIterator[Factory]:
-    """Start registries on the private Redis (one key prefix per test); close them after."""
+async def make(redis_topology: Topology, key_prefix: str) -> AsyncIterator[Factory]:
+    """Start registries on the test's Redis topology (one key prefix per test); close them after."""
     started: list[RedisRegistry] = []
 
     async def factory(node: RecordingNode) -> RedisRegistry:
-        registry = RedisRegistry(registry_config(redis_url, key_prefix), node.node_id)
-        started.append(registry)
-        await registry.start(node)
-        await wait_settled(registry)
-        return registry
-
-    yield factory
-    for registry in reversed(started):
-        await registry.close()
-
-
-@pytest.fixture
-async def make_on(topology: Topology, key_prefix: str) -> AsyncIterator[Factory]:
-    """``make`` on each Redis deployment of ``tests.redis_topologies`` (single, Sentinel)."""
-    started: list[RedisRegistry] = []
-
-    async def factory(node: RecordingNode) -> RedisRegistry:
-        registry = RedisRegistry(topology_config(topology, key_prefix), node.node_id)
+        registry = RedisRegistry(topology_config(redis_topology, key_prefix), node.node_id)
         started.append(registry)
         await registry.start(node)
         await wait_settled(registry)
@@ -95,9 +78,14 @@ def sync_client(url: str) -> redis.Redis:
     return redis.Redis.from_url(url)
 
 
+# One Redis, under Sentinel, and a three-master Redis Cluster (tests/topology_cluster.py).
+ON_EACH_TOPOLOGY = pytest.mark.parametrize("redis_topology", ["single", "sentinel", "cluster"], indirect=True)
+
+
+@ON_EACH_TOPOLOGY
 @pytest.mark.parametrize("check", CHECKS, ids=lambda c: c.__name__.removeprefix("check_"))
-async def test_contract(check: Callable[[Factory], object], make_on: Factory) -> None:
-    await check(make_on)  # type: ignore[misc]
+async def test_contract(check: Callable[[Factory], object], make: Factory) -> None:
+    await check(make)  # type: ignore[misc]
 
 
 def test_create_registry_builds_redis(redis_url: str) -> None:
@@ -167,9 +155,10 @@ async def test_last_active_is_flushed_on_the_heartbeat(make: Factory, redis_url:
 # ---------------------------------------------------------------- cross-node calls
 
 
-async def test_cross_node_post_get_delete(make_on: Factory) -> None:
+@ON_EACH_TOPOLOGY
+async def test_cross_node_post_get_delete(make: Factory) -> None:
     node_a, node_b = RecordingNode("na"), RecordingNode("nb")
-    reg_a, reg_b = await make_on(node_a), await make_on(node_b)
+    reg_a, reg_b = await make(node_a), await make(node_b)
     record = await accept(reg_a, node_a)
     cid = record.connection_id
     await reg_b.post(cid, b"\x00\x01binary", True)
@@ -189,9 +178,10 @@ async def test_cross_node_post_get_delete(make_on: Factory) -> None:
         await reg_b.post(next(iter(node_a.full)), b"x", False)
 
 
-async def test_gone_after_remove_even_with_a_cached_owner(make_on: Factory) -> None:
+@ON_EACH_TOPOLOGY
+async def test_gone_after_remove_even_with_a_cached_owner(make: Factory) -> None:
     node_a, node_b = RecordingNode("na"), RecordingNode("nb")
-    reg_a, reg_b = await make_on(node_a), await make_on(node_b)
+    reg_a, reg_b = await make(node_a), await make(node_b)
     record = await accept(reg_a, node_a)
     await reg_b.post(record.connection_id, b"1", False)  # caches the owner
     del node_a.connections[record.connection_id]
@@ -201,9 +191,10 @@ async def test_gone_after_remove_even_with_a_cached_owner(make_on: Factory) -> N
     assert node_a.posted[record.connection_id] == [(b"1", False)]
 
 
-async def test_cross_node_fanout_and_listing(make_on: Factory) -> None:
+@ON_EACH_TOPOLOGY
+async def test_cross_node_fanout_and_listing(make: Factory) -> None:
     nodes = [RecordingNode(n) for n in ("na", "nb", "nc")]
-    regs = [await make_on(n) for n in nodes]
+    regs = [await make(n) for n in nodes]
     on_a = [await accept(regs[0], nodes[0]) for _ in range(3)]
     on_b = [await accept(regs[1], nodes[1]) for _ in range(2)]
     await accept(regs[1], nodes[1], "tenant-other")
@@ -227,9 +218,10 @@ async def test_cross_node_fanout_and_listing(make_on: Factory) -> None:
     assert seen == expected
 
 
-async def test_cross_node_user_and_group_audiences(make_on: Factory) -> None:
+@ON_EACH_TOPOLOGY
+async def test_cross_node_user_and_group_audiences(make: Factory) -> None:
     node_a, node_b = RecordingNode("na"), RecordingNode("nb")
-    reg_a, reg_b = await make_on(node_a), await make_on(node_b)
+    reg_a, reg_b = await make(node_a), await make(node_b)
     alice = await accept(reg_a, node_a, principal_id="alice")
     bob = await accept(reg_a, node_a, principal_id="bob")
     await reg_b.group(bob.connection_id, "desk", join=True)  # through the owner, node a
@@ -244,29 +236,63 @@ async def test_cross_node_user_and_group_audiences(make_on: Factory) -> None:
         await reg_b.group("AAAAAAAAAAAAAAAA", "desk", join=True)
 
 
-async def test_posts_from_one_caller_arrive_in_order(make_on: Factory) -> None:
+@ON_EACH_TOPOLOGY
+async def test_posts_from_one_caller_arrive_in_order(make: Factory) -> None:
     node_a, node_b = RecordingNode("na"), RecordingNode("nb")
-    reg_a, reg_b = await make_on(node_a), await make_on(node_b)
+    reg_a, reg_b = await make(node_a), await make(node_b)
     cid = (await accept(reg_a, node_a)).connection_id
     messages = [str(i).encode() for i in range(1000)]
     await asyncio.gather(*(reg_b.post(cid, m, False) for m in messages))
     assert [m for m, _ in node_a.posted[cid]] == messages
 
 
+def _command_calls(r: redis.Redis) -> dict[str, int]:
+    return {k.removeprefix("cmdstat_"): v["calls"] for k, v in r.info("commandstats").items()}
+
+
 async def test_redis_commands_per_post(make: Factory, redis_url: str) -> None:
-    """One PUBLISH for the request and one for the reply; the owner lookup is cached."""
+    """One PUBLISH for the request and one for the reply; an id that names its node needs
+    no lookup, not even the first time."""
     node_a, node_b = RecordingNode("na"), RecordingNode("nb")
     reg_a, reg_b = await make(node_a), await make(node_b)
     cid = (await accept(reg_a, node_a)).connection_id
-    await reg_b.post(cid, b"warm", False)
     r = sync_client(redis_url)
     r.config_resetstat()
     for i in range(200):
         await reg_b.post(cid, b"%d" % i, False)
-    stats = r.info("commandstats")
-    calls = {k.removeprefix("cmdstat_"): v["calls"] for k, v in stats.items()}
+    calls = _command_calls(r)
     assert calls["publish"] == 400
     assert calls.get("hget", 0) == 0
+
+
+async def test_ids_of_the_plain_form_are_looked_up_once(make: Factory, redis_url: str) -> None:
+    """Ids made before connection ids named their node: one HGET, then the owner is cached."""
+    node_a, node_b = RecordingNode("na"), RecordingNode("nb")
+    reg_a, reg_b = await make(node_a), await make(node_b)
+    cid = (await accept(reg_a, node_a, connection_id=new_connection_id())).connection_id
+    assert len(cid) == 16
+    r = sync_client(redis_url)
+    r.config_resetstat()
+    for i in range(50):
+        await reg_b.post(cid, b"%d" % i, False)
+    calls = _command_calls(r)
+    assert (calls["publish"], calls["hget"]) == (100, 1)
+    assert [m for m, _ in node_a.posted[cid]] == [b"%d" % i for i in range(50)]
+
+
+@ON_EACH_TOPOLOGY
+async def test_an_id_naming_no_live_node_is_looked_up(make: Factory) -> None:
+    """The node part is only a hint: an id naming a node that does not listen (a made-up
+    node, or a dead one whose record a sweep claimed) is 410 once the registry is sure
+    that no node holds it, and reaches the holder if the record names another."""
+    node_a, node_b = RecordingNode("na"), RecordingNode("nb")
+    reg_a, reg_b = await make(node_a), await make(node_b)
+    with pytest.raises(GoneError):
+        await reg_b.post(new_connection_id("nowhere"), b"x", False)
+    # an id naming "nowhere" but held by node a (ids copied between deployments, say)
+    record = await accept(reg_a, node_a, connection_id=new_connection_id("nowhere"))
+    await reg_b.post(record.connection_id, b"found", False)
+    assert node_a.posted[record.connection_id] == [(b"found", False)]
 
 
 async def test_owner_ignores_requests_past_their_deadline(make: Factory, redis_url: str, key_prefix: str) -> None:
@@ -350,6 +376,12 @@ async def test_killed_node_is_swept_once_with_1006(make: Factory, redis_url: str
         await asyncio.sleep(NODE_TTL_S)  # survivors must have been up for node_ttl_s to sweep
         proc.send_signal(signal.SIGKILL)
         killed_at = time.monotonic()
+        proc.wait()
+        # Its ids name it, but nobody listens there now, and its records still name it: 503
+        # until the sweep has claimed them, never a false 410.
+        with pytest.raises(RegistryUnavailableError):
+            await regs[1].post(ids[2], b"x", False)
+
         def orphans() -> list[tuple[ConnectionRecord, int, str]]:
             return [o for n in survivors for o in n.orphans]
 
@@ -377,6 +409,7 @@ async def test_killed_node_is_swept_once_with_1006(make: Factory, redis_url: str
     assert set(r.hkeys(f"{key_prefix}:{{meta}}:nodes")) == {b"nb", b"nc"}
 
 
+@ON_EACH_TOPOLOGY
 async def test_closed_node_is_gone_at_once(make: Factory) -> None:
     node_a, node_b = RecordingNode("na"), RecordingNode("nb")
     reg_a, reg_b = await make(node_a), await make(node_b)

@@ -428,8 +428,9 @@ class RegistryConfig:
 
     backend: str = field(default="memory", metadata=rule("memory|redis", '"memory" or "redis"'))
     redis_url: str = field(default="redis://127.0.0.1:6379/0", metadata=rule(
-        r"rediss?://\S*|unix://\S+|rediss?\+sentinel://([^/@\s]+@)?[^/@\s]+/[^/?\s]+(/\d+)?(\?\S*)?",
-        "a redis://, rediss:// or unix:// URL, or redis+sentinel://host:port,host:port/service[/db]"))
+        r"rediss?(\+cluster)?://\S*|unix://\S+|rediss?\+sentinel://([^/@\s]+@)?[^/@\s]+/[^/?\s]+(/\d+)?(\?\S*)?",
+        "a redis://, rediss:// or unix:// URL, redis+sentinel://host:port,host:port/service[/db], "
+        "or redis+cluster://host:port,host:port/"))
     # the data nodes' (the master's); or password_env; beats the URL's
     password: str | None = field(default=None, repr=False, metadata=FILLED)
     # the Sentinels' (redis+sentinel:// URLs); or sentinel_password_env; None = they need none

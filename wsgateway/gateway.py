@@ -38,7 +38,7 @@ from .errors import (
 )
 from .fanout import FanoutResult
 from .hub import Hub
-from .ids import new_connection_id, new_node_id
+from .ids import can_name, new_connection_id, new_node_id
 from .integrations import HttpPool, Integration, LambdaClients, load_integration
 from .lifetime import TOKEN_EXPIRED, TokenLifetime
 from .metrics import Stats
@@ -64,6 +64,8 @@ class Gateway:
         self.node_id = node_id or config.registry.node_id or new_node_id()
         self.hub = Hub()
         self.registry = create_registry(config.registry, self.node_id)
+        # On a cluster a connection id names its node: other nodes reach it without a lookup.
+        self._id_node = self.node_id if self.registry.kind != "memory" and can_name(self.node_id) else None
         self.access = AccessLog(config.log.access_log)
         # limits.max_connections: handshakes in flight plus connections in the hub (the
         # client edge takes a slot at admission, before the awaited auth and $connect)
@@ -195,6 +197,10 @@ class Gateway:
 
     # ---------------------------------------------------------------- handshake
 
+    def new_connection_id(self) -> str:
+        """A fresh connection id; on a cluster it names this node (see ``ids``)."""
+        return new_connection_id(self._id_node)
+
     def new_connection(
         self, principal: Principal, *, source_ip: str, user_agent: str, domain_name: str,
         connection_id: str | None = None,
@@ -204,7 +210,7 @@ class Gateway:
         ``connection_id`` is the one the authorizer already saw; None draws a fresh one.
         """
         record = ConnectionRecord(
-            connection_id=connection_id or new_connection_id(),
+            connection_id=connection_id or self.new_connection_id(),
             node_id=self.node_id,
             tenant=principal.tenant,
             principal_id=principal.principal_id,

@@ -1,9 +1,17 @@
 """Connection ids, request ids and node ids.
 
 A connection id is a bearer capability for the management API's neighbours (a handler that
-learns an id may post to it), so it carries 96 bits from the OS's CSPRNG and looks like AWS's:
-16 base64url characters. Request and message ids only need to be unique enough to correlate
-log lines, so they come from a fast non-cryptographic generator in the same 16-character form.
+learns an id may post to it), so it carries 96 bits from the OS's CSPRNG: 16 base64url
+characters, as AWS's look. On a cluster it also names the node that holds it,
+``<16 random characters>.<node id>``, so that a call from another node goes straight to the
+owner without looking it up in Redis. The node part is public (node ids show in logs and
+health answers); the random part alone makes the id unguessable, whatever the node id. The
+``.`` never occurs in either part (base64url and node ids are ``A-Za-z0-9_-``), so the node
+is always found again, whatever a user named it. Ids of the plain 16-character form (made
+before nodes were named, or by a single node) keep working: they are looked up.
+
+Request and message ids only need to be unique enough to correlate log lines, so they come
+from a fast non-cryptographic generator in the same 16-character form.
 """
 
 from __future__ import annotations
@@ -13,18 +21,51 @@ import os
 import random
 import re
 
-__all__ = ["is_connection_id", "new_connection_id", "new_node_id", "new_request_id"]
+__all__ = [
+    "can_name",
+    "is_connection_id",
+    "new_connection_id",
+    "new_node_id",
+    "new_request_id",
+    "node_of",
+]
 
-# Ours are 16 base64url characters; AWS-made ids (15 + "=") and other base64 forms are accepted
-# so that ids copied from elsewhere get a 410, not a 400.
-_CONNECTION_ID = re.compile(r"[A-Za-z0-9_\-+/]{1,128}={0,2}")
+MAX_NODE_ID = 100  # configured ids are up to 64 characters; workers add "-<index>"
+_RANDOM_CHARS = 16  # 96 bits in base64url
+_NODE_PART = rf"[A-Za-z0-9_-]{{1,{MAX_NODE_ID}}}"
+_NODE = re.compile(_NODE_PART)
+# Ours: 16 base64url characters, then ".<node>" when the node is named. AWS-made ids (15 +
+# "=") and other base64 forms are accepted so that ids copied from elsewhere get a 410, not
+# a 400. At most 128 characters either way.
+_CONNECTION_ID = re.compile(r"[A-Za-z0-9_\-+/]{1,128}={0,2}|[A-Za-z0-9_-]{16}\." + _NODE_PART)
 _b64 = base64.urlsafe_b64encode
 _getrandbits = random.getrandbits
 
 
-def new_connection_id() -> str:
-    """Return a fresh, unguessable connection id (96 random bits, 16 characters)."""
-    return _b64(os.urandom(12)).decode("ascii")
+def new_connection_id(node_id: str | None = None) -> str:
+    """Return a fresh, unguessable connection id: 96 random bits (16 characters), followed
+    by ``.<node_id>`` when ``node_id`` is given. Raises ValueError for a node id that is not
+    1 to ``MAX_NODE_ID`` characters of ``A-Za-z0-9_-`` (it could not be parsed back)."""
+    random_part = _b64(os.urandom(12)).decode("ascii")
+    if node_id is None:
+        return random_part
+    if not can_name(node_id):
+        raise ValueError(f"node id {node_id!r} cannot be named in a connection id")
+    return f"{random_part}.{node_id}"
+
+
+def can_name(node_id: str) -> bool:
+    """Whether a connection id can name ``node_id`` (1 to ``MAX_NODE_ID`` of ``A-Za-z0-9_-``)."""
+    return _NODE.fullmatch(node_id) is not None
+
+
+def node_of(connection_id: str) -> str | None:
+    """The node a connection id names, or None for an id that names none (the plain
+    16-character form, or any id not made by :func:`new_connection_id` with a node)."""
+    if len(connection_id) <= _RANDOM_CHARS + 1 or connection_id[_RANDOM_CHARS] != ".":
+        return None
+    node = connection_id[_RANDOM_CHARS + 1:]
+    return node if _NODE.fullmatch(node) is not None else None
 
 
 def new_request_id() -> str:

@@ -36,7 +36,6 @@ from websockets.typing import Subprotocol
 from .admission import Hold, Slot
 from .authorizer import HandshakeRequest
 from .errors import CLOSE_GOING_AWAY, CLOSE_INTERNAL_ERROR, AuthError
-from .ids import new_connection_id
 
 if TYPE_CHECKING:
     from .connection import Connection
@@ -228,7 +227,7 @@ class ClientServer:
         raw_headers = list(headers.raw_items())
         host = headers.get("Host", "")
         # Drawn before auth: an authorizer's event carries the connection id, as on AWS.
-        handshake = HandshakeRequest(new_connection_id(), raw_headers, query_pairs, source_ip, user_agent, host)
+        handshake = HandshakeRequest(gateway.new_connection_id(), raw_headers, query_pairs, source_ip, user_agent, host)
         try:
             principal = await gateway.auth.authenticate(headers, query, offered, handshake)
         except AuthError as exc:

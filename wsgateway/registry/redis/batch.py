@@ -16,17 +16,23 @@ from collections import deque
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import ClusterDownError, RedisClusterUnreachableError, RedisError, SlotNotCoveredError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ...errors import RegistryUnavailableError
+from .shard_pipeline import ShardPipeline
 
 __all__ = ["REDIS_FAILURES", "CommandBatcher"]
 
 log = logging.getLogger("wsgateway.registry")
 
-_UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError)
+# Redis Cluster adds: no shard serves the slot, no shard answers, the cluster is down.
+_UNREACHABLE = (
+    RedisConnectionError, RedisTimeoutError, OSError, SlotNotCoveredError, RedisClusterUnreachableError,
+    ClusterDownError,
+)
 
 # What a call through Redis may raise when Redis is away, slow or refuses a command.
 REDIS_FAILURES = (RegistryUnavailableError, RedisError, OSError, TimeoutError)
@@ -39,8 +45,10 @@ class CommandBatcher:
     failure reaches the caller, which decides.
     """
 
-    def __init__(self, client: Redis, *, max_batch: int = 1024) -> None:
+    def __init__(self, client: Redis | RedisCluster, *, max_batch: int = 1024) -> None:
         self._client = client
+        # Redis Cluster: one plain pipeline per shard (see shard_pipeline)
+        self._shards = ShardPipeline(client) if isinstance(client, RedisCluster) else None
         self._max_batch = max_batch
         self._queue: deque[tuple[tuple[Any, ...], asyncio.Future[Any]]] = deque()
         self._wakeup = asyncio.Event()
@@ -75,6 +83,8 @@ class CommandBatcher:
             await asyncio.gather(self._task, return_exceptions=True)
         self._fail(list(self._queue), "registry closed")
         self._queue.clear()
+        if self._shards is not None:
+            await self._shards.aclose()
 
     async def _run(self) -> None:
         queue = self._queue
@@ -91,18 +101,22 @@ class CommandBatcher:
                     raise
 
     async def _send(self, batch: list[tuple[tuple[Any, ...], asyncio.Future[Any]]]) -> None:
-        pipe = self._client.pipeline(transaction=False)
-        for args, _ in batch:
-            pipe.execute_command(*args)
         try:
-            replies = await pipe.execute(raise_on_error=False)
+            if self._shards is not None:
+                replies = await self._shards.execute([args for args, _ in batch])
+            else:
+                pipe = self._client.pipeline(transaction=False)
+                for args, _ in batch:
+                    pipe.execute_command(*args)
+                replies = await pipe.execute(raise_on_error=False)
         except _UNREACHABLE as exc:
             log.debug("redis unreachable: %r", exc)
             self._fail(batch, "registry unreachable")
             return
         except Exception as exc:
             log.exception("redis pipeline failed")
-            self._fail(batch, exc)
+            # RedisClusterException is no RedisError: callers catch RegistryUnavailableError
+            self._fail(batch, exc if isinstance(exc, RedisError) else RegistryUnavailableError(repr(exc)))
             return
         for (_, future), reply in zip(batch, replies, strict=True):
             if future.done():

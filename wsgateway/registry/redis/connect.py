@@ -9,6 +9,11 @@ to connect. One function per kind of deployment; :func:`connect` picks it by the
   master demoted while connected answers a write with READONLY, which drops the connection),
   and so do the links at every reconnect. Whenever the master the pool writes to changes,
   ``on_failover`` is called: the promoted replica may have missed the last writes.
+- ``redis+cluster://h:p,h:p,h:p/`` (``rediss+cluster://`` for TLS): Redis Cluster. The
+  registry's commands go through redis-py's :class:`~redis.asyncio.cluster.RedisCluster`,
+  which routes each command (and each pipelined one) to the shard serving its key's slot and
+  follows ``MOVED``/``ASK``; the channel links (``shards``) reach every shard with the
+  client's credentials and TLS settings, starting from the URL's hosts.
 
 The client never retries by itself (a retried pipeline could publish a request twice, and an
 outage must reach the caller as a 503 at once) and speaks RESP2 (redis-py's pure-Python RESP3
@@ -22,23 +27,28 @@ import contextlib
 import dataclasses
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from redis.asyncio import Redis
-from redis.asyncio.connection import parse_url
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.connection import SSLConnection, parse_url
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from .link import Endpoint, Fixed, Locator, endpoint_of
+from .link import Endpoint, Fixed, Locator, endpoint_from, endpoint_of
+from .shards import Locate
 
 if TYPE_CHECKING:
     from ...config import RegistryConfig
 
-__all__ = ["SENTINEL_PORT", "Connected", "SentinelUrl", "connect", "parse_sentinel_url"]
+__all__ = [
+    "CLUSTER_SCHEMES", "SENTINEL_PORT", "Connected", "SentinelUrl", "cluster_client", "cluster_locator",
+    "cluster_seeds", "connect", "is_cluster_url", "parse_sentinel_url", "split_cluster_url",
+]
 
 log = logging.getLogger("wsgateway.registry")
 
@@ -50,9 +60,11 @@ _SENTINEL_SCHEMES = {"redis+sentinel": "redis", "rediss+sentinel": "rediss"}
 class Connected:
     """What the registry talks to Redis with; :meth:`aclose` closes it all."""
 
-    client: Redis
+    client: Redis | RedisCluster
     locator: Locator
     sentinel: Sentinel | None = None  # the Sentinels' clients, under Sentinel
+    # on Redis Cluster: the URL's hosts and where a channel's slot is served (``shards``)
+    shards: tuple[list[Endpoint], Locate] | None = None
     on_failover: Callable[[], None] | None = None  # the master the client writes to changed
 
     async def aclose(self) -> None:
@@ -67,6 +79,8 @@ def connect(config: RegistryConfig, timeout_s: float) -> Connected:
     scheme = urlsplit(config.redis_url).scheme
     if scheme in _SENTINEL_SCHEMES:
         return _sentinel(config, timeout_s)
+    if scheme.lower() in CLUSTER_SCHEMES:
+        return _cluster(config, timeout_s)
     return _single(config, timeout_s)
 
 
@@ -208,3 +222,91 @@ def _sentinel(config: RegistryConfig, timeout_s: float) -> Connected:
     connected = Connected(client, SentinelLocator(sentinels, url.service, pool, template), sentinels)
     pool.connected = connected
     return connected
+
+
+# ------------------------------------------------------------ Redis Cluster
+
+
+CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
+
+
+def is_cluster_url(url: str) -> bool:
+    """Whether ``url`` names a Redis Cluster (``redis+cluster://`` or ``rediss+cluster://``)."""
+    return urlsplit(url).scheme.lower() in CLUSTER_SCHEMES
+
+
+def split_cluster_url(url: str) -> tuple[str, list[tuple[str, int]]]:
+    """Split a cluster URL into a single-node URL (the first host, with the credentials and
+    query) that redis-py parses, and the hosts it names. Raises ValueError for a URL that is
+    not a cluster URL, names no host, a port that is not a number, or a database other than 0."""
+    parts = urlsplit(url)
+    scheme = CLUSTER_SCHEMES.get(parts.scheme.lower())
+    if scheme is None:
+        raise ValueError("not a redis+cluster:// or rediss+cluster:// URL")
+    credentials, at, hosts = parts.netloc.rpartition("@")
+    nodes = [_cluster_host_port(h) for h in hosts.split(",") if h]
+    if not nodes:
+        raise ValueError("a cluster URL names at least one host:port")
+    if parts.path.strip("/") not in ("", "0"):
+        raise ValueError("Redis Cluster has only database 0")
+    host, port = nodes[0]
+    netloc = f"{credentials}{at}{f'[{host}]' if ':' in host else host}:{port}"
+    return urlunsplit((scheme, netloc, "", parts.query, "")), nodes
+
+
+def _cluster_host_port(text: str) -> tuple[str, int]:
+    if text.startswith("["):  # [IPv6]:port
+        host, _, port = text[1:].partition("]:")
+    else:
+        host, _, port = text.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"{text!r} is not host:port")
+    return host, int(port)
+
+
+def cluster_client(config: RegistryConfig, timeout_s: float) -> RedisCluster:
+    """A cluster client that fails fast and never retries by itself (see ``_client`` of
+    ``registry``): a shard that does not answer reaches the caller as a 503 at once."""
+    single, nodes = split_cluster_url(config.redis_url)
+    kwargs: dict[str, Any] = dict(parse_url(single))  # as RedisCluster.from_url reads it
+    if kwargs.pop("connection_class", None) is SSLConnection:
+        kwargs["ssl"] = True
+    if config.password is not None:  # the configured password beats the URL's
+        kwargs["password"] = config.password
+    return RedisCluster(
+        startup_nodes=[ClusterNode(host, port) for host, port in nodes[1:]],
+        retry=Retry(NoBackoff(), 0),
+        socket_timeout=timeout_s,
+        socket_connect_timeout=timeout_s,
+        protocol=2,  # RESP2, as on one Redis
+        **kwargs,
+    )
+
+
+def cluster_seeds(client: RedisCluster, connect_timeout_s: float) -> list[Endpoint]:
+    """The endpoints the channel links start from: the URL's hosts, as ``client`` connects
+    to them (credentials, TLS)."""
+    nodes = client.get_nodes() or list(client.nodes_manager.startup_nodes.values())
+    template = endpoint_from(nodes[0].connection_class(**nodes[0].connection_kwargs), connect_timeout_s)
+    seeds = [(n.host, int(n.port)) for n in client.nodes_manager.startup_nodes.values()]
+    return [replace(template, host=host, port=port) for host, port in dict.fromkeys(seeds)]
+
+
+def cluster_locator(client: RedisCluster) -> Locate:
+    """Where ``client``'s slot table says a channel's slot is served (None until it has
+    read the table: the links then start from the URL's hosts, which redirect them)."""
+
+    def locate(channel: bytes) -> tuple[str, int] | None:
+        try:
+            node = client.get_node_from_key(channel.decode())
+        except Exception:  # noqa: BLE001 - no table yet, or a slot not covered
+            return None
+        return None if node is None else (node.host, int(node.port))
+
+    return locate
+
+
+def _cluster(config: RegistryConfig, timeout_s: float) -> Connected:
+    client = cluster_client(config, timeout_s)
+    seeds = cluster_seeds(client, timeout_s)
+    return Connected(client, Fixed(seeds[0]), shards=(seeds, cluster_locator(client)))

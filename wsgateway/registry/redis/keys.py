@@ -38,6 +38,12 @@ touches keys of one tag, and pipelines of single-key commands can be split by sl
                                       is held, ``<node>`` (if back) does not re-register its sets
 
     P:node:{<node>}           pub/sub channel of one node: requests to it, replies to its requests
+                              (on Redis Cluster a sharded channel, on the shard of its slot)
+
+On Redis Cluster a script or command whose keys span two slots is refused (CROSSSLOT), and
+the registry contract runs on a three-master cluster: every script and multi-key command here
+takes keys of one tag (the ``{meta}`` ones, one record, or one tenant's or node's sets), and
+``shard_pipeline`` sends each to the shard of its first key.
 
 The ``{meta}`` keys share one slot on purpose: the heartbeat, lease and state scripts read
 and write several of them atomically. A connection id never moves between nodes, so a

@@ -22,7 +22,9 @@ it keeps the connections open, answers PUBLISH and feeds its subscribers only wh
 replicates). With an endpoint that says so (``master_only``), both links ask the locator at
 every check whether the master moved (Sentinel names another one before it demotes the old,
 which may take it seconds), and the publishing link asks ``ROLE`` instead of PING (the
-subscribed one may only PING).
+subscribed one may only PING). On Redis Cluster they speak sharded pub/sub (``sharded``:
+SSUBSCRIBE, SPUBLISH), one publish link per shard, and ``shards`` points them at the shard
+serving each channel (:func:`moved_to` reads where a ``MOVED`` sends them).
 
 A PUBLISH made while the link is down fails at once with :data:`UNSENT` (it never left);
 one in flight when the connection drops gets :data:`LOST` (it may have reached Redis).
@@ -45,13 +47,17 @@ import hiredis
 from redis.asyncio import Redis
 from redis.backoff import ExponentialWithJitterBackoff
 
-__all__ = ["LOST", "UNSENT", "Endpoint", "Fixed", "Locator", "PublishLink", "Sink", "SubscribeLink", "endpoint_of"]
+__all__ = [
+    "LOST", "UNSENT", "Endpoint", "Fixed", "Locator", "PublishLink", "Sink", "SubscribeLink", "endpoint_from",
+    "endpoint_of", "moved_to",
+]
 
 log = logging.getLogger("wsgateway.registry")
 
 _pack: Callable[[tuple[Any, ...]], bytes] = hiredis.pack_command  # type: ignore[assignment,unused-ignore]  # its stub says 1-tuple
 _PING = _pack((b"PING",))
 _ROLE = _pack((b"ROLE",))
+_REDIRECTS_AT_ONCE = 4  # redirections followed in a row without backing off
 
 
 class _Outcome:
@@ -124,7 +130,11 @@ def endpoint_of(client: Redis, connect_timeout_s: float) -> Endpoint:
     on the pool, the URL's TLS parameters and its unix socket path all apply). Raises
     ``redis.RedisError`` for TLS settings redis-py rejects."""
     pool = client.connection_pool
-    settings = pool.connection_class(**pool.connection_kwargs)  # never connected: read only
+    return endpoint_from(pool.connection_class(**pool.connection_kwargs), connect_timeout_s)
+
+
+def endpoint_from(settings: Any, connect_timeout_s: float) -> Endpoint:
+    """The endpoint of a redis-py connection object that was never connected (read only)."""
     tls = getattr(settings, "ssl_context", None)
     keepalive = None
     if getattr(settings, "socket_keepalive", False):
@@ -227,12 +237,21 @@ class _PublishConnection(_Connection):
 
 
 class _SubscribeConnection(_Connection):
-    """The handshake's replies go to their sinks; once subscribed, everything is a push."""
+    """The handshake's replies go to their sinks; once subscribed, everything is a push.
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, on_message: Callable[[bytes], None]) -> None:
+    Sharded (Redis Cluster): the pushes are ``smessage``/``ssubscribe``; a ``MOVED`` answer to
+    SSUBSCRIBE names the shard serving the channel (kept in ``moved``), and a
+    ``sunsubscribe`` push means the channel's slot moved away: both end the connection, so
+    that the link subscribes again where the slot is now."""
+
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, on_message: Callable[[bytes], None], *, sharded: bool = False
+    ) -> None:
         super().__init__(loop)
         self._on_message = on_message
+        self._kinds = (b"smessage", b"ssubscribe") if sharded else (b"message", b"subscribe")
         self.subscribed: asyncio.Future[None] = loop.create_future()
+        self.moved: tuple[str, int] | None = None  # ("", 0): moved, to a shard not named
 
     def data_received(self, data: bytes) -> None:
         reader = self._reader
@@ -245,15 +264,23 @@ class _SubscribeConnection(_Connection):
                     if sink is not None:
                         sink.outcome(reply)
                     continue
-                if reply.__class__ is not list:  # NOAUTH, or anything a subscriber never gets
+                if reply.__class__ is not list:  # MOVED, NOAUTH, anything a subscriber never gets
+                    self.moved = moved_to(reply)
+                    if self.moved is not None:  # the link subscribes where it was sent
+                        self.abort()
+                        return
                     raise ConnectionError(f"Redis answered {reply!r}")
                 kind = reply[0]
-                if kind == b"message":
+                if kind == self._kinds[0]:
                     on_message(reply[2])
                 elif kind == b"pong":
                     self.pongs += 1
-                elif kind == b"subscribe" and not self.subscribed.done():
+                elif kind == self._kinds[1] and not self.subscribed.done():
                     self.subscribed.set_result(None)
+                elif kind == b"sunsubscribe":  # the slot moved: subscribe where it is now
+                    self.moved = ("", 0)
+                    self.abort()
+                    return
         except Exception as exc:  # noqa: BLE001 - a stream out of step cannot be trusted again
             self._broken(exc)
 
@@ -285,6 +312,8 @@ class _Link:
         self._check_s = check_s
         self._task: asyncio.Task[None] | None = None
         self._conn: _Connection | None = None
+        self._tried: _Connection | None = None  # the last connection opened or tried
+        self._endpoint: Endpoint | None = None  # where the last attempt connected
         self.ready = asyncio.Event()  # connected and set up: commands go through
 
     def start(self) -> None:
@@ -304,12 +333,21 @@ class _Link:
     async def _set_up(self, conn: _Connection) -> None:
         """What the connection does once authenticated, before it is ready."""
 
+    async def _where_next(self, failures: int) -> Endpoint:
+        """Where the next attempt connects (after ``failures`` failed ones in a row)."""
+        return await self._locator.locate()
+
+    def _retry_at_once(self, conn: _Connection | None) -> bool:
+        """Whether the failure of ``conn`` (the last connection tried) calls for no backoff
+        (it was redirected elsewhere)."""
+        return False
+
     async def _keep(self) -> None:
         failures = 0
         while True:
-            conn = None
+            conn, at_once = None, False
             try:
-                conn, ep = await self._open()
+                conn, ep = await self._open(failures)
                 self._conn = conn
                 self.ready.set()
                 failures = 0
@@ -317,19 +355,21 @@ class _Link:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - Redis away, refusing or silent: retry
-                log.warning("registry %s link down (%r); reconnecting", self._name, exc)
+                at_once = self._retry_at_once(self._tried)
+                (log.info if at_once else log.warning)("registry %s link down (%r); reconnecting", self._name, exc)
             finally:
                 self.ready.clear()
                 self._conn = None
                 if conn is not None:
                     conn.abort()
             failures += 1
-            await asyncio.sleep(self._backoff.compute(failures))
+            if not at_once or failures > _REDIRECTS_AT_ONCE:  # shards that disagree: back off
+                await asyncio.sleep(self._backoff.compute(failures))
 
-    async def _open(self) -> tuple[_Connection, Endpoint]:
+    async def _open(self, failures: int) -> tuple[_Connection, Endpoint]:
         loop = asyncio.get_running_loop()
-        ep = await self._locator.locate()
-        conn = self._new_connection(loop)
+        ep = self._endpoint = await self._where_next(failures)
+        conn = self._tried = self._new_connection(loop)
         try:
             async with asyncio.timeout(ep.connect_timeout_s):
                 if ep.path is not None:
@@ -371,10 +411,17 @@ class _Link:
 
 
 class PublishLink(_Link):
-    """The connection that PUBLISHes this node's requests and replies."""
+    """The connection that PUBLISHes this node's requests and replies (SPUBLISH with
+    ``sharded``, to one shard of a Redis Cluster). Replies come back in the order of the
+    publishes (``in_order``), so one sink may take several."""
 
-    def __init__(self, locator: Locator, *, max_backoff_s: float, check_s: float) -> None:
+    in_order = True
+
+    def __init__(
+        self, locator: Locator, *, max_backoff_s: float, check_s: float, sharded: bool = False
+    ) -> None:
         super().__init__(locator, "publish", max_backoff_s=max_backoff_s, check_s=check_s)
+        self._command = b"SPUBLISH" if sharded else b"PUBLISH"
 
     def publish(self, channel: bytes, message: bytes, sink: Sink | None) -> None:
         """Queue a PUBLISH; ``sink`` gets the number of subscribers that received it, or
@@ -384,7 +431,19 @@ class PublishLink(_Link):
             if sink is not None:
                 sink.outcome(UNSENT)
             return
-        conn.send(_pack((b"PUBLISH", channel, message)), sink)
+        conn.send(_pack((self._command, channel, message)), sink)
+
+    def send(self, command: tuple[bytes, ...], sink: Sink | None) -> None:
+        """Queue any command (ASKING before a redirected SPUBLISH); UNSENT if the link is down."""
+        conn = self._conn
+        if conn is None:
+            if sink is not None:
+                sink.outcome(UNSENT)
+            return
+        conn.send(_pack(command), sink)
+
+    async def wait_ready(self) -> None:
+        await self.ready.wait()
 
     def _new_connection(self, loop: asyncio.AbstractEventLoop) -> _Connection:
         return _PublishConnection(loop)
@@ -400,21 +459,42 @@ class SubscribeLink(_Link):
 
     def __init__(
         self, locator: Locator, channel: bytes, on_message: Callable[[bytes], None],
-        *, max_backoff_s: float, check_s: float,
+        *, max_backoff_s: float, check_s: float, sharded: bool = False,
     ) -> None:
         super().__init__(locator, "subscribe", max_backoff_s=max_backoff_s, check_s=check_s)
         self._channel = channel
         self._on_message = on_message
+        self._sharded = sharded
+        self.redirect: tuple[str, int] | None = None  # where the last MOVED sent the channel
+
+    def _retry_at_once(self, conn: _Connection | None) -> bool:
+        moved = conn.moved if isinstance(conn, _SubscribeConnection) else None
+        if moved is not None and moved[1]:
+            self.redirect = moved
+        return moved is not None
 
     def _new_connection(self, loop: asyncio.AbstractEventLoop) -> _Connection:
-        return _SubscribeConnection(loop, self._on_message)
+        return _SubscribeConnection(loop, self._on_message, sharded=self._sharded)
 
     async def _set_up(self, conn: _Connection) -> None:
         assert isinstance(conn, _SubscribeConnection)
-        conn.write(_pack((b"SUBSCRIBE", self._channel)))
+        conn.write(_pack((b"SSUBSCRIBE" if self._sharded else b"SUBSCRIBE", self._channel)))
         await asyncio.wait({conn.subscribed, conn.closed}, return_when=asyncio.FIRST_COMPLETED)
         if not conn.subscribed.done():
             raise ConnectionError("connection lost before SUBSCRIBE was confirmed")
+
+
+def moved_to(reply: Any) -> tuple[str, int] | None:
+    """Where a ``MOVED <slot> <host>:<port>`` (or ``ASK``) error reply sends the command;
+    None for any other reply. An empty host means the host the command went to (""): Redis
+    leaves it out when the node does not know its own address."""
+    if not isinstance(reply, hiredis.ReplyError):
+        return None
+    words = str(reply).split()
+    if len(words) != 3 or words[0] not in ("MOVED", "ASK"):
+        return None
+    host, _, port = words[2].rpartition(":")
+    return (host, int(port)) if port.isdigit() else None
 
 
 async def _expect(conn: _Connection, command: bytes, expected: bytes) -> None:

@@ -5,11 +5,11 @@ How it holds together (key layout in ``keys``, messages in ``wire``):
 - Every accepted connection is a record in Redis, listed under its tenant and its node.
   Records are written through one pipelined writer (``batch``); ``add``/``remove``
   never raise for an outage, they mark the node for re-registration instead.
-- A call about a connection on another node finds the owner (a cached HGET: connection ids
-  never move) and publishes a request on the owner's channel; the owner answers on ours
-  (``rpc``). The owner is the truth: its ``gone`` is a 410. The channels have lean
-  connections of their own (``link``, hiredis over an asyncio Protocol); redis-py
-  carries everything else.
+- A call about a connection on another node finds the owner (named in the connection id, or
+  a cached HGET for ids that name none: connection ids never move) and publishes a request
+  on the owner's channel; the owner answers on ours (``rpc``). The owner is the truth: its
+  ``gone`` is a 410. The channels have lean connections of their own (``link``, hiredis
+  over an asyncio Protocol); redis-py carries everything else.
 - A missing record is a 410 only when the registry can vouch for it: the epoch is settled
   (no refill after data loss in progress, this node connected for two beats) and every live
   node, asked directly, says it does not hold the connection. Otherwise the live nodes are
@@ -28,6 +28,7 @@ from collections.abc import Awaitable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ...errors import GoneError, RegistryUnavailableError
+from ...ids import node_of
 from ...records import ConnectionInfo, ConnectionRecord
 from .. import FanoutResult, LocalNode, Page, Registry
 from .._page_token import check_limit, decode_token, encode_token
@@ -92,7 +93,7 @@ class RedisRegistry:
         # is taken for dead, as redis-py takes such a connection.
         self._channel = NodeChannel(
             self._redis.locator, self._keys, node_id, self._pending,
-            max_backoff_s=config.heartbeat_s, check_s=max(request_timeout_s, 1.0),
+            max_backoff_s=config.heartbeat_s, check_s=max(request_timeout_s, 1.0), shards=self._redis.shards,
         )
         self._index = LocalIndex()
         self._allowance = Allowance(self._keys, node_id, self._batcher, timeout_s=request_timeout_s)
@@ -222,8 +223,15 @@ class RedisRegistry:
         reply = await self._ask_owner(connection_id, {"k": KIND_GROUP, "c": connection_id, "g": group, "j": int(join)})
         raise_for_status(reply["s"])
 
-    async def _ask_owner(self, connection_id: str, header: dict[str, Any], data: bytes = b"") -> dict[str, Any]:
+    async def _ask_owner(
+        self, connection_id: str, header: dict[str, Any], data: bytes = b"", *, named: bool = True
+    ) -> dict[str, Any]:
+        """Ask the connection's owner: the node its id names (no lookup), else the cached or
+        recorded one. An owner that no longer listens (dead, or the id's node part is not a
+        node) is looked up once more: the record says who holds it now, or that nobody does."""
         cached = self._owners.get(connection_id)
+        if cached is None and named:
+            cached = node_of(connection_id)
         owner = cached or await self._lookup(connection_id)
         if owner is None:
             return await self._ask_everyone(connection_id, header, data)
@@ -235,7 +243,7 @@ class RedisRegistry:
         if status == STATUS_UNREACHABLE and cached is not None:
             # maybe swept since: look it up once more (a concurrent call may have dropped it)
             self._owners.pop(connection_id, None)
-            return await self._ask_owner(connection_id, header, data)
+            return await self._ask_owner(connection_id, header, data, named=False)
         if status in (STATUS_UNREACHABLE, STATUS_TIMEOUT):
             self._owners.pop(connection_id, None)
             raise RegistryUnavailableError("the node holding the connection does not answer")

@@ -24,7 +24,8 @@ from typing import Any
 from ...errors import GoneError, LimitExceededError, RemoteNodeError
 from .. import LocalNode
 from .keys import KeySpace
-from .link import LOST, UNSENT, Locator, PublishLink, SubscribeLink
+from .link import LOST, UNSENT, Endpoint, Locator, PublishLink, SubscribeLink
+from .shards import Locate, ShardedPublisher, ShardedSubscribeLink
 from .wire import (
     KIND_DELETE,
     KIND_FANOUT,
@@ -68,6 +69,8 @@ _LATE_REPLY_S = 0.05
 # uvloop's clock and timers have a millisecond's resolution: a timer may fire that early.
 _TIMER_SLACK_S = 0.001
 _CHANNEL_CACHE_SIZE = 4096
+# A reply no subscriber took is sent again this often, until the request's deadline.
+_RESEND_S = 0.02
 
 
 def raise_for_status(status: str, message: str = "") -> None:
@@ -128,6 +131,11 @@ class Call:
         reached the target): its answer is awaited until the request's deadline."""
         target = self.targets[self._published]
         self._published += 1
+        self.outcome_of(target, reply)
+
+    def outcome_of(self, target: str, reply: Any) -> None:
+        """The outcome of the PUBLISH to ``target`` (as :meth:`outcome`, for publishes whose
+        outcomes may come back in any order: one link per shard on Redis Cluster)."""
         if reply.__class__ is int:
             if reply == 0 and target not in self.replies:
                 self._decide(target, _UNREACHABLE)
@@ -222,15 +230,25 @@ class NodeChannel:
 
     def __init__(
         self, locator: Locator, keys: KeySpace, node_id: str, pending: PendingCalls,
-        *, max_backoff_s: float, check_s: float,
+        *, max_backoff_s: float, check_s: float, shards: tuple[list[Endpoint], Locate] | None = None,
     ) -> None:
+        """``shards``: on Redis Cluster, the URL's hosts and where a channel's slot is served
+        (sharded pub/sub, see ``shards``); ``locator`` is then unused."""
         self._keys = keys
         self._node_id = node_id
         self._pending = pending
-        self._inbox = SubscribeLink(
-            locator, keys.channel(node_id).encode(), self._on_message, max_backoff_s=max_backoff_s, check_s=check_s
-        )
-        self._outbox = PublishLink(locator, max_backoff_s=max_backoff_s, check_s=check_s)
+        channel = keys.channel(node_id).encode()
+        self._inbox: SubscribeLink
+        self._outbox: PublishLink | ShardedPublisher
+        if shards is None:
+            self._inbox = SubscribeLink(locator, channel, self._on_message, max_backoff_s=max_backoff_s, check_s=check_s)
+            self._outbox = PublishLink(locator, max_backoff_s=max_backoff_s, check_s=check_s)
+        else:
+            seeds, locate = shards
+            self._inbox = ShardedSubscribeLink(
+                seeds, channel, self._on_message, locate, max_backoff_s=max_backoff_s, check_s=check_s
+            )
+            self._outbox = ShardedPublisher(seeds, locate, max_backoff_s=max_backoff_s, check_s=check_s)
         self._channels: dict[str, bytes] = {}  # node id -> its channel name, encoded
         self._node: LocalNode | None = None
         self._tasks: set[asyncio.Task[Any]] = set()  # strong refs to running deletes
@@ -245,7 +263,7 @@ class NodeChannel:
     async def ready(self) -> None:
         """Until this node listens on its channel and can publish."""
         await self._inbox.ready.wait()
-        await self._outbox.ready.wait()
+        await self._outbox.wait_ready()
 
     async def close(self) -> None:
         """Stop listening; let running deletes answer (briefly); then stop publishing."""
@@ -258,8 +276,12 @@ class NodeChannel:
         """Publish ``message`` (encoded once) to each of the call's targets; the outcomes go
         to the call."""
         publish, channel = self._outbox.publish, self._channel
-        for target in call.targets:
-            publish(channel(target), message, call)
+        if self._outbox.in_order:
+            for target in call.targets:
+                publish(channel(target), message, call)
+        else:
+            for target in call.targets:
+                publish(channel(target), message, _TargetSink(call, target))
 
     def _channel(self, node_id: str) -> bytes:
         name = self._channels.get(node_id)
@@ -299,7 +321,7 @@ class NodeChannel:
                 if not node.local_group(header["c"], header["g"], join=bool(header["j"])):
                     reply["s"] = STATUS_GONE
             elif kind == KIND_DELETE:
-                self._spawn(self._delete(node.local_delete(header["c"]), header["f"], reply))
+                self._spawn(self._delete(node.local_delete(header["c"]), header["f"], reply, header["d"]))
                 return
             else:
                 raise ValueError(f"unknown request kind {kind!r}")
@@ -307,25 +329,64 @@ class NodeChannel:
             reply["s"] = _status_of(exc)
             if isinstance(exc, LimitExceededError) and exc.message:
                 reply["m"] = exc.message  # which limit: a usage plan's names it
-        self._reply(header["f"], reply)
+        self._reply(header["f"], reply, header["d"])
 
-    async def _delete(self, closing: Awaitable[None], to: str, reply: dict[str, Any]) -> None:
+    async def _delete(self, closing: Awaitable[None], to: str, reply: dict[str, Any], deadline: float) -> None:
         try:
             await closing
         except Exception as exc:  # noqa: BLE001 - every failure is answered (and logged)
             reply["s"] = _status_of(exc)
             if isinstance(exc, LimitExceededError) and exc.message:
                 reply["m"] = exc.message
-        self._reply(to, reply)
+        self._reply(to, reply, deadline)
 
-    def _reply(self, to: str, reply: dict[str, Any]) -> None:
-        # Nobody waits for it: if it is lost, the sender times out and answers 503.
-        self._outbox.publish(self._channel(to), encode_message(reply), None)
+    def _reply(self, to: str, reply: dict[str, Any], deadline: float) -> None:
+        """Publish a reply; one that no subscriber took (the sender's subscription is being
+        moved to another shard, or reconnects) is published again until the request's
+        deadline, while the sender still waits (a reply twice is taken once)."""
+        _ReplyPublish(self._outbox, self._channel(to), encode_message(reply), deadline).send()
 
     def _spawn(self, coro: Awaitable[None]) -> None:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+
+class _ReplyPublish:
+    """One reply and its own sink: sent again every ``_RESEND_S`` until a subscriber took
+    it or the request's deadline (wall clock) is near."""
+
+    __slots__ = ("_channel", "_deadline", "_message", "_outbox")
+
+    def __init__(self, outbox: PublishLink | ShardedPublisher, channel: bytes, message: bytes, deadline: float) -> None:
+        self._outbox = outbox
+        self._channel = channel
+        self._message = message
+        self._deadline = deadline
+
+    def send(self) -> None:
+        self._outbox.publish(self._channel, self._message, self)
+
+    def outcome(self, reply: Any) -> None:
+        if reply.__class__ is int and reply > 0:
+            return
+        if time.time() + _RESEND_S < self._deadline:
+            asyncio.get_running_loop().call_later(_RESEND_S, self.send)
+        elif reply.__class__ is not int and reply is not LOST and reply is not UNSENT:
+            log.debug("redis refused a reply PUBLISH: %r", reply)
+
+
+class _TargetSink:
+    """The sink of one target's PUBLISH, when outcomes may come back in any order."""
+
+    __slots__ = ("_call", "_target")
+
+    def __init__(self, call: Call, target: str) -> None:
+        self._call = call
+        self._target = target
+
+    def outcome(self, reply: Any) -> None:
+        self._call.outcome_of(self._target, reply)
 
 
 def _status_of(exc: Exception) -> str:

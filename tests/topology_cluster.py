@@ -1,0 +1,121 @@
+"""A three-master Redis Cluster private to the test session: ``redis-server --cluster-enabled
+yes`` three times on free loopback ports, each in a temp dir of its own, joined with
+``redis-cli --cluster create ... --cluster-replicas 0 --cluster-yes``; and moving a slot from
+one master to another as ``redis-cli --cluster reshard`` does it (SETSLOT IMPORTING/MIGRATING,
+MIGRATE of its keys, SETSLOT NODE), for the tests that move a node's channel under traffic.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import port_for
+import redis
+
+from wsgateway.config import RegistryConfig
+
+__all__ = ["ClusterTopology", "PrivateRedisCluster"]
+
+START_TIMEOUT_S = 20.0
+
+
+@dataclass(frozen=True)
+class ClusterTopology:
+    """The session's :class:`PrivateRedisCluster` as a ``tests.redis_topologies.Topology``."""
+
+    url: str
+    first_port: int
+    name: str = "cluster"
+
+    def config(self, **fields: object) -> RegistryConfig:
+        return RegistryConfig(backend="redis", redis_url=self.url, **fields)  # type: ignore[arg-type]
+
+    def registry_toml(self) -> str:
+        return ""
+
+    def direct_url(self) -> str:
+        """One master (keys of other slots answer MOVED there)."""
+        return f"redis://127.0.0.1:{self.first_port}/0"
+
+
+class PrivateRedisCluster:
+    """Three masters, no replicas; :meth:`stop` kills them (their data is thrown away)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.ports: list[int] = []
+        self._processes: list[subprocess.Popen[bytes]] = []
+
+    @property
+    def url(self) -> str:
+        return "redis+cluster://" + ",".join(f"127.0.0.1:{p}" for p in self.ports) + "/"
+
+    def start(self) -> None:
+        for _ in range(3):
+            port = port_for.select_random()
+            home = self.root / str(port)
+            home.mkdir(parents=True)
+            self._processes.append(subprocess.Popen(
+                ["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--cluster-enabled", "yes",
+                 "--cluster-config-file", "nodes.conf", "--cluster-port", str(port_for.select_random()),
+                 "--cluster-node-timeout", "2000", "--save", "",
+                 "--appendonly", "no", "--logfile", "redis.log"],
+                cwd=home, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+            ))
+            self.ports.append(port)
+        for port in self.ports:
+            self._wait(lambda p=port: self.client(p).ping())
+        subprocess.run(
+            ["redis-cli", "--cluster", "create", *(f"127.0.0.1:{p}" for p in self.ports),
+             "--cluster-replicas", "0", "--cluster-yes"],
+            check=True, capture_output=True, timeout=START_TIMEOUT_S,
+        )
+        for port in self.ports:  # every master agrees that the cluster is up
+            self._wait(lambda p=port: b"cluster_state:ok" in self.client(p).execute_command("CLUSTER", "INFO"))
+
+    def stop(self) -> None:
+        for process in self._processes:
+            process.kill()
+            process.wait()
+
+    @staticmethod
+    def client(port: int) -> redis.Redis:
+        return redis.Redis(host="127.0.0.1", port=port, socket_timeout=5)
+
+    def port_of_slot(self, slot: int) -> int:
+        """The port of the master serving ``slot`` now."""
+        for start, end, master, *_ in self.client(self.ports[0]).execute_command("CLUSTER", "SLOTS"):
+            if start <= slot <= end:
+                return int(master[1])
+        raise LookupError(f"slot {slot} is not served")
+
+    def move_slot(self, slot: int, to_port: int) -> None:
+        """Move ``slot`` and its keys to the master on ``to_port``, as a reshard does."""
+        from_port = self.port_of_slot(slot)
+        if from_port == to_port:
+            return
+        source, target = self.client(from_port), self.client(to_port)
+        source_id = source.execute_command("CLUSTER", "MYID").decode()
+        target_id = target.execute_command("CLUSTER", "MYID").decode()
+        target.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", source_id)
+        source.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", target_id)
+        while keys := source.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 100):
+            source.execute_command("MIGRATE", "127.0.0.1", to_port, "", 0, 5000, "KEYS", *keys)
+        for port in (to_port, from_port, *(p for p in self.ports if p not in (to_port, from_port))):
+            self.client(port).execute_command("CLUSTER", "SETSLOT", slot, "NODE", target_id)
+
+    @staticmethod
+    def _wait(check: object) -> None:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while True:
+            try:
+                if check():  # type: ignore[operator]
+                    return
+            except redis.RedisError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError("the private Redis Cluster did not come up")
+            time.sleep(0.05)
