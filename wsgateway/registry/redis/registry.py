@@ -42,6 +42,7 @@ from .link import endpoint_of
 from .membership import LocalIndex, Membership, record_commands
 from .rpc import (
     STATUS_GONE,
+    STATUS_MOVED,
     STATUS_OK,
     STATUS_TIMEOUT,
     STATUS_UNREACHABLE,
@@ -57,6 +58,7 @@ from .wire import (
     KIND_GET,
     KIND_GROUP,
     KIND_POST,
+    KIND_TAKE,
     encode_message,
     info_from_json,
     record_from_hash,
@@ -73,6 +75,7 @@ log = logging.getLogger("wsgateway.registry")
 _T = TypeVar("_T")
 _GONE: dict[str, Any] = {"s": STATUS_GONE}
 _OWNER_CACHE_SIZE = 65_536
+_MAX_MOVES = 3  # a reliable session that moved more often within one call: 503, retry
 
 
 class RedisRegistry:
@@ -218,7 +221,32 @@ class RedisRegistry:
         reply = await self._ask_owner(connection_id, {"k": KIND_GROUP, "c": connection_id, "g": group, "j": int(join)})
         raise_for_status(reply["s"])
 
+    async def take_session(self, connection_id: str, claim: Mapping[str, Any]) -> Mapping[str, Any]:
+        reply = await self._ask_owner(connection_id, {"k": KIND_TAKE, "c": connection_id, "a": dict(claim)})
+        raise_for_status(reply["s"])
+        state: Mapping[str, Any] = reply["i"]
+        return state
+
+    def handed_over(self, record: ConnectionRecord, to_node: str) -> None:
+        """Calls about the session go to ``to_node`` at once; this node's sets forget it (the
+        record itself is ``to_node``'s to rewrite, so it is left alone)."""
+        self._remember(record.connection_id, to_node)
+        commands: list[tuple[Any, ...]] = [("SREM", self._keys.node_conns(self.node_id), record.connection_id)]
+        if self._index.remove(record):
+            commands += self._tenant_commands("SREM", record.tenant)
+        for command in commands:
+            self._batcher.send(*command)
+
     async def _ask_owner(self, connection_id: str, header: dict[str, Any], data: bytes = b"") -> dict[str, Any]:
+        """Ask the node holding the connection, following a reliable session that moved."""
+        for _ in range(_MAX_MOVES):
+            reply = await self._ask_holder(connection_id, header, data)
+            if reply["s"] != STATUS_MOVED:
+                return reply
+            self._remember(connection_id, str(reply["n"]))
+        raise RegistryUnavailableError("the connection's session is moving between nodes; retry")
+
+    async def _ask_holder(self, connection_id: str, header: dict[str, Any], data: bytes = b"") -> dict[str, Any]:
         cached = self._owners.get(connection_id)
         owner = cached or await self._lookup(connection_id)
         if owner is None:
@@ -230,7 +258,7 @@ class RedisRegistry:
         status = reply["s"]
         if status == STATUS_UNREACHABLE and cached is not None:
             del self._owners[connection_id]  # maybe swept since: look it up once more
-            return await self._ask_owner(connection_id, header, data)
+            return await self._ask_holder(connection_id, header, data)
         if status in (STATUS_UNREACHABLE, STATUS_TIMEOUT):
             self._owners.pop(connection_id, None)
             raise RegistryUnavailableError("the node holding the connection does not answer")

@@ -21,7 +21,7 @@ import time
 from collections.abc import Awaitable
 from typing import Any
 
-from ...errors import GoneError, LimitExceededError, RemoteNodeError
+from ...errors import GoneError, LimitExceededError, MovedError, RemoteNodeError
 from .. import LocalNode
 from .keys import KeySpace
 from .link import LOST, UNSENT, Endpoint, PublishLink, SubscribeLink
@@ -32,6 +32,7 @@ from .wire import (
     KIND_GROUP,
     KIND_POST,
     KIND_REPLY,
+    KIND_TAKE,
     decode_message,
     encode_message,
     info_to_json,
@@ -40,6 +41,7 @@ from .wire import (
 __all__ = [
     "STATUS_GONE",
     "STATUS_LIMIT",
+    "STATUS_MOVED",
     "STATUS_OK",
     "STATUS_TIMEOUT",
     "STATUS_UNREACHABLE",
@@ -55,6 +57,7 @@ STATUS_OK = "ok"
 STATUS_GONE = "gone"
 STATUS_LIMIT = "limit"
 STATUS_FAIL = "fail"
+STATUS_MOVED = "moved"  # "n": the node a reliable session moved to
 STATUS_UNREACHABLE = "unreachable"  # never on the wire: no node took the message
 STATUS_TIMEOUT = "timeout"  # never on the wire: no answer in time, or the request never left
 
@@ -298,6 +301,8 @@ class NodeChannel:
             elif kind == KIND_GROUP:
                 if not node.local_group(header["c"], header["g"], join=bool(header["j"])):
                     reply["s"] = STATUS_GONE
+            elif kind == KIND_TAKE:
+                reply["i"] = node.local_take_session(header["c"], header["a"], header["f"])
             elif kind == KIND_DELETE:
                 self._spawn(self._delete(node.local_delete(header["c"]), header["f"], reply))
                 return
@@ -307,6 +312,8 @@ class NodeChannel:
             reply["s"] = _status_of(exc)
             if isinstance(exc, LimitExceededError) and exc.message:
                 reply["m"] = exc.message  # which limit: a usage plan's names it
+            elif isinstance(exc, MovedError):
+                reply["n"] = exc.node_id
         self._reply(header["f"], reply)
 
     async def _delete(self, closing: Awaitable[None], to: str, reply: dict[str, Any]) -> None:
@@ -329,6 +336,8 @@ class NodeChannel:
 
 
 def _status_of(exc: Exception) -> str:
+    if isinstance(exc, MovedError):
+        return STATUS_MOVED
     if isinstance(exc, GoneError):
         return STATUS_GONE
     if isinstance(exc, LimitExceededError):
