@@ -77,7 +77,7 @@ async def test_the_shipped_client_shows_every_message_once_across_a_cut(browser:
         assert _messages(seen) == [f"m{i}" for i in range(1, 16)]
         kinds = [e["type"] for e in seen if e["type"] != "message"]
         assert kinds[:3] == ["open", "close", "resumed"] and "reset" not in kinds, kinds
-        assert [e for e in seen if e["type"] == "resumed"][0]["connectionId"] == cid
+        assert next(e for e in seen if e["type"] == "resumed")["connectionId"] == cid
         assert link.connections >= 2
         assert th.events_of("$disconnect", cid) == [] and len(th.events_of("$connect", cid)) == 1
 

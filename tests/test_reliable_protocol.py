@@ -6,6 +6,7 @@ import base64
 import json
 
 import pytest
+from websockets.frames import Frame, Opcode
 
 from wsgateway.reliable.protocol import (
     ResumeRequest,
@@ -15,6 +16,7 @@ from wsgateway.reliable.protocol import (
     parse_ack,
     parse_resume,
     same_token,
+    text_frame,
 )
 
 
@@ -81,3 +83,19 @@ def test_tokens_are_fresh_and_compared_exactly() -> None:
     one, two = new_token(), new_token()
     assert one != two and len(one) == 32
     assert same_token(one, one) and not same_token(one, two) and not same_token(one, one[:-1])
+
+
+@pytest.mark.parametrize("size", [0, 125, 126, 65535, 65536, 200_000])
+def test_text_frames_are_what_websockets_writes(size: int) -> None:
+    payload = b"x" * size
+    assert text_frame(payload) == Frame(Opcode.TEXT, payload).serialize(mask=False)
+
+
+def test_a_fan_out_escapes_its_data_once_and_each_message_alone() -> None:
+    shared = b'{"quote":"\\""}'
+    first, second = message_frame(1, shared, False), message_frame(2, shared, False)
+    assert json.loads(first)["data"] == json.loads(second)["data"] == shared.decode()
+    other = b'{"quote":"\\""}'[:-1] + b"}"  # equal bytes, another object: escaped again, same result
+    assert json.loads(message_frame(3, other, False))["data"] == shared.decode()
+    assert json.loads(message_frame(4, shared, True))["encoding"] == "base64"  # binary is not text's cache
+    assert "encoding" not in json.loads(message_frame(5, shared, False))

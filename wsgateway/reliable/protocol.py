@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import hmac
 import secrets
+import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -30,6 +31,7 @@ __all__ = [
     "parse_ack",
     "parse_resume",
     "same_token",
+    "text_frame",
 ]
 
 SUBPROTOCOL = "wsgateway.reliable.v1"
@@ -54,12 +56,39 @@ def connected_frame(connection_id: str, token: str, resumed: bool) -> bytes:
     )
 
 
+# The data of the last message enveloped, and its JSON form: a fan-out hands the same bytes
+# object to every reliable connection of the audience, so it is escaped once per fan-out.
+_last: tuple[bytes, bool, bytes] = (b"", False, b'""')
+
+
 def message_frame(seq: int, data: bytes, binary: bool) -> bytes:
     """One message's envelope: UTF-8 ``data`` as a JSON string, other bytes in base64."""
+    global _last
+    last_data, last_binary, escaped = _last
+    if data is not last_data or binary is not last_binary:
+        escaped = orjson.dumps(base64.b64encode(data).decode() if binary else data.decode())
+        _last = (data, binary, escaped)
     if binary:
-        text = base64.b64encode(data).decode()
-        return b'{"type":"message","seq":%d,"data":%b,"encoding":"base64"}' % (seq, orjson.dumps(text))
-    return b'{"type":"message","seq":%d,"data":%b}' % (seq, orjson.dumps(data.decode()))
+        return b'{"type":"message","seq":%d,"data":%b,"encoding":"base64"}' % (seq, escaped)
+    return b'{"type":"message","seq":%d,"data":%b}' % (seq, escaped)
+
+
+def text_frame(payload: bytes) -> bytes:
+    """``payload`` as one unmasked, unfragmented WebSocket text frame (RFC 6455 5.2).
+
+    What ``websockets.frames.Frame.serialize`` writes for such a frame, in a seventh of its
+    time: every message of a reliable session is framed on its own (its seq differs).
+    """
+    n = len(payload)
+    if n < 126:
+        return bytes((0x81, n)) + payload
+    if n < 65536:
+        return _HEAD16.pack(0x81, 126, n) + payload
+    return _HEAD64.pack(0x81, 127, n) + payload
+
+
+_HEAD16 = struct.Struct("!BBH")
+_HEAD64 = struct.Struct("!BBQ")
 
 
 def parse_ack(message: str | bytes) -> int | None:

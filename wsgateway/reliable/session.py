@@ -20,10 +20,10 @@ from typing import TYPE_CHECKING, Any
 
 from websockets.protocol import State
 
-from ..connection import Connection, encode_frame
+from ..connection import Connection
 from ..errors import CLOSE_ABNORMAL, GoneError, LimitExceededError
 from ..records import ConnectionRecord
-from .protocol import connected_frame, message_frame, new_token
+from .protocol import connected_frame, message_frame, new_token, text_frame
 
 if TYPE_CHECKING:
     from websockets.asyncio.server import ServerConnection
@@ -109,7 +109,7 @@ class ReliableConnection(Connection):
             ws.protocol.send_text(envelope)
             ws.send_data()
         else:
-            ws.transport.write(encode_frame(envelope, False))
+            ws.transport.write(text_frame(envelope))
 
     # ---------------------------------------------------------------- acks and resumes
 
