@@ -97,3 +97,11 @@ def test_a_handed_over_session_carries_on_where_it_was() -> None:
     assert _seqs(moved) == [2, 3, 4]
     with pytest.raises(KeyError):
         moved.restore({"seq": 1})
+
+
+def test_a_drop_stops_the_slow_consumer_clock() -> None:
+    conn = _session()
+    conn.over_since = 5.0  # it was over the limit while connected
+    conn.detach(1006, "")
+    assert conn.over_since is None
+    assert conn.check_queue(100.0, 1000, 1.0) is False

@@ -153,6 +153,7 @@ class ReliableConnection(Connection):
         """The socket dropped: keep the session, and remember how it dropped."""
         self.ws = None
         self.task = None
+        self.over_since = None  # kept messages wait for a resume: no slow-consumer clock meanwhile
         self.drop_code, self.drop_reason = code, reason
 
     def check_queue(self, now: float, limit: int, grace: float) -> bool:
