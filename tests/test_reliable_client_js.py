@@ -85,3 +85,26 @@ async def test_the_shipped_client_shows_every_message_once_across_a_cut(browser:
         await _events(browser, lambda seen: seen[-1]["type"] == "close" and not seen[-1]["willReconnect"])
         await asyncio.sleep(0.3)
         assert [e["requestContext"]["disconnectStatusCode"] for e in th.events_of("$disconnect", cid)] == [1000]
+
+
+async def test_the_shipped_client_reports_a_reset_when_its_session_ended(browser: Any, origin: str) -> None:  # noqa: F811
+    th.EVENTS.clear()
+    async with running_node(make_config()) as node, CutLink(node.port) as link:
+        await asyncio.to_thread(browser.get, f"{origin}/reliable.html")
+        await asyncio.to_thread(
+            browser.execute_script, "startClient(arguments[0], arguments[1], arguments[2])",
+            link.url(tenant="t1"), f"http://127.0.0.1:{node.port}/client.js", {"minDelayMs": 1500, "maxDelayMs": 1500},
+        )
+        old = (await _events(browser, lambda seen: any(e["type"] == "open" for e in seen)))[0]["connectionId"]
+        link.cut()
+        await _events(browser, lambda seen: any(e["type"] == "close" for e in seen))
+        async with aiohttp.ClientSession() as http:  # the backend ends the dropped session
+            async with http.delete(f"{endpoint(node)}/@connections/{old}") as resp:
+                assert resp.status == 204
+        seen = await _events(browser, lambda seen: any(e["type"] == "reset" for e in seen))
+        reset = next(e for e in seen if e["type"] == "reset")
+        assert reset["previousId"] == old and reset["connectionId"] != old
+        await _post(node, reset["connectionId"], "fresh")
+        seen = await _events(browser, lambda seen: len(_messages(seen)) >= 1)
+        assert _messages(seen) == ["fresh"]
+        assert [e["requestContext"]["disconnectStatusCode"] for e in th.events_of("$disconnect", old)] == [1006]
