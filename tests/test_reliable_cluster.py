@@ -61,6 +61,7 @@ async def test_a_session_resumes_on_another_node_with_nothing_lost(cluster: Clus
             await asyncio.to_thread(api_c.post_to_connection, ConnectionId=cid, Data=f"m{i}".encode())
         assert [await client.recv() for _ in range(k)] == [(i, f"m{i}") for i in range(1, k + 1)]
 
+        before = await asyncio.to_thread(api_b.get_connection, ConnectionId=cid)
         link.cut()
         link.target = b.port  # the load balancer sends the next connection to another node
         gets: list[str] = []
@@ -82,6 +83,9 @@ async def test_a_session_resumes_on_another_node_with_nothing_lost(cluster: Clus
         assert got == [(i, f"m{i}") for i in range(k + 1, k + 101)]  # in order, no gap, no duplicate
         assert set(gets) == {"200"}
         assert (await _listing(c, "t1"))[cid] == b.node_id  # the record followed the session
+        after = await asyncio.to_thread(api_c.get_connection, ConnectionId=cid)
+        assert after["ConnectedAt"] == before["ConnectedAt"] and after["Identity"] == before["Identity"]
+        assert after["LastActiveAt"] >= before["LastActiveAt"]
         assert _disconnects(cluster, cid) == [] and _connects(cluster, cid) == 1
 
         # Live traffic flows on the new node; posts through the old one follow the session.

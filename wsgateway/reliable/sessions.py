@@ -111,13 +111,15 @@ class Sessions:
             record = replace(_record(state["record"]), node_id=self._host.node_id)
             base = events.context_base(record, stage=self._config.stage, api_id=self._config.api_id)
             loop = asyncio.get_running_loop()
-            conn = ReliableConnection(record, loop.time(), base, token="", max_unacked=self.max_unacked)
+            # On this node's clock, when it was opened: its age and lastActiveAt carry on.
+            opened = loop.time() - max(0.0, time.time() - record.connected_at)
+            conn = ReliableConnection(record, opened, base, token="", max_unacked=self.max_unacked)
+            conn.last_active = loop.time()
             groups = conn.restore(dict(state["session"]))
         except (KeyError, TypeError, ValueError):
             log.exception("a session handed over by another node was malformed: connectionId=%s",
                           state.get("record", {}).get("connectionId"))
             return None
-        conn.ws = None
         hub = self._host.hub
         hub.add(conn)
         for group in groups:
