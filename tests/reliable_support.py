@@ -117,6 +117,10 @@ class ReliableClient:
             await self.ack(seq)
         return seq, data
 
+    async def recv_many(self, count: int, timeout: float = 15.0) -> list[tuple[int, Any]]:
+        """The next ``count`` messages, read one after the other (each within ``timeout``)."""
+        return [await self.recv(timeout) for _ in range(count)]
+
     async def ack(self, seq: int) -> None:
         assert self.ws is not None
         await self.ws.send(json.dumps({"type": "ack", "seq": seq}))

@@ -78,8 +78,7 @@ async def test_a_session_resumes_on_another_node_with_nothing_lost(cluster: Clus
         hello = await client.connect(link.url(tenant="t1"), resume=True)
         assert hello["resumed"] is True and hello["connectionId"] == cid
         assert hello["reconnectionToken"] != ""
-        await posting
-        got = [await client.recv() for _ in range(100)]
+        got, _ = await asyncio.gather(client.recv_many(100), posting)
         assert got == [(i, f"m{i}") for i in range(k + 1, k + 101)]  # in order, no gap, no duplicate
         assert set(gets) == {"200"}
         assert (await _listing(c, "t1"))[cid] == b.node_id  # the record followed the session

@@ -161,6 +161,34 @@ async def test_a_dropped_session_keeps_its_id_posts_and_listing_until_resumed(no
     assert _disconnects(cid) == [] and len(th.events_of("$connect", cid)) == 1
 
 
+async def test_a_hundred_posts_over_ten_seconds_of_cut_link_arrive_once_in_order(node: Node, link: CutLink) -> None:
+    client = ReliableClient()
+    await client.connect(link.url(tenant="t1"))
+    cid = client.connection_id
+    api = _api(node)
+    k = 5
+    for i in range(1, k + 1):
+        assert await _code(api.post_to_connection, ConnectionId=cid, Data=f"m{i}".encode()) == "200"
+    assert [await client.recv() for _ in range(k)] == [(i, f"m{i}") for i in range(1, k + 1)]
+    link.cut()
+    statuses: list[str] = []
+
+    async def backend() -> None:
+        for i in range(k + 1, k + 101):
+            statuses.append(await _code(api.post_to_connection, ConnectionId=cid, Data=f"m{i}".encode()))
+            statuses.append(await _code(api.get_connection, ConnectionId=cid))
+            await asyncio.sleep(0.1)
+
+    posting = asyncio.ensure_future(backend())
+    await asyncio.sleep(1.0)  # within the 2 s window of this node's config
+    hello = await client.connect(link.url(tenant="t1"), resume=True)
+    assert hello["resumed"] is True and hello["connectionId"] == cid
+    got, _ = await asyncio.gather(client.recv_many(100), posting)
+    assert got == [(i, f"m{i}") for i in range(k + 1, k + 101)]
+    assert set(statuses) == {"200"}
+    assert _disconnects(cid) == [] and len(th.events_of("$connect", cid)) == 1
+
+
 async def test_unacknowledged_messages_are_replayed_after_last_seq(node: Node, link: CutLink) -> None:
     client = ReliableClient(auto_ack=False)
     await client.connect(link.url(tenant="t1"))
