@@ -21,7 +21,7 @@ def _session(max_unacked: int = 1000) -> ReliableConnection:
 
 
 def _seqs(conn: ReliableConnection) -> list[int]:
-    return [seq for seq, _ in conn.frames]
+    return [seq for seq, _, _ in conn.frames]
 
 
 def test_a_dropped_session_numbers_and_keeps_what_it_is_sent() -> None:
@@ -29,8 +29,8 @@ def test_a_dropped_session_numbers_and_keeps_what_it_is_sent() -> None:
     for text in ("a", "b", "c"):
         conn.send(text.encode(), False, 1.0, 0)
     assert _seqs(conn) == [1, 2, 3] and conn.seq == 3
-    assert [json.loads(frame)["data"] for _, frame in conn.frames] == ["a", "b", "c"]
-    assert conn.unacked_bytes == sum(len(frame) for _, frame in conn.frames)
+    assert [json.loads(frame)["data"] for _, frame, _ in conn.frames] == ["a", "b", "c"]
+    assert conn.unacked_bytes == sum(len(frame) for _, frame, _ in conn.frames)
     assert conn.own_frames and conn.dropped and conn.over_since is None
 
 
@@ -46,6 +46,9 @@ def test_acks_free_the_buffer_and_may_not_pass_the_last_seq() -> None:
         conn.ack(4)
     conn.ack(3)
     assert conn.unacked_bytes == 0 and not conn.frames
+    conn.send(b"yy", False, 1.0, 0)
+    conn.ack(3)  # nothing new
+    assert conn.unacked_bytes == len(conn.frames[0][1]) and _seqs(conn) == [4]
 
 
 def test_past_the_limit_a_write_is_refused_and_nothing_is_numbered() -> None:
@@ -90,13 +93,15 @@ def test_a_handed_over_session_carries_on_where_it_was() -> None:
     moved = ReliableConnection(conn.record, 0.0, {}, token="", max_unacked=1000)
     moved.detach(0, "")
     assert moved.restore(state) == ["g1", "g2"]
-    assert (moved.seq, moved.token, list(moved.frames), moved.unacked_bytes) == (
-        conn.seq, "tok", list(conn.frames), conn.unacked_bytes)
+    assert (moved.seq, moved.token, [f[:2] for f in moved.frames], moved.unacked_bytes) == (
+        conn.seq, "tok", [f[:2] for f in conn.frames], conn.unacked_bytes)
     assert (moved.drop_code, moved.drop_reason) == (1006, "")
     moved.send(b"d", False, 1.0, 0)
     assert _seqs(moved) == [2, 3, 4]
     with pytest.raises(KeyError):
         moved.restore({"seq": 1})
+    with pytest.raises(ValueError):  # a gap in the seqs
+        moved.restore({**state, "frames": [[2, "x"], [4, "y"]]})
 
 
 def test_a_drop_stops_the_slow_consumer_clock() -> None:

@@ -201,7 +201,7 @@ async def test_unacknowledged_messages_are_replayed_after_last_seq(node: Node, l
     await client.connect(link.url(tenant="t1"), resume=True)  # lastSeq=3: acknowledges 1..3
     assert [await client.recv() for _ in range(2)] == [(4, "m4"), (5, "m5")]
     session = node.gateway.hub.get(cid)
-    assert session is not None and [seq for seq, _ in session.frames] == [4, 5]  # type: ignore[attr-defined]
+    assert session is not None and [seq for seq, _, _ in session.frames] == [4, 5]  # type: ignore[attr-defined]
 
 
 async def test_resumes_that_cannot_be_honoured_start_afresh(node: Node, link: CutLink) -> None:

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 __all__ = ["ReliableConnection"]
 
 _OVER_LIMIT = "the connection's unacknowledged messages are over the limit"
+_OPEN = State.OPEN
 
 
 class ReliableConnection(Connection):
@@ -49,6 +50,7 @@ class ReliableConnection(Connection):
         "max_unacked",
         "seq",
         "token",
+        "total_bytes",
         "unacked_bytes",
     )
 
@@ -62,7 +64,9 @@ class ReliableConnection(Connection):
         self.token = token  # what a resume must show; a new one is issued at each resume
         self.max_unacked = max_unacked
         self.seq = 0  # the last seq sent (or buffered)
-        self.frames: deque[tuple[int, bytes]] = deque()  # (seq, envelope) not yet acknowledged
+        # (seq, envelope, total_bytes once it was kept) not yet acknowledged; seqs are consecutive
+        self.frames: deque[tuple[int, bytes, int]] = deque()
+        self.total_bytes = 0  # of every envelope kept so far
         self.unacked_bytes = 0
         self.drop_code = CLOSE_ABNORMAL
         self.drop_reason = ""
@@ -82,16 +86,24 @@ class ReliableConnection(Connection):
         the socket's buffer is unacknowledged, so this bound covers it)."""
         if self.close_code is not None or self.ending:
             raise GoneError()
-        frame = message_frame(self.seq + 1, data, binary)
-        if self.unacked_bytes + len(frame) > self.max_unacked:
+        seq = self.seq + 1
+        envelope = message_frame(seq, data, binary)
+        size = len(envelope)
+        if self.unacked_bytes + size > self.max_unacked:
             if self.ws is not None and self.over_since is None:
                 self.over_since = now  # the sweep cuts it off after the grace period
             raise LimitExceededError(_OVER_LIMIT)
-        self.seq += 1
-        self.frames.append((self.seq, frame))
-        self.unacked_bytes += len(frame)
-        if self.ws is not None:
-            self._write(frame)
+        self.seq = seq
+        total = self.total_bytes = self.total_bytes + size
+        self.unacked_bytes += size
+        self.frames.append((seq, envelope, total))
+        ws = self.ws
+        if ws is not None and ws.protocol.state is _OPEN:  # else kept for the resume
+            if self.compressed:
+                ws.protocol.send_text(envelope)
+                ws.send_data()
+            else:
+                ws.transport.write(text_frame(envelope))
             self.last_active = now
 
     def send_frame(self, frame: bytes, now: float, limit: int) -> None:
@@ -103,7 +115,7 @@ class ReliableConnection(Connection):
         resume (it stays in ``frames``)."""
         ws = self.ws
         assert ws is not None
-        if ws.protocol.state is not State.OPEN:
+        if ws.protocol.state is not _OPEN:
             return
         if self.compressed:
             ws.protocol.send_text(envelope)
@@ -119,8 +131,12 @@ class ReliableConnection(Connection):
         if seq > self.seq:
             raise ValueError(f"ack of seq {seq}, but the last message sent is {self.seq}")
         frames = self.frames
-        while frames and frames[0][0] <= seq:
-            self.unacked_bytes -= len(frames.popleft()[1])
+        if not frames or seq < frames[0][0]:
+            return  # nothing new acknowledged
+        pop = frames.popleft
+        for _ in range(seq - frames[0][0]):  # consecutive seqs: no compare per frame
+            pop()
+        self.unacked_bytes = self.total_bytes - pop()[2]
 
     def can_resume(self, last_seq: int) -> bool:
         """Whether every message after ``last_seq`` is still here (the client may not claim
@@ -146,7 +162,7 @@ class ReliableConnection(Connection):
         if resumed:
             self.token = new_token()
         self._write(connected_frame(self.id, self.token, resumed))
-        for _, frame in self.frames:
+        for _, frame, _ in self.frames:
             self._write(frame)
 
     def detach(self, code: int, reason: str) -> None:
@@ -173,7 +189,7 @@ class ReliableConnection(Connection):
         return {
             "seq": self.seq,
             "token": self.token,
-            "frames": [[seq, frame.decode()] for seq, frame in self.frames],
+            "frames": [[seq, frame.decode()] for seq, frame, _ in self.frames],
             "groups": sorted(self.groups or ()),
             "dropCode": self.drop_code,
             "dropReason": self.drop_reason,
@@ -184,10 +200,15 @@ class ReliableConnection(Connection):
         Raises KeyError, TypeError or ValueError if ``state`` is malformed."""
         self.seq = int(state["seq"])
         self.token = str(state["token"])
+        expected = self.seq - len(state["frames"]) + 1
         for seq, frame in state["frames"]:
+            if int(seq) != expected:
+                raise ValueError("a handed-over session's frames must have consecutive seqs")
             data = str(frame).encode()
-            self.frames.append((int(seq), data))
-            self.unacked_bytes += len(data)
+            self.total_bytes += len(data)
+            self.frames.append((expected, data, self.total_bytes))
+            expected += 1
+        self.unacked_bytes = self.total_bytes
         self.drop_code = int(state["dropCode"])
         self.drop_reason = str(state["dropReason"])
         return [str(group) for group in state["groups"]]
