@@ -357,3 +357,23 @@ async def test_the_client_edge_serves_the_browser_client(node: Node) -> None:
     status, body = await raw_get(node.port, "/client.js")
     assert status == 200
     assert b"export class WsGatewayClient" in body and b"wsgateway.reliable.v1" in body
+
+
+@pytest.mark.parametrize("no_context_takeover", [False, True])
+async def test_compressed_sessions_and_a_fan_out_beside_plain_clients(no_context_takeover: bool) -> None:
+    listen = {"compression": True, "compression_no_context_takeover": no_context_takeover}
+    async with running_node(make_config(listen=listen)) as deflate_node, CutLink(deflate_node.port) as link:
+        client = ReliableClient()
+        await client.connect(link.url(tenant="t1"))
+        assert client.ws is not None and client.ws.protocol.extensions  # permessage-deflate is on
+        async with websockets.connect(ws_url(deflate_node, tenant="t1")) as plain:
+            async with aiohttp.ClientSession() as http:
+                async with http.post(f"{endpoint(deflate_node)}/@tenants/t1/messages", data=b"to all") as resp:
+                    assert (await resp.json())["delivered"] == 2
+            assert await plain.recv() == "to all"
+        assert await client.recv() == (1, "to all")
+        link.cut()
+        assert await _post(deflate_node, client.connection_id, "kept") == 200
+        hello = await client.connect(link.url(tenant="t1"), resume=True)
+        assert hello["resumed"] is True
+        assert await client.recv() == (2, "kept")
