@@ -15,7 +15,6 @@ rather than a shared frame (``own_frames``).
 from __future__ import annotations
 
 import asyncio
-from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from websockets.protocol import State
@@ -64,8 +63,10 @@ class ReliableConnection(Connection):
         self.token = token  # what a resume must show; a new one is issued at each resume
         self.max_unacked = max_unacked
         self.seq = 0  # the last seq sent (or buffered)
-        # (seq, envelope, total_bytes once it was kept) not yet acknowledged; seqs are consecutive
-        self.frames: deque[tuple[int, bytes, int]] = deque()
+        # (seq, envelope, total_bytes once it was kept) not yet acknowledged; seqs are consecutive.
+        # A list, not a deque: an empty deque costs 600 bytes on every idle connection, and an
+        # ack removes its prefix in one slice.
+        self.frames: list[tuple[int, bytes, int]] = []
         self.total_bytes = 0  # of every envelope kept so far
         self.unacked_bytes = 0
         self.drop_code = CLOSE_ABNORMAL
@@ -133,10 +134,9 @@ class ReliableConnection(Connection):
         frames = self.frames
         if not frames or seq < frames[0][0]:
             return  # nothing new acknowledged
-        pop = frames.popleft
-        for _ in range(seq - frames[0][0]):  # consecutive seqs: no compare per frame
-            pop()
-        self.unacked_bytes = self.total_bytes - pop()[2]
+        count = seq - frames[0][0] + 1  # consecutive seqs: no compare per frame
+        self.unacked_bytes = self.total_bytes - frames[count - 1][2]
+        del frames[:count]
 
     def can_resume(self, last_seq: int) -> bool:
         """Whether every message after ``last_seq`` is still here (the client may not claim
