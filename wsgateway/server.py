@@ -10,6 +10,11 @@ status; a failure rejects with 500). Only then is the connection in the hub: a p
 ``$connect`` answers 410. ``limits.max_connections`` is a :class:`~wsgateway.admission.Slot`
 taken at admission and held from there until the handshake fails or the connection closes,
 so handshakes in flight count against it too.
+
+A client that offers ``wsgateway.reliable.v1`` gets a reliable session (``wsgateway.reliable``);
+a handshake that resumes one (``?resume=ID&reconnectionToken=T&lastSeq=N``) is authenticated
+and admitted as any, then carries the session on instead of running ``$connect``. The client
+port also serves the browser client of that protocol at ``GET /client.js``.
 """
 
 from __future__ import annotations
@@ -217,7 +222,7 @@ class ClientServer:
             # The node id, its load and the registry's state are for operators, not the internet.
             return _json_response(ws, status, health if self._health_details else {"status": health["status"]})
         if path == "/client.js":
-            return _client_js_response(ws)
+            return _client_js_response()
         if path not in self._paths:
             return _reject(ws, 404)
         if "websocket" not in headers.get("Upgrade", "").lower():
@@ -394,7 +399,6 @@ class ClientServer:
             if conn.ws is ws:  # else the session lives on with another socket
                 await gateway.closed(conn, code, reason)
 
-
     def _end_late_resume(self, ws: ServerConnection, slot: Slot | None, hold: Hold | None) -> None:
         """The session ended between its resume and this socket's first frame (its window ran
         out): the client must start afresh, as after any refused resume."""
@@ -440,7 +444,7 @@ def _client_js() -> bytes:
     return resources.files("wsgateway.reliable").joinpath("wsgateway-client.js").read_bytes()
 
 
-def _client_js_response(ws: ServerConnection) -> Response:
+def _client_js_response() -> Response:
     """``GET /client.js``: the browser client, for pages on any origin (an ES module import
     from another origin needs CORS)."""
     data = _client_js()
