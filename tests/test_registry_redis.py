@@ -183,11 +183,12 @@ async def test_a_session_handed_over_takes_every_call_with_it(make: Factory, red
     assert state == {"connectionId": cid, "claim": {"token": "right", "lastSeq": 0}}
     reg_a.handed_over(record, "nb")  # as the gateway's sessions do once they handed it over
     moved = dataclasses.replace(record, node_id="nb")
-    node_b.open(moved)
+    node_b.open(moved)  # b holds it, and has not rewritten its record yet:
+    await reg_b.post(cid, b"to b", False)  # the record names a, which says "moved" to b: b asks itself
     await reg_b.add(moved)
     await reg_c.post(cid, b"2", False)  # a answers "moved": c follows the session to b
     await reg_a.post(cid, b"3", False)  # a itself sends it on
-    assert node_b.posted[cid] == [(b"2", False), (b"3", False)]
+    assert node_b.posted[cid] == [(b"to b", False), (b"2", False), (b"3", False)]
     assert node_a.posted[cid] == [(b"1", False)]
     r = redis.Redis.from_url(redis_url)
     keys = KeySpace(key_prefix)

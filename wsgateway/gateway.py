@@ -3,9 +3,10 @@ lifecycle (``$connect``, messages, ``$disconnect``) and the push API (post, get,
 tenant fan-out) that the management edge and handlers share.
 
 The edges (``server.py`` for clients, ``management.py`` for backends) only translate between
-the wire and these calls. Reliable sessions (``wsgateway.reliable``) outlive their sockets:
-the gateway hosts them (``sessions``) and hands them to other nodes through the registry. Connections found in the hub are served here without touching the
-registry; everything else goes to the registry (other nodes).
+the wire and these calls. Connections found in the hub are served here without touching the
+registry; everything else goes to the registry (other nodes). Reliable sessions
+(``wsgateway.reliable``) outlive their sockets: the gateway hosts them (``sessions``) and
+hands them to other nodes through the registry.
 """
 
 from __future__ import annotations

@@ -239,11 +239,17 @@ class RedisRegistry:
 
     async def _ask_owner(self, connection_id: str, header: dict[str, Any], data: bytes = b"") -> dict[str, Any]:
         """Ask the node holding the connection, following a reliable session that moved."""
+        reply = await self._ask_holder(connection_id, header, data)
         for _ in range(_MAX_MOVES):
-            reply = await self._ask_holder(connection_id, header, data)
             if reply["s"] != STATUS_MOVED:
                 return reply
-            self._remember(connection_id, str(reply["n"]))
+            to = str(reply["n"])
+            if to != self.node_id:
+                self._remember(connection_id, to)
+                reply = await self._ask_holder(connection_id, header, data)
+            else:  # it is moving here: ask this node through its own channel, which answers
+                # once the session is installed (its state came in before this answer)
+                reply = (await self._request((to,), header, data))[to]
         raise RegistryUnavailableError("the connection's session is moving between nodes; retry")
 
     async def _ask_holder(self, connection_id: str, header: dict[str, Any], data: bytes = b"") -> dict[str, Any]:
