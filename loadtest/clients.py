@@ -29,6 +29,7 @@ from websockets.extensions.permessage_deflate import enable_client_permessage_de
 from websockets.frames import Opcode
 from websockets.http11 import Response
 from websockets.protocol import State
+from websockets.typing import Subprotocol
 from websockets.uri import parse_uri
 
 from loadtest import wire
@@ -42,6 +43,7 @@ _STALLED_RCVBUF = 4096
 _TCP_ESTABLISHED = 1  # linux/tcp_states.h: the first byte of struct tcp_info
 _FIN_TEXT = 0x81  # FIN set, no RSV bits, opcode TEXT: a whole text message in one frame
 _CONTROL = frozenset((0x8, 0x9, 0xA))  # close, ping, pong
+_ACK_EVERY = 64  # a reliable client acknowledges every 64th message (cumulative)
 
 
 class DialError(Exception):
@@ -66,6 +68,7 @@ class Endpoint:
         """Return the handshake URL carrying ``token``."""
         if self.dialect == "socketio":
             return f"ws://{self.host}:{self.port}/socket.io/?EIO=4&transport=websocket"
+        # reliable: as plain, with the subprotocol offered (see dial)
         return f"ws://{self.host}:{self.port}{self.path}?token={token}"
 
 
@@ -248,6 +251,7 @@ class ClientConn:
     """
 
     __slots__ = (
+        "_acked",
         "_inbox",
         "_inbox_waiter",
         "_on_text",
@@ -271,6 +275,7 @@ class ClientConn:
         self._inbox_waiter: asyncio.Future[None] | None = None
         self.waiter: asyncio.Future[str | bytes] | None = None
         self.sent_ns = 0  # echo: when the message now awaiting its reply was sent (0: none)
+        self._acked = 0  # reliable: the last seq acknowledged
 
     @property
     def is_open(self) -> bool:
@@ -291,6 +296,12 @@ class ClientConn:
                 self._inbox_waiter.set_result(None)
         elif self.dialect == "plain":
             on_text(frame, self)
+        elif self.dialect == "reliable":
+            seq, text = wire.envelope(frame)
+            if seq - self._acked >= _ACK_EVERY:
+                self._acked = seq
+                self.send_raw(wire.ack_frame(seq))
+            on_text(text, self)
         else:
             text = wire.payload("socketio", frame)
             if text is wire.PING:
@@ -391,7 +402,9 @@ async def dial(
     """
     loop = asyncio.get_running_loop()
     extensions = enable_client_permessage_deflate(None) if endpoint.compression else None
-    conn = ClientConn(ClientProtocol(parse_uri(endpoint.url(token)), extensions=extensions), endpoint.dialect)
+    subprotocols = [Subprotocol(wire.RELIABLE_SUBPROTOCOL)] if endpoint.dialect == "reliable" else None
+    protocol = ClientProtocol(parse_uri(endpoint.url(token)), extensions=extensions, subprotocols=subprotocols)
+    conn = ClientConn(protocol, endpoint.dialect)
     opened: asyncio.Future[None] = loop.create_future()
     try:
         async with asyncio.timeout(timeout):
@@ -408,6 +421,8 @@ async def dial(
                 raise DialError("handshake", repr(exc)) from exc
             if endpoint.dialect == "socketio":
                 await _socketio_connect(conn, token)
+            elif endpoint.dialect == "reliable":  # its first frame names it
+                conn.conn_id = str(orjson.loads(await conn.recv_raw())["connectionId"])
             if stalled:
                 conn.stall()
             return conn

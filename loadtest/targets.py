@@ -4,18 +4,20 @@ Every target runs the same work through its own adapter (``loadtest/peers/``): t
 ``echo`` and ``whoami`` actions, ``POST /@connections/{id}`` and
 ``POST /@tenants/{tenant}/messages``, an HS256 token checked on every handshake.
 
-============== ======== ====================================================================
-target         dialect  what runs
-============== ======== ====================================================================
-wsgateway      plain    ``python -m wsgateway serve`` (routes in ``peers/gw_handlers.py``),
-                        SigV4 on the management API, memory registry (Redis across nodes)
-wsgateway-     plain    the same, its Redis a private three-master Redis Cluster
-redis-cluster           (``redis+cluster://``) wherever it needs one
-bare           plain    ``peers/bare.py``: websockets + aiohttp, no gateway features (ceiling)
-socketio       socketio ``peers/socketio_app.py``: python-socketio + AsyncRedisManager
-channels       plain    ``peers/channels_app``: Django Channels + channels_redis, uvicorn
-socketio-node  socketio ``peers/socketio_node/server.js``: Socket.IO + @socket.io/redis-adapter
-============== ======== ====================================================================
+=================== ======== ===============================================================
+target              dialect  what runs
+=================== ======== ===============================================================
+wsgateway           plain    ``python -m wsgateway serve`` (routes in ``peers/gw_handlers.py``),
+                             SigV4 on the management API, memory registry (Redis across nodes)
+wsgateway-          plain    the same, its Redis a private three-master Redis Cluster
+redis-cluster                (``redis+cluster://``) wherever it needs one
+wsgateway-reliable  reliable the same server, its clients on ``wsgateway.reliable.v1``
+                             (numbered envelopes, an ack every 64 messages): what it costs
+bare                plain    ``peers/bare.py``: websockets + aiohttp, no gateway features (ceiling)
+socketio            socketio ``peers/socketio_app.py``: python-socketio + AsyncRedisManager
+channels            plain    ``peers/channels_app``: Django Channels + channels_redis, uvicorn
+socketio-node       socketio ``peers/socketio_node/server.js``: Socket.IO + @socket.io/redis-adapter
+=================== ======== ===============================================================
 
 The peers always run with their Redis backend (that is how they are deployed for more than one
 process), so their single-node figures include it; wsgateway and bare use Redis only across
@@ -289,6 +291,13 @@ class WsGatewayRedisCluster(WsGateway):
     redis_cluster = True
 
 
+class WsGatewayReliable(WsGateway):
+    """wsgateway with reliable clients: compare with ``wsgateway`` in the same run."""
+
+    name = "wsgateway-reliable"
+    dialect: Dialect = "reliable"
+
+
 class Bare(Target):
     """The ceiling (``peers/bare.py``)."""
 
@@ -393,7 +402,9 @@ def _npm_install() -> str | None:
 
 
 TARGETS: dict[str, Target] = {
-    t.name: t for t in (WsGateway(), WsGatewayRedisCluster(), Bare(), SocketIO(), Channels(), SocketIONode())
+    t.name: t for t in (
+        WsGateway(), WsGatewayRedisCluster(), WsGatewayReliable(), Bare(), SocketIO(), Channels(), SocketIONode()
+    )
 }
 """Every target by name, in report order."""
 

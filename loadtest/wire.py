@@ -5,13 +5,16 @@ is shared by all processes on Linux, so a receiver in another process can subtra
 sequence number ``"seq"``; ``"pad"`` brings it to the requested size (200 bytes by default,
 as in ``docs/performance.md``).
 
-Two dialects:
+Three dialects:
 
 * ``plain``: JSON text frames; a client message names its route in ``"action"`` (wsgateway,
   bare, Django Channels); a pushed message is the management POST's body, verbatim.
 * ``socketio``: Engine.IO v4 / Socket.IO v5 packets over a raw WebSocket (python-socketio and
   Socket.IO on Node.js); the action is the event name and the JSON text travels as the event's
   single string argument. Packets are built and parsed by python-socketio's own codecs.
+* ``reliable``: wsgateway's ``wsgateway.reliable.v1`` subprotocol: client frames as ``plain``;
+  the first pushed frame is ``{"type":"connected","connectionId":...}`` and every later one an
+  envelope ``{"type":"message","seq":N,"data":TEXT}``, acknowledged with ``{"type":"ack","seq":N}``.
 """
 
 from __future__ import annotations
@@ -22,16 +25,21 @@ import orjson
 
 __all__ = [
     "PING",
+    "RELIABLE_SUBPROTOCOL",
     "Dialect",
+    "ack_frame",
     "action_frame",
     "body",
     "connect_ack_sid",
+    "envelope",
     "payload",
     "read_stamp",
     "whoami_frame",
 ]
 
-Dialect = Literal["plain", "socketio"]
+Dialect = Literal["plain", "socketio", "reliable"]
+
+RELIABLE_SUBPROTOCOL = "wsgateway.reliable.v1"
 
 PING = object()
 """Returned by :func:`payload` for a Socket.IO ping: the caller answers with ``"3"``."""
@@ -57,7 +65,7 @@ def action_frame(dialect: Dialect, action: str, text: str) -> str:
 
     In the plain dialect ``text`` must already name the action (see :func:`body`).
     """
-    if dialect == "plain":
+    if dialect != "socketio":
         return text
     # Engine.IO MESSAGE "4" + Socket.IO EVENT "2" in the default namespace, no ack id: the
     # one packet shape the generator sends, which python-socketio's codec writes the same way
@@ -80,6 +88,11 @@ def payload(dialect: Dialect, frame: str | bytes | bytearray) -> str | bytes | b
     """
     if dialect == "plain":
         return frame
+    if dialect == "reliable":
+        try:
+            return envelope(frame)[1]
+        except (ValueError, KeyError, TypeError):
+            return None
     if not isinstance(frame, str):
         frame = bytes(frame).decode()
     if frame == "2":
@@ -96,6 +109,18 @@ def payload(dialect: Dialect, frame: str | bytes | bytearray) -> str | bytes | b
     except ValueError:
         return None
     return data[1] if isinstance(data, list) and len(data) > 1 else None
+
+
+def envelope(frame: str | bytes | bytearray) -> tuple[int, str]:
+    """Return ``(seq, data)`` of a reliable message envelope; raises ``ValueError``,
+    ``KeyError`` or ``TypeError`` for anything else (the ``connected`` frame included)."""
+    msg = orjson.loads(frame)
+    return msg["seq"], msg["data"]
+
+
+def ack_frame(seq: int) -> str:
+    """Return the frame acknowledging every reliable message up to ``seq``."""
+    return f'{{"type":"ack","seq":{seq}}}'
 
 
 def connect_ack_sid(frame: str | bytes) -> str:

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 
-from wsgateway.errors import BadRequestError, GoneError, LimitExceededError
+from wsgateway.errors import BadRequestError, GoneError, LimitExceededError, MovedError
 from wsgateway.fanout import FanoutResult
 from wsgateway.ids import new_connection_id
 from wsgateway.records import ConnectionInfo, ConnectionRecord
@@ -40,6 +41,8 @@ class RecordingNode:
     abandoned: list[tuple[str, int, str]] = field(default_factory=list)
     full: set[str] = field(default_factory=set)
     groups: dict[str, set[str]] = field(default_factory=dict)
+    handed: dict[str, str] = field(default_factory=dict)  # sessions handed over: id -> the node they went to
+    session_token: str = "right"  # the only claim token its sessions accept
 
     def open(self, record: ConnectionRecord, last_active_at: float | None = None) -> ConnectionRecord:
         """Hold ``record`` as an open connection (the hub's side of an accept)."""
@@ -51,6 +54,8 @@ class RecordingNode:
         self.connections[connection_id] = ConnectionInfo(self.connections[connection_id].record, at)
 
     def local_post(self, connection_id: str, data: bytes, binary: bool) -> None:
+        if connection_id in self.handed:
+            raise MovedError(self.handed[connection_id])
         if connection_id not in self.connections:
             raise GoneError()
         if connection_id in self.full:
@@ -99,6 +104,15 @@ class RecordingNode:
 
     async def run_orphan_disconnect(self, record: ConnectionRecord, code: int, reason: str) -> None:
         self.orphans.append((record, code, reason))
+
+    def local_take_session(self, connection_id: str, claim: Mapping[str, Any], to_node: str) -> dict[str, Any]:
+        """Hand a held connection over when the claim shows the right token, as the gateway's
+        sessions do: it leaves ``connections``, and calls about it are answered "moved"."""
+        if connection_id not in self.connections or claim.get("token") != self.session_token:
+            raise GoneError()
+        del self.connections[connection_id]
+        self.handed[connection_id] = to_node
+        return {"connectionId": connection_id, "claim": dict(claim)}
 
     def abandon(self, connection_ids: Iterable[str], code: int, reason: str) -> int:
         """Close the connections another node claimed, as the gateway does: at once, with no
@@ -169,6 +183,12 @@ async def check_unknown_connection_is_gone(make: Factory) -> None:
         await registry.get(unknown)
     with pytest.raises(GoneError):
         await registry.delete(unknown)
+
+
+async def check_taking_an_unknown_session_is_gone(make: Factory) -> None:
+    registry = await make(RecordingNode("n1"))
+    with pytest.raises(GoneError):
+        await registry.take_session(new_connection_id(), {"token": "right"})
 
 
 async def check_own_connection_is_not_served_twice(make: Factory) -> None:
@@ -317,6 +337,7 @@ CHECKS: list[Callable[[Factory], Awaitable[None]]] = [
     check_health_reachable,
     check_unknown_connection_is_gone,
     check_own_connection_is_not_served_twice,
+    check_taking_an_unknown_session_is_gone,
     check_fanout_without_other_nodes,
     check_claim_once_refuses_a_second_claim,
     check_claim_once_expires_and_releases,

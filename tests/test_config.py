@@ -24,6 +24,7 @@ from wsgateway.config import (
     LogConfig,
     ManagementConfig,
     RegistryConfig,
+    ReliableConfig,
     RoutesConfig,
     config_warnings,
     load_config,
@@ -138,6 +139,7 @@ def test_defaults_are_the_documented_literals() -> None:
     assert config.limits.max_message_bytes == 131072 and config.limits.allowed_origins == ("*",)
     assert config.log == LogConfig(access_log="-", level="INFO")
     assert config.registry.backend == "memory" and config.registry.node_ttl_s == 10.0
+    assert config.reliable == ReliableConfig(enabled=True, resume_window_s=60.0, max_unacked_bytes=1048576)
     assert config.source == "<defaults>"
 
 
@@ -325,6 +327,9 @@ def test_non_utf8_file_names_the_path(tmp_path: Path) -> None:
          "registry.key_prefix: must be made of A-Z a-z 0-9 : _ -, got 'ws gw'"),
         ({"registry": {"node_id": "n" * 65}},
          f"registry.node_id: must be \"\" or 1 to 64 of A-Z a-z 0-9 _ -, got '{'n' * 65}'"),
+        ({"reliable": {"resume_window_s": 0}}, "reliable.resume_window_s: must be a number > 0, got 0"),
+        ({"reliable": {"max_unacked_bytes": -1}}, "reliable.max_unacked_bytes: must be an integer > 0, got -1"),
+        ({"reliable": {"enabled": "yes"}}, "reliable.enabled: must be true or false, got 'yes'"),
         # sections and credentials
         ({"listen": 8080}, "listen: must be a table ([listen]), got 8080"),
         ({"management": {"credentials": {"access_key_id": "A"}}},
@@ -631,7 +636,7 @@ def test_star_origin_warns_only_when_auth_is_on() -> None:
 def test_section_classes_build_with_keywords_only() -> None:
     """Every section is constructible with no arguments, and only by keyword."""
     for cls in (ListenConfig, ManagementConfig, AuthConfig, RoutesConfig, LimitsConfig, LogConfig,
-                RegistryConfig, GatewayConfig):
+                RegistryConfig, ReliableConfig, GatewayConfig):
         assert cls() == cls()
         with pytest.raises(TypeError):
             cls("positional")  # type: ignore[misc]

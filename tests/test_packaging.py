@@ -31,6 +31,16 @@ def test_every_package_directory_is_listed_for_the_wheel() -> None:
     assert set(setuptools["packages"]) == on_disk | {"wsgateway.examples"}
 
 
+def test_every_file_beside_the_code_is_declared_as_package_data() -> None:
+    """Files a package reads at run time that are not Python (the browser client served at
+    /client.js, its TypeScript declaration) reach a wheel only as declared package data."""
+    declared = PYPROJECT["tool"]["setuptools"]["package-data"]
+    for path in (ROOT / "wsgateway").rglob("*"):
+        if path.is_file() and path.suffix not in (".py", ".pyc") and "__pycache__" not in path.parts:
+            package = ".".join(path.parent.relative_to(ROOT).parts)
+            assert path.name in declared.get(package, []), f"{path.relative_to(ROOT)} is not package data"
+
+
 def _third_party_imports(package: Path) -> set[str]:
     """Top-level names of every module imported anywhere under ``package`` (lazy imports
     inside functions included), minus the standard library and this repository's packages."""

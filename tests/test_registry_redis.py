@@ -34,6 +34,7 @@ from wsgateway.registry import (
     create_registry,
 )
 from wsgateway.registry.redis import RedisRegistry
+from wsgateway.registry.redis.keys import KeySpace
 from wsgateway.registry.redis.sweep import TOMBSTONE_S
 from wsgateway.registry.redis.wire import (
     KIND_POST,
@@ -176,6 +177,32 @@ async def test_cross_node_post_get_delete(make: Factory) -> None:
     node_a.full.add((await accept(reg_a, node_a)).connection_id)
     with pytest.raises(LimitExceededError):
         await reg_b.post(next(iter(node_a.full)), b"x", False)
+
+
+async def test_a_session_handed_over_takes_every_call_with_it(make: Factory, redis_url: str, key_prefix: str) -> None:
+    node_a, node_b, node_c = RecordingNode("na"), RecordingNode("nb"), RecordingNode("nc")
+    reg_a, reg_b, reg_c = await make(node_a), await make(node_b), await make(node_c)
+    record = await accept(reg_a, node_a)
+    cid = record.connection_id
+    await reg_c.post(cid, b"1", False)  # c caches a as the owner
+    with pytest.raises(GoneError):  # a wrong claim takes nothing
+        await reg_b.take_session(cid, {"token": "wrong"})
+    state = await reg_b.take_session(cid, {"token": "right", "lastSeq": 0})
+    assert state == {"connectionId": cid, "claim": {"token": "right", "lastSeq": 0}}
+    reg_a.handed_over(record, "nb")  # as the gateway's sessions do once they handed it over
+    moved = dataclasses.replace(record, node_id="nb")
+    node_b.open(moved)  # b holds it, and has not rewritten its record yet:
+    await reg_b.post(cid, b"to b", False)  # the record names a, which says "moved" to b: b asks itself
+    await reg_b.add(moved)
+    await reg_c.post(cid, b"2", False)  # a answers "moved": c follows the session to b
+    await reg_a.post(cid, b"3", False)  # a itself sends it on
+    assert node_b.posted[cid] == [(b"to b", False), (b"2", False), (b"3", False)]
+    assert node_a.posted[cid] == [(b"1", False)]
+    r = redis.Redis.from_url(redis_url)
+    keys = KeySpace(key_prefix)
+    await wait_for(lambda: not r.sismember(keys.node_conns("na"), cid), 2, "a forgets the session")
+    assert r.sismember(keys.node_conns("nb"), cid) and r.hget(keys.record(cid), "node") == b"nb"
+    assert (await reg_c.get(cid)).record.node_id == "nb"
 
 
 @ON_EACH_TOPOLOGY
@@ -330,6 +357,7 @@ import asyncio, sys
 from wsgateway.config import RegistryConfig
 from wsgateway.registry.redis.wire import KIND_POST, decode_message, encode_message, info_from_json, info_to_json
 from wsgateway.registry.redis import RedisRegistry
+from wsgateway.registry.redis.keys import KeySpace
 from tests.registry_contract import RecordingNode, make_record
 
 async def main(url, prefix, count, node_id):

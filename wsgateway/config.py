@@ -46,7 +46,8 @@ from .schema import (
 
 __all__ = ["AuthConfig", "Credential", "GatewayConfig", "HttpIntegrationConfig", "IntegrationsConfig",
            "LambdaIntegrationConfig", "LimitsConfig", "ListenConfig", "LogConfig", "ManagementConfig", "PlanConfig",
-           "RegistryConfig", "RouteSettings", "RouteSettingsConfig", "RoutesConfig", "config_warnings", "load_config",
+           "RegistryConfig", "ReliableConfig",
+           "RouteSettings", "RouteSettingsConfig", "RoutesConfig", "config_warnings", "load_config",
            "parse_config"]
 
 # Rules several fields share; every other rule is written out beside its field.
@@ -363,6 +364,21 @@ def _check_burst(prefix: str, name: str, burst: int, rate: float) -> None:
         raise ConfigError(f"{prefix}{name}", f"must be >= its rate ({rate:g}) when the rate is set, got {burst}")
 
 
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ReliableConfig:
+    """``[reliable]``: connections that offer the ``wsgateway.reliable.v1`` subprotocol keep
+    their id across a dropped socket (docs/reliable.md)."""
+
+    enabled: bool = True  # false: the subprotocol is never selected; every client is plain
+    resume_window_s: float = 60.0  # a dropped session waits this long for its client to resume
+    # frames sent and not yet acknowledged (or buffered while dropped), per session; past it:
+    # 1008 slow consumer while connected, 429 to posts while dropped
+    max_unacked_bytes: int = 1048576
+
+    def __post_init__(self) -> None:
+        check_fields(self, "reliable")
+
+
 _TENANT_OR_ANY = rule(r"\*|[^\s]{1,128}", '"*" or a tenant name (1 to 128 characters, no spaces)')
 
 
@@ -473,6 +489,7 @@ class GatewayConfig:
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     log: LogConfig = field(default_factory=LogConfig)
     registry: RegistryConfig = field(default_factory=RegistryConfig)
+    reliable: ReliableConfig = field(default_factory=ReliableConfig)
     plans: tuple[PlanConfig, ...] = ()  # [[plans]]: usage plans per tenant
     route_settings: RouteSettings = field(default_factory=RouteSettings)
     # the file it came from ("<data>" from parse_config)

@@ -101,6 +101,7 @@ class Connection:
         "close_code",
         "close_reason",
         "compressed",
+        "own_frames",
         "shared_deflate",
         "abandoned",
         "groups",
@@ -112,6 +113,8 @@ class Connection:
         "_wall_offset",
     )
 
+    reliable = False  # a wsgateway.reliable.v1 session (wsgateway.reliable.session)
+
     def __init__(self, record: ConnectionRecord, opened: float, context_base: dict[str, Any]) -> None:
         self.record = record
         self.ws: ServerConnection | None = None  # set once the upgrade completed
@@ -122,6 +125,9 @@ class Connection:
         self.close_code: int | None = None  # set when the gateway decides to close
         self.close_reason = ""
         self.compressed = False
+        # It encodes each message itself (compression with context takeover, a reliable
+        # session's numbering): a fan-out hands it the data, not the shared frame.
+        self.own_frames = False
         # Its permessage-deflate when that compresses each message alone: stateless, so a
         # frame encoded with it is valid for every connection with the same window bits.
         self.shared_deflate: PerMessageDeflate | None = None
@@ -158,6 +164,7 @@ class Connection:
         deflate = extensions[0] if len(extensions) == 1 else None
         if isinstance(deflate, PerMessageDeflate) and deflate.local_no_context_takeover:
             self.shared_deflate = deflate
+        self.own_frames = self.compressed and self.shared_deflate is None
         if send_buffer:
             _setsockopt(ws.transport, socket.SO_SNDBUF, send_buffer)
 

@@ -15,6 +15,7 @@
         │   └── SignatureError        403, the SigV4 check failed (reason is logged, never sent)
         ├── NotFoundError             404 NotFoundException     (no such management path)
         ├── GoneError                 410 GoneException         (no such connection, or not open yet)
+        │   └── MovedError            not here any more: its reliable session moved to .node_id
         ├── PayloadTooLargeError      413 PayloadTooLargeException (over 128 KiB)
         ├── LimitExceededError        429 LimitExceededException (outbound queue full; clients retry)
         └── RegistryUnavailableError  503 ServiceUnavailableException (Redis unreachable; clients retry)
@@ -49,6 +50,7 @@ __all__ = [
     "IntegrationError",
     "LimitExceededError",
     "ManagementError",
+    "MovedError",
     "NotFoundError",
     "PayloadTooLargeError",
     "RegistryUnavailableError",
@@ -151,6 +153,15 @@ class GoneError(ManagementError):
     status = 410
     error_type = "GoneException"
     send_message = False
+
+
+class MovedError(GoneError):
+    """The connection's reliable session resumed on node ``node_id`` a moment ago: ask there
+    (the registry does). Anyone who does not know it sees the 410 it derives from."""
+
+    def __init__(self, node_id: str) -> None:
+        super().__init__()
+        self.node_id = node_id
 
 
 class PayloadTooLargeError(ManagementError):

@@ -4,7 +4,9 @@ tenant fan-out) that the management edge and handlers share.
 
 The edges (``server.py`` for clients, ``management.py`` for backends) only translate between
 the wire and these calls. Connections found in the hub are served here without touching the
-registry; everything else goes to the registry (other nodes).
+registry; everything else goes to the registry (other nodes). Reliable sessions
+(``wsgateway.reliable``) outlive their sockets: the gateway hosts them (``sessions``) and
+hands them to other nodes through the registry.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Coroutine, Iterable, Sequence
+from collections.abc import Coroutine, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
@@ -35,6 +37,7 @@ from .errors import (
     GoneError,
     PayloadTooLargeError,
     RegistryUnavailableError,
+    RemoteNodeError,
 )
 from .fanout import FanoutResult
 from .hub import Hub
@@ -44,6 +47,7 @@ from .lifetime import TOKEN_EXPIRED, TokenLifetime
 from .metrics import Stats
 from .records import ConnectionInfo, ConnectionRecord
 from .registry import Page, create_registry
+from .reliable import ReliableConnection, Sessions, new_token
 from .routing import Router
 from .throttle import Throttle
 from .usage import Usage
@@ -76,6 +80,7 @@ class Gateway:
             per_connection=(config.limits.messages_per_s_per_connection, config.limits.messages_burst_per_connection),
         )
         self.throttle = Throttle(self.usage, self.registry, self._spawn)
+        self.sessions = Sessions(config, self)  # [reliable]: sessions that outlive their socket
         self.router: Router[Integration] | None = None
         self.dispatcher: Dispatcher | None = None
         self.lifetime: TokenLifetime | None = None  # [auth] on_expiry / refresh_action; set by start
@@ -172,6 +177,7 @@ class Gateway:
         self._stopped = True
         self.ready = False
         self.begin_drain()
+        await self.sessions.close()  # dropped sessions end here: their $disconnect runs now
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -203,11 +209,12 @@ class Gateway:
 
     def new_connection(
         self, principal: Principal, *, source_ip: str, user_agent: str, domain_name: str,
-        connection_id: str | None = None,
+        connection_id: str | None = None, reliable: bool = False,
     ) -> Connection:
         """A connection for a handshake that passed auth; not in the hub until opened.
 
         ``connection_id`` is the one the authorizer already saw; None draws a fresh one.
+        ``reliable``: a session of the ``wsgateway.reliable.v1`` subprotocol.
         """
         record = ConnectionRecord(
             connection_id=connection_id or self.new_connection_id(),
@@ -222,7 +229,12 @@ class Gateway:
         )
         base = events.context_base(record, stage=self.config.stage, api_id=self.config.api_id)
         assert self._loop is not None and self.lifetime is not None
-        conn = Connection(record, self._loop.time(), base)
+        if reliable:
+            conn: Connection = ReliableConnection(
+                record, self._loop.time(), base, token=new_token(), max_unacked=self.sessions.max_unacked
+            )
+        else:
+            conn = Connection(record, self._loop.time(), base)
         conn.token_deadline = self.lifetime.deadline(principal.expires_at)
         return conn
 
@@ -280,7 +292,10 @@ class Gateway:
         )
 
     async def closed(self, conn: Connection, code: int, reason: str) -> None:
-        """The socket closed: forget it everywhere, then run ``$disconnect`` exactly once."""
+        """The socket closed: forget it everywhere, then run ``$disconnect`` exactly once
+        (a reliable session that dropped is kept for its resume window instead)."""
+        if isinstance(conn, ReliableConnection) and self.sessions.drop(conn, code, reason):
+            return
         if not self.hub.remove(conn):
             return
         self.usage.forget_connection(conn.id)
@@ -302,8 +317,11 @@ class Gateway:
     # ---------------------------------------------------------------- closing
 
     def close(self, conn: Connection, code: int, reason: str) -> None:
-        """Close ``conn`` from the gateway's side; the first decision wins."""
+        """Close ``conn`` from the gateway's side; the first decision wins. A dropped reliable
+        session has no socket: it ends (``$disconnect`` with the code of its drop)."""
         if conn.close_code is not None or conn.ws is None:
+            if conn.ws is None and isinstance(conn, ReliableConnection):
+                self.sessions.end(conn)
             return
         conn.close_code, conn.close_reason = code, reason
         self._spawn(conn.close_socket(self.config.limits.close_timeout_s))
@@ -451,6 +469,9 @@ class Gateway:
     def local_post(self, connection_id: str, data: bytes, binary: bool) -> None:
         conn = self.hub.get(connection_id)
         if conn is None:
+            self.sessions.moved_to(connection_id)
+            if self.sessions.keep_incoming(connection_id, data, binary):
+                return
             raise GoneError()
         assert self._loop is not None
         self.throttle.admit_post(conn.record.tenant)
@@ -459,12 +480,14 @@ class Gateway:
     def local_info(self, connection_id: str) -> ConnectionInfo:
         conn = self.hub.get(connection_id)
         if conn is None or conn.close_code is not None:
+            self.sessions.moved_to(connection_id)
             raise GoneError()
         return conn.info()
 
     async def local_delete(self, connection_id: str) -> None:
         conn = self.hub.get(connection_id)
         if conn is None or conn.close_code is not None:
+            self.sessions.moved_to(connection_id)
             raise GoneError()
         self.throttle.admit_post(conn.record.tenant)
         self.close(conn, CLOSE_NORMAL, "Connection Closed Normally")
@@ -479,6 +502,7 @@ class Gateway:
         """Join or leave a group for a local connection; False if it is not held here."""
         conn = self.hub.get(connection_id)
         if conn is None or conn.close_code is not None:
+            self.sessions.moved_to(connection_id)
             return False
         if join:
             self.hub.join_group(conn, group)
@@ -503,6 +527,25 @@ class Gateway:
         if closed:
             log.warning("%d connections abandoned: %s", closed, reason)
         return closed
+
+    def local_take_session(self, connection_id: str, claim: Mapping[str, Any], to_node: str) -> dict[str, Any]:
+        return self.sessions.take(connection_id, claim, to_node)
+
+    # ---------------------------------------------------------------- SessionHost (for the sessions)
+
+    async def take_remote(self, connection_id: str, claim: Mapping[str, Any]) -> Mapping[str, Any] | None:
+        try:
+            return await self.registry.take_session(connection_id, claim)
+        except (GoneError, RegistryUnavailableError, RemoteNodeError) as exc:
+            log.info("session %s cannot be resumed here (%s)", connection_id, type(exc).__name__)
+            return None
+
+    async def moved_in(self, conn: Connection) -> None:
+        await self.registry.add(conn.record)
+
+    async def moved_out(self, conn: Connection, to_node: str) -> None:
+        self.usage.forget_connection(conn.id)
+        self.registry.handed_over(conn.record, to_node)
 
     async def run_orphan_disconnect(self, record: ConnectionRecord, code: int, reason: str) -> None:
         """``$disconnect`` for a connection whose node died (the registry claimed it)."""

@@ -95,7 +95,8 @@ class Hub:
         The frame is encoded once and written to each transport without awaiting; a full
         or closing connection is skipped (a full one starts its slow-consumer clock).
         Compressed once too for connections that compress each message alone (one frame per
-        window size); a connection with context takeover compresses it itself.
+        window size); a connection with context takeover compresses it itself, and a reliable
+        session numbers it itself (``Connection.own_frames``).
         """
         members = self._members.get(audience_key(tenant, user, group))
         if not members:
@@ -103,11 +104,11 @@ class Hub:
         frames: dict[int, bytes] = {}  # by deflate window bits; 0: uncompressed
         delivered = 0
         for conn in list(members.values()):
-            deflate = conn.shared_deflate
             try:
-                if conn.compressed and deflate is None:
+                if conn.own_frames:
                     conn.send(data, binary, now, limit)
                 else:
+                    deflate = conn.shared_deflate
                     key = 0 if deflate is None else deflate.local_max_window_bits
                     frame = frames.get(key)
                     if frame is None:

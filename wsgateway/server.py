@@ -10,17 +10,24 @@ status; a failure rejects with 500). Only then is the connection in the hub: a p
 ``$connect`` answers 410. ``limits.max_connections`` is a :class:`~wsgateway.admission.Slot`
 taken at admission and held from there until the handshake fails or the connection closes,
 so handshakes in flight count against it too.
+
+A client that offers ``wsgateway.reliable.v1`` gets a reliable session (``wsgateway.reliable``);
+a handshake that resumes one (``?resume=ID&reconnectionToken=T&lastSeq=N``) is authenticated
+and admitted as any, then carries the session on instead of running ``$connect``. The client
+port also serves the browser client of that protocol at ``GET /client.js``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import http
 import logging
 import socket
 import ssl
 import time
 from collections.abc import Sequence
+from importlib import resources
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
@@ -36,6 +43,7 @@ from websockets.typing import Subprotocol
 from .admission import Hold, Slot
 from .authorizer import HandshakeRequest
 from .errors import CLOSE_GOING_AWAY, CLOSE_INTERNAL_ERROR, AuthError
+from .reliable import SUBPROTOCOL, ReliableConnection, parse_resume
 
 if TYPE_CHECKING:
     from .connection import Connection
@@ -54,6 +62,7 @@ class GatewayConnection(ServerConnection):
     gw_started: float = 0.0
     gw_request_id: str = ""
     gw_queue_limit: int = 0  # limits.max_queued_bytes, set by the handler
+    gw_resume: int | None = None  # a resumed reliable session: the lastSeq the client has
 
     def data_received(self, data: bytes) -> None:
         """websockets handles the data (and answers pings), then the queue's limit applies
@@ -211,6 +220,8 @@ class ClientServer:
             status = 200 if health["live" if path == "/health" else "ready"] else 503
             # The node id, its load and the registry's state are for operators, not the internet.
             return _json_response(ws, status, health if self._health_details else {"status": health["status"]})
+        if path == "/client.js":
+            return _client_js_response()
         if path not in self._paths:
             return _reject(ws, 404)
         if "websocket" not in headers.get("Upgrade", "").lower():
@@ -237,9 +248,19 @@ class ClientServer:
         if not await self._plan_admission(ws, principal.tenant, principal.principal_id):
             gateway.log_handshake(status=429, request_id="", started=started, source_ip=source_ip, user_agent=user_agent)
             return _reject(ws, 429)
+        reliable = gateway.sessions.offered(offered)
+        resume = parse_resume(query) if reliable else None
+        if resume is not None:
+            session = await gateway.sessions.claim(resume, principal.tenant, principal.principal_id)
+            if session is not None:  # no $connect: the session goes on
+                assert gateway.lifetime is not None
+                session.token_deadline = gateway.lifetime.deadline(principal.expires_at)
+                ws.gw_conn, ws.gw_started, ws.gw_resume = session, started, resume.last_seq
+                ws.gw_subprotocol = SUBPROTOCOL
+                return None
         conn = gateway.new_connection(
             principal, source_ip=source_ip, user_agent=user_agent, domain_name=host,
-            connection_id=handshake.connection_id,
+            connection_id=handshake.connection_id, reliable=reliable,
         )
         outcome = await gateway.run_connect(conn, raw_headers, query_pairs)
         if not outcome.accepted:
@@ -250,7 +271,8 @@ class ClientServer:
             return _reject(ws, outcome.status, outcome.body)
         ws.gw_conn = conn
         ws.gw_started = started
-        ws.gw_subprotocol = outcome.subprotocol or gateway.auth.token_subprotocol(offered)
+        ws.gw_subprotocol = SUBPROTOCOL if reliable else (
+            outcome.subprotocol or gateway.auth.token_subprotocol(offered))
         ws.gw_request_id = outcome.request_id
         if offered and ws.gw_subprotocol not in offered and not self._warned_subprotocol:
             self._warned_subprotocol = True  # once per node: a misconfigured page repeats it
@@ -337,9 +359,18 @@ class ClientServer:
         dispatch = gateway.dispatcher.on_message
         conn.task = asyncio.current_task()
         ws.gw_queue_limit = self._limits.max_queued_bytes
-        conn.attach(ws, self._limits.socket_send_buffer_bytes)
+        if isinstance(conn, ReliableConnection):
+            # Everything in its socket's buffer is unacknowledged: that bound covers it.
+            ws.gw_queue_limit += gateway.sessions.max_unacked
+            dispatch = functools.partial(gateway.sessions.on_message, dispatch=dispatch)
+            if not gateway.sessions.attach(conn, ws, self._limits.socket_send_buffer_bytes, ws.gw_resume):
+                self._end_late_resume(ws, slot, hold)
+                return
+        else:
+            conn.attach(ws, self._limits.socket_send_buffer_bytes)
         try:
-            await gateway.opened(conn)
+            if ws.gw_resume is None:  # a resumed session is in the hub already
+                await gateway.opened(conn)
             gateway.log_handshake(
                 status=101, request_id=ws.gw_request_id, started=ws.gw_started,
                 source_ip=conn.record.source_ip, user_agent=conn.record.user_agent, conn=conn,
@@ -353,14 +384,28 @@ class ClientServer:
             gateway.close(conn, CLOSE_INTERNAL_ERROR, "Internal server error")
         finally:
             try:
-                code, reason = await conn.wait_closed(self._limits.close_timeout_s + 1)
+                if conn.ws is ws:
+                    code, reason = await conn.wait_closed(self._limits.close_timeout_s + 1)
+                else:  # a resume took its session over (here or on another node)
+                    ws.transport.abort()
+                    code, reason = CLOSE_GOING_AWAY, ""
             finally:
                 if slot is not None:  # freed as closed() takes it out of the hub: no await between
                     slot.release()
                 if hold is not None:
                     hold.release()
             ws.gw_conn = None  # conn.ws points back: no cycle must outlive the connection
-            await gateway.closed(conn, code, reason)
+            if conn.ws is ws:  # else the session lives on with another socket
+                await gateway.closed(conn, code, reason)
+
+    def _end_late_resume(self, ws: ServerConnection, slot: Slot | None, hold: Hold | None) -> None:
+        """The session ended between its resume and this socket's first frame (its window ran
+        out): the client must start afresh, as after any refused resume."""
+        if slot is not None:
+            slot.release()
+        if hold is not None:
+            hold.release()
+        ws.transport.abort()
 
 
 def _release_taken(taking: asyncio.Future[Hold | None]) -> None:
@@ -390,6 +435,23 @@ def _peer_ip(ws: ServerConnection) -> str:
         return str(ws.remote_address[0])
     except (TypeError, IndexError):
         return ""
+
+
+@functools.cache
+def _client_js() -> bytes:
+    """The browser client (``wsgateway/reliable/wsgateway-client.js``), read once."""
+    return resources.files("wsgateway.reliable").joinpath("wsgateway-client.js").read_bytes()
+
+
+def _client_js_response() -> Response:
+    """``GET /client.js``: the browser client, for pages on any origin (an ES module import
+    from another origin needs CORS)."""
+    data = _client_js()
+    headers = Headers([
+        ("Content-Type", "text/javascript; charset=utf-8"), ("Content-Length", str(len(data))),
+        ("Access-Control-Allow-Origin", "*"), ("Cache-Control", "public, max-age=300"), ("Connection", "close"),
+    ])
+    return Response(200, "OK", headers, data)
 
 
 def _json_response(ws: ServerConnection, status: int, body: Any) -> Response:

@@ -91,6 +91,12 @@ class LocalNode(Protocol):
         """Close local connections whose records another node claimed (it declared this node
         dead and ran their ``$disconnect``): no second ``$disconnect``, no registry writes."""
 
+    def local_take_session(self, connection_id: str, claim: Mapping[str, Any], to_node: str) -> dict[str, Any]:
+        """Hand a local reliable session over to ``to_node``, which a client resumes it on:
+        check ``claim`` (token, lastSeq, tenant, principal), take the session out of this
+        node without ``$disconnect`` and return its state (JSON-able). Raises GoneError if it
+        is not here or the claim does not match."""
+
 
 @runtime_checkable
 class Registry(Protocol):
@@ -128,6 +134,15 @@ class Registry(Protocol):
 
     async def delete(self, connection_id: str) -> None:
         """Close a connection on another node with 1000; same errors as ``post``."""
+
+    async def take_session(self, connection_id: str, claim: Mapping[str, Any]) -> Mapping[str, Any]:
+        """Have the node holding a reliable session hand it over to this one (see
+        ``LocalNode.local_take_session``); return its state. Same errors as ``post``."""
+
+    def handed_over(self, record: ConnectionRecord, to_node: str) -> None:
+        """A session of this node left for ``to_node``: from now on calls about it go there,
+        and this node's sets forget it; its record is left for ``to_node`` to rewrite.
+        Never raises; the writes are queued, not awaited."""
 
     async def fanout(
         self, tenant: str, data: bytes, binary: bool, *, user: str | None = None, group: str | None = None

@@ -71,6 +71,12 @@ class MemoryRegistry:
     async def delete(self, connection_id: str) -> None:
         raise GoneError()
 
+    async def take_session(self, connection_id: str, claim: Mapping[str, Any]) -> Mapping[str, Any]:
+        raise GoneError()  # no other node to take it from
+
+    def handed_over(self, record: ConnectionRecord, to_node: str) -> None:
+        pass  # no other node to hand it to
+
     async def fanout(
         self, tenant: str, data: bytes, binary: bool, *, user: str | None = None, group: str | None = None
     ) -> FanoutResult:

@@ -39,6 +39,7 @@ from .keys import KeySpace
 from .membership import LocalIndex, Membership, record_commands
 from .rpc import (
     STATUS_GONE,
+    STATUS_MOVED,
     STATUS_OK,
     STATUS_TIMEOUT,
     STATUS_UNREACHABLE,
@@ -54,6 +55,7 @@ from .wire import (
     KIND_GET,
     KIND_GROUP,
     KIND_POST,
+    KIND_TAKE,
     encode_message,
     info_from_json,
     record_from_hash,
@@ -70,6 +72,7 @@ log = logging.getLogger("wsgateway.registry")
 _T = TypeVar("_T")
 _GONE: dict[str, Any] = {"s": STATUS_GONE}
 _OWNER_CACHE_SIZE = 65_536
+_MAX_MOVES = 3  # a reliable session that moved more often within one call: 503, retry
 
 
 class RedisRegistry:
@@ -223,35 +226,84 @@ class RedisRegistry:
         reply = await self._ask_owner(connection_id, {"k": KIND_GROUP, "c": connection_id, "g": group, "j": int(join)})
         raise_for_status(reply["s"])
 
-    async def _ask_owner(
+    async def take_session(self, connection_id: str, claim: Mapping[str, Any]) -> Mapping[str, Any]:
+        reply = await self._ask_owner(connection_id, {"k": KIND_TAKE, "c": connection_id, "a": dict(claim)})
+        raise_for_status(reply["s"])
+        state: Mapping[str, Any] = reply["i"]
+        return state
+
+    def handed_over(self, record: ConnectionRecord, to_node: str) -> None:
+        """Calls about the session go to ``to_node`` at once; this node's sets forget it (the
+        record itself is ``to_node``'s to rewrite, so it is left alone)."""
+        self._remember(record.connection_id, to_node)
+        commands: list[tuple[Any, ...]] = [("SREM", self._keys.node_conns(self.node_id), record.connection_id)]
+        if self._index.remove(record):
+            commands += self._tenant_commands("SREM", record.tenant)
+        for command in commands:
+            self._batcher.send(*command)
+
+    async def _ask_owner(self, connection_id: str, header: dict[str, Any], data: bytes = b"") -> dict[str, Any]:
+        """Ask the node holding the connection, following a reliable session that moved."""
+        reply = await self._ask_holder(connection_id, header, data)
+        for _ in range(_MAX_MOVES):
+            if reply["s"] != STATUS_MOVED:
+                return reply
+            to = str(reply["n"])
+            if to != self.node_id:
+                self._remember(connection_id, to)
+                reply = await self._ask_holder(connection_id, header, data)
+            else:  # it is moving here: ask this node through its own channel, which answers
+                # once the session is installed (its state came in before this answer)
+                reply = (await self._request((to,), header, data))[to]
+        raise RegistryUnavailableError("the connection's session is moving between nodes; retry")
+
+    async def _ask_holder(
         self, connection_id: str, header: dict[str, Any], data: bytes = b"", *, named: bool = True
     ) -> dict[str, Any]:
         """Ask the connection's owner: the node its id names (no lookup), else the cached or
         recorded one. An owner that no longer listens (dead, or the id's node part is not a
-        node) is looked up once more: the record says who holds it now, or that nobody does."""
+        node) is looked up once more: the record says who holds it now, or that nobody does.
+        So does a named owner that no longer holds it: a reliable session may have moved on
+        (its record names the node that took it)."""
         cached = self._owners.get(connection_id)
+        by_name = False
         if cached is None and named:
             cached = node_of(connection_id)
+            by_name = cached is not None
         owner = cached or await self._lookup(connection_id)
         if owner is None:
             return await self._ask_everyone(connection_id, header, data)
         if owner == self.node_id:
             self._owners.pop(connection_id, None)
+            if by_name:
+                return await self._moved_on(connection_id, header, data)
             return _GONE  # ours, and the gateway did not find it in its hub: closed
         reply = (await self._request((owner,), header, data))[owner]
         status = reply["s"]
         if status == STATUS_UNREACHABLE and cached is not None:
             # maybe swept since: look it up once more (a concurrent call may have dropped it)
             self._owners.pop(connection_id, None)
-            return await self._ask_owner(connection_id, header, data, named=False)
+            return await self._ask_holder(connection_id, header, data, named=False)
         if status in (STATUS_UNREACHABLE, STATUS_TIMEOUT):
             self._owners.pop(connection_id, None)
             raise RegistryUnavailableError("the node holding the connection does not answer")
         if status == STATUS_GONE:
             self._owners.pop(connection_id, None)
+            if by_name:
+                return await self._moved_on(connection_id, header, data, reply)
         elif cached is None:
             self._remember(connection_id, owner)
         return reply
+
+    async def _moved_on(
+        self, connection_id: str, header: dict[str, Any], data: bytes, gone: dict[str, Any] = _GONE
+    ) -> dict[str, Any]:
+        """The node an id names does not hold it: 410, unless its record names another node
+        (a reliable session that moved there), which is then asked. One HGET per such 410."""
+        holder = await self._lookup(connection_id)
+        if holder is None or holder == node_of(connection_id):
+            return gone
+        return await self._ask_holder(connection_id, header, data, named=False)
 
     async def _lookup(self, connection_id: str) -> str | None:
         owner = await self._batcher.call("HGET", self._keys.record(connection_id), "node")

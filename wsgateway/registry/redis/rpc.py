@@ -21,7 +21,7 @@ import time
 from collections.abc import Awaitable
 from typing import Any
 
-from ...errors import GoneError, LimitExceededError, RemoteNodeError
+from ...errors import GoneError, LimitExceededError, MovedError, RemoteNodeError
 from .. import LocalNode
 from .keys import KeySpace
 from .link import LOST, UNSENT, Endpoint, Locator, PublishLink, SubscribeLink
@@ -33,6 +33,7 @@ from .wire import (
     KIND_GROUP,
     KIND_POST,
     KIND_REPLY,
+    KIND_TAKE,
     decode_message,
     encode_message,
     info_to_json,
@@ -41,6 +42,7 @@ from .wire import (
 __all__ = [
     "STATUS_GONE",
     "STATUS_LIMIT",
+    "STATUS_MOVED",
     "STATUS_OK",
     "STATUS_TIMEOUT",
     "STATUS_UNREACHABLE",
@@ -56,6 +58,7 @@ STATUS_OK = "ok"
 STATUS_GONE = "gone"
 STATUS_LIMIT = "limit"
 STATUS_FAIL = "fail"
+STATUS_MOVED = "moved"  # "n": the node a reliable session moved to
 STATUS_UNREACHABLE = "unreachable"  # never on the wire: no node took the message
 STATUS_TIMEOUT = "timeout"  # never on the wire: no answer in time, or the request never left
 
@@ -320,6 +323,8 @@ class NodeChannel:
             elif kind == KIND_GROUP:
                 if not node.local_group(header["c"], header["g"], join=bool(header["j"])):
                     reply["s"] = STATUS_GONE
+            elif kind == KIND_TAKE:
+                reply["i"] = node.local_take_session(header["c"], header["a"], header["f"])
             elif kind == KIND_DELETE:
                 self._spawn(self._delete(node.local_delete(header["c"]), header["f"], reply, header["d"]))
                 return
@@ -329,6 +334,8 @@ class NodeChannel:
             reply["s"] = _status_of(exc)
             if isinstance(exc, LimitExceededError) and exc.message:
                 reply["m"] = exc.message  # which limit: a usage plan's names it
+            elif isinstance(exc, MovedError):
+                reply["n"] = exc.node_id
         self._reply(header["f"], reply, header["d"])
 
     async def _delete(self, closing: Awaitable[None], to: str, reply: dict[str, Any], deadline: float) -> None:
@@ -390,6 +397,8 @@ class _TargetSink:
 
 
 def _status_of(exc: Exception) -> str:
+    if isinstance(exc, MovedError):
+        return STATUS_MOVED
     if isinstance(exc, GoneError):
         return STATUS_GONE
     if isinstance(exc, LimitExceededError):

@@ -7,14 +7,18 @@ A node message is one pub/sub payload: a JSON header, a newline, then the raw da
     {"k":"g","r":8,"f":"nA","c":"<id>","d":...}                            get
     {"k":"x","r":9,"f":"nA","c":"<id>","d":...}                            delete (close 1000)
     {"k":"f","r":10,"f":"nA","t":"<tenant>","b":1,"d":...}\\n<data>         tenant fan-out
+    {"k":"s","r":11,"f":"nA","c":"<id>","a":{<claim>},"d":...}            take a reliable session
     {"k":"r","r":7,"f":"nB","s":"ok"}                                      reply
     {"k":"r","r":8,"f":"nB","s":"ok","i":{<record>,"lastActiveAt":...}}   reply to get
     {"k":"r","r":10,"f":"nB","s":"ok","n":42}                              reply to fan-out
+    {"k":"r","r":11,"f":"nB","s":"ok","i":{<session state>}}              reply to take
+    {"k":"r","r":7,"f":"nB","s":"moved","n":"nC"}                          the session moved to nC
 
 ``r`` is a request id unique within the sender, ``f`` the sender's node id (replies go to
 its channel), ``d`` the wall-clock deadline after which the receiver must not act (the
-sender has answered 503 by then). Reply status ``s`` is ``ok``, ``gone``, ``limit`` or
-``fail``. A fan-out is encoded once and the same bytes go to every node.
+sender has answered 503 by then). Reply status ``s`` is ``ok``, ``gone``, ``limit``,
+``moved`` (a reliable session resumed on node ``n`` a moment ago: ask there) or ``fail``.
+A fan-out is encoded once and the same bytes go to every node.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ __all__ = [
     "KIND_GROUP",
     "KIND_POST",
     "KIND_REPLY",
+    "KIND_TAKE",
     "decode_message",
     "encode_message",
     "info_from_json",
@@ -47,6 +52,7 @@ KIND_DELETE = "x"
 KIND_FANOUT = "f"  # optional "u" (user) or "g" (group) narrows the tenant
 KIND_GROUP = "j"  # "g": the group, "j": 1 join / 0 leave
 KIND_REPLY = "r"
+KIND_TAKE = "s"  # "a": the resume's claim (token, lastSeq, tenant, principal)
 
 _dumps = orjson.dumps
 _loads = orjson.loads

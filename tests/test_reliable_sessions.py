@@ -1,0 +1,379 @@
+"""Reliable connections on one real node (``wsgateway.reliable.sessions`` and the client edge
+around it): real websockets clients through a TCP link the tests cut, the management API
+through boto3, ``$connect``/``$disconnect`` read from the handlers' event log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import boto3
+import pytest
+import websockets
+from botocore.config import Config
+from botocore.exceptions import ClientError
+from websockets.exceptions import ConnectionClosed
+
+from tests import handlers_for_tests as th
+from tests.reliable_support import CutLink, ReliableClient
+from tests.support import endpoint, eventually, jwt_section, make_config, raw_get, running_node, token, ws_url
+from wsgateway.node import Node
+from wsgateway.reliable import SUBPROTOCOL
+
+NO_RETRY = Config(retries={"total_max_attempts": 1, "mode": "standard"})
+
+
+def _api(node: Node) -> Any:
+    return boto3.client(
+        "apigatewaymanagementapi", endpoint_url=endpoint(node), region_name="eu-west-1",
+        aws_access_key_id="AKID", aws_secret_access_key="secret", config=NO_RETRY,
+    )
+
+
+async def _code(call: Any, **kwargs: Any) -> str:
+    """Call a boto3 method in a thread (the node runs on this loop): "200" or its error code."""
+    try:
+        await asyncio.to_thread(call, **kwargs)
+    except ClientError as exc:
+        return str(exc.response["Error"]["Code"])
+    return "200"
+
+
+def _disconnects(connection_id: str) -> list[int]:
+    return [e["requestContext"]["disconnectStatusCode"] for e in th.events_of("$disconnect", connection_id)]
+
+
+@pytest.fixture
+async def node() -> AsyncIterator[Node]:
+    async with running_node(make_config(reliable={"resume_window_s": 2, "max_unacked_bytes": 4096},
+                                        limits={"slow_consumer_grace_s": 0.3})) as running:
+        yield running
+
+
+@pytest.fixture
+async def link(node: Node) -> AsyncIterator[CutLink]:
+    async with CutLink(node.port) as cut_link:
+        yield cut_link
+
+
+async def _post(node: Node, cid: str, data: bytes | str) -> int:
+    async with aiohttp.ClientSession() as http, http.post(f"{endpoint(node)}/@connections/{cid}", data=data) as resp:
+        return resp.status
+
+
+# ---------------------------------------------------------------- the protocol
+
+
+async def test_a_plain_client_sees_no_change(node: Node) -> None:
+    async with websockets.connect(ws_url(node, tenant="t1")) as ws:
+        assert ws.subprotocol is None
+        await ws.send('{"action": "whoami"}')
+        cid = json.loads(await ws.recv())["connectionId"]
+        assert await _post(node, cid, "hello") == 200
+        assert await ws.recv() == "hello"  # the bytes posted, nothing around them
+        assert await _post(node, cid, b"\xff\x00") == 200
+        assert await ws.recv() == b"\xff\x00"
+
+
+async def test_frames_are_numbered_envelopes_and_acks_are_never_routed(node: Node) -> None:
+    client = ReliableClient()
+    hello = await client.connect(ws_url(node, tenant="t1"))
+    assert client.ws is not None and client.ws.subprotocol == SUBPROTOCOL
+    cid = client.connection_id
+    assert set(hello) == {"type", "connectionId", "reconnectionToken", "resumed"} and hello["resumed"] is False
+    assert await _post(node, cid, "text") == 200
+    assert await client.recv() == (1, "text")
+    assert await _post(node, cid, b"\xff\x00\x01") == 200
+    frame = json.loads(await client.ws.recv())
+    assert frame == {"type": "message", "seq": 2, "data": base64.b64encode(b"\xff\x00\x01").decode(),
+                     "encoding": "base64"}
+    await client.ack(2)
+    await client.send({"action": "whoami"})  # a route's reply is a message too
+    client.last_seq = 2
+    seq, data = await client.recv()
+    assert seq == 3 and json.loads(data)["connectionId"] == cid
+    await client.send({"action": "boom"})  # so is an error frame
+    seq, data = await client.recv()
+    assert seq == 4 and json.loads(data)["message"] == "Internal server error"
+    before = len(th.events_of("$default", cid))
+    await client.send({"type": "ack", "seq": 4})
+    await client.send({"action": "nothing-here", "n": 1})  # $default echoes it
+    assert json.loads((await client.recv())[1]) == {"action": "nothing-here", "n": 1}
+    assert len(th.events_of("$default", cid)) == before + 1  # the ack never reached a route
+
+
+async def test_a_bad_ack_gets_an_error_frame_and_loses_nothing(node: Node) -> None:
+    client = ReliableClient(auto_ack=False)
+    await client.connect(ws_url(node, tenant="t1"))
+    assert await _post(node, client.connection_id, "one") == 200
+    assert await client.recv() == (1, "one")
+    await client.send({"type": "ack", "seq": 99})
+    seq, data = await client.recv()
+    assert seq == 2 and "Invalid ack" in json.loads(data)["message"]
+    await client.send({"type": "ack", "seq": "x"})
+    assert "Invalid ack" in json.loads((await client.recv())[1])["message"]
+
+
+async def test_disabled_the_subprotocol_is_not_selected() -> None:
+    async with running_node(make_config(reliable={"enabled": False})) as plain_node:
+        async with websockets.connect(ws_url(plain_node, tenant="t1"), subprotocols=[SUBPROTOCOL]) as ws:  # type: ignore[list-item]
+            assert ws.subprotocol is None
+            await ws.send('{"action": "whoami"}')
+            assert "connectionId" in json.loads(await ws.recv())
+
+
+async def test_it_is_selected_beside_a_token_subprotocol() -> None:
+    config = make_config(auth=jwt_section(sources=["subprotocol:bearer"]))
+    async with running_node(config) as jwt_node:
+        client = ReliableClient()
+        hello = await client.connect(ws_url(jwt_node), subprotocols=["bearer", token("u1", "p1")])
+        assert hello["resumed"] is False and client.ws is not None and client.ws.subprotocol == SUBPROTOCOL
+
+
+# ---------------------------------------------------------------- drops and resumes
+
+
+async def test_a_dropped_session_keeps_its_id_posts_and_listing_until_resumed(node: Node, link: CutLink) -> None:
+    client = ReliableClient()
+    await client.connect(link.url(tenant="t1"))
+    cid = client.connection_id
+    await client.send({"action": "join", "group": "g"})
+    assert await client.recv() == (1, "joined g")
+    link.cut()
+    await eventually(lambda: node.gateway.hub.get(cid) is not None and node.gateway.hub.get(cid).ws is None)
+    api = _api(node)
+    assert await _code(api.post_to_connection, ConnectionId=cid, Data=b"while away") == "200"
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"{endpoint(node)}/@tenants/t1/groups/g/messages", data=b"to the group") as resp:
+            assert resp.status == 200 and (await resp.json())["delivered"] == 1
+        async with http.get(f"{endpoint(node)}/@tenants/t1/connections") as resp:
+            assert cid in [c["connectionId"] for c in (await resp.json())["connections"]]
+    assert "ConnectedAt" in await asyncio.to_thread(api.get_connection, ConnectionId=cid)
+    hello = await client.connect(link.url(tenant="t1"), resume=True)
+    assert hello == {"type": "connected", "connectionId": cid, "reconnectionToken": hello["reconnectionToken"],
+                     "resumed": True}
+    assert [await client.recv() for _ in range(2)] == [(2, "while away"), (3, "to the group")]
+    assert _disconnects(cid) == [] and len(th.events_of("$connect", cid)) == 1
+
+
+async def test_a_hundred_posts_over_ten_seconds_of_cut_link_arrive_once_in_order(node: Node, link: CutLink) -> None:
+    client = ReliableClient()
+    await client.connect(link.url(tenant="t1"))
+    cid = client.connection_id
+    api = _api(node)
+    k = 5
+    for i in range(1, k + 1):
+        assert await _code(api.post_to_connection, ConnectionId=cid, Data=f"m{i}".encode()) == "200"
+    assert [await client.recv() for _ in range(k)] == [(i, f"m{i}") for i in range(1, k + 1)]
+    link.cut()
+    statuses: list[str] = []
+
+    async def backend() -> None:
+        for i in range(k + 1, k + 101):
+            statuses.append(await _code(api.post_to_connection, ConnectionId=cid, Data=f"m{i}".encode()))
+            statuses.append(await _code(api.get_connection, ConnectionId=cid))
+            await asyncio.sleep(0.1)
+
+    posting = asyncio.ensure_future(backend())
+    await asyncio.sleep(1.0)  # within the 2 s window of this node's config
+    hello = await client.connect(link.url(tenant="t1"), resume=True)
+    assert hello["resumed"] is True and hello["connectionId"] == cid
+    got, _ = await asyncio.gather(client.recv_many(100), posting)
+    assert got == [(i, f"m{i}") for i in range(k + 1, k + 101)]
+    assert set(statuses) == {"200"}
+    assert _disconnects(cid) == [] and len(th.events_of("$connect", cid)) == 1
+
+
+async def test_unacknowledged_messages_are_replayed_after_last_seq(node: Node, link: CutLink) -> None:
+    client = ReliableClient(auto_ack=False)
+    await client.connect(link.url(tenant="t1"))
+    cid = client.connection_id
+    for i in range(1, 6):
+        assert await _post(node, cid, f"m{i}") == 200
+    got = [await client.recv() for _ in range(3)]  # 4 and 5 are lost in the cut (not read)
+    assert got == [(1, "m1"), (2, "m2"), (3, "m3")]
+    link.cut()
+    await client.connect(link.url(tenant="t1"), resume=True)  # lastSeq=3: acknowledges 1..3
+    assert [await client.recv() for _ in range(2)] == [(4, "m4"), (5, "m5")]
+    session = node.gateway.hub.get(cid)
+    assert session is not None and [seq for seq, _, _ in session.frames] == [4, 5]  # type: ignore[attr-defined]
+
+
+async def test_resumes_that_cannot_be_honoured_start_afresh(node: Node, link: CutLink) -> None:
+    client = ReliableClient()
+    await client.connect(link.url(tenant="t1"))
+    cid, good = client.connection_id, client.token
+    assert await _post(node, cid, "one") == 200
+    assert await client.recv() == (1, "one")
+    link.cut()
+    cases = [
+        {"resume": cid, "reconnectionToken": "wrong", "lastSeq": "1", "tenant": "t1"},  # bad token
+        {"resume": cid, "reconnectionToken": good, "lastSeq": "1", "tenant": "t2"},  # another tenant
+        {"resume": cid, "reconnectionToken": good, "lastSeq": "7", "tenant": "t1"},  # more than was sent
+        {"resume": cid, "reconnectionToken": good, "lastSeq": "x", "tenant": "t1"},  # not a number
+        {"resume": "AAAAAAAAAAAAAAAA", "reconnectionToken": good, "lastSeq": "0", "tenant": "t1"},  # no such id
+    ]
+    for query in cases:
+        other = ReliableClient()
+        hello = await other.connect(link.url(**query))
+        assert hello["resumed"] is False and hello["connectionId"] != cid, query
+        assert len(th.events_of("$connect", hello["connectionId"])) == 1  # a fresh connection
+        await other.close()
+    hello = await client.connect(link.url(tenant="t1"), resume=True)  # the right one still works
+    assert hello["resumed"] is True and hello["connectionId"] == cid
+
+
+async def test_another_principal_cannot_resume_a_session() -> None:
+    async with running_node(make_config(auth=jwt_section())) as jwt_node, CutLink(jwt_node.port) as link:
+        client = ReliableClient()
+        await client.connect(link.url(token=token("alice", "p1")))
+        link.cut()
+        thief = ReliableClient()
+        thief.connection_id, thief.token = client.connection_id, client.token
+        hello = await thief.connect(link.url(token=token("mallory", "p1")), resume=True)
+        assert hello["resumed"] is False and hello["connectionId"] != client.connection_id
+        hello = await client.connect(link.url(token=token("alice", "p1")), resume=True)
+        assert hello["resumed"] is True
+
+
+async def test_a_resume_takes_over_a_socket_not_yet_seen_dead(node: Node) -> None:
+    client = ReliableClient()
+    await client.connect(ws_url(node, tenant="t1"))
+    old_ws = client.ws
+    assert old_ws is not None
+    cid = client.connection_id
+    hello = await client.connect(ws_url(node, tenant="t1"), resume=True)
+    assert hello["resumed"] is True
+    with pytest.raises(ConnectionClosed):
+        await asyncio.wait_for(old_ws.recv(), 5)
+    assert await _post(node, cid, "to the new socket") == 200
+    assert await client.recv() == (1, "to the new socket")
+    assert _disconnects(cid) == []
+
+
+# ---------------------------------------------------------------- how a session ends
+
+
+async def test_a_normal_close_ends_the_session_at_once(node: Node) -> None:
+    client = ReliableClient()
+    await client.connect(ws_url(node, tenant="t1"))
+    cid = client.connection_id
+    await client.close(1000)
+    await eventually(lambda: _disconnects(cid) == [1000])
+    assert await _post(node, cid, "x") == 410
+
+
+async def test_a_going_away_close_keeps_the_session(node: Node) -> None:
+    client = ReliableClient()
+    await client.connect(ws_url(node, tenant="t1"))
+    cid = client.connection_id
+    await client.close(1001)  # a browser tab navigating away
+    await asyncio.sleep(0.2)
+    assert await _post(node, cid, "kept") == 200
+    hello = await client.connect(ws_url(node, tenant="t1"), resume=True)
+    assert hello["resumed"] is True
+    assert await client.recv() == (1, "kept")
+
+
+async def test_the_window_running_out_ends_the_session_once_with_the_drop_code(node: Node, link: CutLink) -> None:
+    client = ReliableClient()
+    await client.connect(link.url(tenant="t1"))
+    cid = client.connection_id
+    link.cut()
+    await asyncio.sleep(1.0)
+    assert _disconnects(cid) == [] and await _post(node, cid, "within") == 200
+    await eventually(lambda: _disconnects(cid) == [1006], timeout=5)
+    assert await _post(node, cid, "after") == 410
+    assert await _code(_api(node).get_connection, ConnectionId=cid) == "GoneException"
+    hello = await client.connect(link.url(tenant="t1"), resume=True)
+    assert hello["resumed"] is False
+    await asyncio.sleep(0.2)
+    assert _disconnects(cid) == [1006]
+
+
+async def test_deleting_a_dropped_session_ends_it_once(node: Node, link: CutLink) -> None:
+    client = ReliableClient()
+    await client.connect(link.url(tenant="t1"))
+    cid = client.connection_id
+    link.cut()
+    await eventually(lambda: node.gateway.hub.get(cid) is not None and node.gateway.hub.get(cid).ws is None)
+    api = _api(node)
+    assert await _code(api.delete_connection, ConnectionId=cid) == "200"
+    await eventually(lambda: _disconnects(cid) == [1006])
+    assert await _code(api.delete_connection, ConnectionId=cid) == "GoneException"
+    await asyncio.sleep(2.2)  # past the window: no second $disconnect
+    assert _disconnects(cid) == [1006]
+
+
+async def test_a_node_that_stops_ends_its_dropped_sessions() -> None:
+    async with running_node(make_config()) as stopping, CutLink(stopping.port) as link:
+        client = ReliableClient()
+        await client.connect(link.url(tenant="t1"))
+        cid = client.connection_id
+        link.cut()
+        await eventually(lambda: stopping.gateway.hub.get(cid).ws is None)  # type: ignore[union-attr]
+    assert _disconnects(cid) == [1006]
+
+
+# ---------------------------------------------------------------- limits
+
+
+async def test_an_attached_client_that_never_acknowledges_is_a_slow_consumer(node: Node) -> None:
+    client = ReliableClient(auto_ack=False)
+    await client.connect(ws_url(node, tenant="t1"))
+    cid = client.connection_id
+    statuses = [await _post(node, cid, "x" * 500) for _ in range(10)]  # 4096 bytes of envelopes at most
+    assert statuses[:7] == [200] * 7 and statuses[-1] == 429
+    assert client.ws is not None
+    with pytest.raises(ConnectionClosed):
+        while True:
+            await asyncio.wait_for(client.ws.recv(), 5)
+    await eventually(lambda: _disconnects(cid) == [1008])
+
+
+async def test_posts_to_a_dropped_session_are_kept_up_to_the_limit(node: Node, link: CutLink) -> None:
+    client = ReliableClient()
+    await client.connect(link.url(tenant="t1"))
+    cid = client.connection_id
+    link.cut()
+    await eventually(lambda: node.gateway.hub.get(cid).ws is None)  # type: ignore[union-attr]
+    statuses = [await _post(node, cid, f"{i:03d}" + "x" * 497) for i in range(10)]
+    kept = statuses.count(200)
+    assert statuses == [200] * kept + [429] * (10 - kept) and kept >= 7
+    await client.connect(link.url(tenant="t1"), resume=True)
+    assert [(await client.recv())[1][:3] for _ in range(kept)] == [f"{i:03d}" for i in range(kept)]
+    assert _disconnects(cid) == []
+
+
+# ---------------------------------------------------------------- the browser client
+
+
+async def test_the_client_edge_serves_the_browser_client(node: Node) -> None:
+    status, body = await raw_get(node.port, "/client.js")
+    assert status == 200
+    assert b"export class WsGatewayClient" in body and b"wsgateway.reliable.v1" in body
+
+
+@pytest.mark.parametrize("no_context_takeover", [False, True])
+async def test_compressed_sessions_and_a_fan_out_beside_plain_clients(no_context_takeover: bool) -> None:
+    listen = {"compression": True, "compression_no_context_takeover": no_context_takeover}
+    async with running_node(make_config(listen=listen)) as deflate_node, CutLink(deflate_node.port) as link:
+        client = ReliableClient()
+        await client.connect(link.url(tenant="t1"))
+        assert client.ws is not None and client.ws.protocol.extensions  # permessage-deflate is on
+        async with websockets.connect(ws_url(deflate_node, tenant="t1")) as plain:
+            async with aiohttp.ClientSession() as http:
+                async with http.post(f"{endpoint(deflate_node)}/@tenants/t1/messages", data=b"to all") as resp:
+                    assert (await resp.json())["delivered"] == 2
+            assert await plain.recv() == "to all"
+        assert await client.recv() == (1, "to all")
+        link.cut()
+        assert await _post(deflate_node, client.connection_id, "kept") == 200
+        hello = await client.connect(link.url(tenant="t1"), resume=True)
+        assert hello["resumed"] is True
+        assert await client.recv() == (2, "kept")

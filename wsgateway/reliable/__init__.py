@@ -1,0 +1,15 @@
+"""Reliable connections (the ``wsgateway.reliable.v1`` subprotocol): the connection id and
+every message survive a dropped socket; the client resumes on any node.
+
+``protocol`` is the wire format (pure), ``session`` one session's numbering and buffer,
+``sessions`` this node's sessions: drops, resumes, handovers between nodes and their end.
+The browser client ships beside them (``wsgateway-client.js``, served at ``GET /client.js``).
+"""
+
+from __future__ import annotations
+
+from .protocol import SUBPROTOCOL, ResumeRequest, new_token, parse_resume
+from .session import ReliableConnection
+from .sessions import SessionHost, Sessions
+
+__all__ = ["SUBPROTOCOL", "ReliableConnection", "ResumeRequest", "SessionHost", "Sessions", "new_token", "parse_resume"]
