@@ -57,6 +57,7 @@ from .wire import (
     KIND_GET,
     KIND_GROUP,
     KIND_POST,
+    KIND_SURVEY,
     encode_message,
     info_from_json,
     record_from_hash,
@@ -383,6 +384,19 @@ class RedisRegistry:
                 return await call
         except REDIS_FAILURES as exc:
             raise RegistryUnavailableError(message) from exc
+
+    async def survey(self, query: dict[str, Any]) -> dict[str, dict[str, Any] | None]:
+        """This node answers at once; the live nodes (and those known from their beats) are
+        asked over their channels, one request each."""
+        assert self._node is not None, "start() has not run"
+        answers: dict[str, dict[str, Any] | None] = {self.node_id: self._node.local_survey(query)}
+        _, _, alive, _ = await self._unavailable_on_failure(self._state())
+        targets = (set(alive) | self._membership.peers) - {self.node_id}
+        if targets:
+            replies = await self._request(tuple(sorted(targets)), {"k": KIND_SURVEY, "q": query})
+            for node_id, reply in replies.items():
+                answers[node_id] = reply.get("v") if reply["s"] == STATUS_OK else None
+        return answers
 
     async def health(self) -> Mapping[str, Any]:
         """``reachable``: a PING answered within the request timeout; ``subscribed``: this

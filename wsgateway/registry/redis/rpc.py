@@ -32,6 +32,7 @@ from .wire import (
     KIND_GROUP,
     KIND_POST,
     KIND_REPLY,
+    KIND_SURVEY,
     decode_message,
     encode_message,
     info_to_json,
@@ -298,6 +299,8 @@ class NodeChannel:
             elif kind == KIND_GROUP:
                 if not node.local_group(header["c"], header["g"], join=bool(header["j"])):
                     reply["s"] = STATUS_GONE
+            elif kind == KIND_SURVEY:
+                reply["v"] = node.local_survey(header["q"])
             elif kind == KIND_DELETE:
                 self._spawn(self._delete(node.local_delete(header["c"]), header["f"], reply))
                 return

@@ -10,6 +10,8 @@ A node message is one pub/sub payload: a JSON header, a newline, then the raw da
     {"k":"r","r":7,"f":"nB","s":"ok"}                                      reply
     {"k":"r","r":8,"f":"nB","s":"ok","i":{<record>,"lastActiveAt":...}}   reply to get
     {"k":"r","r":10,"f":"nB","s":"ok","n":42}                              reply to fan-out
+    {"k":"o","r":11,"f":"nA","q":{"what":"tenants"},"d":...}               console survey
+    {"k":"r","r":11,"f":"nB","s":"ok","v":{...}}                            reply to a survey
 
 ``r`` is a request id unique within the sender, ``f`` the sender's node id (replies go to
 its channel), ``d`` the wall-clock deadline after which the receiver must not act (the
@@ -33,6 +35,7 @@ __all__ = [
     "KIND_GROUP",
     "KIND_POST",
     "KIND_REPLY",
+    "KIND_SURVEY",
     "decode_message",
     "encode_message",
     "info_from_json",
@@ -47,6 +50,7 @@ KIND_DELETE = "x"
 KIND_FANOUT = "f"  # optional "u" (user) or "g" (group) narrows the tenant
 KIND_GROUP = "j"  # "g": the group, "j": 1 join / 0 leave
 KIND_REPLY = "r"
+KIND_SURVEY = "o"  # "q": the console's query (wsgateway.history)
 
 _dumps = orjson.dumps
 _loads = orjson.loads
