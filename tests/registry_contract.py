@@ -14,6 +14,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 
@@ -40,6 +41,8 @@ class RecordingNode:
     abandoned: list[tuple[str, int, str]] = field(default_factory=list)
     full: set[str] = field(default_factory=set)
     groups: dict[str, set[str]] = field(default_factory=dict)
+    surveys: list[dict[str, Any]] = field(default_factory=list)
+    mute: bool = False  # local_survey fails (a bug on that node)
 
     def open(self, record: ConnectionRecord, last_active_at: float | None = None) -> ConnectionRecord:
         """Hold ``record`` as an open connection (the hub's side of an accept)."""
@@ -96,6 +99,14 @@ class RecordingNode:
 
     def local_connections(self) -> Iterable[ConnectionInfo]:
         return list(self.connections.values())
+
+    def local_survey(self, query: dict[str, Any]) -> dict[str, Any]:
+        """Answer the console's query with who answered and what it was asked; a query
+        ``{"what": "bad"}`` is one this node does not know (ValueError, as the gateway's)."""
+        self.surveys.append(query)
+        if query.get("what") == "bad" or self.mute:
+            raise ValueError("unknown survey")
+        return {"node": self.node_id, "connections": len(self.connections), "query": query}
 
     async def run_orphan_disconnect(self, record: ConnectionRecord, code: int, reason: str) -> None:
         self.orphans.append((record, code, reason))
@@ -300,6 +311,15 @@ async def check_places_hold_caps_per_tenant_and_principal(make: Factory) -> None
     assert await registry.held("t") == 4
 
 
+async def check_survey_answers_for_this_node(make: Factory) -> None:
+    node = RecordingNode("na")
+    registry = await make(node)
+    await _accept(registry, node, make_record("na"))
+    query = {"what": "overview", "since": 0}
+    assert await registry.survey(query) == {"na": {"node": "na", "connections": 1, "query": query}}
+    assert node.surveys == [query]
+
+
 async def check_usage_sync_adds_up_the_day(make: Factory) -> None:
     registry = await make(RecordingNode("n1"))
     first = await registry.sync_usage(UsageReport(100, "20261206", {"m:t": 5}, {"t": (4, 1)}))
@@ -327,6 +347,7 @@ CHECKS: list[Callable[[Factory], Awaitable[None]]] = [
     check_close_is_idempotent,
     check_places_hold_caps_per_tenant_and_principal,
     check_usage_sync_adds_up_the_day,
+    check_survey_answers_for_this_node,
 ]
 
 
