@@ -55,7 +55,7 @@ _JSON = "application/json"
 _CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
         "form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
 _HEADERS = [("Content-Security-Policy", _CSP), ("X-Content-Type-Options", "nosniff"),
-            ("X-Frame-Options", "DENY"), ("Referrer-Policy", "no-referrer"), ("Cache-Control", "no-store")]
+            ("X-Frame-Options", "DENY"), ("Referrer-Policy", "same-origin"), ("Cache-Control", "no-store")]
 _TYPES = {".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8",
           ".html": "text/html; charset=utf-8", ".txt": "text/plain; charset=utf-8"}
 _PAGES = ("index.html", "login.html")
@@ -111,7 +111,8 @@ class Console:
         try:
             response = await self._route(request)
         except ManagementError as exc:
-            response = _json(exc.status, {"message": exc.message or exc.error_type})
+            message = exc.message or ("No such connection on any node" if exc.status == 410 else exc.error_type)
+            response = _json(exc.status, {"message": message})
         except Exception:
             log.exception("console request failed: %s %s", request.method, request.raw_path)
             response = _json(500, {"message": "Internal server error"})

@@ -17,7 +17,7 @@ function el(tag, attrs, ...kids) {
     else if (key.startsWith("on")) node.addEventListener(key.slice(2), value);
     else node.setAttribute(key, value === true ? "" : String(value));
   }
-  for (const kid of kids.flat()) {
+  for (const kid of kids.flat(Infinity)) {
     if (kid === undefined || kid === null) continue;
     node.append(kid instanceof Node ? kid : document.createTextNode(String(kid)));
   }
@@ -188,6 +188,7 @@ function renderTotals(box, data) {
 
 function linkState(node) {
   const registry = node.registry || {};
+  if (!registry.backend) return el("span", { class: "muted" }, "not sampled yet");
   if (registry.backend === "memory") return el("span", {}, "in memory (single node)");
   if (registry.reachable && registry.subscribed) return el("span", { class: "good" }, "connected");
   return el("span", { class: "bad" }, registry.reachable ? "not subscribed" : "unreachable");
@@ -335,7 +336,9 @@ function showConnection(main, id) {
   const form = el("form", { class: "inline", id: "lookup", onsubmit: (event) => {
     event.preventDefault();
     const wanted = input.value.trim();
-    if (wanted) window.location.hash = `#/connection/${encodeURIComponent(wanted)}`;
+    const target = `#/connection/${encodeURIComponent(wanted)}`;
+    if (wanted && window.location.hash === target) route(); // look it up again
+    else if (wanted) window.location.hash = target;
   } }, el("label", { for: "lookup-id" }, "Connection id"), input, el("button", { type: "submit" }, "Look up"));
   main.append(el("h2", {}, "Connection"), form, result);
   if (id) lookUp(result, id);
