@@ -8,13 +8,13 @@ from typing import Any
 
 import pytest
 
+from tests.support import make_config
 from wsgateway.connection import Connection
 from wsgateway.history import SAMPLES, History, merge_samples, percentile
 from wsgateway.hub import Hub
 from wsgateway.metrics import LATENCY_BOUNDS_MS, MAX_FAILURES, Stats
 from wsgateway.records import ConnectionRecord
 from wsgateway.usage import Usage
-from tests.support import make_config
 
 
 class Clock:
