@@ -132,7 +132,11 @@ class Console:
             return
         SHOTS.mkdir(parents=True, exist_ok=True)
         await self.run("document.getElementById('status') && (document.getElementById('status').textContent = '')")
+        height = await self.run("return document.documentElement.scrollHeight")
+        await self._call(self.driver.set_window_size, 1360, max(700, min(2400, int(height) + 140)))
+        await asyncio.sleep(0.3)  # the charts follow the new size
         await self._call(self.driver.save_screenshot, str(SHOTS / f"{name}.png"))
+        await self._call(self.driver.set_window_size, 1360, 1000)
 
     async def no_script_ran(self) -> None:
         """Nothing a client sent ran as script or became an element."""

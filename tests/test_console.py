@@ -239,7 +239,6 @@ async def test_log_in_see_the_node_and_watch_the_charts_gain_points(browser: Any
     assert await page.run("return performance.getEntriesByType('navigation').length") == 1  # never reloaded
     await page.until_js("return document.querySelector('#total-connections strong').textContent === '1'",
                         "the totals count the connection")
-    await page.screenshot("overview")
     await page.press_enter('nav a[data-page="tenants"]')  # the keyboard reaches every page
     await page.find('#tenants-table tr[data-tenant="acme"]')
     await ws.close()
@@ -308,7 +307,6 @@ async def test_look_up_send_a_test_message_and_disconnect(browser: Any, node: An
     assert await page.texts('#record dd[data-field="Node"]') == [node.node_id]
     assert await page.texts('#record dd[data-field="User agent"]') == ["dashboard/2.1 (reception desk)"]
     await page.type("#test-message", '{"type": "ping from the console"}')
-    await page.screenshot("connection")
     await page.press_enter('#send button[type="submit"]')
     assert await asyncio.wait_for(ws.recv(), 5) == '{"type": "ping from the console"}'
     await page.until_js("return document.getElementById('status').textContent.startsWith('Sent 33 bytes')", "sent")

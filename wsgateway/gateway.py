@@ -271,7 +271,7 @@ class Gateway:
         """One access-log line per handshake, accepted (101) or refused (its status)."""
         if status != 101:
             self.stats.rejected[status] += 1
-            self.stats.failed("handshake", "$connect", status, request_id)
+            self.stats.failed("handshake", "$connect", status, request_id, "refused")
         self.access.connection_event(
             "connect", route_key="$connect", status=status, request_id=request_id, started=started,
             record=conn.record if conn is not None else None, source_ip=source_ip, user_agent=user_agent,

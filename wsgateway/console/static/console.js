@@ -24,6 +24,10 @@ function el(tag, attrs, ...kids) {
   return node;
 }
 
+function fill(box, ...kids) {
+  box.replaceChildren(...kids.flat(Infinity).filter((kid) => kid !== null && kid !== undefined && kid !== ""));
+}
+
 function say(text, bad) {
   const status = document.getElementById("status");
   status.textContent = text;
@@ -114,6 +118,7 @@ const CHARTS = [
   { id: "messages", title: "Messages in and frames out (per s)", unit: "/s", series: () => ["messages in", "frames out"],
     value: (s, key) => (key === "messages in" ? s.messagesIn : s.framesOut) / s.dt },
   { id: "handshakes", title: "Handshakes by status (per s)", unit: "/s", series: (all) => statuses(all, "handshakes"),
+    label: (key) => (key === "101" ? "101 accepted" : `${key} refused`),
     value: (s, key) => (s.handshakes[key] || 0) / s.dt },
   { id: "management", title: "Management calls by status (per s)", unit: "/s", series: (all) => statuses(all, "management"),
     value: (s, key) => (s.management[key] || 0) / s.dt },
@@ -176,7 +181,7 @@ function rate(sample, count) {
 function renderTotals(box, data) {
   const last = state.samples[state.samples.length - 1];
   const card = (label, value, id) => el("div", { id }, el("strong", {}, value), label);
-  box.replaceChildren(
+  fill(box,
     card("nodes answering", `${data.totals.answering} / ${data.totals.nodes}`, "total-nodes"),
     card("connections", fmt(data.totals.connections, 0), "total-connections"),
     card("messages in/s", fmt(rate(last, last ? last.messagesIn : 0)), "total-messages"),
@@ -214,7 +219,7 @@ function renderNodes(box, nodes) {
       el("td", {}, linkState(node)),
       el("td", {}, node.ready ? el("span", { class: "good" }, "ready") : el("span", { class: "bad" }, node.status)));
   });
-  box.replaceChildren(table(headers, rows, { id: "nodes-table" }));
+  fill(box, table(headers, rows, { id: "nodes-table" }));
 }
 
 function renderCharts(box) {
@@ -240,7 +245,7 @@ function renderCharts(box) {
         scales: { x: { time: true } },
         axes: [axis, { ...axis, size: 60 }],
         series: [{}, ...keys.map((key, i) => ({
-          label: key, stroke: colors.colors[i % colors.colors.length], width: 2,
+          label: spec.label ? spec.label(key) : key, stroke: colors.colors[i % colors.colors.length], width: 2,
           value: (u, v) => (v === null || v === undefined ? "–" : `${fmt(v, 2)}${spec.unit}`),
         }))],
       }, data, target);
@@ -260,7 +265,7 @@ const SORTS = [["name", "Tenant"], ["connections", "Connections"], ["traffic", "
 
 async function showTenants(main, sort) {
   const box = el("div", { id: "tenants" });
-  main.replaceChildren(el("h2", {}, "Tenants"),
+  fill(main, el("h2", {}, "Tenants"),
     el("p", { class: "muted" }, "Connections on every node; messages in and out in the last minute; calls refused by a usage plan."),
     box);
   let data;
@@ -280,7 +285,7 @@ async function showTenants(main, sort) {
     el("td", { class: "num" }, fmt(t.trafficPerMin, 0)),
     el("td", { class: "num" }, fmt(t.throttled, 0)),
     el("td", { class: "num" }, fmt(t.nodes, 0))));
-  box.replaceChildren(table(headers, rows, { id: "tenants-table" }),
+  fill(box, table(headers, rows, { id: "tenants-table" }),
     el("p", { class: "muted" }, `${data.total} tenants`, data.total > data.tenants.length ? `, the first ${data.tenants.length} shown` : "",
       data.nodesNotAnswering.length ? `; not answering: ${data.nodesNotAnswering.join(", ")}` : ""));
   const focused = box.querySelector(`button[data-sort="${sort}"]`);
@@ -293,7 +298,7 @@ async function showTenant(main, name) {
   main.append(el("h2", {}, "Tenant ", el("span", { id: "tenant-name" }, name)), usage, el("h3", {}, "Connections"), list);
   try {
     const u = await api("GET", `tenants/${encodeURIComponent(name)}`);
-    usage.replaceChildren(el("dl", { class: "record" },
+    fill(usage, el("dl", { class: "record" },
       el("dt", {}, "Plan"), el("dd", {}, u.plan === null ? "none" : u.plan),
       el("dt", {}, "Connections"), el("dd", {}, fmt(u.connections, 0)),
       el("dt", {}, "Messages today"), el("dd", {}, fmt(u.messagesToday, 0)),
@@ -322,7 +327,7 @@ async function loadPage(box, name, token, previous) {
   const pager = el("div", { class: "inline" },
     previous.length ? el("button", { type: "button", onclick: () => loadPage(box, name, previous[previous.length - 1], previous.slice(0, -1)) }, "Previous page") : null,
     data.nextToken ? el("button", { type: "button", id: "next-page", onclick: () => loadPage(box, name, data.nextToken, previous.concat([token])) }, "Next page") : null);
-  box.replaceChildren(
+  fill(box,
     table(["Connection", "Principal", "Node", "Connected", "Last active", "Source IP", "User agent"], rows, { id: "connections-table" }),
     rows.length ? pager : el("p", { class: "muted" }, "No connections."));
 }
@@ -350,7 +355,7 @@ async function lookUp(box, id) {
   try {
     c = await api("GET", `connections/${encodeURIComponent(id)}`);
   } catch (error) {
-    box.replaceChildren(el("p", { class: "bad", id: "lookup-error" },
+    fill(box, el("p", { class: "bad", id: "lookup-error" },
       error.status === 410 ? "No such connection on any node (gone)." : String(error.message)));
     return;
   }
@@ -379,7 +384,7 @@ async function lookUp(box, id) {
       failed(error);
     }
   } }, el("h3", {}, "Send a test message"), message, sendButton);
-  box.replaceChildren(
+  fill(box,
     el("h3", {}, "Record of ", el("span", { id: "record-id" }, c.connectionId)),
     el("dl", { class: "record", id: "record" }, fields.map(([k, v]) => [el("dt", {}, k), el("dd", { "data-field": k }, v)])),
     el("h3", {}, "Authorizer context"), el("pre", { id: "authorizer" }, JSON.stringify(c.authorizer, null, 2)),
@@ -407,7 +412,7 @@ function showFailures(main) {
     const rows = data.failures.map((f) => el("tr", {},
       el("td", {}, f.at), el("td", {}, f.node), el("td", {}, f.kind), el("td", {}, f.route),
       el("td", { class: "num" }, f.status || "–"), el("td", {}, f.requestId || "–"), el("td", {}, f.reason)));
-    box.replaceChildren(
+    fill(box,
       table(["Time", "Node", "Kind", "Route", "Status", "Request id", "Reason"], rows, { id: "failures-table" }),
       rows.length ? null : el("p", { class: "muted" }, "No failures."),
       data.nodesNotAnswering.length ? el("p", { class: "bad" }, `Not answering: ${data.nodesNotAnswering.join(", ")}`) : null);
