@@ -683,6 +683,8 @@ async def test_redis_outage_and_recovery(restartable_redis: RedisExecutor, key_p
             await reg_b.list_tenant("tenant-a", 10, None)
         with pytest.raises(RegistryUnavailableError):
             await reg_b.fanout("tenant-a", b"x", False)
+        query = {"what": "overview"}  # the console still sees this node, and whom it cannot reach
+        assert await reg_b.survey(query) == {"nb": {"node": "nb", "connections": 0, "query": query}, "na": None}
         if how == "stopped":  # the outage itself, not a wait for a condition
             await asyncio.sleep(max(0.0, NODE_TTL_S + 0.5 - (time.monotonic() - stopped_at)))
         restartable_redis.start()

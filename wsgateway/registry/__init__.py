@@ -184,8 +184,8 @@ class Registry(Protocol):
 
     async def survey(self, query: dict[str, Any]) -> dict[str, dict[str, Any] | None]:
         """Ask every live node, this one included, ``LocalNode.local_survey(query)``; answer
-        by node id, None for a node that did not answer within the request timeout.
-        Raises RegistryUnavailableError when the other nodes cannot be known or reached."""
+        by node id, None for a node that did not answer within the request timeout. Never
+        raises for an outage: this node always answers; the nodes it cannot reach are None."""
 
 
 def create_registry(config: RegistryConfig, node_id: str) -> Registry:

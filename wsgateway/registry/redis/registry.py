@@ -390,12 +390,18 @@ class RedisRegistry:
         asked over their channels, one request each."""
         assert self._node is not None, "start() has not run"
         answers: dict[str, dict[str, Any] | None] = {self.node_id: self._node.local_survey(query)}
-        _, _, alive, _ = await self._unavailable_on_failure(self._state())
-        targets = (set(alive) | self._membership.peers) - {self.node_id}
+        try:
+            _, _, alive, _ = await self._unavailable_on_failure(self._state())
+        except RegistryUnavailableError:
+            alive = []  # Redis is out: the peers of the last beat are listed, not answering
+        targets = tuple(sorted((set(alive) | self._membership.peers) - {self.node_id}))
+        replies: dict[str, dict[str, Any]] = {}
         if targets:
-            replies = await self._request(tuple(sorted(targets)), {"k": KIND_SURVEY, "q": query})
-            for node_id, reply in replies.items():
-                answers[node_id] = reply.get("v") if reply["s"] == STATUS_OK else None
+            with contextlib.suppress(RegistryUnavailableError):
+                replies = await self._request(targets, {"k": KIND_SURVEY, "q": query})
+        for node_id in targets:
+            reply = replies.get(node_id, _GONE)
+            answers[node_id] = reply.get("v") if reply["s"] == STATUS_OK else None
         return answers
 
     async def health(self) -> Mapping[str, Any]:
