@@ -145,43 +145,59 @@ class Console:
         return await self._api(request, [unquote(p) for p in parts[1:]], session)
 
     async def _api(self, request: Request, parts: list[str], session: Session) -> Response:
-        gateway, method, n = self.gateway, request.method, len(parts)
+        """``parts``: the decoded path segments after ``/console/api``."""
+        method, head = request.method, parts[0]
         query = dict(parse_qsl(request.raw_query, keep_blank_values=True))
-        head = parts[0]
-        if head == "session" and n == 1 and method == "GET":
+        if len(parts) == 1:
+            return await self._api_root(request, head, query, session)
+        if head == "tenants" and method == "GET" and len(parts) <= 3:
+            return await self._api_tenant(parts[1:], query)
+        if head == "connections" and len(parts) <= 3:
+            return await self._api_connection(request, parts[1:])
+        raise NotFoundError(f"No console API {method} {'/'.join(parts)}")
+
+    async def _api_root(self, request: Request, head: str, query: dict[str, str], session: Session) -> Response:
+        gateway, method = self.gateway, request.method
+        if (method, head) == ("GET", "session"):
             return _json(200, {"csrf": session.csrf, "node": gateway.node_id, "expiresAt": session.expires_at})
-        if head == "logout" and n == 1 and method == "POST":
+        if (method, head) == ("POST", "logout"):
             self.sessions.close(self._cookie(request))
             return Response(204, b"", [("Set-Cookie", self._cookie_header(request, "", 0))])
-        if head == "overview" and n == 1 and method == "GET":
+        if (method, head) == ("GET", "overview"):
             return _json(200, await views.overview(gateway, _number(query.get("since", "0"), "since")))
-        if head == "failures" and n == 1 and method == "GET":
+        if (method, head) == ("GET", "failures"):
             return _json(200, await views.failures(gateway))
-        if head == "tenants" and method == "GET":
-            if n == 1:
-                return _json(200, await views.tenants(gateway, query.get("sort", "connections")))
-            name = _tenant(parts[1])
-            if n == 2:
-                return _json(200, await views.tenant(gateway, name))
-            if n == 3 and parts[2] == "connections":
-                limit = int(_number(query.get("limit", "25"), "limit"))
-                return _json(200, await views.tenant_connections(gateway, name, limit, query.get("nextToken") or None))
-        if head == "connections" and n in (2, 3):
-            cid = parts[1]
-            if not is_connection_id(cid):
-                raise BadRequestError("Invalid connectionId")
-            if n == 2 and method == "GET":
-                return _json(200, await views.connection(gateway, cid))
-            if n == 2 and method == "DELETE":
-                await gateway.delete_connection(cid)
-                log.info("console: connection %s disconnected by an operator from %s", cid, request.peer)
-                return Response(204, b"", [])
-            if n == 3 and parts[2] == "messages" and method == "POST":
-                if request.body_too_large:
-                    raise PayloadTooLargeError("Message too long")
-                await gateway.post_to_connection(cid, request.body)
-                return _json(200, {"sent": len(request.body)})
-        raise NotFoundError(f"No console API {method} {'/'.join(parts)}")
+        if (method, head) == ("GET", "tenants"):
+            return _json(200, await views.tenants(gateway, query.get("sort", "connections")))
+        raise NotFoundError(f"No console API {method} {head}")
+
+    async def _api_tenant(self, parts: list[str], query: dict[str, str]) -> Response:
+        """``GET tenants/{t}`` and ``GET tenants/{t}/connections``."""
+        name = _tenant(parts[0])
+        if len(parts) == 1:
+            return _json(200, await views.tenant(self.gateway, name))
+        if parts[1] != "connections":
+            raise NotFoundError(f"No console API GET tenants/{{tenant}}/{parts[1]}")
+        limit = int(_number(query.get("limit", "25"), "limit"))
+        return _json(200, await views.tenant_connections(self.gateway, name, limit, query.get("nextToken") or None))
+
+    async def _api_connection(self, request: Request, parts: list[str]) -> Response:
+        """``GET`` / ``DELETE connections/{id}`` and ``POST connections/{id}/messages``."""
+        cid, method, gateway = parts[0], request.method, self.gateway
+        if not is_connection_id(cid):
+            raise BadRequestError("Invalid connectionId")
+        if len(parts) == 1 and method == "GET":
+            return _json(200, await views.connection(gateway, cid))
+        if len(parts) == 1 and method == "DELETE":
+            await gateway.delete_connection(cid)
+            log.info("console: connection %s disconnected by an operator from %s", cid, request.peer)
+            return Response(204, b"", [])
+        if parts[1:] == ["messages"] and method == "POST":
+            if request.body_too_large:
+                raise PayloadTooLargeError("Message too long")
+            await gateway.post_to_connection(cid, request.body)
+            return _json(200, {"sent": len(request.body)})
+        raise NotFoundError(f"No console API {method} connections/{{id}}/{'/'.join(parts[1:])}")
 
     # ---------------------------------------------------------------- pages and login
 
