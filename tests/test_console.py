@@ -342,3 +342,25 @@ async def test_recent_failures_show_request_ids_never_tokens_or_bodies(browser: 
     assert secret not in source and "4111" not in source and "secret internal detail" not in source
     await page.screenshot("failures")
     await ws.close()
+
+
+async def test_a_tenant_on_a_plan_shows_its_plan_usage_and_throttled_calls() -> None:
+    plan = {"name": "gold", "tenants": ["acme"], "posts_per_s": 1, "posts_burst": 1, "quota_per_day": 100}
+    async with running_node(console_config(plans=[plan])) as node, session() as http:
+        ws, _ = await client(node)
+        mgmt = f"{base(node)}/prod/@tenants/acme/messages"
+        statuses = []
+        for _ in range(2):
+            async with http.post(mgmt, data=b"news") as resp:
+                statuses.append(resp.status)
+        assert statuses == [200, 429]
+        await logged_in(http, node)
+        async with http.get(f"{base(node)}/console/api/tenants/acme") as resp:
+            body = await resp.json()
+        assert {k: body[k] for k in ("tenant", "plan", "connections", "postsToday", "quotaPerDay", "throttled")} == {
+            "tenant": "acme", "plan": "gold", "connections": 1, "postsToday": 1, "quotaPerDay": 100, "throttled": 1,
+        }
+        async with http.get(f"{base(node)}/console/api/tenants?sort=throttled") as resp:
+            (row,) = (await resp.json())["tenants"]
+        assert (row["tenant"], row["connections"], row["throttled"]) == ("acme", 1, 1)
+        await ws.close()

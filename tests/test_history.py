@@ -94,6 +94,7 @@ def test_tenants_count_connections_traffic_of_the_last_minute_and_throttled_call
     clock.now += 2
     h.sample()
     assert h.tenants() == {"acme": [3, 6, 1], "zeta": [1, 0, 0], "gone": [0, 2, 0]}
+    assert h.tenant("acme") == [3, 6, 1] and h.tenant("nobody") == [0, 0, 0]
     for _ in range(30):  # a minute later the traffic is forgotten
         clock.now += 2
         h.sample()
@@ -117,6 +118,9 @@ def test_answer_knows_three_queries() -> None:
     assert set(h.answer({"what": "overview", "since": 0})) == {"node", "samples"}
     assert h.answer({"what": "tenants"}) == {"tenants": {}}
     assert h.answer({"what": "failures"}) == {"failures": []}
+    assert h.answer({"what": "tenant", "tenant": "acme"}) == {"tenant": [0, 0, 0]}
+    with pytest.raises(ValueError, match="tenant must be a string"):
+        h.answer({"what": "tenant"})
     with pytest.raises(ValueError, match="unknown survey"):
         h.answer({"what": "secrets"})
     with pytest.raises(ValueError, match="since must be a number"):

@@ -160,13 +160,19 @@ class History:
         usage = self._usage
         return {name: [hub.tenant_size(name), traffic[name], usage.throttled_of(name)] for name in names}
 
+    def tenant(self, name: str) -> list[int]:
+        """One tenant's [connections, traffic, throttled] here, as :meth:`tenants` counts them."""
+        traffic = sum(counts[name] for counts in self._traffic)
+        return [self._hub.tenant_size(name), traffic, self._usage.throttled_of(name)]
+
     def failures(self) -> list[dict[str, Any]]:
         """The recent failures, newest first, each with this node's id."""
         return [{**f, "node": self.node_id} for f in reversed(self._stats.failures)]
 
     def answer(self, query: Mapping[str, Any]) -> dict[str, Any]:
         """What this node says to a console's survey: ``{"what": "overview", "since": t}``,
-        ``{"what": "tenants"}`` or ``{"what": "failures"}``. Raises ValueError otherwise."""
+        ``{"what": "tenants"}``, ``{"what": "tenant", "tenant": name}`` or
+        ``{"what": "failures"}``. Raises ValueError otherwise."""
         what = query.get("what")
         if what == "overview":
             since = query.get("since", 0)
@@ -175,6 +181,11 @@ class History:
             return {"node": self.summary(), "samples": self.since(since)}
         if what == "tenants":
             return {"tenants": self.tenants()}
+        if what == "tenant":
+            name = query.get("tenant")
+            if not isinstance(name, str):
+                raise ValueError("tenant must be a string")
+            return {"tenant": self.tenant(name)}
         if what == "failures":
             return {"failures": self.failures()}
         raise ValueError(f"unknown survey {what!r}")

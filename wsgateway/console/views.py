@@ -70,8 +70,14 @@ async def tenants(gateway: Gateway, sort: str) -> dict[str, Any]:
 
 
 async def tenant(gateway: Gateway, name: str) -> dict[str, Any]:
-    """The tenant's plan and usage today (as ``GET /@tenants/{t}/usage``)."""
-    return {"tenant": name, **await gateway.tenant_usage(name)}
+    """The tenant's plan and usage today (as ``GET /@tenants/{t}/usage``), its messages in and
+    out in the last minute and the calls its plan refused, all nodes together."""
+    usage = await gateway.tenant_usage(name)
+    answers = await gateway.survey({"what": "tenant", "tenant": name})
+    counted = [answer["tenant"] for answer in answers.values() if answer is not None]
+    return {"tenant": name, **usage, "trafficPerMin": sum(c[1] for c in counted),
+            "throttled": sum(c[2] for c in counted),
+            "nodesNotAnswering": sorted(node for node, answer in answers.items() if answer is None)}
 
 
 async def tenant_connections(gateway: Gateway, name: str, limit: int, next_token: str | None) -> dict[str, Any]:

@@ -304,7 +304,9 @@ async function showTenant(main, name) {
       el("dt", {}, "Messages today"), el("dd", {}, fmt(u.messagesToday, 0)),
       el("dt", {}, "Posts today"), el("dd", {}, fmt(u.postsToday, 0)),
       el("dt", {}, "Daily quota"), el("dd", {}, u.quotaPerDay ? fmt(u.quotaPerDay, 0) : "none"),
-      el("dt", {}, "Left today"), el("dd", {}, u.remainingToday === null ? "–" : fmt(u.remainingToday, 0))));
+      el("dt", {}, "Left today"), el("dd", {}, u.remainingToday === null ? "–" : fmt(u.remainingToday, 0)),
+      el("dt", {}, "Messages in and out, last minute"), el("dd", {}, fmt(u.trafficPerMin, 0)),
+      el("dt", {}, "Throttled calls"), el("dd", { id: "throttled" }, fmt(u.throttled, 0))));
   } catch (error) {
     failed(error);
   }
