@@ -138,6 +138,14 @@ class Console:
         await self._call(self.driver.save_screenshot, str(SHOTS / f"{name}.png"))
         await self._call(self.driver.set_window_size, 1360, 1000)
 
+    async def prefer(self, scheme: str) -> None:
+        """Have the browser prefer a ``dark`` or ``light`` colour scheme (as the OS setting does)."""
+        await self._call(self.driver.execute_cdp_cmd, "Emulation.setEmulatedMedia",
+                         {"features": [{"name": "prefers-color-scheme", "value": scheme}]})
+
+    async def background(self) -> str:
+        return str(await self.run("return getComputedStyle(document.body).backgroundColor"))
+
     async def no_script_ran(self) -> None:
         """Nothing a client sent ran as script or became an element."""
         assert await self.run("return window.__xss === undefined") is True

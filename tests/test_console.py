@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 from urllib.parse import quote
@@ -20,6 +21,7 @@ import websockets
 from tests import handlers_for_tests as th
 from tests.console_support import PASSWORD, XSS, Console, chromium, skip_without_chromium
 from tests.support import eventually, make_config, running_node, sigv4_section, whoami, ws_url
+from wsgateway.ids import new_connection_id
 
 skip_without_chromium()
 pytestmark = pytest.mark.slow
@@ -364,3 +366,29 @@ async def test_a_tenant_on_a_plan_shows_its_plan_usage_and_throttled_calls() -> 
             (row,) = (await resp.json())["tenants"]
         assert (row["tenant"], row["connections"], row["throttled"]) == ("acme", 1, 1)
         await ws.close()
+
+
+@pytest.mark.redis
+async def test_with_redis_gone_the_console_shows_this_node_its_link_and_the_5xx(restartable_redis: Any,
+                                                                                  key_prefix: str) -> None:
+    registry = {"backend": "redis", "redis_url": f"redis://127.0.0.1:{restartable_redis.port}/0",
+                "key_prefix": key_prefix, "heartbeat_s": 0.2, "node_ttl_s": 1.0}
+    async with running_node(console_config(registry=registry)) as node, session() as http:
+        await logged_in(http, node)
+        restartable_redis.kill(sig=signal.SIGKILL)
+        async with http.post(f"{base(node)}/prod/@connections/{new_connection_id()}", data=b"x") as resp:
+            assert resp.status == 503
+            request_id = resp.headers["x-amzn-RequestId"]
+        async with http.get(f"{base(node)}/console/api/failures") as resp:
+            (failure,) = (await resp.json())["failures"]
+        assert {k: failure[k] for k in ("kind", "route", "status", "requestId", "node")} == {
+            "kind": "management", "route": "PostToConnection", "status": 503, "requestId": request_id,
+            "node": node.node_id,
+        }
+
+        async def link_down() -> bool:
+            async with http.get(f"{base(node)}/console/api/overview") as resp:
+                (me,) = (await resp.json())["nodes"]
+            return me["node"] == node.node_id and me["registry"].get("reachable") is False and not me["ready"]
+
+        await eventually(link_down, timeout=10)

@@ -53,6 +53,11 @@ async def test_one_nodes_console_shows_and_acts_on_the_whole_cluster(browser: An
     await page.until_js(f"return +document.querySelector('#chart-connections').dataset.points > {first}",
                         "the chart gains a point")
     await page.screenshot("overview")
+    assert await page.background() == "rgb(255, 255, 255)"
+    await page.prefer("dark")  # the page follows the browser's preference, charts included
+    await page.until_js("return getComputedStyle(document.body).backgroundColor === 'rgb(17, 20, 24)'", "dark")
+    await page.screenshot("overview-dark")
+    await page.prefer("light")
 
     # Tenants: the cluster's count; the tenant's connections from every node.
     await page.go("#/tenants")
