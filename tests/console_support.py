@@ -132,9 +132,11 @@ class Console:
             return
         SHOTS.mkdir(parents=True, exist_ok=True)
         await self.run("document.getElementById('status') && (document.getElementById('status').textContent = '')")
-        height = await self.run("return document.documentElement.scrollHeight")
-        await self._call(self.driver.set_window_size, 1360, max(700, min(2400, int(height) + 140)))
-        await asyncio.sleep(0.3)  # the charts follow the new size
+        for _ in range(2):  # the page's height follows the window's width once laid out again
+            height = await self.run("return document.documentElement.scrollHeight")
+            inner = await self.run("return window.outerHeight - window.innerHeight")
+            await self._call(self.driver.set_window_size, 1360, max(700, min(2400, int(height) + int(inner) + 60)))
+            await asyncio.sleep(0.3)  # the charts follow the new size
         await self._call(self.driver.save_screenshot, str(SHOTS / f"{name}.png"))
         await self._call(self.driver.set_window_size, 1360, 1000)
 

@@ -12,6 +12,7 @@ import asyncio
 from collections.abc import Iterator
 from typing import Any
 
+import aiohttp
 import pytest
 
 from tests.cluster_support import Cluster, settled, wait_until
@@ -35,6 +36,15 @@ async def test_one_nodes_console_shows_and_acts_on_the_whole_cluster(browser: An
         await settled(node)
     clients = [await node.connect("practice-7") for node in (a, b, b, c)]
     ws_c, cid_c = clients[-1]
+    for ws, _ in clients:  # some traffic for the charts: echoes, and a post to the tenant
+        for i in range(5):
+            await ws.send(f"echo {i}")
+            await asyncio.wait_for(ws.recv(), 5)
+    async with aiohttp.ClientSession() as http, http.post(f"{b.endpoint}/@tenants/practice-7/messages",
+                                                          data=b"news") as resp:
+        assert (await resp.json())["delivered"] == 4
+    for ws, _ in clients:
+        assert await asyncio.wait_for(ws.recv(), 5) == "news"
     page = Console(browser, f"http://127.0.0.1:{a.management_port}")
     await page.login()
 
