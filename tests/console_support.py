@@ -83,6 +83,8 @@ class Console:
         await self.get("/console")
         field = await self.find("#password")
         await self._call(field.send_keys, password + Keys.ENTER)
+        await self.until_js("const s = document.getElementById('served-by'); return s && s.textContent !== ''",
+                            "the console page started (logged in)")
 
     async def find(self, css: str) -> Any:
         """The first element matching ``css`` once it exists."""

@@ -42,7 +42,7 @@ from ..errors import BadRequestError, ManagementError, NotFoundError, PayloadToo
 from ..http import Request, Response
 from ..ids import is_connection_id
 from . import views
-from .access import Lockout, Session, Sessions, password_matches
+from .access import Lockout, Session, Sessions, password_matches, session_key
 
 if TYPE_CHECKING:
     from ..gateway import Gateway
@@ -86,7 +86,7 @@ class Console:
         self.gateway = gateway
         cfg = gateway.config.console
         self._password = cfg.password
-        self.sessions = Sessions(cfg.session_s)
+        self.sessions = Sessions(cfg.session_s, session_key())
         self.lockout = Lockout()
         self._static = _load_static()
         self.port = 0  # the management port, once listening: names the cookie

@@ -1,27 +1,31 @@
 """Who may use the console: password check, sessions with their CSRF tokens, and the lockout
 of an address that guesses. Pure state with an injected clock; no I/O.
 
-A session is a random token in an ``HttpOnly``, ``SameSite=Strict`` cookie; the server keeps
-only its SHA-256 (a lookup by it tells a timing observer nothing), its expiry and its CSRF
-token, which the page reads from ``GET /console/api/session`` and sends back in the
-``X-CSRF-Token`` header of every state-changing call.
+A session is a token signed with the process's key (HMAC-SHA256) in an ``HttpOnly``,
+``SameSite=Strict`` cookie: it carries its expiry, so every worker of ``serve --workers``
+(which share the key) accepts it, and the node keeps no state per login. Its CSRF token is
+another MAC of the token, which the page reads from ``GET /console/api/session`` and sends
+back in the ``X-CSRF-Token`` header of every state-changing call.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
+import os
 import secrets
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-__all__ = ["LOCK_S", "MAX_WRONG", "Lockout", "Session", "Sessions", "password_matches"]
+__all__ = ["KEY_ENV", "LOCK_S", "MAX_WRONG", "Lockout", "Session", "Sessions", "password_matches", "session_key"]
 
 MAX_WRONG = 5  # wrong passwords from one address within LOCK_S lock it out
 LOCK_S = 60.0
-_MAX_SESSIONS = 1000  # the oldest is dropped past this
+_MAX_SESSIONS = 10_000  # logged-out tokens remembered; the oldest is dropped past this
+KEY_ENV = "WSGATEWAY_CONSOLE_KEY"  # hex, set by the --workers supervisor for its workers
 _MAX_ADDRESSES = 10_000  # addresses with recent wrong passwords kept
 
 
@@ -41,50 +45,60 @@ class Session:
         return given is not None and hmac.compare_digest(given.encode(), self.csrf.encode())
 
 
-def _digest(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
+def session_key() -> bytes:
+    """The key that signs session tokens: the one ``wsgateway serve --workers`` hands every
+    worker in :data:`KEY_ENV` (a login then holds on whichever worker a request reaches),
+    else a random one for this process."""
+    shared = os.environ.get(KEY_ENV, "")
+    return bytes.fromhex(shared) if len(shared) == 64 else secrets.token_bytes(32)
 
 
 class Sessions:
-    """Live sessions of one node, by their cookie token's digest."""
+    """Signed session tokens: ``<expiry>.<nonce>.<mac>``, valid until the expiry in every
+    process that holds the key. A logout is remembered here until the token would expire."""
 
-    def __init__(self, lifetime_s: float, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, lifetime_s: float, key: bytes, *, clock: Callable[[], float] = time.time) -> None:
         self._lifetime_s = lifetime_s
+        self._key = key
         self._clock = clock
-        self._by_digest: dict[str, Session] = {}
+        self._closed: dict[str, float] = {}  # digest of a logged-out token -> its expiry
 
     def open(self) -> tuple[str, Session]:
         """A new session: (the cookie's token, the session)."""
-        now = self._clock()
-        self._prune(now)
-        if len(self._by_digest) >= _MAX_SESSIONS:
-            del self._by_digest[next(iter(self._by_digest))]  # oldest first: dicts keep insertion order
-        token = secrets.token_urlsafe(32)
-        session = Session(now + self._lifetime_s, secrets.token_urlsafe(32))
-        self._by_digest[_digest(token)] = session
-        return token, session
+        expires = int(self._clock() + self._lifetime_s)
+        body = f"{expires}.{secrets.token_urlsafe(18)}"
+        token = f"{body}.{self._mac('session', body)}"
+        return token, Session(float(expires), self._mac("csrf", token))
 
     def get(self, token: str | None) -> Session | None:
-        """The live session of a cookie's token, else None (unknown or expired)."""
-        if not token:
+        """The live session of a cookie's token, else None (forged, expired or logged out)."""
+        body, _, mac = (token or "").rpartition(".")
+        expiry, _, nonce = body.partition(".")
+        if not nonce or not expiry.isdigit() or not hmac.compare_digest(mac.encode(), self._mac("session", body).encode()):
             return None
-        session = self._by_digest.get(_digest(token))
-        if session is None:
+        if int(expiry) <= self._clock() or _digest(body) in self._closed:
             return None
-        if session.expires_at <= self._clock():
-            del self._by_digest[_digest(token)]
-            return None
-        return session
+        return Session(float(expiry), self._mac("csrf", body + "." + mac))
 
     def close(self, token: str | None) -> None:
-        """Log out: forget the session (idempotent)."""
-        if token:
-            self._by_digest.pop(_digest(token), None)
+        """Log out: refuse the token from now on in this process (idempotent)."""
+        session = self.get(token)
+        if session is None or token is None:
+            return
+        now = self._clock()
+        if len(self._closed) >= _MAX_SESSIONS:
+            self._closed = {d: t for d, t in self._closed.items() if t > now}
+            if len(self._closed) >= _MAX_SESSIONS:
+                del self._closed[next(iter(self._closed))]
+        self._closed[_digest(token.rpartition(".")[0])] = session.expires_at
 
-    def _prune(self, now: float) -> None:
-        expired = [d for d, s in self._by_digest.items() if s.expires_at <= now]
-        for digest in expired:
-            del self._by_digest[digest]
+    def _mac(self, purpose: str, text: str) -> str:
+        digest = hmac.new(self._key, f"{purpose}\n{text}".encode(), hashlib.sha256).digest()
+        return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 class Lockout:
