@@ -11,6 +11,8 @@ wsgateway           plain    ``python -m wsgateway serve`` (routes in ``peers/gw
                              SigV4 on the management API, memory registry (Redis across nodes)
 wsgateway-          plain    the same, its Redis a private three-master Redis Cluster
 redis-cluster                (``redis+cluster://``) wherever it needs one
+wsgateway-          plain    the same, with an operator console page open on node 0's overview
+console                      and refreshing (``console_watch.py``): what the console costs
 wsgateway-reliable  reliable the same server, its clients on ``wsgateway.reliable.v1``
                              (numbered envelopes, an ack every 64 messages): what it costs
 bare                plain    ``peers/bare.py``: websockets + aiohttp, no gateway features (ceiling)
@@ -86,6 +88,8 @@ class Deployment:
     redis: ServerProcess | None = None
     redis_more: list[ServerProcess] = field(default_factory=list)  # a Redis Cluster's other masters
     notes: list[str] = field(default_factory=list)
+    # Processes beside the servers (never sampled as the server's): a console page's calls.
+    helpers: list[ServerProcess] = field(default_factory=list)
 
     @property
     def redis_servers(self) -> list[ServerProcess]:
@@ -93,7 +97,9 @@ class Deployment:
         return ([self.redis] if self.redis is not None else []) + self.redis_more
 
     def stop(self) -> None:
-        """Stop every server, then Redis; safe to call twice."""
+        """Stop the helpers, every server, then Redis; safe to call twice."""
+        for helper in self.helpers:
+            helper.stop()
         for server in self.servers:
             server.stop()
         for redis in self.redis_servers:
@@ -198,6 +204,7 @@ def gateway_config(
     *, secret: str, access_key: str, secret_key: str, redis_url: str = "", compression: bool = False,
     backend_url: str = "",
     plans: bool = False,
+    console_password: str = "",
 ) -> str:
     """Return a wsgateway TOML config for load runs (pure: no I/O).
 
@@ -205,11 +212,13 @@ def gateway_config(
     ``loadtest.peers.gw_handlers`` (``echo`` an HTTP integration to ``backend_url`` if set);
     access log off; memory registry unless ``redis_url``; permessage-deflate only with
     ``compression``; with ``plans`` a generous usage plan on every tenant, a route setting on
-    ``echo`` and a per-connection rate.
+    ``echo`` and a per-connection rate; with ``console_password`` the console behind that
+    password (without, the console is as a default install has it: on, nobody looking).
     """
     per_connection = "messages_per_s_per_connection = 10000000\nmessages_burst_per_connection = 10000000\n"
     registry = f'backend = "redis"\nredis_url = "{redis_url}"' if redis_url else 'backend = "memory"'
     echo = backend_url or "loadtest.peers.gw_handlers:echo"
+    console = f'\n[console]\npassword = "{console_password}"\n' if console_password else ""
     return f"""stage = "prod"
 
 [listen]
@@ -243,7 +252,7 @@ tenant_claim = "tenant"
 
 [log]
 access_log = ""
-
+{console}
 [limits]
 {per_connection if plans else ""}
 {_GENEROUS_PLANS if plans else ""}"""
@@ -296,6 +305,37 @@ class WsGatewayReliable(WsGateway):
 
     name = "wsgateway-reliable"
     dialect: Dialect = "reliable"
+
+
+class WsGatewayConsole(WsGateway):
+    """wsgateway with its console open on node 0's overview, refreshing as the page does."""
+
+    name = "wsgateway-console"
+
+    def deploy(self, topo: Topology, workdir: Path, cpu: int | None) -> Deployment:
+        self._password = secrets.token_hex(16)
+        dep = super().deploy(topo, workdir, cpu)
+        try:
+            ready = workdir / "console-watch.ready"
+            # Not on the server's core: the page runs on the operator's machine.
+            dep.helpers.append(start_server(
+                "console-watch", python_argv("loadtest.console_watch", "--url", dep.nodes[0].mgmt_url,
+                                             "--ready-file", str(ready)),
+                workdir, ready_file=ready, env={"WSGW_CONSOLE_PASSWORD": self._password}))
+        except BaseException:
+            dep.stop()
+            raise
+        return dep
+
+    def node_argv(self, ready_file: Path, index: int, redis_url: str, secret: str, workdir: Path) -> list[str]:
+        argv = super().node_argv(ready_file, index, redis_url, secret, workdir)
+        config = workdir / f"wsgateway-node{index}.toml"
+        access_key, secret_key = self._keys
+        config.write_text(gateway_config(secret=secret, access_key=access_key, secret_key=secret_key,
+                                         redis_url=redis_url, compression=self._compression,
+                                         backend_url=self._backend_url, plans=self._plans,
+                                         console_password=self._password))
+        return argv
 
 
 class Bare(Target):
@@ -403,7 +443,8 @@ def _npm_install() -> str | None:
 
 TARGETS: dict[str, Target] = {
     t.name: t for t in (
-        WsGateway(), WsGatewayRedisCluster(), WsGatewayReliable(), Bare(), SocketIO(), Channels(), SocketIONode()
+        WsGateway(), WsGatewayRedisCluster(), WsGatewayReliable(), WsGatewayConsole(), Bare(), SocketIO(), Channels(),
+        SocketIONode(),
     )
 }
 """Every target by name, in report order."""

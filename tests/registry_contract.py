@@ -43,6 +43,8 @@ class RecordingNode:
     groups: dict[str, set[str]] = field(default_factory=dict)
     handed: dict[str, str] = field(default_factory=dict)  # sessions handed over: id -> the node they went to
     session_token: str = "right"  # the only claim token its sessions accept
+    surveys: list[dict[str, Any]] = field(default_factory=list)
+    mute: bool = False  # local_survey fails (a bug on that node)
 
     def open(self, record: ConnectionRecord, last_active_at: float | None = None) -> ConnectionRecord:
         """Hold ``record`` as an open connection (the hub's side of an accept)."""
@@ -101,6 +103,14 @@ class RecordingNode:
 
     def local_connections(self) -> Iterable[ConnectionInfo]:
         return list(self.connections.values())
+
+    def local_survey(self, query: dict[str, Any]) -> dict[str, Any]:
+        """Answer the console's query with who answered and what it was asked; a query
+        ``{"what": "bad"}`` is one this node does not know (ValueError, as the gateway's)."""
+        self.surveys.append(query)
+        if query.get("what") == "bad" or self.mute:
+            raise ValueError("unknown survey")
+        return {"node": self.node_id, "connections": len(self.connections), "query": query}
 
     async def run_orphan_disconnect(self, record: ConnectionRecord, code: int, reason: str) -> None:
         self.orphans.append((record, code, reason))
@@ -321,6 +331,15 @@ async def check_places_hold_caps_per_tenant_and_principal(make: Factory) -> None
     assert await registry.held("t") == 4
 
 
+async def check_survey_answers_for_this_node(make: Factory) -> None:
+    node = RecordingNode("na")
+    registry = await make(node)
+    await _accept(registry, node, make_record("na"))
+    query = {"what": "overview", "since": 0}
+    assert await registry.survey(query) == {"na": {"node": "na", "connections": 1, "query": query}}
+    assert node.surveys == [query]
+
+
 async def check_usage_sync_adds_up_the_day(make: Factory) -> None:
     registry = await make(RecordingNode("n1"))
     first = await registry.sync_usage(UsageReport(100, "20261206", {"m:t": 5}, {"t": (4, 1)}))
@@ -349,6 +368,7 @@ CHECKS: list[Callable[[Factory], Awaitable[None]]] = [
     check_close_is_idempotent,
     check_places_hold_caps_per_tenant_and_principal,
     check_usage_sync_adds_up_the_day,
+    check_survey_answers_for_this_node,
 ]
 
 

@@ -196,7 +196,8 @@ def test_contract_example_loads(example: Path) -> None:
     }
     assert config_warnings(config) == [
         'limits.allowed_origins has "*" while auth is on: any web page can open connections '
-        "with its visitors' tokens; list your origins"
+        "with its visitors' tokens; list your origins",
+        CONSOLE_OPEN,
     ]
 
 
@@ -566,10 +567,32 @@ def test_unknown_keys_are_errors(data: dict[str, Any], message: str) -> None:
 # ---------------------------------------------------------------- warnings
 
 AUTH_OFF = 'auth.type = "none": authentication is OFF: anyone who can reach the port can connect'
+CONSOLE_OPEN = ("console.password is not set: the console (/console on the management port) is OPEN to anyone "
+                "who can reach that port, to look at every tenant and close connections; set console.password_env")
 
 
-def test_default_config_warns_only_that_auth_is_off() -> None:
-    assert config_warnings(GatewayConfig()) == [AUTH_OFF]
+def test_default_config_warns_that_auth_is_off_and_the_console_open() -> None:
+    assert config_warnings(GatewayConfig()) == [AUTH_OFF, CONSOLE_OPEN]
+
+
+def test_console_defaults_follow_the_management_host() -> None:
+    assert GatewayConfig().console_enabled  # loopback: on, open, warned about (above)
+    off = parse_config({"management": {"host": "0.0.0.0"}}, env={})
+    assert not off.console_enabled
+    assert CONSOLE_OPEN not in config_warnings(off)
+    on = parse_config({"management": {"host": "0.0.0.0"}, "console": {"enabled": True, "password_env": "PW"}},
+                      env={"PW": "correct horse"})
+    assert on.console_enabled and on.console.password == "correct horse"
+    assert "correct horse" not in repr(on)
+    assert not parse_config({"console": {"enabled": False}}, env={}).console_enabled
+
+
+def test_console_off_loopback_needs_a_password() -> None:
+    error = config_error({"management": {"host": "0.0.0.0"}, "console": {"enabled": True}})
+    assert str(error) == ("console.password: required when management.host (0.0.0.0) is not loopback "
+                          "(set password_env), or set console.enabled = false")
+    assert str(config_error({"console": {"enabled": "yes"}})) == "console.enabled: must be true or false, got 'yes'"
+    assert str(config_error({"console": {"password": "short"}})).startswith("console.password: must be 8 to 1024")
 
 
 def test_locked_down_config_has_no_warnings() -> None:
@@ -578,6 +601,7 @@ def test_locked_down_config_has_no_warnings() -> None:
         "auth": {**JWT_HS, "audience": "app"},
         "limits": {"allowed_origins": ["https://app.example.com"]},
         "management": {"host": "localhost"},
+        "console": {"password": "a long console password"},
     }, env={})
     assert config_warnings(config) == []
 

@@ -16,8 +16,9 @@ ROOT = Path(wsgateway.__file__).parent
 PACKAGE = "wsgateway"
 GATEWAY = f"{PACKAGE}.gateway"
 REGISTRY = f"{PACKAGE}.registry"
-# Above the gateway: the two edges and what assembles and runs a node.
-ABOVE = {f"{PACKAGE}.{name}" for name in ("server", "management", "node", "cli", "workers", "__main__")}
+# Above the gateway: the two edges (the console is part of the management edge) and what
+# assembles and runs a node.
+ABOVE = {f"{PACKAGE}.{name}" for name in ("server", "management", "console", "node", "cli", "workers", "__main__")}
 BOTTOM = {f"{PACKAGE}.{name}" for name in ("connection", "events", "records")}
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -288,3 +289,15 @@ def test_help_with_the_extra_lists_the_scenarios() -> None:
                          timeout=30, check=False)
     assert run.returncode == 0 and run.stderr == ""
     assert "Scenarios: idle:" in run.stdout.replace("\n", " ")
+
+
+def test_the_console_target_configures_a_password_the_plain_one_a_default_console() -> None:
+    from loadtest.targets import TARGETS, gateway_config
+    from wsgateway.config import parse_config
+
+    keys = {"secret": "s" * 32, "access_key": "AKIDX", "secret_key": "k"}
+    with_console = parse_config(tomllib.loads(gateway_config(**keys, console_password="p" * 32)), env={})
+    assert with_console.console_enabled and with_console.console.password == "p" * 32
+    plain = parse_config(tomllib.loads(gateway_config(**keys)), env={})
+    assert plain.console == type(plain.console)()  # as a default install has it
+    assert "wsgateway-console" in TARGETS

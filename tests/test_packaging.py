@@ -7,6 +7,7 @@ metadata, and open no sockets.
 from __future__ import annotations
 
 import ast
+import fnmatch
 import sys
 import tomllib
 from importlib import metadata
@@ -37,8 +38,14 @@ def test_every_file_beside_the_code_is_declared_as_package_data() -> None:
     declared = PYPROJECT["tool"]["setuptools"]["package-data"]
     for path in (ROOT / "wsgateway").rglob("*"):
         if path.is_file() and path.suffix not in (".py", ".pyc") and "__pycache__" not in path.parts:
-            package = ".".join(path.parent.relative_to(ROOT).parts)
-            assert path.name in declared.get(package, []), f"{path.relative_to(ROOT)} is not package data"
+            # a package's patterns are relative to its directory and may name subfolders (static/*)
+            covered = any(
+                path.is_relative_to(ROOT.joinpath(*package.split(".")))
+                and any(fnmatch.fnmatchcase(path.relative_to(ROOT.joinpath(*package.split("."))).as_posix(), pattern)
+                        for pattern in patterns)
+                for package, patterns in declared.items()
+            )
+            assert covered, f"{path.relative_to(ROOT)} is not package data"
 
 
 def _third_party_imports(package: Path) -> set[str]:

@@ -114,6 +114,26 @@ async def test_configured_password_beats_the_urls(tmp_path: Path, key_prefix: st
         await bad.close()
 
 
+async def test_survey_asks_every_live_node_over_its_channel(make: Factory) -> None:
+    nodes = [RecordingNode(name) for name in ("na", "nb", "nc")]
+    registries = [await make(node) for node in nodes]
+    await accept(registries[1], nodes[1])
+    query = {"what": "tenants"}
+    assert await registries[0].survey(query) == {
+        node.node_id: {"node": node.node_id, "connections": len(node.connections), "query": query} for node in nodes
+    }
+    assert [n.surveys for n in nodes] == [[query]] * 3  # one request each, this node asked directly
+    # A node that fails answering, or that is gone, is None: the others still answer.
+    nodes[1].mute = True
+    await registries[2].close()
+    answers = await registries[0].survey(query)
+    assert answers["na"] == {"node": "na", "connections": 0, "query": query}
+    assert answers["nb"] is None
+    assert answers.get("nc") is None
+    with pytest.raises(ValueError):
+        await registries[0].survey({"what": "bad"})  # this node's own answer fails first
+
+
 # ---------------------------------------------------------------- records in Redis
 
 
@@ -759,6 +779,8 @@ async def test_redis_outage_and_recovery(restartable_redis: RedisExecutor, key_p
             await reg_b.list_tenant("tenant-a", 10, None)
         with pytest.raises(RegistryUnavailableError):
             await reg_b.fanout("tenant-a", b"x", False)
+        query = {"what": "overview"}  # the console still sees this node, and whom it cannot reach
+        assert await reg_b.survey(query) == {"nb": {"node": "nb", "connections": 0, "query": query}, "na": None}
         if how == "stopped":  # the outage itself, not a wait for a condition
             await asyncio.sleep(max(0.0, NODE_TTL_S + 0.5 - (time.monotonic() - stopped_at)))
         restartable_redis.start()

@@ -44,7 +44,7 @@ from .schema import (
     rule,
 )
 
-__all__ = ["AuthConfig", "Credential", "GatewayConfig", "HttpIntegrationConfig", "IntegrationsConfig",
+__all__ = ["AuthConfig", "ConsoleConfig", "Credential", "GatewayConfig", "HttpIntegrationConfig", "IntegrationsConfig",
            "LambdaIntegrationConfig", "LimitsConfig", "ListenConfig", "LogConfig", "ManagementConfig", "PlanConfig",
            "RegistryConfig", "ReliableConfig",
            "RouteSettings", "RouteSettingsConfig", "RoutesConfig", "config_warnings", "load_config",
@@ -426,6 +426,19 @@ class RouteSettings:
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class ConsoleConfig:
+    """``[console]``: the operator console at ``/console`` on the management port (docs/console.md)."""
+
+    enabled: bool | None = None  # None: on when management.host is loopback, else off
+    # or password_env = "VAR"; required when management.host is not loopback
+    password: str | None = field(default=None, repr=False, metadata=rule(r".{8,1024}", "8 to 1024 characters"))
+    session_s: float = 43200.0  # a login lasts this long (12 h)
+
+    def __post_init__(self) -> None:
+        check_fields(self, "console")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class LogConfig:
     """``[log]``."""
 
@@ -490,6 +503,7 @@ class GatewayConfig:
     log: LogConfig = field(default_factory=LogConfig)
     registry: RegistryConfig = field(default_factory=RegistryConfig)
     reliable: ReliableConfig = field(default_factory=ReliableConfig)
+    console: ConsoleConfig = field(default_factory=ConsoleConfig)
     plans: tuple[PlanConfig, ...] = ()  # [[plans]]: usage plans per tenant
     route_settings: RouteSettings = field(default_factory=RouteSettings)
     # the file it came from ("<data>" from parse_config)
@@ -507,6 +521,15 @@ class GatewayConfig:
         for key, target in self.routes.routes.items():
             _check_target(f"routes.{key}", target, self.integrations)
         _check_plans(self.plans)
+        if self.console_enabled and self.console.password is None and not _is_loopback(mgmt.host):
+            raise ConfigError("console.password", f"required when management.host ({mgmt.host}) is not loopback "
+                                                  "(set password_env), or set console.enabled = false")
+
+    @property
+    def console_enabled(self) -> bool:
+        """Whether ``/console`` is served: as configured, else when management.host is loopback."""
+        enabled = self.console.enabled
+        return _is_loopback(self.management.host) if enabled is None else enabled
 
 
 def _check_target(key: str, target: str, integrations: IntegrationsConfig) -> None:
@@ -610,6 +633,9 @@ def config_warnings(config: GatewayConfig) -> list[str]:
         (config.registry.backend == "redis" and bool(urlsplit(config.registry.redis_url).password),
          "registry.redis_url contains a password, which shows wherever the URL is logged; "
          "use registry.password_env"),
+        (config.console_enabled and config.console.password is None,
+         "console.password is not set: the console (/console on the management port) is OPEN to anyone "
+         "who can reach that port, to look at every tenant and close connections; set console.password_env"),
     ]
     return [message for risky, message in risks if risky]
 

@@ -142,7 +142,7 @@ class Dispatcher:
             result = await integration.invoke(event, self.handler_context(integration, request_id, conn.id))
         except Exception as exc:  # noqa: BLE001 - a handler's failure rejects, it never crashes the node
             _log_failure(exc, "$connect", request_id, conn.id)
-            self._stats.integration_failed(integration.kind, exc)
+            self._stats.integration_failed(integration.kind, exc, route="$connect", request_id=request_id)
             return ConnectOutcome(status=500, body="Internal server error", request_id=request_id)
         return _connect_outcome(result, request_id, conn.id)
 
@@ -171,7 +171,8 @@ class Dispatcher:
                 await integration.invoke(event, context)
             except Exception as exc:  # noqa: BLE001 - logged; the connection is gone anyway
                 _log_failure(exc, "$disconnect", request_id, record.connection_id)
-                log_fields["error"] = self._stats.integration_failed(integration.kind, exc)
+                log_fields["error"] = self._stats.integration_failed(
+                    integration.kind, exc, route="$disconnect", request_id=request_id, status=0)
         self._access.connection_event(
             "disconnect", route_key="$disconnect", status=code, request_id=request_id,
             started=started, record=record, **log_fields,
@@ -183,7 +184,9 @@ class Dispatcher:
         """Route one message and run its handler; never raises for the handler's sake."""
         started = time.perf_counter()
         conn.last_active = self._loop.time()
-        self._stats.messages += 1
+        stats = self._stats
+        stats.messages += 1
+        stats.traffic[conn.record.tenant] += 1
         if isinstance(message, str):
             selected = self._router.select(message)
             body, is_b64 = message, False
@@ -223,13 +226,15 @@ class Dispatcher:
             status = 504
             self._stats.handler_timeouts += 1
             _log_failure(exc, route_key, request_id, conn.id)
-            failure["error"] = self._stats.integration_failed(integration.kind, exc)
+            failure["error"] = self._stats.integration_failed(
+                integration.kind, exc, route=route_key, request_id=request_id, status=504)
             self._send_error(conn, "Endpoint request timed out", request_id)
         except Exception as exc:  # noqa: BLE001 - the client gets AWS's error frame, the log the text
             status = 500
             self._stats.handler_errors += 1
             _log_failure(exc, route_key, request_id, conn.id)
-            failure["error"] = self._stats.integration_failed(integration.kind, exc)
+            failure["error"] = self._stats.integration_failed(
+                integration.kind, exc, route=route_key, request_id=request_id)
             self._send_error(conn, "Internal server error", request_id)
         else:
             if result is not None:
@@ -325,10 +330,11 @@ class Dispatcher:
 
     def _send(self, conn: Connection, data: bytes, binary: bool) -> None:
         # Not contextlib.suppress: this runs for every reply, and a bare try costs nothing.
-        try:  # noqa: SIM105
+        try:
             conn.send(data, binary, self._loop.time(), self._queue_limit)
         except (GoneError, LimitExceededError):
-            pass  # the client is gone or not reading: the sweep deals with the latter
+            return  # the client is gone or not reading: the sweep deals with the latter
+        self._stats.frames_out += 1
 
     def _log(
         self, conn: Connection, route_key: str, status: int, request_id: str, started: float, **fields: str

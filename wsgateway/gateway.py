@@ -40,6 +40,7 @@ from .errors import (
     RemoteNodeError,
 )
 from .fanout import FanoutResult
+from .history import SAMPLE_S, History
 from .hub import Hub
 from .ids import can_name, new_connection_id, new_node_id
 from .integrations import HttpPool, Integration, LambdaClients, load_integration
@@ -81,6 +82,7 @@ class Gateway:
         )
         self.throttle = Throttle(self.usage, self.registry, self._spawn)
         self.sessions = Sessions(config, self)  # [reliable]: sessions that outlive their socket
+        self.history = History(self.node_id, self.stats, self.hub, self.usage)  # for the console
         self.router: Router[Integration] | None = None
         self.dispatcher: Dispatcher | None = None
         self.lifetime: TokenLifetime | None = None  # [auth] on_expiry / refresh_action; set by start
@@ -162,6 +164,7 @@ class Gateway:
         await self.registry.start(self)
         self._spawn(self._sweep())
         self._spawn(self.throttle.run_sync())
+        self._spawn(self._sample())
         self.ready = True
 
     def begin_drain(self) -> None:
@@ -286,6 +289,7 @@ class Gateway:
         """One access-log line per handshake, accepted (101) or refused (its status)."""
         if status != 101:
             self.stats.rejected[status] += 1
+            self.stats.failed("handshake", "$connect", status, request_id, "refused")
         self.access.connection_event(
             "connect", route_key="$connect", status=status, request_id=request_id, started=started,
             record=conn.record if conn is not None else None, source_ip=source_ip, user_agent=user_agent,
@@ -361,6 +365,16 @@ class Gateway:
                     self.stats.slow_consumers += 1
                     self.close(conn, CLOSE_SLOW_CONSUMER, "slow consumer")
 
+    async def _sample(self) -> None:
+        """Every SAMPLE_S (on the wall clock's even seconds, so that nodes line up): one
+        sample of the counters and the node's health, for the console."""
+        while True:
+            await asyncio.sleep(SAMPLE_S - time.time() % SAMPLE_S)
+            try:
+                self.history.sample(await self.health())
+            except Exception:  # a sampling bug must not stop the samples
+                log.exception("console sample failed")
+
     # ---------------------------------------------------------------- push API
 
     async def post_to_connection(self, connection_id: str, data: bytes | str) -> None:
@@ -376,6 +390,7 @@ class Gateway:
             assert self._loop is not None
             self.throttle.admit_post(conn.record.tenant)
             conn.send(payload, binary, self._loop.time(), self._queue_limit)
+            self._sent(conn.record.tenant, 1)
             return
         await self.registry.post(connection_id, payload, binary)  # its node checks the plan
 
@@ -464,6 +479,19 @@ class Gateway:
         """One page of the tenant's connections on every node."""
         return await self.registry.list_tenant(tenant, limit, next_token)
 
+    async def connection_info(self, connection_id: str) -> ConnectionInfo:
+        """The whole record of a connection on any node (tenant, principal, node, authorizer
+        context...); raises GoneError, RegistryUnavailableError."""
+        conn = self.hub.get(connection_id)
+        if conn is not None:
+            return self.local_info(connection_id)
+        return await self.registry.get(connection_id)
+
+    async def survey(self, query: dict[str, Any]) -> dict[str, dict[str, Any] | None]:
+        """Ask every live node (this one too) what :meth:`History.answer` says to ``query``;
+        by node id, None for a node that did not answer in time."""
+        return await self.registry.survey(query)
+
     # ---------------------------------------------------------------- LocalNode (for the registry)
 
     def local_post(self, connection_id: str, data: bytes, binary: bool) -> None:
@@ -476,6 +504,7 @@ class Gateway:
         assert self._loop is not None
         self.throttle.admit_post(conn.record.tenant)
         conn.send(data, binary, self._loop.time(), self._queue_limit)
+        self._sent(conn.record.tenant, 1)
 
     def local_info(self, connection_id: str) -> ConnectionInfo:
         conn = self.hub.get(connection_id)
@@ -496,7 +525,15 @@ class Gateway:
         self, tenant: str, data: bytes, binary: bool, *, user: str | None = None, group: str | None = None
     ) -> int:
         assert self._loop is not None
-        return self.hub.fanout(tenant, data, binary, self._loop.time(), self._queue_limit, user=user, group=group)
+        delivered = self.hub.fanout(tenant, data, binary, self._loop.time(), self._queue_limit, user=user, group=group)
+        self._sent(tenant, delivered)
+        return delivered
+
+    def _sent(self, tenant: str, frames: int) -> None:
+        """Count frames pushed to ``tenant``'s connections here (once per post or fan-out)."""
+        stats = self.stats
+        stats.frames_out += frames
+        stats.traffic[tenant] += frames
 
     def local_group(self, connection_id: str, group: str, *, join: bool) -> bool:
         """Join or leave a group for a local connection; False if it is not held here."""
@@ -509,6 +546,9 @@ class Gateway:
         else:
             self.hub.leave_group(conn, group)
         return True
+
+    def local_survey(self, query: dict[str, Any]) -> dict[str, Any]:
+        return self.history.answer(query)
 
     def local_connections(self) -> Iterable[ConnectionInfo]:
         return [conn.info() for conn in self.hub if conn.close_code is None]

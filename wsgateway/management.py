@@ -48,6 +48,7 @@ from urllib.parse import parse_qsl, unquote
 import orjson
 
 from .auth import MAX_TENANT_CHARS
+from .console import Console, is_console_path
 from .errors import (
     BadRequestError,
     ForbiddenError,
@@ -118,6 +119,8 @@ class ManagementServer:
         self._metrics_token = f"Bearer {cfg.metrics_token}".encode() if cfg.metrics_token else b""
         self._server: HttpServer | None = None
         self.port = 0
+        # /console on this port (docs/console.md): its own login instead of SigV4
+        self.console = Console(gateway) if gateway.config.console_enabled else None
 
     async def start(self, *, sock: socket.socket) -> int:
         """Serve on a listening socket; return its port."""
@@ -132,6 +135,8 @@ class ManagementServer:
             head_check=self._check_head,
         )
         self.port = await self._server.start(sock)
+        if self.console is not None:
+            self.console.port = self.port
         return self.port
 
     async def close(self) -> None:
@@ -147,6 +152,11 @@ class ManagementServer:
         request before its body is read (and buffered); None lets it through to _handle."""
         started = time.perf_counter()
         try:
+            if self.console is not None and is_console_path(request.raw_path):
+                if len(request.headers.getall("Host", ())) > 1 or not self._host_allowed(request.headers):
+                    raise ForbiddenError(f"Host {request.headers.get('Host', '')[:80]!r} is not allowed")
+                request.head_state = "console"
+                return self.console.check_head(request)
             segments = self._segments(request.raw_path)
             probe = _probe_of(request.method, segments)
             if len(request.headers.getall("Host", ())) > 1:
@@ -179,6 +189,8 @@ class ManagementServer:
         request_id = new_request_id()
         operation, target = "", ""
         claimed: str | None = None  # the signature's one-time key, once replay protection took it
+        if request.head_state == "console" and self.console is not None:
+            return await self.console.handle(request)
         try:
             assert isinstance(request.head_state, tuple)  # _check_head always ran first
             segments, signed = request.head_state
@@ -246,7 +258,12 @@ class ManagementServer:
         self, request: Request, request_id: str, operation: str, target: str, response: Response, started: float
     ) -> Response:
         """Count and log an answered request; returns ``response``."""
-        self.gateway.stats.management[(operation or "Unknown", response.status)] += 1
+        stats = self.gateway.stats
+        stats.management[(operation or "Unknown", response.status)] += 1
+        if operation.startswith("PostTo") and response.status < 300:  # delivered: POST-to-client latency
+            stats.post_took(time.perf_counter() - started)
+        if response.status >= 500:
+            stats.failed("management", operation or request.method, response.status, request_id)
         if self.gateway.access.enabled:
             self._log(request, request_id, operation, target, response.status, started)
         return response

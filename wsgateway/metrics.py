@@ -7,7 +7,9 @@ so metrics cost nothing between scrapes.
 
 from __future__ import annotations
 
-from collections import Counter
+import time
+from bisect import bisect_left
+from collections import Counter, deque
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -20,9 +22,13 @@ from .errors import HandlerTimeout, IntegrationError
 if TYPE_CHECKING:
     from .hub import Hub
 
-__all__ = ["CONTENT_TYPE", "Stats", "exposition"]
+__all__ = ["CONTENT_TYPE", "LATENCY_BOUNDS_MS", "MAX_FAILURES", "Stats", "exposition"]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+# Upper bounds (ms) of the POST-latency buckets; one more bucket holds everything slower.
+LATENCY_BOUNDS_MS = (0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0)
+_LATENCY_BOUNDS_S = tuple(b / 1000 for b in LATENCY_BOUNDS_MS)
+MAX_FAILURES = 200  # recent failures kept for the console
 
 
 class Stats:
@@ -40,6 +46,10 @@ class Stats:
         "slow_consumers",
         "integration_failures",
         "throttled",
+        "frames_out",
+        "traffic",
+        "post_latency",
+        "failures",
     )
 
     def __init__(self) -> None:
@@ -57,16 +67,38 @@ class Stats:
         # (plan, limit, kind) -> calls throttled; plan "" for route and connection limits.
         # Never a tenant label: one series per tenant would grow without bound.
         self.throttled: Counter[tuple[str, str, str]] = Counter()
+        # For the console (wsgateway.history reads them every SAMPLE_S):
+        self.frames_out = 0  # frames queued to clients: posts, fan-out deliveries, handler replies
+        # tenant -> messages in and out since the last sample (the sampler empties it)
+        self.traffic: Counter[str] = Counter()
+        # POSTs (to a connection, tenant, user, group), by LATENCY_BOUNDS_MS bucket
+        self.post_latency = [0] * (len(LATENCY_BOUNDS_MS) + 1)
+        # the last MAX_FAILURES handler failures, refused handshakes and 5xx answers
+        self.failures: deque[dict[str, object]] = deque(maxlen=MAX_FAILURES)
 
-    def integration_failed(self, kind: str, exc: BaseException) -> str:
-        """Count a route's failure by its integration's kind and why; return the reason (for
-        the access log). Never names the backend: the label set stays small."""
+    def post_took(self, seconds: float) -> None:
+        """Count one answered POST that took ``seconds`` from its head to its answer."""
+        self.post_latency[bisect_left(_LATENCY_BOUNDS_S, seconds)] += 1
+
+    def failed(self, kind: str, route: str, status: int, request_id: str, reason: str = "") -> None:
+        """Remember one failure for the console: ``kind`` is handler, handshake or management.
+        Never pass a token, a message body or a client's text."""
+        self.failures.append({"time": time.time(), "kind": kind, "route": route, "status": status,
+                              "requestId": request_id, "reason": reason})
+
+    def integration_failed(
+        self, kind: str, exc: BaseException, *, route: str = "", request_id: str = "", status: int = 500
+    ) -> str:
+        """Count a route's failure by its integration's kind and why, and remember it for the
+        console; return the reason (for the access log). Never names the backend: the label
+        set stays small."""
         reason = "error"
         if isinstance(exc, HandlerTimeout):
             reason = "timeout"
         elif isinstance(exc, IntegrationError):
             reason = exc.reason
         self.integration_failures[kind, reason] += 1
+        self.failed("handler", route, status, request_id, f"{kind} {reason}")
         return reason
 
 

@@ -221,7 +221,7 @@ def _checked(key: str, shown: Any, hide: bool, check: Callable[..., Any], *args:
 
 
 def _typed(typ: Any, raw: Any, limits: _Range) -> Any:
-    if typ is bool:
+    if typ is bool or typ == bool | None:
         if isinstance(raw, bool):
             return raw
         raise _Invalid("must be true or false")

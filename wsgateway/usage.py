@@ -63,8 +63,8 @@ class UsageTotals:
 class _Tenant:
     """The throttles and counts of one tenant on a plan."""
 
-    __slots__ = ("messages", "name", "plan", "posts", "quota_share", "seen", "tried_m", "tried_p", "used_m",
-                 "used_p")
+    __slots__ = ("messages", "name", "plan", "posts", "quota_share", "seen", "throttled", "tried_m", "tried_p",
+                 "used_m", "used_p")
 
     def __init__(self, name: str, plan: PlanConfig, now: float) -> None:
         self.name = name
@@ -75,6 +75,7 @@ class _Tenant:
         self.used_m = self.used_p = 0  # let through, not yet synced
         self.seen = 0  # messages + posts of the day, all nodes, at the last sync
         self.quota_share = 1.0  # this node's part of the tenant's demand (1.0: alone, or unknown)
+        self.throttled = 0  # calls this node refused since start (the console shows them)
 
     def over_quota(self) -> bool:
         """Until the next sync this node may use its share of what the day has left, so that
@@ -196,10 +197,10 @@ class Usage:
             return None
         state.tried_m += 1
         if state.plan.quota_per_day and self._over_quota(state):
-            self.count(state.plan.name, "quota_per_day", "message")
+            self._refused(state, "quota_per_day", "message")
             return LIMIT_EXCEEDED
         if not state.messages.take(self._clock()):
-            self.count(state.plan.name, "messages_per_s", "message")
+            self._refused(state, "messages_per_s", "message")
             return TOO_MANY_REQUESTS
         state.used_m += 1
         return None
@@ -212,10 +213,10 @@ class Usage:
             return None
         state.tried_p += 1
         if state.plan.quota_per_day and self._over_quota(state):
-            self.count(state.plan.name, "quota_per_day", "post")
+            self._refused(state, "quota_per_day", "post")
             return "quota_per_day"
         if not state.posts.take(self._clock()):
-            self.count(state.plan.name, "posts_per_s", "post")
+            self._refused(state, "posts_per_s", "post")
             return "posts_per_s"
         state.used_p += 1
         return None
@@ -228,6 +229,15 @@ class Usage:
         """Count one throttled call for ``wsgateway_throttled_total``."""
         if self._stats is not None:
             self._stats.throttled[(plan, limit, kind)] += 1
+
+    def throttled_of(self, tenant: str) -> int:
+        """Calls of ``tenant`` its plan refused on this node since start (0 without a plan)."""
+        state = self._tenants.get(tenant)
+        return state.throttled if state is not None else 0
+
+    def _refused(self, state: _Tenant, limit: str, kind: str) -> None:
+        state.throttled += 1
+        self.count(state.plan.name, limit, kind)
 
     def _tenant(self, tenant: str) -> _Tenant | None:
         try:

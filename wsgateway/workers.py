@@ -14,6 +14,7 @@ import argparse
 import json
 import logging
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -23,6 +24,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .console.access import KEY_ENV as CONSOLE_KEY_ENV
 from .ids import new_node_id
 
 if TYPE_CHECKING:
@@ -81,6 +83,8 @@ def supervise(config: GatewayConfig, args: argparse.Namespace) -> int:
     if args.config:
         base += ["--config", os.path.abspath(args.config)]
     prefix = config.registry.node_id or new_node_id()
+    # One console session key for every worker: a login holds whichever worker answers.
+    os.environ.setdefault(CONSOLE_KEY_ENV, secrets.token_hex(32))
     stopping = False
 
     def _stop(signum: int, _frame: Any) -> None:

@@ -84,6 +84,10 @@ class LocalNode(Protocol):
     def local_connections(self) -> Iterable[ConnectionInfo]:
         """Every open local connection, for re-registration and lastActiveAt refresh."""
 
+    def local_survey(self, query: dict[str, Any]) -> dict[str, Any]:
+        """What this node tells an operator console (``wsgateway.history``): a JSON-able
+        answer to a JSON-able ``query``; raise ValueError for a query it does not know."""
+
     async def run_orphan_disconnect(self, record: ConnectionRecord, code: int, reason: str) -> None:
         """Run ``$disconnect`` for a connection whose node died (exactly once per record)."""
 
@@ -192,6 +196,11 @@ class Registry(Protocol):
     async def usage_today(self, tenant: str, day: str) -> tuple[int, int]:
         """The tenant's (messages, posts) on UTC ``day`` as synced by every node.
         Raises RegistryUnavailableError."""
+
+    async def survey(self, query: dict[str, Any]) -> dict[str, dict[str, Any] | None]:
+        """Ask every live node, this one included, ``LocalNode.local_survey(query)``; answer
+        by node id, None for a node that did not answer within the request timeout. Never
+        raises for an outage: this node always answers; the nodes it cannot reach are None."""
 
 
 def create_registry(config: RegistryConfig, node_id: str) -> Registry:

@@ -122,6 +122,10 @@ class MemoryRegistry:
     async def health(self) -> Mapping[str, Any]:
         return {"backend": self.kind, "reachable": True}
 
+    async def survey(self, query: dict[str, Any]) -> dict[str, dict[str, Any] | None]:
+        assert self._node is not None, "start() has not run"
+        return {self.node_id: self._node.local_survey(query)}
+
     async def reserve(self, tenant: str, principal: str, max_tenant: int, max_principal: int) -> str | None:
         places, key = self._places.get(tenant, 0), (tenant, principal)
         if max_tenant and places >= max_tenant:

@@ -55,6 +55,7 @@ from .wire import (
     KIND_GET,
     KIND_GROUP,
     KIND_POST,
+    KIND_SURVEY,
     KIND_TAKE,
     encode_message,
     info_from_json,
@@ -448,6 +449,25 @@ class RedisRegistry:
                 return await call
         except REDIS_FAILURES as exc:
             raise RegistryUnavailableError(message) from exc
+
+    async def survey(self, query: dict[str, Any]) -> dict[str, dict[str, Any] | None]:
+        """This node answers at once; the live nodes (and those known from their beats) are
+        asked over their channels, one request each."""
+        assert self._node is not None, "start() has not run"
+        answers: dict[str, dict[str, Any] | None] = {self.node_id: self._node.local_survey(query)}
+        try:
+            _, _, alive, _ = await self._unavailable_on_failure(self._state())
+        except RegistryUnavailableError:
+            alive = []  # Redis is out: the peers of the last beat are listed, not answering
+        targets = tuple(sorted((set(alive) | self._membership.peers) - {self.node_id}))
+        replies: dict[str, dict[str, Any]] = {}
+        if targets:
+            with contextlib.suppress(RegistryUnavailableError):
+                replies = await self._request(targets, {"k": KIND_SURVEY, "q": query})
+        for node_id in targets:
+            reply = replies.get(node_id, _GONE)
+            answers[node_id] = reply.get("v") if reply["s"] == STATUS_OK else None
+        return answers
 
     async def health(self) -> Mapping[str, Any]:
         """``reachable``: a PING answered within the request timeout; ``subscribed``: this

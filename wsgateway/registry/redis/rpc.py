@@ -33,6 +33,7 @@ from .wire import (
     KIND_GROUP,
     KIND_POST,
     KIND_REPLY,
+    KIND_SURVEY,
     KIND_TAKE,
     decode_message,
     encode_message,
@@ -325,6 +326,8 @@ class NodeChannel:
                     reply["s"] = STATUS_GONE
             elif kind == KIND_TAKE:
                 reply["i"] = node.local_take_session(header["c"], header["a"], header["f"])
+            elif kind == KIND_SURVEY:
+                reply["v"] = node.local_survey(header["q"])
             elif kind == KIND_DELETE:
                 self._spawn(self._delete(node.local_delete(header["c"]), header["f"], reply, header["d"]))
                 return

@@ -13,6 +13,8 @@ A node message is one pub/sub payload: a JSON header, a newline, then the raw da
     {"k":"r","r":10,"f":"nB","s":"ok","n":42}                              reply to fan-out
     {"k":"r","r":11,"f":"nB","s":"ok","i":{<session state>}}              reply to take
     {"k":"r","r":7,"f":"nB","s":"moved","n":"nC"}                          the session moved to nC
+    {"k":"o","r":11,"f":"nA","q":{"what":"tenants"},"d":...}               console survey
+    {"k":"r","r":11,"f":"nB","s":"ok","v":{...}}                            reply to a survey
 
 ``r`` is a request id unique within the sender, ``f`` the sender's node id (replies go to
 its channel), ``d`` the wall-clock deadline after which the receiver must not act (the
@@ -37,6 +39,7 @@ __all__ = [
     "KIND_GROUP",
     "KIND_POST",
     "KIND_REPLY",
+    "KIND_SURVEY",
     "KIND_TAKE",
     "decode_message",
     "encode_message",
@@ -53,6 +56,7 @@ KIND_FANOUT = "f"  # optional "u" (user) or "g" (group) narrows the tenant
 KIND_GROUP = "j"  # "g": the group, "j": 1 join / 0 leave
 KIND_REPLY = "r"
 KIND_TAKE = "s"  # "a": the resume's claim (token, lastSeq, tenant, principal)
+KIND_SURVEY = "o"  # "q": the console's query (wsgateway.history)
 
 _dumps = orjson.dumps
 _loads = orjson.loads
