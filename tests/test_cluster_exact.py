@@ -46,10 +46,12 @@ READY_WITHIN_S = 2 * HEARTBEAT_S + 3.0
 WINDOW_S = 0.2  # what the fresh-cluster checks must fit in after the nodes report ready
 
 
-async def _exact_window(nodes: list[GatewayProcess], clients: dict[str, tuple[ClientConnection, GatewayProcess]]) -> None:
-    """Post, list, delete and miss within WINDOW_S: every answer exact."""
+async def _exact_window(
+    nodes: list[GatewayProcess], clients: dict[str, tuple[ClientConnection, GatewayProcess]], victim: str
+) -> None:
+    """Post to every client, list, miss, and delete ``victim`` within WINDOW_S: every answer
+    exact. ``victim`` is forgotten from ``clients``."""
     ids = list(clients)
-    victim = ids[0]
     async with aiohttp.ClientSession() as http:
         started = time.monotonic()
 
@@ -82,6 +84,9 @@ async def _exact_window(nodes: list[GatewayProcess], clients: dict[str, tuple[Cl
     assert took <= WINDOW_S, f"the checks took {took:.3f}s"
     for cid, (ws, _) in clients.items():
         assert await asyncio.wait_for(ws.recv(), 5) == f"hello {cid}"
+    ws, _ = clients.pop(victim)
+    with pytest.raises(ConnectionClosed):
+        await asyncio.wait_for(ws.recv(), 5)
 
 
 async def test_fresh_cluster_is_exact_once_ready(cluster: Cluster) -> None:
@@ -95,7 +100,7 @@ async def test_fresh_cluster_is_exact_once_ready(cluster: Cluster) -> None:
             clients[cid] = (ws, node)
     waits = await asyncio.gather(*(ready(n, READY_WITHIN_S) for n in nodes))
     assert max(waits) <= READY_WITHIN_S
-    await _exact_window(nodes, clients)
+    await _exact_window(nodes, clients, next(iter(clients)))
     for ws, _ in clients.values():
         await ws.close()
 
@@ -111,14 +116,13 @@ async def test_nodes_started_one_by_one_are_exact_once_ready(cluster: Cluster) -
         if nodes:
             assert took <= 1.0  # a join: no settling (a loaded machine's slack only)
         nodes.append(node)
-        ws, cid = await node.connect("t1")
-        clients[cid] = (ws, node)
-        if len(nodes) >= 2:
-            await _exact_window(nodes, {cid: clients[cid]})
-            del clients[cid]  # the window deleted it
+        for _ in range(2):
             ws, cid = await node.connect("t1")
             clients[cid] = (ws, node)
-    await _exact_window(nodes, clients)
+        if len(nodes) >= 2:
+            await _exact_window(nodes, clients, cid)
+    for ws, _ in clients.values():
+        await ws.close()
 
 
 async def test_rolling_restart_under_traffic_answers_no_503(cluster: Cluster) -> None:

@@ -229,7 +229,8 @@ class RedisRegistry:
         reply = (await self._request((owner,), header, data))[owner]
         status = reply["s"]
         if status == STATUS_UNREACHABLE and cached is not None:
-            del self._owners[connection_id]  # maybe swept since: look it up once more
+            # maybe swept since: look it up once more (a concurrent call may have forgotten it)
+            self._owners.pop(connection_id, None)
             return await self._ask_owner(connection_id, header, data)
         if status in (STATUS_UNREACHABLE, STATUS_TIMEOUT):
             self._owners.pop(connection_id, None)
@@ -263,12 +264,23 @@ class RedisRegistry:
                 if reply["s"] == STATUS_OK:
                     self._remember(connection_id, node_id)
                 return reply
-        if trusted and all(r["s"] == STATUS_GONE for r in replies.values()):
-            return _GONE
+        if trusted:
+            silent = {n for n, r in replies.items() if r["s"] != STATUS_GONE}
+            if not silent or await self._all_left(silent, replies):
+                return _GONE
         raise RegistryUnavailableError("the registry cannot tell where the connection is now")
 
+    async def _all_left(self, silent: set[str], replies: dict[str, dict[str, Any]]) -> bool:
+        """Whether every node in ``silent`` had nobody listening on its channel because it
+        has left since the state was read (stopped, or swept): a node leaves only once it
+        holds nothing, so its answer would have been gone."""
+        if any(replies[n]["s"] != STATUS_UNREACHABLE for n in silent):
+            return False
+        _, _, alive, _ = await self._state()
+        return not silent & set(alive)
+
     async def _state(self) -> tuple[str, bool, list[str], list[str]]:
-        epoch, settling, alive, states = await self._batcher.call("EVAL", STATE, 4, *self._keys.meta)
+        epoch, settling, alive, states = await self._batcher.call("EVAL", STATE, 5, *self._keys.meta, self._keys.expect)
         return epoch.decode(), bool(settling), [n.decode() for n in alive], [s.decode() for s in states]
 
     async def _request(
