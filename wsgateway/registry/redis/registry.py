@@ -73,6 +73,9 @@ log = logging.getLogger("wsgateway.registry")
 _T = TypeVar("_T")
 _GONE: dict[str, Any] = {"s": STATUS_GONE}
 _OWNER_CACHE_SIZE = 65_536
+# The channel links retry at least this often while Redis is away, so that once it is back a
+# call whose reply was lost can ask again well within its timeout (see ``rpc``).
+_LINK_BACKOFF_S = 0.25
 
 
 class RedisRegistry:
@@ -95,7 +98,7 @@ class RedisRegistry:
         # is taken for dead, as redis-py takes such a connection.
         self._channel = NodeChannel(
             endpoint_of(self._client, request_timeout_s), self._keys, node_id, self._pending,
-            max_backoff_s=config.heartbeat_s, check_s=max(request_timeout_s, 1.0),
+            max_backoff_s=min(config.heartbeat_s, _LINK_BACKOFF_S), check_s=max(request_timeout_s, 1.0),
         )
         self._index = LocalIndex()
         self._allowance = Allowance(self._keys, node_id, self._batcher, timeout_s=request_timeout_s)

@@ -89,9 +89,12 @@ local alive = redis.call('ZRANGEBYSCORE', KEYS[4], now, '+inf')
 local dead = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', '(' .. now)
 local swept = 0
 if unlisted == 1 or ARGV[6] == '1' then swept = redis.call('EXISTS', KEYS[5]) end
-redis.call('ZREMRANGEBYSCORE', KEYS[6], '-inf', '(' .. now)
-local settling = redis.call('EXISTS', KEYS[2], KEYS[6]) > 0 and 1 or 0
-return {epoch, unlisted, settling, alive, dead, swept}
+local settling = redis.call('EXISTS', KEYS[2], KEYS[6])
+if settling > 0 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[6], '-inf', '(' .. now)
+  settling = redis.call('EXISTS', KEYS[2], KEYS[6])
+end
+return {epoch, unlisted, settling > 0 and 1 or 0, alive, dead, swept}
 """
 )
 

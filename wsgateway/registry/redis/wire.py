@@ -10,11 +10,13 @@ A node message is one pub/sub payload: a JSON header, a newline, then the raw da
     {"k":"r","r":7,"f":"nB","s":"ok"}                                      reply
     {"k":"r","r":8,"f":"nB","s":"ok","i":{<record>,"lastActiveAt":...}}   reply to get
     {"k":"r","r":10,"f":"nB","s":"ok","n":42}                              reply to fan-out
+    {"k":"a","r":7,"f":"nA","d":...}                                       ask again: the outcome of request 7
 
 ``r`` is a request id unique within the sender, ``f`` the sender's node id (replies go to
 its channel), ``d`` the wall-clock deadline after which the receiver must not act (the
-sender has answered 503 by then). Reply status ``s`` is ``ok``, ``gone``, ``limit`` or
-``fail``. A fan-out is encoded once and the same bytes go to every node.
+sender has answered 503 by then). Reply status ``s`` is ``ok``, ``gone``, ``limit``,
+``fail`` or ``dropped`` (the answer to an ask about a request the receiver did not act on,
+and now never will). A fan-out is encoded once and the same bytes go to every node.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import orjson
 from ...records import ConnectionInfo, ConnectionRecord
 
 __all__ = [
+    "KIND_ASK",
     "KIND_DELETE",
     "KIND_FANOUT",
     "KIND_GET",
@@ -47,6 +50,7 @@ KIND_DELETE = "x"
 KIND_FANOUT = "f"  # optional "u" (user) or "g" (group) narrows the tenant
 KIND_GROUP = "j"  # "g": the group, "j": 1 join / 0 leave
 KIND_REPLY = "r"
+KIND_ASK = "a"  # the sender lost the reply to request "r": answer it again
 
 _dumps = orjson.dumps
 _loads = orjson.loads
