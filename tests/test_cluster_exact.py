@@ -173,7 +173,7 @@ async def test_rolling_restart_under_traffic_answers_no_503(cluster: Cluster) ->
             elif closed:
                 cid = random.choice(list(closed))
                 status = await management_call(http, "POST", f"{via.endpoint}/@connections/{cid}", b"x")
-                assert status == 410, (cid, status)
+                assert status == 410, (cid, via.name, status)
             else:
                 continue
             codes[(kind, status)] += 1

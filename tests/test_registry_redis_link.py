@@ -404,3 +404,85 @@ async def test_a_request_in_flight_when_the_link_breaks_is_answered_503_after_it
         finally:
             await reg_b.close()
             await reg_a.close()
+
+
+# ---------------------------------------------------------------- outcomes when a reply is lost
+
+
+async def _next_header(pubsub: Any, *, skip_asks: bool = False) -> dict[str, Any]:
+    async with asyncio.timeout(5):
+        while True:
+            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1)
+            if message is not None:
+                header, _ = decode_message(message["data"])
+                if not (skip_asks and header["k"] == "a"):
+                    return header
+
+
+async def test_the_owner_answers_an_ask_from_what_it_did(redis_url: str, key_prefix: str) -> None:
+    """A sender that lost a reply asks again: the owner answers the outcome it remembers and
+    does not act twice; asked about a request it never got, it answers ``dropped`` and then
+    never acts on that request; a request past its deadline is dropped and asked ``dropped``."""
+    owner = RecordingNode("nb")
+    reg = RedisRegistry(registry_config(redis_url, key_prefix), "nb")
+    r = redis.asyncio.Redis.from_url(redis_url)
+    pubsub = r.pubsub()
+    try:
+        await reg.start(owner)
+        record = await accept(reg, owner)
+        await pubsub.subscribe(f"{key_prefix}:node:{{na}}")  # the sender, played by hand
+        to_owner = f"{key_prefix}:node:{{nb}}"
+
+        async def send(header: dict[str, Any], data: bytes = b"") -> None:
+            assert await r.publish(to_owner, encode_message({"f": "na", "d": time.time() + 1, **header}, data)) == 1
+
+        post = {"k": "p", "c": record.connection_id, "b": 0}
+        await send({**post, "r": 1}, b"once")
+        assert await _next_header(pubsub) == {"k": KIND_REPLY, "r": 1, "f": "nb", "s": "ok"}
+        await send({"k": "a", "r": 1})  # the reply was lost: ask
+        assert await _next_header(pubsub) == {"k": KIND_REPLY, "r": 1, "f": "nb", "s": "ok"}
+        assert owner.posted[record.connection_id] == [(b"once", False)]  # acted once
+
+        await send({"k": "a", "r": 2})  # asked before the request arrives
+        assert await _next_header(pubsub) == {"k": KIND_REPLY, "r": 2, "f": "nb", "s": "dropped"}
+        await send({**post, "r": 2}, b"never")
+        await send({**post, "r": 3, "d": time.time() - 0.1}, b"too late")
+        await send({"k": "a", "r": 3})
+        assert await _next_header(pubsub) == {"k": KIND_REPLY, "r": 3, "f": "nb", "s": "dropped"}
+        assert owner.posted[record.connection_id] == [(b"once", False)]
+    finally:
+        await pubsub.aclose()  # type: ignore[no-untyped-call]
+        await r.aclose()
+        await reg.close()
+
+
+async def test_a_sender_that_lost_the_reply_asks_and_gets_the_outcome(redis_url: str, key_prefix: str) -> None:
+    """The owner (played by hand) acts but its reply never comes: after the deadline the
+    sender asks, and answers from the owner's second answer: delivered (no 503), or, when
+    the owner says ``dropped``, 503."""
+    reg = RedisRegistry(registry_config(redis_url, key_prefix), "na", request_timeout_s=1.0)
+    r = redis.asyncio.Redis.from_url(redis_url)
+    pubsub = r.pubsub()
+    try:
+        await reg.start(RecordingNode("na"))
+        await pubsub.subscribe(f"{key_prefix}:node:{{nb}}")
+        to_sender = f"{key_prefix}:node:{{na}}"
+        for outcome in ("ok", "dropped"):
+            record = make_record("nb")
+            await r.hset(f"{key_prefix}:{{c:{record.connection_id}}}", "node", "nb")
+            posting = asyncio.ensure_future(reg.post(record.connection_id, b"x", False))
+            request = await _next_header(pubsub, skip_asks=True)  # acted on; its reply "lost"
+            ask = await _next_header(pubsub)
+            assert ask == {"k": "a", "r": request["r"], "f": "na", "d": request["d"]}
+            assert time.time() >= request["d"]  # asked only once the owner could no longer act
+            reply = {"k": KIND_REPLY, "r": request["r"], "f": "nb", "s": outcome}
+            await r.publish(to_sender, encode_message(reply))
+            if outcome == "ok":
+                await asyncio.wait_for(posting, 0.3)  # at once, well before the timeout
+            else:
+                with pytest.raises(RegistryUnavailableError):
+                    await asyncio.wait_for(posting, 1)
+    finally:
+        await pubsub.aclose()  # type: ignore[no-untyped-call]
+        await r.aclose()
+        await reg.close()

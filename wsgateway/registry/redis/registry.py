@@ -269,16 +269,16 @@ class RedisRegistry:
                 return reply
         if trusted:
             silent = {n for n, r in replies.items() if r["s"] != STATUS_GONE}
-            if not silent or await self._all_left(silent, replies):
+            if not silent or await self._all_left(silent):
                 return _GONE
         raise RegistryUnavailableError("the registry cannot tell where the connection is now")
 
-    async def _all_left(self, silent: set[str], replies: dict[str, dict[str, Any]]) -> bool:
-        """Whether every node in ``silent`` had nobody listening on its channel because it
-        has left since the state was read (stopped, or swept): a node leaves only once it
-        holds nothing, so its answer would have been gone."""
-        if any(replies[n]["s"] != STATUS_UNREACHABLE for n in silent):
-            return False
+    async def _all_left(self, silent: set[str]) -> bool:
+        """Whether every node in ``silent`` (no answer, or nobody listening on its channel)
+        has left the live set since the state was read: it stopped (a node leaves only once
+        it holds nothing, so its answer would have been gone; it may have stopped listening
+        with the request unread) or is past its death line (as if the state had been read a
+        moment later: the live nodes are the ones asked)."""
         _, _, alive, _ = await self._state()
         return not silent & set(alive)
 
