@@ -2,7 +2,14 @@
 nodes (``sweep`` sweeps them), and coming back after being declared dead.
 
 Every ``heartbeat_s`` one script (``HEARTBEAT``) pushes this node's death line ``node_ttl_s``
-ahead on Redis's clock, reads the registry epoch and lists the live and the dead nodes. Then:
+ahead on Redis's clock, reads the registry epoch and lists the live and the dead nodes. The
+epoch tells a data loss from a settled cluster: a node that finds it changed (or the first
+that finds none) opens a return window of two heartbeats, in which every live node beats
+once Redis answers, and a node that knew the old epoch lists the peers it saw alive as
+expected to re-register; the cluster is settling (a missing record proves nothing, listings
+wait) while the window is open, a peer is expected, or a live node has not finished writing
+its connections in the epoch. A node that holds nothing (one that starts) is registered in
+the epoch at its first beat, so nobody waits for it. Then:
 
 - if the epoch changed (Redis lost its data), this node was unlisted (swept, or Redis emptied)
   or a write failed since the last beat, the node re-registers every connection its hub holds

@@ -10,10 +10,14 @@ How it holds together (key layout in ``keys``, messages in ``wire``):
   (``rpc``). The owner is the truth: its ``gone`` is a 410. The channels have lean
   connections of their own (``link``, hiredis over an asyncio Protocol); redis-py
   carries everything else.
-- A missing record is a 410 only when the registry can vouch for it: the epoch is settled
-  (no refill after data loss in progress, this node connected for two beats) and every live
-  node, asked directly, says it does not hold the connection. Otherwise the live nodes are
+- A missing record is a 410 only when the registry can vouch for it: the cluster is
+  settled (no data loss being refilled: ``membership`` and ``scripts.HEARTBEAT`` say how that
+  is told) and every live node, asked directly, says it does not hold the connection (a node
+  that left the live set meanwhile counts as not holding it). Otherwise the live nodes are
   asked anyway (a holder answers) and the call fails with 503, never a false 410.
+- A call whose reply is lost (Redis restarting, links reconnecting) is asked about again
+  once the links are back; the owner remembers its outcomes (``rpc``), so that an error
+  answer means not delivered.
 - Heartbeats, re-registration after data loss, lastActiveAt flushes and the reconciliation
   of a node that comes back after being declared dead live in ``membership``; the dead-node
   sweep and the orphan ``$disconnect`` calls in ``sweep``.
