@@ -54,6 +54,7 @@ SPACING_S = NODE_TTL_S + 1.5
 class Client:
     cid: str
     ws: ClientConnection
+    node: GatewayProcess
     received: Counter[str] = field(default_factory=Counter)
     open: bool = True
     closed_at: float = float("inf")  # when the test closed it (monotonic); inf: not by the test
@@ -78,6 +79,7 @@ class Soak:
     seq: itertools.count[int] = field(default_factory=itertools.count)
     names: itertools.count[int] = field(default_factory=itertools.count)
     events: Counter[str] = field(default_factory=Counter)
+    killed_at: dict[str, float] = field(default_factory=dict)  # node name -> when (monotonic)
 
     async def start_node(self) -> GatewayProcess:
         node = await self.cluster.start(f"n{next(self.names)}")
@@ -90,7 +92,7 @@ class Soak:
     async def connect(self, node: GatewayProcess) -> None:
         with contextlib.suppress(OSError, ConnectionClosed, TimeoutError):
             ws, cid = await node.connect("t1")
-            client = self.clients[cid] = Client(cid, ws)
+            client = self.clients[cid] = Client(cid, ws, node)
             self.readers.append(asyncio.create_task(self._read(client)))
 
     async def _read(self, client: Client) -> None:
@@ -132,6 +134,7 @@ class Soak:
         if event == "kill":
             victim = random.choice(self.serving)
             self.serving.remove(victim)
+            self.killed_at[victim.name] = time.monotonic()
             victim.process.send_signal(signal.SIGKILL)
             await asyncio.to_thread(victim.process.wait)
             await self.start_node()
@@ -191,11 +194,18 @@ async def _run(soak: Soak) -> None:
         await client.close()
     await asyncio.gather(*soak.readers)
     ids = set(soak.clients)
+    # A node killed between a client's close and that connection's $disconnect loses it
+    # (docs/cluster.md, "Limits"): the connections the test closed just before their node
+    # was killed may have none (never two).
+    may_lose = {c.cid for c in soak.clients.values() if 0 <= soak.killed_at.get(c.node.name, -9) - c.closed_at < 1.0}
 
     def disconnected() -> Counter[str]:
         return Counter(e["connectionId"] for e in soak.cluster.events("$disconnect") if e["connectionId"] in ids)
 
-    await wait_until(lambda: set(disconnected()) == ids, 20, "every $disconnect")
+    try:
+        await wait_until(lambda: ids - may_lose <= set(disconnected()), 20, "every $disconnect")
+    except TimeoutError:
+        raise AssertionError(f"no $disconnect for {ids - may_lose - set(disconnected())}") from None
     await asyncio.sleep(1.0)  # a second run would show by now
     _check(soak, disconnected())
 
