@@ -80,6 +80,7 @@ class Soak:
     names: itertools.count[int] = field(default_factory=itertools.count)
     events: Counter[str] = field(default_factory=Counter)
     killed_at: dict[str, float] = field(default_factory=dict)  # node name -> when (monotonic)
+    paused: list[tuple[str, float, float]] = field(default_factory=list)  # (node name, from, to)
 
     async def start_node(self) -> GatewayProcess:
         node = await self.cluster.start(f"n{next(self.names)}")
@@ -141,9 +142,11 @@ class Soak:
         elif event in ("pause", "long pause"):
             victim = random.choice(self.serving)
             self.serving.remove(victim)
+            stopped = time.monotonic()
             victim.process.send_signal(signal.SIGSTOP)
             await asyncio.sleep(NODE_TTL_S / 2 if event == "pause" else 2.5 * NODE_TTL_S)
             victim.process.send_signal(signal.SIGCONT)
+            self.paused.append((victim.name, stopped, time.monotonic()))
             self.serving.append(victim)
         elif event == "redis restart":
             self.redis_server.kill(sig=signal.SIGKILL)  # no save: it comes back empty
@@ -220,7 +223,9 @@ def _check(soak: Soak, disconnected: Counter[str]) -> None:
     for client in clients.values():
         received.update(client.received)
     assert [d for d, n in received.items() if n > 1] == []  # nothing arrived twice
-    delivered_errors = [a for a in answers if a[2] != 200 and received[a[1]]]
+    # The one case where it cannot hold: the owner is stopped right after delivering, before
+    # its reply leaves, for longer than the caller waits (docs/cluster.md, "Outcomes").
+    delivered_errors = [a for a in answers if a[2] != 200 and received[a[1]] and not _owner_stopped(soak, a)]
     assert delivered_errors == [], ("error answer delivered", delivered_errors[:5], _about(soak, delivered_errors))
     # A client the test closed was live until then: each 200 answered before reached it once
     # and it was never answered 410. (A client whose node was killed may lose what that node
@@ -242,3 +247,12 @@ def _about(soak: Soak, answers: list[tuple[str, str, int, float, float]]) -> lis
         c = soak.clients[cid]
         out.append(f"{cid} on {c.node.name} closed_at={c.closed_at} by_server={c.ended_by_server} code={c.ws.close_code}")
     return [*out, f"kills {soak.killed_at}"]
+
+
+def _owner_stopped(soak: Soak, answer: tuple[str, str, int, float, float]) -> bool:
+    """Whether the node holding the answer's client was paused for longer than the request
+    timeout (2 s) while the call ran."""
+    node = soak.clients[answer[0]].node.name
+    return any(
+        name == node and to - since > 2.0 and since < answer[4] and to > answer[3] for name, since, to in soak.paused
+    )
