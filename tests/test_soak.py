@@ -223,8 +223,8 @@ def _check(soak: Soak, disconnected: Counter[str]) -> None:
     for client in clients.values():
         received.update(client.received)
     assert [d for d, n in received.items() if n > 1] == []  # nothing arrived twice
-    # The one case where it cannot hold: the owner is stopped right after delivering, before
-    # its reply leaves, for longer than the caller waits (docs/cluster.md, "Outcomes").
+    # Where it cannot hold: the owner dies, or is stopped for longer than the caller waits,
+    # right after delivering, before its reply leaves (docs/cluster.md, "Outcomes").
     delivered_errors = [a for a in answers if a[2] != 200 and received[a[1]] and not _owner_stopped(soak, a)]
     assert delivered_errors == [], ("error answer delivered", delivered_errors[:5], _about(soak, delivered_errors))
     # A client the test closed was live until then: each 200 answered before reached it once
@@ -250,9 +250,11 @@ def _about(soak: Soak, answers: list[tuple[str, str, int, float, float]]) -> lis
 
 
 def _owner_stopped(soak: Soak, answer: tuple[str, str, int, float, float]) -> bool:
-    """Whether the node holding the answer's client was paused for longer than the request
-    timeout (2 s) while the call ran."""
+    """Whether the node holding the answer's client was killed, or paused for longer than
+    the request timeout (2 s), while the call ran."""
     node = soak.clients[answer[0]].node.name
+    if answer[3] <= soak.killed_at.get(node, -1.0) <= answer[4]:
+        return True
     return any(
         name == node and to - since > 2.0 and since < answer[4] and to > answer[3] for name, since, to in soak.paused
     )
