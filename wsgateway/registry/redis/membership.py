@@ -340,8 +340,10 @@ class Membership:
         ids = [info.record.connection_id for info in self._node.local_connections()]
         replies = await asyncio.gather(*(call("EVAL", HOLD, 1, keys.record(i), me) for i in ids), return_exceptions=True)
         claimed = [cid for cid, reply in zip(ids, replies, strict=True) if reply == HELD_CLAIMED]
-        if claimed:
-            self._node.abandon(claimed, CLOSE_SERVICE_RESTART, DECLARED_DEAD_REASON)
+        # A claimed connection that was closing already is not abandoned: its release reads
+        # the tombstone (and runs no $disconnect), so the tombstones stay unless every claimed
+        # connection was abandoned (then nobody else reads them).
+        if claimed and self._node.abandon(claimed, CLOSE_SERVICE_RESTART, DECLARED_DEAD_REASON) == len(claimed):
             for cid in claimed:
                 self._batcher.send("DEL", keys.record(cid))  # the tombstone has told us
         for reply in replies:
