@@ -174,3 +174,22 @@ async def settled(node: GatewayProcess) -> None:
                 if (await resp.json())["registry"].get("settled"):
                     return
             await asyncio.sleep(0.05)
+
+
+async def ready(node: GatewayProcess, timeout: float = 10) -> float:
+    """Until the node's ``/ready`` answers 200 (what a load balancer waits for); the seconds
+    it took."""
+    started = time.monotonic()
+    async with aiohttp.ClientSession() as http, asyncio.timeout(timeout):
+        while True:
+            async with http.get(f"http://127.0.0.1:{node.management_port}/ready") as resp:
+                if resp.status == 200:
+                    return time.monotonic() - started
+            await asyncio.sleep(0.01)
+
+
+async def management_call(http: aiohttp.ClientSession, method: str, url: str, data: bytes = b"") -> int:
+    """One management request without boto3 (fast enough for timed windows); its status."""
+    async with http.request(method, url, data=data) as resp:
+        await resp.read()
+        return resp.status

@@ -321,10 +321,18 @@ async def test_a_reply_after_the_call_gave_up_is_dropped(
         record = make_record("slow")
         await r.hset(f"{key_prefix}:{{c:{record.connection_id}}}", "node", "slow")  # its record
         caplog.set_level(logging.DEBUG, logger="wsgateway.registry")
+
+        async def next_request() -> Any:
+            """The next request on the slow node's channel; the caller's asks (after the
+            deadline, for the reply it did not get) are skipped."""
+            async with asyncio.timeout(5):
+                while True:
+                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1)
+                    if message is not None and orjson.loads(message["data"].partition(b"\n")[0])["k"] != "a":
+                        return message
+
         posting = asyncio.ensure_future(reg_b.post(record.connection_id, b"late", False))
-        async with asyncio.timeout(5):
-            while (message := await pubsub.get_message(ignore_subscribe_messages=True, timeout=1)) is None:
-                pass
+        message = await next_request()
         header, data = decode_message(message["data"])
         assert data == b"late"
         assert header["d"] <= time.time() + timeout_s / 2  # the owner acts only in the first half
@@ -338,9 +346,7 @@ async def test_a_reply_after_the_call_gave_up_is_dropped(
         assert [rec for rec in caplog.records if rec.levelno >= logging.WARNING] == []
         # the node answers the next one in time: that call gets its own answer
         posting = asyncio.ensure_future(reg_b.post(record.connection_id, b"in time", False))
-        async with asyncio.timeout(5):
-            while (message := await pubsub.get_message(ignore_subscribe_messages=True, timeout=1)) is None:
-                pass
+        message = await next_request()
         header = orjson.loads(message["data"].partition(b"\n")[0])
         await r.publish(f"{key_prefix}:node:{{nb}}", encode_message({**reply, "r": header["r"]}))
         await asyncio.wait_for(posting, 1)
@@ -444,3 +450,85 @@ async def test_links_leave_a_demoted_master_that_keeps_them_connected(tmp_path: 
     finally:
         for server in servers:
             server.kill()
+
+
+# ---------------------------------------------------------------- outcomes when a reply is lost
+
+
+async def _next_header(pubsub: Any, *, skip_asks: bool = False) -> dict[str, Any]:
+    async with asyncio.timeout(5):
+        while True:
+            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1)
+            if message is not None:
+                header, _ = decode_message(message["data"])
+                if not (skip_asks and header["k"] == "a"):
+                    return header
+
+
+async def test_the_owner_answers_an_ask_from_what_it_did(redis_url: str, key_prefix: str) -> None:
+    """A sender that lost a reply asks again: the owner answers the outcome it remembers and
+    does not act twice; asked about a request it never got, it answers ``dropped`` and then
+    never acts on that request; a request past its deadline is dropped and asked ``dropped``."""
+    owner = RecordingNode("nb")
+    reg = RedisRegistry(registry_config(redis_url, key_prefix), "nb")
+    r = redis.asyncio.Redis.from_url(redis_url)
+    pubsub = r.pubsub()
+    try:
+        await reg.start(owner)
+        record = await accept(reg, owner)
+        await pubsub.subscribe(f"{key_prefix}:node:{{na}}")  # the sender, played by hand
+        to_owner = f"{key_prefix}:node:{{nb}}"
+
+        async def send(header: dict[str, Any], data: bytes = b"") -> None:
+            assert await r.publish(to_owner, encode_message({"f": "na", "d": time.time() + 1, **header}, data)) == 1
+
+        post = {"k": "p", "c": record.connection_id, "b": 0}
+        await send({**post, "r": 1}, b"once")
+        assert await _next_header(pubsub) == {"k": KIND_REPLY, "r": 1, "f": "nb", "s": "ok"}
+        await send({"k": "a", "r": 1})  # the reply was lost: ask
+        assert await _next_header(pubsub) == {"k": KIND_REPLY, "r": 1, "f": "nb", "s": "ok"}
+        assert owner.posted[record.connection_id] == [(b"once", False)]  # acted once
+
+        await send({"k": "a", "r": 2})  # asked before the request arrives
+        assert await _next_header(pubsub) == {"k": KIND_REPLY, "r": 2, "f": "nb", "s": "dropped"}
+        await send({**post, "r": 2}, b"never")
+        await send({**post, "r": 3, "d": time.time() - 0.1}, b"too late")
+        await send({"k": "a", "r": 3})
+        assert await _next_header(pubsub) == {"k": KIND_REPLY, "r": 3, "f": "nb", "s": "dropped"}
+        assert owner.posted[record.connection_id] == [(b"once", False)]
+    finally:
+        await pubsub.aclose()  # type: ignore[no-untyped-call]
+        await r.aclose()
+        await reg.close()
+
+
+async def test_a_sender_that_lost_the_reply_asks_and_gets_the_outcome(redis_url: str, key_prefix: str) -> None:
+    """The owner (played by hand) acts but its reply never comes: after the deadline the
+    sender asks, and answers from the owner's second answer: delivered (no 503), or, when
+    the owner says ``dropped``, 503."""
+    reg = RedisRegistry(registry_config(redis_url, key_prefix), "na", request_timeout_s=1.0)
+    r = redis.asyncio.Redis.from_url(redis_url)
+    pubsub = r.pubsub()
+    try:
+        await reg.start(RecordingNode("na"))
+        await pubsub.subscribe(f"{key_prefix}:node:{{nb}}")
+        to_sender = f"{key_prefix}:node:{{na}}"
+        for outcome in ("ok", "dropped"):
+            record = make_record("nb")
+            await r.hset(f"{key_prefix}:{{c:{record.connection_id}}}", "node", "nb")
+            posting = asyncio.ensure_future(reg.post(record.connection_id, b"x", False))
+            request = await _next_header(pubsub, skip_asks=True)  # acted on; its reply "lost"
+            ask = await _next_header(pubsub)
+            assert ask == {"k": "a", "r": request["r"], "f": "na", "d": request["d"]}
+            assert time.time() >= request["d"]  # asked only once the owner could no longer act
+            reply = {"k": KIND_REPLY, "r": request["r"], "f": "nb", "s": outcome}
+            await r.publish(to_sender, encode_message(reply))
+            if outcome == "ok":
+                await asyncio.wait_for(posting, 0.3)  # at once, well before the timeout
+            else:
+                with pytest.raises(RegistryUnavailableError):
+                    await asyncio.wait_for(posting, 1)
+    finally:
+        await pubsub.aclose()  # type: ignore[no-untyped-call]
+        await r.aclose()
+        await reg.close()

@@ -596,17 +596,19 @@ class Gateway:
     # ---------------------------------------------------------------- health
 
     async def health(self) -> dict[str, Any]:
-        """``live``: serving (started, not draining); ``ready``: live and the registry
-        reachable, so that cross-node calls work (a load balancer's readiness check).
+        """``live``: serving (started, not draining); ``ready``: live, the registry
+        reachable and settled (it can vouch for a 410 and a complete listing), so that
+        cross-node calls answer exactly (a load balancer's readiness check).
         The node's details (id, connections, registry state) are for the management port;
         the client port shows them only with ``[listen] health_details``."""
         registry = dict(await self.registry.health())
         live = self.ready and not self.draining
         reachable = bool(registry.get("reachable", False))
+        settled = reachable and bool(registry.get("settled", True))
         return {
-            "status": "ok" if live and reachable else ("degraded" if live else "unavailable"),
+            "status": "ok" if live and settled else ("degraded" if live else "unavailable"),
             "live": live,
-            "ready": live and reachable,
+            "ready": live and settled,
             "node_id": self.node_id,
             "connections": len(self.hub),
             "registry": registry,

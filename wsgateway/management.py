@@ -14,7 +14,7 @@ DELETE   /@connections/{id}/groups/{group}   take it out -> 204
 GET      /@tenants/{tenant}/connections      {"connections": [...], "nextToken": ...} (?limit=&nextToken=)
 GET      /@tenants/{tenant}/usage            its usage plan, connections and today's counts (docs/configuration.md)
 GET      /health                             no auth; 200 once started and until draining, else 503
-GET      /ready                              no auth; 200 only while the registry is reachable too
+GET      /ready                              no auth; 200 only while the registry is reachable and settled
 GET      /metrics                            Prometheus text of the node's counters; ``metrics_auth`` decides who
 =======  ==================================  =====================================================
 

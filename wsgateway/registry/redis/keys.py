@@ -27,8 +27,13 @@ touches keys of one tag, and pipelines of single-key commands can be split by sl
                                       "r:<route>") in one second-long window, all nodes; expires
     P:{meta}:epoch            STRING  registry epoch: a random token made when Redis has none,
                                       i.e. on first start and after Redis lost its data
-    P:{meta}:settle           STRING  present (TTL node_ttl_s) while the nodes refill a Redis that
-                                      lost its data; a missing record is not a proof of 410 then
+    P:{meta}:settle           STRING  the return window (TTL two heartbeats), opened when an epoch is
+                                      made or a node finds the epoch changed: a node that held
+                                      connections before a data loss beats within it
+    P:{meta}:expect           ZSET    node -> Redis-clock ms until which it is expected to
+                                      re-register after a data loss (listed by the nodes that
+                                      knew it); removed once it has. A missing record is not a
+                                      proof of 410 while the window is open or a node is expected
     P:{meta}:nodes            HASH    node -> the epoch it has fully registered in ("" meanwhile);
                                       a sweep unlists the node it leases, so that the node, if
                                       alive after all, learns that it was declared dead
@@ -60,7 +65,7 @@ __all__ = ["KeySpace"]
 class KeySpace:
     """The key and channel names of one deployment (one ``key_prefix``)."""
 
-    __slots__ = ("alive", "epoch", "nodes", "prefix", "settle")
+    __slots__ = ("alive", "epoch", "expect", "nodes", "prefix", "settle")
 
     def __init__(self, prefix: str) -> None:
         self.prefix = prefix
@@ -68,6 +73,7 @@ class KeySpace:
         self.settle = f"{prefix}:{{meta}}:settle"
         self.nodes = f"{prefix}:{{meta}}:nodes"
         self.alive = f"{prefix}:{{meta}}:alive"
+        self.expect = f"{prefix}:{{meta}}:expect"
 
     @property
     def meta(self) -> list[str]:

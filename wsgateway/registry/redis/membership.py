@@ -2,7 +2,14 @@
 nodes (``sweep`` sweeps them), and coming back after being declared dead.
 
 Every ``heartbeat_s`` one script (``HEARTBEAT``) pushes this node's death line ``node_ttl_s``
-ahead on Redis's clock, reads the registry epoch and lists the live and the dead nodes. Then:
+ahead on Redis's clock, reads the registry epoch and lists the live and the dead nodes. The
+epoch tells a data loss from a settled cluster: a node that finds it changed (or the first
+that finds none) opens a return window of two heartbeats, in which every live node beats
+once Redis answers, and a node that knew the old epoch lists the peers it saw alive as
+expected to re-register; the cluster is settling (a missing record proves nothing, listings
+wait) while the window is open, a peer is expected, or a live node has not finished writing
+its connections in the epoch. A node that holds nothing (one that starts) is registered in
+the epoch at its first beat, so nobody waits for it. Then:
 
 - if the epoch changed (Redis lost its data), this node was unlisted (swept, or Redis emptied)
   or a write failed since the last beat, the node re-registers every connection its hub holds
@@ -66,6 +73,7 @@ from .scripts import (
     HEARTBEAT,
     HELD_CLAIMED,
     HOLD,
+    REGISTERED,
     RELEASE,
     RELEASED_CLAIMED,
     TOUCH,
@@ -157,6 +165,7 @@ class Membership:
         self.settling = True  # Redis lost its data lately: nodes may still be refilling it
         self.peers: frozenset[str] = frozenset()  # live nodes at the last beat, not this one
         self.up_since: float | None = None  # monotonic time of the first beat after a failure
+        self._trusted_from = 0.0  # monotonic time from which misses are trusted (unless settling)
         self.dirty = True  # some of this node's records may be missing: re-register
         self.declared_dead = False  # found out it was swept: reconcile before re-registering
         self.being_swept = False  # a sweep of this node holds its lease: re-register after it
@@ -189,11 +198,13 @@ class Membership:
 
     def trusts_misses(self) -> bool:
         """Whether a record missing now means the connection is gone, as far as this node
-        can tell: it has been connected for two beats (so after an outage every live node
-        beat again) and no data loss is being refilled."""
+        can tell: the cluster is not settling (see ``scripts.HEARTBEAT``) and, if this node
+        found a node past its death line when it (re)connected, two beats have passed (that
+        node may be one cut off with Redis, back within a beat with connections it accepted
+        meanwhile and could not record)."""
         if self.up_since is None or self.settling or not self.epoch:
             return False
-        return time.monotonic() - self.up_since >= 2 * self._heartbeat_s
+        return time.monotonic() >= self._trusted_from
 
     async def _run(self) -> None:
         failures = 0
@@ -217,13 +228,15 @@ class Membership:
         and re-register, flush activity, sweep. Raises RegistryUnavailableError (or a Redis
         error) when Redis cannot be used; what was not done is retried at the next beat."""
         keys = self._keys
+        assert self._node is not None
+        holds_nothing = next(iter(self._node.local_connections()), None) is None
         reply = await self._batcher.call(
-            "EVAL", HEARTBEAT, 5, *keys.meta, keys.sweep_lease(self._node_id), self._node_id,
-            ms(self._node_ttl_s), self.epoch, secrets.token_hex(8), ms(self._node_ttl_s),
-            ms(2 * self._heartbeat_s), "1" if self.being_swept else "0",
+            "EVAL", HEARTBEAT, 6, *keys.meta, keys.sweep_lease(self._node_id), keys.expect, self._node_id,
+            ms(self._node_ttl_s), self.epoch, secrets.token_hex(8), ms(2 * self._heartbeat_s),
+            "1" if self.being_swept else "0", "1" if holds_nothing else "0", *sorted(self.peers),
         )
         epoch, unlisted, settling, alive, dead, swept = reply
-        self._learn(epoch.decode(), bool(unlisted), bool(swept))
+        self._learn(epoch.decode(), bool(unlisted), bool(swept), bool(dead))
         self.settling = bool(settling)
         self.peers = frozenset(n.decode() for n in alive) - {self._node_id}
         await self._release_pending()
@@ -241,12 +254,14 @@ class Membership:
         if time.monotonic() - self.up_since >= self._node_ttl_s:
             self._sweeper.sweep(n.decode() for n in dead)
 
-    def _learn(self, epoch: str, unlisted: bool, swept: bool) -> None:
+    def _learn(self, epoch: str, unlisted: bool, swept: bool, dead_seen: bool) -> None:
         """Take in what a heartbeat found about this node: the epoch (changed: data loss),
         whether it was unlisted (re-register; declared dead too if the epoch is the one it
-        beat in before) and whether a sweep of it still holds its lease."""
+        beat in before), whether a sweep of it still holds its lease, and (at a first beat
+        after a failure or at start) whether a node is past its death line."""
         if self.up_since is None:
             self.up_since = time.monotonic()
+            self._trusted_from = self.up_since + (2 * self._heartbeat_s if dead_seen else 0.0)
             log.info("registry reachable: node %s in epoch %s", self._node_id, epoch)
         if epoch != self.epoch:
             if self.epoch:
@@ -325,8 +340,10 @@ class Membership:
         ids = [info.record.connection_id for info in self._node.local_connections()]
         replies = await asyncio.gather(*(call("EVAL", HOLD, 1, keys.record(i), me) for i in ids), return_exceptions=True)
         claimed = [cid for cid, reply in zip(ids, replies, strict=True) if reply == HELD_CLAIMED]
-        if claimed:
-            self._node.abandon(claimed, CLOSE_SERVICE_RESTART, DECLARED_DEAD_REASON)
+        # A claimed connection that was closing already is not abandoned: its release reads
+        # the tombstone (and runs no $disconnect), so the tombstones stay unless every claimed
+        # connection was abandoned (then nobody else reads them).
+        if claimed and self._node.abandon(claimed, CLOSE_SERVICE_RESTART, DECLARED_DEAD_REASON) == len(claimed):
             for cid in claimed:
                 self._batcher.send("DEL", keys.record(cid))  # the tombstone has told us
         for reply in replies:
@@ -342,9 +359,11 @@ class Membership:
         """Write every live local connection again and drop this node's stale records."""
         assert self._node is not None
         keys, call, me = self._keys, self._batcher.call, self._node_id
-        known_ids, known_tenants, _ = await asyncio.gather(
-            call("SMEMBERS", keys.node_conns(me)), call("SMEMBERS", keys.node_tenants(me)),
-            call("HSET", keys.nodes, me, ""),
+        # Listings wait for a node that has something to register ("" until done); a node
+        # that holds nothing (one that just started) holds up nobody.
+        refilling = [call("HSET", keys.nodes, me, "")] if next(iter(self._node.local_connections()), None) else []
+        known_ids, known_tenants, *_ = await asyncio.gather(
+            call("SMEMBERS", keys.node_conns(me)), call("SMEMBERS", keys.node_tenants(me)), *refilling,
         )
         # From the snapshot on, everything is queued without awaiting: a remove() made after
         # it is queued after these writes, so it cannot be undone by them.
@@ -355,7 +374,7 @@ class Membership:
             futures += [call("SADD", keys.tenant_nodes(tenant), me), call("SADD", keys.node_tenants(me), tenant)]
         for tenant in {t.decode() for t in known_tenants} - self._index.tenants.keys():
             futures += [call("SREM", keys.tenant_nodes(tenant), me), call("SREM", keys.node_tenants(me), tenant)]
-        futures.append(call("HSET", keys.nodes, me, self.epoch))
+        futures.append(call("EVAL", REGISTERED, 2, keys.nodes, keys.expect, me, self.epoch))
         results = await asyncio.gather(*futures, return_exceptions=True)
         if any(isinstance(r, BaseException) for r in results):
             self.dirty = True

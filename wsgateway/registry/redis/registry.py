@@ -6,14 +6,18 @@ How it holds together (key layout in ``keys``, messages in ``wire``):
   Records are written through one pipelined writer (``batch``); ``add``/``remove``
   never raise for an outage, they mark the node for re-registration instead.
 - A call about a connection on another node finds the owner (named in the connection id, or
-  a cached HGET for ids that name none: connection ids never move) and publishes a request
-  on the owner's channel; the owner answers on ours (``rpc``). The owner is the truth: its
-  ``gone`` is a 410. The channels have lean connections of their own (``link``, hiredis
-  over an asyncio Protocol); redis-py carries everything else.
-- A missing record is a 410 only when the registry can vouch for it: the epoch is settled
-  (no refill after data loss in progress, this node connected for two beats) and every live
-  node, asked directly, says it does not hold the connection. Otherwise the live nodes are
+  a cached HGET for ids that name none) and publishes a request on the owner's channel; the
+  owner answers on ours (``rpc``). The owner is the truth: its ``gone`` is a 410 (unless the
+  record says a reliable session moved on). The channels have lean connections of their own
+  (``link``, hiredis over an asyncio Protocol); redis-py carries everything else.
+- A missing record is a 410 only when the registry can vouch for it: the cluster is
+  settled (no data loss being refilled: ``membership`` and ``scripts.HEARTBEAT`` say how that
+  is told) and every live node, asked directly, says it does not hold the connection (a node
+  that left the live set meanwhile counts as not holding it). Otherwise the live nodes are
   asked anyway (a holder answers) and the call fails with 503, never a false 410.
+- A call whose reply is lost (Redis restarting, links reconnecting) is asked about again
+  once the links are back; the owner remembers its outcomes (``rpc``), so that an error
+  answer means not delivered.
 - Heartbeats, re-registration after data loss, lastActiveAt flushes and the reconciliation
   of a node that comes back after being declared dead live in ``membership``; the dead-node
   sweep and the orphan ``$disconnect`` calls in ``sweep``.
@@ -74,6 +78,9 @@ _T = TypeVar("_T")
 _GONE: dict[str, Any] = {"s": STATUS_GONE}
 _OWNER_CACHE_SIZE = 65_536
 _MAX_MOVES = 3  # a reliable session that moved more often within one call: 503, retry
+# The channel links retry at least this often while Redis is away, so that once it is back a
+# call whose reply was lost can ask again well within its timeout (see ``rpc``).
+_LINK_BACKOFF_S = 0.25
 
 
 class RedisRegistry:
@@ -97,7 +104,8 @@ class RedisRegistry:
         # is taken for dead, as redis-py takes such a connection.
         self._channel = NodeChannel(
             self._redis.locator, self._keys, node_id, self._pending,
-            max_backoff_s=config.heartbeat_s, check_s=max(request_timeout_s, 1.0), shards=self._redis.shards,
+            max_backoff_s=min(config.heartbeat_s, _LINK_BACKOFF_S), check_s=max(request_timeout_s, 1.0),
+            shards=self._redis.shards,
         )
         self._index = LocalIndex()
         self._allowance = Allowance(self._keys, node_id, self._batcher, timeout_s=request_timeout_s)
@@ -329,12 +337,23 @@ class RedisRegistry:
                 if reply["s"] == STATUS_OK:
                     self._remember(connection_id, node_id)
                 return reply
-        if trusted and all(r["s"] == STATUS_GONE for r in replies.values()):
-            return _GONE
+        if trusted:
+            silent = {n for n, r in replies.items() if r["s"] != STATUS_GONE}
+            if not silent or await self._all_left(silent):
+                return _GONE
         raise RegistryUnavailableError("the registry cannot tell where the connection is now")
 
+    async def _all_left(self, silent: set[str]) -> bool:
+        """Whether every node in ``silent`` (no answer, or nobody listening on its channel)
+        has left the live set since the state was read: it stopped (a node leaves only once
+        it holds nothing, so its answer would have been gone; it may have stopped listening
+        with the request unread) or is past its death line (as if the state had been read a
+        moment later: the live nodes are the ones asked)."""
+        _, _, alive, _ = await self._state()
+        return not silent & set(alive)
+
     async def _state(self) -> tuple[str, bool, list[str], list[str]]:
-        epoch, settling, alive, states = await self._batcher.call("EVAL", STATE, 4, *self._keys.meta)
+        epoch, settling, alive, states = await self._batcher.call("EVAL", STATE, 5, *self._keys.meta, self._keys.expect)
         return epoch.decode(), bool(settling), [n.decode() for n in alive], [s.decode() for s in states]
 
     async def _request(

@@ -6,6 +6,16 @@ target node until its timeout; the receiver acts only before the deadline carrie
 request, which falls well before the sender's timeout, so a request answered with 503 is
 never acted on later (assuming node clocks agree within ``timeout - budget``).
 
+An error answer means not delivered. The receiver acts only while it can publish (a node
+whose publishing link is down drops the request: nobody would learn the outcome), and it
+remembers the outcome of each request that acts (post, delete, group, fan-out) by sender and
+request id until well past the sender's timeout. A sender whose request got no reply by its
+deadline (the reply was lost while the links reconnected, or the request's PUBLISH was lost
+on the way) asks the target again (``KIND_ASK``) once both its links are up, until its
+timeout: the target answers the outcome it remembers, or ``dropped`` for a request it never
+acted on, which it then never will. So a call answered 503 was not acted on, unless the
+links stayed down for the whole time between the deadline and the timeout.
+
 The channel traffic goes over the lean links of ``link`` (one connection subscribed,
 one publishing), never through redis-py: it is the hot path of every cross-node call. A call
 costs one future and no timer of its own: calls all have the same timeout, so they expire in
@@ -18,7 +28,8 @@ import asyncio
 import itertools
 import logging
 import time
-from collections.abc import Awaitable
+from collections import deque
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ...errors import GoneError, LimitExceededError, MovedError, RemoteNodeError
@@ -27,6 +38,7 @@ from .keys import KeySpace
 from .link import LOST, UNSENT, Endpoint, Locator, PublishLink, SubscribeLink
 from .shards import Locate, ShardedPublisher, ShardedSubscribeLink
 from .wire import (
+    KIND_ASK,
     KIND_DELETE,
     KIND_FANOUT,
     KIND_GET,
@@ -60,6 +72,7 @@ STATUS_GONE = "gone"
 STATUS_LIMIT = "limit"
 STATUS_FAIL = "fail"
 STATUS_MOVED = "moved"  # "n": the node a reliable session moved to
+STATUS_DROPPED = "dropped"  # not acted on, and never will be (the answer to an ask)
 STATUS_UNREACHABLE = "unreachable"  # never on the wire: no node took the message
 STATUS_TIMEOUT = "timeout"  # never on the wire: no answer in time, or the request never left
 
@@ -67,9 +80,14 @@ STATUS_TIMEOUT = "timeout"  # never on the wire: no answer in time, or the reque
 _UNREACHABLE: dict[str, Any] = {"s": STATUS_UNREACHABLE}
 _TIMEOUT: dict[str, Any] = {"s": STATUS_TIMEOUT}
 
-# A request whose PUBLISH was in flight when the link dropped may still be acted on until its
-# deadline; its reply is awaited that much longer before the call gives up on it.
-_LATE_REPLY_S = 0.05
+# A target that has not answered this long after the request's deadline is asked again.
+_ASK_AFTER_S = 0.05
+# Asked again this often until it answers or the call times out (an ask may be lost too).
+_ASK_AGAIN_S = 0.1
+_LINKS_POLL_S = 0.02
+# How long past a request's deadline the receiver remembers its outcome: past the sender's
+# timeout (timeout - budget after the deadline), with room for clocks a little apart.
+_REMEMBER_SLACK_S = 1.0
 # uvloop's clock and timers have a millisecond's resolution: a timer may fire that early.
 _TIMER_SLACK_S = 0.001
 _CHANNEL_CACHE_SIZE = 4096
@@ -101,8 +119,8 @@ class Call:
     """
 
     __slots__ = (
-        "_lost", "_published", "_waiting", "answered", "deadline", "expires_at", "failed", "future", "id",
-        "replies", "targets",
+        "_published", "_waiting", "answered", "asking", "ask_at", "deadline", "expires_at", "failed", "future",
+        "id", "replies", "targets",
     )
 
     def __init__(
@@ -113,26 +131,31 @@ class Call:
         self.targets = targets
         self.deadline = deadline  # wall clock, as the receiver checks it
         self.expires_at = expires_at  # loop clock
+        self.ask_at = expires_at  # loop clock: when unanswered targets are asked again
+        self.asking = False  # handed to the asker
         self.replies: dict[str, dict[str, Any]] = {}
         self.answered = 0
         self.failed = 0
         self.future: asyncio.Future[None] = loop.create_future()
         self._waiting = len(targets)
         self._published = 0
-        self._lost: list[str] | None = None
         if not targets:
             self.future.set_result(None)
 
     def answer(self, node_id: str, header: dict[str, Any]) -> None:
-        """A target's reply arrived."""
+        """A target's reply arrived (``dropped``: it did not act, and never will)."""
         if node_id in self.targets and node_id not in self.replies:
             self.answered += 1
-            self._decide(node_id, header)
+            self._decide(node_id, _TIMEOUT if header.get("s") == STATUS_DROPPED else header)
+
+    def unanswered(self) -> list[str]:
+        """The targets still waited for."""
+        return [t for t in self.targets if t not in self.replies]
 
     def outcome(self, reply: Any) -> None:
         """The outcome of the next target's PUBLISH: how many subscribers took it, or why it
         failed. Never delivered (UNSENT, refused): given up on at once. LOST (it may have
-        reached the target): its answer is awaited until the request's deadline."""
+        reached the target): waited for, and asked again after the deadline."""
         target = self.targets[self._published]
         self._published += 1
         self.outcome_of(target, reply)
@@ -147,13 +170,7 @@ class Call:
         self.failed += 1
         if target in self.replies:
             return  # answered before the PUBLISH's own reply came (or failed to)
-        if reply is LOST:
-            if self._lost is None:
-                self._lost = []
-                delay = max(0.0, self.deadline - time.time()) + _LATE_REPLY_S
-                self.future.get_loop().call_later(delay, self._give_up_lost)
-            self._lost.append(target)
-        else:
+        if reply is not LOST:
             if reply is not UNSENT:
                 log.warning("redis refused a request's PUBLISH: %r", reply)
             self._decide(target, _TIMEOUT)
@@ -161,11 +178,6 @@ class Call:
     def expire(self) -> None:
         """Give up on every target that has not answered (the call timed out)."""
         for target in self.targets:
-            if target not in self.replies:
-                self._decide(target, _TIMEOUT)
-
-    def _give_up_lost(self) -> None:
-        for target in self._lost or ():
             if target not in self.replies:
                 self._decide(target, _TIMEOUT)
 
@@ -178,15 +190,17 @@ class Call:
 
 class PendingCalls:
     """This node's requests waiting for replies, by request id, in the order they were
-    opened, which is the order they expire in: one timer, for the oldest, expires them."""
+    opened, which is the order they are overdue and expire in: one timer, for the oldest,
+    hands the overdue ones to ``on_overdue`` (to be asked again) and expires them."""
 
     def __init__(self, *, timeout_s: float, budget_s: float) -> None:
-        self._timeout_s = timeout_s
-        self._budget_s = budget_s
+        self.timeout_s = timeout_s
+        self.budget_s = budget_s
         self._calls: dict[int, Call] = {}
         self._ids = itertools.count(1)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self.on_overdue: Callable[[Call], None] | None = None  # None: wait until the timeout
 
     def open(self, targets: tuple[str, ...]) -> Call:
         """Register a call before its request is published (a reply may come at once). The
@@ -195,10 +209,13 @@ class PendingCalls:
         loop = self._loop
         if loop is None:
             loop = self._loop = asyncio.get_running_loop()
-        call = Call(next(self._ids), targets, time.time() + self._budget_s, loop.time() + self._timeout_s, loop)
+        now = loop.time()
+        call = Call(next(self._ids), targets, time.time() + self.budget_s, now + self.timeout_s, loop)
+        if self.on_overdue is not None:
+            call.ask_at = min(call.expires_at, now + self.budget_s + _ASK_AFTER_S)
         self._calls[call.id] = call
         if self._timer is None:
-            self._timer = loop.call_at(call.expires_at, self._expire)
+            self._timer = loop.call_at(call.ask_at, self._tick)
         return call
 
     def close(self, call: Call) -> None:
@@ -211,20 +228,37 @@ class PendingCalls:
         if call is not None:
             call.answer(str(header.get("f")), header)
 
-    def _expire(self) -> None:
+    def _tick(self) -> None:
+        """Hand the overdue calls to ``on_overdue``, expire the timed-out ones, and arm the
+        timer for the next of either. Oldest first: the calls being asked again are the
+        oldest ones still open, the others follow in the order they are due."""
         self._timer = None
         loop = self._loop
         assert loop is not None
         now = loop.time() + _TIMER_SLACK_S
-        expired = []
+        expired, overdue = [], []
+        next_at = None
         for call in self._calls.values():  # oldest first: dicts keep insertion order
-            if call.expires_at > now:
-                self._timer = loop.call_at(call.expires_at, self._expire)
+            if call.expires_at <= now:
+                expired.append(call)
+            elif call.asking:
+                next_at = call.expires_at if next_at is None else min(next_at, call.expires_at)
+            elif call.ask_at <= now:
+                call.asking = True
+                overdue.append(call)
+                next_at = call.expires_at if next_at is None else min(next_at, call.expires_at)
+            else:
+                next_at = call.ask_at if next_at is None else min(next_at, call.ask_at)
                 break
-            expired.append(call)
+        if next_at is not None:
+            self._timer = loop.call_at(next_at, self._tick)
         for call in expired:
             del self._calls[call.id]
             call.expire()
+        for call in overdue:
+            if not call.future.done():
+                assert self.on_overdue is not None  # ask_at is expires_at without it
+                self.on_overdue(call)
 
 
 class NodeChannel:
@@ -256,6 +290,13 @@ class NodeChannel:
         self._channels: dict[str, bytes] = {}  # node id -> its channel name, encoded
         self._node: LocalNode | None = None
         self._tasks: set[asyncio.Task[Any]] = set()  # strong refs to running deletes
+        self._asking: set[asyncio.Task[Any]] = set()  # strong refs to calls being asked again
+        # Outcomes of the requests this node acted on (None: still acting) or dropped, by
+        # (sender, request id), and when to forget each (wall clock), oldest first.
+        self._outcomes: dict[tuple[str, int], dict[str, Any] | None] = {}
+        self._forget_at: deque[tuple[float, tuple[str, int]]] = deque()
+        self._remember_s = pending.timeout_s - pending.budget_s + _REMEMBER_SLACK_S
+        pending.on_overdue = self._ask_again
         self.subscribed = self._inbox.ready
 
     def start(self, node: LocalNode) -> None:
@@ -270,7 +311,10 @@ class NodeChannel:
         await self._outbox.wait_ready()
 
     async def close(self) -> None:
-        """Stop listening; let running deletes answer (briefly); then stop publishing."""
+        """Stop listening and asking; let running deletes answer (briefly); then stop
+        publishing."""
+        for task in self._asking:
+            task.cancel()
         await self._inbox.close()
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=1.0)
@@ -306,12 +350,25 @@ class NodeChannel:
             log.exception("bad registry message dropped")
 
     def _serve(self, header: dict[str, Any], data: bytes) -> None:
-        if time.time() > header["d"]:
-            return  # the sender has answered 503 already: acting now would break that answer
+        now = time.time()
+        self._forget(now)
+        kind = header["k"]
+        if kind == KIND_ASK:
+            self._answer_ask(header)
+            return
+        key = (header["f"], header["r"])
+        if key in self._outcomes:
+            return  # asked about before it came (it is dropped), or seen already
+        if now > header["d"] or not self._outbox.ready.is_set():
+            # Past its deadline the sender has answered 503 already; without a link to
+            # publish on, nobody would learn the outcome: acting would break either answer.
+            self._remember(key, header["d"], _dropped(header["r"], self._node_id))
+            return
         node = self._node
         assert node is not None
-        kind = header["k"]
         reply: dict[str, Any] = {"k": KIND_REPLY, "r": header["r"], "f": self._node_id, "s": STATUS_OK}
+        if kind not in (KIND_GET, KIND_SURVEY):  # acting: remembered, so that a sender that lost the reply can ask
+            self._remember(key, header["d"], reply if kind != KIND_DELETE else None)
         try:
             if kind == KIND_POST:
                 node.local_post(header["c"], data, bool(header["b"]))
@@ -348,7 +405,49 @@ class NodeChannel:
             reply["s"] = _status_of(exc)
             if isinstance(exc, LimitExceededError) and exc.message:
                 reply["m"] = exc.message
+        key = (to, reply["r"])
+        if key in self._outcomes:
+            self._outcomes[key] = reply  # done: an ask answers it from now on
         self._reply(to, reply, deadline)
+
+    # ------------------------------------------------------------ outcome memory
+
+    def _remember(self, key: tuple[str, int], deadline: float, reply: dict[str, Any] | None) -> None:
+        self._outcomes[key] = reply
+        self._forget_at.append((deadline + self._remember_s, key))
+
+    def _forget(self, now: float) -> None:
+        forget_at, outcomes = self._forget_at, self._outcomes
+        while forget_at and forget_at[0][0] < now:
+            outcomes.pop(forget_at.popleft()[1], None)
+
+    def _answer_ask(self, header: dict[str, Any]) -> None:
+        """A sender lost our reply (or its request): answer again what we did, or that we
+        did not act, and never will."""
+        key = (header["f"], header["r"])
+        if key not in self._outcomes:
+            self._remember(key, header["d"], _dropped(header["r"], self._node_id))
+        reply = self._outcomes[key]
+        if reply is not None:  # None: a delete still closing; its reply comes when done
+            self._reply(header["f"], reply, header["d"])
+
+    def _ask_again(self, call: Call) -> None:
+        task = asyncio.ensure_future(self._ask(call))
+        self._asking.add(task)
+        task.add_done_callback(self._asking.discard)
+
+    async def _ask(self, call: Call) -> None:
+        """Ask each target that has not answered ``call`` for its outcome, once both links
+        are up, and again every ``_ASK_AGAIN_S``, until they all answered or the call expired."""
+        ask = encode_message({"k": KIND_ASK, "r": call.id, "f": self._node_id, "d": call.deadline})
+        links = (self._inbox.ready, self._outbox.ready)
+        while not call.future.done():
+            if all(link.is_set() for link in links):
+                for target in call.unanswered():
+                    self._outbox.publish(self._channel(target), ask, None)
+                await asyncio.wait([call.future], timeout=_ASK_AGAIN_S)
+            else:  # a link is reconnecting: look again shortly
+                await asyncio.wait([call.future], timeout=_LINKS_POLL_S)
 
     def _reply(self, to: str, reply: dict[str, Any], deadline: float) -> None:
         """Publish a reply; one that no subscriber took (the sender's subscription is being
@@ -397,6 +496,10 @@ class _TargetSink:
 
     def outcome(self, reply: Any) -> None:
         self._call.outcome_of(self._target, reply)
+
+
+def _dropped(request_id: int, node_id: str) -> dict[str, Any]:
+    return {"k": KIND_REPLY, "r": request_id, "f": node_id, "s": STATUS_DROPPED}
 
 
 def _status_of(exc: Exception) -> str:

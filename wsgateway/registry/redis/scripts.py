@@ -23,6 +23,7 @@ __all__ = [
     "PLACES_FREE",
     "PLACES_FREE_NODE",
     "PLACES_TAKE",
+    "REGISTERED",
     "RELEASE",
     "RELEASED_CLAIMED",
     "STATE",
@@ -44,41 +45,69 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 """
 
-# KEYS: epoch, settle, nodes, alive, this node's sweep lease.
-# ARGV: node, ttl_ms, known_epoch ("" on first beat), fresh_epoch, settle_ms, birth_settle_ms,
-#       check_lease ("1": report whether a sweep of this node still runs).
-# Refreshes the node, makes an epoch if Redis has none, opens the settle window when data was
-# lost. Returns {epoch, was_unlisted (0|1), settling (0|1), alive nodes, dead nodes,
-# being_swept (0|1)}; the lease is only looked at when unlisted or asked, so that a normal
-# beat runs the same commands as ever.
+# KEYS: epoch, settle, nodes, alive, this node's sweep lease, expect.
+# ARGV: 1 node, 2 ttl_ms, 3 known_epoch ("" until the node's first beat), 4 fresh_epoch,
+#       5 return_ms (in which every live node beats once Redis answers), 6 check_lease ("1":
+#       report whether a sweep of this node still runs), 7 holds_nothing ("1": this node has no
+#       connection to register), 8... the peers this node saw alive at its last beat.
+# Refreshes the node. An epoch made here (Redis has none: brand new, or it lost its data) or
+# one that differs from the node's own (it lost its data) opens the return window (``settle``);
+# a node that knew the old epoch also expects every peer it knew to re-register (``expect``,
+# until it has, or for ttl_ms: a node that does not beat by then is dead). A node that holds
+# nothing is registered in the epoch at once. Returns {epoch, was_unlisted (0|1), settling
+# (0|1), alive nodes, dead nodes, being_swept (0|1)}; the lease is only looked at when
+# unlisted or asked, so that a normal beat runs the same commands as ever.
 HEARTBEAT = (
     _NOW_MS
     + """
 local epoch = redis.call('GET', KEYS[1])
+local lost = false
 if not epoch then
   epoch = ARGV[4]
   redis.call('SET', KEYS[1], epoch)
-  local window = ARGV[6]
-  if ARGV[3] ~= '' then window = ARGV[5] end
-  if redis.call('PTTL', KEYS[2]) < tonumber(window) then
-    redis.call('SET', KEYS[2], '1', 'PX', window)
-  end
+  lost = ARGV[3] ~= ''
 elseif ARGV[3] ~= '' and epoch ~= ARGV[3] then
+  lost = true
+end
+if epoch == ARGV[4] or lost then
   if redis.call('PTTL', KEYS[2]) < tonumber(ARGV[5]) then
     redis.call('SET', KEYS[2], '1', 'PX', ARGV[5])
   end
 end
-local unlisted = redis.call('HSETNX', KEYS[3], ARGV[1], '')
+if lost then
+  for i = 8, #ARGV do
+    if redis.call('HGET', KEYS[3], ARGV[i]) ~= epoch then
+      redis.call('ZADD', KEYS[6], now + tonumber(ARGV[2]), ARGV[i])
+    end
+  end
+end
+local state = ''
+if ARGV[7] == '1' then state = epoch end
+local unlisted = redis.call('HSETNX', KEYS[3], ARGV[1], state)
 redis.call('ZADD', KEYS[4], now + tonumber(ARGV[2]), ARGV[1])
 local alive = redis.call('ZRANGEBYSCORE', KEYS[4], now, '+inf')
 local dead = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', '(' .. now)
 local swept = 0
-if unlisted == 1 or ARGV[7] == '1' then swept = redis.call('EXISTS', KEYS[5]) end
-return {epoch, unlisted, redis.call('EXISTS', KEYS[2]), alive, dead, swept}
+if unlisted == 1 or ARGV[6] == '1' then swept = redis.call('EXISTS', KEYS[5]) end
+local settling = redis.call('EXISTS', KEYS[2], KEYS[6])
+if settling > 0 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[6], '-inf', '(' .. now)
+  settling = redis.call('EXISTS', KEYS[2], KEYS[6])
+end
+return {epoch, unlisted, settling > 0 and 1 or 0, alive, dead, swept}
 """
 )
 
-# KEYS: epoch, settle, nodes, alive. Returns {epoch or "", settling, alive nodes, their states}.
+# KEYS: nodes, expect. ARGV: node, epoch. The node has registered every connection it holds
+# in ``epoch``: listings may count on it, and no node expects it any more.
+REGISTERED = """
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('ZREM', KEYS[2], ARGV[1])
+return 0
+"""
+
+# KEYS: epoch, settle, nodes, alive, expect. Returns {epoch or "", settling, alive nodes, their
+# states}; settling while the return window is open or a node is still expected.
 STATE = (
     _NOW_MS
     + """
@@ -88,7 +117,8 @@ local states = {}
 for i, node in ipairs(alive) do
   states[i] = redis.call('HGET', KEYS[3], node) or ''
 end
-return {epoch, redis.call('EXISTS', KEYS[2]), alive, states}
+local settling = redis.call('EXISTS', KEYS[2]) + redis.call('ZCOUNT', KEYS[5], now, '+inf')
+return {epoch, settling > 0 and 1 or 0, alive, states}
 """
 )
 

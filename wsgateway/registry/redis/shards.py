@@ -84,6 +84,12 @@ class ShardedPublisher:
         self._where: dict[bytes, tuple[str, int]] = {}  # channel -> its shard, as last known
         self._tasks: set[asyncio.Task[None]] = set()
 
+    @property
+    def ready(self) -> _AllReady:
+        """Set (``is_set()``) while every shard link made so far is connected: what the
+        outcome memory asks of a publishing link before acting on a request."""
+        return _AllReady(self._links)
+
     def start(self) -> None:
         """Connect to the URL's hosts (others as channels are found on them)."""
         for seed in self._seeds:
@@ -165,6 +171,19 @@ class ShardedPublisher:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+
+class _AllReady:
+    """``is_set()`` of every link at once (the :class:`asyncio.Event` API the callers read)."""
+
+    __slots__ = ("_links",)
+
+    def __init__(self, links: dict[tuple[str, int], PublishLink]) -> None:
+        self._links = links
+
+    def is_set(self) -> bool:
+        links = self._links
+        return bool(links) and all(link.ready.is_set() for link in links.values())
 
 
 class _Redirect:

@@ -15,12 +15,14 @@ A node message is one pub/sub payload: a JSON header, a newline, then the raw da
     {"k":"r","r":7,"f":"nB","s":"moved","n":"nC"}                          the session moved to nC
     {"k":"o","r":11,"f":"nA","q":{"what":"tenants"},"d":...}               console survey
     {"k":"r","r":11,"f":"nB","s":"ok","v":{...}}                            reply to a survey
+    {"k":"a","r":7,"f":"nA","d":...}                                       ask again: the outcome of request 7
 
 ``r`` is a request id unique within the sender, ``f`` the sender's node id (replies go to
 its channel), ``d`` the wall-clock deadline after which the receiver must not act (the
 sender has answered 503 by then). Reply status ``s`` is ``ok``, ``gone``, ``limit``,
-``moved`` (a reliable session resumed on node ``n`` a moment ago: ask there) or ``fail``.
-A fan-out is encoded once and the same bytes go to every node.
+``moved`` (a reliable session resumed on node ``n`` a moment ago: ask there), ``fail`` or
+``dropped`` (the answer to an ask about a request the receiver did not act on, and now never
+will). A fan-out is encoded once and the same bytes go to every node.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import orjson
 from ...records import ConnectionInfo, ConnectionRecord
 
 __all__ = [
+    "KIND_ASK",
     "KIND_DELETE",
     "KIND_FANOUT",
     "KIND_GET",
@@ -57,6 +60,7 @@ KIND_GROUP = "j"  # "g": the group, "j": 1 join / 0 leave
 KIND_REPLY = "r"
 KIND_TAKE = "s"  # "a": the resume's claim (token, lastSeq, tenant, principal)
 KIND_SURVEY = "o"  # "q": the console's query (wsgateway.history)
+KIND_ASK = "a"  # the sender lost the reply to request "r": answer it again
 
 _dumps = orjson.dumps
 _loads = orjson.loads
