@@ -2,8 +2,9 @@
 SIGKILLed and Sentinel promotes the replica, under traffic: cross-node posts in flight from
 several callers, clients connecting and leaving during the failover, and a gateway node
 SIGKILLed during it too. Checked at the end: no node exited; every post answered 200 was
-delivered exactly once and every error answer delivered never (but see the window of issue 11
-part 4 below: a request whose reply died with the master); no live connection got a 410;
+delivered exactly once and every error answer delivered never (but for the window below,
+which docs/cluster.md lists: a request whose reply died with the master while the caller's
+links stayed down past its timeout); no live connection got a 410;
 every live connection is reachable from every node and listed; every closed one answers 410;
 every ``$disconnect`` ran exactly once. Timings scaled down: heartbeat 0.2 s, node TTL 1 s.
 """
@@ -206,11 +207,11 @@ async def _scenario(cluster: Cluster, sentinel: SentinelTopology) -> None:
         assert post.code != GONE or post.cid in closed_ids, post  # never a false 410
         if got:
             answered_but_delivered.append(post)
-    # An error answer is never delivered, but for one window that is not this module's (issue
-    # 11 part 4): the owner delivered a request, and its reply died with the master or found
-    # the owner's publishing link still reconnecting. Such posts were all in flight between
-    # the kill and the moment every link was back; tighten to `== []` once the outcome of a
-    # request outlives a failover.
+    # An error answer is never delivered, but for one window (docs/cluster.md, "Outcomes when
+    # a reply is lost"): the owner delivered a request, its reply died with the master, and the
+    # caller's links were down from the request's deadline to its timeout, so it could not ask
+    # the owner again. Such posts were all in flight between the kill and the moment every
+    # link was back.
     assert all(p.ended > killed and p.started < back for p in answered_but_delivered), (
         killed, back, [(p, everyone[p.cid].node.name) for p in answered_but_delivered])
     print(f"failover {failover_s:.2f} s; every node back {recovered_s:.2f} s after it; answers {dict(codes)};"
