@@ -532,3 +532,29 @@ async def test_a_sender_that_lost_the_reply_asks_and_gets_the_outcome(redis_url:
         await pubsub.aclose()  # type: ignore[no-untyped-call]
         await r.aclose()
         await reg.close()
+
+
+async def test_a_sender_stopped_past_its_timeout_asks_before_answering(redis_url: str, key_prefix: str) -> None:
+    """The sender's own loop stalls (stopped, starved) from just after its request left until
+    past its timeout, and the owner's reply was lost: on waking it asks once more, and
+    answers from the owner's answer instead of a 503 given without knowing."""
+    reg = RedisRegistry(registry_config(redis_url, key_prefix), "na", request_timeout_s=1.0)
+    r = redis.asyncio.Redis.from_url(redis_url)
+    pubsub = r.pubsub()
+    try:
+        await reg.start(RecordingNode("na"))
+        await pubsub.subscribe(f"{key_prefix}:node:{{nb}}")
+        record = make_record("nb")
+        await r.hset(f"{key_prefix}:{{c:{record.connection_id}}}", "node", "nb")
+        posting = asyncio.ensure_future(reg.post(record.connection_id, b"x", False))
+        request = await _next_header(pubsub, skip_asks=True)  # acted on; its reply "lost"
+        time.sleep(1.3)  # noqa: ASYNC251 - the whole loop stalls past the 1 s timeout: no timer runs
+        ask = await _next_header(pubsub)
+        assert ask == {"k": "a", "r": request["r"], "f": "na", "d": request["d"]}
+        reply = {"k": KIND_REPLY, "r": request["r"], "f": "nb", "s": "ok"}
+        await r.publish(f"{key_prefix}:node:{{na}}", encode_message(reply))
+        await asyncio.wait_for(posting, 1)  # delivered: no 503
+    finally:
+        await pubsub.aclose()  # type: ignore[no-untyped-call]
+        await r.aclose()
+        await reg.close()

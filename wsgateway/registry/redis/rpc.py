@@ -84,6 +84,9 @@ _TIMEOUT: dict[str, Any] = {"s": STATUS_TIMEOUT}
 _ASK_AFTER_S = 0.05
 # Asked again this often until it answers or the call times out (an ask may be lost too).
 _ASK_AGAIN_S = 0.1
+# A call the timer reached only past its timeout (this process stalled) is asked about for this
+# long more; the targets remember outcomes until _REMEMBER_SLACK_S past the timeout.
+_LATE_ASK_S = 0.5
 _LINKS_POLL_S = 0.02
 # How long past a request's deadline the receiver remembers its outcome: past the sender's
 # timeout (timeout - budget after the deadline), with room for clocks a little apart.
@@ -239,7 +242,15 @@ class PendingCalls:
         expired, overdue = [], []
         next_at = None
         for call in self._calls.values():  # oldest first: dicts keep insertion order
-            if call.expires_at <= now:
+            if call.expires_at <= now and not call.asking and self.on_overdue is not None:
+                # Never asked: this timer came late (the process was stopped or starved past
+                # the timeout). The targets still remember what they did: ask them once more
+                # before answering 503 without knowing.
+                call.asking = True
+                call.expires_at = now + _LATE_ASK_S
+                overdue.append(call)
+                next_at = call.expires_at if next_at is None else min(next_at, call.expires_at)
+            elif call.expires_at <= now:
                 expired.append(call)
             elif call.asking:
                 next_at = call.expires_at if next_at is None else min(next_at, call.expires_at)
