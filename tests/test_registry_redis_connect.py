@@ -186,6 +186,10 @@ async def test_a_failover_to_a_replica_that_missed_writes_puts_them_back(
         while not await exact():
             await asyncio.sleep(0.05)
     recovered = time.monotonic() - killed - took
+    # Records come back through the pool; the node channels' links reconnect on their own
+    # backoff (a post meanwhile answers 503 at once, its request unsent): wait for them.
+    await asyncio.wait_for(reg_b._channel.ready(), 5)
+    await asyncio.wait_for(reg_a._channel.ready(), 5)
     await reg_b.post(late.connection_id, b"after", False)
     assert node_a.posted[late.connection_id] == [(b"after", False)]
     with pytest.raises(GoneError):
