@@ -117,7 +117,7 @@ def parse_sentinel_url(url: str) -> SentinelUrl:
     if parts.scheme not in _SENTINEL_SCHEMES:
         raise ValueError(f"not a Sentinel URL: {parts.scheme}://")
     userinfo, _, hosts = parts.netloc.rpartition("@")
-    sentinels = tuple(_host_port(h) for h in hosts.split(","))
+    sentinels = tuple(_host_port(h, "a Sentinel", SENTINEL_PORT) for h in hosts.split(","))
     path = [unquote(p) for p in parts.path.split("/") if p]
     if not path or len(path) > 2:
         raise ValueError("the path must be /service or /service/db")
@@ -134,7 +134,9 @@ def parse_sentinel_url(url: str) -> SentinelUrl:
     return SentinelUrl(sentinels, path[0], plain == "rediss", options)
 
 
-def _host_port(text: str) -> tuple[str, int]:
+def _host_port(text: str, what: str, default_port: int | None) -> tuple[str, int]:
+    """``host[:port]`` or ``[ipv6][:port]`` of a URL's list of hosts; the port may be left out
+    only where there is a ``default_port``. Raises ValueError naming ``what`` is wrong."""
     host, port = text, ""
     if text.startswith("["):  # [::1]:26379
         host, _, rest = text[1:].partition("]")
@@ -142,10 +144,10 @@ def _host_port(text: str) -> tuple[str, int]:
     elif ":" in text:
         host, _, port = text.rpartition(":")
     if not host:
-        raise ValueError(f"a Sentinel address needs a host, got {text!r}")
-    if port and not port.isdigit():
-        raise ValueError(f"a Sentinel port must be a number, got {text!r}")
-    return host, int(port) if port else SENTINEL_PORT
+        raise ValueError(f"{what} address needs a host, got {text!r}")
+    if (port and not port.isdigit()) or (not port and default_port is None):
+        raise ValueError(f"{what} port must be a number, got {text!r}")
+    return host, int(port) if port else default_port  # type: ignore[return-value]  # None ruled out above
 
 
 class _MasterPool(SentinelConnectionPool):
@@ -244,7 +246,7 @@ def split_cluster_url(url: str) -> tuple[str, list[tuple[str, int]]]:
     if scheme is None:
         raise ValueError("not a redis+cluster:// or rediss+cluster:// URL")
     credentials, at, hosts = parts.netloc.rpartition("@")
-    nodes = [_cluster_host_port(h) for h in hosts.split(",") if h]
+    nodes = [_host_port(h, "a cluster node", None) for h in hosts.split(",") if h]
     if not nodes:
         raise ValueError("a cluster URL names at least one host:port")
     if parts.path.strip("/") not in ("", "0"):
@@ -252,16 +254,6 @@ def split_cluster_url(url: str) -> tuple[str, list[tuple[str, int]]]:
     host, port = nodes[0]
     netloc = f"{credentials}{at}{f'[{host}]' if ':' in host else host}:{port}"
     return urlunsplit((scheme, netloc, "", parts.query, "")), nodes
-
-
-def _cluster_host_port(text: str) -> tuple[str, int]:
-    if text.startswith("["):  # [IPv6]:port
-        host, _, port = text[1:].partition("]:")
-    else:
-        host, _, port = text.rpartition(":")
-    if not host or not port.isdigit():
-        raise ValueError(f"{text!r} is not host:port")
-    return host, int(port)
 
 
 def cluster_client(config: RegistryConfig, timeout_s: float) -> RedisCluster:
@@ -275,10 +267,7 @@ def cluster_client(config: RegistryConfig, timeout_s: float) -> RedisCluster:
         kwargs["password"] = config.password
     return RedisCluster(
         startup_nodes=[ClusterNode(host, port) for host, port in nodes[1:]],
-        retry=Retry(NoBackoff(), 0),
-        socket_timeout=timeout_s,
-        socket_connect_timeout=timeout_s,
-        protocol=2,  # RESP2, as on one Redis
+        **_client_options(timeout_s),  # no retries, the request timeout, RESP2: as on one Redis
         **kwargs,
     )
 
