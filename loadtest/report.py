@@ -45,14 +45,15 @@ def _ok(records: Iterable[Record]) -> list[Record]:
     return [r for r in records if r.get("status") == "ok"]
 
 
-def ratio_to_bare(record: Record, records: list[Record]) -> float | None:
-    """Return ``record``'s headline over bare's in the same phase and offered rate.
+def ratio_to_bare(record: Record, records: list[Record], baseline: str = _BARE) -> float | None:
+    """Return ``record``'s headline over bare's (or ``baseline``'s) in the same phase and
+    offered rate.
 
     For ``idle`` the headline is memory per connection (lower is better); elsewhere it is
     throughput. ``None`` when bare has no such point.
     """
     for other in _ok(records):
-        if (other["target"] == _BARE and other["phase"] == record["phase"]
+        if (other["target"] == baseline and other["phase"] == record["phase"]
                 and other["offered_rate"] == record["offered_rate"]):
             key = _headline(record)
             mine, bare = key(record), key(other)
@@ -60,15 +61,16 @@ def ratio_to_bare(record: Record, records: list[Record]) -> float | None:
     return None
 
 
-def efficiency_to_bare(record: Record, records: list[Record]) -> float | None:
-    """Return bare's server CPU per operation over ``record``'s, same phase and offered rate.
+def efficiency_to_bare(record: Record, records: list[Record], baseline: str = _BARE) -> float | None:
+    """Return bare's (or ``baseline``'s) server CPU per operation over ``record``'s, same
+    phase and offered rate.
 
     Above 1 the target spends less CPU per operation than bare. This is the honest ratio
     when the generator, not the server, limited the throughput. ``None`` without figures.
     """
     mine = (record.get("server") or {}).get("cpu_us_per_op")
     for other in _ok(records):
-        if (other["target"] == _BARE and other["phase"] == record["phase"]
+        if (other["target"] == baseline and other["phase"] == record["phase"]
                 and other["offered_rate"] == record["offered_rate"]):
             bare = (other.get("server") or {}).get("cpu_us_per_op")
             return bare / mine if bare and mine else None

@@ -2,8 +2,9 @@
 
 Each ``RUN_DIR`` is a ``--out`` folder of :mod:`loadtest.cli` (its ``results.json``). Records
 are grouped by phase (tagged ``+deflate`` / ``redis registry`` from the run's options),
-target and offered rate; every ratio is first computed against ``bare`` *within its own run*
-and only then reduced to the median, so drift between runs never enters a ratio. Prints a
+target and offered rate; every ratio is first computed against ``bare`` (or the target named
+by ``--baseline``, e.g. ``raw``) *within its own run* and only then reduced to the median, so
+drift between runs never enters a ratio. Prints a
 Markdown table; ``--plot FILE`` also draws the ratios as a bar chart and ``--p99-plot FILE``
 p99 latency against offered load for rated runs (PNGs).
 
@@ -42,13 +43,13 @@ def _median(values: list[float | None]) -> float | None:
     return statistics.median(present) if present else None
 
 
-def _row_values(r: Record, records: list[Record]) -> dict[str, float | None]:
+def _row_values(r: Record, records: list[Record], baseline: str) -> dict[str, float | None]:
     x, srv = r.get("extra") or {}, r.get("server") or {}
     lat = r.get("latency_ms") or {}
     return {
         "throughput": r.get("throughput"),
-        "ratio": ratio_to_bare(r, records),
-        "efficiency": efficiency_to_bare(r, records),
+        "ratio": ratio_to_bare(r, records, baseline),
+        "efficiency": efficiency_to_bare(r, records, baseline),
         "cpu_us_per_op": srv.get("cpu_us_per_op"),
         "server_cpu": srv.get("cpu_percent"),
         "gen_cpu": (r.get("generator") or {}).get("cpu_percent"),
@@ -64,17 +65,18 @@ def _row_values(r: Record, records: list[Record]) -> dict[str, float | None]:
     }
 
 
-def medians(runs: list[tuple[dict[str, Any], list[Record]]]) -> list[dict[str, Any]]:
-    """Return one row per (label, target, rate): the medians and how many runs went in."""
+def medians(runs: list[tuple[dict[str, Any], list[Record]]], baseline: str = "bare") -> list[dict[str, Any]]:
+    """Return one row per (label, target, rate): the medians and how many runs went in;
+    ratios are against ``baseline`` (a target of the same runs), each within its run."""
     groups: dict[tuple[str, str, float | None], list[dict[str, float | None]]] = defaultdict(list)
     for meta, records in runs:
         for r in records:
             if r.get("status") == "ok":
                 key = (_label(r["phase"], meta), r["target"], r.get("offered_rate"))
-                groups[key].append(_row_values(r, records))
+                groups[key].append(_row_values(r, records, baseline))
     rows = []
     for (label, target, rate), values in sorted(
-        groups.items(), key=lambda kv: (kv[0][0], kv[0][1] != "bare", kv[0][1], kv[0][2] or 0)
+        groups.items(), key=lambda kv: (kv[0][0], kv[0][1] != baseline, kv[0][1], kv[0][2] or 0)
     ):
         row: dict[str, Any] = {"label": label, "target": target, "rate": rate, "runs": len(values)}
         for name in values[0]:
@@ -89,10 +91,11 @@ def _f(x: float | None, digits: int = 2, suffix: str = "") -> str:
     return (f"{x:,.0f}" if abs(x) >= 100 else f"{x:.{digits}f}") + suffix
 
 
-def markdown(rows: list[dict[str, Any]]) -> str:
+def markdown(rows: list[dict[str, Any]], baseline: str = "bare") -> str:
     """Return the medians as a Markdown table (pure)."""
-    head = ["scenario", "target", "offered", "runs", "throughput", "x bare", "server CPU µs/op",
-            "x bare (CPU/op)", "p50 ms", "p99 ms", "last-client p99 ms", "RSS/conn KB", "x bare (RSS)",
+    x = f"x {baseline}"
+    head = ["scenario", "target", "offered", "runs", "throughput", x, "server CPU µs/op",
+            f"{x} (CPU/op)", "p50 ms", "p99 ms", "last-client p99 ms", "RSS/conn KB", f"{x} (RSS)",
             "Redis cmds/req", "server CPU %", "gen CPU %", "gen send lag p99 ms", "p99 from real send ms"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
@@ -107,23 +110,23 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
+def _plot(rows: list[dict[str, Any]], path: Path, title: str, baseline: str = "bare") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    shown = [r for r in rows if r["target"] != "bare" and r["ratio"] is not None]
+    shown = [r for r in rows if r["target"] != baseline and r["ratio"] is not None]
     labels = [f"{r['label']}\n{r['target']}" + (f" @{r['rate']:,.0f}" if r["rate"] else "") for r in shown]
     fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(shown)), 4.5))
     xs = range(len(shown))
     thr = [r["ratio"] if r["rss_per_conn_kb"] is None else 1 / r["ratio"] for r in shown]
     eff = [r["efficiency"] or 0 for r in shown]
-    ax.bar([x - 0.2 for x in xs], thr, 0.4, label="x bare (throughput; memory: bare/target)")
-    ax.bar([x + 0.2 for x in xs], eff, 0.4, label="x bare (server CPU per op)")
+    ax.bar([x - 0.2 for x in xs], thr, 0.4, label=f"x {baseline} (throughput; memory: {baseline}/target)")
+    ax.bar([x + 0.2 for x in xs], eff, 0.4, label=f"x {baseline} (server CPU per op)")
     ax.axhline(1.0, color="grey", linewidth=0.8)
     ax.set_xticks(list(xs), labels, fontsize="x-small", rotation=30, ha="right")
-    ax.set(ylabel="ratio to bare (higher is better)", title=title)
+    ax.set(ylabel=f"ratio to {baseline} (higher is better)", title=title)
     ax.legend(fontsize="small")
     fig.tight_layout()
     fig.savefig(path, dpi=80)
@@ -175,7 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("runs", nargs="+", type=Path, help="--out folders of loadtest runs")
     p.add_argument("--plot", type=Path, help="also write the ratios as a PNG bar chart")
     p.add_argument("--p99-plot", type=Path, help="also write p99 against offered load (rated runs) as a PNG")
-    p.add_argument("--title", default="wsgateway / bare, medians of repeated runs")
+    p.add_argument("--baseline", default="bare", help="the target ratios are taken against (default bare; e.g. raw)")
+    p.add_argument("--title", help="the plots' title (default: wsgateway / BASELINE, medians of repeated runs)")
     args = p.parse_args(argv)
     runs = []
     for folder in args.runs:
@@ -185,12 +189,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{folder}: {exc}", file=sys.stderr)
             return 2
         runs.append((data.get("meta") or {}, data.get("results") or []))
-    rows = medians(runs)
-    sys.stdout.write(markdown(rows))
+    rows = medians(runs, args.baseline)
+    sys.stdout.write(markdown(rows, args.baseline))
+    title = args.title or f"wsgateway / {args.baseline}, medians of repeated runs"
     if args.plot:
-        _plot(rows, args.plot, args.title)
+        _plot(rows, args.plot, title, args.baseline)
     if args.p99_plot:
-        _p99_plot(runs, args.p99_plot, args.title)
+        _p99_plot(runs, args.p99_plot, title)
     return 0
 
 

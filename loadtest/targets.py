@@ -15,7 +15,12 @@ wsgateway-          plain    the same, with an operator console page open on nod
 console                      and refreshing (``console_watch.py``): what the console costs
 wsgateway-reliable  reliable the same server, its clients on ``wsgateway.reliable.v1``
                              (numbered envelopes, an ack every 64 messages): what it costs
+wsgateway-nosig     plain    the same with SigV4 off (``auth = "none"``): the management POST
+                             alone, against ``raw``
 bare                plain    ``peers/bare.py``: websockets + aiohttp, no gateway features (ceiling)
+raw                 plain    ``peers/raw.py``: bare's websockets side; a minimal httptools endpoint
+                             and a raw RESP PUBLISH/SUBSCRIBE relay (publish and forget): the
+                             ceilings of a management POST and of the cross-node hop
 socketio            socketio ``peers/socketio_app.py``: python-socketio + AsyncRedisManager
 channels            plain    ``peers/channels_app``: Django Channels + channels_redis, uvicorn
 socketio-node       socketio ``peers/socketio_node/server.js``: Socket.IO + @socket.io/redis-adapter
@@ -205,13 +210,14 @@ def gateway_config(
     backend_url: str = "",
     plans: bool = False,
     console_password: str = "",
+    sigv4: bool = True,
 ) -> str:
     """Return a wsgateway TOML config for load runs (pure: no I/O).
 
     JWT (HS256, ``?token=``, tenant claim ``tenant``) and SigV4 on; routes from
     ``loadtest.peers.gw_handlers`` (``echo`` an HTTP integration to ``backend_url`` if set);
     access log off; memory registry unless ``redis_url``; permessage-deflate only with
-    ``compression``; with ``plans`` a generous usage plan on every tenant, a route setting on
+    ``compression``; SigV4 off without ``sigv4``; with ``plans`` a generous usage plan on every tenant, a route setting on
     ``echo`` and a per-connection rate; with ``console_password`` the console behind that
     password (without, the console is as a default install has it: on, nobody looking).
     """
@@ -229,7 +235,7 @@ compression = {"true" if compression else "false"}
 [management]
 host = "127.0.0.1"
 port = 0
-auth = "sigv4"
+auth = "{"sigv4" if sigv4 else "none"}"
 
 [[management.credentials]]
 access_key_id = "{access_key}"
@@ -287,7 +293,7 @@ class WsGateway(Target):
         access_key, secret_key = self._keys
         config.write_text(gateway_config(secret=secret, access_key=access_key, secret_key=secret_key,
                                          redis_url=redis_url, compression=self._compression,
-                                         backend_url=self._backend_url, plans=self._plans))
+                                         backend_url=self._backend_url, plans=self._plans, sigv4=self.sigv4))
         argv = python_argv("wsgateway", "serve", "--config", str(config), "--ready-file", str(ready_file))
         return argv + (["--workers", str(self._workers)] if self._workers > 1 else [])
 
@@ -298,6 +304,14 @@ class WsGatewayRedisCluster(WsGateway):
 
     name = "wsgateway-redis-cluster"
     redis_cluster = True
+
+
+class WsGatewayNoSig(WsGateway):
+    """wsgateway with SigV4 off on its management API (the generator still signs: the same
+    work on its side): what the management POST costs without the signature check."""
+
+    name = "wsgateway-nosig"
+    sigv4 = False
 
 
 class WsGatewayReliable(WsGateway):
@@ -343,12 +357,21 @@ class Bare(Target):
 
     name = "bare"
     forwards_http = True
+    module = "loadtest.peers.bare"
 
     def node_argv(self, ready_file: Path, index: int, redis_url: str, secret: str, workdir: Path) -> list[str]:
-        argv = python_argv("loadtest.peers.bare", "--ready-file", str(ready_file), "--jwt-secret", secret,
+        argv = python_argv(self.module, "--ready-file", str(ready_file), "--jwt-secret", secret,
                            "--node-id", f"n{index}")
-        argv += ["--backend-url", self._backend_url] if self._backend_url else []
+        argv += ["--backend-url", self._backend_url] if self.forwards_http and self._backend_url else []
         return argv + (["--redis-url", redis_url] if redis_url else [])
+
+
+class Raw(Bare):
+    """The raw ceilings (``peers/raw.py``): a minimal HTTP endpoint and a raw RESP relay."""
+
+    name = "raw"
+    forwards_http = False
+    module = "loadtest.peers.raw"
 
 
 class SocketIO(Target):
@@ -443,8 +466,8 @@ def _npm_install() -> str | None:
 
 TARGETS: dict[str, Target] = {
     t.name: t for t in (
-        WsGateway(), WsGatewayRedisCluster(), WsGatewayReliable(), WsGatewayConsole(), Bare(), SocketIO(), Channels(),
-        SocketIONode(),
+        WsGateway(), WsGatewayRedisCluster(), WsGatewayNoSig(), WsGatewayReliable(), WsGatewayConsole(), Bare(), Raw(),
+        SocketIO(), Channels(), SocketIONode(),
     )
 }
 """Every target by name, in report order."""

@@ -38,17 +38,19 @@ class GatewayProcess:
     node_id: str = ""
     port: int = 0
     management_port: int = 0
+    ready_at: float = 0.0  # monotonic time of its ready file: its registry had beaten by then
 
     @property
     def endpoint(self) -> str:
         return f"http://127.0.0.1:{self.management_port}/prod"
 
     def management(self) -> Any:
-        """boto3's client for this node; no retries, so that each status is seen as sent."""
+        """boto3's client for this node; no retries, so that each status is seen as sent;
+        boto3's default read timeout (60 s), past a call held for its outcome (42 s)."""
         return boto3.client(
             "apigatewaymanagementapi", endpoint_url=self.endpoint, region_name="eu-west-1",
             aws_access_key_id="AKIDTEST", aws_secret_access_key="secret",
-            config=Config(retries={"total_max_attempts": 1, "mode": "standard"}, read_timeout=10),
+            config=Config(retries={"total_max_attempts": 1, "mode": "standard"}, read_timeout=60),
         )
 
     async def connect(self, tenant: str = "t1", *, jwt: str = "") -> tuple[ClientConnection, str]:
@@ -92,7 +94,12 @@ class Cluster:
                 await asyncio.sleep(0.05)
         info = json.loads(ready.read_text())
         node.node_id, node.port, node.management_port = info["node_id"], info["port"], info["management_port"]
+        node.ready_at = time.monotonic()
         return node
+
+    async def start_all(self, *names: str, extra: str = "", node_ttl_s: float = NODE_TTL_S) -> list[GatewayProcess]:
+        """Start several nodes at once (as :meth:`start`); they come up together, as a deploy's do."""
+        return list(await asyncio.gather(*(self.start(n, extra=extra, node_ttl_s=node_ttl_s) for n in names)))
 
     def events(self, route_key: str) -> list[dict[str, Any]]:
         lines = self.events_file.read_text().splitlines()
@@ -136,6 +143,12 @@ key_prefix = "{prefix}"
 heartbeat_s = 0.2
 node_ttl_s = {node_ttl_s}
 """
+
+
+async def up_for(seconds: float, *nodes: GatewayProcess) -> None:
+    """Until each of ``nodes`` has been up for ``seconds`` (a node sweeps dead nodes only once
+    it has been connected to Redis for node_ttl_s)."""
+    await asyncio.sleep(max(0.0, seconds - (time.monotonic() - max(n.ready_at for n in nodes))))
 
 
 async def wait_until(predicate: Any, timeout: float, what: str) -> float:

@@ -8,6 +8,7 @@ see each other's keys and need no FLUSHALL.
 from __future__ import annotations
 
 import itertools
+import signal
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from pytest_redis import factories
 from pytest_redis.executor import RedisExecutor
 
 from tests.cluster_support import Cluster
-from tests.redis_topologies import TOPOLOGIES, SentinelTopology, SingleTopology, Topology
+from tests.redis_topologies import TOPOLOGIES, DownAndBack, SentinelTopology, SingleTopology, Topology
 from tests.topology_cluster import ClusterTopology, PrivateRedisCluster
 
 private_redis = factories.redis_proc(port=None)  # type: ignore[arg-type]  # None: any free port
@@ -45,7 +46,7 @@ def private_redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[
 def _topology(request: pytest.FixtureRequest, name: str) -> Topology:
     if name == "cluster":
         running: PrivateRedisCluster = request.getfixturevalue("private_redis_cluster")
-        return ClusterTopology(running.url, running.ports[0])
+        return ClusterTopology(running.url, running.ports[0], tuple(running.ports))
     if name == "sentinel":
         return request.getfixturevalue("sentinel_topology")  # type: ignore[no-any-return]
     assert name == "single", name
@@ -82,12 +83,41 @@ def restartable_redis(tmp_path: Path) -> Iterator[RedisExecutor]:
     executor.stop()
 
 
+@pytest.fixture(params=["single", "cluster"])
+def down_and_back(request: pytest.FixtureRequest) -> Iterator[DownAndBack]:
+    """One redis-server of the test's own, or the session's whole Redis Cluster (its three
+    masters; back from their nodes.conf, empty, at the end if the test left it down). Not under
+    Sentinel: there the master going away is a failover (tests/test_cluster_failover.py)."""
+    if request.param == "single":
+        server: RedisExecutor = request.getfixturevalue("restartable_redis")
+        yield DownAndBack(f"redis://127.0.0.1:{server.port}/0", lambda: server.kill(sig=signal.SIGKILL), server.start)
+        return
+    running: PrivateRedisCluster = request.getfixturevalue("private_redis_cluster")
+    try:
+        yield DownAndBack(running.url, running.kill, running.restart)
+    finally:
+        if not running.running:
+            running.restart()
+
 
 @pytest.fixture(scope="session")
 def sentinel_topology(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SentinelTopology]:
     """The session's master, replica and three Sentinels (tests/redis_topologies.py); tests
     that make it fail over start their own instead."""
     topology = SentinelTopology(tmp_path_factory.mktemp("sentinel"))
+    try:
+        topology.start()
+        yield topology
+    finally:
+        topology.stop()
+
+
+@pytest.fixture
+def failing_over(tmp_path: Path) -> Iterator[SentinelTopology]:
+    """A master, a replica and three Sentinels of the test's own, to fail over at will
+    (starting a fresh one is quicker than waiting for Sentinel to take a killed master back
+    as a replica, and leaves the session's ``sentinel_topology`` alone)."""
+    topology = SentinelTopology(tmp_path / "redis")
     try:
         topology.start()
         yield topology

@@ -93,7 +93,24 @@ class Console:
         return await self.until(lambda d: (found := d.find_elements(By.CSS_SELECTOR, css)) and found[0], f"{css} appears")
 
     async def text(self, css: str) -> str:
-        return str((await self.find(css)).text)
+        """The rendered text of the first element matching ``css`` once it exists and shows some
+        text. Read in one script, so a page that re-renders or navigates meanwhile cannot leave
+        a stale element in hand."""
+        found = await self.until_js("const e = document.querySelector(arguments[0]);"
+                                    " return e && e.innerText !== '' ? [e.innerText] : null",
+                                    f"{css} shows some text", css)
+        return str(found[0])
+
+    async def shows(self, css: str, expected: str) -> None:
+        """Wait until the first element matching ``css`` shows exactly ``expected``: the text an
+        action (a form post that loads a new page, a lookup) puts there, not what was there before."""
+        try:
+            await self.until_js("const e = document.querySelector(arguments[0]);"
+                                " return e !== null && e.innerText === arguments[1]", f"{css} shows {expected!r}",
+                                css, expected)
+        except AssertionError as exc:
+            last = await self.run("const e = document.querySelector(arguments[0]); return e && e.innerText", css)
+            raise AssertionError(f"{exc}; it shows {last!r}") from None
 
     async def texts(self, css: str) -> list[str]:
         return list(await self.run(
@@ -114,15 +131,28 @@ class Console:
     async def until_js(self, script: str, what: str, *args: Any) -> Any:
         return await self.until(lambda d: d.execute_script(script, *args), what)
 
+    async def _act(self, css: str, *steps: tuple[str, tuple[Any, ...]]) -> None:
+        """Call ``steps`` (method name, arguments) on the element matching ``css``; found again
+        if the page re-rendered it in between (the tables refresh every sample)."""
+        from selenium.common.exceptions import StaleElementReferenceException
+
+        for attempt in range(3):
+            element = await self.find(css)
+            try:
+                for name, args in steps:
+                    await self._call(getattr(element, name), *args)
+                return
+            except StaleElementReferenceException:
+                if attempt == 2:
+                    raise
+
     async def press_enter(self, css: str) -> None:
         from selenium.webdriver.common.keys import Keys
 
-        await self._call((await self.find(css)).send_keys, Keys.ENTER)
+        await self._act(css, ("send_keys", (Keys.ENTER,)))
 
     async def type(self, css: str, text: str) -> None:
-        element = await self.find(css)
-        await self._call(element.clear)
-        await self._call(element.send_keys, text)
+        await self._act(css, ("clear", ()), ("send_keys", (text,)))
 
     async def go(self, hash_route: str) -> None:
         """Follow an in-page link (``#/tenants``...) as the page's own links do."""

@@ -7,9 +7,12 @@ processes on free loopback ports, each in a temp dir of its own.
   and ``failover-timeout`` 3000, so that Sentinel promotes the replica a few seconds after
   the master dies; ``SentinelTopology(tls=True)`` speaks only TLS, everywhere.
 
+``cluster``, a three-master Redis Cluster, is in ``tests/topology_cluster.py``.
+
 A topology says how the registry reaches it (:meth:`Topology.config`, :meth:`registry_toml`)
-and how a test reaches the current master directly (:meth:`Topology.direct_url`). The
-``topology`` fixture (conftest.py) runs a test on each.
+and how a test reaches the current master(s) directly (:meth:`Topology.direct_url`,
+:meth:`Topology.client`, :meth:`Topology.masters`). The ``topology`` fixture (conftest.py)
+runs a test on each of :data:`TOPOLOGIES`.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import ipaddress
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
@@ -33,9 +37,9 @@ from cryptography.x509.oid import NameOID
 
 from wsgateway.config import RegistryConfig
 
-__all__ = ["TOPOLOGIES", "RedisProcess", "SentinelTopology", "SingleTopology", "Topology"]
+__all__ = ["TOPOLOGIES", "DownAndBack", "RedisProcess", "SentinelTopology", "SingleTopology", "Topology"]
 
-TOPOLOGIES = ("single", "sentinel")
+TOPOLOGIES = ("single", "sentinel", "cluster")  # the last: tests/topology_cluster.py
 SERVICE = "mymaster"
 DATA_PASSWORD = "data-secret"
 SENTINEL_PASSWORD = "sentinel-secret"
@@ -78,6 +82,23 @@ class Topology(Protocol):
     def direct_url(self) -> str:
         """A plain ``redis://`` URL of the current master, for the test's own checks."""
 
+    def client(self) -> redis.Redis:
+        """A client of the current master(s), for the test's own checks: ``redis.Redis``, or
+        ``redis.RedisCluster`` (same commands; each sent to the master of its key's slot)."""
+
+    def masters(self) -> list[redis.Redis]:
+        """A client of each master, for what is counted or flushed per server."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DownAndBack:
+    """A Redis deployment the test takes down (SIGKILL: its data is lost) and brings back empty
+    (the ``down_and_back`` fixture, conftest.py)."""
+
+    url: str
+    kill: Callable[[], None]
+    start: Callable[[], None]
+
 
 @dataclasses.dataclass
 class SingleTopology:
@@ -99,6 +120,12 @@ class SingleTopology:
 
     def direct_url(self) -> str:
         return self.url
+
+    def client(self) -> redis.Redis:
+        return redis.Redis.from_url(self.direct_url())
+
+    def masters(self) -> list[redis.Redis]:
+        return [self.client()]
 
 
 class RedisProcess:
@@ -223,6 +250,12 @@ class SentinelTopology:
             return f"rediss://:{DATA_PASSWORD}@127.0.0.1:{self.master_port()}/0?ssl_ca_certs={self.tls[0]}"
         return f"redis://:{DATA_PASSWORD}@127.0.0.1:{self.master_port()}/0"
 
+    def client(self) -> redis.Redis:
+        return redis.Redis.from_url(self.direct_url())
+
+    def masters(self) -> list[redis.Redis]:
+        return [self.client()]
+
     async def wait_ready(self, timeout: float = 20.0) -> None:
         """Until every Sentinel knows the other two and a replica in sync: a failover can
         then happen (Sentinels find each other through hello messages every 2 s)."""
@@ -255,6 +288,32 @@ class SentinelTopology:
             while not await asyncio.to_thread(self._promoted, old_port):
                 await asyncio.sleep(0.05)
         return time.monotonic() - started
+
+    async def kill_master(self) -> float:
+        """Once a failover can happen (:meth:`wait_ready`): SIGKILL the master, wait until
+        Sentinel has promoted the replica, and start the old master again, empty, as the new
+        one's replica (as Sentinel would make it). The seconds from the kill to the promotion."""
+        await self.wait_ready()
+        old = await asyncio.to_thread(self.current_master)
+        await asyncio.to_thread(old.kill)
+        promoted_s = await self.wait_promoted(old.port)
+        await asyncio.to_thread(self._rejoin, old)
+        return promoted_s
+
+    def _rejoin(self, old: RedisProcess) -> None:
+        old.start()
+        with old.client() as client:
+            client.execute_command("REPLICAOF", "127.0.0.1", str(self.master_port()))
+
+    async def demote_master(self) -> float:
+        """Once a failover can happen: ``SENTINEL FAILOVER`` (the replica is promoted while
+        the master runs; Sentinel makes the old one a replica later). The seconds until the
+        promotion."""
+        await self.wait_ready()
+        old_port = await asyncio.to_thread(self.master_port)
+        with self.sentinels[0].client() as client:
+            await asyncio.to_thread(client.execute_command, "SENTINEL", "FAILOVER", SERVICE)
+        return await self.wait_promoted(old_port)
 
     def _promoted(self, old_port: int) -> bool:
         ports = set()

@@ -16,6 +16,8 @@ from .registry_contract import RecordingNode, make_record
 
 HEARTBEAT_S = 0.2
 NODE_TTL_S = 1.0
+# For the tests that wait on no beat, only on the two beats a new cluster settles in.
+QUICK_HEARTBEAT_S = 0.05
 SETTLE_TIMEOUT_S = 5.0
 
 
@@ -26,9 +28,9 @@ def registry_config(url: str, prefix: str) -> RegistryConfig:
     )
 
 
-def topology_config(topology: Topology, prefix: str) -> RegistryConfig:
+def topology_config(topology: Topology, prefix: str, heartbeat_s: float = HEARTBEAT_S) -> RegistryConfig:
     """:func:`registry_config` for a topology of ``tests.redis_topologies``."""
-    return topology.config(key_prefix=prefix, heartbeat_s=HEARTBEAT_S, node_ttl_s=NODE_TTL_S, activity_flush_s=1.0)
+    return topology.config(key_prefix=prefix, heartbeat_s=heartbeat_s, node_ttl_s=NODE_TTL_S, activity_flush_s=1.0)
 
 
 async def wait_settled(registry: RedisRegistry, timeout: float = SETTLE_TIMEOUT_S) -> None:

@@ -25,7 +25,7 @@ from websockets.exceptions import InvalidStatus
 from tests import authorizers_for_tests as ta
 from tests import handlers_for_tests as th
 from tests import seed_authorizer
-from tests.cluster_support import NODE_TTL_S, Cluster, wait_until
+from tests.cluster_support import NODE_TTL_S, Cluster, up_for, wait_until
 from tests.support import eventually, make_config, running_node, whoami, ws_url
 from wsgateway.auth import Authenticator, Principal
 from wsgateway.authorizer import CACHE_ENTRIES, HandshakeRequest, evaluate_policy, load_authorizer, method_arn
@@ -447,10 +447,9 @@ identity_sources = ["route.request.querystring.token"]
 async def test_dead_nodes_disconnect_carries_the_authorizer_context(cluster: Cluster) -> None:
     """A survivor runs the $disconnect of a killed node's connection with the context the
     authorizer returned on the dead node, types kept."""
-    doomed = await cluster.start("a", extra=_CLUSTER_AUTH)
-    survivor = await cluster.start("b", extra=_CLUSTER_AUTH)
+    doomed, survivor = await cluster.start_all("a", "b", extra=_CLUSTER_AUTH)
     ws, conn_id = await doomed.connect(jwt="allow:acme")  # ?token=allow:acme
-    await asyncio.sleep(NODE_TTL_S)  # survivors sweep only after being up for node_ttl_s
+    await up_for(NODE_TTL_S, survivor)  # survivors sweep only after being up for node_ttl_s
     doomed.process.send_signal(signal.SIGKILL)
     doomed.process.wait()
 

@@ -1,6 +1,11 @@
-"""Several gateway nodes as real processes on one private Redis, driven as users drive them:
+"""Several gateway nodes as real processes on a private Redis, driven as users drive them:
 websockets clients, boto3's ``apigatewaymanagementapi`` client against one node for a
 connection on another, SIGKILL and SIGTERM of a node, and Redis going away under traffic.
+
+Every test that takes ``cluster`` runs on each Redis deployment of
+``tests.redis_topologies.TOPOLOGIES``: one Redis, under Sentinel, and a three-master Redis
+Cluster; the outage tests on one Redis and on the cluster (under Sentinel an outage is a
+failover: tests/test_cluster_failover.py); the slots moving under traffic on the cluster only.
 
 Handlers (``tests.cluster_handlers``) append every ``$connect``/``$disconnect`` to a file,
 since the nodes are other processes. Timings are scaled down: heartbeat 0.2 s, node TTL 1 s.
@@ -20,7 +25,6 @@ from typing import Any
 
 import aiohttp
 import pytest
-from pytest_redis.executor import RedisExecutor
 from redis.crc import key_slot
 from websockets.exceptions import ConnectionClosed
 
@@ -32,21 +36,20 @@ from tests.cluster_support import (
     error_code,
     settled,
     tenant_listing,
+    up_for,
     wait_until,
 )
-from tests.redis_topologies import Topology
+from tests.redis_topologies import DownAndBack, Topology
 from tests.support import HS_SECRET, token
 from tests.topology_cluster import PrivateRedisCluster
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
-# Every test that takes `cluster` runs on one Redis and under Sentinel (the `topology`
-# fixture); these also on a three-master Redis Cluster (tests/topology_cluster.py).
-ON_EACH_TOPOLOGY = pytest.mark.parametrize("topology", ["single", "sentinel", "cluster"], indirect=True)
 
 
 @pytest.fixture
 async def cluster(tmp_path: Path, topology: Topology, key_prefix: str) -> AsyncIterator[Cluster]:
-    """Gateway processes on each Redis deployment (single, Sentinel); all killed at the end."""
+    """Gateway processes on each Redis deployment (the `topology` fixture: single, Sentinel,
+    Redis Cluster); all killed at the end."""
     running = Cluster(tmp_path, topology.url, key_prefix, registry_toml=topology.registry_toml())
     try:
         yield running
@@ -57,9 +60,8 @@ async def cluster(tmp_path: Path, topology: Topology, key_prefix: str) -> AsyncI
 # ---------------------------------------------------------------- the tests
 
 
-@ON_EACH_TOPOLOGY
 async def test_any_node_serves_any_connection(cluster: Cluster) -> None:
-    node_a, node_b = await cluster.start("a"), await cluster.start("b")
+    node_a, node_b = await cluster.start_all("a", "b")
     await settled(node_b)
     on_a = [await node_a.connect("t1") for _ in range(2)]
     on_b = [await node_b.connect("t1")]
@@ -89,9 +91,8 @@ async def test_any_node_serves_any_connection(cluster: Cluster) -> None:
     assert error_code(api_b.get_connection, ConnectionId=cid) == "GoneException"
 
 
-@ON_EACH_TOPOLOGY
 async def test_posts_across_nodes_keep_their_order(cluster: Cluster) -> None:
-    node_a, node_b = await cluster.start("a"), await cluster.start("b")
+    node_a, node_b = await cluster.start_all("a", "b")
     ws, cid = await node_a.connect()
     api_b = node_b.management()
     for i in range(100):
@@ -99,15 +100,41 @@ async def test_posts_across_nodes_keep_their_order(cluster: Cluster) -> None:
     assert [await asyncio.wait_for(ws.recv(), 5) for _ in range(100)] == [str(i) for i in range(100)]
 
 
-@ON_EACH_TOPOLOGY
+async def test_pipelined_posts_across_nodes_are_answered_exactly_and_in_order(cluster: Cluster) -> None:
+    """Pipelined posts to connections of another node run together (each waits for the
+    owner's answer): still delivered in the order sent, each answered on its own (a 410 for
+    an id no node holds among them), the answers in the order of the requests."""
+    node_a, node_b = await cluster.start("a"), await cluster.start("b")
+    ws, cid = await node_a.connect()
+    nobody = f"{'x' * 16}.{node_a.node_id}"
+    targets = [cid] * 30 + [nobody] + [cid] * 30
+    bodies = [b"%d" % i for i in range(len(targets))]
+    reader, writer = await asyncio.open_connection("127.0.0.1", node_b.management_port)
+    writer.write(b"".join(
+        b"POST /prod/@connections/%s HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: %d\r\n\r\n%s"
+        % (target.encode(), len(body), body) for target, body in zip(targets, bodies, strict=True)
+    ))
+    data = b""
+    async with asyncio.timeout(10):
+        while data.count(b"HTTP/1.1 ") < len(targets):
+            chunk = await reader.read(65536)
+            assert chunk, "the management connection closed"
+            data += chunk
+    writer.close()
+    statuses = [int(part[:3]) for part in data.split(b"HTTP/1.1 ")[1:]]
+    assert statuses == [200] * 30 + [410] + [200] * 30
+    delivered = [await asyncio.wait_for(ws.recv(), 5) for _ in range(60)]
+    assert delivered == [b.decode() for t, b in zip(targets, bodies, strict=True) if t == cid]
+
+
 async def test_killed_node_is_cleaned_up_once_with_1006(cluster: Cluster) -> None:
-    nodes = [await cluster.start(n) for n in ("a", "b", "c")]
+    nodes = await cluster.start_all("a", "b", "c")
     doomed, survivors = nodes[0], nodes[1:]
     clients = [await doomed.connect("t1") for _ in range(3)]
     ids = sorted(c for _, c in clients)
     await settled(survivors[0])
     assert await tenant_listing(survivors[0], "t1") == ids
-    await asyncio.sleep(NODE_TTL_S)  # survivors sweep only after being up for node_ttl_s
+    await up_for(NODE_TTL_S, *survivors)  # survivors sweep only after being up for node_ttl_s
     doomed.process.send_signal(signal.SIGKILL)
     doomed.process.wait()
     def disconnects() -> list[dict[str, Any]]:
@@ -130,20 +157,19 @@ async def test_killed_node_is_cleaned_up_once_with_1006(cluster: Cluster) -> Non
             await ws.close()
 
 
-@ON_EACH_TOPOLOGY
 async def test_paused_node_is_swept_once_and_closes_its_clients_with_1012(cluster: Cluster) -> None:
     """A node paused (SIGSTOP) for ~3x node_ttl_s is declared dead: the survivor runs each of
     its connections' $disconnect once (1006). Resumed (SIGCONT), it closes those clients with
     1012 and runs no second $disconnect; it serves new connections, reachable from the other.
     A client that leaves during the pause gets no second $disconnect either."""
-    paused, survivor = await cluster.start("a"), await cluster.start("b")
+    paused, survivor = await cluster.start_all("a", "b")
     await settled(survivor)
     clients = [await paused.connect("t1") for _ in range(3)]
     leaver, leaver_id = await paused.connect("t1")
     ids = sorted([*(c for _, c in clients), leaver_id])
     ws_b, cid_b = await survivor.connect("t1")
     assert await tenant_listing(survivor, "t1") == sorted([*ids, cid_b])
-    await asyncio.sleep(NODE_TTL_S)  # the survivor sweeps only after being up for node_ttl_s
+    await up_for(NODE_TTL_S, survivor)  # the survivor sweeps only after being up for node_ttl_s
 
     def disconnects() -> list[dict[str, Any]]:
         return [e for e in cluster.events("$disconnect") if e["connectionId"] in ids]
@@ -190,9 +216,8 @@ async def test_paused_node_is_swept_once_and_closes_its_clients_with_1012(cluste
         await ws.close()
 
 
-@ON_EACH_TOPOLOGY
 async def test_terminated_node_is_gone_at_once(cluster: Cluster) -> None:
-    node_a, node_b = await cluster.start("a"), await cluster.start("b")
+    node_a, node_b = await cluster.start_all("a", "b")
     clients = [await node_a.connect("t1") for _ in range(2)]
     api_b = node_b.management()
     api_b.post_to_connection(ConnectionId=clients[0][1], Data=b"warm")  # B caches the owner
@@ -210,23 +235,23 @@ async def test_terminated_node_is_gone_at_once(cluster: Cluster) -> None:
     assert await tenant_listing(node_b, "t1") == []
 
 
-async def test_redis_outage_under_traffic(tmp_path: Path, restartable_redis: RedisExecutor, key_prefix: str) -> None:
-    cluster = Cluster(tmp_path, f"redis://127.0.0.1:{restartable_redis.port}/0", key_prefix)
+async def test_redis_outage_under_traffic(tmp_path: Path, down_and_back: DownAndBack, key_prefix: str) -> None:
+    cluster = Cluster(tmp_path, down_and_back.url, key_prefix)
     try:
-        await _outage_scenario(cluster, restartable_redis)
+        await _outage_scenario(cluster, down_and_back)
     finally:
         cluster.stop_all()
 
 
-async def _outage_scenario(cluster: Cluster, redis_server: RedisExecutor) -> None:
-    node_a, node_b = await cluster.start("a"), await cluster.start("b")
+async def _outage_scenario(cluster: Cluster, redis_server: DownAndBack) -> None:
+    node_a, node_b = await cluster.start_all("a", "b")
     await settled(node_b)
     (ws_a, cid_a), (ws_b, cid_b) = await node_a.connect(), await node_b.connect()
     api_a, api_b = node_a.management(), node_b.management()
     api_b.post_to_connection(ConnectionId=cid_a, Data=b"before")
     assert await asyncio.wait_for(ws_a.recv(), 5) == "before"
 
-    redis_server.kill(sig=signal.SIGKILL)
+    await asyncio.to_thread(redis_server.kill)
     outage_started = time.monotonic()
     codes: set[str] = set()
     sent_local = 0
@@ -242,7 +267,7 @@ async def _outage_scenario(cluster: Cluster, redis_server: RedisExecutor) -> Non
     assert [await asyncio.wait_for(ws_a.recv(), 5) for _ in range(sent_local)] == ["local"] * sent_local
     assert node_a.process.poll() is None and node_b.process.poll() is None
 
-    redis_server.start()  # back, and empty
+    await asyncio.to_thread(redis_server.start)  # back, and empty
     restarted = time.monotonic()
     async with asyncio.timeout(10):
         while error_code(api_b.post_to_connection, ConnectionId=cid_new, Data=b"after") != "200":
@@ -257,16 +282,16 @@ async def _outage_scenario(cluster: Cluster, redis_server: RedisExecutor) -> Non
 
 
 async def test_node_terminated_during_a_redis_outage_runs_every_disconnect_and_exits(
-    tmp_path: Path, restartable_redis: RedisExecutor, key_prefix: str
+    tmp_path: Path, down_and_back: DownAndBack, key_prefix: str
 ) -> None:
     """SIGTERM while Redis is down: the node does not wait for Redis to decide who runs a
     $disconnect (the one of a client that left during the outage included); it runs them all
     itself and exits 0 well within its shutdown timeout."""
-    cluster = Cluster(tmp_path, f"redis://127.0.0.1:{restartable_redis.port}/0", key_prefix)
+    cluster = Cluster(tmp_path, down_and_back.url, key_prefix)
     try:
         node = await cluster.start("a")
         (leaver, leaver_id), (stayer, stayer_id) = await node.connect(), await node.connect()
-        restartable_redis.kill(sig=signal.SIGKILL)
+        await asyncio.to_thread(down_and_back.kill)
         await leaver.close()  # its $disconnect waits for Redis: a sweep may have claimed it
         await asyncio.sleep(0.5)
         assert [e for e in cluster.events("$disconnect") if e["connectionId"] == leaver_id] == []
@@ -298,15 +323,13 @@ async def fanout(node: GatewayProcess, path: str, data: bytes) -> tuple[int, Any
         return resp.status, await resp.json()
 
 
-@ON_EACH_TOPOLOGY
 async def test_fanout_past_a_paused_node_says_who_it_missed(cluster: Cluster) -> None:
     """One node paused (SIGSTOP): a fan-out answers 207 with the connections reached and the
     node that did not answer, within the request deadline, for a tenant, a user and a group;
     503 when nobody got it. The paused node drops the requests it finds on waking: they are
     past their deadline, so its clients never get them late."""
     # node_ttl_s 30: the pause must not get the node declared dead (that is another test).
-    paused = await cluster.start("a", extra=_JWT_AUTH, node_ttl_s=30)
-    awake = await cluster.start("b", extra=_JWT_AUTH, node_ttl_s=30)
+    paused, awake = await cluster.start_all("a", "b", extra=_JWT_AUTH, node_ttl_s=30)
     await settled(awake)
     alice_a, bob_a = await paused.connect(jwt=token("alice", "p1")), await paused.connect(jwt=token("bob", "p1"))
     alice_b, carol_b = await awake.connect(jwt=token("alice", "p1")), await awake.connect(jwt=token("carol", "p1"))
@@ -358,7 +381,7 @@ async def test_posts_keep_flowing_while_the_channels_slots_move(
     after each move, and the nodes stay subscribed where the slots are now."""
     cluster = Cluster(tmp_path, private_redis_cluster.url, key_prefix)
     try:
-        node_a, node_b = await cluster.start("a"), await cluster.start("b")
+        node_a, node_b = await cluster.start_all("a", "b")
         await settled(node_b)
         ws, cid = await node_a.connect()
         api_b = node_b.management()

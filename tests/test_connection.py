@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from websockets.frames import Frame, Opcode
 from websockets.protocol import State
 
 from tests.test_hub import conn
+from wsgateway.connection import encode_frame, plain_frame
 from wsgateway.errors import GoneError, LimitExceededError
 
 
@@ -61,3 +63,32 @@ def test_draining_leaves_websockets_own_read_pause_alone():
     c.ws.transport.buffered = 0
     assert not c.check_queue(now=1.5, limit=50, grace=2.0)
     assert not c.ws.transport.reading and not c.reading_paused
+
+
+@pytest.mark.parametrize("binary", [False, True], ids=["text", "binary"])
+def test_plain_frame_is_websockets_own_serialization(binary: bool) -> None:
+    """The frame Connection.send writes is byte for byte websockets' Frame.serialize."""
+    for length in [*range(130), 200, 65535, 65536, 70000]:
+        data = bytes(i % 251 for i in range(length))
+        expected = Frame(Opcode.BINARY if binary else Opcode.TEXT, data).serialize(mask=False)
+        assert plain_frame(data, binary) == expected, length
+        assert encode_frame(data, binary) == expected, length
+    assert plain_frame(bytearray(b"x"), binary) == plain_frame(b"x", binary)
+
+
+def test_the_state_read_past_the_property_is_websockets_state() -> None:
+    """Connection.send_frame and GatewayConnection.data_received read ``protocol._state``
+    (a Python call less per frame): it must be what websockets' ``state`` property says,
+    through every transition its protocol makes."""
+    from websockets.server import ServerProtocol
+
+    protocol = ServerProtocol()
+    seen = [protocol._state is protocol.state]
+    for state in (State.OPEN, State.CLOSING, State.CLOSED):
+        protocol.state = state
+        seen.append(protocol._state is protocol.state is state)
+    protocol = ServerProtocol()
+    protocol.state = State.OPEN
+    protocol.send_close(1000)  # websockets' own transition
+    seen.append(protocol._state is protocol.state is State.CLOSING)
+    assert all(seen)

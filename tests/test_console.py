@@ -221,7 +221,7 @@ async def test_log_in_see_the_node_and_watch_the_charts_gain_points(browser: Any
     await page.screenshot("login")
     field = await page.find("#password")
     await asyncio.to_thread(field.send_keys, "wrong password\n")
-    assert await page.text("#login-message") == "Wrong password."
+    await page.shows("#login-message", "Wrong password.")  # the page the form's post loaded
     assert await page.run("return document.cookie") == ""
     await page.login()
     row = f'#nodes-table tr[data-node="{node.node_id}"]'
@@ -251,13 +251,13 @@ async def test_client_values_are_shown_as_text_and_never_run(browser: Any, node:
     page = Console(browser, base(node))
     await page.login()
     await page.go("#/tenants")
-    cell = await page.find("#tenants-table tbody tr td a")
-    assert cell.text == XSS
+    assert await page.text("#tenants-table tbody tr td a") == XSS
     await page.press_enter("#tenants-table tbody tr td a")
     assert await page.text("#tenant-name") == XSS
-    row = await page.find(f'#connections-table tr[data-connection="{cid}"]')
-    assert XSS in await page.texts(f'#connections-table tr[data-connection="{cid}"] td')
-    assert row.text.count(XSS) == 1
+    row = f'#connections-table tr[data-connection="{cid}"]'
+    await page.find(row)
+    assert XSS in await page.texts(f"{row} td")
+    assert (await page.text(row)).count(XSS) == 1
     await page.press_enter(f'#connections-table tr[data-connection="{cid}"] a')
     await page.find("#record")
     assert await page.texts('#record dd[data-field="User agent"]') == [XSS]
@@ -321,7 +321,7 @@ async def test_look_up_send_a_test_message_and_disconnect(browser: Any, node: An
     await asyncio.sleep(0.5)
     assert len(th.events_of("$disconnect", cid)) == 1  # exactly once
     await page.press_enter("#lookup-id")  # look it up again
-    assert await page.text("#lookup-error") == "No such connection on any node (gone)."
+    await page.shows("#lookup-error", "No such connection on any node (gone).")
 
 
 async def test_recent_failures_show_request_ids_never_tokens_or_bodies(browser: Any, node: Any) -> None:

@@ -31,7 +31,7 @@ def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 
 
 async def test_one_nodes_console_shows_and_acts_on_the_whole_cluster(browser: Any, cluster: Cluster) -> None:
-    a, b, c = [await cluster.start(name, extra=CONSOLE) for name in ("a", "b", "c")]
+    a, b, c = await cluster.start_all("a", "b", "c", extra=CONSOLE)
     for node in (a, b, c):
         await settled(node)
     clients = [await node.connect("practice-7") for node in (a, b, b, c)]

@@ -33,8 +33,8 @@ def test_context_base_is_fixed_per_connection():
 
 
 def test_message_event_matches_aws_capture():
-    event = events.message_event(base(), route_key="$default", body="hi", is_base64=False,
-                                 request_id="R1knPH17NjMFftw=", epoch_s=1705751700.453)
+    event = events.message_event(events.message_context(base()), route_key="$default", body="hi", is_base64=False,
+                                 request_id="R1knPH17NjMFftw=", epoch_ms=1705751700453)
     ctx = event["requestContext"]
     assert event["body"] == "hi" and event["isBase64Encoded"] is False
     assert set(event) == {"requestContext", "body", "isBase64Encoded"}
@@ -66,10 +66,32 @@ def test_disconnect_event_minimal_headers_and_code():
 
 
 def test_a_handler_editing_its_event_cannot_change_the_next():
-    b = base()
-    first = events.message_event(b, route_key="k", body="", is_base64=False, request_id="r", epoch_s=1.0)
+    b = events.message_context(base())
+    first = events.message_event(b, route_key="k", body="", is_base64=False, request_id="r", epoch_ms=1000)
     first["requestContext"]["authorizer"]["role"] = "admin"
     first["requestContext"]["identity"]["sourceIp"] = "6.6.6.6"
-    second = events.message_event(b, route_key="k", body="", is_base64=False, request_id="r", epoch_s=1.0)
+    second = events.message_event(b, route_key="k", body="", is_base64=False, request_id="r", epoch_ms=1000)
     assert second["requestContext"]["authorizer"]["role"] == "staff"
     assert second["requestContext"]["identity"]["sourceIp"] == "49.105.91.154"
+
+
+def test_message_events_of_one_connection_share_nothing_a_handler_can_edit():
+    """Each event is a fresh copy of the connection's message_context: its fields in AWS's
+    order, this message's values, nothing shared with the template, the base or another event."""
+    b = base()
+    template = events.message_context(b)
+    first = events.message_event(template, "k", "a", False, "r1", 1705751700453)
+    second = events.message_event(template, "k", "b", False, "r2", 1705751701000)
+    ctx = first["requestContext"]
+    assert list(ctx) == [*b, "routeKey", "eventType", "requestId", "extendedRequestId", "requestTime",
+                         "requestTimeEpoch", "messageDirection", "messageId"]
+    assert {k: ctx[k] for k in b} == b
+    assert ctx["requestId"] == "r1" and second["requestContext"]["requestId"] == "r2"
+    assert second["requestContext"]["requestTime"] == "20/Jan/2024:11:55:01 +0000"
+    assert template["requestId"] == "" and template["identity"] is b["identity"]
+    assert template["authorizer"] == b["authorizer"] and template["authorizer"] is not RECORD.authorizer
+    for name in ("identity", "authorizer"):
+        assert ctx[name] is not second["requestContext"][name] and ctx[name] is not b[name]
+        assert ctx[name] is not RECORD.authorizer
+    first["requestContext"]["routeKey"] = "changed"
+    assert events.message_event(template, "k", "", False, "r", 1000)["requestContext"]["routeKey"] == "k"

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Coroutine
+from typing import Any
 
 import pytest
 
@@ -231,3 +233,70 @@ async def test_refused_expect_continue_gets_the_answer_instead_of_100(server):
     signed = b"POST /e HTTP/1.1\r\nHost: h\r\nAuthorization: x\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
     assert b"len=2" in await exchange(port, signed)
     await srv.close(timeout=1)
+
+
+async def test_concurrent_requests_run_together_and_are_answered_in_order():
+    """A request the head check marks concurrent starts while the ones ahead of it still
+    run (here /c1 waits until /c2 started: served one at a time, it would time out); a
+    serial one starts only once everything ahead is answered, and holds back what follows
+    it; the answers keep the order of the requests."""
+    events: list[str] = []
+    c2_started = asyncio.Event()
+
+    def mark(request: Request) -> None:
+        request.concurrent = request.raw_path.startswith("/c")
+
+    async def handler(request: Request) -> Response:
+        path = request.raw_path
+        events.append(f"start {path}")
+        if path == "/c1":
+            await asyncio.wait_for(c2_started.wait(), 2)
+        elif path == "/c2":
+            c2_started.set()
+        await asyncio.sleep(0.02)
+        events.append(f"end {path}")
+        return Response(200, path.encode())
+
+    srv = HttpServer(handler, max_body=1000, head_check=mark)
+    port = await srv.start(listen_socket("127.0.0.1", 0, reuse_port=False))
+    try:
+        paths = ["/c1", "/c2", "/s", "/c3", "/c4"]
+        raw = b"".join(b"GET %s HTTP/1.1\r\nHost: h\r\n\r\n" % p.encode() for p in paths)
+        data = await exchange(port, raw, until_close=False, expect=len(paths))
+    finally:
+        await srv.close(timeout=1)
+    bodies = [part.split(b"\r\n\r\n", 1)[1][:3] for part in data.split(b"HTTP/1.1 200 OK")[1:]]
+    assert bodies == [p.encode() for p in paths]
+    assert events.index("start /c2") < events.index("end /c1")
+    assert events.index("end /c1") < events.index("start /s") and events.index("end /c2") < events.index("start /s")
+    assert events.index("end /s") < events.index("start /c3") < events.index("start /c4") < events.index("end /c3")
+
+
+async def test_a_handler_may_answer_without_a_coroutine_and_nothing_after_a_final_answer_runs():
+    """A handler that returns a Response (as a post to a local connection does) is answered
+    in order with coroutine ones, concurrent or serial; a request pipelined after one without
+    keep-alive is neither answered nor run."""
+    ran: list[str] = []
+
+    def mark(request: Request) -> None:
+        request.concurrent = request.raw_path.startswith("/c")
+
+    def handler(request: Request) -> Response | Coroutine[Any, Any, Response]:
+        ran.append(request.raw_path)
+        if request.raw_path.endswith("a"):
+            return echo(request)
+        return Response(200, b"now " + request.raw_path.encode())
+
+    srv = HttpServer(handler, max_body=1000, head_check=mark)
+    port = await srv.start(listen_socket("127.0.0.1", 0, reuse_port=False))
+    try:
+        paths = ["/c1", "/c2a", "/s1", "/s2a", "/c3"]
+        raw = b"".join(b"GET %s HTTP/1.1\r\nHost: h\r\n\r\n" % p.encode() for p in paths)
+        raw += b"GET /c4 HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\nGET /c5 HTTP/1.1\r\nHost: h\r\n\r\n"
+        data = await exchange(port, raw)
+    finally:
+        await srv.close(timeout=1)
+    bodies = [part.split(b"\r\n\r\n", 1)[1] for part in data.split(b"HTTP/1.1 200 OK")[1:]]
+    assert bodies == [b"now /c1", b"GET /c2a ? len=0 big=0", b"now /s1", b"GET /s2a ? len=0 big=0", b"now /c3",
+                      b"now /c4"]
+    assert ran == ["/c1", "/c2a", "/s1", "/s2a", "/c3", "/c4"]

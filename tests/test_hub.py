@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import random
-from typing import ClassVar
 
 from websockets.protocol import State
+from websockets.server import ServerProtocol
 
 from wsgateway.connection import Connection, encode_frame
 from wsgateway.hub import Hub
@@ -33,9 +33,11 @@ class Transport:
         self.reading = True
 
 
-class Protocol:
-    state = State.OPEN
-    extensions: ClassVar[list[object]] = []
+def _open_protocol() -> ServerProtocol:
+    """websockets' own protocol, open: the connection reads its state past the property."""
+    protocol = ServerProtocol()
+    protocol.state = State.OPEN
+    return protocol
 
 
 class Messages:
@@ -45,7 +47,7 @@ class Messages:
 class WS:
     def __init__(self) -> None:
         self.transport = Transport()
-        self.protocol = Protocol()
+        self.protocol = _open_protocol()
         self.recv_messages = Messages()
 
 

@@ -82,3 +82,16 @@ async def test_lambda_context_attributes():
     ctx = context()
     assert ctx.aws_request_id == "r" and ctx.function_name == "f" and ctx.function_version == "$LATEST"
     assert 0 < ctx.get_remaining_time_in_millis() <= 5000
+
+
+async def test_the_dispatchers_context_is_the_one_the_class_builds():
+    """HandlerContext.for_message fills the slots __init__ fills, with the same values."""
+    calls, loop = Calls(), asyncio.get_running_loop()
+    built = HandlerContext(calls, loop, request_id="r", function_name="f", connection_id="c", timeout=5)
+    fast = HandlerContext.for_message(calls, loop, "r", "f", "c", 5)
+    assert type(fast) is HandlerContext
+    for name in HandlerContext.__slots__:
+        if name != "_deadline":
+            assert getattr(fast, name) is getattr(built, name), name
+    assert abs(fast._deadline - built._deadline) < 1.0
+    assert 0 < fast.get_remaining_time_in_millis() <= 5000

@@ -19,7 +19,7 @@ import websockets
 from botocore.exceptions import ClientError
 from websockets.exceptions import InvalidStatus
 
-from tests.cluster_support import HEARTBEAT_S, NODE_TTL_S, Cluster, GatewayProcess, settled
+from tests.cluster_support import HEARTBEAT_S, NODE_TTL_S, Cluster, GatewayProcess, settled, up_for
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
 
@@ -46,7 +46,7 @@ async def usage(node: GatewayProcess, tenant: str) -> dict[str, object]:
 
 
 async def test_caps_are_exact_across_three_nodes_with_clients_racing(cluster: Cluster) -> None:
-    nodes = [await cluster.start(n, extra=plan(max_connections=5)) for n in ("a", "b", "c")]
+    nodes = await cluster.start_all("a", "b", "c", extra=plan(max_connections=5))
     results = await asyncio.gather(*(try_connect(node) for node in nodes for _ in range(6)))
     opened = [r for r in results if not isinstance(r, int)]
     assert len(opened) == 5
@@ -65,13 +65,13 @@ async def test_caps_are_exact_across_three_nodes_with_clients_racing(cluster: Cl
 
 
 async def test_a_killed_nodes_connections_stop_counting_after_the_sweep(cluster: Cluster) -> None:
-    nodes = [await cluster.start(n, extra=plan(max_connections=3)) for n in ("a", "b", "c")]
+    nodes = await cluster.start_all("a", "b", "c", extra=plan(max_connections=3))
     doomed, survivor = nodes[0], nodes[1]
     clients = [await try_connect(doomed) for _ in range(3)]
     assert all(not isinstance(c, int) for c in clients)
     await settled(survivor)
     assert await try_connect(survivor) == 429
-    await asyncio.sleep(NODE_TTL_S)  # survivors sweep only after being up for node_ttl_s
+    await up_for(NODE_TTL_S, *nodes[1:])  # survivors sweep only after being up for node_ttl_s
     doomed.process.send_signal(signal.SIGKILL)
     doomed.process.wait()
     killed_at = time.monotonic()
@@ -89,7 +89,7 @@ async def test_a_killed_nodes_connections_stop_counting_after_the_sweep(cluster:
 
 async def test_a_message_rate_holds_across_nodes_within_20_percent(cluster: Cluster) -> None:
     rate = 60
-    nodes = [await cluster.start(n, extra=plan(messages_per_s=rate, messages_burst=rate)) for n in ("a", "b", "c")]
+    nodes = await cluster.start_all("a", "b", "c", extra=plan(messages_per_s=rate, messages_burst=rate))
     clients = [await node.connect("t1") for node in nodes for _ in range(2)]
     echoed: list[float] = []
     stop = asyncio.Event()
@@ -116,7 +116,7 @@ async def test_a_message_rate_holds_across_nodes_within_20_percent(cluster: Clus
 
 
 async def test_a_post_throttled_on_the_owning_node_answers_429_naming_the_limit(cluster: Cluster) -> None:
-    nodes = [await cluster.start(n, extra=plan(posts_per_s=1, posts_burst=2)) for n in ("a", "b")]
+    nodes = await cluster.start_all("a", "b", extra=plan(posts_per_s=1, posts_burst=2))
     ws, connection_id = await nodes[0].connect("t1")
     await settled(nodes[1])
     api = nodes[1].management()
@@ -135,7 +135,7 @@ async def test_a_post_throttled_on_the_owning_node_answers_429_naming_the_limit(
 async def test_a_daily_quota_holds_across_nodes_overshooting_by_a_late_sync_at_most(cluster: Cluster) -> None:
     quota = 300
     extra = plan(messages_per_s=60, messages_burst=60, quota_per_day=quota)
-    nodes = [await cluster.start(n, extra=extra) for n in ("a", "b", "c")]
+    nodes = await cluster.start_all("a", "b", "c", extra=extra)
     clients = [await node.connect("t1") for node in nodes for _ in range(2)]  # whoami: 6 of the quota
     replies: dict[str, int] = {"echo": 0, "Too Many Requests": 0, "Limit Exceeded": 0}
 

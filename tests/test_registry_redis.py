@@ -25,6 +25,7 @@ import pytest
 import redis
 import redis.asyncio
 from pytest_redis.executor import RedisExecutor
+from redis.crc import key_slot
 
 from wsgateway.errors import GoneError, LimitExceededError, RegistryUnavailableError
 from wsgateway.fanout import FanoutResult
@@ -38,10 +39,18 @@ from wsgateway.registry.redis.keys import KeySpace
 from wsgateway.registry.redis.sweep import TOMBSTONE_S
 from wsgateway.registry.redis.wire import (
     KIND_POST,
+    VERSION,
     decode_message,
+    encode_batch,
     encode_message,
+    encode_post,
+    encode_reply,
     info_from_json,
     info_to_json,
+    ok_reply,
+    read_ok,
+    read_post,
+    split_batch,
 )
 
 from .redis_topologies import Topology
@@ -49,22 +58,36 @@ from .registry_contract import CHECKS, Factory, RecordingNode, make_record, wait
 from .registry_support import (
     HEARTBEAT_S,
     NODE_TTL_S,
+    QUICK_HEARTBEAT_S,
     RedisLink,
     accept,
     registry_config,
     topology_config,
     wait_settled,
 )
+from .topology_cluster import PrivateRedisCluster
 
 pytestmark = pytest.mark.redis
 
+
 @pytest.fixture
-async def make(redis_topology: Topology, key_prefix: str) -> AsyncIterator[Factory]:
+def heartbeat_s(request: pytest.FixtureRequest) -> float:
+    """The registries' heartbeat: HEARTBEAT_S, or what the test names with QUICK_BEATS."""
+    return float(getattr(request, "param", HEARTBEAT_S))
+
+
+# A test that waits on no heartbeat but the two in which a new cluster settles (every test
+# starts one: its own key prefix) beats every 50 ms: it settles in 0.1 s instead of 0.4 s.
+QUICK_BEATS = pytest.mark.parametrize("heartbeat_s", [QUICK_HEARTBEAT_S], ids=["quick"], indirect=True)
+
+
+@pytest.fixture
+async def make(redis_topology: Topology, key_prefix: str, heartbeat_s: float) -> AsyncIterator[Factory]:
     """Start registries on the test's Redis topology (one key prefix per test); close them after."""
     started: list[RedisRegistry] = []
 
     async def factory(node: RecordingNode) -> RedisRegistry:
-        registry = RedisRegistry(topology_config(redis_topology, key_prefix), node.node_id)
+        registry = RedisRegistry(topology_config(redis_topology, key_prefix, heartbeat_s), node.node_id)
         started.append(registry)
         await registry.start(node)
         await wait_settled(registry)
@@ -80,9 +103,70 @@ def sync_client(url: str) -> redis.Redis:
 
 
 # One Redis, under Sentinel, and a three-master Redis Cluster (tests/topology_cluster.py).
+# The tests without it run on one Redis only, each saying why.
 ON_EACH_TOPOLOGY = pytest.mark.parametrize("redis_topology", ["single", "sentinel", "cluster"], indirect=True)
 
 
+def keys_matching(topology: Topology, pattern: str) -> set[bytes]:
+    """KEYS on every master (a Redis Cluster's client asks one node only)."""
+    return {key for master in topology.masters() for key in master.keys(pattern)}
+
+
+class CommandCounts:
+    """The commands Redis ran since this was made (CONFIG RESETSTAT), added over every master
+    of the topology, each asked on one connection of its own. SPUBLISH is counted as PUBLISH:
+    it is the same message on a Redis Cluster. Under Sentinel the hellos the Sentinels PUBLISH
+    on the master (each, every 2 s) are not counted: they are read on their channel meanwhile,
+    up to a PING sent there before and after the counts are read (its PONG comes after every
+    message published before it; a hello between the two PINGs makes it read the counts again).
+    Those PINGs count as PING calls."""
+
+    def __init__(self, topology: Topology) -> None:
+        self._masters = topology.masters()
+        self._hellos: redis.client.PubSub | None = None
+        self._hellos_seen = 0
+        if topology.name == "sentinel":
+            self._hellos = self._masters[0].pubsub()
+            self._hellos.subscribe("__sentinel__:hello")
+            assert self._hellos.get_message(timeout=2) is not None  # subscribed
+        for master in self._masters:
+            master.config_resetstat()
+
+    def calls(self) -> dict[str, int]:
+        while True:
+            self._hellos_seen += self._hellos_until_pong()
+            calls: Counter[str] = Counter()
+            for master in self._masters:
+                for name, stat in master.info("commandstats").items():
+                    calls[name.removeprefix("cmdstat_").replace("spublish", "publish")] += stat["calls"]
+            between = self._hellos_until_pong()
+            self._hellos_seen += between  # published before the counts were read, or after
+            if not between:
+                calls["publish"] -= self._hellos_seen
+                return {name: n for name, n in calls.items() if n}
+
+    def _hellos_until_pong(self) -> int:
+        if self._hellos is None:
+            return 0
+        self._hellos.ping()
+        hellos = 0
+        while (message := self._hellos.get_message(timeout=2)) is not None:
+            if message["type"] == "pong":
+                return hellos
+            hellos += message["type"] == "message"
+        raise AssertionError("no PONG on the hello channel's connection")
+
+
+def publish(topology: Topology, channel: str, message: bytes) -> None:
+    """What another node sends on ``channel``: PUBLISH, or SPUBLISH on a Redis Cluster."""
+    client = topology.client()
+    if isinstance(client, redis.RedisCluster):
+        client.spublish(channel, message)
+    else:
+        client.publish(channel, message)
+
+
+@QUICK_BEATS
 @ON_EACH_TOPOLOGY
 @pytest.mark.parametrize("check", CHECKS, ids=lambda c: c.__name__.removeprefix("check_"))
 async def test_contract(check: Callable[[Factory], object], make: Factory) -> None:
@@ -96,6 +180,7 @@ def test_create_registry_builds_redis(redis_url: str) -> None:
 
 
 async def test_configured_password_beats_the_urls(tmp_path: Path, key_prefix: str) -> None:
+    """(One Redis: the rule of which password wins is the same on every topology.)"""
     executor = RedisExecutor(
         executable="redis-server", databases=1, redis_timeout=30, loglevel="warning", host="127.0.0.1",
         port=port_for.select_random(), password="right-one", datadir=tmp_path,
@@ -114,6 +199,8 @@ async def test_configured_password_beats_the_urls(tmp_path: Path, key_prefix: st
         await bad.close()
 
 
+@QUICK_BEATS
+@ON_EACH_TOPOLOGY
 async def test_survey_asks_every_live_node_over_its_channel(make: Factory) -> None:
     nodes = [RecordingNode(name) for name in ("na", "nb", "nc")]
     registries = [await make(node) for node in nodes]
@@ -137,11 +224,13 @@ async def test_survey_asks_every_live_node_over_its_channel(make: Factory) -> No
 # ---------------------------------------------------------------- records in Redis
 
 
-async def test_record_layout_is_hash_tagged(make: Factory, redis_url: str, key_prefix: str) -> None:
+@QUICK_BEATS
+@ON_EACH_TOPOLOGY
+async def test_record_layout_is_hash_tagged(make: Factory, redis_topology: Topology, key_prefix: str) -> None:
     node = RecordingNode("na")
     registry = await make(node)
     record = await accept(registry, node)
-    r = sync_client(redis_url)
+    r = redis_topology.client()
     fields = r.hgetall(f"{key_prefix}:{{c:{record.connection_id}}}")
     assert fields[b"node"] == b"na"
     assert fields[b"tenant"] == b"tenant-a"
@@ -159,11 +248,12 @@ async def test_record_layout_is_hash_tagged(make: Factory, redis_url: str, key_p
     assert r.smembers(f"{key_prefix}:{{t:tenant-a}}:nodes") == set()
 
 
-async def test_last_active_is_flushed_on_the_heartbeat(make: Factory, redis_url: str, key_prefix: str) -> None:
+@ON_EACH_TOPOLOGY
+async def test_last_active_is_flushed_on_the_heartbeat(make: Factory, redis_topology: Topology, key_prefix: str) -> None:
     node = RecordingNode("na")
     registry = await make(node)
     record = await accept(registry, node)
-    r = sync_client(redis_url)
+    r = redis_topology.client()
     key = f"{key_prefix}:{{c:{record.connection_id}}}"
     node.touch(record.connection_id, record.connected_at + 0.5)  # under activity_flush_s (1 s)
     await asyncio.sleep(3 * HEARTBEAT_S)
@@ -176,6 +266,7 @@ async def test_last_active_is_flushed_on_the_heartbeat(make: Factory, redis_url:
 # ---------------------------------------------------------------- cross-node calls
 
 
+@QUICK_BEATS
 @ON_EACH_TOPOLOGY
 async def test_cross_node_post_get_delete(make: Factory) -> None:
     node_a, node_b = RecordingNode("na"), RecordingNode("nb")
@@ -199,7 +290,11 @@ async def test_cross_node_post_get_delete(make: Factory) -> None:
         await reg_b.post(next(iter(node_a.full)), b"x", False)
 
 
-async def test_a_session_handed_over_takes_every_call_with_it(make: Factory, redis_url: str, key_prefix: str) -> None:
+@QUICK_BEATS
+@ON_EACH_TOPOLOGY
+async def test_a_session_handed_over_takes_every_call_with_it(
+    make: Factory, redis_topology: Topology, key_prefix: str
+) -> None:
     node_a, node_b, node_c = RecordingNode("na"), RecordingNode("nb"), RecordingNode("nc")
     reg_a, reg_b, reg_c = await make(node_a), await make(node_b), await make(node_c)
     record = await accept(reg_a, node_a)
@@ -218,13 +313,14 @@ async def test_a_session_handed_over_takes_every_call_with_it(make: Factory, red
     await reg_a.post(cid, b"3", False)  # a itself sends it on
     assert node_b.posted[cid] == [(b"to b", False), (b"2", False), (b"3", False)]
     assert node_a.posted[cid] == [(b"1", False)]
-    r = redis.Redis.from_url(redis_url)
+    r = redis_topology.client()
     keys = KeySpace(key_prefix)
     await wait_for(lambda: not r.sismember(keys.node_conns("na"), cid), 2, "a forgets the session")
     assert r.sismember(keys.node_conns("nb"), cid) and r.hget(keys.record(cid), "node") == b"nb"
     assert (await reg_c.get(cid)).record.node_id == "nb"
 
 
+@QUICK_BEATS
 @ON_EACH_TOPOLOGY
 async def test_gone_after_remove_even_with_a_cached_owner(make: Factory) -> None:
     node_a, node_b = RecordingNode("na"), RecordingNode("nb")
@@ -238,6 +334,7 @@ async def test_gone_after_remove_even_with_a_cached_owner(make: Factory) -> None
     assert node_a.posted[record.connection_id] == [(b"1", False)]
 
 
+@QUICK_BEATS
 @ON_EACH_TOPOLOGY
 async def test_cross_node_fanout_and_listing(make: Factory) -> None:
     nodes = [RecordingNode(n) for n in ("na", "nb", "nc")]
@@ -265,6 +362,7 @@ async def test_cross_node_fanout_and_listing(make: Factory) -> None:
     assert seen == expected
 
 
+@QUICK_BEATS
 @ON_EACH_TOPOLOGY
 async def test_cross_node_user_and_group_audiences(make: Factory) -> None:
     node_a, node_b = RecordingNode("na"), RecordingNode("nb")
@@ -283,6 +381,7 @@ async def test_cross_node_user_and_group_audiences(make: Factory) -> None:
         await reg_b.group("AAAAAAAAAAAAAAAA", "desk", join=True)
 
 
+@QUICK_BEATS
 @ON_EACH_TOPOLOGY
 async def test_posts_from_one_caller_arrive_in_order(make: Factory) -> None:
     node_a, node_b = RecordingNode("na"), RecordingNode("nb")
@@ -293,40 +392,63 @@ async def test_posts_from_one_caller_arrive_in_order(make: Factory) -> None:
     assert [m for m, _ in node_a.posted[cid]] == messages
 
 
-def _command_calls(r: redis.Redis) -> dict[str, int]:
-    return {k.removeprefix("cmdstat_"): v["calls"] for k, v in r.info("commandstats").items()}
-
-
-async def test_redis_commands_per_post(make: Factory, redis_url: str) -> None:
-    """One PUBLISH for the request and one for the reply; an id that names its node needs
-    no lookup, not even the first time."""
+@QUICK_BEATS
+@ON_EACH_TOPOLOGY
+async def test_redis_commands_per_post(make: Factory, redis_topology: Topology) -> None:
+    """One PUBLISH for the request and one for the reply (SPUBLISH on a Redis Cluster: no
+    more than on one Redis); an id that names its node needs no lookup, not even the first time."""
     node_a, node_b = RecordingNode("na"), RecordingNode("nb")
     reg_a, reg_b = await make(node_a), await make(node_b)
     cid = (await accept(reg_a, node_a)).connection_id
-    r = sync_client(redis_url)
-    r.config_resetstat()
+    counts = CommandCounts(redis_topology)
     for i in range(200):
         await reg_b.post(cid, b"%d" % i, False)
-    calls = _command_calls(r)
+    calls = counts.calls()
     assert calls["publish"] == 400
     assert calls.get("hget", 0) == 0
 
 
-async def test_ids_of_the_plain_form_are_looked_up_once(make: Factory, redis_url: str) -> None:
+@ON_EACH_TOPOLOGY
+async def test_concurrent_posts_to_one_node_share_their_publishes(make: Factory, redis_topology: Topology) -> None:
+    """Posts made in one event-loop iteration to one node leave as one PUBLISH of their
+    batch, and their replies come back as one: each still answered on its own (410 for the
+    closed connection among them), delivered once, in order."""
+    node_a, node_b = RecordingNode("na"), RecordingNode("nb")
+    reg_a, reg_b = await make(node_a), await make(node_b)
+    cid = (await accept(reg_a, node_a)).connection_id
+    record = await accept(reg_a, node_a)
+    closed = record.connection_id
+    del node_a.connections[closed]
+    await reg_a.remove(record)
+    counts = CommandCounts(redis_topology)
+    messages = [b"%d" % i for i in range(200)]
+    posts = [reg_b.post(cid, m, False) for m in messages[:100]] + [reg_b.post(closed, b"x", False)]
+    posts += [reg_b.post(cid, m, False) for m in messages[100:]]
+    outcomes = await asyncio.gather(*posts, return_exceptions=True)
+    assert outcomes[:100] + outcomes[101:] == [None] * 200
+    assert isinstance(outcomes[100], GoneError)
+    assert [m for m, _ in node_a.posted[cid]] == messages
+    assert closed not in node_a.posted
+    calls = counts.calls()
+    assert calls["publish"] <= 4  # one batch each way (402 PUBLISHes without batching)
+
+
+@ON_EACH_TOPOLOGY
+async def test_ids_of_the_plain_form_are_looked_up_once(make: Factory, redis_topology: Topology) -> None:
     """Ids made before connection ids named their node: one HGET, then the owner is cached."""
     node_a, node_b = RecordingNode("na"), RecordingNode("nb")
     reg_a, reg_b = await make(node_a), await make(node_b)
     cid = (await accept(reg_a, node_a, connection_id=new_connection_id())).connection_id
     assert len(cid) == 16
-    r = sync_client(redis_url)
-    r.config_resetstat()
+    counts = CommandCounts(redis_topology)
     for i in range(50):
         await reg_b.post(cid, b"%d" % i, False)
-    calls = _command_calls(r)
+    calls = counts.calls()
     assert (calls["publish"], calls["hget"]) == (100, 1)
     assert [m for m, _ in node_a.posted[cid]] == [b"%d" % i for i in range(50)]
 
 
+@QUICK_BEATS
 @ON_EACH_TOPOLOGY
 async def test_an_id_naming_no_live_node_is_looked_up(make: Factory) -> None:
     """The node part is only a hint: an id naming a node that does not listen (a made-up
@@ -342,17 +464,19 @@ async def test_an_id_naming_no_live_node_is_looked_up(make: Factory) -> None:
     assert node_a.posted[record.connection_id] == [(b"found", False)]
 
 
-async def test_owner_ignores_requests_past_their_deadline(make: Factory, redis_url: str, key_prefix: str) -> None:
+@QUICK_BEATS
+@ON_EACH_TOPOLOGY
+async def test_owner_ignores_requests_past_their_deadline(
+    make: Factory, redis_topology: Topology, key_prefix: str
+) -> None:
     """A request the sender has answered 503 for (its deadline passed) is never acted on."""
     node_a = RecordingNode("na")
     await make(node_a)
     cid = node_a.open(make_record("na")).connection_id
-    r = redis.asyncio.Redis.from_url(redis_url)
     channel = f"{key_prefix}:node:{{na}}"
     late = {"k": KIND_POST, "r": 1, "f": "nx", "c": cid, "b": 0, "d": time.time() - 0.001}
-    await r.publish(channel, encode_message(late, b"late"))
-    await r.publish(channel, encode_message({**late, "r": 2, "d": time.time() + 5}, b"in time"))
-    await r.aclose()
+    publish(redis_topology, channel, encode_message(late, b"late"))
+    publish(redis_topology, channel, encode_message({**late, "r": 2, "d": time.time() + 5}, b"in time"))
     await wait_for(lambda: cid in node_a.posted, 2, "the request in time")
     assert node_a.posted[cid] == [(b"in time", False)]
 
@@ -366,8 +490,48 @@ def test_node_messages_round_trip_without_io() -> None:
         decode_message(b"[1, 2]\nx")
     with pytest.raises(ValueError):
         decode_message(b"not json")
+    batch = [encode_message(header, data), encode_message({"k": "r", "r": 1, "s": "ok"}), b"", b"*x"]
+    assert split_batch(encode_batch(batch)) == batch
+    assert split_batch(encode_message(header, data)) == [encode_message(header, data)]
+    assert split_batch(b"") == [b""]
+    for cut in (encode_batch(batch)[:-1], encode_batch(batch)[:3]):
+        with pytest.raises(ValueError):
+            split_batch(cut)
     info = ConnectionInfo(make_record("na", "t\u00e9nant"), 1_767_000_001.5)
     assert info_from_json(info_to_json(info)) == info
+
+
+def test_compact_node_messages_round_trip_without_io() -> None:
+    """The compact post and "ok" read back as the JSON forms would (with "w"); a reply is
+    compact only for a sender that reads it and only when it says nothing but ok; one "ok"
+    may answer several requests; names too long for a length byte: JSON for a post."""
+    header = {"k": KIND_POST, "r": 2**40 + 7, "f": "n\u00e9", "d": 1_767_000_000.25, "c": "abc.n\u00e9", "b": 1}
+    data = b"\n\x00{not json}\n"
+    fields = (header["r"], header["f"], header["d"], header["c"], header["b"])
+    message = encode_post(*fields, data)
+    assert message.startswith(b"P")
+    assert decode_message(message) == ({**header, "w": VERSION}, data)
+    assert read_post(message) == (2**40 + 7, "n\u00e9", 1_767_000_000.25, "abc.n\u00e9", 1, data)
+    assert decode_message(encode_post(*fields, b"")) == ({**header, "w": VERSION}, b"")
+    reply = {"k": "r", "r": 9, "f": "nb", "s": "ok", "w": VERSION}
+    assert encode_reply(reply) == ok_reply("nb", (9,))
+    assert decode_message(ok_reply("nb", (9,))) == (reply, b"")
+    assert read_ok(ok_reply("nb", (9,))) == ("nb", (9,))
+    assert read_ok(ok_reply("n\u00e9", [1, 2, 2**64 - 1])) == ("n\u00e9", (1, 2, 2**64 - 1))
+    for json_reply in ({**reply, "w": None}, {k: v for k, v in reply.items() if k != "w"}, {**reply, "s": "gone"},
+                       {**reply, "n": 3}):
+        assert encode_reply(json_reply) == encode_message(json_reply)
+    long = {**header, "c": "x" * 256, "w": VERSION}
+    assert encode_post(header["r"], header["f"], header["d"], "x" * 256, 1, data) == encode_message(long, data)
+    with pytest.raises(ValueError):
+        ok_reply("y" * 256, (1,))
+    several = ok_reply("nb", (1, 2))
+    for bad in (message[:5], message[:25], several, several[:-1], several + b"x", ok_reply("nb", (9,))[:4], b"P",
+                b"R", b"R\x05nb"):
+        with pytest.raises(ValueError):
+            decode_message(bad)
+    batch = [message, ok_reply("nb", (9,)), several, encode_message(reply)]
+    assert split_batch(encode_batch(batch)) == batch
 
 
 # ---------------------------------------------------------------- node death and shutdown
@@ -380,10 +544,11 @@ from wsgateway.registry.redis import RedisRegistry
 from wsgateway.registry.redis.keys import KeySpace
 from tests.registry_contract import RecordingNode, make_record
 
-async def main(url, prefix, count, node_id):
+async def main(url, prefix, count, node_id, password, sentinel_password):
     node = RecordingNode(node_id)
     registry = RedisRegistry(RegistryConfig(backend="redis", redis_url=url, key_prefix=prefix,
-                             heartbeat_s=0.2, node_ttl_s=1.0), node_id)
+                             heartbeat_s=0.2, node_ttl_s=1.0, password=password or None,
+                             sentinel_password=sentinel_password or None), node_id)
     await registry.start(node)
     for _ in range(count):
         record = node.open(make_record(node_id))
@@ -392,17 +557,19 @@ async def main(url, prefix, count, node_id):
     print("ready", flush=True)
     await asyncio.sleep(3600)
 
-asyncio.run(main(sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]))
+asyncio.run(main(sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5], sys.argv[6]))
 """
 
 
 def start_doomed_node(
-    url: str, prefix: str, count: int, node_id: str = "doomed"
+    topology: Topology, prefix: str, count: int, node_id: str = "doomed"
 ) -> tuple[subprocess.Popen[str], list[str]]:
     """A registry in its own process (to be killed with SIGKILL); returns it and its ids."""
     root = Path(__file__).resolve().parent.parent
+    config = topology.config()
     proc = subprocess.Popen(
-        [sys.executable, "-c", _DOOMED_NODE, url, prefix, str(count), node_id],
+        [sys.executable, "-c", _DOOMED_NODE, config.redis_url, prefix, str(count), node_id, config.password or "",
+         config.sentinel_password or ""],
         cwd=root, stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(root)},
     )
     assert proc.stdout is not None
@@ -414,14 +581,17 @@ def start_doomed_node(
     return proc, ids
 
 
-async def test_killed_node_is_swept_once_with_1006(make: Factory, redis_url: str, key_prefix: str) -> None:
+@ON_EACH_TOPOLOGY
+async def test_killed_node_is_swept_once_with_1006(make: Factory, redis_topology: Topology, key_prefix: str) -> None:
     survivors = [RecordingNode("nb"), RecordingNode("nc")]
     regs = [await make(n) for n in survivors]
-    proc, ids = await asyncio.to_thread(start_doomed_node, redis_url, key_prefix, 5)
+    up_at = time.monotonic()
+    proc, ids = await asyncio.to_thread(start_doomed_node, redis_topology, key_prefix, 5)
     try:
         await regs[0].post(ids[0], b"alive", False)  # reaches the doomed node
         assert len((await regs[0].list_tenant("tenant-a", 100, None)).connections) == 5
-        await asyncio.sleep(NODE_TTL_S)  # survivors must have been up for node_ttl_s to sweep
+        # survivors must have been up for node_ttl_s to sweep (the doomed process took some)
+        await asyncio.sleep(max(0.0, NODE_TTL_S - (time.monotonic() - up_at)))
         proc.send_signal(signal.SIGKILL)
         killed_at = time.monotonic()
         proc.wait()
@@ -447,9 +617,9 @@ async def test_killed_node_is_swept_once_with_1006(make: Factory, redis_url: str
         with pytest.raises(GoneError):
             await reg.post(ids[1], b"x", False)
         assert (await reg.list_tenant("tenant-a", 100, None)).connections == []
-    r = sync_client(redis_url)
+    r = redis_topology.client()
     # what is left of each record is a tombstone, for the node should it come back
-    tombstones = r.keys(f"{key_prefix}:{{c:*")
+    tombstones = keys_matching(redis_topology, f"{key_prefix}:{{c:*")
     assert sorted(tombstones) == sorted(f"{key_prefix}:{{c:{i}}}".encode() for i in ids)
     for key in tombstones:
         assert set(r.hgetall(key)) == {b"claimedBy"}
@@ -457,6 +627,7 @@ async def test_killed_node_is_swept_once_with_1006(make: Factory, redis_url: str
     assert set(r.hkeys(f"{key_prefix}:{{meta}}:nodes")) == {b"nb", b"nc"}
 
 
+@QUICK_BEATS
 @ON_EACH_TOPOLOGY
 async def test_closed_node_is_gone_at_once(make: Factory) -> None:
     node_a, node_b = RecordingNode("na"), RecordingNode("nb")
@@ -473,14 +644,15 @@ async def test_closed_node_is_gone_at_once(make: Factory) -> None:
     assert node_b.orphans == []
 
 
+@ON_EACH_TOPOLOGY
 async def test_restarted_node_id_disconnects_its_previous_life(
-    make: Factory, redis_url: str, key_prefix: str
+    make: Factory, redis_topology: Topology, key_prefix: str
 ) -> None:
     """A node restarted with the same fixed node id before the sweep: the records of its
     previous process are orphans, disconnected (1006) once, by whichever node claims them."""
     survivor = RecordingNode("nb")
     await make(survivor)
-    proc, ids = await asyncio.to_thread(start_doomed_node, redis_url, key_prefix, 2, "na")
+    proc, ids = await asyncio.to_thread(start_doomed_node, redis_topology, key_prefix, 2, "na")
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     reborn = RecordingNode("na")
@@ -569,7 +741,12 @@ async def settled_after_return(
 
 
 class CutOff(NamedTuple):
-    """A survivor ("nb") on the private Redis and a victim ("na") on a link the test cuts."""
+    """A survivor ("nb") on the private Redis and a victim ("na") on a link the test cuts.
+
+    One Redis only: a :class:`RedisLink` relay is the network between one node and one
+    redis-server, but Sentinels name the master's own address and a cluster's shards name
+    theirs (CLUSTER SLOTS, MOVED), so a node on those topologies would reach Redis around
+    the relay. Their outages are a failover (tests/test_cluster_failover.py) or a shard down."""
 
     survivor: RecordingNode
     reg_b: RedisRegistry
@@ -689,21 +866,28 @@ async def test_node_back_while_it_is_swept_keeps_or_abandons_each_connection_onc
             await reg_b.close()
 
 
-async def test_a_normal_beat_runs_one_script_and_no_lease_check(make: Factory, redis_url: str) -> None:
+@ON_EACH_TOPOLOGY
+async def test_a_normal_beat_runs_one_script_and_no_lease_check(make: Factory, redis_topology: Topology) -> None:
     """Coming back from being declared dead costs nothing while a node is not: a beat is one
-    EVAL, and the lease of a sweep of this node is not looked at."""
+    EVAL, and the lease of a sweep of this node is not looked at. (On Redis Cluster, plus one
+    SET per master: the node's marks, see registry/redis/shard_marks.py.)"""
     await make(RecordingNode("na"))
-    r = sync_client(redis_url)
-    r.config_resetstat()
+    stats = CommandCounts(redis_topology)
+    # Under Sentinel the master also serves the Sentinels' PINGs and its replica's REPLCONF
+    # ACKs (each, every second): not the registry's, which sends neither on one Redis or on
+    # a cluster. (The Sentinels' hellos are not counted: see CommandCounts.)
+    others = {"ping", "replconf"} if redis_topology.name == "sentinel" else set()
 
     def calls() -> dict[str, int]:
-        stats = r.info("commandstats")
-        return {k.removeprefix("cmdstat_"): v["calls"] for k, v in stats.items() if "info" not in k}
+        return {k: n for k, n in stats.calls().items() if "info" not in k and k not in others}
 
     await wait_for(lambda: calls().get("eval", 0) >= 5, 10 * HEARTBEAT_S, "five beats")
     counts = calls()
     counts.pop("config|resetstat", None)
     beats = counts["eval"]
+    if redis_topology.name == "cluster":  # the marks of the last beat may not all be in yet
+        masters = len(redis_topology.masters())
+        assert masters * (beats - 1) <= counts.pop("set") <= masters * beats
     # inside the script: GET epoch, HSETNX, ZADD, ZRANGEBYSCORE x2, EXISTS settle (and TIME)
     assert counts == {"eval": beats, "time": beats, "get": beats, "hsetnx": beats, "zadd": beats,
                       "zrangebyscore": 2 * beats, "exists": beats}
@@ -712,21 +896,24 @@ async def test_a_normal_beat_runs_one_script_and_no_lease_check(make: Factory, r
 # ---------------------------------------------------------------- Redis losing data or going away
 
 
-async def test_flushall_reregisters_without_false_gone(make: Factory, redis_url: str, key_prefix: str) -> None:
+@ON_EACH_TOPOLOGY
+async def test_flushall_reregisters_without_false_gone(make: Factory, redis_topology: Topology, key_prefix: str) -> None:
+    """FLUSHALL (on every master of a Redis Cluster at once: the epoch's shard among them)."""
     node_a, node_b = RecordingNode("na"), RecordingNode("nb")
     reg_a, reg_b = await make(node_a), await make(node_b)
     cached = await accept(reg_a, node_a)
     uncached = [await accept(reg_a, node_a) for _ in range(20)]
     await reg_b.post(cached.connection_id, b"warm", False)
     keys = [f"{key_prefix}:{{c:{rec.connection_id}}}" for rec in (cached, *uncached)]
-    r = redis.asyncio.Redis.from_url(redis_url)
+    r = redis_topology.client()
 
     async def reregistered() -> float:
-        while await r.exists(*keys) < len(keys):
+        while await asyncio.to_thread(r.exists, *keys) < len(keys):
             await asyncio.sleep(0.005)
         return time.monotonic() - flushed_at
 
-    await r.flushall()
+    for master in redis_topology.masters():
+        master.flushall()
     flushed_at = time.monotonic()
     watcher = asyncio.ensure_future(reregistered())
     delivered = 0
@@ -739,7 +926,6 @@ async def test_flushall_reregisters_without_false_gone(make: Factory, redis_url:
                 pass  # allowed while refilling: never a GoneError for a live connection
         await asyncio.sleep(0.02)
     assert await asyncio.wait_for(watcher, 1) <= HEARTBEAT_S + 0.3  # re-registered within a beat
-    await r.aclose()
     assert delivered > 0
     with pytest.raises(GoneError):
         await reg_b.post(new_connection_id(), b"x", False)
@@ -747,10 +933,50 @@ async def test_flushall_reregisters_without_false_gone(make: Factory, redis_url:
     assert len(listed.connections) == 21
 
 
+@pytest.mark.parametrize("redis_topology", ["cluster"], indirect=True)
+async def test_a_shard_that_lost_its_data_is_refilled(
+    make: Factory, private_redis_cluster: PrivateRedisCluster, key_prefix: str
+) -> None:
+    """Redis Cluster only (elsewhere one server holds everything, the epoch included): a
+    master that does not hold the epoch restarts empty. Every node finds its mark on that
+    shard gone, re-registers, and drops the epoch, so that the cluster settles as after any
+    data loss: the tenant's listing and fan-out reach every connection again, within a few
+    beats of the shard taking writes, in a new epoch."""
+    node_a, node_b = RecordingNode("na"), RecordingNode("nb")
+    reg_a, reg_b = await make(node_a), await make(node_b)
+    records = [await accept(reg_a, node_a) for _ in range(10)] + [await accept(reg_b, node_b) for _ in range(10)]
+    ids = {r.connection_id for r in records}
+    keys, cluster = KeySpace(key_prefix), private_redis_cluster
+    for port in cluster.ports:  # each node's mark on each master
+        marks = cluster.client(port).keys(f"{key_prefix}:{{m:*")
+        assert sorted(m.decode().split(":")[2] for m in marks) == ["na", "nb"], (port, marks)
+    epoch_port = cluster.port_of_slot(key_slot(keys.epoch.encode()))
+    tenant_port = cluster.port_of_slot(key_slot(keys.tenant_nodes("tenant-a").encode()))
+    victim = tenant_port if tenant_port != epoch_port else next(p for p in cluster.ports if p != epoch_port)
+    epoch = cluster.client(epoch_port).get(keys.epoch)
+    await asyncio.to_thread(cluster.restart_master, victim)
+    restarted = time.monotonic()
+    listed: set[str] = set()
+    async with asyncio.timeout(10 * HEARTBEAT_S + 3):
+        while listed != ids:
+            with contextlib.suppress(RegistryUnavailableError):
+                listed = await listed_ids(reg_b)
+            await asyncio.sleep(0.02)
+    assert time.monotonic() - restarted <= 4 * HEARTBEAT_S + 1
+    assert cluster.client(epoch_port).get(keys.epoch) not in (None, epoch)
+    # each node fans out to the other (its own connections are the hub's to reach)
+    assert await reg_a.fanout("tenant-a", b"to b", False) == FanoutResult(10)
+    assert await reg_b.fanout("tenant-a", b"to a", False) == FanoutResult(10)
+    for node, data in ((node_a, b"to a"), (node_b, b"to b")):
+        assert all(node.posted[r.connection_id] == [(data, False)] for r in records if r.node_id == node.node_id)
+
+
 @pytest.mark.parametrize("how", ["killed", "stopped"])
 async def test_redis_outage_and_recovery(restartable_redis: RedisExecutor, key_prefix: str, how: str) -> None:
     """killed: SIGKILL, back at once and empty. stopped: SIGTERM (it saves its data), back
-    after more than node_ttl_s, so every node's liveness has expired when it loads."""
+    after more than node_ttl_s, so every node's liveness has expired when it loads.
+    (One redis-server of the test's own, restarted: under Sentinel an outage is a failover,
+    tests/test_cluster_failover.py.)"""
     url = f"redis://127.0.0.1:{restartable_redis.port}/0"
     node_a, node_b = RecordingNode("na"), RecordingNode("nb")
     regs = []

@@ -13,7 +13,6 @@ import logging
 import signal
 import ssl
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import hiredis
@@ -109,17 +108,6 @@ async def test_tls_reaches_the_sentinels_and_the_data_nodes() -> None:
 
 # ---------------------------------------------------------------- failovers
 
-
-@pytest.fixture
-def failing_over(tmp_path: Path) -> Iterator[SentinelTopology]:
-    """A Sentinel topology of the test's own, to fail over (starting a fresh one is quicker
-    than waiting for Sentinel to take the killed master back as a replica)."""
-    topology = SentinelTopology(tmp_path / "redis")
-    try:
-        topology.start()
-        yield topology
-    finally:
-        topology.stop()
 
 
 async def registries(topology: SentinelTopology, prefix: str, *names: str) -> list[tuple[RecordingNode, RedisRegistry]]:

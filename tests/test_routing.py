@@ -435,6 +435,16 @@ def test_fast_path_agrees_with_the_template_path(value: Any) -> None:
     assert isinstance(fast, str)
 
 
+@pytest.mark.parametrize(
+    ("expression", "key"),
+    [("$request.body.action", "action"), ("${request.body.a-b}", "a-b"), ("$request.body.a.b", None),
+     ("$request.body.a[0]", None), ("${request.body.action}|", None), ("action", None), ("a", None)],
+)
+def test_only_a_single_member_expression_is_read_inline(expression: str, key: str | None) -> None:
+    """Router.select reads ``single_key`` itself: a plain member name, nothing else."""
+    assert SelectionExpression(expression).single_key == key
+
+
 @FUZZ
 @given(st.text(alphabet="${}\\.[]0123456789 abrequstody-_x", max_size=40), json_values)
 def test_any_expression_compiles_or_raises_value_error(expression: str, body: Any) -> None:

@@ -9,8 +9,13 @@ TTL), and Redis is restarted empty or flushed (FLUSHALL). At the end:
 - no connection still open at the end was ever answered 410;
 - every connection a client got an id for ran its ``$disconnect`` exactly once.
 
-Its length is a parameter: ``WSGW_SOAK_S`` seconds of chaos (default 40; the suite's run
-takes about a minute). A longer run by hand::
+A second soak runs the same on Redis under Sentinel (a master, a replica, three Sentinels),
+where the master is SIGKILLed (Sentinel promotes the replica; the old master comes back,
+empty, as its replica) or demoted while it runs (``SENTINEL FAILOVER``) between the nodes'
+chaos, with the same checks at the end.
+
+Its length is a parameter: ``WSGW_SOAK_S`` seconds of chaos (default 40 on one Redis, 20
+under Sentinel; the suite's runs take about a minute and 40 s). A longer run by hand::
 
     WSGW_SOAK_S=600 python -m pytest -q -p no:cacheprovider tests/test_soak.py
 
@@ -29,6 +34,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import aiohttp
 import pytest
@@ -38,16 +44,22 @@ from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
 from tests.cluster_support import NODE_TTL_S, Cluster, GatewayProcess, ready, wait_until
+from tests.redis_topologies import SentinelTopology
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
 
 SOAK_S = float(os.environ.get("WSGW_SOAK_S", "40"))
+SENTINEL_SOAK_S = float(os.environ.get("WSGW_SOAK_S", "20"))  # failovers are slow: fewer rounds in the suite
+# Under Sentinel the node TTL must outlast a demoted master: nodes write to it until their
+# next check of the Sentinels (2 s, the request timeout), and those beats are lost; with a
+# shorter TTL the new master shows every node past its death line (docs/cluster.md).
+SENTINEL_NODE_TTL_S = 3.0
 CLIENTS_PER_NODE = 4
 POSTERS = 8
-# After each chaos event the cluster gets this long before the next one: a dead node's sweep
-# (node TTL plus a beat) ends before Redis may lose its data (a node that dies while Redis
-# has lost its data loses its $disconnect calls: see docs/cluster.md, "Limits").
-SPACING_S = NODE_TTL_S + 1.5
+# After each chaos event the cluster gets this long (plus the node TTL) before the next one: a
+# dead node's sweep (node TTL plus a beat) ends before Redis may lose its data (a node that
+# dies while Redis has lost its data loses its $disconnect calls: see docs/cluster.md, "Limits").
+SPACING_S = 1.5
 
 
 @dataclass
@@ -67,10 +79,55 @@ class Client:
                 await self.ws.close()
 
 
+class RedisChaos(Protocol):
+    """What the soak does to the Redis deployment, between what it does to the nodes."""
+
+    def describe(self) -> str:
+        """What happened, for the soak's summary line."""
+
+    async def run(self, event: str) -> None:
+        """Do ``event`` to Redis and return once it is done."""
+
+
+@dataclass
+class OneRedis:
+    """One redis-server: restarted empty, or flushed."""
+
+    server: RedisExecutor
+
+    def describe(self) -> str:
+        return "one Redis"
+
+    async def run(self, event: str) -> None:
+        if event == "redis restart":
+            self.server.kill(sig=signal.SIGKILL)  # no save: it comes back empty
+            self.server.start()
+        elif event == "flushall":
+            redis.Redis(port=self.server.port).flushall()
+
+
+@dataclass
+class Sentinels:
+    """Redis under Sentinel: the master killed, or demoted while it runs."""
+
+    topology: SentinelTopology
+    promotions: list[tuple[str, float]] = field(default_factory=list)  # (event, seconds to the promotion)
+
+    def describe(self) -> str:
+        return "Sentinel, promoted in " + ", ".join(f"{s:.1f} s ({e})" for e, s in self.promotions)
+
+    async def run(self, event: str) -> None:
+        if event == "master killed":
+            self.promotions.append((event, await self.topology.kill_master()))
+        elif event == "master demoted":
+            self.promotions.append((event, await self.topology.demote_master()))
+
+
 @dataclass
 class Soak:
     cluster: Cluster
-    redis_server: RedisExecutor
+    redis_chaos: RedisChaos
+    node_ttl_s: float = NODE_TTL_S
     serving: list[GatewayProcess] = field(default_factory=list)  # running and not paused
     clients: dict[str, Client] = field(default_factory=dict)
     # (client, payload, status, asked at, answered at): monotonic times
@@ -84,7 +141,7 @@ class Soak:
     paused: list[tuple[str, float, float]] = field(default_factory=list)  # (node name, from, to)
 
     async def start_node(self) -> GatewayProcess:
-        node = await self.cluster.start(f"n{next(self.names)}")
+        node = await self.cluster.start(f"n{next(self.names)}", node_ttl_s=self.node_ttl_s)
         await ready(node, 30)
         self.serving.append(node)
         for _ in range(CLIENTS_PER_NODE):
@@ -146,27 +203,39 @@ class Soak:
             self.serving.remove(victim)
             stopped = time.monotonic()
             victim.process.send_signal(signal.SIGSTOP)
-            await asyncio.sleep(NODE_TTL_S / 2 if event == "pause" else 2.5 * NODE_TTL_S)
+            await asyncio.sleep(self.node_ttl_s / 2 if event == "pause" else 2.5 * self.node_ttl_s)
             victim.process.send_signal(signal.SIGCONT)
             self.paused.append((victim.name, stopped, time.monotonic()))
             self.serving.append(victim)
-        elif event == "redis restart":
-            self.redis_server.kill(sig=signal.SIGKILL)  # no save: it comes back empty
-            self.redis_server.start()
-        elif event == "flushall":
-            redis.Redis(port=self.redis_server.port).flushall()
+        else:
+            await self.redis_chaos.run(event)
 
 
+@pytest.mark.timeout(SOAK_S + 100)  # the suite's per-test limit, past the soak's own length
 async def test_soak_under_chaos(tmp_path: Path, restartable_redis: RedisExecutor, key_prefix: str) -> None:
     cluster = Cluster(tmp_path, f"redis://127.0.0.1:{restartable_redis.port}/0", key_prefix)
-    soak = Soak(cluster, restartable_redis)
+    soak = Soak(cluster, OneRedis(restartable_redis))
     try:
-        await _run(soak)
+        await _run(soak, ["kill", "redis restart", "pause", "flushall", "long pause", "kill"], SOAK_S)
     finally:
         cluster.stop_all()
 
 
-async def _run(soak: Soak) -> None:
+@pytest.mark.timeout(SENTINEL_SOAK_S + 100)
+async def test_soak_under_chaos_with_sentinel_failovers(
+    tmp_path: Path, failing_over: SentinelTopology, key_prefix: str
+) -> None:
+    await failing_over.wait_ready()
+    cluster = Cluster(tmp_path, failing_over.url, key_prefix, registry_toml=failing_over.registry_toml())
+    soak = Soak(cluster, Sentinels(failing_over), SENTINEL_NODE_TTL_S)
+    try:
+        await _run(soak, ["kill", "master killed", "master demoted", "pause", "master killed", "long pause",
+                          "master demoted"], SENTINEL_SOAK_S)
+    finally:
+        cluster.stop_all()
+
+
+async def _run(soak: Soak, cycle: list[str], seconds: float) -> None:
     for _ in range(3):
         await soak.start_node()
     stop = asyncio.Event()
@@ -180,16 +249,16 @@ async def _run(soak: Soak) -> None:
             await asyncio.sleep(0.3)
             await soak.churn()
 
-    timeout = aiohttp.ClientTimeout(total=10)
+    timeout = aiohttp.ClientTimeout(total=60)  # past a call held for its outcome (2 s + outcome_wait_s)
     async with aiohttp.ClientSession(timeout=timeout) as http:
         workers = [asyncio.create_task(posting(http)) for _ in range(POSTERS)]
         workers.append(asyncio.create_task(churning()))
-        events = itertools.cycle(["kill", "redis restart", "pause", "flushall", "long pause", "kill"])
+        events = itertools.cycle(cycle)
         started = time.monotonic()
-        while time.monotonic() - started < SOAK_S:
-            await asyncio.sleep(SPACING_S)
+        while time.monotonic() - started < seconds:
+            await asyncio.sleep(soak.node_ttl_s + SPACING_S)
             await soak.chaos(next(events))
-        await asyncio.sleep(SPACING_S)
+        await asyncio.sleep(soak.node_ttl_s + SPACING_S)
         stop.set()
         await asyncio.gather(*workers)
 
@@ -212,13 +281,15 @@ async def _run(soak: Soak) -> None:
     except TimeoutError:
         raise AssertionError(f"no $disconnect for {ids - may_lose - set(disconnected())}") from None
     await asyncio.sleep(1.0)  # a second run would show by now
-    _check(soak, disconnected())
+    _check(soak, disconnected(), seconds)
 
 
-def _check(soak: Soak, disconnected: Counter[str]) -> None:
+def _check(soak: Soak, disconnected: Counter[str], seconds: float) -> None:
     answers, clients = soak.answers, soak.clients
     statuses = Counter(status for *_, status, _, _ in answers)
-    print(f"soak: {SOAK_S:g}s, {len(answers)} posts {dict(statuses)}, chaos {dict(soak.events)}, {len(clients)} clients")
+    held = Counter(status for _, _, status, asked, answered in answers if answered - asked > 2.1)
+    print(f"soak: {seconds:g}s on {soak.redis_chaos.describe()}, {len(answers)} posts {dict(statuses)}"
+          f" ({dict(held)} answered past the 2 s timeout), chaos {dict(soak.events)}, {len(clients)} clients")
     assert set(statuses) <= {200, 410, 503}, statuses
     assert statuses[200] > 0.5 * len(answers), statuses  # most posts go to open clients
     received: Counter[str] = Counter()
@@ -271,4 +342,4 @@ def _swept_before(soak: Soak, answer: tuple[str, str, int, float, float]) -> boo
     """Whether the node holding the answer's client began a pause longer than the node TTL
     before the answer came."""
     node = soak.clients[answer[0]].node.name
-    return any(name == node and to - since > NODE_TTL_S and since < answer[4] for name, since, to in soak.paused)
+    return any(name == node and to - since > soak.node_ttl_s and since < answer[4] for name, since, to in soak.paused)

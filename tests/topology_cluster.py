@@ -28,7 +28,6 @@ class ClusterTopology:
 
     url: str
     first_port: int
-    name: str = "cluster"
 
     def config(self, **fields: object) -> RegistryConfig:
         return RegistryConfig(backend="redis", redis_url=self.url, **fields)  # type: ignore[arg-type]
@@ -36,18 +35,31 @@ class ClusterTopology:
     def registry_toml(self) -> str:
         return ""
 
+    ports: tuple[int, ...] = ()
+    name: str = "cluster"
+
     def direct_url(self) -> str:
         """One master (keys of other slots answer MOVED there)."""
         return f"redis://127.0.0.1:{self.first_port}/0"
 
+    def client(self) -> redis.RedisCluster:
+        return redis.RedisCluster(host="127.0.0.1", port=self.first_port)
+
+    def masters(self) -> list[redis.Redis]:
+        return [PrivateRedisCluster.client(port) for port in self.ports or (self.first_port,)]
+
 
 class PrivateRedisCluster:
-    """Three masters, no replicas; :meth:`stop` kills them (their data is thrown away)."""
+    """Three masters, no replicas; :meth:`stop` kills them (their data is thrown away);
+    :meth:`kill` and :meth:`restart` take the whole cluster down and bring it back empty."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, options: tuple[str, ...] = ()) -> None:
+        """``options``: more ``redis-server`` arguments for every master."""
         self.root = root
+        self._options = options
         self.ports: list[int] = []
         self._processes: list[subprocess.Popen[bytes]] = []
+        self._commands: list[list[str]] = []
 
     @property
     def url(self) -> str:
@@ -56,23 +68,31 @@ class PrivateRedisCluster:
     def start(self) -> None:
         for _ in range(3):
             port = port_for.select_random()
-            home = self.root / str(port)
-            home.mkdir(parents=True)
-            self._processes.append(subprocess.Popen(
+            (self.root / str(port)).mkdir(parents=True)
+            self._commands.append(
                 ["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--cluster-enabled", "yes",
                  "--cluster-config-file", "nodes.conf", "--cluster-port", str(port_for.select_random()),
                  "--cluster-node-timeout", "2000", "--save", "",
-                 "--appendonly", "no", "--logfile", "redis.log"],
-                cwd=home, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
-            ))
+                 "--appendonly", "no", "--logfile", "redis.log", *self._options],
+            )
             self.ports.append(port)
-        for port in self.ports:
-            self._wait(lambda p=port: self.client(p).ping())
+        self._spawn()
         subprocess.run(
             ["redis-cli", "--cluster", "create", *(f"127.0.0.1:{p}" for p in self.ports),
              "--cluster-replicas", "0", "--cluster-yes"],
             check=True, capture_output=True, timeout=START_TIMEOUT_S,
         )
+        self._wait_up()
+
+    def _spawn(self) -> None:
+        self._processes = [
+            subprocess.Popen(command, cwd=self.root / str(port), stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+            for command, port in zip(self._commands, self.ports, strict=True)
+        ]
+        for port in self.ports:
+            self._wait(lambda p=port: self.client(p).ping())
+
+    def _wait_up(self) -> None:
         for port in self.ports:  # every master agrees that the cluster is up
             self._wait(lambda p=port: b"cluster_state:ok" in self.client(p).execute_command("CLUSTER", "INFO"))
 
@@ -80,6 +100,32 @@ class PrivateRedisCluster:
         for process in self._processes:
             process.kill()
             process.wait()
+
+    @property
+    def running(self) -> bool:
+        return bool(self._processes) and all(p.poll() is None for p in self._processes)
+
+    def kill(self) -> None:
+        """SIGKILL every master: the whole cluster is gone, with its data."""
+        self.stop()
+
+    def restart_master(self, port: int) -> None:
+        """SIGKILL the master on ``port`` and start it again at once, empty (its slots and
+        peers from its nodes.conf); returns once the cluster is up (Redis holds a restarted
+        master back from writes for 2 s)."""
+        i = self.ports.index(port)
+        self._processes[i].kill()
+        self._processes[i].wait()
+        self._processes[i] = subprocess.Popen(
+            self._commands[i], cwd=self.root / str(port), stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
+        )
+        self._wait_up()
+
+    def restart(self) -> None:
+        """Start the masters again, on their ports, from their ``nodes.conf`` (each knows its
+        slots and its peers): the same cluster, empty; returns once it is up."""
+        self._spawn()
+        self._wait_up()
 
     @staticmethod
     def client(port: int) -> redis.Redis:

@@ -471,6 +471,9 @@ class RegistryConfig:
     node_ttl_s: float = 10.0  # seconds without a heartbeat -> node dead; >= 2 * heartbeat_s
     # lastActiveAt in Redis lags by at most this; 0 = every beat
     activity_flush_s: float = field(default=30.0, metadata=NON_NEGATIVE)
+    # a cross-node call whose reply Redis lost waits this long past its 2 s timeout for this
+    # node's links to come back and ask the owner what it did; > a failover; 0 = never waits
+    outcome_wait_s: float = field(default=40.0, metadata=NON_NEGATIVE)
 
     def __post_init__(self) -> None:
         check_fields(self, "registry")

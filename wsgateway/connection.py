@@ -36,9 +36,10 @@ from .records import ConnectionInfo, ConnectionRecord
 if TYPE_CHECKING:
     from websockets.asyncio.server import ServerConnection
 
-__all__ = ["Connection", "as_payload", "encode_frame", "reset"]
+__all__ = ["Connection", "as_payload", "encode_frame", "plain_frame", "reset"]
 
 _OPEN = State.OPEN
+_TEXT, _BINARY = Opcode.TEXT, Opcode.BINARY
 _LINGER_ABORT = struct.pack("ii", 1, 0)  # struct linger {l_onoff = 1, l_linger = 0}
 
 
@@ -53,6 +54,28 @@ def as_payload(data: bytes | str) -> tuple[bytes, bool]:
     return bytes(data), False
 
 
+# The header of an unmasked, final, uncompressed data frame: what Frame.serialize writes for
+# it (tests/test_connection.py compares them), without its BytesIO and checks per frame.
+_SHORT_HEADERS = (
+    tuple(bytes((0x80 | _TEXT, length)) for length in range(126)),
+    tuple(bytes((0x80 | _BINARY, length)) for length in range(126)),
+)
+_HEADER_16 = struct.Struct("!BBH").pack
+_HEADER_64 = struct.Struct("!BBQ").pack
+
+
+def plain_frame(data: bytes, binary: bool) -> bytes:
+    """One unmasked, uncompressed server frame carrying ``data``, byte for byte what
+    websockets' ``Frame(opcode, data).serialize(mask=False)`` returns."""
+    length = len(data)
+    if length < 126:
+        return _SHORT_HEADERS[binary][length] + data
+    head1 = 0x82 if binary else 0x81
+    if length < 65536:
+        return _HEADER_16(head1, 126, length) + data
+    return _HEADER_64(head1, 127, length) + data
+
+
 def encode_frame(data: bytes, binary: bool, deflate: PerMessageDeflate | None = None) -> bytes:
     """Serialize one unmasked server frame carrying ``data``, compressed by ``deflate`` if
     given (a connection's ``shared_deflate``: the frame then serves every connection whose
@@ -60,8 +83,10 @@ def encode_frame(data: bytes, binary: bool, deflate: PerMessageDeflate | None = 
 
     Encode a fan-out message once with this and hand the bytes to every connection.
     """
+    if deflate is None:
+        return plain_frame(data, binary)
     frame = Frame(Opcode.BINARY if binary else Opcode.TEXT, data)
-    return frame.serialize(mask=False, extensions=None if deflate is None else [deflate])
+    return frame.serialize(mask=False, extensions=[deflate])
 
 
 def _setsockopt(transport: asyncio.BaseTransport, option: int, value: int | bytes) -> None:
@@ -95,6 +120,7 @@ class Connection:
         "record",
         "ws",
         "context_base",
+        "message_context",
         "opened",
         "last_active",
         "over_since",
@@ -119,6 +145,9 @@ class Connection:
         self.record = record
         self.ws: ServerConnection | None = None  # set once the upgrade completed
         self.context_base = context_base  # requestContext fields fixed for the lifetime
+        # Every MESSAGE event's requestContext copies it (events.message_context): made by the
+        # dispatcher at the first message, so that an idle connection holds none.
+        self.message_context: dict[str, Any] | None = None
         self.opened = opened
         self.last_active = opened
         self.over_since: float | None = None  # when the queue first went over its limit
@@ -227,12 +256,14 @@ class Connection:
         if self.compressed:
             self._send_compressed(data, binary, now, limit)
         else:
-            self.send_frame(encode_frame(data, binary), now, limit)
+            self.send_frame(plain_frame(data, binary), now, limit)
 
     def send_frame(self, frame: bytes, now: float, limit: int) -> None:
         """Queue one pre-encoded frame (see :func:`encode_frame`); same errors as send."""
         ws = self.ws
-        if ws is None or ws.protocol.state is not _OPEN or self.close_code is not None:
+        # ``_state``: what websockets' ``state`` property returns, without a Python call per
+        # frame (tests/test_connection.py checks that they agree).
+        if ws is None or ws.protocol._state is not _OPEN or self.close_code is not None:
             raise GoneError()
         transport = ws.transport
         queued = transport.get_write_buffer_size()
@@ -277,9 +308,12 @@ class Connection:
     def _resume_reading(self) -> None:
         ws = self.ws
         self.reading_paused = False
-        # websockets pauses reading too, while too many messages wait for the read loop:
-        # leave that pause to it, or its bound on received messages would be lost.
-        if ws is not None and not ws.recv_messages.paused:
+        # The inbox (and websockets) pause reading too, while too many messages wait to be
+        # dispatched: leave that pause to them, or their bound on received messages is lost.
+        if ws is None or ws.recv_messages.paused:
+            return
+        inbox = getattr(ws, "gw_inbox", None)
+        if inbox is None or not inbox.paused:
             ws.transport.resume_reading()
 
     def check_queue(self, now: float, limit: int, grace: float) -> bool:

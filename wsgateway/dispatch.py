@@ -43,6 +43,8 @@ __all__ = ["ConnectOutcome", "Dispatcher", "RouteHost"]
 
 log = logging.getLogger("wsgateway")
 
+_handler_context = HandlerContext.for_message  # a module global: one lookup per message
+
 # AWS's error frame, spacing included (aws-websocket-api.md §2.2, §2.3).
 _ERROR_FRAME = '{{"message": "{}", "connectionId":"{}", "requestId":"{}"}}'
 # A token refresh's answers, spaced as AWS's frames.
@@ -181,9 +183,16 @@ class Dispatcher:
     # ---------------------------------------------------------------- messages
 
     async def on_message(self, conn: Connection, message: str | bytes) -> None:
-        """Route one message and run its handler; never raises for the handler's sake."""
-        started = time.perf_counter()
-        conn.last_active = self._loop.time()
+        """Route one message and run its handler; never raises for the handler's sake.
+
+        This runs for every message a client sends: one clock reading serves the activity
+        stamp and the handler's deadline, and the handler is awaited here, not through a
+        helper coroutine (each coroutine layer costs a frame per message). Its start is read
+        for the access log only (once off, a log stays off: see AccessLog)."""
+        started = time.perf_counter() if self._access.enabled else 0.0
+        loop = self._loop
+        now = loop.time()
+        conn.last_active = now
         stats = self._stats
         stats.messages += 1
         stats.traffic[conn.record.tenant] += 1
@@ -213,37 +222,59 @@ class Dispatcher:
         gate = usage.route_of(route_key) if usage is not None else None
         if gate is not None and self._throttled(usage, conn, gate, request_id, started, route_key):
             return
-        event = events.message_event(
-            conn.context_base, route_key=route_key, body=body, is_base64=is_b64,
-            request_id=request_id, epoch_s=time.time(),
-        )
-        status, failure = 200, {}
+        template = conn.message_context
+        if template is None:
+            template = conn.message_context = events.message_context(conn.context_base)
+        event = events.message_event(template, route_key, body, is_b64, request_id, time.time_ns() // 1_000_000)
+        status, error = 200, None  # error: the access log's field, on a failure only
+        connection_id = conn.record.connection_id
         try:
-            result = await self._call(conn, integration, event, request_id)
+            # The route's time limit without a timer per message: the gateway's sweep cancels
+            # the connection's task once ``conn.deadline`` has passed.
+            context = _handler_context(self._host, loop, request_id, integration.target, connection_id, self._timeout)
+            conn.deadline = now + self._timeout
+            try:
+                result = await integration.call(event, context)
+            except asyncio.CancelledError:
+                if not conn.deadline_hit:
+                    raise  # the connection or the node is going away
+                conn.deadline_hit = False
+                task = asyncio.current_task()
+                if task is not None:
+                    task.uncancel()
+                raise HandlerTimeout(integration.target) from None
+            finally:
+                conn.deadline = 0.0
         except Disconnect as exc:
             self._host.close(conn, exc.code, exc.reason)
         except HandlerTimeout as exc:
             status = 504
             self._stats.handler_timeouts += 1
-            _log_failure(exc, route_key, request_id, conn.id)
-            failure["error"] = self._stats.integration_failed(
+            _log_failure(exc, route_key, request_id, connection_id)
+            error = self._stats.integration_failed(
                 integration.kind, exc, route=route_key, request_id=request_id, status=504)
             self._send_error(conn, "Endpoint request timed out", request_id)
         except Exception as exc:  # noqa: BLE001 - the client gets AWS's error frame, the log the text
             status = 500
             self._stats.handler_errors += 1
-            _log_failure(exc, route_key, request_id, conn.id)
-            failure["error"] = self._stats.integration_failed(
+            _log_failure(exc, route_key, request_id, connection_id)
+            error = self._stats.integration_failed(
                 integration.kind, exc, route=route_key, request_id=request_id)
             self._send_error(conn, "Internal server error", request_id)
         else:
             if result is not None:
-                self._reply(conn, result, request_id)
+                # The common answer, {"statusCode": ..., "body": "<text>"}, without the
+                # Mapping ABC's isinstance check and the general case's branches.
+                if type(result) is dict and type(text := result.get("body")) is str \
+                        and not result.get("isBase64Encoded"):
+                    self._send(conn, text.encode(), False)
+                else:
+                    self._reply(conn, result, request_id)
         finally:
             if gate is not None:
                 gate.leave()
         if self._access.enabled:  # per message: build no arguments for a log that is off
-            self._log(conn, route_key, status, request_id, started, integration=integration.kind, **failure)
+            self._log(conn, route_key, status, request_id, started, error, integration=integration.kind)
 
     async def _refresh(
         self, conn: Connection, lifetime: TokenLifetime, message: str, request_id: str, started: float
@@ -286,24 +317,6 @@ class Dispatcher:
         self._log(conn, route_key, 429, request_id, started)
         return True
 
-    async def _call(self, conn: Connection, integration: Integration, event: dict[str, Any], request_id: str) -> Any:
-        """Run the handler under the route's time limit, without a timer per message: the
-        gateway's sweep cancels the connection's task once ``conn.deadline`` has passed."""
-        context = self.handler_context(integration, request_id, conn.id)
-        conn.deadline = self._loop.time() + self._timeout
-        try:
-            return await integration.call(event, context)
-        except asyncio.CancelledError:
-            if not conn.deadline_hit:
-                raise  # the connection or the node is going away
-            conn.deadline_hit = False
-            task = asyncio.current_task()
-            if task is not None:
-                task.uncancel()
-            raise HandlerTimeout(integration.target) from None
-        finally:
-            conn.deadline = 0.0
-
     def _reply(self, conn: Connection, result: Any, request_id: str) -> None:
         """Two-way route: send the handler's ``body`` back as one frame."""
         if isinstance(result, Mapping):
@@ -337,10 +350,14 @@ class Dispatcher:
         self._stats.frames_out += 1
 
     def _log(
-        self, conn: Connection, route_key: str, status: int, request_id: str, started: float, **fields: str
+        self, conn: Connection, route_key: str, status: int, request_id: str, started: float,
+        error: str | None = None, **fields: str,
     ) -> None:
+        """One access-log line for a message (``error``: a failure's, logged only if there was one)."""
         if not self._access.enabled:  # per message: skip building the call's arguments
             return
+        if error is not None:
+            fields["error"] = error
         self._access.connection_event(
             "message", route_key=route_key, status=status, request_id=request_id,
             started=started, record=conn.record, **fields,

@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Coroutine, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Coroutine, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
@@ -382,17 +382,25 @@ class Gateway:
 
         Raises PayloadTooLargeError, GoneError, LimitExceededError, RegistryUnavailableError.
         """
+        elsewhere = self.start_post(connection_id, data)
+        if elsewhere is not None:
+            await elsewhere
+
+    def start_post(self, connection_id: str, data: bytes | str) -> Awaitable[None] | None:
+        """:meth:`post_to_connection` without a coroutine of its own: a connection held here
+        gets ``data`` at once (None is returned), else what is returned asks its owner.
+
+        The management edge answers a post to a local connection from this call alone (most
+        posts), with no coroutine to create and run. Raises as :meth:`post_to_connection`.
+        """
         payload, binary = as_payload(data)
         if len(payload) > self._max_post:
             raise PayloadTooLargeError("Message too long")
         conn = self.hub.get(connection_id)
         if conn is not None:
-            assert self._loop is not None
-            self.throttle.admit_post(conn.record.tenant)
-            conn.send(payload, binary, self._loop.time(), self._queue_limit)
-            self._sent(conn.record.tenant, 1)
-            return
-        await self.registry.post(connection_id, payload, binary)  # its node checks the plan
+            self._post_here(conn, payload, binary)
+            return None
+        return self.registry.post(connection_id, payload, binary)  # its node checks the plan
 
     async def get_connection(self, connection_id: str) -> dict[str, Any]:
         """GetConnection's JSON for a connection on any node; raises GoneError."""
@@ -501,10 +509,16 @@ class Gateway:
             if self.sessions.keep_incoming(connection_id, data, binary):
                 return
             raise GoneError()
+        self._post_here(conn, data, binary)
+
+    def _post_here(self, conn: Connection, data: bytes, binary: bool) -> None:
+        """One post's frame to a connection held here: its tenant's plan admits it, it is
+        queued and counted. Raises LimitExceededError, GoneError (as ``Connection.send``)."""
         assert self._loop is not None
-        self.throttle.admit_post(conn.record.tenant)
+        tenant = conn.record.tenant
+        self.throttle.admit_post(tenant)
         conn.send(data, binary, self._loop.time(), self._queue_limit)
-        self._sent(conn.record.tenant, 1)
+        self._sent(tenant, 1)
 
     def local_info(self, connection_id: str) -> ConnectionInfo:
         conn = self.hub.get(connection_id)

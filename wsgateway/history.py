@@ -26,7 +26,7 @@ from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from .metrics import LATENCY_BOUNDS_MS
+from .metrics import LATENCY_BOUNDS_MS, Tally
 
 if TYPE_CHECKING:
     from .hub import Hub
@@ -121,7 +121,7 @@ class History:
         self._before, self._before_at = totals, now
         self._samples.append(sample)
         self._traffic.append(stats.traffic)
-        stats.traffic = Counter()
+        stats.traffic = Tally()
         if health is not None:
             self.health = dict(health)
         return sample

@@ -4,7 +4,8 @@ The management API is the gateway's hottest HTTP path (every backend push is one
 aiohttp's web stack cost more per request than the rest of the push together (see
 docs/benchmarks.md). This server keeps what the API needs and nothing else: requests parsed
 by httptools (chunked bodies and pipelining included), answered in order per connection
-(a malformed or timed-out request is answered after the requests before it), keep-alive with
+(a malformed or timed-out request is answered after the requests before it; a request the
+head check marks ``concurrent`` may start before those ahead of it are answered), keep-alive with
 an idle timeout, ``Expect: 100-continue``, bounded header and body sizes (an oversize body is
 drained and flagged, so the handler can answer 413 in AWS's shape), and a graceful close
 that lets requests in progress finish.
@@ -19,15 +20,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import http
 import logging
 import socket
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
+from typing import Any
 
 import httptools
-from multidict import CIMultiDict
+from multidict import CIMultiDict, istr
+
+from .eager import DONE, START, call_as, carry_on, first_step
 
 __all__ = ["HeadCheck", "HttpServer", "Request", "Response"]
 
@@ -37,7 +42,11 @@ _MAX_HEAD_BYTES = 64 * 1024  # request line + headers
 _LINGER_S = 1.0  # after a final answer, input is read and dropped this long before closing
 _IDLE, _HEAD, _BODY = "idle", "head", "body"  # what a connection's current request awaits
 _MAX_PIPELINED = 16  # parsed requests waiting per connection before reading pauses
-_REASONS = {s.value: s.phrase.encode() for s in http.HTTPStatus}
+# Each answer's first line and the start of its head, made once per status.
+_STATUS_LINES = {s.value: b"HTTP/1.1 %d %s\r\nContent-Length: " % (s.value, s.phrase.encode()) for s in http.HTTPStatus}
+# Header names looked up in every request, made case-insensitive once (not per lookup).
+_EXPECT = istr("Expect")
+_METHODS = {m.encode(): m for m in ("GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH")}
 
 
 @dataclass(slots=True)
@@ -53,31 +62,55 @@ class Request:
     peer: str
     body_too_large: bool = False
     head_state: object = None  # what the head check learned, for the handler to reuse
+    # Set by the head check: the handler may start before the requests ahead of it on the
+    # connection are answered (it is answered after them all the same). For requests whose
+    # effect is ordered by the handler's first step (a post to a connection), so that a
+    # pipelining caller keeps several in flight where each waits for another node.
+    concurrent: bool = False
 
 
 @dataclass(slots=True)
 class Response:
+    """An answer. ``head`` is more header lines, already serialized (``Name: value\r\n``
+    each), written after ``headers``: for an answer made often, most of them made once."""
+
     status: int
     body: bytes = b""
     headers: list[tuple[str, str]] = field(default_factory=list)
+    head: bytes = b""
 
 
-Handler = Callable[[Request], Awaitable[Response]]
+# A handler answers at once (a Response: no coroutine made or run, as for most management
+# posts) or returns the coroutine that will (an ``async def`` handler always does).
+Handler = Callable[[Request], Response | Coroutine[Any, Any, Response]]
 # Called with a request whose body is still to come (``body`` is b""); a Response answers it
 # without buffering its body, None lets it through to the handler.
 HeadCheck = Callable[[Request], Response | None]
 
 
+def _internal_error() -> Response:  # a fresh one each time: handlers append headers
+    return Response(500, b'{"message": "Internal server error"}', [("Content-Type", "application/json")])
+
+
+def _outcome(task: asyncio.Task[Response]) -> Response:
+    """The answer of a concurrent request's finished task."""
+    if task.cancelled():
+        return _internal_error()
+    error = task.exception()
+    if error is not None:
+        log.error("management handler failed", exc_info=error)
+        return _internal_error()
+    return task.result()
+
+
 def _serialize(response: Response, keep_alive: bool) -> bytes:
-    reason = _REASONS.get(response.status, b"Unknown")
-    head = [b"HTTP/1.1 %d %s\r\nContent-Length: %d\r\n" % (response.status, reason, len(response.body))]
+    status, body = response.status, response.body
+    first = _STATUS_LINES.get(status) or b"HTTP/1.1 %d Unknown\r\nContent-Length: " % status
+    fields = ""
     for name, value in response.headers:
-        head.append(f"{name}: {value}\r\n".encode("latin-1"))
-    if not keep_alive:
-        head.append(b"Connection: close\r\n")
-    head.append(b"\r\n")
-    head.append(response.body)
-    return b"".join(head)
+        fields += f"{name}: {value}\r\n"
+    close = b"" if keep_alive else b"Connection: close\r\n"
+    return b"%s%d\r\n%s%s%s\r\n%s" % (first, len(body), fields.encode("latin-1"), response.head, close, body)
 
 
 class _Connection(asyncio.Protocol):
@@ -89,14 +122,25 @@ class _Connection(asyncio.Protocol):
         self._parser: httptools.HttpRequestParser | None = httptools.HttpRequestParser(self)
         self._transport: asyncio.Transport | None = None
         self._peer = ""
-        # A parsed request, or a final answer (a Response) after which the connection closes.
-        self._queue: deque[tuple[Request | Response, bool]] = deque()
+        # A parsed request, its handler already started (a Task), or a final answer (a
+        # Response) after which the connection closes; with keep-alive and its body's size.
+        self._queue: deque[tuple[Request | asyncio.Task[Response] | Response, bool, int]] = deque()
+        self._serial = 0  # requests queued or in progress that must not be overtaken
         self._queued_bytes = 0
+        # The connection's task, made with its first serial request: handlers' first steps run
+        # as if in it (see _run); it wakes only to carry on one that suspended.
         self._worker: asyncio.Task[None] | None = None
-        self._idle: asyncio.TimerHandle | None = None
+        self._context: contextvars.Context | None = None  # where every serial handler runs
+        self._waiter: asyncio.Future[None] | None = None  # the idle worker sleeps on it
+        self._suspended: tuple[Coroutine[Any, Any, None], Any] | None = None  # for the worker
+        self._watched: asyncio.Task[Response] | None = None  # head of the queue, not done yet
+        self._out: list[bytes] = []  # answers made this turn, not written yet
+        self._idle: asyncio.TimerHandle | None = None  # see _idle_due
+        self._idle_since = 0.0  # loop time the connection last became idle
         self._deadline: asyncio.TimerHandle | None = None
         self._closing = False
         self._failed = False  # a final answer is queued: parse nothing more
+        self._last = False  # a request without keep-alive was parsed: none after it is served
         self._paused = False  # reading paused by us: too many answers pending
         self._started = 0.0  # loop time of the current request's first byte
         self._phase = _IDLE  # what the current request is waiting for: _HEAD, _BODY, or none
@@ -134,7 +178,12 @@ class _Connection(asyncio.Protocol):
             if timer is not None:
                 timer.cancel()
         self._idle = self._deadline = None
-        self._queue.clear()  # a request in progress finishes; its answer has nowhere to go
+        for item, _, _ in self._queue:  # a request in progress finishes; its answer has nowhere to go
+            if isinstance(item, asyncio.Task) and not item.done():
+                self._server.hold(item)
+        self._queue.clear()
+        self._out.clear()
+        self._wake()  # the worker ends (after a handler it carries on)
         # The parser refers back to this protocol: drop the cycle (and the body chunks it keeps
         # alive) now rather than at a full collection, which tuned GC thresholds make rare.
         self._parser = None
@@ -142,9 +191,6 @@ class _Connection(asyncio.Protocol):
         self._transport = None
 
     def data_received(self, data: bytes) -> None:
-        if self._idle is not None:
-            self._idle.cancel()
-            self._idle = None
         if self._failed or self._parser is None:
             return  # a final answer is queued; what follows it is not read
         try:
@@ -153,11 +199,11 @@ class _Connection(asyncio.Protocol):
             self._fail(Response(400))
         except httptools.HttpParserError:
             self._fail(Response(431 if self._head_bytes > _MAX_HEAD_BYTES else 400))
-        else:
-            # Idle between requests: closed after idle_timeout_s without a byte. A request
-            # that stopped coming is bounded by its deadline instead (see _late).
-            if self._worker is None and self._phase is _IDLE:
-                self._arm_idle()
+        self._advance()
+        # Idle between requests: closed after idle_timeout_s without a byte (see _idle_due). A
+        # request that stopped coming is bounded by its deadline instead (see _late).
+        if not self._closing and self._phase is _IDLE and not self.busy:
+            self._arm_idle()
 
     # ---------------------------------------------------------------- httptools callbacks
 
@@ -170,11 +216,17 @@ class _Connection(asyncio.Protocol):
 
     def on_url(self, url: bytes) -> None:
         self._url += url
-        self._count_head(len(url))
+        self._head_bytes += len(url)
+        if self._head_bytes > _MAX_HEAD_BYTES:
+            raise httptools.HttpParserError("request head too large")
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._count_head(len(name) + len(value))
+        # Called for every header: kept to the least (the multidict made at once, in
+        # on_headers_complete).
         self._headers.append((name.decode("latin-1"), value.decode("latin-1")))
+        self._head_bytes += len(name) + len(value)
+        if self._head_bytes > _MAX_HEAD_BYTES:
+            raise httptools.HttpParserError("request head too large")
 
     def on_headers_complete(self) -> None:
         # The body gets what is left of the whole request's deadline, counted from its first
@@ -183,16 +235,21 @@ class _Connection(asyncio.Protocol):
         assert self._parser is not None  # only the parser calls this
         if self._parser.should_upgrade():
             return  # feed_data raises HttpParserUpgrade next: answered 400, never handled
-        self._head = self._request()
+        path, _, query = self._url.decode("latin-1").partition("?")
+        method = self._parser.get_method()
+        headers: CIMultiDict[str] = CIMultiDict(self._headers)
+        self._head = request = Request(_METHODS.get(method) or method.decode("latin-1"), path, query, headers, b"",
+                                       self._peer)
         check = self._server.head_check
-        refused = check(self._head) if check is not None else None
+        refused = check(request) if check is not None else None
         if refused is not None:
             # Answered from its head: its body is never buffered (nor, after the answer, read).
             self._fail(refused)
             return
-        for name, value in self._headers:
-            if name.lower() == "expect" and value.lower() == "100-continue" and self._transport is not None:
-                self._transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        if _EXPECT in headers and self._transport is not None and any(
+            value.lower() == "100-continue" for value in headers.getall(_EXPECT)
+        ):
+            self._transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def on_body(self, body: bytes) -> None:
         self._body_bytes += len(body)
@@ -205,69 +262,187 @@ class _Connection(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         self._phase = _IDLE  # the timer lapses when it fires, or serves the next request
+        request = self._head  # None: an upgrade (on_headers_complete made no request)
+        if request is None or self._failed or self._last or self._closing:
+            return  # nor is one after a final answer (its handler must not run: never answered)
+        self._head = None
         assert self._parser is not None  # only the parser calls this
-        if self._failed or self._parser.should_upgrade():
-            return
         keep_alive = self._parser.should_keep_alive()
-        request, self._head = self._head, None
-        assert request is not None  # on_headers_complete came first
-        request.body, request.body_too_large = b"".join(self._body), self._too_large
+        self._last = not keep_alive
+        request.body = body = b"".join(self._body)
+        request.body_too_large = self._too_large
         self._body = []
-        self._enqueue(request, keep_alive)
-
-    def _request(self) -> Request:
-        """The request whose head was just parsed; its body is filled in when complete."""
-        path, _, query = self._url.decode("latin-1").partition("?")
-        assert self._parser is not None
-        return Request(
-            method=self._parser.get_method().decode("latin-1"),
-            raw_path=path,
-            raw_query=query,
-            headers=CIMultiDict(self._headers),
-            body=b"",
-            peer=self._peer,
-        )
+        size = len(body)  # counted until answered, started or not
+        if not request.concurrent:
+            self._serial += 1
+            self._queue.append((request, keep_alive, size))
+        elif self._serial or self._server.stopping:  # started in turn (see _advance)
+            self._queue.append((request, keep_alive, size))
+        else:  # only concurrent ones ahead: start it now, in order
+            started = self._start(request)
+            if not self._queue and keep_alive and isinstance(started, Response):
+                self._answer(started, keep_alive)  # answered, none ahead: written with this read's others
+                return
+            self._queue.append((started, keep_alive, size))
+        self._queued_bytes += size
+        if (len(self._queue) >= _MAX_PIPELINED or self._queued_bytes > 2 * self._server.max_body) and (
+            self._transport is not None
+        ):
+            self._paused = True  # parsed bodies wait here unauthenticated: bounded by count and bytes
+            self._transport.pause_reading()
 
     # ---------------------------------------------------------------- answering
 
-    def _enqueue(self, item: Request | Response, keep_alive: bool) -> None:
-        self._queue.append((item, keep_alive))
-        if isinstance(item, Request):
-            self._queued_bytes += len(item.body)
-        # Parsed bodies wait here unauthenticated: bound them by count and by bytes.
-        full = len(self._queue) >= _MAX_PIPELINED or self._queued_bytes > 2 * self._server.max_body
-        if full and self._transport is not None:
-            self._paused = True
-            self._transport.pause_reading()
-        if self._worker is None:
-            self._worker = self._loop.create_task(self._work())
+    def _advance(self, in_worker: bool = False) -> None:
+        """Answer queued requests in the order they came, as far as can be done now: a serial
+        one runs alone, after those ahead of it, its handler's first step right here (most
+        complete in it: no task wakes for them); concurrent ones behind each other start
+        together, each answered by its handler's call or, if that returned a coroutine, by
+        that coroutine's task (from its done callback). The answers made in one
+        call leave in one write (pipelined requests of one read, a batch of replies from
+        another node)."""
+        queue = self._queue
+        while queue and not self._closing and self._suspended is None:
+            item, keep_alive, size = queue[0]
+            if isinstance(item, Response):  # first: a local post is answered as it is parsed
+                queue.popleft()
+                self._queued_bytes -= size
+                self._answer(item, keep_alive)
+            elif isinstance(item, Request):
+                if item.concurrent:
+                    if not self._server.stopping:  # it waited behind a serial one: start it and those right behind it
+                        self._start_queued()
+                        continue
+                    # Stopping: served alone, as a serial one, as its answer may close the
+                    # connection; what follows it must not have run.
+                    self._serial += 1
+                queue.popleft()
+                self._queued_bytes -= size
+                self._serve_now(item, keep_alive, in_worker)
+            elif item.done():
+                queue.popleft()
+                self._queued_bytes -= size
+                self._answer(_outcome(item), keep_alive)
+            else:
+                if self._watched is not item:
+                    self._watched = item
+                    item.add_done_callback(self._answered)
+                break
+        self._flush()
+        if self._paused and len(queue) < _MAX_PIPELINED // 2 and self._queued_bytes <= self._server.max_body:
+            self._paused = False
+            if self._transport is not None and not self._closing:
+                self._transport.resume_reading()
+
+    def _answered(self, task: asyncio.Task[Response]) -> None:
+        """A concurrent request's handler finished: answer it if its turn came."""
+        if self._watched is task:
+            self._watched = None
+        self._advance()
+        if not self.busy:
+            self._arm_idle()
+
+    def _serve_now(self, request: Request, keep_alive: bool, in_worker: bool) -> None:
+        """Call a serial request's handler now, as the connection's task would (made current
+        for it, as the inbox does for client messages): an answer it returns is answered at
+        once; a coroutine it returns runs as :meth:`_run` says."""
+        worker = self._worker
+        if worker is None:  # made with the first request; it wakes only for suspended handlers
+            worker = self._worker = self._loop.create_task(self._work())
+            self._context = contextvars.copy_context()
+        context = self._context
+        assert context is not None
+        try:
+            result = call_as(self._loop, None if in_worker else worker, context, self._server.handler, request)
+        except Exception:
+            log.exception("management handler failed")
+            result = _internal_error()
+        if type(result) is Response:
+            self._serial -= 1
+            self._answer(result, keep_alive)
+        else:  # START (the worker calls it) or a coroutine
+            self._run(self._serve(request, keep_alive, None if result is START else result), in_worker)  # type: ignore[arg-type]
+
+    def _run(self, coro: Coroutine[Any, Any, None], in_worker: bool) -> None:
+        """Run a serial handler's first step now, as the connection's task would; one that
+        suspends is carried on by that task, and nothing after it is answered before it."""
+        worker = self._worker
+        context = self._context
+        assert worker is not None and context is not None  # _serve_now made them
+        yielded = first_step(self._loop, None if in_worker else worker, context, coro)
+        if yielded is DONE:
+            return
+        # It suspended (or another task runs: START, all of it left to the worker).
+        self._suspended = (coro, yielded)
+        if not in_worker:
+            self._wake()
+
+    async def _serve(
+        self, request: Request, keep_alive: bool, started: Response | Coroutine[Any, Any, Response] | None
+    ) -> None:
+        """A serial request: its handler (``started``: what its call returned, None: to be
+        called), then its answer (after everything ahead of it)."""
+        try:
+            result = self._server.handler(request) if started is None else started
+            response = result if isinstance(result, Response) else await result
+        except Exception:
+            log.exception("management handler failed")
+            response = _internal_error()
+        finally:
+            self._serial -= 1
+        self._answer(response, keep_alive)
 
     async def _work(self) -> None:
-        """Answer queued requests one at a time, in the order they came."""
+        """The connection's task: carries on a serial handler that suspended in its first step
+        (then answers what it can), else sleeps; ends with the connection."""
         try:
-            while self._queue and not self._closing:
-                item, keep_alive = self._queue.popleft()
-                if isinstance(item, Request):
-                    self._queued_bytes -= len(item.body)
-                    response = await self._call(item)
+            while True:
+                suspended = self._suspended
+                if suspended is not None:
+                    assert self._context is not None
+                    try:
+                        await carry_on(suspended[0], suspended[1], None, self._context)
+                    finally:
+                        self._suspended = None
+                    self._advance(in_worker=True)
+                    if not self.busy:
+                        self._arm_idle()
+                elif self._closing:
+                    return
                 else:
-                    response = item
-                transport = self._transport
-                if transport is None or transport.is_closing():
-                    return
-                keep_alive = keep_alive and not self._server.stopping
-                transport.write(_serialize(response, keep_alive))
-                if not keep_alive:
-                    self._closing = True
-                    self._close_after_answer(transport)
-                    return
-                if self._paused and len(self._queue) < _MAX_PIPELINED // 2 and self._queued_bytes <= self._server.max_body:
-                    self._paused = False
-                    transport.resume_reading()
+                    self._waiter = self._loop.create_future()
+                    try:
+                        await self._waiter
+                    finally:
+                        self._waiter = None
         finally:
-            self._worker = None
-            if not self._closing:
-                self._arm_idle()
+            self._worker = self._context = None
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _answer(self, response: Response, keep_alive: bool) -> None:
+        """Serialize an answer to be written with the others of this turn (see _flush)."""
+        transport = self._transport
+        if transport is None or transport.is_closing() or self._closing:
+            self._closing = True  # a request in progress finished; its answer has nowhere to go
+            return
+        keep_alive = keep_alive and not self._server.stopping
+        self._out.append(_serialize(response, keep_alive))
+        if not keep_alive:
+            self._flush()
+            self._closing = True
+            self._wake()
+            self._close_after_answer(transport)
+
+    def _flush(self) -> None:
+        out = self._out
+        if out:
+            if self._transport is not None:
+                self._transport.write(out[0] if len(out) == 1 else b"".join(out))
+            out.clear()
 
     def _close_after_answer(self, transport: asyncio.Transport) -> None:
         if not self._failed or not transport.can_write_eof():
@@ -280,17 +455,27 @@ class _Connection(asyncio.Protocol):
         transport.resume_reading()
         self._deadline = self._loop.call_later(_LINGER_S, transport.close)
 
-    async def _call(self, request: Request) -> Response:
+    def _start(self, request: Request) -> asyncio.Task[Response] | Response:
+        """Start a concurrent request's handler: its answer, or the task of the coroutine it
+        returned (answered in its turn, see _outcome)."""
         try:
-            return await self._server.handler(request)
+            result = self._server.handler(request)
         except Exception:
             log.exception("management handler failed")
-            return Response(500, b'{"message": "Internal server error"}', [("Content-Type", "application/json")])
+            return _internal_error()
+        if isinstance(result, Response):
+            return result
+        # The queue holds it until it is answered; the server, if the connection goes first.
+        return self._loop.create_task(result)
 
-    def _count_head(self, n: int) -> None:
-        self._head_bytes += n
-        if self._head_bytes > _MAX_HEAD_BYTES:
-            raise httptools.HttpParserError("request head too large")
+    def _start_queued(self) -> None:
+        """Start the concurrent requests at the head of the queue, up to the next serial one."""
+        queue = self._queue
+        for i, (item, keep_alive, size) in enumerate(queue):
+            if isinstance(item, Request):
+                if not item.concurrent:
+                    break
+                queue[i] = (self._start(item), keep_alive, size)
 
     def _fail(self, response: Response) -> None:
         """Stop reading; answer ``response`` after the requests already queued, then close."""
@@ -302,7 +487,7 @@ class _Connection(asyncio.Protocol):
             self._deadline = None
         if self._transport is not None:
             self._transport.pause_reading()
-        self._enqueue(response, False)
+        self._queue.append((response, False, 0))  # answered after the requests ahead of it
 
     def _arm_deadline(self, when: float) -> None:
         """(Re)arm the deadline of the request being read, at loop time ``when``."""
@@ -329,20 +514,38 @@ class _Connection(asyncio.Protocol):
             return
         log.info("management request from %s timed out before it was complete", self._peer)
         self._fail(Response(408))
+        self._advance()
 
     def _arm_idle(self) -> None:
-        if self._idle is None and not self._closing:
-            self._idle = self._loop.call_later(self._server.idle_timeout_s, self._close_idle)
+        """The connection is idle from now: no request in progress, none to answer."""
+        if self._closing:
+            return
+        self._idle_since = now = self._loop.time()
+        if self._idle is None:
+            self._idle = self._loop.call_at(now + self._server.idle_timeout_s, self._idle_due)
+
+    def _idle_due(self) -> None:
+        """The idle timer fired. Armed lazily, as the deadline (see _late): a read does not
+        cancel it, so that it costs one timer per connection per ``idle_timeout_s``, not one
+        per read. A connection in a request or with answers to make is not idle (it is armed
+        again once it is, by _arm_idle); one idle again since is timed from then."""
+        self._idle = None
+        if self._closing or self._phase is not _IDLE or self.busy:
+            return
+        due = self._idle_since + self._server.idle_timeout_s
+        if self._loop.time() < due:
+            self._idle = self._loop.call_at(due, self._idle_due)
+            return
+        self._close_idle()
 
     def _close_idle(self) -> None:
-        self._idle = None
-        if self._worker is None and self._transport is not None:
+        if not self.busy and self._transport is not None:
             self._closing = True
             self._transport.close()
 
     def close_when_idle(self) -> None:
         """Server shutdown: close now if idle, else after the answer in progress."""
-        if self._worker is None:
+        if not self.busy:
             self._close_idle()
 
     def close(self) -> None:
@@ -351,7 +554,8 @@ class _Connection(asyncio.Protocol):
 
     @property
     def busy(self) -> bool:
-        return self._worker is not None
+        """Requests parsed and not answered yet."""
+        return bool(self._queue) or self._suspended is not None
 
 
 class HttpServer:
@@ -387,9 +591,17 @@ class HttpServer:
         self.max_connections = max_connections
         self.head_check = head_check
         self.connections: set[_Connection] = set()
+        # concurrent requests' handlers still running after their connection was lost
+        self.tasks: set[asyncio.Task[Response]] = set()
         self.stopping = False
         self.loop = asyncio.get_running_loop()
         self._server: asyncio.Server | None = None
+
+    def hold(self, task: asyncio.Task[Response]) -> None:
+        """Keep ``task`` until it is done: the loop holds tasks weakly, and the connection
+        that held it is gone."""
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
 
     async def start(self, sock: socket.socket) -> int:
         """Serve on a bound, listening socket; return its port."""

@@ -41,11 +41,12 @@ import ipaddress
 import logging
 import socket
 import time
-from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Coroutine, Mapping
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, unquote
 
 import orjson
+from multidict import istr
 
 from .auth import MAX_TENANT_CHARS
 from .console import Console, is_console_path
@@ -74,7 +75,11 @@ log = logging.getLogger("wsgateway.management")
 _CONNECTIONS = frozenset({"@connections", "%40connections"})
 _TENANTS = frozenset({"@tenants", "%40tenants"})
 _JSON = "application/json"
+_POSTED_HEAD = f"Content-Type: {_JSON}\r\nx-amzn-RequestId: %s\r\n".encode()
+# Header names looked up in every request, made case-insensitive once (not per lookup).
+_HOST, _ORIGIN = istr("Host"), istr("Origin")
 _PROBES = frozenset({"health", "ready", "metrics"})
+_HOST_ANSWERS = 64  # distinct Host values whose answer is kept
 _LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "[::1]"})
 # What AWS answers a request that is unsigned / whose signature fails any check. One answer
 # for every failure, unknown access key included, so that none can be told from another.
@@ -115,6 +120,7 @@ class ManagementServer:
             )
         self._cfg = cfg
         self._hosts = _allowed_hosts(cfg)
+        self._host_answers: dict[str, bool] = {}  # Host header value -> allowed (_host_value_allowed)
         self._origins = frozenset(cfg.allowed_origins)
         self._metrics_token = f"Bearer {cfg.metrics_token}".encode() if cfg.metrics_token else b""
         self._server: HttpServer | None = None
@@ -151,29 +157,48 @@ class ManagementServer:
         """Called by the HTTP server once a request's head is in: an answer refuses the
         request before its body is read (and buffered); None lets it through to _handle."""
         started = time.perf_counter()
+        headers = request.headers
         try:
-            if self.console is not None and is_console_path(request.raw_path):
-                if len(request.headers.getall("Host", ())) > 1 or not self._host_allowed(request.headers):
-                    raise ForbiddenError(f"Host {request.headers.get('Host', '')[:80]!r} is not allowed")
+            if self.console is not None and request.raw_path[:8] == "/console" and is_console_path(request.raw_path):
+                if len(headers.getall("Host", ())) > 1 or not self._host_allowed(headers):
+                    raise ForbiddenError(f"Host {headers.get('Host', '')[:80]!r} is not allowed")
                 request.head_state = "console"
                 return self.console.check_head(request)
             segments = self._segments(request.raw_path)
-            probe = _probe_of(request.method, segments)
-            if len(request.headers.getall("Host", ())) > 1:
+            probe = _probe_of(request.method, segments) if len(segments) == 1 else None
+            hosts = headers.getall(_HOST, ())
+            if len(hosts) > 1:
                 raise BadRequestError("Host header is repeated")
-            origin = request.headers.get("Origin")
-            if origin is not None and origin not in self._origins:
+            if _ORIGIN in headers and (origin := headers[_ORIGIN]) not in self._origins:
                 raise ForbiddenError(f"Origin {origin[:80]!r} is not allowed")  # backends send none
-            if not self._host_allowed(request.headers):
-                raise ForbiddenError(f"Host {request.headers.get('Host', '')[:80]!r} is not allowed")
-            metrics_auth = self._cfg.metrics_auth if probe == "metrics" else ""
-            if metrics_auth == "bearer" and not self._bearer_ok(request):
-                return Response(401, b'{"message":"Unauthorized"}', [("Content-Type", _JSON), ("WWW-Authenticate", "Bearer")])
+            host = hosts[0] if hosts else ""
+            if not (self._host_answers.get(host) or self._host_value_allowed(host)):
+                raise ForbiddenError(f"Host {host[:80]!r} is not allowed")
+            route: tuple[str, str, str] | ManagementError | None = None
+            if probe is None:
+                metrics_auth = ""
+                try:
+                    route = self._route(request.method, segments)
+                except ManagementError as exc:
+                    route = exc  # answered after the body and the signature, as AWS orders them
+            else:
+                metrics_auth = self._cfg.metrics_auth if probe == "metrics" else ""
+                if metrics_auth == "bearer" and not self._bearer_ok(request):
+                    return Response(401, b'{"message":"Unauthorized"}',
+                                    [("Content-Type", _JSON), ("WWW-Authenticate", "Bearer")])
+            # A post to a connection is ordered by its handler's first step (the frame
+            # queued here, or the request to its owner published): the next pipelined one may
+            # start while it waits for the other node's answer, and a local one is answered
+            # by that step, with no task. Not with replay protection, whose check awaits
+            # Redis before the post.
+            request.concurrent = post = (
+                type(route) is tuple and route[0] == "PostToConnection" and self._replay_skew_s is None
+            )
+            signed = None
             if self._verifier is not None and (probe is None or metrics_auth == "sigv4"):
-                signed = self._verifier.check_head(request.raw_query, request.headers)
-                request.head_state = (segments, signed)  # _handle parses neither again
-                return None
-            request.head_state = (segments, None)
+                signed = self._verifier.check_head(request.raw_query, headers)
+            # _handle parses none of it again; ``post``: it answers the request itself
+            request.head_state = (probe, route, signed, post)
         except ManagementError as exc:
             request_id = new_request_id()
             return self._finish(request, request_id, "", "", self._refusal(request, exc, request_id), started)
@@ -184,7 +209,43 @@ class ManagementServer:
             return self._finish(request, request_id, "", "", response, started)
         return None
 
-    async def _handle(self, request: Request) -> Response:
+    def _handle(self, request: Request) -> Response | Coroutine[Any, Any, Response]:
+        """Serve a request whose head passed :meth:`_check_head`. A post to a connection
+        without replay protection (nearly every request) is served here, as :meth:`_serve`
+        would serve it, and answered at once when the connection is held here; every other
+        request by the coroutine :meth:`_serve`."""
+        state = request.head_state
+        if type(state) is not tuple or not state[3]:
+            return self._serve(request)
+        started = time.perf_counter()
+        request_id = new_request_id()
+        target = state[1][1]
+        try:
+            if request.body_too_large:
+                raise PayloadTooLargeError("Message too long")
+            if self._verifier is not None:
+                self._verifier.verify(request.method, request.raw_path, request.raw_query, request.headers, request.body,
+                                      head=state[2])
+            elsewhere = self.gateway.start_post(target, request.body)
+            if elsewhere is not None:
+                return self._post_elsewhere(request, request_id, target, elsewhere, started)
+            response = _posted(request_id)
+        except Exception as exc:  # noqa: BLE001 - answered as _serve answers it
+            response = self._failure(request, exc, request_id)
+        return self._finish(request, request_id, "PostToConnection", target, response, started)
+
+    async def _post_elsewhere(
+        self, request: Request, request_id: str, target: str, elsewhere: Awaitable[None], started: float
+    ) -> Response:
+        """The rest of :meth:`_handle` for a connection of another node: its owner's answer."""
+        try:
+            await elsewhere
+            response = _posted(request_id)
+        except Exception as exc:  # noqa: BLE001 - answered as _serve answers it
+            response = self._failure(request, exc, request_id)
+        return self._finish(request, request_id, "PostToConnection", target, response, started)
+
+    async def _serve(self, request: Request) -> Response:
         started = time.perf_counter()
         request_id = new_request_id()
         operation, target = "", ""
@@ -193,8 +254,7 @@ class ManagementServer:
             return await self.console.handle(request)
         try:
             assert isinstance(request.head_state, tuple)  # _check_head always ran first
-            segments, signed = request.head_state
-            probe = _probe_of(request.method, segments)
+            probe, route, signed, _ = request.head_state
             if probe is not None and (probe != "metrics" or self._cfg.metrics_auth != "sigv4"):
                 return await self._probe(probe)  # bearer metrics were checked with the head
             if request.body_too_large:
@@ -208,14 +268,13 @@ class ManagementServer:
                     claimed = key
             if probe is not None:
                 return await self._probe(probe)
-            operation, target, qualifier = self._route(request.method, segments)
+            if isinstance(route, ManagementError):
+                raise route
+            operation, target, qualifier = route
             response = await self._execute(operation, target, qualifier, request.raw_query, request.body)
             response.headers.append(("x-amzn-RequestId", request_id))
-        except ManagementError as exc:
-            response = self._refusal(request, exc, request_id)
-        except Exception:
-            log.exception("management request failed (requestId=%s)", request_id)
-            response = _error_response(ManagementError("Internal server error"), request_id)
+        except Exception as exc:  # noqa: BLE001 - every failure is answered, in AWS's shape
+            response = self._failure(request, exc, request_id)
         if claimed is not None and (response.status == 429 or response.status >= 500):
             await self.gateway.allow_retry(claimed)  # SDKs retry these, signed alike
         return self._finish(request, request_id, operation, target, response, started)
@@ -233,14 +292,32 @@ class ManagementServer:
         return segments
 
     def _host_allowed(self, headers: Mapping[str, str]) -> bool:
-        if "*" in self._hosts or _host_name(headers) in self._hosts:
-            return True
-        # By default an IP address is fine too: DNS rebinding needs a name to rebind.
-        return not self._cfg.allowed_hosts and _is_ip(headers)
+        return self._host_value_allowed(headers.get("Host", ""))
+
+    def _host_value_allowed(self, host: str) -> bool:
+        """Whether a Host header's value may be served; answers are kept, as callers send the
+        same few values with every request."""
+        allowed = self._host_answers.get(host)
+        if allowed is None:
+            name = _host_name(host)
+            # By default an IP address is fine too: DNS rebinding needs a name to rebind.
+            allowed = "*" in self._hosts or name in self._hosts or (not self._cfg.allowed_hosts and _is_ip(name))
+            if len(self._host_answers) >= _HOST_ANSWERS:
+                self._host_answers.clear()  # a bound, trivially; refilled from the callers' few values
+            self._host_answers[host] = allowed
+        return allowed
 
     def _bearer_ok(self, request: Request) -> bool:
         given = request.headers.get("Authorization", "").encode("latin-1")
         return hmac.compare_digest(given, self._metrics_token)
+
+    def _failure(self, request: Request, exc: Exception, request_id: str) -> Response:
+        """The answer to a request that failed with ``exc``: a ManagementError's own, else a
+        500 with the error logged (never its text to the caller)."""
+        if isinstance(exc, ManagementError):
+            return self._refusal(request, exc, request_id)
+        log.error("management request failed (requestId=%s)", request_id, exc_info=exc)
+        return _error_response(ManagementError("Internal server error"), request_id)
 
     def _refusal(self, request: Request, exc: ManagementError, request_id: str) -> Response:
         """The answer to a ManagementError; a SigV4 failure gets AWS's own, reason logged."""
@@ -275,7 +352,9 @@ class ManagementServer:
         if n in (2, 4) and segments[0] in _CONNECTIONS:
             operation = _CONNECTION_OPS.get((method, n == 4 and segments[2]))
             if operation is not None:
-                cid = unquote(segments[1])
+                cid = segments[1]
+                if "%" in cid:
+                    cid = unquote(cid)
                 if not is_connection_id(cid):
                     raise BadRequestError("Invalid connectionId")
                 return operation, cid, _name(segments[3], "group") if n == 4 else ""
@@ -336,6 +415,11 @@ class ManagementServer:
         )
 
 
+def _posted(request_id: str) -> Response:
+    """A delivered post's answer, its header lines made here at once (most answers are it)."""
+    return Response(200, b"", [], _POSTED_HEAD % request_id.encode())
+
+
 def _ok(status: int, body: bytes = b"") -> Response:
     return Response(status, body, [("Content-Type", _JSON)])
 
@@ -360,18 +444,18 @@ def _allowed_hosts(cfg: ManagementConfig) -> frozenset[str]:
     return _LOOPBACK_NAMES | {f"[{host}]" if ":" in host else host}
 
 
-def _host_name(headers: Mapping[str, str]) -> str:
-    """The Host header's name, lower-case, without its port ("" if absent)."""
-    host = headers.get("Host", "").strip().lower()
+def _host_name(host: str) -> str:
+    """A Host header's name, lower-case, without its port."""
+    host = host.strip().lower()
     if host.startswith("["):
         return host[: host.find("]") + 1]
     return host.rpartition(":")[0] if ":" in host else host
 
 
-def _is_ip(headers: Mapping[str, str]) -> bool:
-    """Whether Host names an IP address."""
+def _is_ip(name: str) -> bool:
+    """Whether a Host name is an IP address."""
     try:
-        ipaddress.ip_address(_host_name(headers).strip("[]"))
+        ipaddress.ip_address(name.strip("[]"))
     except ValueError:
         return False
     return True

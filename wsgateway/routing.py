@@ -77,7 +77,7 @@ class SelectionExpression:
     Construct once (at start-up); :meth:`evaluate` is cheap and never mutates anything.
     """
 
-    __slots__ = ("_blank", "_on_object", "_source")
+    __slots__ = ("_blank", "_on_object", "_source", "single_key")
 
     def __init__(self, expression: str) -> None:
         """Parse and compile ``expression``.
@@ -92,6 +92,10 @@ class SelectionExpression:
         # What every variable reads on a body that is not an object: nothing.
         self._blank = "".join(p for p in pieces if isinstance(p, str))
         self._on_object = _compile(pieces)
+        # ``$request.body.NAME`` (the usual expression): NAME, which Router.select reads
+        # inline; else None.
+        path = pieces[0] if len(pieces) == 1 else None
+        self.single_key = path[0] if isinstance(path, tuple) and len(path) == 1 and isinstance(path[0], str) else None
 
     def evaluate(self, body: object) -> str:
         """Return the route key the expression selects for ``body``.
@@ -114,12 +118,13 @@ class Router(Generic[T]):
     ``connect``, ``disconnect`` and ``default`` hold the reserved routes' targets, or None.
     """
 
-    __slots__ = ("_fallback", "_key_of", "_keys", "_table", "connect", "default", "disconnect")
+    __slots__ = ("_fallback", "_key_of", "_keys", "_single_key", "_table", "connect", "default", "disconnect")
 
     connect: T | None
     disconnect: T | None
     default: T | None
     _key_of: _Evaluate
+    _single_key: str | None  # SelectionExpression.single_key
     _table: dict[str, tuple[str, T]]  # custom keys only
     _fallback: tuple[str, T] | None  # ("$default", target), or None without one
     _keys: list[str]
@@ -133,7 +138,8 @@ class Router(Generic[T]):
         Raises:
             ValueError: a bad expression (see :class:`SelectionExpression`).
         """
-        key_of = SelectionExpression(selection_expression)._on_object
+        expression = SelectionExpression(selection_expression)
+        key_of = expression._on_object
         table: dict[str, tuple[str, T]] = {}
         for key, target in routes.items():
             if key not in _RESERVED:
@@ -141,6 +147,7 @@ class Router(Generic[T]):
                 table[key] = (key, target)
         init = object.__setattr__
         init(self, "_key_of", key_of)
+        init(self, "_single_key", expression.single_key)
         init(self, "_table", table)
         init(self, "_keys", list(routes))
         init(self, "connect", routes.get("$connect"))
@@ -165,6 +172,11 @@ class Router(Generic[T]):
         body = json_object(message)
         if body is None:
             return self._fallback
+        # A string member named by the usual expression is the key as is (what _single_key's
+        # closure answers), read without calling it.
+        key = self._single_key
+        if key is not None and type(value := body.get(key)) is str:
+            return self._table.get(value, self._fallback)
         return self._table.get(self._key_of(body), self._fallback)
 
     def select_binary(self) -> tuple[str, T] | None:

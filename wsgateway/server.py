@@ -1,5 +1,11 @@
-"""The client edge, on websockets: handshake (path, origin, auth, ``$connect``), read loop,
-limits, and the close code every ``$disconnect`` reports.
+"""The client edge, on websockets: handshake (path, origin, auth, ``$connect``), reading
+messages, limits, and the close code every ``$disconnect`` reports.
+
+websockets' asyncio connection does the handshake, keepalive, the closing handshake and TLS;
+once the upgrade is accepted its data frames go to the gateway's reader
+(:mod:`wsgateway.reader`; a read of nothing but whole data frames skips websockets' parser)
+and the messages to the connection's inbox (:mod:`wsgateway.inbox`), which dispatches them
+from ``data_received``: no queue and no task wake-up per message.
 
 Handshake order, as AWS: the path must be ``/`` or ``/{stage}``; a request that is not an
 upgrade gets 426 (websockets); the Origin is checked (403); the token is verified or the
@@ -20,6 +26,7 @@ port also serves the browser client of that protocol at ``GET /client.js``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import http
 import logging
@@ -37,12 +44,16 @@ from websockets.datastructures import Headers, MultipleValuesError
 from websockets.exceptions import ConnectionClosed
 from websockets.extensions.base import ServerExtensionFactory
 from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFactory
+from websockets.frames import DATA_OPCODES, Frame
 from websockets.http11 import Request, Response
+from websockets.protocol import Event, State
 from websockets.typing import Subprotocol
 
 from .admission import Hold, Slot
 from .authorizer import HandshakeRequest
 from .errors import CLOSE_GOING_AWAY, CLOSE_INTERNAL_ERROR, AuthError
+from .inbox import Inbox
+from .reader import MessageReader, ReadError, between_frames, frame_size_limit, whole_messages
 from .reliable import SUBPROTOCOL, ReliableConnection, parse_resume
 
 if TYPE_CHECKING:
@@ -53,21 +64,120 @@ __all__ = ["ClientServer", "GatewayConnection", "origin_key"]
 
 log = logging.getLogger("wsgateway.server")
 
+_DATA_OPCODES = frozenset(DATA_OPCODES)
+_OPEN = State.OPEN
+
+
+class _NoFrames:
+    """Stands for websockets' ``Assembler`` once the inbox has the frames: what websockets
+    still calls on it (``close`` when the socket is lost, ``paused``) does nothing."""
+
+    __slots__ = ()
+    paused = False
+
+    def close(self) -> None:
+        """Nothing waits on it."""
+
+    def put(self, frame: Frame) -> None:
+        raise AssertionError("data frames go to the inbox")  # see GatewayConnection.process_event
+
+
+_NO_FRAMES = _NoFrames()
+# What a held connection keeps of its handshake: the request and response it answered are
+# ~3 KB of header objects per connection, and what the gateway needs of them is in the
+# Connection (see Gateway.new_connection). websockets' parser keeps the request object to
+# the end (a local of its generator): its headers are emptied instead.
+_NO_HEADERS = Headers()
+_HANDSHAKE_RESPONSE = Response(101, "Switching Protocols", _NO_HEADERS)
+
 
 class GatewayConnection(ServerConnection):
-    """websockets' connection plus what the handshake decided, for the handler."""
+    """websockets' connection plus what the handshake decided, for the handler.
 
-    gw_conn: Connection | None = None
-    gw_subprotocol: str | None = None
-    gw_started: float = 0.0
-    gw_request_id: str = ""
-    gw_queue_limit: int = 0  # limits.max_queued_bytes, set by the handler
-    gw_resume: int | None = None  # a resumed reliable session: the lastSeq the client has
+    Its own fields are slots: websockets' connection keeps ~27 attributes in its ``__dict__``,
+    and eight more took it past the size at which CPython stops sharing an instance dict's
+    keys with the class, ~1.3 KB more per connection held.
+    """
+
+    __slots__ = (
+        "gw_conn", "gw_subprotocol", "gw_started", "gw_request_id", "gw_queue_limit", "gw_resume",
+        "gw_inbox", "gw_reader", "gw_between_frames", "gw_max_frame",
+    )
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.gw_conn: Connection | None = None
+        self.gw_subprotocol: str | None = None
+        self.gw_started = 0.0
+        self.gw_request_id = ""
+        self.gw_queue_limit = 0  # limits.max_queued_bytes, set by the handler
+        self.gw_resume: int | None = None  # a resumed reliable session: the lastSeq the client has
+        self.gw_inbox: Inbox | None = None  # its messages, from the upgrade on (see wsgateway.inbox)
+        self.gw_reader: MessageReader | None = None  # None again once a message failed to read
+        # websockets' parser waits for a new frame (see reader.between_frames), as of the last
+        # read it parsed: the next read may go to reader.whole_messages instead.
+        self.gw_between_frames = False
+        self.gw_max_frame: int | None = None  # the largest frame the protocol accepts
+        super().__init__(*args, **kwargs)
+
+    def gw_open_inbox(self) -> None:
+        """The upgrade is accepted: from now on data frames go to the gateway's reader and
+        inbox, not to websockets' queue of frames (the handler runs the inbox)."""
+        self.gw_reader = MessageReader()
+        self.gw_max_frame = frame_size_limit(self.protocol)
+        # websockets' queue of frames is never fed again: free it (its deque is ~0.8 KB).
+        self.recv_messages = _NO_FRAMES  # type: ignore[assignment]
+        self.gw_inbox = Inbox(
+            self.loop, self.transport.pause_reading, self._gw_resume_reading,
+            self.max_queue_high or 16, self.max_queue_low or 4,
+        )
+
+    def _gw_resume_reading(self) -> None:
+        """The inbox's backlog drained: read again, unless the queue's limit stopped reading."""
+        conn = self.gw_conn
+        if conn is None or not conn.reading_paused:
+            self.transport.resume_reading()
+
+    def process_event(self, event: Event) -> None:
+        """A data frame goes to the reader, and the message it completes to the inbox (which
+        dispatches it now if nothing is under way); the rest is websockets' (the handshake
+        request, pongs)."""
+        inbox = self.gw_inbox
+        if inbox is None or not isinstance(event, Frame) or event.opcode not in _DATA_OPCODES:
+            super().process_event(event)
+            return
+        reader = self.gw_reader
+        if reader is None:  # a message failed: the connection is closing, drop the rest
+            return
+        try:
+            message = reader.feed(event)
+        except ReadError as exc:  # as websockets' recv(): close with its code
+            self.gw_reader = None
+            self.protocol.fail(exc.code, exc.reason)
+            with contextlib.suppress(Exception):  # as data_received: the close is best effort
+                self.send_data()
+            inbox.close()
+            return
+        if message is not None:
+            inbox.put(message)
 
     def data_received(self, data: bytes) -> None:
-        """websockets handles the data (and answers pings), then the queue's limit applies
-        to what it wrote: a client that floods pings and never reads is stopped here."""
-        super().data_received(data)
+        """A read of whole data frames goes straight to the inbox (reader.whole_messages);
+        any other, websockets handles (and answers pings). Then the queue's limit applies to
+        what was written: a client that floods pings and never reads is stopped here."""
+        inbox = self.gw_inbox
+        messages = None
+        # The state can change between reads (a close sent), the parser's position cannot.
+        # ``_state``: what websockets' ``state`` property returns, without a Python call per
+        # read (tests/test_server.py checks that they agree).
+        if self.gw_between_frames and inbox is not None and self.protocol._state is _OPEN:
+            messages = whole_messages(data, self.gw_max_frame)
+        if messages is None:
+            super().data_received(data)
+            self.gw_between_frames = self.gw_inbox is not None and between_frames(self.protocol)
+        else:
+            assert inbox is not None
+            for message in messages:
+                inbox.put(message)
         # One C call on the common path (under the limit): this runs for every read.
         if self.transport.get_write_buffer_size() > self.gw_queue_limit:
             conn = self.gw_conn
@@ -79,6 +189,8 @@ class GatewayConnection(ServerConnection):
         connection (its deflate buffers, its transport) is freed at once, not by a rare full
         garbage collection (cli.py sets the thresholds high)."""
         super().connection_lost(exc)
+        if self.gw_inbox is not None:
+            self.gw_inbox.close()
         # serve() binds select_subprotocol to a closure that holds this connection.
         self.protocol.__dict__.pop("select_subprotocol", None)
         # The protocol's parser is a generator holding the protocol (and through it the
@@ -257,6 +369,7 @@ class ClientServer:
                 session.token_deadline = gateway.lifetime.deadline(principal.expires_at)
                 ws.gw_conn, ws.gw_started, ws.gw_resume = session, started, resume.last_seq
                 ws.gw_subprotocol = SUBPROTOCOL
+                ws.gw_open_inbox()
                 return None
         conn = gateway.new_connection(
             principal, source_ip=source_ip, user_agent=user_agent, domain_name=host,
@@ -271,6 +384,7 @@ class ClientServer:
             return _reject(ws, outcome.status, outcome.body)
         ws.gw_conn = conn
         ws.gw_started = started
+        ws.gw_open_inbox()
         ws.gw_subprotocol = SUBPROTOCOL if reliable else (
             outcome.subprotocol or gateway.auth.token_subprotocol(offered))
         ws.gw_request_id = outcome.request_id
@@ -350,10 +464,14 @@ class ClientServer:
         Fails closed: whatever goes wrong is logged with the connection id, the socket is
         closed (1011) and the ``finally`` forgets the connection and runs ``$disconnect``.
         """
-        assert isinstance(ws, GatewayConnection) and ws.gw_conn is not None
+        assert isinstance(ws, GatewayConnection) and ws.gw_conn is not None and ws.gw_inbox is not None
         conn = ws.gw_conn
+        inbox = ws.gw_inbox
         gateway = self.gateway
         assert gateway.dispatcher is not None
+        if ws.request is not None:  # answered: its headers are not kept
+            ws.request.headers = _NO_HEADERS
+        ws.response = _HANDSHAKE_RESPONSE
         slot = self._reserved.pop(ws, None)  # now this connection's, until the finally
         hold = self._holds.pop(ws, None)  # likewise its usage plan's place
         dispatch = gateway.dispatcher.on_message
@@ -364,6 +482,7 @@ class ClientServer:
             ws.gw_queue_limit += gateway.sessions.max_unacked
             dispatch = functools.partial(gateway.sessions.on_message, dispatch=dispatch)
             if not gateway.sessions.attach(conn, ws, self._limits.socket_send_buffer_bytes, ws.gw_resume):
+                ws.gw_inbox = ws.gw_reader = None
                 self._end_late_resume(ws, slot, hold)
                 return
         else:
@@ -375,8 +494,7 @@ class ClientServer:
                 status=101, request_id=ws.gw_request_id, started=ws.gw_started,
                 source_ip=conn.record.source_ip, user_agent=conn.record.user_agent, conn=conn,
             )
-            async for message in ws:
-                await dispatch(conn, message)
+            await inbox.run(functools.partial(dispatch, conn))
         except ConnectionClosed:
             pass
         except Exception:
@@ -395,6 +513,7 @@ class ClientServer:
                 if hold is not None:
                     hold.release()
             ws.gw_conn = None  # conn.ws points back: no cycle must outlive the connection
+            ws.gw_inbox = ws.gw_reader = None
             if conn.ws is ws:  # else the session lives on with another socket
                 await gateway.closed(conn, code, reason)
 

@@ -18,12 +18,15 @@ from __future__ import annotations
 
 import hmac
 import secrets
+import string
 import time
 from collections.abc import Callable, Mapping
 from datetime import date
 from hashlib import sha256
-from typing import NamedTuple
+from typing import Any, NamedTuple
 from urllib.parse import quote, unquote, unquote_to_bytes
+
+from multidict import istr
 
 from .errors import SignatureError
 
@@ -32,14 +35,20 @@ __all__ = ["SigV4Verifier"]
 _ALGORITHM = "AWS4-HMAC-SHA256"
 _TERMINATOR = "aws4_request"
 _EMPTY_SHA256 = sha256(b"").hexdigest()
-_CONTENT_SHA256 = "x-amz-content-sha256"
+# Header names as multidict's case-insensitive keys: a lookup with one skips folding the name's
+# case (the signed names of a scope are kept so too).
+_CONTENT_SHA256 = istr("x-amz-content-sha256")
+_AUTHORIZATION = istr("authorization")
+_AMZ_DATE = istr("x-amz-date")
 _SCOPE_CACHE_SIZE = 256  # about one per (access key, day, region) in use
 _MAX_EXPIRES_S = 604_800  # AWS caps a presigned URL at 7 days
 _EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
 # botocore's canonical URI is quote(path, safe="/~") over the path as sent (so "%3D" becomes
-# "%253D"). The table is built with that very call; str.translate with it is ~3x faster than
-# quote(), for the ASCII paths nearly every request has (others go through quote() itself).
-_PATH_TABLE = [quote(chr(i), safe="/~") for i in range(128)]
+# "%253D"). A path of only the characters quote() keeps, "%" and "@" (what SDKs send:
+# "/@connections/", ids percent-encoded) is encoded by replacing those two; others go through
+# quote() itself.
+_KEPT_BY_QUOTE = string.ascii_letters + string.digits + "_.~/-"
+_COMMON_PATH = _KEPT_BY_QUOTE + "%@"
 
 
 class _Scope(NamedTuple):
@@ -108,6 +117,7 @@ class SigV4Verifier:
         self._max_skew_s = max_skew_s
         self._clock = clock
         self._scopes: dict[str | tuple[str, str], _Scope] = {}
+        self._last_date = ("", 0)  # (X-Amz-Date, its POSIX seconds), see _timestamp
         self._decoy = secrets.token_hex(32)  # signs for unknown access keys; never matches
 
     def verify(
@@ -149,7 +159,8 @@ class SigV4Verifier:
         return self._head(raw_query, headers)
 
     def _head(self, raw_query: str, headers: Mapping[str, str]) -> _Head:
-        authorization = _single(headers, "authorization")
+        getall = getattr(headers, "getall", None)  # a multidict's: repeated names seen
+        authorization = _single(headers, getall, _AUTHORIZATION)
         if authorization is None:
             if "X-Amz-Signature=" in raw_query:
                 return self._presigned_head(raw_query, headers)
@@ -163,13 +174,13 @@ class SigV4Verifier:
             scope = self._new_scope(credential, signed_headers)
             # Cache only when Signature comes last, so the key holds everything but the signature.
             remember = authorization == f"{cache_key}Signature={signature}"
-        amz_date = _single(headers, "x-amz-date")
+        amz_date = _single(headers, getall, _AMZ_DATE)
         if amz_date is None:
             raise SignatureError("X-Amz-Date header is missing")
-        if abs(self._clock() - _timestamp(amz_date, scope)) > self._max_skew_s:
+        if abs(self._clock() - self._timestamp(amz_date, scope)) > self._max_skew_s:
             raise SignatureError("X-Amz-Date is too far from the server clock")
-        canonical_headers = _canonical_headers(headers, scope.names)  # missing ones: refused here
-        return _Head(scope, signature, _canonical_query(raw_query), canonical_headers, amz_date,
+        canonical_headers = _canonical_headers(headers, getall, scope.names)  # missing ones: refused here
+        return _Head(scope, signature, _canonical_query(raw_query) if raw_query else "", canonical_headers, amz_date,
                      cache_key if remember else None)
 
     def _presigned_head(self, raw_query: str, headers: Mapping[str, str]) -> _Head:
@@ -195,13 +206,13 @@ class SigV4Verifier:
         remember = scope is None
         if scope is None:
             scope = self._new_scope(credential, signed_headers)
-        timestamp, now = _timestamp(amz_date, scope), self._clock()
+        timestamp, now = self._timestamp(amz_date, scope), self._clock()
         if now < timestamp - self._max_skew_s:
             raise SignatureError("presigned: X-Amz-Date is in the future")
         if now > timestamp + expires:
             raise SignatureError("presigned: URL has expired")
         canonical_query = _canonical_query(raw_query, presigned=True)
-        canonical_headers = _canonical_headers(headers, scope.names)
+        canonical_headers = _canonical_headers(headers, getattr(headers, "getall", None), scope.names)
         return _Head(scope, signature, canonical_query, canonical_headers, amz_date,
                      cache_key if remember else None)
 
@@ -252,15 +263,24 @@ class SigV4Verifier:
         if not matches:
             raise SignatureError("signature does not match")
 
+    def _timestamp(self, amz_date: str, scope: _Scope) -> int:
+        """``_timestamp``, the last answer kept: a caller sends the same X-Amz-Date all second."""
+        last = self._last_date
+        if last[0] == amz_date and amz_date[:8] == scope.day:  # the scope's day: as checked then
+            return last[1]
+        timestamp = _timestamp(amz_date, scope)
+        self._last_date = (amz_date, timestamp)
+        return timestamp
+
     def _remember(self, cache_key: str | tuple[str, str], scope: _Scope) -> None:
         if len(self._scopes) >= _SCOPE_CACHE_SIZE:
             self._scopes.clear()  # entries are cheap to derive again; keeps the bound trivial
         self._scopes[cache_key] = scope
 
 
-def _single(headers: Mapping[str, str], name: str) -> str | None:
-    """The header's only value, None if absent; a repeated auth header is refused, not guessed."""
-    getall = getattr(headers, "getall", None)
+def _single(headers: Mapping[str, str], getall: Callable[..., Any] | None, name: str) -> str | None:
+    """The header's only value, None if absent; a repeated auth header is refused, not guessed.
+    ``getall`` is the headers' own, if they are a multidict."""
     if getall is None:
         return headers.get(name)
     values = getall(name, None)
@@ -320,15 +340,15 @@ def _signed_header_names(signed_headers: str) -> tuple[str, ...]:
         raise SignatureError("SignedHeaders is not a sorted list of lowercase names")
     if "host" not in names:
         raise SignatureError("host is not a signed header")
-    return tuple(names)
+    return tuple([istr(name) for name in names])
 
 
 def _canonical_uri(raw_path: str) -> str:
     """botocore's ``quote(normalize_url_path(path), safe="/~")``: encoded again, never decoded."""
     if raw_path[:1] != "/" or "//" in raw_path or "/." in raw_path:
         raw_path = _remove_dot_segments(raw_path)
-    if raw_path.isascii():
-        return raw_path.translate(_PATH_TABLE)
+    if not raw_path.strip(_COMMON_PATH):  # every character is one of them
+        return raw_path.replace("%", "%25").replace("@", "%40")
     return quote(raw_path, safe="/~")
 
 
@@ -382,9 +402,9 @@ def _auth_params(raw_query: str) -> dict[str, str]:
     return params
 
 
-def _canonical_headers(headers: Mapping[str, str], names: tuple[str, ...]) -> str:
-    """``name:value\\n`` per signed header: inner whitespace collapsed, repeats joined by ','."""
-    getall = getattr(headers, "getall", None)
+def _canonical_headers(headers: Mapping[str, str], getall: Callable[..., Any] | None, names: tuple[str, ...]) -> str:
+    """``name:value\\n`` per signed header: inner whitespace collapsed, repeats joined by ','.
+    ``getall`` is the headers' own, if they are a multidict."""
     lines = []
     for name in names:
         if getall is not None:

@@ -141,6 +141,7 @@ class Usage:
         self._day = ""
         self._day_end = 0.0
         self.book = PlanBook(())
+        self.active = False  # whether anything is limited; kept by configure
         self._start_day(wall())
         self.configure(plans, route_settings)
 
@@ -160,11 +161,9 @@ class Usage:
             self._resize(state, now)
         self._routes = {key: RouteGate(settings, self._clock) for key, settings in route_settings.items()
                         if settings.rate_per_s or settings.max_concurrency}
-
-    @property
-    def active(self) -> bool:
-        """Whether anything is limited (plans, routes or per-connection rates)."""
-        return bool(self.book) or bool(self._routes) or bool(self._conn_rate)
+        # Whether anything is limited (plans, routes or per-connection rates): an attribute,
+        # since every client message reads it.
+        self.active = bool(self.book) or bool(self._routes) or bool(self._conn_rate)
 
     def plan_of(self, tenant: str) -> PlanConfig | None:
         """The tenant's plan (None: no plan applies)."""

@@ -14,6 +14,7 @@ frame). Integrations holding connections open them in ``start()`` and release th
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from concurrent.futures import Executor
 from typing import Any, Protocol
 
@@ -43,8 +44,9 @@ class Integration(Protocol):
     async def invoke(self, event: dict[str, Any], context: HandlerContext) -> Any:
         """Run the route's function; raise HandlerTimeout or the function's exception."""
 
-    async def call(self, event: dict[str, Any], context: HandlerContext) -> Any:
-        """Run it with no time limit: the caller enforces one (see Dispatcher)."""
+    def call(self, event: dict[str, Any], context: HandlerContext) -> Awaitable[Any]:
+        """Run it with no time limit: the caller enforces one (see Dispatcher) by awaiting
+        what this returns (a coroutine, or for a sync Python function the thread pool's future)."""
 
 
 def target_kind(target: str) -> str:

@@ -15,7 +15,7 @@ import importlib
 import inspect
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
 from typing import Any
 
@@ -50,7 +50,7 @@ def _resolve(target: str, key: str) -> Callable[..., Any]:
 class PythonIntegration:
     """A resolved ``module:function`` target."""
 
-    __slots__ = ("target", "func", "is_async", "timeout", "executor")
+    __slots__ = ("target", "func", "is_async", "timeout", "executor", "call")
 
     kind = "python"
 
@@ -60,6 +60,13 @@ class PythonIntegration:
         self.is_async = inspect.iscoroutinefunction(func)
         self.timeout = timeout
         self.executor = executor
+        # Call the function with no time limit of its own: for a caller that enforces the
+        # limit itself (the dispatcher's deadlines cost no timer per message). An async
+        # function is its own ``call`` (its coroutine awaited by the caller: no Python frame
+        # of ours per message); a sync one goes to the thread pool and its future is awaited.
+        self.call: Callable[[dict[str, Any], HandlerContext], Awaitable[Any]] = (
+            func if self.is_async else self._in_pool
+        )
 
     @classmethod
     def load(cls, target: str, *, key: str, timeout: float, executor: Executor) -> PythonIntegration:
@@ -76,9 +83,6 @@ class PythonIntegration:
         """Call the function; raise HandlerTimeout past the limit, or what it raised."""
         return await within(self.timeout, self.target, self.call(event, context))
 
-    async def call(self, event: dict[str, Any], context: HandlerContext) -> Any:
-        """Call the function with no time limit of its own: for a caller that enforces the
-        limit itself (the dispatcher's deadlines cost no timer per message)."""
-        if self.is_async:
-            return await self.func(event, context)
-        return await asyncio.get_running_loop().run_in_executor(self.executor, self.func, event, context)
+    def _in_pool(self, event: dict[str, Any], context: HandlerContext) -> Awaitable[Any]:
+        """A sync function's ``call``: run in the gateway's thread pool, never on the loop."""
+        return asyncio.get_running_loop().run_in_executor(self.executor, self.func, event, context)

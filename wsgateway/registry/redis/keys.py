@@ -41,6 +41,9 @@ touches keys of one tag, and pipelines of single-key commands can be split by sl
                                       it beats again (one clock for every node: Redis's TIME)
     P:{meta}:sweep:<node>     STRING  lease of the node that sweeps the dead ``<node>``; while it
                                       is held, ``<node>`` (if back) does not re-register its sets
+    P:{m:<node>:<k>}          STRING  Redis Cluster only: the node's mark on one master (``k`` picks
+                                      a slot that master serves), written at every beat, expires
+                                      a day later: gone, that shard lost its data (``shard_marks``)
 
     P:node:{<node>}           pub/sub channel of one node: requests to it, replies to its requests
                               (on Redis Cluster a sharded channel, on the shard of its slot)
@@ -112,6 +115,9 @@ class KeySpace:
 
     def sweep_lease(self, node_id: str) -> str:
         return f"{self.prefix}:{{meta}}:sweep:{node_id}"
+
+    def shard_mark(self, node_id: str, k: int) -> str:
+        return f"{self.prefix}:{{m:{node_id}:{k}}}"
 
     def channel(self, node_id: str) -> str:
         return f"{self.prefix}:node:{{{node_id}}}"

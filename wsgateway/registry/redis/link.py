@@ -10,7 +10,11 @@ RESP (``hiredis.pack_command`` out, ``hiredis.Reader`` in) over an asyncio Proto
   callback straight from ``data_received``: no task, no await, no dict per message;
 - :class:`PublishLink` queues PUBLISH commands as they are made and writes all those of one
   event-loop iteration at once; each reply (how many subscribers got the message) goes to
-  the command's :class:`Sink`, in order, since Redis answers a connection in order.
+  the command's :class:`Sink`, in order, since Redis answers a connection in order. Given a
+  ``join`` (the node channels' batch encoding, ``wire.encode_batch``), the messages of one
+  iteration to one channel leave as ONE PUBLISH of their batch, whose reply goes to each of
+  their sinks: under load a node pair's requests and replies cost Redis one PUBLISH and one
+  pushed message per iteration instead of one per call.
 
 Both reach the Redis the registry's redis-py client reaches, with its credentials and TLS
 settings (see :func:`endpoint_of`). Where that is, a :class:`Locator` says, asked again at
@@ -41,7 +45,7 @@ import ssl
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol, cast
+from typing import Any, Generic, Protocol, TypeVar, cast
 
 import hiredis
 from redis.asyncio import Redis
@@ -58,6 +62,8 @@ _pack: Callable[[tuple[Any, ...]], bytes] = hiredis.pack_command  # type: ignore
 _PING = _pack((b"PING",))
 _ROLE = _pack((b"ROLE",))
 _REDIRECTS_AT_ONCE = 4  # redirections followed in a row without backing off
+# At close, how long a link waits for Redis to confirm what is in flight (see _Link.close).
+_CLOSE_GRACE_S = 1.0
 
 
 class _Outcome:
@@ -160,6 +166,7 @@ class _Connection(asyncio.Protocol):
         self._reader = hiredis.Reader()
         self._sinks: deque[Sink | None] = deque()  # one per command awaiting its reply
         self._out: list[bytes] = []
+        self._scheduled = False  # a flush is due at the end of this event-loop iteration
         self._transport: asyncio.Transport | None = None
         self.closed: asyncio.Future[None] = loop.create_future()
         self.pongs = 0  # PINGs answered: the link's check that Redis still answers
@@ -170,6 +177,7 @@ class _Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None
         self._out.clear()
+        self._unsent()
         sinks, self._sinks = self._sinks, deque()
         for sink in sinks:
             if sink is not None:
@@ -189,16 +197,31 @@ class _Connection(asyncio.Protocol):
     def write(self, command: bytes) -> None:
         """Queue a packed command whose reply is not matched to it (pushes, PINGs when
         subscribed); written at the end of this event-loop iteration."""
-        out = self._out
-        out.append(command)
-        if len(out) == 1:
+        self._out.append(command)
+        self._schedule()
+
+    def _schedule(self) -> None:
+        if not self._scheduled:
+            self._scheduled = True
             self._loop.call_soon(self._flush)
 
+    def flush(self) -> None:
+        """Write what is queued now rather than at the end of this iteration."""
+        self._flush()
+
     def _flush(self) -> None:
+        self._scheduled = False
+        self._collect()
         out, transport = self._out, self._transport
         if transport is not None and out:
             transport.write(out[0] if len(out) == 1 else b"".join(out))
         out.clear()
+
+    def _collect(self) -> None:
+        """Queue what was held back for the flush (a subclass's coalesced commands)."""
+
+    def _unsent(self) -> None:
+        """The connection dropped: tell what was held back that it never left."""
 
     def outcome(self, reply: Any) -> None:
         """The sink of this connection's own PINGs and ROLEs: a ROLE counts only if the
@@ -219,7 +242,52 @@ class _Connection(asyncio.Protocol):
 
 
 class _PublishConnection(_Connection):
-    """Replies are matched to sinks first in, first out."""
+    """Replies are matched to sinks first in, first out. With a ``join``, the publishes of
+    one iteration are held by channel and leave at the flush as one PUBLISH per channel (a
+    lone message as itself, several as their ``join``), after the commands sent directly."""
+
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, command: bytes, join: Callable[[list[bytes]], bytes] | None
+    ) -> None:
+        super().__init__(loop)
+        self._command = command
+        self._join = join
+        self._held: dict[bytes, tuple[list[bytes], list[Sink | None]]] = {}
+
+    def publish(self, channel: bytes, message: bytes, sink: Sink | None) -> None:
+        """Queue a PUBLISH of ``message`` on ``channel``; its reply goes to ``sink``."""
+        if self._join is None or self._transport is None:
+            self.send(_pack((self._command, channel, message)), sink)
+            return
+        held = self._held.get(channel)
+        if held is None:
+            self._held[channel] = ([message], [sink])
+            self._schedule()
+        else:
+            held[0].append(message)
+            held[1].append(sink)
+
+    def _collect(self) -> None:
+        held = self._held
+        if not held:
+            return
+        join, command, sinks, out = self._join, self._command, self._sinks, self._out
+        assert join is not None
+        for channel, (messages, waiting) in held.items():
+            if len(messages) == 1:
+                out.append(_pack((command, channel, messages[0])))
+                sinks.append(waiting[0])
+            else:
+                out.append(_pack((command, channel, join(messages))))
+                sinks.append(_Each(waiting))
+        held.clear()
+
+    def _unsent(self) -> None:
+        held, self._held = self._held, {}
+        for _, waiting in held.values():
+            for sink in waiting:
+                if sink is not None:
+                    sink.outcome(UNSENT)
 
     def data_received(self, data: bytes) -> None:
         reader = self._reader
@@ -236,6 +304,20 @@ class _PublishConnection(_Connection):
             self._broken(exc)
 
 
+class _Each:
+    """The sink of a batch's PUBLISH: its one reply goes to the sink of every message in it."""
+
+    __slots__ = ("_sinks",)
+
+    def __init__(self, sinks: list[Sink | None]) -> None:
+        self._sinks = sinks
+
+    def outcome(self, reply: Any) -> None:
+        for sink in self._sinks:
+            if sink is not None:
+                sink.outcome(reply)
+
+
 class _SubscribeConnection(_Connection):
     """The handshake's replies go to their sinks; once subscribed, everything is a push.
 
@@ -249,11 +331,16 @@ class _SubscribeConnection(_Connection):
     ) -> None:
         super().__init__(loop)
         self._on_message = on_message
-        self._kinds = (b"smessage", b"ssubscribe") if sharded else (b"message", b"subscribe")
+        self._kinds = (b"smessage", b"ssubscribe", b"sunsubscribe") if sharded else (
+            b"message", b"subscribe", b"unsubscribe")
         self.subscribed: asyncio.Future[None] = loop.create_future()
+        # Set once Redis confirms the UNSUBSCRIBE of a closing link (see SubscribeLink._finish).
+        self.unsubscribed: asyncio.Future[None] | None = None
         self.moved: tuple[str, int] | None = None  # ("", 0): moved, to a shard not named
 
     def data_received(self, data: bytes) -> None:
+        if self.unsubscribed is not None and self.unsubscribed.done():
+            return  # closing, and no longer subscribed: nothing more is ours
         reader = self._reader
         reader.feed(data)
         gets, sinks, on_message = reader.gets, self._sinks, self._on_message
@@ -277,6 +364,9 @@ class _SubscribeConnection(_Connection):
                     self.pongs += 1
                 elif kind == self._kinds[1] and not self.subscribed.done():
                     self.subscribed.set_result(None)
+                elif self.unsubscribed is not None and kind == self._kinds[2]:
+                    self.unsubscribed.set_result(None)  # every message published before it came
+                    return
                 elif kind == b"sunsubscribe":  # the slot moved: subscribe where it is now
                     self.moved = ("", 0)
                     self.abort()
@@ -301,7 +391,10 @@ class _Reply:
             self.future.set_result(reply)
 
 
-class _Link:
+_C = TypeVar("_C", bound=_Connection)
+
+
+class _Link(Generic[_C]):
     """Keeps one connection open: connect, authenticate, set up, watch it (a PING every
     ``check_s``), and after a failure back off and start again, until :meth:`close`."""
 
@@ -311,8 +404,8 @@ class _Link:
         self._backoff = ExponentialWithJitterBackoff(cap=max_backoff_s, base=min(0.05, max_backoff_s))
         self._check_s = check_s
         self._task: asyncio.Task[None] | None = None
-        self._conn: _Connection | None = None
-        self._tried: _Connection | None = None  # the last connection opened or tried
+        self._conn: _C | None = None
+        self._tried: _C | None = None  # the last connection opened or tried
         self._endpoint: Endpoint | None = None  # where the last attempt connected
         self.ready = asyncio.Event()  # connected and set up: commands go through
 
@@ -322,22 +415,34 @@ class _Link:
             self._task = asyncio.get_running_loop().create_task(self._keep(), name=f"registry-{self._name}")
 
     async def close(self) -> None:
-        """Disconnect and stop reconnecting; idempotent."""
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        """See what is in flight through (:meth:`_finish`, at most ``_CLOSE_GRACE_S``), then
+        disconnect and stop reconnecting; idempotent."""
+        if self._task is None:
+            return
+        conn = self._conn
+        if conn is not None and self.ready.is_set() and not self._task.done():
+            try:
+                async with asyncio.timeout(_CLOSE_GRACE_S):
+                    await self._finish(conn)
+            except (TimeoutError, ConnectionError) as exc:
+                log.info("registry %s link closed with work in flight (%r)", self._name, exc)
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)
 
-    def _new_connection(self, loop: asyncio.AbstractEventLoop) -> _Connection:
+    async def _finish(self, conn: _C) -> None:
+        """Before the connection is dropped at close: let Redis confirm what is in flight."""
+
+    def _new_connection(self, loop: asyncio.AbstractEventLoop) -> _C:
         raise NotImplementedError
 
-    async def _set_up(self, conn: _Connection) -> None:
+    async def _set_up(self, conn: _C) -> None:
         """What the connection does once authenticated, before it is ready."""
 
     async def _where_next(self, failures: int) -> Endpoint:
         """Where the next attempt connects (after ``failures`` failed ones in a row)."""
         return await self._locator.locate()
 
-    def _retry_at_once(self, conn: _Connection | None) -> bool:
+    def _retry_at_once(self, conn: _C | None) -> bool:
         """Whether the failure of ``conn`` (the last connection tried) calls for no backoff
         (it was redirected elsewhere)."""
         return False
@@ -366,7 +471,7 @@ class _Link:
             if not at_once or failures > _REDIRECTS_AT_ONCE:  # shards that disagree: back off
                 await asyncio.sleep(self._backoff.compute(failures))
 
-    async def _open(self, failures: int) -> tuple[_Connection, Endpoint]:
+    async def _open(self, failures: int) -> tuple[_C, Endpoint]:
         loop = asyncio.get_running_loop()
         ep = self._endpoint = await self._where_next(failures)
         conn = self._tried = self._new_connection(loop)
@@ -410,28 +515,37 @@ class _Link:
                 raise ConnectionError(f"no answer to PING in {self._check_s:g}s, or not a master")
 
 
-class PublishLink(_Link):
+class PublishLink(_Link[_PublishConnection]):
     """The connection that PUBLISHes this node's requests and replies (SPUBLISH with
     ``sharded``, to one shard of a Redis Cluster). Replies come back in the order of the
-    publishes (``in_order``), so one sink may take several."""
-
-    in_order = True
+    publishes (``in_order``, unless a ``join`` coalesces them by channel), so one sink may
+    take several."""
 
     def __init__(
-        self, locator: Locator, *, max_backoff_s: float, check_s: float, sharded: bool = False
+        self, locator: Locator, *, max_backoff_s: float, check_s: float, sharded: bool = False,
+        join: Callable[[list[bytes]], bytes] | None = None,
     ) -> None:
+        """``join``: how the messages of one iteration to one channel become one message
+        (None: one PUBLISH per message)."""
         super().__init__(locator, "publish", max_backoff_s=max_backoff_s, check_s=check_s)
         self._command = b"SPUBLISH" if sharded else b"PUBLISH"
+        self._join = join
+
+    @property
+    def in_order(self) -> bool:
+        """Whether the outcomes come back in the order of the publishes (no ``join``)."""
+        return self._join is None
 
     def publish(self, channel: bytes, message: bytes, sink: Sink | None) -> None:
         """Queue a PUBLISH; ``sink`` gets the number of subscribers that received it, or
-        LOST, or UNSENT (at once, if the link is down)."""
+        LOST, or UNSENT (at once, if the link is down, or if it drops before the message
+        left). With a ``join``, the order of messages is kept per channel, not across them."""
         conn = self._conn
         if conn is None:
             if sink is not None:
                 sink.outcome(UNSENT)
             return
-        conn.send(_pack((self._command, channel, message)), sink)
+        conn.publish(channel, message, sink)
 
     def send(self, command: tuple[bytes, ...], sink: Sink | None) -> None:
         """Queue any command (ASKING before a redirected SPUBLISH); UNSENT if the link is down."""
@@ -445,14 +559,20 @@ class PublishLink(_Link):
     async def wait_ready(self) -> None:
         await self.ready.wait()
 
-    def _new_connection(self, loop: asyncio.AbstractEventLoop) -> _Connection:
-        return _PublishConnection(loop)
+    async def _finish(self, conn: _PublishConnection) -> None:
+        """Write what is queued now and wait for Redis to answer it (a PING's answer comes
+        after theirs): the replies to requests this node served leave before it disconnects."""
+        conn.flush()
+        await _expect(conn, _PING, b"PONG")
 
-    async def _set_up(self, conn: _Connection) -> None:
+    def _new_connection(self, loop: asyncio.AbstractEventLoop) -> _PublishConnection:
+        return _PublishConnection(loop, self._command, self._join)
+
+    async def _set_up(self, conn: _PublishConnection) -> None:
         await _expect(conn, _PING, b"PONG")  # NOAUTH here, not on every PUBLISH
 
 
-class SubscribeLink(_Link):
+class SubscribeLink(_Link[_SubscribeConnection]):
     """The connection that listens on one channel; ``ready`` is set while subscribed (a
     message published from then on reaches ``on_message``, called from ``data_received``:
     it must not block and must not raise)."""
@@ -467,17 +587,26 @@ class SubscribeLink(_Link):
         self._sharded = sharded
         self.redirect: tuple[str, int] | None = None  # where the last MOVED sent the channel
 
-    def _retry_at_once(self, conn: _Connection | None) -> bool:
-        moved = conn.moved if isinstance(conn, _SubscribeConnection) else None
+    def _retry_at_once(self, conn: _SubscribeConnection | None) -> bool:
+        moved = None if conn is None else conn.moved
         if moved is not None and moved[1]:
             self.redirect = moved
         return moved is not None
 
-    def _new_connection(self, loop: asyncio.AbstractEventLoop) -> _Connection:
+    def _new_connection(self, loop: asyncio.AbstractEventLoop) -> _SubscribeConnection:
         return _SubscribeConnection(loop, self._on_message, sharded=self._sharded)
 
-    async def _set_up(self, conn: _Connection) -> None:
-        assert isinstance(conn, _SubscribeConnection)
+    async def _finish(self, conn: _SubscribeConnection) -> None:
+        """Unsubscribe and read on until Redis confirms it: every message published to the
+        channel before that is handed on (a request Redis delivered to this node is served
+        and answered, not lost with the connection, its sender waiting out its deadline)."""
+        unsubscribed = conn.unsubscribed = asyncio.get_running_loop().create_future()
+        conn.write(_pack((b"SUNSUBSCRIBE" if self._sharded else b"UNSUBSCRIBE", self._channel)))
+        await asyncio.wait({unsubscribed, conn.closed}, return_when=asyncio.FIRST_COMPLETED)
+        if not unsubscribed.done():
+            raise ConnectionError("connection lost before UNSUBSCRIBE was confirmed")
+
+    async def _set_up(self, conn: _SubscribeConnection) -> None:
         conn.write(_pack((b"SSUBSCRIBE" if self._sharded else b"SUBSCRIBE", self._channel)))
         await asyncio.wait({conn.subscribed, conn.closed}, return_when=asyncio.FIRST_COMPLETED)
         if not conn.subscribed.done():

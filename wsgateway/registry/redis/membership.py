@@ -11,8 +11,10 @@ wait) while the window is open, a peer is expected, or a live node has not finis
 its connections in the epoch. A node that holds nothing (one that starts) is registered in
 the epoch at its first beat, so nobody waits for it. Then:
 
-- if the epoch changed (Redis lost its data), this node was unlisted (swept, or Redis emptied)
-  or a write failed since the last beat, the node re-registers every connection its hub holds
+- if the epoch changed (Redis lost its data), a shard of a Redis Cluster lost its data (this
+  node's mark there is gone, see ``shard_marks``: it then drops the epoch too, so that the
+  cluster settles), this node was unlisted (swept, or Redis emptied) or a write failed since
+  the last beat, the node re-registers every connection its hub holds
   (``LocalNode.local_connections()``), in pipelined batches, and drops its stale records;
 - it flushes ``lastActiveAt`` of the connections that carried data since the last flush, at
   most once per connection per ``activity_flush_s`` (never once per message; GetConnection
@@ -70,6 +72,7 @@ from .. import LocalNode
 from .batch import REDIS_FAILURES, CommandBatcher
 from .keys import KeySpace
 from .scripts import (
+    FORGET_EPOCH,
     HEARTBEAT,
     HELD_CLAIMED,
     HOLD,
@@ -80,6 +83,7 @@ from .scripts import (
     WRITE,
     ms,
 )
+from .shard_marks import ShardMarks
 from .sweep import Sweeper
 from .wire import record_to_hash
 
@@ -147,9 +151,10 @@ class Membership:
 
     def __init__(
         self, keys: KeySpace, node_id: str, batcher: CommandBatcher, index: LocalIndex, sweeper: Sweeper,
-        *, heartbeat_s: float, node_ttl_s: float, activity_flush_s: float = 30.0,
+        *, heartbeat_s: float, node_ttl_s: float, activity_flush_s: float = 30.0, marks: ShardMarks | None = None,
     ) -> None:
         self._keys = keys
+        self._marks = marks  # Redis Cluster: notices a shard that lost its data
         self._sweeper = sweeper
         self._activity_s = activity_flush_s
         self._node_id = node_id
@@ -196,6 +201,15 @@ class Membership:
             await asyncio.gather(self._task, return_exceptions=True)
         self.stop_waiting()
 
+    def master_changed(self) -> None:
+        """The master changed (Sentinel promoted a replica): it may lack this node's last
+        writes, and the beats every node sent in the last moments (nodes write to a demoted
+        master until their next look at the Sentinels). Re-register at the next beat, and
+        take that beat as a reconnection: no sweep for ``node_ttl_s``, so that every live
+        node has beaten on the new master before any is taken for dead there."""
+        self.dirty = True
+        self.up_since = None
+
     def trusts_misses(self) -> bool:
         """Whether a record missing now means the connection is gone, as far as this node
         can tell: the cluster is not settling (see ``scripts.HEARTBEAT``) and, if this node
@@ -236,10 +250,13 @@ class Membership:
             "1" if self.being_swept else "0", "1" if holds_nothing else "0", *sorted(self.peers),
         )
         epoch, unlisted, settling, alive, dead, swept = reply
+        known = self.epoch
         self._learn(epoch.decode(), bool(unlisted), bool(swept), bool(dead))
         self.settling = bool(settling)
         self.peers = frozenset(n.decode() for n in alive) - {self._node_id}
         await self._release_pending()
+        if self._marks is not None and await self._marks.check():
+            await self._shard_lost(epoch_changed=self.epoch != known)
         if self.declared_dead:
             await self._reconcile()
         if self.dirty and not self.being_swept:
@@ -253,6 +270,17 @@ class Membership:
         assert self.up_since is not None  # set by _learn
         if time.monotonic() - self.up_since >= self._node_ttl_s:
             self._sweeper.sweep(n.decode() for n in dead)
+
+    async def _shard_lost(self, *, epoch_changed: bool) -> None:
+        """A shard of a Redis Cluster lost this node's records, and the other nodes' too:
+        re-register, and unless this beat found a new epoch already (the epoch's shard was
+        the one), drop the epoch, so that the cluster settles as after any data loss."""
+        self.dirty = True
+        if not epoch_changed:
+            try:
+                await self._batcher.call("EVAL", FORGET_EPOCH, 1, self._keys.epoch, self.epoch)
+            except REDIS_FAILURES as exc:  # this node re-registers all the same
+                log.warning("registry: could not drop the epoch after a shard lost its data (%r)", exc)
 
     def _learn(self, epoch: str, unlisted: bool, swept: bool, dead_seen: bool) -> None:
         """Take in what a heartbeat found about this node: the epoch (changed: data loss),

@@ -31,6 +31,8 @@ import logging
 from collections.abc import Awaitable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from redis.asyncio.cluster import RedisCluster
+
 from ...errors import GoneError, RegistryUnavailableError
 from ...ids import node_of
 from ...records import ConnectionInfo, ConnectionRecord
@@ -47,11 +49,13 @@ from .rpc import (
     STATUS_OK,
     STATUS_TIMEOUT,
     STATUS_UNREACHABLE,
+    Call,
     NodeChannel,
     PendingCalls,
     raise_for_status,
 )
 from .scripts import STATE
+from .shard_marks import ShardMarks
 from .sweep import Sweeper
 from .wire import (
     KIND_DELETE,
@@ -61,7 +65,6 @@ from .wire import (
     KIND_POST,
     KIND_SURVEY,
     KIND_TAKE,
-    encode_message,
     info_from_json,
     record_from_hash,
 )
@@ -99,7 +102,7 @@ class RedisRegistry:
         self._redis = connect(config, request_timeout_s)
         self._redis.on_failover = self._failed_over
         self._batcher = CommandBatcher(self._redis.client)
-        self._pending = PendingCalls(timeout_s=request_timeout_s, budget_s=self._budget_s)
+        self._pending = PendingCalls(timeout_s=request_timeout_s, budget_s=self._budget_s, wait_s=config.outcome_wait_s)
         # A link whose PING waits longer than redis-py's socket timeout (the request timeout)
         # is taken for dead, as redis-py takes such a connection.
         self._channel = NodeChannel(
@@ -111,9 +114,12 @@ class RedisRegistry:
         self._allowance = Allowance(self._keys, node_id, self._batcher, timeout_s=request_timeout_s)
         self._sweeper = Sweeper(self._keys, node_id, self._batcher, node_ttl_s=config.node_ttl_s,
                                 allowance=self._allowance)
+        client = self._redis.client
+        marks = None if not isinstance(client, RedisCluster) else ShardMarks(client, self._keys, node_id, self._batcher)
         self._membership = Membership(
             self._keys, node_id, self._batcher, self._index, self._sweeper,
             heartbeat_s=config.heartbeat_s, node_ttl_s=config.node_ttl_s, activity_flush_s=config.activity_flush_s,
+            marks=marks,
         )
         self._owners: dict[str, str] = {}  # connection id -> owning node
         self._node: LocalNode | None = None
@@ -169,9 +175,10 @@ class RedisRegistry:
     def _failed_over(self) -> None:
         """The master changed (Sentinel promoted a replica): it may have missed the last
         writes, and its epoch marker, replicated long before, does not tell. Re-register
-        every connection at the next beat (which reaches the new master)."""
+        every connection at the next beat (which reaches the new master), and sweep only
+        once every node had time to beat there (see ``Membership.master_changed``)."""
         log.warning("registry: node %s writes to a new master; re-registering its connections", self.node_id)
-        self._membership.dirty = True
+        self._membership.master_changed()
 
     # ------------------------------------------------------------ records
 
@@ -219,7 +226,29 @@ class RedisRegistry:
     # ------------------------------------------------------------ calls about one connection
 
     async def post(self, connection_id: str, data: bytes, binary: bool) -> None:
-        reply = await self._ask_owner(connection_id, {"k": KIND_POST, "c": connection_id, "b": int(binary)}, data)
+        owner = self._owners.get(connection_id)
+        by_name = owner is None
+        if by_name:
+            owner = node_of(connection_id)
+        if owner is None or owner == self.node_id:
+            reply = await self._ask_owner(connection_id, {"k": KIND_POST, "c": connection_id, "b": int(binary)}, data)
+        else:
+            # The common case, asked here without the general path's chain of coroutines
+            # (a frame each, resumed at every reply) nor a header (NodeChannel.post): what
+            # _ask_holder does, up to the owner's ok; any other answer goes on where
+            # _ask_holder would.
+            call = self._open((owner,))
+            self._channel.post(call, connection_id, int(binary), data)
+            try:
+                await call.future
+            finally:
+                self._pending.close(call)
+            if call.replies[owner]["s"] == STATUS_OK:  # an ok is an answer: _replies would not raise
+                return
+            reply = self._replies(call)[owner]
+            header = {"k": KIND_POST, "c": connection_id, "b": int(binary)}
+            reply = await self._judge(connection_id, header, data, owner, reply, by_name=by_name, looked_up=False)
+            reply = await self._ask_owner(connection_id, header, data, first=reply)
         raise_for_status(reply["s"], reply.get("m", ""))
 
     async def get(self, connection_id: str) -> ConnectionInfo:
@@ -251,9 +280,12 @@ class RedisRegistry:
         for command in commands:
             self._batcher.send(*command)
 
-    async def _ask_owner(self, connection_id: str, header: dict[str, Any], data: bytes = b"") -> dict[str, Any]:
-        """Ask the node holding the connection, following a reliable session that moved."""
-        reply = await self._ask_holder(connection_id, header, data)
+    async def _ask_owner(
+        self, connection_id: str, header: dict[str, Any], data: bytes = b"", *, first: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """Ask the node holding the connection, following a reliable session that moved
+        (``first``: the holder's answer, when it was asked already)."""
+        reply = await self._ask_holder(connection_id, header, data) if first is None else first
         for _ in range(_MAX_MOVES):
             if reply["s"] != STATUS_MOVED:
                 return reply
@@ -288,8 +320,23 @@ class RedisRegistry:
                 return await self._moved_on(connection_id, header, data)
             return _GONE  # ours, and the gateway did not find it in its hub: closed
         reply = (await self._request((owner,), header, data))[owner]
+        return await self._judge(connection_id, header, data, owner, reply, by_name=by_name, looked_up=cached is None)
+
+    async def _judge(
+        self, connection_id: str, header: dict[str, Any], data: bytes, owner: str, reply: dict[str, Any],
+        *, by_name: bool, looked_up: bool, again: bool = True,
+    ) -> dict[str, Any]:
+        """What the ``owner``'s ``reply`` means (see :meth:`_ask_holder`). ``by_name``: the id
+        named the owner; ``looked_up``: its record did (neither: the cache). ``again``: an
+        owner that got the request too late to act, and said so, is asked once more."""
         status = reply["s"]
-        if status == STATUS_UNREACHABLE and cached is not None:
+        if again and reply.get("dropped"):
+            # It never acted and never will (a process stalled past the deadline: a node
+            # starved while it shuts down, or this one): a new request cannot deliver twice.
+            reply = (await self._request((owner,), header, data))[owner]
+            return await self._judge(connection_id, header, data, owner, reply, by_name=by_name,
+                                     looked_up=looked_up, again=False)
+        if status == STATUS_UNREACHABLE and not looked_up:
             # maybe swept since: look it up once more (a concurrent call may have dropped it)
             self._owners.pop(connection_id, None)
             return await self._ask_holder(connection_id, header, data, named=False)
@@ -300,7 +347,7 @@ class RedisRegistry:
             self._owners.pop(connection_id, None)
             if by_name:
                 return await self._moved_on(connection_id, header, data, reply)
-        elif cached is None:
+        elif looked_up:
             self._remember(connection_id, owner)
         return reply
 
@@ -365,18 +412,30 @@ class RedisRegistry:
         could be published and none was answered (a request in flight when the link broke
         is waited for until its deadline, so that the 503 is never followed by a delivery),
         or at once while this node does not listen on its channel (no reply could reach it)."""
-        if not self._channel.subscribed.is_set():
-            raise RegistryUnavailableError("registry unreachable: not subscribed")
-        call = self._pending.open(targets)
-        header["r"] = call.id
-        header["f"] = self.node_id
-        header["d"] = call.deadline
-        self._channel.request(call, encode_message(header, data))  # encoded once for every target
+        call = self._send(targets, header, data)
         try:
             await call.future
         finally:
             self._pending.close(call)
-        if call.failed == len(targets) and not call.answered:
+        return self._replies(call)
+
+    def _send(self, targets: tuple[str, ...], header: dict[str, Any], data: bytes) -> Call:
+        """Open a call and publish its request (see :meth:`_request`); close it when done."""
+        call = self._open(targets)
+        self._channel.request(call, header, data)
+        return call
+
+    def _open(self, targets: tuple[str, ...]) -> Call:
+        """A new call to ``targets``; RegistryUnavailableError at once while this node does
+        not listen on its channel (no reply could reach it)."""
+        if not self._channel.subscribed.is_set():
+            raise RegistryUnavailableError("registry unreachable: not subscribed")
+        return self._pending.open(targets)
+
+    @staticmethod
+    def _replies(call: Call) -> dict[str, dict[str, Any]]:
+        """A finished call's replies by target (see :meth:`_request`)."""
+        if call.failed == len(call.targets) and not call.answered:
             raise RegistryUnavailableError("registry unreachable")
         return call.replies
 

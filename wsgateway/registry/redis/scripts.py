@@ -16,6 +16,7 @@ from __future__ import annotations
 
 __all__ = [
     "CLAIM",
+    "FORGET_EPOCH",
     "HEARTBEAT",
     "HELD_CLAIMED",
     "HOLD",
@@ -136,6 +137,16 @@ redis.call('HDEL', KEYS[3], ARGV[1])
 return now
 """
 )
+
+# KEYS: epoch. ARGV: the epoch the caller knows. A shard of a Redis Cluster lost its data
+# (``shard_marks``) while the epoch's shard kept it: the epoch is dropped, so that the next beat
+# makes a new one and the cluster settles as after any data loss (every node re-registers, a
+# missing record proves nothing meanwhile). Only if it is still the caller's: another node that
+# noticed first may have dropped it, and a new one made, already. Returns 1 if dropped.
+FORGET_EPOCH = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
 
 # KEYS: epoch, settle, nodes, alive, sweep lease. ARGV: swept node, sweeper, lease time.
 # Ends a sweep. A node that beat since the lease came back: it stays listed and alive (if it

@@ -72,8 +72,11 @@ class ShardedPublisher:
     in_order = False
 
     def __init__(
-        self, seeds: Sequence[Endpoint], locate: Locate, *, max_backoff_s: float, check_s: float
+        self, seeds: Sequence[Endpoint], locate: Locate, *, max_backoff_s: float, check_s: float,
+        join: Callable[[list[bytes]], bytes] | None = None,
     ) -> None:
+        """``join``: as :class:`PublishLink`'s, for every shard's link."""
+        self._join = join
         self._seeds = list(seeds)
         self._locate = locate
         self._max_backoff_s = max_backoff_s
@@ -119,8 +122,10 @@ class ShardedPublisher:
         if backlog is not None:  # a shard just found: its publishes wait for its first connection
             backlog.append((channel, message, sink, asking))
             return
-        if asking:
+        if asking:  # ASKING holds for the next command only: the SPUBLISH goes right after it
             link.send((b"ASKING",), None)
+            link.send((b"SPUBLISH", channel, message), sink)
+            return
         link.publish(channel, message, sink)
 
     async def _when_ready(self, link: PublishLink, where: tuple[str, int]) -> None:
@@ -160,7 +165,7 @@ class ShardedPublisher:
         link = self._links.get(where)
         if link is None:
             link = PublishLink(Fixed(_at(self._seeds[0], where)), max_backoff_s=self._max_backoff_s,
-                               check_s=self._check_s, sharded=True)
+                               check_s=self._check_s, sharded=True, join=self._join)
             self._links[where] = link
             self._fresh[where] = []
             link.start()
