@@ -12,16 +12,16 @@ import signal
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
-import port_for
 import pytest
 from pytest_redis import factories
 from pytest_redis.executor import RedisExecutor
 
 from tests.cluster_support import Cluster
+from tests.free_ports import PORTS, free_port
 from tests.redis_topologies import TOPOLOGIES, DownAndBack, SentinelTopology, SingleTopology, Topology
 from tests.topology_cluster import ClusterTopology, PrivateRedisCluster
 
-private_redis = factories.redis_proc(port=None)  # type: ignore[arg-type]  # None: any free port
+private_redis = factories.redis_proc(port=set(PORTS))  # any free port outside the ephemeral range
 
 _prefixes = itertools.count(1)
 
@@ -76,7 +76,7 @@ def restartable_redis(tmp_path: Path) -> Iterator[RedisExecutor]:
     (redis-server's default save points), and ``start()`` loads it back."""
     executor = RedisExecutor(
         executable="redis-server", databases=1, redis_timeout=30, loglevel="warning",
-        host="127.0.0.1", port=port_for.select_random(), save="", datadir=tmp_path,
+        host="127.0.0.1", port=free_port(), save="", datadir=tmp_path,
     )
     executor.start()
     yield executor

@@ -28,13 +28,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
-import port_for
 import redis
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from tests.free_ports import free_port
 from wsgateway.config import RegistryConfig
 
 __all__ = ["TOPOLOGIES", "DownAndBack", "RedisProcess", "SentinelTopology", "SingleTopology", "Topology"]
@@ -138,7 +138,7 @@ class RedisProcess:
     ) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         self.directory = directory
-        self.port = port or port_for.select_random()
+        self.port = port or free_port()
         self.password = DATA_PASSWORD if not sentinel else SENTINEL_PASSWORD
         self.tls = tls  # (certificate, key): TLS only, the certificate is its own CA
         self._sentinel = sentinel
@@ -202,7 +202,7 @@ class SentinelTopology:
         ]
         # Each Sentinel knows the others from the start (ids and ports), instead of finding
         # them through hello messages every 2 s: a topology can fail over a second after it starts.
-        ports = [port_for.select_random() for _ in range(3)]
+        ports = [free_port() for _ in range(3)]
         ids = [f"{i + 1:040x}" for i in range(3)]
         self.sentinels = [
             RedisProcess(directory / f"s{i}", [

@@ -8,12 +8,12 @@ import asyncio
 import contextlib
 import json
 import random
-import socket
 import time
 
 import pytest
 import websockets
 
+from tests.free_ports import free_port
 from tests.http_backend import SECRET, running_backend
 from tests.support import connect, eventually, make_config, running_node
 from wsgateway.errors import IntegrationError
@@ -31,13 +31,6 @@ def http_config(backend, *, limits=None, routes=None, **http):
         integrations={"http": {"signing_secret": SECRET, **http}},
         limits={"handler_timeout_s": 2, **(limits or {})},
     )
-
-
-def free_port() -> int:
-    """A port nothing listens on (bound, then released)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 async def recv(ws, timeout: float = 5.0):

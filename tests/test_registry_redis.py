@@ -20,7 +20,6 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import NamedTuple
 
-import port_for
 import pytest
 import redis
 import redis.asyncio
@@ -53,6 +52,7 @@ from wsgateway.registry.redis.wire import (
     split_batch,
 )
 
+from .free_ports import free_port
 from .redis_topologies import Topology
 from .registry_contract import CHECKS, Factory, RecordingNode, make_record, wait_for
 from .registry_support import (
@@ -183,7 +183,7 @@ async def test_configured_password_beats_the_urls(tmp_path: Path, key_prefix: st
     """(One Redis: the rule of which password wins is the same on every topology.)"""
     executor = RedisExecutor(
         executable="redis-server", databases=1, redis_timeout=30, loglevel="warning", host="127.0.0.1",
-        port=port_for.select_random(), password="right-one", datadir=tmp_path,
+        port=free_port(), password="right-one", datadir=tmp_path,
     )
     with executor:
         url = f"redis://:wrong-one@127.0.0.1:{executor.port}/0"

@@ -18,13 +18,13 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-import port_for
 import psutil
 import pytest
 import redis.asyncio
 from mirakuru import TCPExecutor
 from pytest_redis.executor import RedisExecutor
 
+from tests.free_ports import free_port
 from wsgateway.errors import RegistryUnavailableError
 from wsgateway.registry.redis import RedisRegistry
 from wsgateway.registry.redis.link import (
@@ -328,7 +328,7 @@ async def test_links_reconnect_when_redis_stops_answering(restartable_redis: Red
 def password_redis(tmp_path: Path) -> Iterator[RedisExecutor]:
     executor = RedisExecutor(
         executable="redis-server", databases=1, redis_timeout=30, loglevel="warning", host="127.0.0.1",
-        port=port_for.select_random(), password="s3cret", datadir=tmp_path,
+        port=free_port(), password="s3cret", datadir=tmp_path,
     )
     with executor:
         yield executor
@@ -381,7 +381,7 @@ async def test_cross_node_post_over_a_unix_socket(private_redis: RedisExecutor, 
 def tls_redis(tmp_path: Path) -> Iterator[tuple[int, Path]]:
     """A redis-server that speaks TLS only, and the certificate to trust it by."""
     cert, key = self_signed(tmp_path)
-    port = port_for.select_random()
+    port = free_port()
     command = [
         "redis-server", "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1",
         "--tls-cert-file", str(cert), "--tls-key-file", str(key), "--tls-auth-clients", "no",

@@ -12,9 +12,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import port_for
 import redis
 
+from tests.free_ports import free_port
 from wsgateway.config import RegistryConfig
 
 __all__ = ["ClusterTopology", "PrivateRedisCluster"]
@@ -66,17 +66,27 @@ class PrivateRedisCluster:
         return "redis+cluster://" + ",".join(f"127.0.0.1:{p}" for p in self.ports) + "/"
 
     def start(self) -> None:
-        for _ in range(3):
-            port = port_for.select_random()
-            (self.root / str(port)).mkdir(parents=True)
-            self._commands.append(
-                ["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--cluster-enabled", "yes",
-                 "--cluster-config-file", "nodes.conf", "--cluster-port", str(port_for.select_random()),
-                 "--cluster-node-timeout", "2000", "--save", "",
-                 "--appendonly", "no", "--logfile", "redis.log", *self._options],
-            )
-            self.ports.append(port)
-        self._spawn()
+        """Three masters on free ports, joined. A master that exits at start (its port taken
+        after it was found free) is started again on other ports, twice at most."""
+        for attempt in range(3):
+            self._commands, self.ports = [], []
+            for _ in range(3):
+                port = free_port()
+                (self.root / str(port)).mkdir(parents=True, exist_ok=True)
+                self._commands.append(
+                    ["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--cluster-enabled", "yes",
+                     "--cluster-config-file", "nodes.conf", "--cluster-port", str(free_port()),
+                     "--cluster-node-timeout", "2000", "--save", "",
+                     "--appendonly", "no", "--logfile", "redis.log", *self._options],
+                )
+                self.ports.append(port)
+            try:
+                self._spawn()
+                break
+            except _Exited:
+                self.stop()
+                if attempt == 2:
+                    raise
         subprocess.run(
             ["redis-cli", "--cluster", "create", *(f"127.0.0.1:{p}" for p in self.ports),
              "--cluster-replicas", "0", "--cluster-yes"],
@@ -89,8 +99,8 @@ class PrivateRedisCluster:
             subprocess.Popen(command, cwd=self.root / str(port), stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
             for command, port in zip(self._commands, self.ports, strict=True)
         ]
-        for port in self.ports:
-            self._wait(lambda p=port: self.client(p).ping())
+        for port, process in zip(self.ports, self._processes, strict=True):
+            self._wait(lambda p=port: self.client(p).ping(), process, self.root / str(port) / "redis.log")
 
     def _wait_up(self) -> None:
         for port in self.ports:  # every master agrees that the cluster is up
@@ -154,7 +164,7 @@ class PrivateRedisCluster:
             self.client(port).execute_command("CLUSTER", "SETSLOT", slot, "NODE", target_id)
 
     @staticmethod
-    def _wait(check: object) -> None:
+    def _wait(check: object, process: subprocess.Popen[bytes] | None = None, log: Path | None = None) -> None:
         deadline = time.monotonic() + START_TIMEOUT_S
         while True:
             try:
@@ -162,6 +172,16 @@ class PrivateRedisCluster:
                     return
             except redis.RedisError:
                 pass
+            if process is not None and process.poll() is not None:
+                raise _Exited(f"redis-server exited with {process.returncode} at start:\n{_tail(log)}")
             if time.monotonic() > deadline:
-                raise TimeoutError("the private Redis Cluster did not come up")
+                raise TimeoutError(f"the private Redis Cluster did not come up\n{_tail(log)}")
             time.sleep(0.05)
+
+
+class _Exited(RuntimeError):
+    """A master exited while it was being started."""
+
+
+def _tail(log: Path | None) -> str:
+    return log.read_text(errors="replace")[-2000:] if log is not None and log.exists() else ""
