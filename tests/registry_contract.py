@@ -71,6 +71,8 @@ class RecordingNode:
             raise GoneError() from None
 
     async def local_delete(self, connection_id: str) -> None:
+        if connection_id in self.handed:
+            raise MovedError(self.handed[connection_id])
         if self.connections.pop(connection_id, None) is None:
             raise GoneError()
         self.deleted.append(connection_id)

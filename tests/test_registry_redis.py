@@ -318,6 +318,11 @@ async def test_a_session_handed_over_takes_every_call_with_it(
     await wait_for(lambda: not r.sismember(keys.node_conns("na"), cid), 2, "a forgets the session")
     assert r.sismember(keys.node_conns("nb"), cid) and r.hget(keys.record(cid), "node") == b"nb"
     assert (await reg_c.get(cid)).record.node_id == "nb"
+    # A node that knows nothing asks the node the id names, which answers "moved" with where
+    # the session went, to a delete as to a post; the delete reaches b.
+    reg_d = await make(RecordingNode("nd"))
+    await reg_d.delete(cid)
+    assert node_b.deleted == [cid]
 
 
 @QUICK_BEATS

@@ -594,9 +594,7 @@ class NodeChannel:
         try:
             await closing
         except Exception as exc:  # noqa: BLE001 - every failure is answered (and logged)
-            reply["s"] = _status_of(exc)
-            if isinstance(exc, LimitExceededError) and exc.message:
-                reply["m"] = exc.message
+            _fail(reply, exc)  # a session that moved: where to (a caller follows it)
         key = (to, reply["r"])
         if key in self._outcomes:
             self._outcomes[key] = reply  # done: an ask answers it from now on
