@@ -471,6 +471,42 @@ async def test_an_id_naming_no_live_node_is_looked_up(make: Factory) -> None:
 
 @QUICK_BEATS
 @ON_EACH_TOPOLOGY
+async def test_a_node_past_its_death_line_is_asked_until_a_sweep_takes_it(
+    make: Factory, redis_topology: Topology, key_prefix: str
+) -> None:
+    """A node past its death line that no sweep has taken may be alive, its last beats lost
+    with a master that died or was demoted before it replicated them, and so may its records
+    be: a call for an id with no record names it among the nodes that may hold it, and
+    answers 503 while it is silent, never a false 410 (seen in the Sentinel soak: a live
+    connection answered 410 after a failover). Once a sweep has taken the node, 410."""
+    node_a, node_b = RecordingNode("na"), RecordingNode("nb")
+    reg_a, reg_b = await make(node_a), await make(node_b)
+    named, plain = new_connection_id("lost"), new_connection_id()
+    for cid in (named, plain):  # misses are trusted: without the lost node, both are 410
+        with pytest.raises(GoneError):
+            await reg_a.post(cid, b"x", False)
+    keys, r = KeySpace(key_prefix), redis_topology.client()
+    r.set(keys.sweep_lease("lost"), "another node", px=60_000)  # a sweep of it waits
+    seconds, micros = r.time()
+    r.zadd(keys.alive, {"lost": seconds * 1000 + micros // 1000 - 1})  # its death line just passed
+    r.hset(keys.nodes, "lost", "")  # listed (it registered long ago), its records lost
+    for cid in (named, plain):
+        with pytest.raises(RegistryUnavailableError):
+            await reg_a.post(cid, b"x", False)
+        with pytest.raises(RegistryUnavailableError):
+            await reg_a.get(cid)
+    held = await accept(reg_b, node_b)  # the live nodes still answer for what they hold
+    await reg_a.post(held.connection_id, b"here", False)
+    assert node_b.posted[held.connection_id] == [(b"here", False)]
+    r.delete(keys.sweep_lease("lost"))
+    await wait_for(lambda: not r.hexists(keys.nodes, "lost"), NODE_TTL_S + 10 * QUICK_HEARTBEAT_S + 2, "the sweep")
+    for cid in (named, plain):
+        with pytest.raises(GoneError):
+            await reg_a.post(cid, b"x", False)
+
+
+@QUICK_BEATS
+@ON_EACH_TOPOLOGY
 async def test_owner_ignores_requests_past_their_deadline(
     make: Factory, redis_topology: Topology, key_prefix: str
 ) -> None:

@@ -372,10 +372,12 @@ class RedisRegistry:
         owners[connection_id] = owner
 
     async def _ask_everyone(self, connection_id: str, header: dict[str, Any], data: bytes) -> dict[str, Any]:
-        """No record: ask every live node. 410 only if all say gone and misses are trusted."""
-        epoch, settling, alive, _ = await self._state()
+        """No record: ask every node that may hold the connection, the live ones and those
+        past their death line that no sweep has taken yet (see :meth:`_state`). 410 only if
+        all say gone and misses are trusted."""
+        epoch, settling, alive, _, unswept = await self._state()
         trusted = bool(epoch) and not settling and self._membership.trusts_misses()
-        targets = set(alive) - {self.node_id}
+        targets = {*alive, *unswept} - {self.node_id}
         if not trusted:
             targets |= self._membership.peers  # nodes that may not have beaten since a data loss
         replies = await self._request(tuple(targets), header, data) if targets else {}
@@ -392,16 +394,23 @@ class RedisRegistry:
 
     async def _all_left(self, silent: set[str]) -> bool:
         """Whether every node in ``silent`` (no answer, or nobody listening on its channel)
-        has left the live set since the state was read: it stopped (a node leaves only once
-        it holds nothing, so its answer would have been gone; it may have stopped listening
-        with the request unread) or is past its death line (as if the state had been read a
-        moment later: the live nodes are the ones asked)."""
-        _, _, alive, _ = await self._state()
-        return not silent & set(alive)
+        has left since the state was read: it stopped (a node leaves only once it holds
+        nothing, so its answer would have been gone; it may have stopped listening with the
+        request unread), or a sweep took it (and claims its records). A node only past its
+        death line has not left: it may be alive with its last beats lost (a failover to a
+        replica that missed them) and hold connections whose records were lost with them."""
+        _, _, alive, _, unswept = await self._state()
+        return not silent & {*alive, *unswept}
 
-    async def _state(self) -> tuple[str, bool, list[str], list[str]]:
-        epoch, settling, alive, states = await self._batcher.call("EVAL", STATE, 5, *self._keys.meta, self._keys.expect)
-        return epoch.decode(), bool(settling), [n.decode() for n in alive], [s.decode() for s in states]
+    async def _state(self) -> tuple[str, bool, list[str], list[str], list[str]]:
+        """The epoch, whether the cluster is settling, the live nodes, their states (the
+        epoch each has registered in) and the unswept ones (past their death line, still
+        listed: see ``scripts.STATE``)."""
+        epoch, settling, alive, states, unswept = await self._batcher.call(
+            "EVAL", STATE, 5, *self._keys.meta, self._keys.expect
+        )
+        return (epoch.decode(), bool(settling), [n.decode() for n in alive], [s.decode() for s in states],
+                [n.decode() for n in unswept])
 
     async def _request(
         self, targets: tuple[str, ...], header: dict[str, Any], data: bytes = b""
@@ -479,7 +488,7 @@ class RedisRegistry:
         after = decode_token(next_token)
         start = f"({after}" if after is not None else "-"
         ids_f = self._batcher.call("ZRANGEBYLEX", self._keys.tenant_conns(tenant), start, "+", "LIMIT", 0, limit + 1)
-        (epoch, settling, _, states), raw_ids = await asyncio.gather(self._state(), ids_f)
+        (epoch, settling, _, states, _), raw_ids = await asyncio.gather(self._state(), ids_f)
         if not (epoch and not settling and self._membership.trusts_misses() and all(s == epoch for s in states)):
             raise RegistryUnavailableError("the registry is being refilled; retry shortly")
         ids = [i.decode() for i in raw_ids]
@@ -534,7 +543,7 @@ class RedisRegistry:
         assert self._node is not None, "start() has not run"
         answers: dict[str, dict[str, Any] | None] = {self.node_id: self._node.local_survey(query)}
         try:
-            _, _, alive, _ = await self._unavailable_on_failure(self._state())
+            _, _, alive, _, _ = await self._unavailable_on_failure(self._state())
         except RegistryUnavailableError:
             alive = []  # Redis is out: the peers of the last beat are listed, not answering
         targets = tuple(sorted((set(alive) | self._membership.peers) - {self.node_id}))

@@ -108,7 +108,10 @@ return 0
 """
 
 # KEYS: epoch, settle, nodes, alive, expect. Returns {epoch or "", settling, alive nodes, their
-# states}; settling while the return window is open or a node is still expected.
+# states, unswept nodes}; settling while the return window is open or a node is still expected.
+# Unswept: past their death line but still listed (no sweep has taken them): dead, or alive
+# with their last beats lost (cut off, paused, or beating to a master that was demoted or
+# died before it replicated them), and so maybe holding connections whose records are lost.
 STATE = (
     _NOW_MS
     + """
@@ -118,8 +121,12 @@ local states = {}
 for i, node in ipairs(alive) do
   states[i] = redis.call('HGET', KEYS[3], node) or ''
 end
+local unswept = {}
+for _, node in ipairs(redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', '(' .. now)) do
+  if redis.call('HEXISTS', KEYS[3], node) == 1 then unswept[#unswept + 1] = node end
+end
 local settling = redis.call('EXISTS', KEYS[2]) + redis.call('ZCOUNT', KEYS[5], now, '+inf')
-return {epoch, settling > 0 and 1 or 0, alive, states}
+return {epoch, settling > 0 and 1 or 0, alive, states, unswept}
 """
 )
 
