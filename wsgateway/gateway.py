@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Coroutine, Iterable, Mapping, Sequence
+from collections.abc import Coroutine, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
@@ -47,7 +47,8 @@ from .integrations import HttpPool, Integration, LambdaClients, load_integration
 from .lifetime import TOKEN_EXPIRED, TokenLifetime
 from .metrics import Stats
 from .records import ConnectionInfo, ConnectionRecord
-from .registry import Page, create_registry
+from .registry import Page, PostWaiter, create_registry
+from .registry.posted import Awaited
 from .reliable import ReliableConnection, Sessions, new_token
 from .routing import Router
 from .throttle import Throttle
@@ -382,16 +383,18 @@ class Gateway:
 
         Raises PayloadTooLargeError, GoneError, LimitExceededError, RegistryUnavailableError.
         """
-        elsewhere = self.start_post(connection_id, data)
-        if elsewhere is not None:
-            await elsewhere
+        waiter = Awaited()
+        if not self.send_post(connection_id, data, waiter):
+            await waiter.future
 
-    def start_post(self, connection_id: str, data: bytes | str) -> Awaitable[None] | None:
-        """:meth:`post_to_connection` without a coroutine of its own: a connection held here
-        gets ``data`` at once (None is returned), else what is returned asks its owner.
+    def send_post(self, connection_id: str, data: bytes | str, waiter: PostWaiter) -> bool:
+        """:meth:`post_to_connection` without a coroutine: a connection held here gets
+        ``data`` at once (True is returned), else its owner is asked and ``waiter`` told the
+        outcome (False; it may be told before this returns).
 
         The management edge answers a post to a local connection from this call alone (most
-        posts), with no coroutine to create and run. Raises as :meth:`post_to_connection`.
+        posts), and one to another node's from the callback its reply arrives in. Raises as
+        :meth:`post_to_connection` what it can tell at once (``waiter`` is then never told).
         """
         payload, binary = as_payload(data)
         if len(payload) > self._max_post:
@@ -399,8 +402,9 @@ class Gateway:
         conn = self.hub.get(connection_id)
         if conn is not None:
             self._post_here(conn, payload, binary)
-            return None
-        return self.registry.post(connection_id, payload, binary)  # its node checks the plan
+            return True
+        self.registry.send_post(connection_id, payload, binary, waiter)  # its node checks the plan
+        return False
 
     async def get_connection(self, connection_id: str) -> dict[str, Any]:
         """GetConnection's JSON for a connection on any node; raises GoneError."""

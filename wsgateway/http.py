@@ -21,11 +21,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import functools
 import http
 import logging
 import socket
 from collections import deque
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Generator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,7 +35,7 @@ from multidict import CIMultiDict, istr
 
 from .eager import DONE, START, call_as, carry_on, first_step
 
-__all__ = ["HeadCheck", "HttpServer", "Request", "Response"]
+__all__ = ["Deferred", "HeadCheck", "HttpServer", "Request", "Response"]
 
 log = logging.getLogger("wsgateway.http")
 
@@ -80,9 +81,47 @@ class Response:
     head: bytes = b""
 
 
+class Deferred:
+    """An answer still to come, given later by :meth:`resolve` from a callback (another
+    node's reply) rather than by a task: what a handler returns for a request that waits on
+    an event, so that no coroutine or task is made for it. Resolved once; must be resolved
+    (the request is answered in its turn only then)."""
+
+    __slots__ = ("_then", "response")
+
+    def __init__(self) -> None:
+        self.response: Response | None = None
+        self._then: Callable[[], None] | None = None  # the connection, once it waits for it
+
+    def resolve(self, response: Response) -> None:
+        if self.response is not None:
+            return
+        self.response = response
+        then = self._then
+        if then is not None:
+            self._then = None
+            then()
+
+    def __await__(self) -> Generator[Any, None, Response]:
+        """For a request served alone (a concurrent one while the server stops): its
+        connection's task awaits the answer."""
+        if self.response is None:
+            future = asyncio.get_running_loop().create_future()
+            self._then = functools.partial(_wake, future)
+            yield from future.__await__()
+        assert self.response is not None
+        return self.response
+
+
+def _wake(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
 # A handler answers at once (a Response: no coroutine made or run, as for most management
-# posts) or returns the coroutine that will (an ``async def`` handler always does).
-Handler = Callable[[Request], Response | Coroutine[Any, Any, Response]]
+# posts), returns the coroutine that will (an ``async def`` handler always does), or, for a
+# concurrent request, a Deferred resolved later.
+Handler = Callable[[Request], Response | Deferred | Coroutine[Any, Any, Response]]
 # Called with a request whose body is still to come (``body`` is b""); a Response answers it
 # without buffering its body, None lets it through to the handler.
 HeadCheck = Callable[[Request], Response | None]
@@ -122,9 +161,10 @@ class _Connection(asyncio.Protocol):
         self._parser: httptools.HttpRequestParser | None = httptools.HttpRequestParser(self)
         self._transport: asyncio.Transport | None = None
         self._peer = ""
-        # A parsed request, its handler already started (a Task), or a final answer (a
-        # Response) after which the connection closes; with keep-alive and its body's size.
-        self._queue: deque[tuple[Request | asyncio.Task[Response] | Response, bool, int]] = deque()
+        # A parsed request, its handler already started (a Task, or a Deferred), or an answer
+        # (a Response: a final one, after which the connection closes, or a concurrent
+        # request's); with keep-alive and its body's size.
+        self._queue: deque[tuple[Request | asyncio.Task[Response] | Deferred | Response, bool, int]] = deque()
         self._serial = 0  # requests queued or in progress that must not be overtaken
         self._queued_bytes = 0
         # The connection's task, made with its first serial request: handlers' first steps run
@@ -134,6 +174,7 @@ class _Connection(asyncio.Protocol):
         self._waiter: asyncio.Future[None] | None = None  # the idle worker sleeps on it
         self._suspended: tuple[Coroutine[Any, Any, None], Any] | None = None  # for the worker
         self._watched: asyncio.Task[Response] | None = None  # head of the queue, not done yet
+        self._resolved_due = False  # a Deferred at the head resolved: answered by a call soon
         self._out: list[bytes] = []  # answers made this turn, not written yet
         self._idle: asyncio.TimerHandle | None = None  # see _idle_due
         self._idle_since = 0.0  # loop time the connection last became idle
@@ -181,6 +222,8 @@ class _Connection(asyncio.Protocol):
         for item, _, _ in self._queue:  # a request in progress finishes; its answer has nowhere to go
             if isinstance(item, asyncio.Task) and not item.done():
                 self._server.hold(item)
+            elif isinstance(item, Deferred):
+                item._then = None
         self._queue.clear()
         self._out.clear()
         self._wake()  # the worker ends (after a handler it carries on)
@@ -319,6 +362,14 @@ class _Connection(asyncio.Protocol):
                 queue.popleft()
                 self._queued_bytes -= size
                 self._serve_now(item, keep_alive, in_worker)
+            elif isinstance(item, Deferred):
+                response = item.response
+                if response is None:
+                    item._then = self._resolved
+                    break
+                queue.popleft()
+                self._queued_bytes -= size
+                self._answer(response, keep_alive)
             elif item.done():
                 queue.popleft()
                 self._queued_bytes -= size
@@ -338,6 +389,20 @@ class _Connection(asyncio.Protocol):
         """A concurrent request's handler finished: answer it if its turn came."""
         if self._watched is task:
             self._watched = None
+        self._advance()
+        if not self.busy:
+            self._arm_idle()
+
+    def _resolved(self) -> None:
+        """The Deferred at the head of the queue was resolved (in some callback): answered
+        soon, with whatever else is answered by then (the rest of a batch of replies from
+        another node), in one write."""
+        if not self._resolved_due:
+            self._resolved_due = True
+            self._loop.call_soon(self._answer_resolved)
+
+    def _answer_resolved(self) -> None:
+        self._resolved_due = False
         self._advance()
         if not self.busy:
             self._arm_idle()
@@ -378,7 +443,7 @@ class _Connection(asyncio.Protocol):
             self._wake()
 
     async def _serve(
-        self, request: Request, keep_alive: bool, started: Response | Coroutine[Any, Any, Response] | None
+        self, request: Request, keep_alive: bool, started: Response | Deferred | Coroutine[Any, Any, Response] | None
     ) -> None:
         """A serial request: its handler (``started``: what its call returned, None: to be
         called), then its answer (after everything ahead of it)."""
@@ -455,15 +520,15 @@ class _Connection(asyncio.Protocol):
         transport.resume_reading()
         self._deadline = self._loop.call_later(_LINGER_S, transport.close)
 
-    def _start(self, request: Request) -> asyncio.Task[Response] | Response:
-        """Start a concurrent request's handler: its answer, or the task of the coroutine it
-        returned (answered in its turn, see _outcome)."""
+    def _start(self, request: Request) -> asyncio.Task[Response] | Deferred | Response:
+        """Start a concurrent request's handler: its answer, the Deferred it returned, or the
+        task of the coroutine it returned (answered in its turn, see _outcome)."""
         try:
             result = self._server.handler(request)
         except Exception:
             log.exception("management handler failed")
             return _internal_error()
-        if isinstance(result, Response):
+        if isinstance(result, (Response, Deferred)):
             return result
         # The queue holds it until it is answered; the server, if the connection goes first.
         return self._loop.create_task(result)

@@ -41,7 +41,7 @@ import ipaddress
 import logging
 import socket
 import time
-from collections.abc import Awaitable, Coroutine, Mapping
+from collections.abc import Coroutine, Mapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, unquote
 
@@ -58,7 +58,7 @@ from .errors import (
     PayloadTooLargeError,
     SignatureError,
 )
-from .http import HttpServer, Request, Response
+from .http import Deferred, HttpServer, Request, Response
 from .ids import is_connection_id, new_request_id
 from .metrics import CONTENT_TYPE, exposition
 from .replay import replay_key
@@ -209,41 +209,43 @@ class ManagementServer:
             return self._finish(request, request_id, "", "", response, started)
         return None
 
-    def _handle(self, request: Request) -> Response | Coroutine[Any, Any, Response]:
+    def _handle(self, request: Request) -> Response | Deferred | Coroutine[Any, Any, Response]:
         """Serve a request whose head passed :meth:`_check_head`. A post to a connection
         without replay protection (nearly every request) is served here, as :meth:`_serve`
-        would serve it, and answered at once when the connection is held here; every other
-        request by the coroutine :meth:`_serve`."""
+        would serve it: answered at once when the connection is held here, else from the
+        callback its owner's answer arrives in (a :class:`_RemotePost`); every other request
+        by the coroutine :meth:`_serve`."""
         state = request.head_state
         if type(state) is not tuple or not state[3]:
             return self._serve(request)
         started = time.perf_counter()
         request_id = new_request_id()
         target = state[1][1]
+        remote = None
         try:
             if request.body_too_large:
                 raise PayloadTooLargeError("Message too long")
             if self._verifier is not None:
                 self._verifier.verify(request.method, request.raw_path, request.raw_query, request.headers, request.body,
                                       head=state[2])
-            elsewhere = self.gateway.start_post(target, request.body)
-            if elsewhere is not None:
-                return self._post_elsewhere(request, request_id, target, elsewhere, started)
+            remote = _RemotePost(self, request, request_id, target, started)
+            if not self.gateway.send_post(target, request.body, remote):
+                return remote
             response = _posted(request_id)
         except Exception as exc:  # noqa: BLE001 - answered as _serve answers it
             response = self._failure(request, exc, request_id)
         return self._finish(request, request_id, "PostToConnection", target, response, started)
 
-    async def _post_elsewhere(
-        self, request: Request, request_id: str, target: str, elsewhere: Awaitable[None], started: float
-    ) -> Response:
+    def _posted_elsewhere(self, post: _RemotePost, error: BaseException | None) -> None:
         """The rest of :meth:`_handle` for a connection of another node: its owner's answer."""
+        request, request_id = post.request, post.request_id
         try:
-            await elsewhere
-            response = _posted(request_id)
-        except Exception as exc:  # noqa: BLE001 - answered as _serve answers it
-            response = self._failure(request, exc, request_id)
-        return self._finish(request, request_id, "PostToConnection", target, response, started)
+            response = _posted(request_id) if error is None else self._failure(request, error, request_id)
+            response = self._finish(request, request_id, "PostToConnection", post.target, response, post.started)
+        except Exception:  # a bug here must not leave the request unanswered
+            log.exception("management request failed (requestId=%s)", request_id)
+            response = _error_response(ManagementError("Internal server error"), request_id)
+        post.resolve(response)
 
     async def _serve(self, request: Request) -> Response:
         started = time.perf_counter()
@@ -311,7 +313,7 @@ class ManagementServer:
         given = request.headers.get("Authorization", "").encode("latin-1")
         return hmac.compare_digest(given, self._metrics_token)
 
-    def _failure(self, request: Request, exc: Exception, request_id: str) -> Response:
+    def _failure(self, request: Request, exc: BaseException, request_id: str) -> Response:
         """The answer to a request that failed with ``exc``: a ManagementError's own, else a
         500 with the error logged (never its text to the caller)."""
         if isinstance(exc, ManagementError):
@@ -413,6 +415,24 @@ class ManagementServer:
             sourceIp=request.peer,
             userAgent=request.headers.get("User-Agent", ""),
         )
+
+
+class _RemotePost(Deferred):
+    """The answer to a post to another node's connection: the registry tells it the owner's
+    answer (see ``registry.posted``), from the callback that answer arrives in."""
+
+    __slots__ = ("request", "request_id", "server", "started", "target")
+
+    def __init__(self, server: ManagementServer, request: Request, request_id: str, target: str, started: float) -> None:
+        super().__init__()
+        self.server = server
+        self.request = request
+        self.request_id = request_id
+        self.target = target
+        self.started = started
+
+    def posted(self, error: BaseException | None) -> None:
+        self.server._posted_elsewhere(self, error)
 
 
 def _posted(request_id: str) -> Response:

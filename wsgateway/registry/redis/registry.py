@@ -28,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Coroutine, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from redis.asyncio.cluster import RedisCluster
@@ -36,8 +36,9 @@ from redis.asyncio.cluster import RedisCluster
 from ...errors import GoneError, RegistryUnavailableError
 from ...ids import node_of
 from ...records import ConnectionInfo, ConnectionRecord
-from .. import FanoutResult, LocalNode, Page, Registry
+from .. import FanoutResult, LocalNode, Page, PostWaiter, Registry
 from .._page_token import check_limit, decode_token, encode_token
+from ..posted import Awaited
 from .allowance import Allowance
 from .batch import REDIS_FAILURES, CommandBatcher
 from .connect import connect
@@ -122,6 +123,7 @@ class RedisRegistry:
             marks=marks,
         )
         self._owners: dict[str, str] = {}  # connection id -> owning node
+        self._tasks: set[asyncio.Task[None]] = set()  # posts being asked about (see _spawn_post)
         self._node: LocalNode | None = None
         self._started = False
         self._closed = False
@@ -226,30 +228,69 @@ class RedisRegistry:
     # ------------------------------------------------------------ calls about one connection
 
     async def post(self, connection_id: str, data: bytes, binary: bool) -> None:
+        waiter = Awaited()
+        self.send_post(connection_id, data, binary, waiter)
+        await waiter.future
+
+    def send_post(self, connection_id: str, data: bytes, binary: bool, waiter: PostWaiter) -> None:
         owner = self._owners.get(connection_id)
         by_name = owner is None
         if by_name:
             owner = node_of(connection_id)
         if owner is None or owner == self.node_id:
-            reply = await self._ask_owner(connection_id, {"k": KIND_POST, "c": connection_id, "b": int(binary)}, data)
-        else:
-            # The common case, asked here without the general path's chain of coroutines
-            # (a frame each, resumed at every reply) nor a header (NodeChannel.post): what
-            # _ask_holder does, up to the owner's ok; any other answer goes on where
-            # _ask_holder would.
-            call = self._open((owner,))
-            self._channel.post(call, connection_id, int(binary), data)
-            try:
-                await call.future
-            finally:
-                self._pending.close(call)
-            if call.replies[owner]["s"] == STATUS_OK:  # an ok is an answer: _replies would not raise
-                return
-            reply = self._replies(call)[owner]
             header = {"k": KIND_POST, "c": connection_id, "b": int(binary)}
-            reply = await self._judge(connection_id, header, data, owner, reply, by_name=by_name, looked_up=False)
-            reply = await self._ask_owner(connection_id, header, data, first=reply)
-        raise_for_status(reply["s"], reply.get("m", ""))
+            self._spawn_post(self._ask_owner(connection_id, header, data), waiter)
+            return
+        # The common case, asked here without the general path's chain of coroutines (a
+        # frame each, resumed at every reply), nor a task, nor a header (NodeChannel.post):
+        # what _ask_holder does, up to the owner's ok, told to ``waiter`` from the reply's
+        # callback (_Posting); any other answer goes on where _ask_holder would.
+        call = self._open((owner,))
+        call.then = _Posting(self, waiter, connection_id, data, binary, by_name)
+        self._channel.post(call, connection_id, int(binary), data)
+
+    def _post_answered(self, call: Call, posting: _Posting) -> None:
+        """The call of :meth:`send_post`'s common case is done: an ok is told at once, any
+        other answer judged (in a task) as :meth:`_ask_holder` judges it."""
+        self._pending.close(call)
+        owner = call.targets[0]
+        if call.replies[owner]["s"] == STATUS_OK:  # an ok is an answer: _replies would not raise
+            posting.waiter.posted(None)
+            return
+        try:
+            reply = self._replies(call)[owner]
+        except RegistryUnavailableError as exc:
+            posting.waiter.posted(exc)
+            return
+        connection_id, data = posting.connection_id, posting.data
+        header = {"k": KIND_POST, "c": connection_id, "b": posting.binary}
+        self._spawn_post(self._post_judged(connection_id, header, data, owner, reply, posting.by_name), posting.waiter)
+
+    async def _post_judged(
+        self, connection_id: str, header: dict[str, Any], data: bytes, owner: str, reply: dict[str, Any], by_name: bool
+    ) -> dict[str, Any]:
+        reply = await self._judge(connection_id, header, data, owner, reply, by_name=by_name, looked_up=False)
+        return await self._ask_owner(connection_id, header, data, first=reply)
+
+    def _spawn_post(self, asking: Coroutine[Any, Any, dict[str, Any]], waiter: PostWaiter) -> None:
+        """Tell ``waiter`` the outcome of a post the coroutine ``asking`` asks about (it
+        returns the deciding reply), run as a task held until done."""
+        task = asyncio.ensure_future(self._tell(asking, waiter))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    @staticmethod
+    async def _tell(asking: Coroutine[Any, Any, dict[str, Any]], waiter: PostWaiter) -> None:
+        try:
+            reply = await asking
+            raise_for_status(reply["s"], reply.get("m", ""))
+        except asyncio.CancelledError as exc:
+            waiter.posted(exc)
+            raise
+        except Exception as exc:  # noqa: BLE001 - the waiter answers every failure
+            waiter.posted(exc)
+        else:
+            waiter.posted(None)
 
     async def get(self, connection_id: str) -> ConnectionInfo:
         reply = await self._ask_owner(connection_id, {"k": KIND_GET, "c": connection_id})
@@ -574,6 +615,25 @@ class RedisRegistry:
             "settled": reachable and membership.trusts_misses(),
             "nodes": len(membership.peers) + 1,
         }
+
+
+class _Posting:
+    """What :meth:`RedisRegistry.send_post` needs once its call is done (``Call.then``)."""
+
+    __slots__ = ("binary", "by_name", "connection_id", "data", "registry", "waiter")
+
+    def __init__(
+        self, registry: RedisRegistry, waiter: PostWaiter, connection_id: str, data: bytes, binary: bool, by_name: bool
+    ) -> None:
+        self.registry = registry
+        self.waiter = waiter
+        self.connection_id = connection_id
+        self.data = data
+        self.binary = int(binary)
+        self.by_name = by_name
+
+    def call_done(self, call: Call) -> None:
+        self.registry._post_answered(call, self)
 
 
 _: type[Registry] = RedisRegistry
