@@ -51,7 +51,7 @@ def as_payload(data: bytes | str) -> tuple[bytes, bool]:
         data.decode()
     except UnicodeDecodeError:
         return bytes(data), True
-    return bytes(data), False
+    return data if data.__class__ is bytes else bytes(data), False
 
 
 # The header of an unmasked, final, uncompressed data frame: what Frame.serialize writes for

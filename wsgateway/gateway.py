@@ -383,28 +383,34 @@ class Gateway:
 
         Raises PayloadTooLargeError, GoneError, LimitExceededError, RegistryUnavailableError.
         """
-        waiter = Awaited()
-        if not self.send_post(connection_id, data, waiter):
+        elsewhere = self.post_here(connection_id, data)
+        if elsewhere is not None:
+            waiter = Awaited()
+            self.post_elsewhere(connection_id, *elsewhere, waiter)
             await waiter.future
 
-    def send_post(self, connection_id: str, data: bytes | str, waiter: PostWaiter) -> bool:
-        """:meth:`post_to_connection` without a coroutine: a connection held here gets
-        ``data`` at once (True is returned), else its owner is asked and ``waiter`` told the
-        outcome (False; it may be told before this returns).
+    def post_here(self, connection_id: str, data: bytes | str) -> tuple[bytes, bool] | None:
+        """The start of :meth:`post_to_connection`, without a coroutine: a connection held
+        here gets ``data`` at once (None is returned), else the payload and whether it is
+        binary are returned, for :meth:`post_elsewhere`. Raises as :meth:`post_to_connection`.
 
         The management edge answers a post to a local connection from this call alone (most
-        posts), and one to another node's from the callback its reply arrives in. Raises as
-        :meth:`post_to_connection` what it can tell at once (``waiter`` is then never told).
+        posts), and one to another node's from the callback its reply arrives in.
         """
         payload, binary = as_payload(data)
         if len(payload) > self._max_post:
             raise PayloadTooLargeError("Message too long")
         conn = self.hub.get(connection_id)
-        if conn is not None:
-            self._post_here(conn, payload, binary)
-            return True
+        if conn is None:
+            return payload, binary
+        self._post_here(conn, payload, binary)
+        return None
+
+    def post_elsewhere(self, connection_id: str, payload: bytes, binary: bool, waiter: PostWaiter) -> None:
+        """The rest of :meth:`post_to_connection` for a connection :meth:`post_here` did not
+        find: its owner is asked, and ``waiter`` told the outcome (maybe before this returns).
+        Raises (``waiter`` then never told) what it can tell at once: RegistryUnavailableError."""
         self.registry.send_post(connection_id, payload, binary, waiter)  # its node checks the plan
-        return False
 
     async def get_connection(self, connection_id: str) -> dict[str, Any]:
         """GetConnection's JSON for a connection on any node; raises GoneError."""
@@ -522,7 +528,9 @@ class Gateway:
         tenant = conn.record.tenant
         self.throttle.admit_post(tenant)
         conn.send(data, binary, self._loop.time(), self._queue_limit)
-        self._sent(tenant, 1)
+        stats = self.stats  # _sent's count of one frame, without its call (one per post)
+        stats.frames_out += 1
+        stats.traffic[tenant] += 1
 
     def local_info(self, connection_id: str) -> ConnectionInfo:
         conn = self.hub.get(connection_id)

@@ -145,11 +145,14 @@ def _outcome(task: asyncio.Task[Response]) -> Response:
 def _serialize(response: Response, keep_alive: bool) -> bytes:
     status, body = response.status, response.body
     first = _STATUS_LINES.get(status) or b"HTTP/1.1 %d Unknown\r\nContent-Length: " % status
-    fields = ""
-    for name, value in response.headers:
-        fields += f"{name}: {value}\r\n"
+    fields = b""
+    if response.headers:
+        lines = ""
+        for name, value in response.headers:
+            lines += f"{name}: {value}\r\n"
+        fields = lines.encode("latin-1")
     close = b"" if keep_alive else b"Connection: close\r\n"
-    return b"%s%d\r\n%s%s%s\r\n%s" % (first, len(body), fields.encode("latin-1"), response.head, close, body)
+    return b"%s%d\r\n%s%s%s\r\n%s" % (first, len(body), fields, response.head, close, body)
 
 
 class _Connection(asyncio.Protocol):

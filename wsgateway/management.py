@@ -155,8 +155,9 @@ class ManagementServer:
 
     def _check_head(self, request: Request) -> Response | None:
         """Called by the HTTP server once a request's head is in: an answer refuses the
-        request before its body is read (and buffered); None lets it through to _handle."""
-        started = time.perf_counter()
+        request before its body is read (and buffered); None lets it through to _handle.
+        A refusal's latency is counted from when it is decided (a request let through,
+        nearly all, reads no clock here)."""
         headers = request.headers
         try:
             if self.console is not None and request.raw_path[:8] == "/console" and is_console_path(request.raw_path):
@@ -200,9 +201,11 @@ class ManagementServer:
             # _handle parses none of it again; ``post``: it answers the request itself
             request.head_state = (probe, route, signed, post)
         except ManagementError as exc:
+            started = time.perf_counter()
             request_id = new_request_id()
             return self._finish(request, request_id, "", "", self._refusal(request, exc, request_id), started)
         except Exception:
+            started = time.perf_counter()
             request_id = new_request_id()
             log.exception("management request head check failed (requestId=%s)", request_id)
             response = _error_response(ManagementError("Internal server error"), request_id)
@@ -221,15 +224,16 @@ class ManagementServer:
         started = time.perf_counter()
         request_id = new_request_id()
         target = state[1][1]
-        remote = None
         try:
             if request.body_too_large:
                 raise PayloadTooLargeError("Message too long")
             if self._verifier is not None:
                 self._verifier.verify(request.method, request.raw_path, request.raw_query, request.headers, request.body,
                                       head=state[2])
-            remote = _RemotePost(self, request, request_id, target, started)
-            if not self.gateway.send_post(target, request.body, remote):
+            elsewhere = self.gateway.post_here(target, request.body)
+            if elsewhere is not None:
+                remote = _RemotePost(self, request, request_id, target, started)
+                self.gateway.post_elsewhere(target, *elsewhere, remote)
                 return remote
             response = _posted(request_id)
         except Exception as exc:  # noqa: BLE001 - answered as _serve answers it

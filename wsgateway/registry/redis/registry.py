@@ -244,27 +244,28 @@ class RedisRegistry:
         # The common case, asked here without the general path's chain of coroutines (a
         # frame each, resumed at every reply), nor a task, nor a header (NodeChannel.post):
         # what _ask_holder does, up to the owner's ok, told to ``waiter`` from the reply's
-        # callback (_Posting); any other answer goes on where _ask_holder would.
+        # callback (call_done); any other answer goes on where _ask_holder would.
         call = self._open((owner,))
-        call.then = _Posting(self, waiter, connection_id, data, binary, by_name)
+        call.then = self
+        call.context = (waiter, connection_id, data, binary, by_name)
         self._channel.post(call, connection_id, int(binary), data)
 
-    def _post_answered(self, call: Call, posting: _Posting) -> None:
+    def call_done(self, call: Call) -> None:
         """The call of :meth:`send_post`'s common case is done: an ok is told at once, any
         other answer judged (in a task) as :meth:`_ask_holder` judges it."""
         self._pending.close(call)
+        waiter, connection_id, data, binary, by_name = call.context
         owner = call.targets[0]
         if call.replies[owner]["s"] == STATUS_OK:  # an ok is an answer: _replies would not raise
-            posting.waiter.posted(None)
+            waiter.posted(None)
             return
         try:
             reply = self._replies(call)[owner]
         except RegistryUnavailableError as exc:
-            posting.waiter.posted(exc)
+            waiter.posted(exc)
             return
-        connection_id, data = posting.connection_id, posting.data
-        header = {"k": KIND_POST, "c": connection_id, "b": posting.binary}
-        self._spawn_post(self._post_judged(connection_id, header, data, owner, reply, posting.by_name), posting.waiter)
+        header = {"k": KIND_POST, "c": connection_id, "b": int(binary)}
+        self._spawn_post(self._post_judged(connection_id, header, data, owner, reply, by_name), waiter)
 
     async def _post_judged(
         self, connection_id: str, header: dict[str, Any], data: bytes, owner: str, reply: dict[str, Any], by_name: bool
@@ -615,25 +616,6 @@ class RedisRegistry:
             "settled": reachable and membership.trusts_misses(),
             "nodes": len(membership.peers) + 1,
         }
-
-
-class _Posting:
-    """What :meth:`RedisRegistry.send_post` needs once its call is done (``Call.then``)."""
-
-    __slots__ = ("binary", "by_name", "connection_id", "data", "registry", "waiter")
-
-    def __init__(
-        self, registry: RedisRegistry, waiter: PostWaiter, connection_id: str, data: bytes, binary: bool, by_name: bool
-    ) -> None:
-        self.registry = registry
-        self.waiter = waiter
-        self.connection_id = connection_id
-        self.data = data
-        self.binary = int(binary)
-        self.by_name = by_name
-
-    def call_done(self, call: Call) -> None:
-        self.registry._post_answered(call, self)
 
 
 _: type[Registry] = RedisRegistry

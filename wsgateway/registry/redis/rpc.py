@@ -150,8 +150,8 @@ class Call:
     """
 
     __slots__ = (
-        "_future", "_loop", "_published", "_waiting", "answered", "asking", "asking_since", "ask_at", "deadline",
-        "done", "expires_at", "failed", "hold_until", "id", "replies", "targets", "then",
+        "_future", "_loop", "_published", "_waiting", "answered", "asking", "asking_since", "ask_at", "context",
+        "deadline", "done", "expires_at", "failed", "hold_until", "id", "replies", "targets", "then",
     )
 
     def __init__(
@@ -170,8 +170,10 @@ class Call:
         self.answered = 0
         self.failed = 0
         self.done = not targets
-        # Told ``then.call_done(self)`` once done (set it before the request is published).
+        # Told ``then.call_done(self)`` once done (set it before the request is published),
+        # with what it needs then in ``context``.
         self.then: CallDone | None = None
+        self.context: Any = None
         self._loop = loop
         self._future: asyncio.Future[None] | None = None
         self._waiting = len(targets)
@@ -479,7 +481,7 @@ class NodeChannel:
         target = call.targets[0]
         message = encode_post(call.id, self._node_id, call.deadline, connection_id, binary, data,
                               target in self._compact)
-        self._outbox.publish(self._channel(target), message, call)
+        self._outbox.publish(self._channels.get(target) or self._channel(target), message, call)
 
     def _channel(self, node_id: str) -> bytes:
         name = self._channels.get(node_id)
