@@ -36,8 +36,12 @@ _NODE_PART = rf"[A-Za-z0-9_-]{{1,{MAX_NODE_ID}}}"
 _NODE = re.compile(_NODE_PART)
 # Ours: 16 base64url characters, then ".<node>" when the node is named. AWS-made ids (15 +
 # "=") and other base64 forms are accepted so that ids copied from elsewhere get a 410, not
-# a 400. At most 128 characters either way.
-_CONNECTION_ID = re.compile(r"[A-Za-z0-9_\-+/]{1,128}={0,2}|[A-Za-z0-9_-]{16}\." + _NODE_PART)
+# a 400. At most 128 characters either way. The named form is tried first: the other one
+# would take its 16 characters, and give them back one by one, before it is tried.
+_CONNECTION_ID = re.compile(r"[A-Za-z0-9_-]{16}\." + _NODE_PART + r"|[A-Za-z0-9_\-+/]{1,128}={0,2}")
+# Node parts node_of found well-formed, kept to answer again without the regex (bounded).
+_named: set[str] = set()
+_NAMED_KEPT = 1024
 _b64 = base64.urlsafe_b64encode
 _getrandbits = random.getrandbits
 
@@ -65,7 +69,14 @@ def node_of(connection_id: str) -> str | None:
     if len(connection_id) <= _RANDOM_CHARS + 1 or connection_id[_RANDOM_CHARS] != ".":
         return None
     node = connection_id[_RANDOM_CHARS + 1:]
-    return node if _NODE.fullmatch(node) is not None else None
+    if node in _named:  # a node named before (ids name the few nodes of a cluster): no regex
+        return node
+    if _NODE.fullmatch(node) is None:
+        return None
+    if len(_named) >= _NAMED_KEPT:
+        _named.clear()
+    _named.add(node)
+    return node
 
 
 _BATCH = 256  # request ids made per refill: one random draw and one encode for all of them
