@@ -316,22 +316,24 @@ class _Connection(asyncio.Protocol):
         keep_alive = self._parser.should_keep_alive()
         self._last = not keep_alive
         request.body = body = b"".join(self._body)
-        request.body_too_large = self._too_large
+        if self._too_large:
+            request.body_too_large = True
         self._body = []
         size = len(body)  # counted until answered, started or not
+        queue = self._queue
         if not request.concurrent:
             self._serial += 1
-            self._queue.append((request, keep_alive, size))
+            queue.append((request, keep_alive, size))
         elif self._serial or self._server.stopping:  # started in turn (see _advance)
-            self._queue.append((request, keep_alive, size))
+            queue.append((request, keep_alive, size))
         else:  # only concurrent ones ahead: start it now, in order
             started = self._start(request)
-            if not self._queue and keep_alive and isinstance(started, Response):
+            if not queue and keep_alive and isinstance(started, Response):
                 self._answer(started, keep_alive)  # answered, none ahead: written with this read's others
                 return
-            self._queue.append((started, keep_alive, size))
+            queue.append((started, keep_alive, size))
         self._queued_bytes += size
-        if (len(self._queue) >= _MAX_PIPELINED or self._queued_bytes > 2 * self._server.max_body) and (
+        if (len(queue) >= _MAX_PIPELINED or self._queued_bytes > 2 * self._server.max_body) and (
             self._transport is not None
         ):
             self._paused = True  # parsed bodies wait here unauthenticated: bounded by count and bytes
@@ -350,7 +352,15 @@ class _Connection(asyncio.Protocol):
         queue = self._queue
         while queue and not self._closing and self._suspended is None:
             item, keep_alive, size = queue[0]
-            if isinstance(item, Response):  # first: a local post is answered as it is parsed
+            if isinstance(item, Deferred):  # first: most queued answers are other nodes' (see _resolved)
+                response = item.response
+                if response is None:
+                    item._then = self._resolved
+                    break
+                queue.popleft()
+                self._queued_bytes -= size
+                self._answer(response, keep_alive)
+            elif isinstance(item, Response):  # a local post's, queued behind one still waited for
                 queue.popleft()
                 self._queued_bytes -= size
                 self._answer(item, keep_alive)
@@ -365,14 +375,6 @@ class _Connection(asyncio.Protocol):
                 queue.popleft()
                 self._queued_bytes -= size
                 self._serve_now(item, keep_alive, in_worker)
-            elif isinstance(item, Deferred):
-                response = item.response
-                if response is None:
-                    item._then = self._resolved
-                    break
-                queue.popleft()
-                self._queued_bytes -= size
-                self._answer(response, keep_alive)
             elif item.done():
                 queue.popleft()
                 self._queued_bytes -= size

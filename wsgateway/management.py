@@ -240,17 +240,6 @@ class ManagementServer:
             response = self._failure(request, exc, request_id)
         return self._finish(request, request_id, "PostToConnection", target, response, started)
 
-    def _posted_elsewhere(self, post: _RemotePost, error: BaseException | None) -> None:
-        """The rest of :meth:`_handle` for a connection of another node: its owner's answer."""
-        request, request_id = post.request, post.request_id
-        try:
-            response = _posted(request_id) if error is None else self._failure(request, error, request_id)
-            response = self._finish(request, request_id, "PostToConnection", post.target, response, post.started)
-        except Exception:  # a bug here must not leave the request unanswered
-            log.exception("management request failed (requestId=%s)", request_id)
-            response = _error_response(ManagementError("Internal server error"), request_id)
-        post.resolve(response)
-
     async def _serve(self, request: Request) -> Response:
         started = time.perf_counter()
         request_id = new_request_id()
@@ -341,14 +330,15 @@ class ManagementServer:
         self, request: Request, request_id: str, operation: str, target: str, response: Response, started: float
     ) -> Response:
         """Count and log an answered request; returns ``response``."""
-        stats = self.gateway.stats
-        stats.management[(operation or "Unknown", response.status)] += 1
-        if operation.startswith("PostTo") and response.status < 300:  # delivered: POST-to-client latency
+        gateway, status = self.gateway, response.status
+        stats = gateway.stats
+        stats.management[(operation or "Unknown", status)] += 1
+        if status < 300 and operation.startswith("PostTo"):  # delivered: POST-to-client latency
             stats.post_took(time.perf_counter() - started)
-        if response.status >= 500:
-            stats.failed("management", operation or request.method, response.status, request_id)
-        if self.gateway.access.enabled:
-            self._log(request, request_id, operation, target, response.status, started)
+        elif status >= 500:
+            stats.failed("management", operation or request.method, status, request_id)
+        if gateway.access.enabled:
+            self._log(request, request_id, operation, target, status, started)
         return response
 
     def _route(self, method: str, segments: list[str]) -> tuple[str, str, str]:
@@ -436,7 +426,15 @@ class _RemotePost(Deferred):
         self.started = started
 
     def posted(self, error: BaseException | None) -> None:
-        self.server._posted_elsewhere(self, error)
+        """The rest of :meth:`ManagementServer._handle` for a connection of another node."""
+        server, request, request_id = self.server, self.request, self.request_id
+        try:
+            response = _posted(request_id) if error is None else server._failure(request, error, request_id)
+            response = server._finish(request, request_id, "PostToConnection", self.target, response, self.started)
+        except Exception:  # a bug here must not leave the request unanswered
+            log.exception("management request failed (requestId=%s)", request_id)
+            response = _error_response(ManagementError("Internal server error"), request_id)
+        self.resolve(response)
 
 
 def _posted(request_id: str) -> Response:

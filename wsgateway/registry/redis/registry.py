@@ -51,6 +51,7 @@ from .rpc import (
     STATUS_TIMEOUT,
     STATUS_UNREACHABLE,
     Call,
+    CallDone,
     NodeChannel,
     PendingCalls,
     raise_for_status,
@@ -245,9 +246,7 @@ class RedisRegistry:
         # frame each, resumed at every reply), nor a task, nor a header (NodeChannel.post):
         # what _ask_holder does, up to the owner's ok, told to ``waiter`` from the reply's
         # callback (call_done); any other answer goes on where _ask_holder would.
-        call = self._open((owner,))
-        call.then = self
-        call.context = (waiter, connection_id, data, binary, by_name)
+        call = self._open((owner,), self, (waiter, connection_id, data, binary, by_name))
         self._channel.post(call, connection_id, int(binary), data)
 
     def call_done(self, call: Call) -> None:
@@ -476,12 +475,13 @@ class RedisRegistry:
         self._channel.request(call, header, data)
         return call
 
-    def _open(self, targets: tuple[str, ...]) -> Call:
-        """A new call to ``targets``; RegistryUnavailableError at once while this node does
-        not listen on its channel (no reply could reach it)."""
+    def _open(self, targets: tuple[str, ...], then: CallDone | None = None, context: Any = None) -> Call:
+        """A new call to ``targets`` (``then``, ``context``: see ``rpc.Call``);
+        RegistryUnavailableError at once while this node does not listen on its channel (no
+        reply could reach it)."""
         if not self._channel.subscribed.is_set():
             raise RegistryUnavailableError("registry unreachable: not subscribed")
-        return self._pending.open(targets)
+        return self._pending.open(targets, then, context)
 
     @staticmethod
     def _replies(call: Call) -> dict[str, dict[str, Any]]:

@@ -155,25 +155,24 @@ class Call:
     )
 
     def __init__(
-        self, call_id: int, targets: tuple[str, ...], deadline: float, expires_at: float,
-        loop: asyncio.AbstractEventLoop,
+        self, call_id: int, targets: tuple[str, ...], deadline: float, expires_at: float, ask_at: float,
+        hold_until: float, loop: asyncio.AbstractEventLoop, then: CallDone | None, context: Any,
     ) -> None:
         self.id = call_id
         self.targets = targets
         self.deadline = deadline  # wall clock, as the receiver checks it
         self.expires_at = expires_at  # loop clock
-        self.ask_at = expires_at  # loop clock: when unanswered targets are asked again
-        self.hold_until = expires_at  # loop clock: the latest it may be held for its links
+        self.ask_at = ask_at  # loop clock: when unanswered targets are asked again
+        self.hold_until = hold_until  # loop clock: the latest it may be held for its links
         self.asking = False  # handed to the asker
         self.asking_since: float | None = None  # loop clock: Redis took its asks since (links up)
         self.replies: dict[str, dict[str, Any]] = {}
         self.answered = 0
         self.failed = 0
         self.done = not targets
-        # Told ``then.call_done(self)`` once done (set it before the request is published),
-        # with what it needs then in ``context``.
-        self.then: CallDone | None = None
-        self.context: Any = None
+        # Told ``then.call_done(self)`` once done, with what it needs then in ``context``.
+        self.then = then
+        self.context = context
         self._loop = loop
         self._future: asyncio.Future[None] | None = None
         self._waiting = len(targets)
@@ -282,24 +281,29 @@ class PendingCalls:
         # How long asks must have gone out: the whole of the time they have in a call that
         # was never held (from the deadline's ask to the timeout), at most _LATE_ASK_S.
         self._ask_span_s = max(_ASK_AFTER_S, min(_LATE_ASK_S, timeout_s - budget_s - _ASK_AFTER_S))
+        self._ask_after_s = min(timeout_s, budget_s + _ASK_AFTER_S)  # from the call's opening
         self._calls: dict[int, Call] = {}
         self._ids = itertools.count(1)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
         self.on_overdue: Callable[[Call], None] | None = None  # None: wait until the timeout
 
-    def open(self, targets: tuple[str, ...]) -> Call:
+    def open(self, targets: tuple[str, ...], then: CallDone | None = None, context: Any = None) -> Call:
         """Register a call before its request is published (a reply may come at once). The
         receiver acts only before ``call.deadline`` (now + budget); the call expires after
-        the timeout. Close it with :meth:`close` when done."""
+        the timeout. Close it with :meth:`close` when done. ``then`` and ``context``: see
+        :class:`Call`."""
         loop = self._loop
         if loop is None:
             loop = self._loop = asyncio.get_running_loop()
         now = loop.time()
-        call = Call(next(self._ids), targets, time.time() + self.budget_s, now + self.timeout_s, loop)
+        expires_at = now + self.timeout_s
         if self.on_overdue is not None:
-            call.ask_at = min(call.expires_at, now + self.budget_s + _ASK_AFTER_S)
-            call.hold_until = call.expires_at + self.wait_s
+            ask_at, hold_until = now + self._ask_after_s, expires_at + self.wait_s
+        else:
+            ask_at = hold_until = expires_at
+        call = Call(next(self._ids), targets, time.time() + self.budget_s, expires_at, ask_at, hold_until, loop, then,
+                    context)
         self._calls[call.id] = call
         if self._timer is None:
             self._timer = loop.call_at(call.ask_at, self._tick)
