@@ -345,10 +345,10 @@ class _Connection(asyncio.Protocol):
         """Answer queued requests in the order they came, as far as can be done now: a serial
         one runs alone, after those ahead of it, its handler's first step right here (most
         complete in it: no task wakes for them); concurrent ones behind each other start
-        together, each answered by its handler's call or, if that returned a coroutine, by
-        that coroutine's task (from its done callback). The answers made in one
-        call leave in one write (pipelined requests of one read, a batch of replies from
-        another node)."""
+        together, each answered by its handler's call, by the Deferred it returned once that
+        is resolved (see :meth:`_resolved`) or, if it returned a coroutine, by that
+        coroutine's task (from its done callback). The answers made in one call leave in one
+        write (pipelined requests of one read, a batch of replies from another node)."""
         queue = self._queue
         while queue and not self._closing and self._suspended is None:
             item, keep_alive, size = queue[0]
