@@ -377,3 +377,19 @@ async def test_a_deferred_answer_while_the_server_stops_is_awaited_alone():
     await srv.close(timeout=1)
     assert data.startswith(b"HTTP/1.1 200 OK") and data.endswith(b"/a done") and b"Connection: close" in data
     assert ran == ["/a"]  # the answer while stopping closed the connection: /b never ran
+
+
+async def test_header_names_seen_before_are_reused_case_insensitive_and_the_cache_is_bounded(server):
+    """A header name seen before is reused already decoded (case-insensitive, its case as
+    sent); names past the cache's bound are decoded each time, alike."""
+    from wsgateway import http
+
+    _, port = server
+    names = [f"X-Name-{i}" for i in range(http._NAMES_KEPT + 10)]
+    raw = b"GET /h HTTP/1.1\r\nHost: h\r\n" + b"".join(b"%s: v\r\n" % n.encode() for n in names)
+    for _ in range(2):
+        await exchange(port, raw + b"x-name-0: again\r\nConnection: close\r\n\r\n")
+        headers = SEEN[-1].headers
+        assert headers.getall("x-NAME-0") == ["v", "again"] and headers[names[-1]] == "v"
+        assert [k for k in headers if k.startswith("X-")] == names and "HOST" in headers
+    assert len(http._NAMES) <= http._NAMES_KEPT

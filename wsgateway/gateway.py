@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Coroutine, Iterable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
@@ -70,6 +70,12 @@ class Gateway:
         self.node_id = node_id or config.registry.node_id or new_node_id()
         self.hub = Hub()
         self.registry = create_registry(config.registry, self.node_id)
+        # post_elsewhere(connection_id, payload, binary, waiter): the rest of
+        # post_to_connection for a connection post_here did not find: its owner is asked (its
+        # node checks the plan), and ``waiter`` told the outcome (maybe before this returns).
+        # Raises (``waiter`` then never told) what it can tell at once, as
+        # RegistryUnavailableError. The registry's own send_post: no frame of its own.
+        self.post_elsewhere: Callable[[str, bytes, bool, PostWaiter], None] = self.registry.send_post
         # On a cluster a connection id names its node: other nodes reach it without a lookup.
         self._id_node = self.node_id if self.registry.kind != "memory" and can_name(self.node_id) else None
         self.access = AccessLog(config.log.access_log)
@@ -392,7 +398,7 @@ class Gateway:
     def post_here(self, connection_id: str, data: bytes | str) -> tuple[bytes, bool] | None:
         """The start of :meth:`post_to_connection`, without a coroutine: a connection held
         here gets ``data`` at once (None is returned), else the payload and whether it is
-        binary are returned, for :meth:`post_elsewhere`. Raises as :meth:`post_to_connection`.
+        binary are returned, for ``post_elsewhere``. Raises as :meth:`post_to_connection`.
 
         The management edge answers a post to a local connection from this call alone (most
         posts), and one to another node's from the callback its reply arrives in.
@@ -405,12 +411,6 @@ class Gateway:
             return payload, binary
         self._post_here(conn, payload, binary)
         return None
-
-    def post_elsewhere(self, connection_id: str, payload: bytes, binary: bool, waiter: PostWaiter) -> None:
-        """The rest of :meth:`post_to_connection` for a connection :meth:`post_here` did not
-        find: its owner is asked, and ``waiter`` told the outcome (maybe before this returns).
-        Raises (``waiter`` then never told) what it can tell at once: RegistryUnavailableError."""
-        self.registry.send_post(connection_id, payload, binary, waiter)  # its node checks the plan
 
     async def get_connection(self, connection_id: str) -> dict[str, Any]:
         """GetConnection's JSON for a connection on any node; raises GoneError."""

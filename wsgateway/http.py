@@ -48,6 +48,10 @@ _STATUS_LINES = {s.value: b"HTTP/1.1 %d %s\r\nContent-Length: " % (s.value, s.ph
 # Header names looked up in every request, made case-insensitive once (not per lookup).
 _EXPECT = istr("Expect")
 _METHODS = {m.encode(): m for m in ("GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH")}
+# Header names as sent (bytes) -> the same, decoded as case-insensitive strings, for the
+# headers callers send with every request (bounded: a name past the bound is decoded each time).
+_NAMES: dict[bytes, istr] = {}
+_NAMES_KEPT = 256
 
 
 @dataclass(slots=True)
@@ -127,6 +131,14 @@ Handler = Callable[[Request], Response | Deferred | Coroutine[Any, Any, Response
 HeadCheck = Callable[[Request], Response | None]
 
 
+def _name(raw: bytes) -> istr:
+    """A header name not in _NAMES: decoded, and kept there while there is room."""
+    name = istr(raw.decode("latin-1"))
+    if len(_NAMES) < _NAMES_KEPT:
+        _NAMES[raw] = name
+    return name
+
+
 def _internal_error() -> Response:  # a fresh one each time: handlers append headers
     return Response(500, b'{"message": "Internal server error"}', [("Content-Type", "application/json")])
 
@@ -193,7 +205,7 @@ class _Connection(asyncio.Protocol):
     def _reset(self) -> None:
         self._url = b""
         self._head_bytes = 0
-        self._headers: list[tuple[str, str]] = []
+        self._headers: list[tuple[istr, str]] = []
         self._body: list[bytes] = []
         self._body_bytes = 0
         self._too_large = False
@@ -268,8 +280,9 @@ class _Connection(asyncio.Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         # Called for every header: kept to the least (the multidict made at once, in
-        # on_headers_complete).
-        self._headers.append((name.decode("latin-1"), value.decode("latin-1")))
+        # on_headers_complete). A name seen before is its case-insensitive string already:
+        # no decoding, and the multidict need not fold its case.
+        self._headers.append((_NAMES.get(name) or _name(name), value.decode("latin-1")))
         self._head_bytes += len(name) + len(value)
         if self._head_bytes > _MAX_HEAD_BYTES:
             raise httptools.HttpParserError("request head too large")
