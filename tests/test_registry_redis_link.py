@@ -154,6 +154,8 @@ async def test_a_call_tells_its_then_once_it_is_done_and_makes_a_future_only_if_
     waited = silent.future
     await asyncio.wait_for(waited, 1.0)  # the timeout tells it too
     assert told == [{"a": {"s": "ok"}}, {"a": {"s": "timeout"}}] and silent.then is None
+    nobody = pending.open((), Then())  # no targets: done, and told, at once
+    assert nobody.done and told[-1] == {} and len(told) == 3
 
 
 async def test_a_lost_request_is_given_up_only_after_its_deadline() -> None:

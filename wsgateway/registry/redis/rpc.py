@@ -307,6 +307,9 @@ class PendingCalls:
         self._calls[call.id] = call
         if self._timer is None:
             self._timer = loop.call_at(call.ask_at, self._tick)
+        if call.done and then is not None:  # no targets: done already, and told so at once
+            call.then = None
+            then.call_done(call)
         return call
 
     def close(self, call: Call) -> None:
