@@ -191,6 +191,18 @@ async def check_unknown_connection_is_gone(make: Factory) -> None:
     unknown = new_connection_id()
     with pytest.raises(GoneError):
         await registry.post(unknown, b"x", False)
+    told: list[BaseException | None] = []
+
+    class Waiter:  # send_post, as the management edge calls it: told once, in a callback
+        def posted(self, error: BaseException | None) -> None:
+            told.append(error)
+
+    registry.send_post(unknown, b"x", False, Waiter())
+    async with asyncio.timeout(5):
+        while not told:
+            await asyncio.sleep(0.01)
+    await asyncio.sleep(0.05)
+    assert len(told) == 1 and isinstance(told[0], GoneError)
     with pytest.raises(GoneError):
         await registry.get(unknown)
     with pytest.raises(GoneError):

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from wsgateway.http import HttpServer, Request, Response
+from wsgateway.http import Deferred, HttpServer, Request, Response
 from wsgateway.node import listen_socket
 
 SEEN: list[Request] = []
@@ -300,3 +300,96 @@ async def test_a_handler_may_answer_without_a_coroutine_and_nothing_after_a_fina
     assert bodies == [b"now /c1", b"GET /c2a ? len=0 big=0", b"now /s1", b"GET /s2a ? len=0 big=0", b"now /c3",
                       b"now /c4"]
     assert ran == ["/c1", "/c2a", "/s1", "/s2a", "/c3", "/c4"]
+
+
+async def test_a_deferred_answer_is_given_in_order_when_resolved():
+    """A handler may return a Deferred (a post to another node's connection: no task), which
+    some callback resolves later: answered in order with the others, however its resolves
+    are ordered, the ones resolved together in one write; and a serial request behind it
+    starts only once it is answered."""
+    pending: dict[str, Deferred] = {}
+    ran: list[str] = []
+
+    def mark(request: Request) -> None:
+        request.concurrent = request.raw_path.startswith("/d")
+
+    def handler(request: Request) -> Response | Deferred:
+        ran.append(request.raw_path)
+        if request.raw_path == "/s":
+            return Response(200, b"now /s")
+        deferred = pending[request.raw_path] = Deferred()
+        return deferred
+
+    async def resolve() -> None:
+        while len(pending) < 3:
+            await asyncio.sleep(0.01)
+        assert ran == ["/d1", "/d2", "/d3"]  # /s waits for them
+        for path in ("/d3", "/d1", "/d2"):
+            pending[path].resolve(Response(200, b"later " + path.encode()))
+            pending[path].resolve(Response(500))  # once
+        while "/d4" not in pending:
+            await asyncio.sleep(0.01)
+        pending["/d4"].resolve(Response(200, b"later /d4"))
+
+    srv = HttpServer(handler, max_body=1000, head_check=mark)
+    port = await srv.start(listen_socket("127.0.0.1", 0, reuse_port=False))
+    try:
+        paths = ["/d1", "/d2", "/d3", "/s", "/d4"]
+        raw = b"".join(b"GET %s HTTP/1.1\r\nHost: h\r\n\r\n" % p.encode() for p in paths)
+        resolving = asyncio.ensure_future(resolve())
+        data = await exchange(port, raw, until_close=False, expect=len(paths))
+        await resolving
+    finally:
+        await srv.close(timeout=1)
+    bodies = [part.split(b"\r\n\r\n", 1)[1] for part in data.split(b"HTTP/1.1 200 OK")[1:]]
+    assert bodies == [b"later /d1", b"later /d2", b"later /d3", b"now /s", b"later /d4"]
+    assert ran == paths
+
+
+async def test_a_deferred_answer_while_the_server_stops_is_awaited_alone():
+    """While the server stops, a concurrent request is served alone (as a serial one): its
+    Deferred is awaited by the connection's task, and answered before what follows it runs."""
+    pending: list[Deferred] = []
+    ran: list[str] = []
+
+    def mark(request: Request) -> None:
+        request.concurrent = True
+
+    def handler(request: Request) -> Deferred:
+        ran.append(request.raw_path)
+        deferred = Deferred()
+        pending.append(deferred)
+        return deferred
+
+    srv = HttpServer(handler, max_body=1000, head_check=mark)
+    port = await srv.start(listen_socket("127.0.0.1", 0, reuse_port=False))
+    srv.stopping = True
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET /a HTTP/1.1\r\nHost: h\r\n\r\nGET /b HTTP/1.1\r\nHost: h\r\n\r\n")
+    async with asyncio.timeout(3):
+        while not pending:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.05)
+        assert ran == ["/a"]
+        pending[0].resolve(Response(200, b"/a done"))
+        data = await reader.read(65536)
+    writer.close()
+    await srv.close(timeout=1)
+    assert data.startswith(b"HTTP/1.1 200 OK") and data.endswith(b"/a done") and b"Connection: close" in data
+    assert ran == ["/a"]  # the answer while stopping closed the connection: /b never ran
+
+
+async def test_header_names_seen_before_are_reused_case_insensitive_and_the_cache_is_bounded(server):
+    """A header name seen before is reused already decoded (case-insensitive, its case as
+    sent); names past the cache's bound are decoded each time, alike."""
+    from wsgateway import http
+
+    _, port = server
+    names = [f"X-Name-{i}" for i in range(http._NAMES_KEPT + 10)]
+    raw = b"GET /h HTTP/1.1\r\nHost: h\r\n" + b"".join(b"%s: v\r\n" % n.encode() for n in names)
+    for _ in range(2):
+        await exchange(port, raw + b"x-name-0: again\r\nConnection: close\r\n\r\n")
+        headers = SEEN[-1].headers
+        assert headers.getall("x-NAME-0") == ["v", "again"] and headers[names[-1]] == "v"
+        assert [k for k in headers if k.startswith("X-")] == names and "HOST" in headers
+    assert len(http._NAMES) <= http._NAMES_KEPT

@@ -45,3 +45,14 @@ def test_ids_that_name_no_node():
     assert node_of("0123456789abcdef.n1.x") is None  # not ours: looked up, never parsed loosely
     for bad in ("0123456789abcdef..", "../etc", "0123456789abcdef." + "x" * 120, ".0123456789abcdef"):
         assert not is_connection_id(bad)
+
+
+def test_a_node_named_again_is_answered_alike_and_a_malformed_one_never_kept():
+    """node_of keeps the node parts it found well-formed (no regex the next time): asked
+    again, and after many other nodes, it answers the same; a malformed part stays None."""
+    for _ in range(2):
+        assert node_of("0123456789abcdef.n1") == "n1"
+        assert node_of("0123456789abcdef.n1.x") is None and node_of("0123456789abcdef.n 1") is None
+    for i in range(3000):  # more than are kept
+        assert node_of(f"0123456789abcdef.n{i}") == f"n{i}"
+    assert node_of("0123456789abcdef.n1") == "n1" and node_of("0123456789abcdef.n1.x") is None

@@ -36,7 +36,7 @@ from wsgateway.registry.redis.link import (
     SubscribeLink,
     endpoint_of,
 )
-from wsgateway.registry.redis.rpc import PendingCalls
+from wsgateway.registry.redis.rpc import Call, PendingCalls
 from wsgateway.registry.redis.wire import (
     KIND_REPLY,
     VERSION,
@@ -131,6 +131,31 @@ async def test_a_call_settles_each_target_once() -> None:
     pending.close(call)
     pending.answer({**ok, "s": "gone"})  # closed: dropped
     assert call.replies["a"] is ok
+
+
+async def test_a_call_tells_its_then_once_it_is_done_and_makes_a_future_only_if_asked() -> None:
+    """A caller waiting by callback (a cross-node post) is told at once, from the callback
+    the last answer arrives in (a compact ok, a timeout), and once; no future is made for it."""
+    told: list[dict[str, dict[str, str]]] = []
+
+    class Then:
+        def call_done(self, call: Call) -> None:
+            told.append(dict(call.replies))
+
+    pending = PendingCalls(timeout_s=0.1, budget_s=0.05)
+    answered, silent = pending.open(("a",)), pending.open(("a",))
+    for call in (answered, silent):
+        call.then = Then()
+        call.outcome(1)
+    pending.answer_ok((answered.id,), "a")
+    assert told == [{"a": {"s": "ok"}}] and answered.done and answered._future is None
+    pending.answer_ok((answered.id,), "a")  # twice: told once
+    assert len(told) == 1 and answered.future.done()  # asked for when done: made done
+    waited = silent.future
+    await asyncio.wait_for(waited, 1.0)  # the timeout tells it too
+    assert told == [{"a": {"s": "ok"}}, {"a": {"s": "timeout"}}] and silent.then is None
+    nobody = pending.open((), Then())  # no targets: done, and told, at once
+    assert nobody.done and told[-1] == {} and len(told) == 3
 
 
 async def test_a_lost_request_is_given_up_only_after_its_deadline() -> None:

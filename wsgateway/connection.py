@@ -47,11 +47,12 @@ def as_payload(data: bytes | str) -> tuple[bytes, bool]:
     """Posted data -> (payload, binary): a text frame unless it is bytes that are not UTF-8."""
     if isinstance(data, str):
         return data.encode(), False
-    try:
-        data.decode()
-    except UnicodeDecodeError:
-        return bytes(data), True
-    return bytes(data), False
+    if not data.isascii():  # ASCII (most JSON) is UTF-8: no decoding to tell
+        try:
+            data.decode()
+        except UnicodeDecodeError:
+            return bytes(data), True
+    return data if data.__class__ is bytes else bytes(data), False
 
 
 # The header of an unmasked, final, uncompressed data frame: what Frame.serialize writes for

@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Coroutine, Iterable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
@@ -47,7 +47,8 @@ from .integrations import HttpPool, Integration, LambdaClients, load_integration
 from .lifetime import TOKEN_EXPIRED, TokenLifetime
 from .metrics import Stats
 from .records import ConnectionInfo, ConnectionRecord
-from .registry import Page, create_registry
+from .registry import Page, PostWaiter, create_registry
+from .registry.posted import Awaited
 from .reliable import ReliableConnection, Sessions, new_token
 from .routing import Router
 from .throttle import Throttle
@@ -69,6 +70,12 @@ class Gateway:
         self.node_id = node_id or config.registry.node_id or new_node_id()
         self.hub = Hub()
         self.registry = create_registry(config.registry, self.node_id)
+        # post_elsewhere(connection_id, payload, binary, waiter): the rest of
+        # post_to_connection for a connection post_here did not find: its owner is asked (its
+        # node checks the plan), and ``waiter`` told the outcome (maybe before this returns).
+        # Raises (``waiter`` then never told) what it can tell at once, as
+        # RegistryUnavailableError. The registry's own send_post: no frame of its own.
+        self.post_elsewhere: Callable[[str, bytes, bool, PostWaiter], None] = self.registry.send_post
         # On a cluster a connection id names its node: other nodes reach it without a lookup.
         self._id_node = self.node_id if self.registry.kind != "memory" and can_name(self.node_id) else None
         self.access = AccessLog(config.log.access_log)
@@ -382,25 +389,28 @@ class Gateway:
 
         Raises PayloadTooLargeError, GoneError, LimitExceededError, RegistryUnavailableError.
         """
-        elsewhere = self.start_post(connection_id, data)
+        elsewhere = self.post_here(connection_id, data)
         if elsewhere is not None:
-            await elsewhere
+            waiter = Awaited()
+            self.post_elsewhere(connection_id, *elsewhere, waiter)
+            await waiter.future
 
-    def start_post(self, connection_id: str, data: bytes | str) -> Awaitable[None] | None:
-        """:meth:`post_to_connection` without a coroutine of its own: a connection held here
-        gets ``data`` at once (None is returned), else what is returned asks its owner.
+    def post_here(self, connection_id: str, data: bytes | str) -> tuple[bytes, bool] | None:
+        """The start of :meth:`post_to_connection`, without a coroutine: a connection held
+        here gets ``data`` at once (None is returned), else the payload and whether it is
+        binary are returned, for ``post_elsewhere``. Raises as :meth:`post_to_connection`.
 
         The management edge answers a post to a local connection from this call alone (most
-        posts), with no coroutine to create and run. Raises as :meth:`post_to_connection`.
+        posts), and one to another node's from the callback its reply arrives in.
         """
         payload, binary = as_payload(data)
         if len(payload) > self._max_post:
             raise PayloadTooLargeError("Message too long")
         conn = self.hub.get(connection_id)
-        if conn is not None:
-            self._post_here(conn, payload, binary)
-            return None
-        return self.registry.post(connection_id, payload, binary)  # its node checks the plan
+        if conn is None:
+            return payload, binary
+        self._post_here(conn, payload, binary)
+        return None
 
     async def get_connection(self, connection_id: str) -> dict[str, Any]:
         """GetConnection's JSON for a connection on any node; raises GoneError."""
@@ -518,7 +528,9 @@ class Gateway:
         tenant = conn.record.tenant
         self.throttle.admit_post(tenant)
         conn.send(data, binary, self._loop.time(), self._queue_limit)
-        self._sent(tenant, 1)
+        stats = self.stats  # _sent's count of one frame, without its call (one per post)
+        stats.frames_out += 1
+        stats.traffic[tenant] += 1
 
     def local_info(self, connection_id: str) -> ConnectionInfo:
         conn = self.hub.get(connection_id)

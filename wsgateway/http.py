@@ -21,11 +21,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import functools
 import http
 import logging
 import socket
 from collections import deque
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Generator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,7 +35,7 @@ from multidict import CIMultiDict, istr
 
 from .eager import DONE, START, call_as, carry_on, first_step
 
-__all__ = ["HeadCheck", "HttpServer", "Request", "Response"]
+__all__ = ["Deferred", "HeadCheck", "HttpServer", "Request", "Response"]
 
 log = logging.getLogger("wsgateway.http")
 
@@ -47,6 +48,10 @@ _STATUS_LINES = {s.value: b"HTTP/1.1 %d %s\r\nContent-Length: " % (s.value, s.ph
 # Header names looked up in every request, made case-insensitive once (not per lookup).
 _EXPECT = istr("Expect")
 _METHODS = {m.encode(): m for m in ("GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH")}
+# Header names as sent (bytes) -> the same, decoded as case-insensitive strings, for the
+# headers callers send with every request (bounded: a name past the bound is decoded each time).
+_NAMES: dict[bytes, istr] = {}
+_NAMES_KEPT = 256
 
 
 @dataclass(slots=True)
@@ -80,12 +85,58 @@ class Response:
     head: bytes = b""
 
 
+class Deferred:
+    """An answer still to come, given later by :meth:`resolve` from a callback (another
+    node's reply) rather than by a task: what a handler returns for a request that waits on
+    an event, so that no coroutine or task is made for it. Resolved once; must be resolved
+    (the request is answered in its turn only then)."""
+
+    __slots__ = ("_then", "response")
+
+    def __init__(self) -> None:
+        self.response: Response | None = None
+        self._then: Callable[[], None] | None = None  # the connection, once it waits for it
+
+    def resolve(self, response: Response) -> None:
+        if self.response is not None:
+            return
+        self.response = response
+        then = self._then
+        if then is not None:
+            self._then = None
+            then()
+
+    def __await__(self) -> Generator[Any, None, Response]:
+        """For a request served alone (a concurrent one while the server stops): its
+        connection's task awaits the answer."""
+        if self.response is None:
+            future = asyncio.get_running_loop().create_future()
+            self._then = functools.partial(_wake, future)
+            yield from future.__await__()
+        assert self.response is not None
+        return self.response
+
+
+def _wake(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
 # A handler answers at once (a Response: no coroutine made or run, as for most management
-# posts) or returns the coroutine that will (an ``async def`` handler always does).
-Handler = Callable[[Request], Response | Coroutine[Any, Any, Response]]
+# posts), returns the coroutine that will (an ``async def`` handler always does), or, for a
+# concurrent request, a Deferred resolved later.
+Handler = Callable[[Request], Response | Deferred | Coroutine[Any, Any, Response]]
 # Called with a request whose body is still to come (``body`` is b""); a Response answers it
 # without buffering its body, None lets it through to the handler.
 HeadCheck = Callable[[Request], Response | None]
+
+
+def _name(raw: bytes) -> istr:
+    """A header name not in _NAMES: decoded, and kept there while there is room."""
+    name = istr(raw.decode("latin-1"))
+    if len(_NAMES) < _NAMES_KEPT:
+        _NAMES[raw] = name
+    return name
 
 
 def _internal_error() -> Response:  # a fresh one each time: handlers append headers
@@ -106,11 +157,14 @@ def _outcome(task: asyncio.Task[Response]) -> Response:
 def _serialize(response: Response, keep_alive: bool) -> bytes:
     status, body = response.status, response.body
     first = _STATUS_LINES.get(status) or b"HTTP/1.1 %d Unknown\r\nContent-Length: " % status
-    fields = ""
-    for name, value in response.headers:
-        fields += f"{name}: {value}\r\n"
+    fields = b""
+    if response.headers:
+        lines = ""
+        for name, value in response.headers:
+            lines += f"{name}: {value}\r\n"
+        fields = lines.encode("latin-1")
     close = b"" if keep_alive else b"Connection: close\r\n"
-    return b"%s%d\r\n%s%s%s\r\n%s" % (first, len(body), fields.encode("latin-1"), response.head, close, body)
+    return b"%s%d\r\n%s%s%s\r\n%s" % (first, len(body), fields, response.head, close, body)
 
 
 class _Connection(asyncio.Protocol):
@@ -122,9 +176,10 @@ class _Connection(asyncio.Protocol):
         self._parser: httptools.HttpRequestParser | None = httptools.HttpRequestParser(self)
         self._transport: asyncio.Transport | None = None
         self._peer = ""
-        # A parsed request, its handler already started (a Task), or a final answer (a
-        # Response) after which the connection closes; with keep-alive and its body's size.
-        self._queue: deque[tuple[Request | asyncio.Task[Response] | Response, bool, int]] = deque()
+        # A parsed request, its handler already started (a Task, or a Deferred), or an answer
+        # (a Response: a final one, after which the connection closes, or a concurrent
+        # request's); with keep-alive and its body's size.
+        self._queue: deque[tuple[Request | asyncio.Task[Response] | Deferred | Response, bool, int]] = deque()
         self._serial = 0  # requests queued or in progress that must not be overtaken
         self._queued_bytes = 0
         # The connection's task, made with its first serial request: handlers' first steps run
@@ -134,6 +189,7 @@ class _Connection(asyncio.Protocol):
         self._waiter: asyncio.Future[None] | None = None  # the idle worker sleeps on it
         self._suspended: tuple[Coroutine[Any, Any, None], Any] | None = None  # for the worker
         self._watched: asyncio.Task[Response] | None = None  # head of the queue, not done yet
+        self._resolved_due = False  # a Deferred at the head resolved: answered by a call soon
         self._out: list[bytes] = []  # answers made this turn, not written yet
         self._idle: asyncio.TimerHandle | None = None  # see _idle_due
         self._idle_since = 0.0  # loop time the connection last became idle
@@ -149,7 +205,7 @@ class _Connection(asyncio.Protocol):
     def _reset(self) -> None:
         self._url = b""
         self._head_bytes = 0
-        self._headers: list[tuple[str, str]] = []
+        self._headers: list[tuple[istr, str]] = []
         self._body: list[bytes] = []
         self._body_bytes = 0
         self._too_large = False
@@ -181,6 +237,8 @@ class _Connection(asyncio.Protocol):
         for item, _, _ in self._queue:  # a request in progress finishes; its answer has nowhere to go
             if isinstance(item, asyncio.Task) and not item.done():
                 self._server.hold(item)
+            elif isinstance(item, Deferred):
+                item._then = None
         self._queue.clear()
         self._out.clear()
         self._wake()  # the worker ends (after a handler it carries on)
@@ -222,8 +280,9 @@ class _Connection(asyncio.Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         # Called for every header: kept to the least (the multidict made at once, in
-        # on_headers_complete).
-        self._headers.append((name.decode("latin-1"), value.decode("latin-1")))
+        # on_headers_complete). A name seen before is its case-insensitive string already:
+        # no decoding, and the multidict need not fold its case.
+        self._headers.append((_NAMES.get(name) or _name(name), value.decode("latin-1")))
         self._head_bytes += len(name) + len(value)
         if self._head_bytes > _MAX_HEAD_BYTES:
             raise httptools.HttpParserError("request head too large")
@@ -270,22 +329,24 @@ class _Connection(asyncio.Protocol):
         keep_alive = self._parser.should_keep_alive()
         self._last = not keep_alive
         request.body = body = b"".join(self._body)
-        request.body_too_large = self._too_large
+        if self._too_large:
+            request.body_too_large = True
         self._body = []
         size = len(body)  # counted until answered, started or not
+        queue = self._queue
         if not request.concurrent:
             self._serial += 1
-            self._queue.append((request, keep_alive, size))
+            queue.append((request, keep_alive, size))
         elif self._serial or self._server.stopping:  # started in turn (see _advance)
-            self._queue.append((request, keep_alive, size))
+            queue.append((request, keep_alive, size))
         else:  # only concurrent ones ahead: start it now, in order
             started = self._start(request)
-            if not self._queue and keep_alive and isinstance(started, Response):
+            if not queue and keep_alive and isinstance(started, Response):
                 self._answer(started, keep_alive)  # answered, none ahead: written with this read's others
                 return
-            self._queue.append((started, keep_alive, size))
+            queue.append((started, keep_alive, size))
         self._queued_bytes += size
-        if (len(self._queue) >= _MAX_PIPELINED or self._queued_bytes > 2 * self._server.max_body) and (
+        if (len(queue) >= _MAX_PIPELINED or self._queued_bytes > 2 * self._server.max_body) and (
             self._transport is not None
         ):
             self._paused = True  # parsed bodies wait here unauthenticated: bounded by count and bytes
@@ -297,14 +358,22 @@ class _Connection(asyncio.Protocol):
         """Answer queued requests in the order they came, as far as can be done now: a serial
         one runs alone, after those ahead of it, its handler's first step right here (most
         complete in it: no task wakes for them); concurrent ones behind each other start
-        together, each answered by its handler's call or, if that returned a coroutine, by
-        that coroutine's task (from its done callback). The answers made in one
-        call leave in one write (pipelined requests of one read, a batch of replies from
-        another node)."""
+        together, each answered by its handler's call, by the Deferred it returned once that
+        is resolved (see :meth:`_resolved`) or, if it returned a coroutine, by that
+        coroutine's task (from its done callback). The answers made in one call leave in one
+        write (pipelined requests of one read, a batch of replies from another node)."""
         queue = self._queue
         while queue and not self._closing and self._suspended is None:
             item, keep_alive, size = queue[0]
-            if isinstance(item, Response):  # first: a local post is answered as it is parsed
+            if isinstance(item, Deferred):  # first: most queued answers are other nodes' (see _resolved)
+                response = item.response
+                if response is None:
+                    item._then = self._resolved
+                    break
+                queue.popleft()
+                self._queued_bytes -= size
+                self._answer(response, keep_alive)
+            elif isinstance(item, Response):  # a local post's, queued behind one still waited for
                 queue.popleft()
                 self._queued_bytes -= size
                 self._answer(item, keep_alive)
@@ -338,6 +407,20 @@ class _Connection(asyncio.Protocol):
         """A concurrent request's handler finished: answer it if its turn came."""
         if self._watched is task:
             self._watched = None
+        self._advance()
+        if not self.busy:
+            self._arm_idle()
+
+    def _resolved(self) -> None:
+        """The Deferred at the head of the queue was resolved (in some callback): answered
+        soon, with whatever else is answered by then (the rest of a batch of replies from
+        another node), in one write."""
+        if not self._resolved_due:
+            self._resolved_due = True
+            self._loop.call_soon(self._answer_resolved)
+
+    def _answer_resolved(self) -> None:
+        self._resolved_due = False
         self._advance()
         if not self.busy:
             self._arm_idle()
@@ -378,7 +461,7 @@ class _Connection(asyncio.Protocol):
             self._wake()
 
     async def _serve(
-        self, request: Request, keep_alive: bool, started: Response | Coroutine[Any, Any, Response] | None
+        self, request: Request, keep_alive: bool, started: Response | Deferred | Coroutine[Any, Any, Response] | None
     ) -> None:
         """A serial request: its handler (``started``: what its call returned, None: to be
         called), then its answer (after everything ahead of it)."""
@@ -455,15 +538,15 @@ class _Connection(asyncio.Protocol):
         transport.resume_reading()
         self._deadline = self._loop.call_later(_LINGER_S, transport.close)
 
-    def _start(self, request: Request) -> asyncio.Task[Response] | Response:
-        """Start a concurrent request's handler: its answer, or the task of the coroutine it
-        returned (answered in its turn, see _outcome)."""
+    def _start(self, request: Request) -> asyncio.Task[Response] | Deferred | Response:
+        """Start a concurrent request's handler: its answer, the Deferred it returned, or the
+        task of the coroutine it returned (answered in its turn, see _outcome)."""
         try:
             result = self._server.handler(request)
         except Exception:
             log.exception("management handler failed")
             return _internal_error()
-        if isinstance(result, Response):
+        if isinstance(result, (Response, Deferred)):
             return result
         # The queue holds it until it is answered; the server, if the connection goes first.
         return self._loop.create_task(result)

@@ -36,8 +36,13 @@ _NODE_PART = rf"[A-Za-z0-9_-]{{1,{MAX_NODE_ID}}}"
 _NODE = re.compile(_NODE_PART)
 # Ours: 16 base64url characters, then ".<node>" when the node is named. AWS-made ids (15 +
 # "=") and other base64 forms are accepted so that ids copied from elsewhere get a 410, not
-# a 400. At most 128 characters either way.
-_CONNECTION_ID = re.compile(r"[A-Za-z0-9_\-+/]{1,128}={0,2}|[A-Za-z0-9_-]{16}\." + _NODE_PART)
+# a 400. At most 128 characters either way. Only the named form has a "." (at 17th place):
+# each form has its pattern, so that neither is tried on the other's ids.
+_PLAIN_ID = re.compile(r"[A-Za-z0-9_\-+/]{1,128}={0,2}")
+_NAMED_ID = re.compile(r"[A-Za-z0-9_-]{16}\." + _NODE_PART)
+# Node parts node_of found well-formed, kept to answer again without the regex (bounded).
+_named: set[str] = set()
+_NAMED_KEPT = 1024
 _b64 = base64.urlsafe_b64encode
 _getrandbits = random.getrandbits
 
@@ -65,7 +70,14 @@ def node_of(connection_id: str) -> str | None:
     if len(connection_id) <= _RANDOM_CHARS + 1 or connection_id[_RANDOM_CHARS] != ".":
         return None
     node = connection_id[_RANDOM_CHARS + 1:]
-    return node if _NODE.fullmatch(node) is not None else None
+    if node in _named:  # a node named before (ids name the few nodes of a cluster): no regex
+        return node
+    if _NODE.fullmatch(node) is None:
+        return None
+    if len(_named) >= _NAMED_KEPT:
+        _named.clear()
+    _named.add(node)
+    return node
 
 
 _BATCH = 256  # request ids made per refill: one random draw and one encode for all of them
@@ -98,4 +110,5 @@ def is_connection_id(value: str) -> bool:
 
     The management API answers 400 for a malformed id instead of looking it up.
     """
-    return _CONNECTION_ID.fullmatch(value) is not None
+    pattern = _NAMED_ID if value[_RANDOM_CHARS:_RANDOM_CHARS + 1] == "." else _PLAIN_ID
+    return pattern.fullmatch(value) is not None

@@ -41,7 +41,7 @@ import ipaddress
 import logging
 import socket
 import time
-from collections.abc import Awaitable, Coroutine, Mapping
+from collections.abc import Coroutine, Mapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, unquote
 
@@ -58,7 +58,7 @@ from .errors import (
     PayloadTooLargeError,
     SignatureError,
 )
-from .http import HttpServer, Request, Response
+from .http import Deferred, HttpServer, Request, Response
 from .ids import is_connection_id, new_request_id
 from .metrics import CONTENT_TYPE, exposition
 from .replay import replay_key
@@ -155,8 +155,9 @@ class ManagementServer:
 
     def _check_head(self, request: Request) -> Response | None:
         """Called by the HTTP server once a request's head is in: an answer refuses the
-        request before its body is read (and buffered); None lets it through to _handle."""
-        started = time.perf_counter()
+        request before its body is read (and buffered); None lets it through to _handle.
+        A refusal's latency is counted from when it is decided (a request let through,
+        nearly all, reads no clock here)."""
         headers = request.headers
         try:
             if self.console is not None and request.raw_path[:8] == "/console" and is_console_path(request.raw_path):
@@ -200,20 +201,23 @@ class ManagementServer:
             # _handle parses none of it again; ``post``: it answers the request itself
             request.head_state = (probe, route, signed, post)
         except ManagementError as exc:
+            started = time.perf_counter()
             request_id = new_request_id()
             return self._finish(request, request_id, "", "", self._refusal(request, exc, request_id), started)
         except Exception:
+            started = time.perf_counter()
             request_id = new_request_id()
             log.exception("management request head check failed (requestId=%s)", request_id)
             response = _error_response(ManagementError("Internal server error"), request_id)
             return self._finish(request, request_id, "", "", response, started)
         return None
 
-    def _handle(self, request: Request) -> Response | Coroutine[Any, Any, Response]:
+    def _handle(self, request: Request) -> Response | Deferred | Coroutine[Any, Any, Response]:
         """Serve a request whose head passed :meth:`_check_head`. A post to a connection
         without replay protection (nearly every request) is served here, as :meth:`_serve`
-        would serve it, and answered at once when the connection is held here; every other
-        request by the coroutine :meth:`_serve`."""
+        would serve it: answered at once when the connection is held here, else from the
+        callback its owner's answer arrives in (a :class:`_RemotePost`); every other request
+        by the coroutine :meth:`_serve`."""
         state = request.head_state
         if type(state) is not tuple or not state[3]:
             return self._serve(request)
@@ -226,20 +230,11 @@ class ManagementServer:
             if self._verifier is not None:
                 self._verifier.verify(request.method, request.raw_path, request.raw_query, request.headers, request.body,
                                       head=state[2])
-            elsewhere = self.gateway.start_post(target, request.body)
+            elsewhere = self.gateway.post_here(target, request.body)
             if elsewhere is not None:
-                return self._post_elsewhere(request, request_id, target, elsewhere, started)
-            response = _posted(request_id)
-        except Exception as exc:  # noqa: BLE001 - answered as _serve answers it
-            response = self._failure(request, exc, request_id)
-        return self._finish(request, request_id, "PostToConnection", target, response, started)
-
-    async def _post_elsewhere(
-        self, request: Request, request_id: str, target: str, elsewhere: Awaitable[None], started: float
-    ) -> Response:
-        """The rest of :meth:`_handle` for a connection of another node: its owner's answer."""
-        try:
-            await elsewhere
+                remote = _RemotePost(self, request, request_id, target, started)
+                self.gateway.post_elsewhere(target, *elsewhere, remote)
+                return remote
             response = _posted(request_id)
         except Exception as exc:  # noqa: BLE001 - answered as _serve answers it
             response = self._failure(request, exc, request_id)
@@ -311,7 +306,7 @@ class ManagementServer:
         given = request.headers.get("Authorization", "").encode("latin-1")
         return hmac.compare_digest(given, self._metrics_token)
 
-    def _failure(self, request: Request, exc: Exception, request_id: str) -> Response:
+    def _failure(self, request: Request, exc: BaseException, request_id: str) -> Response:
         """The answer to a request that failed with ``exc``: a ManagementError's own, else a
         500 with the error logged (never its text to the caller)."""
         if isinstance(exc, ManagementError):
@@ -335,14 +330,15 @@ class ManagementServer:
         self, request: Request, request_id: str, operation: str, target: str, response: Response, started: float
     ) -> Response:
         """Count and log an answered request; returns ``response``."""
-        stats = self.gateway.stats
-        stats.management[(operation or "Unknown", response.status)] += 1
-        if operation.startswith("PostTo") and response.status < 300:  # delivered: POST-to-client latency
+        gateway, status = self.gateway, response.status
+        stats = gateway.stats
+        stats.management[(operation or "Unknown", status)] += 1
+        if status < 300 and operation.startswith("PostTo"):  # delivered: POST-to-client latency
             stats.post_took(time.perf_counter() - started)
-        if response.status >= 500:
-            stats.failed("management", operation or request.method, response.status, request_id)
-        if self.gateway.access.enabled:
-            self._log(request, request_id, operation, target, response.status, started)
+        elif status >= 500:
+            stats.failed("management", operation or request.method, status, request_id)
+        if gateway.access.enabled:
+            self._log(request, request_id, operation, target, status, started)
         return response
 
     def _route(self, method: str, segments: list[str]) -> tuple[str, str, str]:
@@ -413,6 +409,32 @@ class ManagementServer:
             sourceIp=request.peer,
             userAgent=request.headers.get("User-Agent", ""),
         )
+
+
+class _RemotePost(Deferred):
+    """The answer to a post to another node's connection: the registry tells it the owner's
+    answer (see ``registry.posted``), from the callback that answer arrives in."""
+
+    __slots__ = ("request", "request_id", "server", "started", "target")
+
+    def __init__(self, server: ManagementServer, request: Request, request_id: str, target: str, started: float) -> None:
+        super().__init__()
+        self.server = server
+        self.request = request
+        self.request_id = request_id
+        self.target = target
+        self.started = started
+
+    def posted(self, error: BaseException | None) -> None:
+        """The rest of :meth:`ManagementServer._handle` for a connection of another node."""
+        server, request, request_id = self.server, self.request, self.request_id
+        try:
+            response = _posted(request_id) if error is None else server._failure(request, error, request_id)
+            response = server._finish(request, request_id, "PostToConnection", self.target, response, self.started)
+        except Exception:  # a bug here must not leave the request unanswered
+            log.exception("management request failed (requestId=%s)", request_id)
+            response = _error_response(ManagementError("Internal server error"), request_id)
+        self.resolve(response)
 
 
 def _posted(request_id: str) -> Response:

@@ -11,7 +11,7 @@ import time
 from bisect import bisect_left
 from collections import Counter, deque
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from prometheus_client import generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -29,15 +29,17 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 LATENCY_BOUNDS_MS = (0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0)
 _LATENCY_BOUNDS_S = tuple(b / 1000 for b in LATENCY_BOUNDS_MS)
 MAX_FAILURES = 200  # recent failures kept for the console
+_K = TypeVar("_K")
 
 
-class Tally(Counter[str]):
+class Tally(Counter[_K]):
     """A :class:`~collections.Counter` whose ``tally[key] += 1`` stays in C.
 
     Counter defines ``__delitem__`` in Python, and CPython then routes every item assignment
     of its instances through a Python-level slot (~1k instructions, once per client message
-    for ``Stats.traffic``); here deleting is dict's own again (a missing key raises), so
-    assigning is too. Reading a missing key still answers 0."""
+    for ``Stats.traffic``, once per management request for ``Stats.management``); here
+    deleting is dict's own again (a missing key raises), so assigning is too. Reading a
+    missing key still answers 0."""
 
     __delitem__ = dict.__delitem__  # type: ignore[assignment]  # dict's wrapper: CPython picks its C slot
 
@@ -71,7 +73,7 @@ class Stats:
         self.handler_timeouts = 0
         self.no_route = 0
         self.disconnects: Counter[int] = Counter()  # close code -> count
-        self.management: Counter[tuple[str, int]] = Counter()  # (operation, status) -> count
+        self.management: Tally[tuple[str, int]] = Tally()  # (operation, status) -> count
         self.slow_consumers = 0
         # (kind, reason) -> count: "http"/"lambda"/"python" x "5xx", "connect", "timeout", ...
         self.integration_failures: Counter[tuple[str, str]] = Counter()
@@ -81,7 +83,7 @@ class Stats:
         # For the console (wsgateway.history reads them every SAMPLE_S):
         self.frames_out = 0  # frames queued to clients: posts, fan-out deliveries, handler replies
         # tenant -> messages in and out since the last sample (the sampler empties it)
-        self.traffic = Tally()
+        self.traffic: Tally[str] = Tally()
         # POSTs (to a connection, tenant, user, group), by LATENCY_BOUNDS_MS bucket
         self.post_latency = [0] * (len(LATENCY_BOUNDS_MS) + 1)
         # the last MAX_FAILURES handler failures, refused handshakes and 5xx answers

@@ -22,7 +22,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .config import PlanConfig, RouteSettingsConfig
 from .plans import PlanBook, TokenBucket, utc_day
@@ -37,6 +37,7 @@ SYNC_S = 0.5  # seconds between syncs with the registry
 WINDOW_S = 1.0  # the cluster's attempt counts are kept per window of this many seconds
 TOO_MANY_REQUESTS = "Too Many Requests"  # AWS's throttled-message text
 LIMIT_EXCEEDED = "Limit Exceeded"  # AWS's text once a quota is used up
+_UNSEEN: Any = object()  # a tenant not looked up yet (see Usage.post)
 
 
 @dataclass(slots=True)
@@ -207,7 +208,9 @@ class Usage:
     def post(self, tenant: str) -> str | None:
         """One management call aimed at ``tenant`` (a post, a delete, a fan-out): None lets it
         through, else the name of the plan's limit it is over."""
-        state = self._tenant(tenant)
+        state = self._tenants.get(tenant, _UNSEEN)  # known (most calls): no call to _tenant
+        if state is _UNSEEN:
+            state = self._tenant(tenant)
         if state is None:
             return None
         state.tried_p += 1

@@ -27,6 +27,7 @@ from ..fanout import FanoutResult
 
 # Re-exported: the registry's submodules and older imports name them from here.
 from ..records import ConnectionInfo, ConnectionRecord, iso8601
+from .posted import PostWaiter
 
 if TYPE_CHECKING:
     from ..config import RegistryConfig
@@ -38,6 +39,7 @@ __all__ = [
     "FanoutResult",
     "LocalNode",
     "Page",
+    "PostWaiter",
     "Registry",
     "create_registry",
     "decrement",
@@ -132,6 +134,11 @@ class Registry(Protocol):
         """Deliver to a connection on another node. Raises GoneError (it is nowhere),
         LimitExceededError (its queue is full) or RegistryUnavailableError (cannot tell now;
         the data is then never delivered later)."""
+
+    def send_post(self, connection_id: str, data: bytes, binary: bool, waiter: PostWaiter) -> None:
+        """:meth:`post` without a coroutine: ``waiter`` is told the outcome once, later or
+        before this returns. Raises (and then never tells ``waiter``) only what it can tell
+        at once, as RegistryUnavailableError while no reply could reach this node."""
 
     async def get(self, connection_id: str) -> ConnectionInfo:
         """Info of a connection on another node; same errors as ``post``."""

@@ -15,7 +15,7 @@ from typing import Any
 from ..errors import GoneError
 from ..records import ConnectionInfo, ConnectionRecord
 from ..usage import UsageReport, UsageTotals
-from . import FanoutResult, LocalNode, Page, Registry, decrement
+from . import FanoutResult, LocalNode, Page, PostWaiter, Registry, decrement
 from ._page_token import check_limit, decode_token, encode_token
 
 __all__ = ["MemoryRegistry"]
@@ -64,6 +64,9 @@ class MemoryRegistry:
 
     async def post(self, connection_id: str, data: bytes, binary: bool) -> None:
         raise GoneError()
+
+    def send_post(self, connection_id: str, data: bytes, binary: bool, waiter: PostWaiter) -> None:
+        waiter.posted(GoneError())
 
     async def get(self, connection_id: str) -> ConnectionInfo:
         raise GoneError()

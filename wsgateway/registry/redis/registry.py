@@ -28,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Coroutine, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from redis.asyncio.cluster import RedisCluster
@@ -36,8 +36,9 @@ from redis.asyncio.cluster import RedisCluster
 from ...errors import GoneError, RegistryUnavailableError
 from ...ids import node_of
 from ...records import ConnectionInfo, ConnectionRecord
-from .. import FanoutResult, LocalNode, Page, Registry
+from .. import FanoutResult, LocalNode, Page, PostWaiter, Registry
 from .._page_token import check_limit, decode_token, encode_token
+from ..posted import Awaited
 from .allowance import Allowance
 from .batch import REDIS_FAILURES, CommandBatcher
 from .connect import connect
@@ -50,6 +51,7 @@ from .rpc import (
     STATUS_TIMEOUT,
     STATUS_UNREACHABLE,
     Call,
+    CallDone,
     NodeChannel,
     PendingCalls,
     raise_for_status,
@@ -122,6 +124,7 @@ class RedisRegistry:
             marks=marks,
         )
         self._owners: dict[str, str] = {}  # connection id -> owning node
+        self._tasks: set[asyncio.Task[None]] = set()  # posts being asked about (see _spawn_post)
         self._node: LocalNode | None = None
         self._started = False
         self._closed = False
@@ -226,30 +229,68 @@ class RedisRegistry:
     # ------------------------------------------------------------ calls about one connection
 
     async def post(self, connection_id: str, data: bytes, binary: bool) -> None:
+        waiter = Awaited()
+        self.send_post(connection_id, data, binary, waiter)
+        await waiter.future
+
+    def send_post(self, connection_id: str, data: bytes, binary: bool, waiter: PostWaiter) -> None:
         owner = self._owners.get(connection_id)
         by_name = owner is None
         if by_name:
             owner = node_of(connection_id)
         if owner is None or owner == self.node_id:
-            reply = await self._ask_owner(connection_id, {"k": KIND_POST, "c": connection_id, "b": int(binary)}, data)
-        else:
-            # The common case, asked here without the general path's chain of coroutines
-            # (a frame each, resumed at every reply) nor a header (NodeChannel.post): what
-            # _ask_holder does, up to the owner's ok; any other answer goes on where
-            # _ask_holder would.
-            call = self._open((owner,))
-            self._channel.post(call, connection_id, int(binary), data)
-            try:
-                await call.future
-            finally:
-                self._pending.close(call)
-            if call.replies[owner]["s"] == STATUS_OK:  # an ok is an answer: _replies would not raise
-                return
-            reply = self._replies(call)[owner]
             header = {"k": KIND_POST, "c": connection_id, "b": int(binary)}
-            reply = await self._judge(connection_id, header, data, owner, reply, by_name=by_name, looked_up=False)
-            reply = await self._ask_owner(connection_id, header, data, first=reply)
-        raise_for_status(reply["s"], reply.get("m", ""))
+            self._spawn_post(self._ask_owner(connection_id, header, data), waiter)
+            return
+        # The common case, asked here without the general path's chain of coroutines (a
+        # frame each, resumed at every reply), nor a task, nor a header (NodeChannel.post):
+        # what _ask_holder does, up to the owner's ok, told to ``waiter`` from the reply's
+        # callback (call_done); any other answer goes on where _ask_holder would.
+        call = self._open((owner,), self, (waiter, connection_id, data, binary, by_name))
+        self._channel.post(call, connection_id, int(binary), data)
+
+    def call_done(self, call: Call) -> None:
+        """The call of :meth:`send_post`'s common case is done: an ok is told at once, any
+        other answer judged (in a task) as :meth:`_ask_holder` judges it."""
+        self._pending.close(call)
+        waiter, connection_id, data, binary, by_name = call.context
+        owner = call.targets[0]
+        if call.replies[owner]["s"] == STATUS_OK:  # an ok is an answer: _replies would not raise
+            waiter.posted(None)
+            return
+        try:
+            reply = self._replies(call)[owner]
+        except RegistryUnavailableError as exc:
+            waiter.posted(exc)
+            return
+        header = {"k": KIND_POST, "c": connection_id, "b": int(binary)}
+        self._spawn_post(self._post_judged(connection_id, header, data, owner, reply, by_name), waiter)
+
+    async def _post_judged(
+        self, connection_id: str, header: dict[str, Any], data: bytes, owner: str, reply: dict[str, Any], by_name: bool
+    ) -> dict[str, Any]:
+        reply = await self._judge(connection_id, header, data, owner, reply, by_name=by_name, looked_up=False)
+        return await self._ask_owner(connection_id, header, data, first=reply)
+
+    def _spawn_post(self, asking: Coroutine[Any, Any, dict[str, Any]], waiter: PostWaiter) -> None:
+        """Tell ``waiter`` the outcome of a post the coroutine ``asking`` asks about (it
+        returns the deciding reply), run as a task held until done."""
+        task = asyncio.ensure_future(self._tell(asking, waiter))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    @staticmethod
+    async def _tell(asking: Coroutine[Any, Any, dict[str, Any]], waiter: PostWaiter) -> None:
+        try:
+            reply = await asking
+            raise_for_status(reply["s"], reply.get("m", ""))
+        except asyncio.CancelledError as exc:
+            waiter.posted(exc)
+            raise
+        except Exception as exc:  # noqa: BLE001 - the waiter answers every failure
+            waiter.posted(exc)
+        else:
+            waiter.posted(None)
 
     async def get(self, connection_id: str) -> ConnectionInfo:
         reply = await self._ask_owner(connection_id, {"k": KIND_GET, "c": connection_id})
@@ -434,12 +475,13 @@ class RedisRegistry:
         self._channel.request(call, header, data)
         return call
 
-    def _open(self, targets: tuple[str, ...]) -> Call:
-        """A new call to ``targets``; RegistryUnavailableError at once while this node does
-        not listen on its channel (no reply could reach it)."""
+    def _open(self, targets: tuple[str, ...], then: CallDone | None = None, context: Any = None) -> Call:
+        """A new call to ``targets`` (``then``, ``context``: see ``rpc.Call``);
+        RegistryUnavailableError at once while this node does not listen on its channel (no
+        reply could reach it)."""
         if not self._channel.subscribed.is_set():
             raise RegistryUnavailableError("registry unreachable: not subscribed")
-        return self._pending.open(targets)
+        return self._pending.open(targets, then, context)
 
     @staticmethod
     def _replies(call: Call) -> dict[str, dict[str, Any]]:

@@ -25,9 +25,9 @@ publishing link coalesces what one event-loop iteration sends to one node (reque
 asks) into one PUBLISH of a batch (``wire.encode_batch``), whose outcome goes to each
 message's sink; a receiver splits a batch and handles its messages in order, one by one,
 and answers the compact posts of a batch (``wire``) from one sender with one "ok" once it
-has handled them all. A call costs one future and no timer of its own: calls all have the
-same timeout, so they expire in the order they were opened, and :class:`PendingCalls` keeps
-one timer, for the oldest.
+has handled them all. A call costs no timer of its own (nor a future, unless awaited: see
+:class:`Call`): calls all have the same timeout, so they expire in the order they were
+opened, and :class:`PendingCalls` keeps one timer, for the oldest.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from ...errors import GoneError, LimitExceededError, MovedError, RemoteNodeError
 from .. import LocalNode
@@ -76,6 +76,7 @@ __all__ = [
     "STATUS_TIMEOUT",
     "STATUS_UNREACHABLE",
     "Call",
+    "CallDone",
     "NodeChannel",
     "PendingCalls",
     "raise_for_status",
@@ -137,9 +138,11 @@ def raise_for_status(status: str, message: str = "") -> None:
 
 
 class Call:
-    """One request in flight: the replies by node; ``future`` is done once every target
-    answered or was given up on (``unreachable``: no subscriber took the request;
-    ``timeout``: no answer in time, or the request never left).
+    """One request in flight: the replies by node; ``done`` once every target answered or
+    was given up on (``unreachable``: no subscriber took the request; ``timeout``: no answer
+    in time, or the request never left). Then ``future`` (made when first asked for) is
+    done, and ``then`` (if set) is told, at once: a caller that waits by callback costs no
+    future, task or coroutine.
 
     It is also the sink of its own PUBLISHes (see ``link.Sink``): they are all made at
     once, in the order of ``targets``, on one link, so their outcomes come back in that order.
@@ -147,30 +150,43 @@ class Call:
     """
 
     __slots__ = (
-        "_published", "_waiting", "answered", "asking", "asking_since", "ask_at", "deadline", "expires_at", "failed",
-        "future", "hold_until", "id", "replies", "targets",
+        "_future", "_loop", "_published", "_waiting", "answered", "asking", "asking_since", "ask_at", "context",
+        "deadline", "done", "expires_at", "failed", "hold_until", "id", "replies", "targets", "then",
     )
 
     def __init__(
-        self, call_id: int, targets: tuple[str, ...], deadline: float, expires_at: float,
-        loop: asyncio.AbstractEventLoop,
+        self, call_id: int, targets: tuple[str, ...], deadline: float, expires_at: float, ask_at: float,
+        hold_until: float, loop: asyncio.AbstractEventLoop, then: CallDone | None, context: Any,
     ) -> None:
         self.id = call_id
         self.targets = targets
         self.deadline = deadline  # wall clock, as the receiver checks it
         self.expires_at = expires_at  # loop clock
-        self.ask_at = expires_at  # loop clock: when unanswered targets are asked again
-        self.hold_until = expires_at  # loop clock: the latest it may be held for its links
+        self.ask_at = ask_at  # loop clock: when unanswered targets are asked again
+        self.hold_until = hold_until  # loop clock: the latest it may be held for its links
         self.asking = False  # handed to the asker
         self.asking_since: float | None = None  # loop clock: Redis took its asks since (links up)
         self.replies: dict[str, dict[str, Any]] = {}
         self.answered = 0
         self.failed = 0
-        self.future: asyncio.Future[None] = loop.create_future()
+        self.done = not targets
+        # Told ``then.call_done(self)`` once done, with what it needs then in ``context``.
+        self.then = then
+        self.context = context
+        self._loop = loop
+        self._future: asyncio.Future[None] | None = None
         self._waiting = len(targets)
         self._published = 0
-        if not targets:
-            self.future.set_result(None)
+
+    @property
+    def future(self) -> asyncio.Future[None]:
+        """Done once the call is (see the class)."""
+        future = self._future
+        if future is None:
+            future = self._future = self._loop.create_future()
+            if self.done:
+                future.set_result(None)
+        return future
 
     def answer(self, node_id: str, header: dict[str, Any]) -> None:
         """A target's reply arrived (``dropped``: it did not act, and never will)."""
@@ -186,8 +202,8 @@ class Call:
             self.answered += 1
             replies[node_id] = _OK
             self._waiting -= 1
-            if not self._waiting and not self.future.done():
-                self.future.set_result(None)
+            if not self._waiting:
+                self._finish()
 
     def unanswered(self) -> list[str]:
         """The targets still waited for."""
@@ -226,8 +242,27 @@ class Call:
     def _decide(self, target: str, reply: dict[str, Any]) -> None:
         self.replies[target] = reply
         self._waiting -= 1
-        if not self._waiting and not self.future.done():
-            self.future.set_result(None)
+        if not self._waiting:
+            self._finish()
+
+    def _finish(self) -> None:
+        if self.done:
+            return
+        self.done = True
+        future = self._future
+        if future is not None and not future.done():
+            future.set_result(None)
+        then = self.then
+        if then is not None:
+            self.then = None
+            then.call_done(self)
+
+
+class CallDone(Protocol):
+    """Who is told that a :class:`Call` is done (``Call.then``)."""
+
+    def call_done(self, call: Call) -> None:
+        """``call`` is done: read its replies. Called once; must not raise."""
 
 
 class PendingCalls:
@@ -246,27 +281,35 @@ class PendingCalls:
         # How long asks must have gone out: the whole of the time they have in a call that
         # was never held (from the deadline's ask to the timeout), at most _LATE_ASK_S.
         self._ask_span_s = max(_ASK_AFTER_S, min(_LATE_ASK_S, timeout_s - budget_s - _ASK_AFTER_S))
+        self._ask_after_s = min(timeout_s, budget_s + _ASK_AFTER_S)  # from the call's opening
         self._calls: dict[int, Call] = {}
         self._ids = itertools.count(1)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
         self.on_overdue: Callable[[Call], None] | None = None  # None: wait until the timeout
 
-    def open(self, targets: tuple[str, ...]) -> Call:
+    def open(self, targets: tuple[str, ...], then: CallDone | None = None, context: Any = None) -> Call:
         """Register a call before its request is published (a reply may come at once). The
         receiver acts only before ``call.deadline`` (now + budget); the call expires after
-        the timeout. Close it with :meth:`close` when done."""
+        the timeout. Close it with :meth:`close` when done. ``then`` and ``context``: see
+        :class:`Call`."""
         loop = self._loop
         if loop is None:
             loop = self._loop = asyncio.get_running_loop()
         now = loop.time()
-        call = Call(next(self._ids), targets, time.time() + self.budget_s, now + self.timeout_s, loop)
+        expires_at = now + self.timeout_s
         if self.on_overdue is not None:
-            call.ask_at = min(call.expires_at, now + self.budget_s + _ASK_AFTER_S)
-            call.hold_until = call.expires_at + self.wait_s
+            ask_at, hold_until = now + self._ask_after_s, expires_at + self.wait_s
+        else:
+            ask_at = hold_until = expires_at
+        call = Call(next(self._ids), targets, time.time() + self.budget_s, expires_at, ask_at, hold_until, loop, then,
+                    context)
         self._calls[call.id] = call
         if self._timer is None:
             self._timer = loop.call_at(call.ask_at, self._tick)
+        if call.done and then is not None:  # no targets: done already, and told so at once
+            call.then = None
+            then.call_done(call)
         return call
 
     def close(self, call: Call) -> None:
@@ -330,7 +373,7 @@ class PendingCalls:
             del self._calls[call.id]
             call.expire()
         for call in overdue:
-            if not call.future.done():
+            if not call.done:
                 assert self.on_overdue is not None  # ask_at is expires_at without it
                 self.on_overdue(call)
 
@@ -445,7 +488,7 @@ class NodeChannel:
         target = call.targets[0]
         message = encode_post(call.id, self._node_id, call.deadline, connection_id, binary, data,
                               target in self._compact)
-        self._outbox.publish(self._channel(target), message, call)
+        self._outbox.publish(self._channels.get(target) or self._channel(target), message, call)
 
     def _channel(self, node_id: str) -> bytes:
         name = self._channels.get(node_id)
@@ -649,7 +692,7 @@ class NodeChannel:
         links = (self._inbox.ready, self._outbox.ready)
         sink = _AskSink(call)
         try:
-            while not call.future.done():
+            while not call.done:
                 if all(link.is_set() for link in links):
                     for target in call.unanswered():
                         self._outbox.publish(self._channel(target), ask, sink)
