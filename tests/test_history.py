@@ -4,13 +4,14 @@ hands, no sockets."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
 
 from tests.support import make_config
 from wsgateway.connection import Connection
-from wsgateway.history import SAMPLES, History, merge_samples, percentile
+from wsgateway.history import SAMPLE_S, SAMPLES, History, every_sample, merge_samples, percentile
 from wsgateway.hub import Hub
 from wsgateway.metrics import LATENCY_BOUNDS_MS, MAX_FAILURES, Stats
 from wsgateway.records import ConnectionRecord
@@ -147,3 +148,44 @@ def test_merge_adds_nodes_by_second_and_takes_the_percentile_of_the_sum() -> Non
     assert first["latency"] == {"0": 99, "6": 1}
     assert first["p99Ms"] == LATENCY_BOUNDS_MS[0]  # 99 of 100 within the first bucket
     assert merged[1]["connections"] == 1
+
+
+class _Enough(Exception):
+    pass
+
+
+async def _sampled(early_s: float, *, blocked_once_s: float = 0.0, count: int = 4) -> list[float]:
+    """The clock's readings at each sample of ``every_sample``, on a clock that each wait
+    moves by what was asked less ``early_s`` (a timer firing early, as uvloop's millisecond
+    ones do), and once by ``blocked_once_s`` more (a blocked loop)."""
+    clock = Clock(1_767_000_000.3)
+    taken: list[float] = []
+    blocked = [blocked_once_s]
+
+    async def sleep(seconds: float) -> None:
+        assert seconds > 0
+        clock.now += max(seconds - early_s, 1e-5) + blocked.pop() if blocked else max(seconds - early_s, 1e-5)
+
+    async def take() -> None:
+        taken.append(clock.now)
+        if len(taken) == count:
+            raise _Enough
+
+    with pytest.raises(_Enough):
+        await asyncio.wait_for(every_sample(take, clock, sleep), 5)
+    return taken
+
+
+async def test_samples_are_taken_once_at_each_even_second_even_when_timers_fire_early() -> None:
+    """uvloop's timers may fire a little early: the sampler waits on to the same instant and
+    samples it once (it once sampled the same instant dozens of times in a row, which pushed
+    a tenant's traffic out of the last minute's samples at once)."""
+    for early_s in (0.0, 0.0004, 0.002):
+        taken = await _sampled(early_s)
+        assert [round(t / SAMPLE_S) * SAMPLE_S for t in taken] == [1_767_000_002.0 + SAMPLE_S * i for i in range(4)]
+        assert all(t >= round(t / SAMPLE_S) * SAMPLE_S for t in taken)  # never before its instant
+
+
+async def test_an_instant_missed_by_a_blocked_loop_is_skipped() -> None:
+    taken = await _sampled(0.0, blocked_once_s=5.0, count=3)
+    assert [int(t) for t in taken] == [1_767_000_007, 1_767_000_008, 1_767_000_010]

@@ -40,7 +40,7 @@ from .errors import (
     RemoteNodeError,
 )
 from .fanout import FanoutResult
-from .history import SAMPLE_S, History
+from .history import History, every_sample
 from .hub import Hub
 from .ids import can_name, new_connection_id, new_node_id
 from .integrations import HttpPool, Integration, LambdaClients, load_integration
@@ -375,12 +375,13 @@ class Gateway:
     async def _sample(self) -> None:
         """Every SAMPLE_S (on the wall clock's even seconds, so that nodes line up): one
         sample of the counters and the node's health, for the console."""
-        while True:
-            await asyncio.sleep(SAMPLE_S - time.time() % SAMPLE_S)
-            try:
-                self.history.sample(await self.health())
-            except Exception:  # a sampling bug must not stop the samples
-                log.exception("console sample failed")
+        await every_sample(self._take_sample)
+
+    async def _take_sample(self) -> None:
+        try:
+            self.history.sample(await self.health())
+        except Exception:  # a sampling bug must not stop the samples
+            log.exception("console sample failed")
 
     # ---------------------------------------------------------------- push API
 

@@ -21,9 +21,10 @@ before it takes a percentile.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from .metrics import LATENCY_BOUNDS_MS, Tally
@@ -33,11 +34,33 @@ if TYPE_CHECKING:
     from .metrics import Stats
     from .usage import Usage
 
-__all__ = ["SAMPLES", "SAMPLE_S", "History", "merge_samples", "percentile"]
+__all__ = ["SAMPLES", "SAMPLE_S", "History", "every_sample", "merge_samples", "percentile"]
 
 SAMPLE_S = 2.0  # seconds between samples, on the wall clock's even seconds (nodes line up)
 SAMPLES = 450  # 15 minutes of them
 _TRAFFIC_SAMPLES = 30  # a tenant's traffic is counted over the last minute
+_MIN_WAIT_S = 0.001  # uvloop's timers tick in milliseconds: a shorter wait may return at once
+
+
+async def every_sample(
+    take: Callable[[], Awaitable[None]],
+    clock: Callable[[], float] = time.time,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+) -> None:
+    """Call ``take`` once at each of the wall clock's multiples of :data:`SAMPLE_S` (so that
+    nodes line up), forever. A timer may fire a little before its time (uvloop's run on a
+    millisecond clock): the wait then goes on to the same instant, which is sampled once,
+    never again as if it were the next one. An instant missed (the loop was blocked past
+    it) is skipped: the next one is the first after now."""
+    due = (clock() // SAMPLE_S + 1) * SAMPLE_S
+    while True:
+        while (left := due - clock()) > 0:
+            await sleep(max(left, _MIN_WAIT_S))
+        await take()
+        due += SAMPLE_S
+        now = clock()
+        if due <= now:
+            due = (now // SAMPLE_S + 1) * SAMPLE_S
 _MAX_TENANTS = 10_000  # per answer: the busiest, by connections
 
 
