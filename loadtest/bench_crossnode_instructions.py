@@ -39,7 +39,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from loadtest.callgrind import Counted  # noqa: E402
+from loadtest.callgrind import Counted, node_config  # noqa: E402
 from loadtest.http_client import Pool  # noqa: E402
 from loadtest.servers import start_redis  # noqa: E402
 
@@ -48,23 +48,10 @@ CONNECTIONS = 4
 IN_FLIGHT = 32
 PAYLOAD = b'{"t":0,"seq":0,"pad":"' + b"x" * 166 + b'"}'
 
-_CONFIG = """stage = "prod"
-[listen]
-host = "127.0.0.1"
-port = 0
-ping_interval_s = 0
-[management]
-host = "127.0.0.1"
-port = 0
-auth = "none"
-[routes]
-"whoami" = "loadtest.peers.gw_handlers:whoami"
-[registry]
-backend = "redis"
-redis_url = "{url}"
-[log]
-access_log = ""
-"""
+_CONFIG = node_config(
+    management='auth = "none"\n', routes='"whoami" = "loadtest.peers.gw_handlers:whoami"\n',
+    more='[registry]\nbackend = "redis"\nredis_url = "{url}"\n',
+)
 
 
 def _start_node(name: str, workdir: Path, redis_url: str) -> Counted:

@@ -22,7 +22,6 @@ Needs valgrind. Each server run takes tens of seconds (CPython under callgrind i
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import itertools
 import json
@@ -34,7 +33,7 @@ sys.path.append(str(Path(__file__).resolve().parents[1]))  # loadtest.*, after P
 import websockets
 
 from loadtest.backend import UNCHECKED_KEYS, Backend, connection_path
-from loadtest.callgrind import compare, count
+from loadtest.callgrind import compare_cli, count, node_config
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONNECTIONS = 10
@@ -43,23 +42,10 @@ DEPTH = 4  # as the load generator's unicast backend pipelines
 PAYLOAD = ('{"t":0,"seq":0,"pad":"' + "x" * 174 + '"}').encode()
 KEYS = ("AKIDBENCHMARK", "bench-secret-key")
 
-_CONFIG = """stage = "prod"
-[listen]
-host = "127.0.0.1"
-port = 0
-ping_interval_s = 0
-[management]
-host = "127.0.0.1"
-port = 0
-auth = "{auth}"
-[[management.credentials]]
-access_key_id = "{key}"
-secret_access_key = "{secret}"
-[routes]
-"whoami" = "loadtest.peers.gw_handlers:whoami"
-[log]
-access_log = ""
-"""
+_CONFIG = node_config(
+    management='auth = "{auth}"\n[[management.credentials]]\naccess_key_id = "{key}"\nsecret_access_key = "{secret}"\n',
+    routes='"whoami" = "loadtest.peers.gw_handlers:whoami"\n',
+)
 
 
 def _server_argv(target: str, workdir: Path, ready: Path) -> list[str]:
@@ -113,14 +99,7 @@ def instructions(target: str, posts: int, workdir: Path) -> int:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--target", default="raw,wsgateway-nosig,wsgateway")
-    parser.add_argument("--small", type=int, default=200)
-    parser.add_argument("--large", type=int, default=2200)
-    parser.add_argument("--keep", help="write the callgrind files into this directory (for callgrind_annotate)")
-    args = parser.parse_args()
-    compare(args.target.split(","), args.small, args.large, args.keep, "POST", "raw", instructions)
-
+    compare_cli(__doc__ or "", "raw,wsgateway-nosig,wsgateway", 200, 2200, "POST", "raw", instructions)
 
 if __name__ == "__main__":
     main()

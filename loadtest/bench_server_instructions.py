@@ -19,7 +19,6 @@ Needs valgrind. Each server run takes tens of seconds (CPython under callgrind i
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import sys
 from pathlib import Path
@@ -28,7 +27,7 @@ import websockets
 
 sys.path.append(str(Path(__file__).resolve().parents[1]))  # run by path: loadtest itself, after PYTHONPATH's tree
 
-from loadtest.callgrind import compare, count
+from loadtest.callgrind import compare_cli, count, node_config
 from loadtest.roles.base import connection_token
 from loadtest.targets import gateway_config
 
@@ -37,19 +36,7 @@ CONNECTIONS = 10
 MESSAGE = '{"action":"echo","t":0,"seq":0,"pad":"' + "x" * 166 + '"}'
 _JWT_SECRET = "bench-server-instructions-" + "0" * 38  # fixed: every run does the same work
 
-_CONFIG = """stage = "prod"
-[listen]
-host = "127.0.0.1"
-port = 0
-ping_interval_s = 0
-[management]
-host = "127.0.0.1"
-port = 0
-[routes]
-"echo" = "loadtest.peers.gw_handlers:echo"
-[log]
-access_log = ""
-"""
+_CONFIG = node_config(routes='"echo" = "loadtest.peers.gw_handlers:echo"\n')
 
 
 def _server_argv(target: str, workdir: Path, ready: Path) -> list[str]:
@@ -94,14 +81,7 @@ def instructions(target: str, echoes: int, workdir: Path) -> int:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--target", default="bare,wsgateway")
-    parser.add_argument("--small", type=int, default=100)
-    parser.add_argument("--large", type=int, default=1100)
-    parser.add_argument("--keep", help="write the callgrind files into this directory (for callgrind_annotate)")
-    args = parser.parse_args()
-    compare(args.target.split(","), args.small, args.large, args.keep, "echo", "bare", instructions)
-
+    compare_cli(__doc__ or "", "bare,wsgateway", 100, 1100, "echo", "bare", instructions)
 
 if __name__ == "__main__":
     main()

@@ -8,6 +8,7 @@ SIGTERM, so that callgrind writes its totals; :func:`total` reads them.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import os
@@ -20,7 +21,7 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
-__all__ = ["REPO_ROOT", "Counted", "compare", "count", "total"]
+__all__ = ["REPO_ROOT", "Counted", "compare", "compare_cli", "count", "node_config", "total"]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 _START_S = 300  # CPython under callgrind starts ~50x slower
@@ -104,3 +105,30 @@ def compare(
             if target != baseline:
                 print(f"{target}: {per_op[baseline] / cost:.2f}x {baseline} "
                       f"({baseline}'s instructions per {unit} / its own)")
+
+
+def node_config(management: str = "", routes: str = "", more: str = "") -> str:
+    """A ``wsgateway serve`` config for a counted node: both ports on loopback, chosen by the
+    system, no pings and no access log (neither is what is counted); ``management``: more
+    lines of its ``[management]`` table, ``routes``: its ``[routes]`` lines, ``more``: other
+    tables."""
+    return (
+        'stage = "prod"\n[listen]\nhost = "127.0.0.1"\nport = 0\nping_interval_s = 0\n'
+        f'[management]\nhost = "127.0.0.1"\nport = 0\n{management}'
+        f'[routes]\n{routes}{more}[log]\naccess_log = ""\n'
+    )
+
+
+def compare_cli(
+    doc: str, targets: str, small: int, large: int, unit: str, baseline: str,
+    instructions: Callable[[str, int, Path], int],
+) -> None:
+    """A harness's command line (``--target``, ``--small``, ``--large``, ``--keep``; defaults
+    given here), then :func:`compare`."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--target", default=targets)
+    parser.add_argument("--small", type=int, default=small)
+    parser.add_argument("--large", type=int, default=large)
+    parser.add_argument("--keep", help="write the callgrind files into this directory (for callgrind_annotate)")
+    args = parser.parse_args()
+    compare(args.target.split(","), args.small, args.large, args.keep, unit, baseline, instructions)
