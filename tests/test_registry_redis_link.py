@@ -643,16 +643,30 @@ async def test_the_owner_answers_an_ask_from_what_it_did(redis_url: str, key_pre
         await reg.close()
 
 
-async def test_a_sender_that_lost_the_reply_asks_and_gets_the_outcome(redis_url: str, key_prefix: str) -> None:
-    """The owner (played by hand) acts but its reply never comes: after the deadline the
-    sender asks, and answers from the owner's second answer: delivered (no 503), or, when
-    the owner says ``dropped`` (to the request sent once more too), 503."""
+@contextlib.asynccontextmanager
+async def _sender_and_hand_played_owner(
+    redis_url: str, key_prefix: str
+) -> AsyncIterator[tuple[RedisRegistry, redis.asyncio.Redis, Any]]:
+    """A sender, node "na" (timeout 1 s), and the channel of node "nb", whose part the test
+    plays by hand: the registry, a client to publish with, and a pubsub on nb's channel."""
     reg = RedisRegistry(registry_config(redis_url, key_prefix), "na", request_timeout_s=1.0)
     r = redis.asyncio.Redis.from_url(redis_url)
     pubsub = r.pubsub()
     try:
         await reg.start(RecordingNode("na"))
         await pubsub.subscribe(f"{key_prefix}:node:{{nb}}")
+        yield reg, r, pubsub
+    finally:
+        await pubsub.aclose()  # type: ignore[no-untyped-call]
+        await r.aclose()
+        await reg.close()
+
+
+async def test_a_sender_that_lost_the_reply_asks_and_gets_the_outcome(redis_url: str, key_prefix: str) -> None:
+    """The owner (played by hand) acts but its reply never comes: after the deadline the
+    sender asks, and answers from the owner's second answer: delivered (no 503), or, when
+    the owner says ``dropped`` (to the request sent once more too), 503."""
+    async with _sender_and_hand_played_owner(redis_url, key_prefix) as (reg, r, pubsub):
         to_sender = f"{key_prefix}:node:{{na}}"
         for outcome in ("ok", "dropped"):
             record = make_record("nb")
@@ -672,22 +686,13 @@ async def test_a_sender_that_lost_the_reply_asks_and_gets_the_outcome(redis_url:
                 await r.publish(to_sender, encode_message(dropped))
                 with pytest.raises(RegistryUnavailableError):
                     await asyncio.wait_for(posting, 2)
-    finally:
-        await pubsub.aclose()  # type: ignore[no-untyped-call]
-        await r.aclose()
-        await reg.close()
 
 
 async def test_a_sender_stopped_past_its_timeout_asks_before_answering(redis_url: str, key_prefix: str) -> None:
     """The sender's own loop stalls (stopped, starved) from just after its request left until
     past its timeout, and the owner's reply was lost: on waking it asks once more, and
     answers from the owner's answer instead of a 503 given without knowing."""
-    reg = RedisRegistry(registry_config(redis_url, key_prefix), "na", request_timeout_s=1.0)
-    r = redis.asyncio.Redis.from_url(redis_url)
-    pubsub = r.pubsub()
-    try:
-        await reg.start(RecordingNode("na"))
-        await pubsub.subscribe(f"{key_prefix}:node:{{nb}}")
+    async with _sender_and_hand_played_owner(redis_url, key_prefix) as (reg, r, pubsub):
         record = make_record("nb")
         await r.hset(f"{key_prefix}:{{c:{record.connection_id}}}", "node", "nb")
         posting = asyncio.ensure_future(reg.post(record.connection_id, b"x", False))
@@ -698,10 +703,6 @@ async def test_a_sender_stopped_past_its_timeout_asks_before_answering(redis_url
         reply = {"k": KIND_REPLY, "r": request["r"], "f": "nb", "s": "ok"}
         await r.publish(f"{key_prefix}:node:{{na}}", encode_message(reply))
         await asyncio.wait_for(posting, 1)  # delivered: no 503
-    finally:
-        await pubsub.aclose()  # type: ignore[no-untyped-call]
-        await r.aclose()
-        await reg.close()
 
 
 async def test_a_request_the_owner_got_too_late_is_sent_once_more(redis_url: str, key_prefix: str) -> None:
@@ -709,12 +710,7 @@ async def test_a_request_the_owner_got_too_late_is_sent_once_more(redis_url: str
     and answers the ask "dropped": it did not act and never will. The sender sends the
     request once more, with a new deadline, instead of answering 503; a second "dropped"
     is a 503."""
-    reg = RedisRegistry(registry_config(redis_url, key_prefix), "na", request_timeout_s=1.0)
-    r = redis.asyncio.Redis.from_url(redis_url)
-    pubsub = r.pubsub()
-    try:
-        await reg.start(RecordingNode("na"))
-        await pubsub.subscribe(f"{key_prefix}:node:{{nb}}")
+    async with _sender_and_hand_played_owner(redis_url, key_prefix) as (reg, r, pubsub):
         record = make_record("nb")
         await r.hset(f"{key_prefix}:{{c:{record.connection_id}}}", "node", "nb")
         for answer_again, outcome in (("ok", None), ("dropped", RegistryUnavailableError)):
@@ -734,10 +730,6 @@ async def test_a_request_the_owner_got_too_late_is_sent_once_more(redis_url: str
             else:
                 with pytest.raises(outcome):
                     await asyncio.wait_for(posting, 2)  # asked once more only
-    finally:
-        await pubsub.aclose()  # type: ignore[no-untyped-call]
-        await r.aclose()
-        await reg.close()
 
 
 async def test_a_sender_whose_links_are_down_at_its_timeout_holds_the_call_and_asks_when_back(
