@@ -98,3 +98,22 @@ async def test_returning_none_sends_nothing():
             await asyncio.wait_for(ws.recv(), 0.2)
 
 
+async def test_replies_count_as_their_tenants_traffic_out():
+    """The console's messages in + out per tenant counts what the client sent and every frame
+    it got: a handler's returned body (text or binary), an error frame, and a handler's post
+    back to its caller; with one tenant on the node that is messagesIn + framesOut."""
+    async with running_node() as node, await connect(node, query={"tenant": "acme"}) as ws:
+        await whoami(ws)  # a returned {"body": str}: the dispatcher's common answer
+        await ws.send(b"\x00\xff")
+        assert await ws.recv() == b"\x00\xff"  # a returned base64 body, sent as a binary frame
+        await ws.send('{"action": "boom"}')
+        assert json.loads(await ws.recv())["message"] == "Internal server error"
+        await ws.send('{"action": "push_self"}')  # two posts back, nothing returned
+        assert await ws.recv() == "pushed"
+        await ws.recv()
+        await ws.send('{"action": "none"}')  # nothing returned, nothing sent
+        await whoami(ws)  # the message above has been dispatched
+        history, stats = node.gateway.history, node.gateway.stats
+        history.sample()  # tenant() adds up the last minute's samples: take one of the rest
+        assert (stats.messages, stats.frames_out) == (6, 6)
+        assert history.tenant("acme")[1] == 12

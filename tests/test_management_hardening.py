@@ -178,6 +178,25 @@ async def test_metrics_behind_a_bearer_token():
         assert parse(await send(node, wire("GET", "/health", loopback(node))))[0] == 200  # probes stay open
 
 
+async def test_a_refused_metrics_bearer_is_counted_and_logged_as_other_refusals(tmp_path):
+    """The 401 of /metrics without the right token is counted in the management metrics and
+    written to the access log, named as a probe refused for its Host is (no operation:
+    "Unknown" in the metrics, the method as routeKey); its answer is unchanged."""
+    path = tmp_path / "access.log"
+    cfg = make_config(management={"metrics_auth": "bearer", "metrics_token": "metrics-token-0123456789"},
+                      log={"access_log": str(path)})
+    async with running_node(cfg) as node:
+        wrong = {**loopback(node), "Authorization": "Bearer metrics-token-0123456780"}
+        for headers in (loopback(node), wrong):
+            status, answer, body = parse(await send(node, wire("GET", "/metrics", headers)))
+            assert (status, answer["www-authenticate"], body) == (401, "Bearer", b'{"message":"Unauthorized"}')
+        assert parse(await send(node, wire("GET", "/metrics", {"Host": "attacker.example"})))[0] == 403
+        assert node.gateway.stats.management == {("Unknown", 401): 2, ("Unknown", 403): 1}
+    entries = [json.loads(line) for line in path.read_bytes().splitlines()]
+    logged = [(e["kind"], e["routeKey"], e["method"], e["status"], e["sourceIp"]) for e in entries]
+    assert logged == [("management", "GET", "GET", 401, "127.0.0.1")] * 2 + [("management", "GET", "GET", 403, "127.0.0.1")]
+    assert all(len(e["requestId"]) == 16 for e in entries)
+
 async def test_metrics_behind_sigv4():
     async with running_node(make_config(management={**sigv4_section(), "metrics_auth": "sigv4"})) as node:
         status, headers, _ = parse(await send(node, wire("GET", "/metrics", loopback(node))))

@@ -347,7 +347,9 @@ class Dispatcher:
             conn.send(data, binary, self._loop.time(), self._queue_limit)
         except (GoneError, LimitExceededError):
             return  # the client is gone or not reading: the sweep deals with the latter
-        self._stats.frames_out += 1
+        stats = self._stats
+        stats.frames_out += 1
+        stats.traffic[conn.record.tenant] += 1  # "out" for the console, as a post is counted
 
     def _log(
         self, conn: Connection, route_key: str, status: int, request_id: str, started: float,

@@ -185,8 +185,10 @@ class ManagementServer:
             else:
                 metrics_auth = self._cfg.metrics_auth if probe == "metrics" else ""
                 if metrics_auth == "bearer" and not self._bearer_ok(request):
-                    return Response(401, b'{"message":"Unauthorized"}',
-                                    [("Content-Type", _JSON), ("WWW-Authenticate", "Bearer")])
+                    started = time.perf_counter()
+                    response = Response(401, b'{"message":"Unauthorized"}',
+                                        [("Content-Type", _JSON), ("WWW-Authenticate", "Bearer")])
+                    return self._finish(request, new_request_id(), "", "", response, started)
             # A post to a connection is ordered by its handler's first step (the frame
             # queued here, or the request to its owner published): the next pipelined one may
             # start while it waits for the other node's answer, and a local one is answered

@@ -37,9 +37,9 @@ class Tally(Counter[_K]):
 
     Counter defines ``__delitem__`` in Python, and CPython then routes every item assignment
     of its instances through a Python-level slot (~1k instructions, once per client message
-    for ``Stats.traffic``, once per management request for ``Stats.management``); here
-    deleting is dict's own again (a missing key raises), so assigning is too. Reading a
-    missing key still answers 0."""
+    and once per reply for ``Stats.traffic``, once per management request for
+    ``Stats.management``); here deleting is dict's own again (a missing key raises), so
+    assigning is too. Reading a missing key still answers 0."""
 
     __delitem__ = dict.__delitem__  # type: ignore[assignment]  # dict's wrapper: CPython picks its C slot
 
