@@ -197,6 +197,19 @@ async def test_a_refused_metrics_bearer_is_counted_and_logged_as_other_refusals(
     assert logged == [("management", "GET", "GET", 401, "127.0.0.1")] * 2 + [("management", "GET", "GET", 403, "127.0.0.1")]
     assert all(len(e["requestId"]) == 16 for e in entries)
 
+
+async def test_a_long_user_agent_is_cut_in_a_management_line(tmp_path):
+    """A caller's 8 KB User-Agent (here on a refused, unsigned request: anyone can send one)
+    is cut to 256 characters in its access-log line, as on connect lines."""
+    path = tmp_path / "access.log"
+    async with running_node(make_config(management=sigv4_section(), log={"access_log": str(path)})) as node:
+        headers = {**loopback(node), "User-Agent": "U" * 8000, "Content-Type": "application/json"}
+        assert parse(await send(node, wire("POST", "/prod/@tenants/A/messages", headers, b"hi")))[0] == 403
+    (entry,) = (json.loads(line) for line in path.read_bytes().splitlines())
+    assert (entry["kind"], entry["status"], entry["routeKey"]) == ("management", 403, "POST")
+    assert entry["userAgent"] == "U" * (256 - len("...[truncated]")) + "...[truncated]"
+
+
 async def test_metrics_behind_sigv4():
     async with running_node(make_config(management={**sigv4_section(), "metrics_auth": "sigv4"})) as node:
         status, headers, _ = parse(await send(node, wire("GET", "/metrics", loopback(node))))

@@ -1,10 +1,11 @@
 """One JSON line per connect, message, disconnect and management call.
 
 Fields: ``time`` (ISO-8601 UTC), ``kind`` (connect / message / disconnect / management),
-``requestId``, ``connectionId``, ``routeKey``, ``status`` (HTTP status, or the close code for a
-disconnect), ``latency_ms``, ``tenant``, ``sourceIp``, ``userAgent`` (connect lines only: once
-per connection), and for management calls ``method`` and ``operation``. Never the token, never
-a message body. Strings a client chose are cut to 256 characters (ending in ``...[truncated]``),
+``requestId``, ``connectionId``, ``routeKey`` (for management calls the operation, e.g.
+``PostToConnection``, or the method when none was named), ``status`` (HTTP status, or the close
+code for a disconnect), ``latency_ms``, ``tenant``, ``sourceIp``, ``userAgent`` (connect lines
+and management calls), and for management calls ``method``. Never the token, never a message
+body. Strings a client chose are cut to 256 characters (ending in ``...[truncated]``),
 so a client cannot make its lines cost more than their share of the log.
 
 Lines are buffered and written at most every 200 ms or every 64 KiB, so logging a message
@@ -23,7 +24,7 @@ import orjson
 
 from .records import ConnectionRecord
 
-__all__ = ["AccessLog"]
+__all__ = ["AccessLog", "bounded"]
 
 _FLUSH_BYTES = 65536
 _FLUSH_INTERVAL_S = 0.2
@@ -31,7 +32,7 @@ _MAX_CHARS = 256  # per client-supplied string (User-Agent may be 8 KB)
 _TRUNCATED = "...[truncated]"
 
 
-def _bounded(value: str) -> str:
+def bounded(value: str) -> str:
     """``value``, or its first characters and ``_TRUNCATED`` if it is over ``_MAX_CHARS``."""
     if len(value) <= _MAX_CHARS:
         return value
@@ -91,7 +92,7 @@ class AccessLog:
         latency to report, 0.0 is written); ``status`` is the HTTP status, or the close code
         of a disconnect. The one place these lines are built, so every kind has the same fields
         but ``userAgent``, which only ``connect`` lines carry: repeated on every message it let
-        an 8 KB header multiply the log ~1000 times. Every string is bounded (see ``_bounded``).
+        an 8 KB header multiply the log ~1000 times. Every string is bounded (see ``bounded``).
         """
         if not self.enabled:
             return
@@ -104,16 +105,16 @@ class AccessLog:
         fields: dict[str, Any] = {
             "requestId": request_id,
             "connectionId": connection_id,
-            "routeKey": _bounded(route_key),
+            "routeKey": bounded(route_key),
             "status": status,
             "latency_ms": latency,
-            "tenant": _bounded(tenant),
-            "sourceIp": _bounded(source_ip),
+            "tenant": bounded(tenant),
+            "sourceIp": bounded(source_ip),
         }
         if kind == "connect":
-            fields["userAgent"] = _bounded(user_agent)
+            fields["userAgent"] = bounded(user_agent)
         for name, value in extra.items():
-            fields[name] = _bounded(value) if isinstance(value, str) else value
+            fields[name] = bounded(value) if isinstance(value, str) else value
         self.write(kind, **fields)
 
     def flush(self) -> None:

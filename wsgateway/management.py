@@ -48,6 +48,7 @@ from urllib.parse import parse_qsl, unquote
 import orjson
 from multidict import istr
 
+from .accesslog import bounded
 from .auth import MAX_TENANT_CHARS
 from .console import Console, is_console_path
 from .errors import (
@@ -409,7 +410,7 @@ class ManagementServer:
             latency_ms=round((time.perf_counter() - started) * 1000, 3),
             tenant=target if operation in _TENANT_OPS.values() else "",
             sourceIp=request.peer,
-            userAgent=request.headers.get("User-Agent", ""),
+            userAgent=bounded(request.headers.get("User-Agent", "")),  # a caller may send 8 KB
         )
 
 
