@@ -24,6 +24,7 @@ from botocore.awsrequest import AWSRequest, AWSResponse
 from botocore.credentials import Credentials
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from wsgateway import sigv4
 from wsgateway.errors import ForbiddenError, SignatureError
 from wsgateway.sigv4 import SigV4Verifier
 
@@ -264,6 +265,21 @@ def test_any_region_or_only_the_pinned_one() -> None:
 
 
 def test_returns_the_access_key_that_signed() -> None:
+    assert verify(sign(access_key=OTHER_KEY, secret=OTHER_SECRET)) == OTHER_KEY
+
+
+@pytest.mark.parametrize("openssl", ["absent", "refuses"])
+def test_without_openssls_hmac_the_stdlib_one_gives_the_same_answers(
+    monkeypatch: pytest.MonkeyPatch, openssl: str
+) -> None:
+    """The per-request HMAC is OpenSSL's own object when this Python has it; a Python
+    without it (or an OpenSSL that refuses it) falls back to hmac.HMAC: same signatures."""
+    def refusing(key: bytes, digestmod: str) -> None:
+        raise ValueError("unsupported hash type")
+
+    monkeypatch.setattr(sigv4, "_openssl_hmac", None if openssl == "absent" else refusing)
+    wire = sign()
+    assert_exact_signature(wire)
     assert verify(sign(access_key=OTHER_KEY, secret=OTHER_SECRET)) == OTHER_KEY
 
 

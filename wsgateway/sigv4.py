@@ -31,12 +31,26 @@ from multidict import istr
 
 from .errors import SignatureError
 
-try:  # OpenSSL's HMAC object itself: its copy, update and hexdigest are C calls, where
-    # hmac.HMAC's are Python methods around it (four more frames per request).
-    from _hashlib import hmac_new as _keyed_hmac
-except ImportError:  # a Python built without OpenSSL's hashlib: the stdlib's HMAC
-    def _keyed_hmac(key: bytes, digestmod: str) -> Any:  # type: ignore[misc]
-        return hmac.new(key, digestmod=digestmod)
+_openssl_hmac: Callable[..., Any] | None
+try:
+    import _hashlib
+
+    _openssl_hmac = _hashlib.hmac_new
+except ImportError:  # a Python built without OpenSSL's hashlib
+    _openssl_hmac = None
+
+
+def _keyed_hmac(key: bytes) -> Any:
+    """An HMAC-SHA256 keyed with ``key``, to be copied per request: OpenSSL's HMAC object
+    itself when this Python has it (its copy, update and hexdigest are C calls, where
+    ``hmac.HMAC``'s are Python methods around it: four more frames per request), else the
+    stdlib's."""
+    if _openssl_hmac is not None:
+        try:
+            return _openssl_hmac(key, digestmod="sha256")
+        except ValueError:  # an OpenSSL that refuses it here (a restricted provider)
+            pass
+    return hmac.new(key, digestmod=sha256)
 
 __all__ = ["SigV4Verifier"]
 
@@ -257,7 +271,7 @@ class SigV4Verifier:
         key = _signing_key(self._decoy if secret is None else secret, day, region, service)
         return _Scope(
             access_key, day, day_start, "/".join(parts[1:]), signed_headers, names,
-            _CONTENT_SHA256 in names, _keyed_hmac(key, digestmod="sha256"), secret is not None,
+            _CONTENT_SHA256 in names, _keyed_hmac(key), secret is not None,
         )  # fmt: skip
 
     def _check(
