@@ -51,12 +51,12 @@ async def accept(
 class RedisLink:
     """A TCP relay between one registry and the private Redis: ``cut()`` is a network
     partition (every connection through it is reset, new ones are refused) until
-    ``restore()``; ``delay_s`` delays what the registry sends (a slow network). Redis itself
-    is the real one, untouched."""
+    ``restore()``; ``delay_s`` (which may change at any time) delays what the registry sends
+    (a slow network). Redis itself is the real one, untouched."""
 
     def __init__(self, redis_port: int, *, delay_s: float = 0.0) -> None:
         self._redis_port = redis_port
-        self._delay_s = delay_s
+        self.delay_s = delay_s
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self._relays: set[asyncio.Task[None]] = set()
@@ -95,16 +95,16 @@ class RedisLink:
             redis_r, redis_w = await asyncio.open_connection("127.0.0.1", self._redis_port)
             self._writers |= {client_w, redis_w}
             await asyncio.gather(
-                self._pipe(client_r, redis_w, self._delay_s), self._pipe(redis_r, client_w, 0.0), return_exceptions=True
+                self._pipe(client_r, redis_w, delayed=True), self._pipe(redis_r, client_w, delayed=False), return_exceptions=True
             )
         finally:
             self._relays.discard(relay)
 
-    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, delay_s: float) -> None:
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, delayed: bool) -> None:
         try:
             while data := await reader.read(65536):
-                if delay_s:
-                    await asyncio.sleep(delay_s)
+                if delayed and self.delay_s:
+                    await asyncio.sleep(self.delay_s)
                 writer.write(data)
                 await writer.drain()
         finally:

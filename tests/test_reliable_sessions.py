@@ -1,12 +1,14 @@
 """Reliable connections on one real node (``wsgateway.reliable.sessions`` and the client edge
 around it): real websockets clients through a TCP link the tests cut, the management API
-through boto3, ``$connect``/``$disconnect`` read from the handlers' event log.
+through boto3, ``$connect``/``$disconnect`` read from the handlers' event log. The last tests
+run three nodes in this process on the private Redis, to hold a session's move between them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -20,6 +22,7 @@ from botocore.exceptions import ClientError
 from websockets.exceptions import ConnectionClosed
 
 from tests import handlers_for_tests as th
+from tests.registry_support import RedisLink
 from tests.reliable_support import CutLink, ReliableClient
 from tests.support import endpoint, eventually, jwt_section, make_config, raw_get, running_node, token, ws_url
 from wsgateway.node import Node
@@ -377,3 +380,96 @@ async def test_compressed_sessions_and_a_fan_out_beside_plain_clients(no_context
         hello = await client.connect(link.url(tenant="t1"), resume=True)
         assert hello["resumed"] is True
         assert await client.recv() == (2, "kept")
+
+
+# ---------------------------------------------------------------- posts while a session moves
+
+
+@contextlib.asynccontextmanager
+async def _three_nodes(private_redis: Any, key_prefix: str) -> AsyncIterator[tuple[Node, Node, Node, RedisLink]]:
+    """Nodes a, b and c in this process, sharing the private Redis, a through a link the test
+    slows or cuts; all three settled (a 410 is then vouched for)."""
+    url = f"redis://127.0.0.1:{private_redis.port}/0"
+    async with RedisLink(private_redis.port) as a_link:
+        def config(redis_url: str) -> Any:
+            return make_config(
+                registry={"backend": "redis", "redis_url": redis_url, "key_prefix": key_prefix,
+                          "heartbeat_s": 0.5, "node_ttl_s": 6, "outcome_wait_s": 0},
+                reliable={"resume_window_s": 30, "max_unacked_bytes": 4096},
+            )
+        async with running_node(config(a_link.url)) as a, running_node(config(url)) as b, running_node(config(url)) as c:
+            for node in (a, b, c):
+                async with asyncio.timeout(10):
+                    while not (await node.gateway.registry.health())["settled"]:
+                        await asyncio.sleep(0.05)
+            yield a, b, c, a_link
+
+
+async def _moved_to_a_and_dropped(a: Node, b: Node, link: CutLink, client: ReliableClient) -> str:
+    """A session opened on b (its id names b), resumed on a, then dropped there: a posts to
+    it by its id reach b first."""
+    await client.connect(link.url(tenant="t1"))
+    cid = client.connection_id
+    assert b.gateway.hub.get(cid) is not None
+    link.cut()
+    link.target = a.port
+    assert (await client.connect(link.url(tenant="t1"), resume=True))["resumed"] is True
+    assert a.gateway.hub.get(cid) is not None
+    link.cut()
+    link.target = b.port
+    await eventually(lambda: a.gateway.hub.get(cid).ws is None)  # type: ignore[union-attr]
+    return cid
+
+
+@pytest.mark.redis
+async def test_posts_that_reach_a_node_while_a_session_moves_there_are_answered_once_queued(
+    private_redis: Any, key_prefix: str
+) -> None:
+    """The resuming node keeps them within the session's limit (past it: 429 at once) and
+    answers each 200 only once it is queued after the session's state."""
+    async with _three_nodes(private_redis, key_prefix) as (a, b, c, a_link), CutLink(b.port) as link:
+        client = ReliableClient()
+        cid = await _moved_to_a_and_dropped(a, b, link, client)
+        # Through b, which knows the session left for a (c knows nothing of it, and asks b first).
+        assert await _code(_api(b).post_to_connection, ConnectionId=cid, Data=b"before") == "200"  # kept on a
+        api = _api(c)
+        a_link.delay_s = 1.5  # a's answers, the session's state among them, now come late
+        resuming = asyncio.ensure_future(client.connect(link.url(tenant="t1"), resume=True))
+        await eventually(lambda: cid in b.gateway.sessions._incoming)  # b asked a for it
+        posts = [asyncio.ensure_future(_code(api.post_to_connection, ConnectionId=cid, Data=f"{i}".encode() * 1500))
+                 for i in range(3)]
+        done, _ = await asyncio.wait(posts, timeout=1.0)
+        # Two fit in the session's 4,096 bytes and wait for it; the third is refused at once.
+        assert [p.result() for p in done] == ["LimitExceededException"] and not resuming.done()
+        a_link.delay_s = 0
+        hello = await resuming
+        assert hello["resumed"] is True and hello["connectionId"] == cid
+        statuses = await asyncio.gather(*posts)
+        assert sorted(statuses) == ["200", "200", "LimitExceededException"]
+        accepted = {f"{i}" * 1500 for i, status in enumerate(statuses) if status == "200"}
+        first, *kept = [data for _, data in await client.recv_many(3)]  # the kept ones in the order they came
+        assert first == "before" and set(kept) == accepted
+        assert await _code(api.post_to_connection, ConnectionId=cid, Data=b"after") == "200"
+        assert await client.recv() == (4, "after")
+        assert b.gateway.sessions._incoming == {}
+
+
+@pytest.mark.redis
+async def test_a_post_kept_for_a_session_that_never_arrives_is_not_answered_200(
+    private_redis: Any, key_prefix: str
+) -> None:
+    """The handover fails (the holder acts on the request, but its answer comes after the
+    call's timeout, as when Redis loses it): the post kept for the session is queued
+    nowhere, so its caller gets an error, not a 200 for a lost frame."""
+    async with _three_nodes(private_redis, key_prefix) as (a, b, c, a_link), CutLink(b.port) as link:
+        client = ReliableClient()
+        cid = await _moved_to_a_and_dropped(a, b, link, client)
+        a_link.delay_s = 3.0  # a hears b's request for the session; its answer comes too late
+        resuming = asyncio.ensure_future(client.connect(link.url(tenant="t1"), resume=True))
+        await eventually(lambda: cid in b.gateway.sessions._incoming)
+        status = await _code(_api(c).post_to_connection, ConnectionId=cid, Data=b"lost?")
+        hello = await resuming
+        assert hello["resumed"] is False and hello["connectionId"] != cid
+        assert status == "ServiceUnavailableException"  # nobody can say it was queued: retriable
+        assert b.gateway.sessions._incoming == {}
+        a_link.delay_s = 0

@@ -410,7 +410,7 @@ class Gateway:
         conn = self.hub.get(connection_id)
         if conn is None:
             return payload, binary
-        self._post_here(conn, payload, binary)
+        self.deliver(conn, payload, binary)
         return None
 
     async def get_connection(self, connection_id: str) -> dict[str, Any]:
@@ -513,16 +513,20 @@ class Gateway:
 
     # ---------------------------------------------------------------- LocalNode (for the registry)
 
-    def local_post(self, connection_id: str, data: bytes, binary: bool) -> None:
+    def local_post(self, connection_id: str, data: bytes, binary: bool) -> asyncio.Future[None] | None:
         conn = self.hub.get(connection_id)
         if conn is None:
+            # A session on its way here keeps the post (it may have left this node before:
+            # where it went then is no longer where it is).
+            kept = self.sessions.keep_incoming(connection_id, data, binary)
+            if kept is not None:
+                return kept
             self.sessions.moved_to(connection_id)
-            if self.sessions.keep_incoming(connection_id, data, binary):
-                return
             raise GoneError()
-        self._post_here(conn, data, binary)
+        self.deliver(conn, data, binary)
+        return None
 
-    def _post_here(self, conn: Connection, data: bytes, binary: bool) -> None:
+    def deliver(self, conn: Connection, data: bytes, binary: bool) -> None:
         """One post's frame to a connection held here: its tenant's plan admits it, it is
         queued and counted. Raises LimitExceededError, GoneError (as ``Connection.send``)."""
         assert self._loop is not None

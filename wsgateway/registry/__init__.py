@@ -19,7 +19,7 @@ Two implementations pass one contract test suite (``tests/registry_contract.py``
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -65,8 +65,10 @@ class LocalNode(Protocol):
 
     node_id: str
 
-    def local_post(self, connection_id: str, data: bytes, binary: bool) -> None:
-        """Queue ``data`` on a local connection; raise GoneError or LimitExceededError."""
+    def local_post(self, connection_id: str, data: bytes, binary: bool) -> Awaitable[None] | None:
+        """Queue ``data`` on a local connection; raise GoneError or LimitExceededError.
+        Returns None once queued, or, for a reliable session on its way to this node, what
+        to await: done once it is queued, raising as this call would if it is not."""
 
     def local_info(self, connection_id: str) -> ConnectionInfo:
         """Return a local connection's info; raise GoneError."""

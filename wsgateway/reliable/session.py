@@ -27,9 +27,9 @@ from .protocol import connected_frame, message_frame, new_token, text_frame
 if TYPE_CHECKING:
     from websockets.asyncio.server import ServerConnection
 
-__all__ = ["ReliableConnection"]
+__all__ = ["OVER_LIMIT", "ReliableConnection"]
 
-_OVER_LIMIT = "the connection's unacknowledged messages are over the limit"
+OVER_LIMIT = "the connection's unacknowledged messages are over the limit"
 _OPEN = State.OPEN
 
 
@@ -93,7 +93,7 @@ class ReliableConnection(Connection):
         if self.unacked_bytes + size > self.max_unacked:
             if self.ws is not None and self.over_since is None:
                 self.over_since = now  # the sweep cuts it off after the grace period
-            raise LimitExceededError(_OVER_LIMIT)
+            raise LimitExceededError(OVER_LIMIT)
         self.seq = seq
         total = self.total_bytes = self.total_bytes + size
         self.unacked_bytes += size

@@ -9,7 +9,10 @@ over, and ending them with one ``$disconnect``.
   checks the claim, takes the session out of its hub without a ``$disconnect``, remembers where
   it went (:meth:`Sessions.moved_to`, so that calls still reaching it are sent on) and answers
   its state; this node installs it and the registry record follows it. Posts that reach this
-  node for the session while its state is on the way are kept and queued after it.
+  node for the session while its state is on the way wait for it (within the session's byte
+  limit): each is answered once it is queued after that state, or, if the session does not
+  arrive, as a post to a connection this node does not hold, so that its caller looks
+  further (AWS's answers stay exact: 200 only once queued).
 - The session ends when its window runs out, when it is deleted while dropped, when the
   client closes with any other code, or when the gateway closes it: then ``$disconnect`` runs
   once, with the code of the drop that opened the window if there was one.
@@ -21,7 +24,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -29,7 +32,7 @@ from .. import events
 from ..errors import CLOSE_ABNORMAL, CLOSE_GOING_AWAY, GoneError, LimitExceededError, MovedError
 from ..records import ConnectionRecord
 from .protocol import SUBPROTOCOL, ResumeRequest, parse_ack, same_token
-from .session import ReliableConnection
+from .session import OVER_LIMIT, ReliableConnection
 
 if TYPE_CHECKING:
     from websockets.asyncio.server import ServerConnection
@@ -58,6 +61,10 @@ class SessionHost(Protocol):
     async def closed(self, conn: Connection, code: int, reason: str) -> None:
         """Forget ``conn`` everywhere and run its ``$disconnect``."""
 
+    def deliver(self, conn: Connection, data: bytes, binary: bool) -> None:
+        """Queue one post's frame on ``conn``, held here, as any post to it is (its tenant's
+        plan admits it, it is counted); raise LimitExceededError, GoneError."""
+
     async def take_remote(self, connection_id: str, claim: Mapping[str, Any]) -> Mapping[str, Any] | None:
         """Ask the node holding ``connection_id`` to hand its session over; None if no node
         can (not held, claim refused, holder unreachable)."""
@@ -79,7 +86,7 @@ class Sessions:
         self.max_unacked = config.reliable.max_unacked_bytes
         self._host = host
         self._moved: dict[str, tuple[str, float]] = {}  # connection id -> (its new node, until)
-        self._incoming: dict[str, list[tuple[bytes, bool]]] = {}  # resumes in flight from other nodes
+        self._incoming: dict[str, _Kept] = {}  # resumes in flight from other nodes
         self._ending: set[asyncio.Task[None]] = set()
 
     # ---------------------------------------------------------------- handshake
@@ -98,15 +105,16 @@ class Sessions:
             return conn
         if request.connection_id in self._incoming:
             return None  # another handshake is resuming it here right now
-        pending = self._incoming[request.connection_id] = []
+        kept = self._incoming[request.connection_id] = _Kept()
         claim = {"token": request.token, "lastSeq": request.last_seq, "tenant": tenant, "principal": principal_id}
         try:
             state = await self._host.take_remote(request.connection_id, claim)
-            return None if state is None else await self._install(state, pending)
+            return None if state is None else await self._install(state, kept)
         finally:
             del self._incoming[request.connection_id]
+            kept.not_here()  # the session did not come: those posts were not queued here
 
-    async def _install(self, state: Mapping[str, Any], pending: list[tuple[bytes, bool]]) -> ReliableConnection | None:
+    async def _install(self, state: Mapping[str, Any], kept: _Kept) -> ReliableConnection | None:
         try:
             record = replace(_record(state["record"]), node_id=self._host.node_id)
             base = events.context_base(record, stage=self._config.stage, api_id=self._config.api_id)
@@ -125,12 +133,7 @@ class Sessions:
         for group in groups:
             hub.join_group(conn, group)
         self._expire_later(conn)
-        now = loop.time()
-        for data, binary in pending:  # posts that reached this node while the state was on its way
-            try:
-                conn.send(data, binary, now, 0)
-            except LimitExceededError:
-                log.warning("a post to a moving session was over its limit: connectionId=%s", conn.id)
+        kept.deliver(conn, self._host.deliver)  # after its own messages, in the order they came
         await self._host.moved_in(conn)
         log.info("session %s resumed from another node", conn.id)
         return conn
@@ -164,13 +167,18 @@ class Sessions:
         if moved is not None and moved[1] > time.monotonic():
             raise MovedError(moved[0])
 
-    def keep_incoming(self, connection_id: str, data: bytes, binary: bool) -> bool:
-        """Keep a post for a session being resumed here from another node; False if none is."""
-        pending = self._incoming.get(connection_id)
-        if pending is None:
-            return False
-        pending.append((data, binary))
-        return True
+    def keep_incoming(self, connection_id: str, data: bytes, binary: bool) -> asyncio.Future[None] | None:
+        """Keep a post for a session being resumed here from another node, None if none is.
+
+        The returned future is done once the post is queued on the session (its result) or
+        is not (its exception: GoneError if the session did not come here, LimitExceededError
+        if the session or its tenant's plan refused it). Raises LimitExceededError at once
+        when the posts kept for the session would pass ``max_unacked_bytes``, as a post to a
+        dropped session over its limit is refused."""
+        kept = self._incoming.get(connection_id)
+        if kept is None:
+            return None
+        return kept.add(data, binary, self.max_unacked)
 
     # ---------------------------------------------------------------- sockets
 
@@ -255,6 +263,45 @@ class Sessions:
         task = asyncio.ensure_future(coro)
         self._ending.add(task)
         task.add_done_callback(self._ending.discard)
+
+
+class _Kept:
+    """Posts that reached this node for a session while its state was on its way here, each
+    with the future its caller's answer waits on."""
+
+    __slots__ = ("posts", "size")
+
+    def __init__(self) -> None:
+        self.posts: list[tuple[bytes, bool, asyncio.Future[None]]] = []
+        self.size = 0  # bytes of the posts' data
+
+    def add(self, data: bytes, binary: bool, limit: int) -> asyncio.Future[None]:
+        if self.size + len(data) > limit:
+            raise LimitExceededError(OVER_LIMIT)
+        self.size += len(data)
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.posts.append((data, binary, done))
+        return done
+
+    def deliver(self, conn: ReliableConnection, deliver: Callable[[Connection, bytes, bool], None]) -> None:
+        """The session is here: queue each post on it, in order, and answer each."""
+        posts, self.posts, self.size = self.posts, [], 0
+        for data, binary, done in posts:
+            if done.done():  # its caller gave up (cancelled): not delivered
+                continue
+            try:
+                deliver(conn, data, binary)
+            except (GoneError, LimitExceededError) as exc:
+                done.set_exception(exc)
+            else:
+                done.set_result(None)
+
+    def not_here(self) -> None:
+        """The session did not come: every post still kept is answered as not held here."""
+        posts, self.posts, self.size = self.posts, [], 0
+        for _, _, done in posts:
+            if not done.done():
+                done.set_exception(GoneError())
 
 
 def _allows(conn: ReliableConnection, request: ResumeRequest, tenant: str, principal_id: str) -> bool:

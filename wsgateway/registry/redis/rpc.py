@@ -594,7 +594,7 @@ class NodeChannel:
             elif kind == KIND_SURVEY:
                 reply["v"] = node.local_survey(header["q"])
             elif kind == KIND_DELETE:
-                self._spawn(self._delete(node.local_delete(header["c"]), header["f"], reply, header["d"]))
+                self._spawn(self._answer_when_done(node.local_delete(header["c"]), header["f"], reply, header["d"]))
                 return
             else:
                 raise ValueError(f"unknown request kind {kind!r}")
@@ -620,10 +620,17 @@ class NodeChannel:
         assert node is not None
         reply: _Outcome
         try:
-            node.local_post(connection_id, data, bool(binary))
+            later = node.local_post(connection_id, data, bool(binary))
         except Exception as exc:  # noqa: BLE001 - every failure is answered (and logged)
             reply = _failed(request_id, self._node_id, compact, exc)
         else:
+            if later is not None:  # kept for a session on its way here: answered once it is queued or not
+                reply = {"k": KIND_REPLY, "r": request_id, "f": self._node_id, "s": STATUS_OK}
+                if compact:
+                    reply["w"] = VERSION
+                self._remember(key, deadline, None)  # acting: an ask is answered when it is done
+                self._spawn(self._answer_when_done(later, sender, reply, deadline))
+                return False
             if compact:  # remembered as _remember does, without a call: the common case
                 outcomes[key] = _SAID_OK
                 self._forget_at.append((deadline + self._remember_s, key))
@@ -633,9 +640,11 @@ class NodeChannel:
         self._reply(sender, (request_id,), reply, deadline)
         return False
 
-    async def _delete(self, closing: Awaitable[None], to: str, reply: dict[str, Any], deadline: float) -> None:
+    async def _answer_when_done(self, acting: Awaitable[None], to: str, reply: dict[str, Any], deadline: float) -> None:
+        """Answer a request whose action completes later (a delete closing its connection, a
+        post kept for a session on its way here) once it has: ``reply``, or the failure."""
         try:
-            await closing
+            await acting
         except Exception as exc:  # noqa: BLE001 - every failure is answered (and logged)
             _fail(reply, exc)  # a session that moved: where to (a caller follows it)
         key = (to, reply["r"])
@@ -674,7 +683,7 @@ class NodeChannel:
             if key not in self._outcomes:
                 self._remember(key, header["d"], _dropped(header["r"], self._node_id, "w" in header))
             reply = self._outcomes[key]
-        if reply is not None:  # None: a delete still closing; its reply comes when done
+        if reply is not None:  # None: still acting (a delete closing, a kept post); its reply comes when done
             self._reply(header["f"], (header["r"],), reply, header["d"])
 
     def _ask_again(self, call: Call) -> None:
