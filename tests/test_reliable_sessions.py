@@ -27,6 +27,7 @@ from tests.reliable_support import CutLink, ReliableClient
 from tests.support import endpoint, eventually, jwt_section, make_config, raw_get, running_node, token, ws_url
 from wsgateway.node import Node
 from wsgateway.reliable import SUBPROTOCOL
+from wsgateway.reliable.protocol import ResumeRequest
 
 NO_RETRY = Config(retries={"total_max_attempts": 1, "mode": "standard"})
 
@@ -388,7 +389,7 @@ async def test_compressed_sessions_and_a_fan_out_beside_plain_clients(no_context
 @contextlib.asynccontextmanager
 async def _three_nodes(private_redis: Any, key_prefix: str) -> AsyncIterator[tuple[Node, Node, Node, RedisLink]]:
     """Nodes a, b and c in this process, sharing the private Redis, a through a link the test
-    slows or cuts; all three settled (a 410 is then vouched for)."""
+    slows; all three settled (a 410 is then vouched for)."""
     url = f"redis://127.0.0.1:{private_redis.port}/0"
     async with RedisLink(private_redis.port) as a_link:
         def config(redis_url: str) -> Any:
@@ -473,3 +474,31 @@ async def test_a_post_kept_for_a_session_that_never_arrives_is_not_answered_200(
         assert status == "ServiceUnavailableException"  # nobody can say it was queued: retriable
         assert b.gateway.sessions._incoming == {}
         a_link.delay_s = 0
+
+
+
+
+@pytest.mark.redis
+async def test_a_session_moving_here_lands_though_its_resume_was_given_up(private_redis: Any, key_prefix: str) -> None:
+    """The resuming handshake is cancelled (the client edge's open timeout, which a long
+    wait for the holder can pass) while the holder's answer is on its way: the holder has
+    handed the session over, so it still lands here, dropped, for the client's next resume."""
+    async with _three_nodes(private_redis, key_prefix) as (a, b, _, a_link), CutLink(b.port) as link:
+        client = ReliableClient()
+        cid = await _moved_to_a_and_dropped(a, b, link, client)
+        assert await _code(_api(b).post_to_connection, ConnectionId=cid, Data=b"kept on a") == "200"
+        principal = a.gateway.hub.get(cid).record.principal_id  # type: ignore[union-attr]
+        a_link.delay_s = 1.0
+        resume = ResumeRequest(cid, client.token, client.last_seq)
+        claim = asyncio.ensure_future(b.gateway.sessions.claim(resume, "t1", principal))
+        await eventually(lambda: cid in b.gateway.sessions._incoming)
+        claim.cancel()  # as the edge's open timeout would
+        with pytest.raises(asyncio.CancelledError):
+            await claim
+        await eventually(lambda: b.gateway.hub.get(cid) is not None)
+        a_link.delay_s = 0
+        assert a.gateway.hub.get(cid) is None and b.gateway.hub.get(cid).ws is None  # type: ignore[union-attr]
+        hello = await client.connect(link.url(tenant="t1"), resume=True)
+        assert hello["resumed"] is True and hello["connectionId"] == cid
+        assert await client.recv() == (1, "kept on a")
+        assert _disconnects(cid) == [] and len(th.events_of("$connect", cid)) == 1

@@ -98,20 +98,31 @@ class Sessions:
     async def claim(self, request: ResumeRequest, tenant: str, principal_id: str) -> ReliableConnection | None:
         """The session a resuming handshake may carry on, now in this node's hub (dropped, or
         still attached to a socket the handler replaces); None if it cannot be resumed."""
-        conn = self._host.hub.get(request.connection_id)
-        if conn is not None:
-            if not isinstance(conn, ReliableConnection) or not _allows(conn, request, tenant, principal_id):
-                return None
-            return conn
-        if request.connection_id in self._incoming:
-            return None  # another handshake is resuming it here right now
-        kept = self._incoming[request.connection_id] = _Kept()
-        claim = {"token": request.token, "lastSeq": request.last_seq, "tenant": tenant, "principal": principal_id}
+        connection_id = request.connection_id
+        incoming = self._incoming.get(connection_id)
+        if incoming is None and self._host.hub.get(connection_id) is None:
+            kept = self._incoming[connection_id] = _Kept()
+            claim = {"token": request.token, "lastSeq": request.last_seq, "tenant": tenant, "principal": principal_id}
+            # Shielded: once asked, the holder may hand the session over whatever becomes of
+            # this handshake (its client gone, its open timeout), and the session must then
+            # land here, dropped, to wait for the client's next resume: a move cut short
+            # would lose it without a $disconnect.
+            kept.moving = asyncio.ensure_future(self._move_here(connection_id, claim, kept))
+            return await asyncio.shield(kept.moving)
+        if incoming is not None:  # another handshake is resuming it here right now: its outcome first
+            await asyncio.shield(incoming.moving)
+        conn = self._host.hub.get(connection_id)
+        if not isinstance(conn, ReliableConnection) or not _allows(conn, request, tenant, principal_id):
+            return None
+        return conn
+
+    async def _move_here(self, connection_id: str, claim: dict[str, Any], kept: _Kept) -> ReliableConnection | None:
+        """Ask the node holding a session for it, and install it here; None if it did not come."""
         try:
-            state = await self._host.take_remote(request.connection_id, claim)
+            state = await self._host.take_remote(connection_id, claim)
             return None if state is None else await self._install(state, kept)
         finally:
-            del self._incoming[request.connection_id]
+            del self._incoming[connection_id]
             kept.not_here()  # the session did not come: those posts were not queued here
 
     async def _install(self, state: Mapping[str, Any], kept: _Kept) -> ReliableConnection | None:
@@ -233,7 +244,14 @@ class Sessions:
         await dispatch(conn, message)
 
     async def close(self) -> None:
-        """The node stops: end every dropped session and wait for their ``$disconnect``."""
+        """The node stops: let sessions on their way here land (for at most the shutdown
+        timeout), then end every dropped session and wait for their ``$disconnect``."""
+        moving = [kept.moving for kept in self._incoming.values()]
+        if moving:
+            _, late = await asyncio.wait(moving, timeout=self._config.limits.shutdown_timeout_s)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*moving, return_exceptions=True)
         for conn in self._host.hub:
             if isinstance(conn, ReliableConnection) and conn.dropped:
                 self.end(conn)
@@ -266,14 +284,15 @@ class Sessions:
 
 
 class _Kept:
-    """Posts that reached this node for a session while its state was on its way here, each
-    with the future its caller's answer waits on."""
+    """A session on its way to this node: the move, and the posts that reached this node for
+    the session meanwhile, each with the future its caller's answer waits on."""
 
-    __slots__ = ("posts", "size")
+    __slots__ = ("moving", "posts", "size")
 
     def __init__(self) -> None:
         self.posts: list[tuple[bytes, bool, asyncio.Future[None]]] = []
         self.size = 0  # bytes of the posts' data
+        self.moving: asyncio.Future[ReliableConnection | None]  # the move itself (Sessions._move_here)
 
     def add(self, data: bytes, binary: bool, limit: int) -> asyncio.Future[None]:
         if self.size + len(data) > limit:
