@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -299,8 +300,14 @@ class _Kept:
             raise LimitExceededError(OVER_LIMIT)
         self.size += len(data)
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        done.add_done_callback(functools.partial(self._given_up, len(data)))
         self.posts.append((data, binary, done))
         return done
+
+    def _given_up(self, size: int, done: asyncio.Future[None]) -> None:
+        """A post's caller gave up on it (its deadline passed): it no longer counts."""
+        if done.cancelled() and self.posts:
+            self.size -= size
 
     def deliver(self, conn: ReliableConnection, deliver: Callable[[Connection, bytes, bool], None]) -> None:
         """The session is here: queue each post on it, in order, and answer each."""

@@ -629,7 +629,7 @@ class NodeChannel:
                 if compact:
                     reply["w"] = VERSION
                 self._remember(key, deadline, None)  # acting: an ask is answered when it is done
-                self._spawn(self._answer_when_done(later, sender, reply, deadline))
+                self._spawn(self._answer_kept_post(later, sender, reply, deadline))
                 return False
             if compact:  # remembered as _remember does, without a call: the common case
                 outcomes[key] = _SAID_OK
@@ -641,12 +641,28 @@ class NodeChannel:
         return False
 
     async def _answer_when_done(self, acting: Awaitable[None], to: str, reply: dict[str, Any], deadline: float) -> None:
-        """Answer a request whose action completes later (a delete closing its connection, a
-        post kept for a session on its way here) once it has: ``reply``, or the failure."""
+        """Answer a request whose action completes later (a delete closing its connection)
+        once it has: ``reply``, or the failure."""
         try:
             await acting
         except Exception as exc:  # noqa: BLE001 - every failure is answered (and logged)
             _fail(reply, exc)  # a session that moved: where to (a caller follows it)
+        self._answer_late(to, reply, deadline)
+
+    async def _answer_kept_post(self, kept: Awaitable[None], to: str, reply: dict[str, Any], deadline: float) -> None:
+        """Answer a post kept for a reliable session on its way here once it is queued, or
+        refused. One still kept at its deadline is never queued (its sender may answer 503
+        from then on): it is answered as dropped, and a sender still waiting posts it again."""
+        try:
+            await asyncio.wait_for(kept, deadline - time.time())  # on time out, cancelled: not queued
+        except TimeoutError:
+            reply = _dropped(reply["r"], self._node_id, "w" in reply)
+        except Exception as exc:  # noqa: BLE001 - every failure is answered (and logged)
+            _fail(reply, exc)
+        self._answer_late(to, reply, deadline)
+
+    def _answer_late(self, to: str, reply: dict[str, Any], deadline: float) -> None:
+        """Send the reply of a request answered after it was served, and keep it for asks."""
         key = (to, reply["r"])
         if key in self._outcomes:
             self._outcomes[key] = reply  # done: an ask answers it from now on
