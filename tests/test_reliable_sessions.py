@@ -116,11 +116,14 @@ async def test_a_bad_ack_gets_an_error_frame_and_loses_nothing(node: Node) -> No
     await client.connect(ws_url(node, tenant="t1"))
     assert await _post(node, client.connection_id, "one") == 200
     assert await client.recv() == (1, "one")
+    stats = node.gateway.stats
+    frames_out, traffic = stats.frames_out, stats.traffic["t1"]
     await client.send({"type": "ack", "seq": 99})
     seq, data = await client.recv()
     assert seq == 2 and "Invalid ack" in json.loads(data)["message"]
     await client.send({"type": "ack", "seq": "x"})
     assert "Invalid ack" in json.loads((await client.recv())[1])["message"]
+    assert (stats.frames_out, stats.traffic["t1"]) == (frames_out + 2, traffic + 2)  # counted as error frames are
 
 
 async def test_disabled_the_subprotocol_is_not_selected() -> None:

@@ -533,7 +533,7 @@ class Gateway:
         tenant = conn.record.tenant
         self.throttle.admit_post(tenant)
         conn.send(data, binary, self._loop.time(), self._queue_limit)
-        stats = self.stats  # _sent's count of one frame, without its call (one per post)
+        stats = self.stats  # count_sent's count of one frame, without its call (one per post)
         stats.frames_out += 1
         stats.traffic[tenant] += 1
 
@@ -557,10 +557,10 @@ class Gateway:
     ) -> int:
         assert self._loop is not None
         delivered = self.hub.fanout(tenant, data, binary, self._loop.time(), self._queue_limit, user=user, group=group)
-        self._sent(tenant, delivered)
+        self.count_sent(tenant, delivered)
         return delivered
 
-    def _sent(self, tenant: str, frames: int) -> None:
+    def count_sent(self, tenant: str, frames: int) -> None:
         """Count frames pushed to ``tenant``'s connections here (once per post or fan-out)."""
         stats = self.stats
         stats.frames_out += frames

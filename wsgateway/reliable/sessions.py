@@ -62,6 +62,9 @@ class SessionHost(Protocol):
     async def closed(self, conn: Connection, code: int, reason: str) -> None:
         """Forget ``conn`` everywhere and run its ``$disconnect``."""
 
+    def count_sent(self, tenant: str, frames: int) -> None:
+        """Count frames the sessions queued to ``tenant``'s connections themselves."""
+
     def deliver(self, conn: Connection, data: bytes, binary: bool) -> None:
         """Queue one post's frame on ``conn``, held here, as any post to it is (its tenant's
         plan admits it, it is counted); raise LimitExceededError, GoneError."""
@@ -241,6 +244,7 @@ class Sessions:
         except ValueError:
             with contextlib.suppress(GoneError, LimitExceededError):
                 conn.send(_INVALID_ACK, False, asyncio.get_running_loop().time(), 0)
+                self._host.count_sent(conn.record.tenant, 1)  # an error frame, as the dispatcher's are counted
             return
         await dispatch(conn, message)
 
