@@ -510,3 +510,28 @@ async def test_a_session_moving_here_lands_though_its_resume_was_given_up(privat
         assert hello["resumed"] is True and hello["connectionId"] == cid
         assert await client.recv() == (1, "kept on a")
         assert _disconnects(cid) == [] and len(th.events_of("$connect", cid)) == 1
+
+
+@pytest.mark.redis
+async def test_resumes_of_one_session_on_a_node_are_judged_one_at_a_time(private_redis: Any, key_prefix: str) -> None:
+    """A stranger's resume with a wrong token, in flight on b, does not keep the client from
+    resuming there (refused at once, anyone who knew the id could lock its client out); of
+    two resumes with the same token, one is granted: the token is spent as it is."""
+    async with _three_nodes(private_redis, key_prefix) as (a, b, _, a_link), CutLink(b.port) as link:
+        client = ReliableClient()
+        cid = await _moved_to_a_and_dropped(a, b, link, client)
+        a_link.delay_s = 0.5  # each answer of a's comes half a second late
+        stranger, twin = ReliableClient(), ReliableClient()
+        stranger.connection_id, stranger.token = cid, "wrong"
+        twin.connection_id, twin.token = cid, client.token
+        strangers = asyncio.ensure_future(stranger.connect(ws_url(b, tenant="t1"), resume=True))
+        await eventually(lambda: cid in b.gateway.sessions._incoming)  # b asked a, for the stranger
+        mine = asyncio.ensure_future(client.connect(link.url(tenant="t1"), resume=True))
+        twins = asyncio.ensure_future(twin.connect(ws_url(b, tenant="t1"), resume=True))
+        assert (await strangers)["resumed"] is False
+        hellos = [await mine, await twins]
+        a_link.delay_s = 0
+        assert sorted(hello["resumed"] for hello in hellos) == [False, True]
+        assert [hello["connectionId"] for hello in hellos if hello["resumed"]] == [cid]
+        for each in (stranger, twin, client):
+            await each.close()

@@ -22,7 +22,7 @@ from websockets.protocol import State
 from ..connection import Connection
 from ..errors import CLOSE_ABNORMAL, GoneError, LimitExceededError
 from ..records import ConnectionRecord
-from .protocol import connected_frame, message_frame, new_token, text_frame
+from .protocol import connected_frame, message_frame, text_frame
 
 if TYPE_CHECKING:
     from websockets.asyncio.server import ServerConnection
@@ -156,11 +156,10 @@ class ReliableConnection(Connection):
     def greet(self, resumed: bool, last_seq: int) -> None:
         """Write the ``connected`` frame, then (resuming) every message after ``last_seq``,
         all before any live message: call right after :meth:`attach`, with no await between.
-        A resume gets a new reconnection token (the old one is spent)."""
+        A resume's frame carries the new reconnection token its claim set (the old one is
+        spent)."""
         assert self.ws is not None
         self.ack(last_seq)
-        if resumed:
-            self.token = new_token()
         self._write(connected_frame(self.id, self.token, resumed))
         for _, frame, _ in self.frames:
             self._write(frame)

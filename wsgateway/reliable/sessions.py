@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from .. import events
 from ..errors import CLOSE_ABNORMAL, CLOSE_GOING_AWAY, GoneError, LimitExceededError, MovedError
 from ..records import ConnectionRecord
-from .protocol import SUBPROTOCOL, ResumeRequest, parse_ack, same_token
+from .protocol import SUBPROTOCOL, ResumeRequest, new_token, parse_ack, same_token
 from .session import OVER_LIMIT, ReliableConnection
 
 if TYPE_CHECKING:
@@ -91,6 +91,7 @@ class Sessions:
         self._host = host
         self._moved: dict[str, tuple[str, float]] = {}  # connection id -> (its new node, until)
         self._incoming: dict[str, _Kept] = {}  # resumes in flight from other nodes
+        self._claims: dict[str, asyncio.Future[None]] = {}  # resumes being judged: done once they are
         self._ending: set[asyncio.Task[None]] = set()
 
     # ---------------------------------------------------------------- handshake
@@ -101,24 +102,41 @@ class Sessions:
 
     async def claim(self, request: ResumeRequest, tenant: str, principal_id: str) -> ReliableConnection | None:
         """The session a resuming handshake may carry on, now in this node's hub (dropped, or
-        still attached to a socket the handler replaces); None if it cannot be resumed."""
+        still attached to a socket the handler replaces); None if it cannot be resumed.
+
+        Resumes of one id are judged here one at a time: one that comes while another is
+        being judged waits for it (refused at once, anyone who knew the id could keep the
+        client from resuming by sending resumes with a wrong token). A resume granted spends
+        the token at once (the next one goes to the client in the ``connected`` frame), so
+        that of two resumes with the same token only one is granted."""
         connection_id = request.connection_id
-        incoming = self._incoming.get(connection_id)
-        if incoming is None and self._host.hub.get(connection_id) is None:
-            kept = self._incoming[connection_id] = _Kept()
-            claim = {"token": request.token, "lastSeq": request.last_seq, "tenant": tenant, "principal": principal_id}
-            # Shielded: once asked, the holder may hand the session over whatever becomes of
-            # this handshake (its client gone, its open timeout), and the session must then
-            # land here, dropped, to wait for the client's next resume: a move cut short
-            # would lose it without a $disconnect.
-            kept.moving = asyncio.ensure_future(self._move_here(connection_id, claim, kept))
-            return await asyncio.shield(kept.moving)
-        if incoming is not None:  # another handshake is resuming it here right now: its outcome first
-            await asyncio.shield(incoming.moving)
-        conn = self._host.hub.get(connection_id)
-        if not isinstance(conn, ReliableConnection) or not _allows(conn, request, tenant, principal_id):
-            return None
-        return conn
+        claims = self._claims
+        while (other := claims.get(connection_id)) is not None:
+            await asyncio.wait((other,))
+        done = claims[connection_id] = asyncio.get_running_loop().create_future()
+        try:
+            incoming = self._incoming.get(connection_id)
+            if incoming is not None:  # a move whose resume was given up on: it lands first
+                await asyncio.shield(incoming.moving)
+            conn = self._host.hub.get(connection_id)
+            if conn is None:
+                kept = self._incoming[connection_id] = _Kept()
+                claim = {"token": request.token, "lastSeq": request.last_seq, "tenant": tenant, "principal": principal_id}
+                # Shielded: once asked, the holder may hand the session over whatever becomes
+                # of this handshake (its client gone, its open timeout), and the session must
+                # then land here, dropped, to wait for the client's next resume: a move cut
+                # short would lose it without a $disconnect.
+                kept.moving = asyncio.ensure_future(self._move_here(connection_id, claim, kept))
+                conn = await asyncio.shield(kept.moving)  # the holder checked the claim
+                if conn is None:
+                    return None
+            elif not isinstance(conn, ReliableConnection) or not _allows(conn, request, tenant, principal_id):
+                return None
+            conn.token = new_token()
+            return conn
+        finally:
+            del claims[connection_id]
+            done.set_result(None)
 
     async def _move_here(self, connection_id: str, claim: dict[str, Any], kept: _Kept) -> ReliableConnection | None:
         """Ask the node holding a session for it, and install it here; None if it did not come."""
