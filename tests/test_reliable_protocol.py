@@ -75,7 +75,9 @@ def test_resume_requests() -> None:
     assert parse_resume({"resume": "id", "reconnectionToken": "t"}) == ResumeRequest("id", "t", 0)
     for bad in ({"resume": "id"}, {"resume": "id", "reconnectionToken": "t", "lastSeq": "-1"},
                 {"resume": "id", "reconnectionToken": "t", "lastSeq": "1e3"},
-                {"resume": "id", "reconnectionToken": "t", "lastSeq": "9" * 17}):
+                {"resume": "id", "reconnectionToken": "t", "lastSeq": "9" * 17},
+                {"resume": "id", "reconnectionToken": "t", "lastSeq": "\u00b2"},  # isdigit(), not int()
+                {"resume": "id", "reconnectionToken": "t", "lastSeq": "\u0661"}):  # Arabic-Indic one
         assert parse_resume(bad) is None, bad
 
 

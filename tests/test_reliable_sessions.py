@@ -216,6 +216,7 @@ async def test_resumes_that_cannot_be_honoured_start_afresh(node: Node, link: Cu
         {"resume": cid, "reconnectionToken": good, "lastSeq": "1", "tenant": "t2"},  # another tenant
         {"resume": cid, "reconnectionToken": good, "lastSeq": "7", "tenant": "t1"},  # more than was sent
         {"resume": cid, "reconnectionToken": good, "lastSeq": "x", "tenant": "t1"},  # not a number
+        {"resume": cid, "reconnectionToken": good, "lastSeq": "\u00b2", "tenant": "t1"},  # a digit to isdigit() only
         {"resume": "AAAAAAAAAAAAAAAA", "reconnectionToken": good, "lastSeq": "0", "tenant": "t1"},  # no such id
     ]
     for query in cases:

@@ -128,6 +128,7 @@ def parse_resume(query: Mapping[str, str]) -> ResumeRequest | None:
         return None
     token = query.get("reconnectionToken", "")
     last = query.get("lastSeq", "0")
-    if not token or not last.isdigit() or len(last) > 16:
+    # ASCII digits only: str.isdigit() is also true of "²", which int() refuses (a 500 and a traceback).
+    if not token or not last.isascii() or not last.isdigit() or len(last) > 16:
         return None
     return ResumeRequest(connection_id, token, int(last))
