@@ -77,7 +77,10 @@ def test_resume_requests() -> None:
                 {"resume": "id", "reconnectionToken": "t", "lastSeq": "1e3"},
                 {"resume": "id", "reconnectionToken": "t", "lastSeq": "9" * 17},
                 {"resume": "id", "reconnectionToken": "t", "lastSeq": "\u00b2"},  # isdigit(), not int()
-                {"resume": "id", "reconnectionToken": "t", "lastSeq": "\u0661"}):  # Arabic-Indic one
+                {"resume": "id", "reconnectionToken": "t", "lastSeq": "\u0661"},  # Arabic-Indic one
+                {"resume": "A" * 129, "reconnectionToken": "t"},  # longer than any connection id
+                {"resume": "id\nFORGED LOG LINE", "reconnectionToken": "t"},
+                {"resume": "\x00", "reconnectionToken": "t"}):
         assert parse_resume(bad) is None, bad
 
 
