@@ -108,13 +108,20 @@ async def test_jwt_statuses():
 
 
 async def test_hostile_claims_are_refused_before_connect():
-    """A tenant the management API could never address (over 256 characters) is a 403, a
-    non-string "sub" a 401: both before $connect, so nothing is registered for them."""
+    """A tenant the management API could never address (over 256 characters, a lone
+    surrogate) is a 403, a non-string "sub" a 401: both before $connect, so nothing is
+    registered for them."""
     async with running_node(make_config(auth=jwt_section())) as node:
         url = ws_url(node)
         assert await status_of(url, additional_headers={"Authorization": "Bearer " + token(practice_id="p" * 5000)}) == 403
         assert await status_of(url + "?token=" + token(practice_id="p" * 257)) == 403
         assert await status_of(url + "?token=" + token(sub=42)) == 401  # type: ignore[arg-type]
+        # JSON a JWT may carry that the registry, the events and the access log cannot write
+        # (orjson): a lone surrogate, an integer past 64 bits. Accepted, the connection failed
+        # with 1011 and a traceback (memory registry), or broke a Redis pipeline.
+        assert await status_of(url + "?token=" + token(practice_id="\ud800")) == 403
+        assert await status_of(url + "?token=" + token(sub="\udcff")) == 401
+        assert await status_of(url + "?token=" + token(role=2**64)) == 401
         assert th.events_of("$connect") == []
         assert len(node.gateway.hub) == 0
         async with websockets.connect(url + "?token=" + token(practice_id="p" * 256)) as ws:
