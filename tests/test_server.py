@@ -122,6 +122,7 @@ async def test_hostile_claims_are_refused_before_connect():
         assert await status_of(url + "?token=" + token(practice_id="\ud800")) == 403
         assert await status_of(url + "?token=" + token(sub="\udcff")) == 401
         assert await status_of(url + "?token=" + token(role=2**64)) == 401
+        assert await status_of(url + "?token=" + token(exp=10**400)) == 401  # was a 500 (OverflowError)
         assert th.events_of("$connect") == []
         assert len(node.gateway.hub) == 0
         async with websockets.connect(url + "?token=" + token(practice_id="p" * 256)) as ws:

@@ -374,10 +374,14 @@ def _numeric(claims: Mapping[str, Any], name: str) -> float | None:
     value = claims.get(name)
     if value is None:
         return None
-    # NaN compares false with everything, so it would make an "exp" never expire.
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise AuthError(401, f"malformed token: {name} is not a finite number")
-    return float(value)
+    # NaN compares false with everything, so it would make an "exp" never expire. An integer
+    # past a float's range (JSON allows 1e400 written out) makes isfinite() raise OverflowError.
+    try:
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            raise AuthError(401, f"malformed token: {name} is not a finite number")
+        return float(value)
+    except OverflowError:
+        raise AuthError(401, f"malformed token: {name} is not a finite number") from None
 
 
 _REASONS: tuple[tuple[type[Exception], str], ...] = (
