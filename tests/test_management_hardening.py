@@ -161,6 +161,23 @@ async def test_configured_hosts_and_origins_are_let_through():
             assert parse(await send(node, wire("GET", "/health", headers)))[0] == 403
 
 
+async def test_an_open_console_beside_sigv4_refuses_foreign_host_names():
+    """SigV4 signs the Host header, so by default the API takes any; the console is not
+    signed. Open (loopback, no password), it was served to any Host: a page whose name was
+    rebound to 127.0.0.1 got a session and read, posted to and closed every connection."""
+    async with running_node(make_config(management=sigv4_section())) as node:
+        assert node.management.console is not None
+        port = node.management_port
+        rebound = {"Host": f"rebound.attacker.example:{port}", "Origin": f"http://rebound.attacker.example:{port}"}
+        for method, path in (("GET", "/console"), ("GET", "/console/api/session"), ("GET", "/console/api/tenants")):
+            status, headers, _ = parse(await send(node, wire(method, path, rebound)))
+            assert status == 403 and "set-cookie" not in headers, path
+        status, headers, _ = parse(await send(node, wire("GET", "/console", loopback(node))))
+        assert status == 200 and headers["set-cookie"].startswith(f"wsgw_console_{port}=")
+        assert parse(await send(node, wire("GET", "/console", {"Host": "10.1.2.3"})))[0] == 200  # an IP: no name to rebind
+        assert parse(await send(node, wire("GET", "/health", {"Host": rebound["Host"]})))[0] == 200  # the API: as before
+
+
 # -- /metrics --------------------------------------------------------------------------------
 
 
