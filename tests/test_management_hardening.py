@@ -7,6 +7,7 @@ import asyncio
 import json
 import logging
 
+import aiohttp
 import pytest
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
@@ -176,6 +177,20 @@ async def test_an_open_console_beside_sigv4_refuses_foreign_host_names():
         assert status == 200 and headers["set-cookie"].startswith(f"wsgw_console_{port}=")
         assert parse(await send(node, wire("GET", "/console", {"Host": "10.1.2.3"})))[0] == 200  # an IP: no name to rebind
         assert parse(await send(node, wire("GET", "/health", {"Host": rebound["Host"]})))[0] == 200  # the API: as before
+
+
+async def test_head_requests_get_answers_without_content_on_a_kept_connection():
+    """The API has no HEAD operation: its 404 (and a refusal from the head, a 403) carry no
+    content, so a client's next request on the same connection reads its own answer."""
+    async with running_node() as node, aiohttp.ClientSession() as http:
+        base = f"http://127.0.0.1:{node.management_port}"
+        for path, headers, status in (("/health", {}, 404), ("/prod/@tenants/t/usage", {}, 404),
+                                      ("/health", {"Origin": "https://attacker.example"}, 403)):
+            async with http.head(base + path, headers=headers) as resp:
+                assert resp.status == status and resp.headers["x-amzn-ErrorType"]
+                assert int(resp.headers["Content-Length"]) > 0 and await resp.read() == b""
+            async with http.get(base + "/health") as resp:  # the same pooled connection when kept
+                assert resp.status == 200 and (await resp.json())["status"] == "ok"
 
 
 # -- /metrics --------------------------------------------------------------------------------
