@@ -243,6 +243,45 @@ async def test_a_resume_id_no_connection_could_have_is_neither_looked_up_nor_log
     assert not [r for r in caplog.records if "FORGED" in r.getMessage() or "A" * 200 in r.getMessage()]
 
 
+async def test_a_resume_waits_for_another_in_flight_on_the_node_instead_of_being_refused(
+    redis_url: str, key_prefix: str,
+) -> None:
+    """Two resumes of a session held elsewhere reach one node: the second waits for the first
+    one's answer, then makes its own claim. Refused at once, anyone who knew the id could keep
+    sending resumes with a wrong token and so keep its client from resuming on that node."""
+    shared = {"backend": "redis", "redis_url": redis_url, "key_prefix": key_prefix}
+    async with (
+        running_node(make_config(registry=shared)) as holder,
+        running_node(make_config(registry=shared)) as other,
+        CutLink(holder.port) as link,
+    ):
+        client = ReliableClient()
+        await client.connect(link.url(tenant="t1"))
+        cid = client.connection_id
+        link.cut()
+        gate, asked = asyncio.Event(), asyncio.Event()
+        take_remote = other.gateway.take_remote
+
+        async def held_back(connection_id: str, claim: Any) -> Any:
+            asked.set()
+            await gate.wait()  # the first claim stays in flight until the gate opens
+            return await take_remote(connection_id, claim)
+
+        other.gateway.take_remote = held_back  # type: ignore[method-assign]
+        stranger = ReliableClient()
+        stranger.connection_id, stranger.token = cid, "wrong"
+        strangers = asyncio.ensure_future(stranger.connect(ws_url(other, tenant="t1"), resume=True))
+        await asyncio.wait_for(asked.wait(), 5)
+        mine = asyncio.ensure_future(client.connect(ws_url(other, tenant="t1"), resume=True))
+        await asyncio.sleep(0.2)
+        gate.set()
+        assert (await strangers)["resumed"] is False
+        hello = await mine
+        assert hello["resumed"] is True and hello["connectionId"] == cid
+        await stranger.close()
+        await client.close()
+
+
 async def test_another_principal_cannot_resume_a_session() -> None:
     async with running_node(make_config(auth=jwt_section())) as jwt_node, CutLink(jwt_node.port) as link:
         client = ReliableClient()

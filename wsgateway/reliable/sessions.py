@@ -80,6 +80,7 @@ class Sessions:
         self._host = host
         self._moved: dict[str, tuple[str, float]] = {}  # connection id -> (its new node, until)
         self._incoming: dict[str, list[tuple[bytes, bool]]] = {}  # resumes in flight from other nodes
+        self._claims: dict[str, asyncio.Future[None]] = {}  # ... each done when its answer is in
         self._ending: set[asyncio.Task[None]] = set()
 
     # ---------------------------------------------------------------- handshake
@@ -91,20 +92,29 @@ class Sessions:
     async def claim(self, request: ResumeRequest, tenant: str, principal_id: str) -> ReliableConnection | None:
         """The session a resuming handshake may carry on, now in this node's hub (dropped, or
         still attached to a socket the handler replaces); None if it cannot be resumed."""
-        conn = self._host.hub.get(request.connection_id)
-        if conn is not None:
-            if not isinstance(conn, ReliableConnection) or not _allows(conn, request, tenant, principal_id):
-                return None
-            return conn
-        if request.connection_id in self._incoming:
-            return None  # another handshake is resuming it here right now
+        while True:
+            conn = self._host.hub.get(request.connection_id)
+            if conn is not None:
+                if not isinstance(conn, ReliableConnection) or not _allows(conn, request, tenant, principal_id):
+                    return None
+                return conn
+            other = self._claims.get(request.connection_id)
+            if other is None:
+                break
+            # Another handshake is resuming it here right now (maybe with a wrong token): its
+            # answer first, then this one's own claim. Refused at once, anyone who knew the
+            # id could keep its own client from resuming on this node.
+            await asyncio.wait((other,))
         pending = self._incoming[request.connection_id] = []
+        done = self._claims[request.connection_id] = asyncio.get_running_loop().create_future()
         claim = {"token": request.token, "lastSeq": request.last_seq, "tenant": tenant, "principal": principal_id}
         try:
             state = await self._host.take_remote(request.connection_id, claim)
             return None if state is None else await self._install(state, pending)
         finally:
             del self._incoming[request.connection_id]
+            del self._claims[request.connection_id]
+            done.set_result(None)
 
     async def _install(self, state: Mapping[str, Any], pending: list[tuple[bytes, bool]]) -> ReliableConnection | None:
         try:
