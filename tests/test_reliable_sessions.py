@@ -246,9 +246,10 @@ async def test_a_resume_id_no_connection_could_have_is_neither_looked_up_nor_log
 async def test_a_resume_waits_for_another_in_flight_on_the_node_instead_of_being_refused(
     redis_url: str, key_prefix: str,
 ) -> None:
-    """Two resumes of a session held elsewhere reach one node: the second waits for the first
-    one's answer, then makes its own claim. Refused at once, anyone who knew the id could keep
-    sending resumes with a wrong token and so keep its client from resuming on that node."""
+    """Resumes of a session held elsewhere reach one node together: each waits for the answer
+    to the one before, then makes its own claim (unless that one resumed the session: its token
+    is then spent). Refused at once, anyone who knew the id could keep sending resumes with a
+    wrong token and so keep its client from resuming on that node."""
     shared = {"backend": "redis", "redis_url": redis_url, "key_prefix": key_prefix}
     async with (
         running_node(make_config(registry=shared)) as holder,
@@ -272,14 +273,18 @@ async def test_a_resume_waits_for_another_in_flight_on_the_node_instead_of_being
         stranger.connection_id, stranger.token = cid, "wrong"
         strangers = asyncio.ensure_future(stranger.connect(ws_url(other, tenant="t1"), resume=True))
         await asyncio.wait_for(asked.wait(), 5)
+        twin = ReliableClient()  # the same token again: one of the two resumes, not both
+        twin.connection_id, twin.token = cid, client.token
         mine = asyncio.ensure_future(client.connect(ws_url(other, tenant="t1"), resume=True))
+        twins = asyncio.ensure_future(twin.connect(ws_url(other, tenant="t1"), resume=True))
         await asyncio.sleep(0.2)
         gate.set()
         assert (await strangers)["resumed"] is False
-        hello = await mine
-        assert hello["resumed"] is True and hello["connectionId"] == cid
-        await stranger.close()
-        await client.close()
+        hellos = [await mine, await twins]
+        assert sorted(hello["resumed"] for hello in hellos) == [False, True]
+        assert [hello["connectionId"] for hello in hellos if hello["resumed"]] == [cid]
+        for each in (stranger, twin, client):
+            await each.close()
 
 
 async def test_another_principal_cannot_resume_a_session() -> None:

@@ -80,7 +80,7 @@ class Sessions:
         self._host = host
         self._moved: dict[str, tuple[str, float]] = {}  # connection id -> (its new node, until)
         self._incoming: dict[str, list[tuple[bytes, bool]]] = {}  # resumes in flight from other nodes
-        self._claims: dict[str, asyncio.Future[None]] = {}  # ... each done when its answer is in
+        self._claims: dict[str, asyncio.Future[bool]] = {}  # ... each done (resumed?) when answered
         self._ending: set[asyncio.Task[None]] = set()
 
     # ---------------------------------------------------------------- handshake
@@ -103,18 +103,23 @@ class Sessions:
                 break
             # Another handshake is resuming it here right now (maybe with a wrong token): its
             # answer first, then this one's own claim. Refused at once, anyone who knew the
-            # id could keep its own client from resuming on this node.
+            # id could keep its own client from resuming on this node. If it resumed the
+            # session, its token is spent: this handshake starts afresh.
             await asyncio.wait((other,))
+            if other.result():
+                return None
         pending = self._incoming[request.connection_id] = []
         done = self._claims[request.connection_id] = asyncio.get_running_loop().create_future()
         claim = {"token": request.token, "lastSeq": request.last_seq, "tenant": tenant, "principal": principal_id}
+        resumed: ReliableConnection | None = None
         try:
             state = await self._host.take_remote(request.connection_id, claim)
-            return None if state is None else await self._install(state, pending)
+            resumed = None if state is None else await self._install(state, pending)
+            return resumed
         finally:
             del self._incoming[request.connection_id]
             del self._claims[request.connection_id]
-            done.set_result(None)
+            done.set_result(resumed is not None)
 
     async def _install(self, state: Mapping[str, Any], pending: list[tuple[bytes, bool]]) -> ReliableConnection | None:
         try:
