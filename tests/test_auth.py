@@ -292,11 +292,19 @@ async def test_not_yet_valid(hs: Authenticator, name: str) -> None:
     assert (error.status, error.reason) == (401, f"token not yet valid ({name} in the future)")
 
 
-@pytest.mark.parametrize("exp", [float("nan"), float("inf"), "2000000000", True])
+@pytest.mark.parametrize("exp", [float("nan"), float("inf"), "2000000000", True,
+                                 pytest.param(10**400, id="int-past-float")])
 async def test_exp_must_be_a_finite_number(hs: Authenticator, exp: Any) -> None:
-    """NaN compares false with everything: it must not become "never expires"."""
+    """NaN compares false with everything: it must not become "never expires". An integer past
+    a float's range (valid JSON) raised OverflowError: a 500 and a traceback."""
     error = await refused(hs, hs256(exp=exp))
     assert (error.status, error.reason) == (401, "malformed token: exp is not a finite number")
+
+
+@pytest.mark.parametrize("name", ["nbf", "iat"])
+async def test_time_claims_past_a_float_are_malformed(hs: Authenticator, name: str) -> None:
+    error = await refused(hs, hs256(**{name: -(10**400)}))
+    assert (error.status, error.reason) == (401, f"malformed token: {name} is not a finite number")
 
 
 async def test_missing_required_claim(clock: Clock) -> None:

@@ -77,6 +77,18 @@ async def test_bodies_content_length_chunked_and_expect_continue(server):
     assert data.startswith(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK")
 
 
+async def test_a_head_request_is_answered_without_content(server):
+    """RFC 9110 9.3.2: a keep-alive client reads no content after a HEAD answer, so content
+    sent there was read as the start of the next answer (aiohttp: BadStatusLine)."""
+    _, port = server
+    raw = b"HEAD /h HTTP/1.1\r\nHost: h\r\n\r\nGET /after HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n"
+    data = await exchange(port, raw)
+    head_answer, _, rest = data.partition(b"\r\n\r\n")
+    assert head_answer.startswith(b"HTTP/1.1 200 OK")
+    assert b"Content-Length: %d" % len(b"HEAD /h ? len=0 big=0") in head_answer  # what a GET would carry
+    assert rest.startswith(b"HTTP/1.1 200 OK") and rest.endswith(b"GET /after ? len=0 big=0")
+
+
 async def test_oversize_body_is_flagged_and_connection_stays_usable(server):
     _, port = server
     big = b"x" * 5000

@@ -7,6 +7,7 @@ import asyncio
 import json
 import logging
 
+import aiohttp
 import pytest
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
@@ -159,6 +160,37 @@ async def test_configured_hosts_and_origins_are_let_through():
         assert parse(await send(node, wire("GET", "/health", ok)))[0] == 200
         for headers in ({"Host": "127.0.0.1"}, {"Host": "gw.internal", "Origin": "https://other.example"}):
             assert parse(await send(node, wire("GET", "/health", headers)))[0] == 403
+
+
+async def test_an_open_console_beside_sigv4_refuses_foreign_host_names():
+    """SigV4 signs the Host header, so by default the API takes any; the console is not
+    signed. Open (loopback, no password), it was served to any Host: a page whose name was
+    rebound to 127.0.0.1 got a session and read, posted to and closed every connection."""
+    async with running_node(make_config(management=sigv4_section())) as node:
+        assert node.management.console is not None
+        port = node.management_port
+        rebound = {"Host": f"rebound.attacker.example:{port}", "Origin": f"http://rebound.attacker.example:{port}"}
+        for method, path in (("GET", "/console"), ("GET", "/console/api/session"), ("GET", "/console/api/tenants")):
+            status, headers, _ = parse(await send(node, wire(method, path, rebound)))
+            assert status == 403 and "set-cookie" not in headers, path
+        status, headers, _ = parse(await send(node, wire("GET", "/console", loopback(node))))
+        assert status == 200 and headers["set-cookie"].startswith(f"wsgw_console_{port}=")
+        assert parse(await send(node, wire("GET", "/console", {"Host": "10.1.2.3"})))[0] == 200  # an IP: no name to rebind
+        assert parse(await send(node, wire("GET", "/health", {"Host": rebound["Host"]})))[0] == 200  # the API: as before
+
+
+async def test_head_requests_get_answers_without_content_on_a_kept_connection():
+    """The API has no HEAD operation: its 404 (and a refusal from the head, a 403) carry no
+    content, so a client's next request on the same connection reads its own answer."""
+    async with running_node() as node, aiohttp.ClientSession() as http:
+        base = f"http://127.0.0.1:{node.management_port}"
+        for path, headers, status in (("/health", {}, 404), ("/prod/@tenants/t/usage", {}, 404),
+                                      ("/health", {"Origin": "https://attacker.example"}, 403)):
+            async with http.head(base + path, headers=headers) as resp:
+                assert resp.status == status and resp.headers["x-amzn-ErrorType"]
+                assert int(resp.headers["Content-Length"]) > 0 and await resp.read() == b""
+            async with http.get(base + "/health") as resp:  # the same pooled connection when kept
+                assert resp.status == 200 and (await resp.json())["status"] == "ok"
 
 
 # -- /metrics --------------------------------------------------------------------------------

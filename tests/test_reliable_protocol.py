@@ -75,7 +75,12 @@ def test_resume_requests() -> None:
     assert parse_resume({"resume": "id", "reconnectionToken": "t"}) == ResumeRequest("id", "t", 0)
     for bad in ({"resume": "id"}, {"resume": "id", "reconnectionToken": "t", "lastSeq": "-1"},
                 {"resume": "id", "reconnectionToken": "t", "lastSeq": "1e3"},
-                {"resume": "id", "reconnectionToken": "t", "lastSeq": "9" * 17}):
+                {"resume": "id", "reconnectionToken": "t", "lastSeq": "9" * 17},
+                {"resume": "id", "reconnectionToken": "t", "lastSeq": "\u00b2"},  # isdigit(), not int()
+                {"resume": "id", "reconnectionToken": "t", "lastSeq": "\u0661"},  # Arabic-Indic one
+                {"resume": "A" * 129, "reconnectionToken": "t"},  # longer than any connection id
+                {"resume": "id\nFORGED LOG LINE", "reconnectionToken": "t"},
+                {"resume": "\x00", "reconnectionToken": "t"}):
         assert parse_resume(bad) is None, bad
 
 

@@ -12,6 +12,7 @@ import contextlib
 import json
 from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 import boto3
@@ -223,6 +224,7 @@ async def test_resumes_that_cannot_be_honoured_start_afresh(node: Node, link: Cu
         {"resume": cid, "reconnectionToken": good, "lastSeq": "1", "tenant": "t2"},  # another tenant
         {"resume": cid, "reconnectionToken": good, "lastSeq": "7", "tenant": "t1"},  # more than was sent
         {"resume": cid, "reconnectionToken": good, "lastSeq": "x", "tenant": "t1"},  # not a number
+        {"resume": cid, "reconnectionToken": good, "lastSeq": "\u00b2", "tenant": "t1"},  # a digit to isdigit() only
         {"resume": "AAAAAAAAAAAAAAAA", "reconnectionToken": good, "lastSeq": "0", "tenant": "t1"},  # no such id
     ]
     for query in cases:
@@ -233,6 +235,19 @@ async def test_resumes_that_cannot_be_honoured_start_afresh(node: Node, link: Cu
         await other.close()
     hello = await client.connect(link.url(tenant="t1"), resume=True)  # the right one still works
     assert hello["resumed"] is True and hello["connectionId"] == cid
+
+
+async def test_a_resume_id_no_connection_could_have_is_neither_looked_up_nor_logged(
+    node: Node, caplog: pytest.LogCaptureFixture,
+) -> None:
+    forged = "x\n2026-01-01 00:00:00,000 ERROR wsgateway [1] FORGED"
+    with caplog.at_level("DEBUG", logger="wsgateway"):
+        for resume in (forged, "A" * 5000):
+            client = ReliableClient()
+            hello = await client.connect(ws_url(node, tenant="t1", resume=quote(resume), reconnectionToken="t", lastSeq="0"))
+            assert hello["resumed"] is False
+            await client.close()
+    assert not [r for r in caplog.records if "FORGED" in r.getMessage() or "A" * 200 in r.getMessage()]
 
 
 async def test_another_principal_cannot_resume_a_session() -> None:

@@ -11,7 +11,17 @@ import websockets
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from tests import handlers_for_tests as th
-from tests.support import connect, eventually, jwt_section, make_config, running_node, token, whoami, ws_url
+from tests.support import (
+    connect,
+    eventually,
+    jwt_section,
+    make_config,
+    raw_get,
+    running_node,
+    token,
+    whoami,
+    ws_url,
+)
 from wsgateway.server import origin_key
 
 
@@ -108,13 +118,21 @@ async def test_jwt_statuses():
 
 
 async def test_hostile_claims_are_refused_before_connect():
-    """A tenant the management API could never address (over 256 characters) is a 403, a
-    non-string "sub" a 401: both before $connect, so nothing is registered for them."""
+    """A tenant the management API could never address (over 256 characters, a lone
+    surrogate) is a 403, a non-string "sub" a 401: both before $connect, so nothing is
+    registered for them."""
     async with running_node(make_config(auth=jwt_section())) as node:
         url = ws_url(node)
         assert await status_of(url, additional_headers={"Authorization": "Bearer " + token(practice_id="p" * 5000)}) == 403
         assert await status_of(url + "?token=" + token(practice_id="p" * 257)) == 403
         assert await status_of(url + "?token=" + token(sub=42)) == 401  # type: ignore[arg-type]
+        # JSON a JWT may carry that the registry, the events and the access log cannot write
+        # (orjson): a lone surrogate, an integer past 64 bits. Accepted, the connection failed
+        # with 1011 and a traceback (memory registry), or broke a Redis pipeline.
+        assert await status_of(url + "?token=" + token(practice_id="\ud800")) == 403
+        assert await status_of(url + "?token=" + token(sub="\udcff")) == 401
+        assert await status_of(url + "?token=" + token(role=2**64)) == 401
+        assert await status_of(url + "?token=" + token(exp=10**400)) == 401  # was a 500 (OverflowError)
         assert th.events_of("$connect") == []
         assert len(node.gateway.hub) == 0
         async with websockets.connect(url + "?token=" + token(practice_id="p" * 256)) as ws:
@@ -528,6 +546,22 @@ async def test_client_port_health_is_private_unless_details_are_asked_for():
         async with http.get(f"http://127.0.0.1:{node.port}/health") as resp:
             health = await resp.json()
             assert resp.status == 200 and health["node_id"] == node.node_id and health["connections"] == 0
+
+
+async def test_head_probes_of_the_client_port_get_no_content():
+    """A load balancer may probe with HEAD: the answer keeps its Content-Length and carries no
+    content (RFC 9110 9.3.2); sent, it broke clients (aiohttp: "Data after Connection: close")."""
+    async with running_node() as node:
+        for path in ("/health", "/ready", "/client.js"):
+            reader, writer = await asyncio.open_connection("127.0.0.1", node.port)
+            writer.write(f"HEAD {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+            async with asyncio.timeout(5):
+                data = await reader.read()
+            writer.close()
+            head, _, content = data.partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 200 ") and content == b"", path
+            assert int(head.split(b"Content-Length: ")[1].split(b"\r\n")[0]) > 0, path
+            assert (await raw_get(node.port, path))[1]  # a GET has it
 
 
 # ---------------------------------------------------------------- control frames and memory

@@ -60,6 +60,21 @@ async def test_connection_cap_refuses_the_handshake_with_429_and_frees_places_on
             await ws.close()
 
 
+async def test_a_refused_tenant_is_logged_quoted(caplog: pytest.LogCaptureFixture) -> None:
+    """The tenant is a client's text (``?tenant=`` with auth off, a token's claim): its 429
+    line must not let a newline in it forge another log line."""
+    one = {"name": "one", "tenants": ["*"], "max_connections": 1}
+    async with running_node(plans_config(one)) as node:
+        tenant = "t%0A2026-01-01 00:00:00,000 ERROR wsgateway FORGED".replace(" ", "%20")
+        ws = await open_as(node, tenant)
+        with caplog.at_level("INFO", logger="wsgateway"):
+            assert await refused_status(node, tenant=tenant) == 429
+        lines = [line for r in caplog.records for line in r.getMessage().splitlines()]
+        assert any("FORGED" in line for line in lines)
+        assert not [line for line in lines if line.startswith("2026-01-01")]
+        await ws.close()
+
+
 async def test_a_refused_connect_gives_its_place_back() -> None:
     plan = {**SMALL, "max_connections": 1}
     async with running_node(plans_config(plan)) as node:

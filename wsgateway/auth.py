@@ -37,6 +37,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 import jwt
+import orjson
 from jwt.algorithms import HMACAlgorithm
 
 from .authorizer import Allowed, Authorizer, HandshakeRequest
@@ -307,6 +308,10 @@ class Authenticator:
         if not isinstance(subject, str):  # whatever the PyJWT version checked
             raise AuthError(401, "claim 'sub' is not a string")
         context = {name: claims[name] for name in self._context_claims if name in claims}
+        try:  # the connection's record, events and access log carry them as JSON (orjson)
+            orjson.dumps([subject, context])
+        except TypeError:  # PyJWT's json reads "\ud800" and 2**64 alike; orjson writes neither
+            raise AuthError(401, "malformed token: 'sub' or a context claim JSON cannot carry") from None
         exp = claims.get("exp")
         return Principal(
             subject,
@@ -319,9 +324,16 @@ class Authenticator:
 
 def _addressable(tenant: str, what: str) -> str:
     """``tenant``, unless the management API could never address it: 403 past
-    :data:`MAX_TENANT_CHARS` (``what`` names where it came from, for the log)."""
+    :data:`MAX_TENANT_CHARS` or not text UTF-8 can encode (a lone surrogate, which a JWT's
+    JSON may hold: no path names it, and the registry and access log cannot write it)
+    (``what`` names where it came from, for the log)."""
     if len(tenant) > MAX_TENANT_CHARS:
         raise AuthError(403, f"{what} longer than {MAX_TENANT_CHARS} characters")
+    if not tenant.isascii():
+        try:
+            tenant.encode()
+        except UnicodeEncodeError:
+            raise AuthError(403, f"{what} not valid Unicode (a lone surrogate)") from None
     return tenant
 
 # ---------------------------------------------------------------- configuration and keys
@@ -362,10 +374,14 @@ def _numeric(claims: Mapping[str, Any], name: str) -> float | None:
     value = claims.get(name)
     if value is None:
         return None
-    # NaN compares false with everything, so it would make an "exp" never expire.
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise AuthError(401, f"malformed token: {name} is not a finite number")
-    return float(value)
+    # NaN compares false with everything, so it would make an "exp" never expire. An integer
+    # past a float's range (JSON allows 1e400 written out) makes isfinite() raise OverflowError.
+    try:
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            raise AuthError(401, f"malformed token: {name} is not a finite number")
+        return float(value)
+    except OverflowError:
+        raise AuthError(401, f"malformed token: {name} is not a finite number") from None
 
 
 _REASONS: tuple[tuple[type[Exception], str], ...] = (

@@ -27,7 +27,7 @@ import logging
 import socket
 from collections import deque
 from collections.abc import Callable, Coroutine, Generator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import httptools
@@ -83,6 +83,7 @@ class Response:
     body: bytes = b""
     headers: list[tuple[str, str]] = field(default_factory=list)
     head: bytes = b""
+    bodiless: bool = False  # the answer to a HEAD request: its Content-Length, not its body
 
 
 class Deferred:
@@ -164,7 +165,15 @@ def _serialize(response: Response, keep_alive: bool) -> bytes:
             lines += f"{name}: {value}\r\n"
         fields = lines.encode("latin-1")
     close = b"" if keep_alive else b"Connection: close\r\n"
-    return b"%s%d\r\n%s%s%s\r\n%s" % (first, len(body), fields, response.head, close, body)
+    return b"%s%d\r\n%s%s%s\r\n%s" % (first, len(body), fields, response.head, close, b"" if response.bodiless else body)
+
+
+def _to(request: Request, response: Response) -> Response:
+    """``response`` as the answer to ``request``: a HEAD request's carries no content (RFC 9110
+    9.3.2), else a keep-alive client reads that content as the start of the next answer."""
+    if request.method != "HEAD" or not response.body:
+        return response
+    return replace(response, bodiless=True)
 
 
 class _Connection(asyncio.Protocol):
@@ -303,7 +312,7 @@ class _Connection(asyncio.Protocol):
         refused = check(request) if check is not None else None
         if refused is not None:
             # Answered from its head: its body is never buffered (nor, after the answer, read).
-            self._fail(refused)
+            self._fail(_to(request, refused))
             return
         if _EXPECT in headers and self._transport is not None and any(
             value.lower() == "100-continue" for value in headers.getall(_EXPECT)
@@ -442,7 +451,7 @@ class _Connection(asyncio.Protocol):
             result = _internal_error()
         if type(result) is Response:
             self._serial -= 1
-            self._answer(result, keep_alive)
+            self._answer(_to(request, result), keep_alive)
         else:  # START (the worker calls it) or a coroutine
             self._run(self._serve(request, keep_alive, None if result is START else result), in_worker)  # type: ignore[arg-type]
 
@@ -473,7 +482,7 @@ class _Connection(asyncio.Protocol):
             response = _internal_error()
         finally:
             self._serial -= 1
-        self._answer(response, keep_alive)
+        self._answer(_to(request, response), keep_alive)
 
     async def _work(self) -> None:
         """The connection's task: carries on a serial handler that suspended in its first step
@@ -546,7 +555,9 @@ class _Connection(asyncio.Protocol):
         except Exception:
             log.exception("management handler failed")
             return _internal_error()
-        if isinstance(result, (Response, Deferred)):
+        if isinstance(result, Response):
+            return _to(request, result)
+        if isinstance(result, Deferred):
             return result
         # The queue holds it until it is answered; the server, if the connection goes first.
         return self._loop.create_task(result)

@@ -41,7 +41,7 @@ import ipaddress
 import logging
 import socket
 import time
-from collections.abc import Coroutine, Mapping
+from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, unquote
 
@@ -121,6 +121,8 @@ class ManagementServer:
             )
         self._cfg = cfg
         self._hosts = _allowed_hosts(cfg)
+        # The console is not signed: SigV4's "any Host" does not hold for it (DNS rebinding).
+        self._console_hosts = _allowed_hosts(cfg, signed=False)
         self._host_answers: dict[str, bool] = {}  # Host header value -> allowed (_host_value_allowed)
         self._origins = frozenset(cfg.allowed_origins)
         self._metrics_token = f"Bearer {cfg.metrics_token}".encode() if cfg.metrics_token else b""
@@ -162,7 +164,7 @@ class ManagementServer:
         headers = request.headers
         try:
             if self.console is not None and request.raw_path[:8] == "/console" and is_console_path(request.raw_path):
-                if len(headers.getall("Host", ())) > 1 or not self._host_allowed(headers):
+                if len(headers.getall("Host", ())) > 1 or not self._console_host_allowed(headers.get("Host", "")):
                     raise ForbiddenError(f"Host {headers.get('Host', '')[:80]!r} is not allowed")
                 request.head_state = "console"
                 return self.console.check_head(request)
@@ -289,8 +291,13 @@ class ManagementServer:
             segments = segments[1:]
         return segments
 
-    def _host_allowed(self, headers: Mapping[str, str]) -> bool:
-        return self._host_value_allowed(headers.get("Host", ""))
+    def _console_host_allowed(self, host: str) -> bool:
+        """Whether the console may answer a request naming ``host``: as the unsigned API
+        by default (loopback names, ``management.host``, any IP address), whatever
+        ``management.auth``; a page of a rebound name must not reach an open console."""
+        name = _host_name(host)
+        return "*" in self._console_hosts or name in self._console_hosts or (
+            not self._cfg.allowed_hosts and _is_ip(name))
 
     def _host_value_allowed(self, host: str) -> bool:
         """Whether a Host header's value may be served; answers are kept, as callers send the
@@ -458,12 +465,13 @@ def _error_response(exc: ManagementError, request_id: str) -> Response:
     )
 
 
-def _allowed_hosts(cfg: ManagementConfig) -> frozenset[str]:
+def _allowed_hosts(cfg: ManagementConfig, *, signed: bool = True) -> frozenset[str]:
     """Host names (lower-case, no port) requests may name; "*" = any. By default, any with
-    SigV4 (the Host header is signed), else loopback names and the configured host."""
+    SigV4 (the Host header is signed) for ``signed`` requests, else loopback names and the
+    configured host."""
     if cfg.allowed_hosts:
         return frozenset(cfg.allowed_hosts)
-    if cfg.auth == "sigv4":
+    if signed and cfg.auth == "sigv4":
         return frozenset({"*"})
     host = cfg.host.lower()
     return _LOOPBACK_NAMES | {f"[{host}]" if ":" in host else host}

@@ -331,9 +331,9 @@ class ClientServer:
             health = await gateway.health()
             status = 200 if health["live" if path == "/health" else "ready"] else 503
             # The node id, its load and the registry's state are for operators, not the internet.
-            return _json_response(ws, status, health if self._health_details else {"status": health["status"]})
+            return _to(request, _json_response(ws, status, health if self._health_details else {"status": health["status"]}))
         if path == "/client.js":
-            return _client_js_response()
+            return _to(request, _client_js_response())
         if path not in self._paths:
             return _reject(ws, 404)
         if "websocket" not in headers.get("Upgrade", "").lower():
@@ -571,6 +571,14 @@ def _client_js_response() -> Response:
         ("Access-Control-Allow-Origin", "*"), ("Cache-Control", "public, max-age=300"), ("Connection", "close"),
     ])
     return Response(200, "OK", headers, data)
+
+
+def _to(request: Request, response: Response) -> Response:
+    """``response`` as the answer to ``request``: a HEAD request's keeps its Content-Length and
+    carries no content (RFC 9110 9.3.2), which a client would read as more than the answer."""
+    if request.method != "HEAD":
+        return response
+    return Response(response.status_code, response.reason_phrase, response.headers, b"")
 
 
 def _json_response(ws: ServerConnection, status: int, body: Any) -> Response:

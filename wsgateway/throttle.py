@@ -54,7 +54,7 @@ class Throttle:
         refused = await self._store.reserve(tenant, principal_id, *caps)
         if refused is not None:
             assert plan is not None
-            log.info("handshake refused (429): tenant %s over its plan's %s", tenant, refused)
+            log.info("handshake refused (429): tenant %r over its plan's %s", tenant, refused)  # %r: a client's text
             usage.count(plan.name, refused, "handshake")
             return None
         return Hold(lambda: self._spawn(self._store.unreserve(tenant, principal_id)))

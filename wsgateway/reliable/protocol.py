@@ -22,6 +22,8 @@ from dataclasses import dataclass
 
 import orjson
 
+from ..ids import is_connection_id
+
 __all__ = [
     "SUBPROTOCOL",
     "ResumeRequest",
@@ -121,13 +123,16 @@ class ResumeRequest:
 
 def parse_resume(query: Mapping[str, str]) -> ResumeRequest | None:
     """The resume a handshake's query asks for; None if it asks for none, or for one it
-    cannot be (missing token, ``lastSeq`` not a non-negative integer): that client starts
-    afresh and is told so (``"resumed": false``)."""
+    cannot be (an id no connection has the shape of, missing token, ``lastSeq`` not a
+    non-negative integer): that client starts afresh and is told so (``"resumed": false``).
+    The id is the client's text: checked here, it is never looked up nor logged unless it is
+    at most 128 characters that cannot break a log line."""
     connection_id = query.get("resume")
-    if not connection_id:
+    if not connection_id or not is_connection_id(connection_id):
         return None
     token = query.get("reconnectionToken", "")
     last = query.get("lastSeq", "0")
-    if not token or not last.isdigit() or len(last) > 16:
+    # ASCII digits only: str.isdigit() is also true of "²", which int() refuses (a 500 and a traceback).
+    if not token or not last.isascii() or not last.isdigit() or len(last) > 16:
         return None
     return ResumeRequest(connection_id, token, int(last))

@@ -92,7 +92,7 @@ class Allowance:
                 await self._batcher.call("EVAL", PLACES_FREE, 1, self._keys.tenant_places(tenant),
                                          self._node_id, principal)
         except REDIS_FAILURES as exc:  # the place stays taken until this node stops or is swept
-            log.warning("registry: could not give back a connection place of tenant %s (%r)", tenant, exc)
+            log.warning("registry: could not give back a connection place of tenant %r (%r)", tenant, exc)
 
     async def held(self, tenant: str) -> int:
         """See ``Registry.held``."""
