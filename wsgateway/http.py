@@ -451,7 +451,8 @@ class _Connection(asyncio.Protocol):
             result = _internal_error()
         if type(result) is Response:
             self._serial -= 1
-            self._answer(_to(request, result), keep_alive)
+            # Most answers leave here (one per post): HEAD's check without _to's call.
+            self._answer(result if request.method != "HEAD" else _to(request, result), keep_alive)
         else:  # START (the worker calls it) or a coroutine
             self._run(self._serve(request, keep_alive, None if result is START else result), in_worker)  # type: ignore[arg-type]
 
