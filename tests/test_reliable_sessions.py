@@ -23,10 +23,11 @@ from botocore.exceptions import ClientError
 from websockets.exceptions import ConnectionClosed
 
 from tests import handlers_for_tests as th
-from tests.registry_support import RedisLink
+from tests.registry_support import RedisLink, wait_settled
 from tests.reliable_support import CutLink, ReliableClient
 from tests.support import endpoint, eventually, jwt_section, make_config, raw_get, running_node, token, ws_url
 from wsgateway.node import Node
+from wsgateway.registry.redis import RedisRegistry
 from wsgateway.reliable import SUBPROTOCOL
 from wsgateway.reliable.protocol import ResumeRequest
 
@@ -418,9 +419,8 @@ async def _three_nodes(private_redis: Any, key_prefix: str) -> AsyncIterator[tup
             )
         async with running_node(config(a_link.url)) as a, running_node(config(url)) as b, running_node(config(url)) as c:
             for node in (a, b, c):
-                async with asyncio.timeout(10):
-                    while not (await node.gateway.registry.health())["settled"]:
-                        await asyncio.sleep(0.05)
+                assert isinstance(node.gateway.registry, RedisRegistry)
+                await wait_settled(node.gateway.registry, 10)
             yield a, b, c, a_link
 
 
