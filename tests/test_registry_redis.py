@@ -304,11 +304,13 @@ async def test_a_session_handed_over_takes_every_call_with_it(
         await reg_b.take_session(cid, {"token": "wrong"})
     state = await reg_b.take_session(cid, {"token": "right", "lastSeq": 0})
     assert state == {"connectionId": cid, "claim": {"token": "right", "lastSeq": 0}}
-    reg_a.handed_over(record, "nb")  # as the gateway's sessions do once they handed it over
+    reg_a.handing_over(cid, "nb")  # as the gateway's sessions do once they handed it over
     moved = dataclasses.replace(record, node_id="nb")
     node_b.open(moved)  # b holds it, and has not rewritten its record yet:
     await reg_b.post(cid, b"to b", False)  # the record names a, which says "moved" to b: b asks itself
-    await reg_b.add(moved)
+    assert await reg_b.move_in(moved, "na", "h1")
+    assert await reg_b.move_in(moved, "na", "h1")  # asked again (a reply lost): the same answer
+    assert not await reg_a.settle_handover(record, "h1")  # it landed: a's sets forget it
     await reg_c.post(cid, b"2", False)  # a answers "moved": c follows the session to b
     await reg_a.post(cid, b"3", False)  # a itself sends it on
     assert node_b.posted[cid] == [(b"to b", False), (b"2", False), (b"3", False)]
@@ -323,6 +325,39 @@ async def test_a_session_handed_over_takes_every_call_with_it(
     reg_d = await make(RecordingNode("nd"))
     await reg_d.delete(cid)
     assert node_b.deleted == [cid]
+
+
+@QUICK_BEATS
+@ON_EACH_TOPOLOGY
+async def test_a_handover_is_settled_once_by_whichever_side_reaches_the_record_first(
+    make: Factory, redis_topology: Topology, key_prefix: str
+) -> None:
+    node_a, node_b = RecordingNode("na"), RecordingNode("nb")
+    reg_a, reg_b = await make(node_a), await make(node_b)
+    r, keys = redis_topology.client(), KeySpace(key_prefix)
+    record = await accept(reg_a, node_a)
+    cid = record.connection_id
+    moved = dataclasses.replace(record, node_id="nb")
+    reg_a.handing_over(cid, "nb")
+    # The holder settles first (the resuming node never got its answer): the session stays
+    # on a, and that move can no longer land on b, however late its answer comes.
+    assert await reg_a.settle_handover(record, "h1")
+    assert not await reg_b.move_in(moved, "na", "h1")
+    assert r.hget(keys.record(cid), "node") == b"na" and r.sismember(keys.node_conns("na"), cid)
+    assert not r.sismember(keys.node_conns("nb"), cid)
+    await reg_b.post(cid, b"here", False)  # calls reach a again
+    assert node_a.posted[cid] == [(b"here", False)]
+    # A later move of the same session (another name) lands, and a's settling sees it.
+    reg_a.handing_over(cid, "nb")
+    assert await reg_b.move_in(moved, "na", "h2")
+    assert not await reg_a.settle_handover(record, "h2")
+    assert r.hget(keys.record(cid), "node") == b"nb" and r.sismember(keys.node_conns("nb"), cid)
+    await wait_for(lambda: not r.sismember(keys.node_conns("na"), cid), 2, "a forgets the session")
+    # b holds it now: a move from a (which no longer holds it) cannot land anywhere.
+    assert not await reg_a.move_in(record, "nc", "h3")
+    # A record gone (claimed, lost with Redis's data) is not kept: nothing can vouch for it.
+    r.delete(keys.record(cid))
+    assert not await reg_b.settle_handover(moved, "h4")
 
 
 @QUICK_BEATS

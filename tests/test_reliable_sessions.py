@@ -17,6 +17,7 @@ from urllib.parse import quote
 import aiohttp
 import boto3
 import pytest
+import redis
 import websockets
 from botocore.config import Config
 from botocore.exceptions import ClientError
@@ -28,6 +29,7 @@ from tests.reliable_support import CutLink, ReliableClient
 from tests.support import endpoint, eventually, jwt_section, make_config, raw_get, running_node, token, ws_url
 from wsgateway.node import Node
 from wsgateway.registry.redis import RedisRegistry
+from wsgateway.registry.redis.keys import KeySpace
 from wsgateway.reliable import SUBPROTOCOL
 from wsgateway.reliable.protocol import ResumeRequest
 
@@ -499,6 +501,42 @@ async def test_a_post_kept_for_a_session_that_never_arrives_is_not_answered_200(
         a_link.delay_s = 0
 
 
+
+
+@pytest.mark.redis
+async def test_a_session_whose_move_never_landed_stays_with_its_holder(private_redis: Any, key_prefix: str) -> None:
+    """The holder hands the session over, but its answer comes after the resuming node gave
+    up (Redis lost it, or the holder stalled): the move never lands, so the holder keeps the
+    session (the record decides, once), dropped, with its posts: nothing is lost and its
+    ``$disconnect`` runs once, when it ends. Meanwhile calls about it get 503, never 410."""
+    async with _three_nodes(private_redis, key_prefix) as (a, b, c, a_link), CutLink(b.port) as link:
+        client = ReliableClient()
+        cid = await _moved_to_a_and_dropped(a, b, link, client)
+        token, last_seq = client.token, client.last_seq
+        a_link.delay_s = 3.0  # a hands the session over; its answer comes too late
+        hello = await client.connect(link.url(tenant="t1"), resume=True)
+        assert hello["resumed"] is False and hello["connectionId"] != cid
+        meanwhile = await _code(_api(c).post_to_connection, ConnectionId=cid, Data=b"meanwhile")
+        assert meanwhile in ("ServiceUnavailableException", "200")  # 200 once a kept it
+        a_link.delay_s = 0
+        await client.close()
+        await eventually(lambda: a.gateway.hub.get(cid) is not None, 10)  # a settled the move: kept
+        assert b.gateway.hub.get(cid) is None and b.gateway.sessions._incoming == {}
+        record = redis.Redis(port=private_redis.port).hget(KeySpace(key_prefix).record(cid), "node")
+        assert record == a.gateway.node_id.encode()
+        registry = a.gateway.registry
+        assert isinstance(registry, RedisRegistry)
+        await asyncio.wait_for(registry._channel.ready(), 10)  # a's links, cut by the slow Redis, are back
+        assert await _code(_api(c).post_to_connection, ConnectionId=cid, Data=b"still here") == "200"
+        again = ReliableClient()
+        again.connection_id, again.token, again.last_seq = cid, token, last_seq
+        hello = await again.connect(ws_url(b, tenant="t1"), resume=True)
+        assert hello["resumed"] is True and hello["connectionId"] == cid
+        expected = ["meanwhile", "still here"] if meanwhile == "200" else ["still here"]
+        assert [data for _, data in await again.recv_many(len(expected))] == expected
+        await again.close()
+        await eventually(lambda: _disconnects(cid) == [1000])
+        assert len(th.events_of("$connect", cid)) == 1
 
 
 @pytest.mark.redis

@@ -177,10 +177,15 @@ class LimitExceededError(ManagementError):
 
 
 class RegistryUnavailableError(ManagementError):
-    """The shared registry cannot answer now; the call may be retried (never a false 410)."""
+    """The shared registry cannot answer now; the call may be retried (never a false 410).
+    ``node_id``: the node asked, which did not answer in time and may have acted."""
 
     status = 503
     error_type = "ServiceUnavailableException"
+
+    def __init__(self, message: str = "", *, node_id: str | None = None) -> None:
+        super().__init__(message)
+        self.node_id = node_id
 
 
 class RemoteNodeError(GatewayError):

@@ -35,6 +35,7 @@ from .errors import (
     ConfigError,
     ForbiddenError,
     GoneError,
+    MovedError,
     PayloadTooLargeError,
     RegistryUnavailableError,
     RemoteNodeError,
@@ -607,16 +608,29 @@ class Gateway:
     async def take_remote(self, connection_id: str, claim: Mapping[str, Any]) -> Mapping[str, Any] | None:
         try:
             return await self.registry.take_session(connection_id, claim)
-        except (GoneError, RegistryUnavailableError, RemoteNodeError) as exc:
+        except RegistryUnavailableError as exc:
+            log.info("session %s cannot be resumed here (%s)", connection_id, type(exc).__name__)
+            if exc.node_id is not None:  # it may have handed the session over, or kept it
+                raise MovedError(exc.node_id) from None
+            return None
+        except (GoneError, RemoteNodeError) as exc:
             log.info("session %s cannot be resumed here (%s)", connection_id, type(exc).__name__)
             return None
 
-    async def moved_in(self, conn: Connection) -> None:
-        await self.registry.add(conn.record)
+    async def moved_in(self, conn: Connection, from_node: str | None, handover: str | None) -> bool:
+        if from_node is None or handover is None:  # handed over by a node of an earlier release
+            await self.registry.add(conn.record)
+            return True
+        return await _until_known(lambda: self.registry.move_in(conn.record, from_node, handover))
 
-    async def moved_out(self, conn: Connection, to_node: str) -> None:
-        self.usage.forget_connection(conn.id)
-        self.registry.handed_over(conn.record, to_node)
+    def handing_over(self, conn: Connection, to_node: str) -> None:
+        self.registry.handing_over(conn.id, to_node)
+
+    async def settle_handover(self, conn: Connection, handover: str) -> bool:
+        stays = await _until_known(lambda: self.registry.settle_handover(conn.record, handover))
+        if not stays:
+            self.usage.forget_connection(conn.id)
+        return stays
 
     async def run_orphan_disconnect(self, record: ConnectionRecord, code: int, reason: str) -> None:
         """``$disconnect`` for a connection whose node died (the registry claimed it)."""
@@ -645,3 +659,14 @@ class Gateway:
             "registry": registry,
         }
 
+
+async def _until_known(ask: Callable[[], Coroutine[Any, Any, bool]]) -> bool:
+    """``ask()``'s answer, asked again (backing off up to a second) while the registry
+    cannot tell; a question that is safe to ask twice."""
+    delay = 0.05
+    while True:
+        try:
+            return await ask()
+        except RegistryUnavailableError:
+            await asyncio.sleep(delay)
+            delay = min(1.0, delay * 2)

@@ -152,10 +152,24 @@ class Registry(Protocol):
         """Have the node holding a reliable session hand it over to this one (see
         ``LocalNode.local_take_session``); return its state. Same errors as ``post``."""
 
-    def handed_over(self, record: ConnectionRecord, to_node: str) -> None:
-        """A session of this node left for ``to_node``: from now on calls about it go there,
-        and this node's sets forget it; its record is left for ``to_node`` to rewrite.
-        Never raises; the writes are queued, not awaited."""
+    def handing_over(self, connection_id: str, to_node: str) -> None:
+        """A session of this node is on its way to ``to_node``: calls about it go there from
+        now on. Never raises. Its record and this node's sets wait for
+        :meth:`settle_handover`."""
+
+    async def move_in(self, record: ConnectionRecord, from_node: str, handover: str) -> bool:
+        """A session handed over by ``from_node`` (as its move ``handover``) lands here: its
+        record becomes this node's, atomically, unless the holder kept it meanwhile (see
+        :meth:`settle_handover`) or it is gone. True if it did (the session is this node's);
+        False: it must not be carried on here. Raises RegistryUnavailableError when it cannot
+        tell; asking again is safe."""
+
+    async def settle_handover(self, record: ConnectionRecord, handover: str) -> bool:
+        """Decide a move this node handed a session over for, once its new node had time to
+        land it (:meth:`move_in`): True if the session stays here (the move did not land and
+        now never will: calls about it come here again), False if it moved on (this node's
+        sets forget it). Raises RegistryUnavailableError when it cannot tell; asking again
+        is safe."""
 
     async def fanout(
         self, tenant: str, data: bytes, binary: bool, *, user: str | None = None, group: str | None = None

@@ -77,8 +77,15 @@ class MemoryRegistry:
     async def take_session(self, connection_id: str, claim: Mapping[str, Any]) -> Mapping[str, Any]:
         raise GoneError()  # no other node to take it from
 
-    def handed_over(self, record: ConnectionRecord, to_node: str) -> None:
+    def handing_over(self, connection_id: str, to_node: str) -> None:
         pass  # no other node to hand it to
+
+    async def move_in(self, record: ConnectionRecord, from_node: str, handover: str) -> bool:
+        await self.add(record)  # never called: no other node hands a session over
+        return True
+
+    async def settle_handover(self, record: ConnectionRecord, handover: str) -> bool:
+        return True  # never called: no session leaves this node
 
     async def fanout(
         self, tenant: str, data: bytes, binary: bool, *, user: str | None = None, group: str | None = None

@@ -8,7 +8,11 @@ over, and ending them with one ``$disconnect``.
   node, this node asks that node through the registry (``SessionHost.take_remote``): the holder
   checks the claim, takes the session out of its hub without a ``$disconnect``, remembers where
   it went (:meth:`Sessions.moved_to`, so that calls still reaching it are sent on) and answers
-  its state; this node installs it and the registry record follows it. Posts that reach this
+  its state; this node installs it once the registry record follows it. The record decides,
+  once, whether the move landed: the holder keeps the session aside, and a few seconds later
+  (when the resuming node has given up waiting for an answer that got lost or came late)
+  either lets it go, or, if the record still names it, keeps it: the session is back, dropped,
+  and a late answer can no longer land it elsewhere. Posts that reach this
   node for the session while its state is on the way wait for it (within the session's byte
   limit): each is answered once it is queued after that state, or, if the session does not
   arrive, as a post to a connection this node does not hold, so that its caller looks
@@ -49,6 +53,9 @@ log = logging.getLogger("wsgateway.reliable")
 _DROP_CODES = frozenset({CLOSE_GOING_AWAY, CLOSE_ABNORMAL})
 _MOVED_S = 30.0  # how long a node sends calls for a session that left it on to its new node
 _MOVED_MAX = 65_536
+# How long a holder keeps a session it handed over aside before it settles whether the move
+# landed: past the resuming node's wait for the answer (a registry call's 2 s timeout).
+SETTLE_AFTER_S = 3.0
 _INVALID_ACK = b'{"message": "Invalid ack: seq must be an integer, at most the last seq sent"}'
 
 
@@ -71,13 +78,21 @@ class SessionHost(Protocol):
 
     async def take_remote(self, connection_id: str, claim: Mapping[str, Any]) -> Mapping[str, Any] | None:
         """Ask the node holding ``connection_id`` to hand its session over; None if no node
-        can (not held, claim refused, holder unreachable)."""
+        can (not held, claim refused, holder unreachable). Raises MovedError(holder) when the
+        holder did not answer in time: it may have handed the session over, or kept it."""
 
-    async def moved_in(self, conn: Connection) -> None:
-        """A session from another node is in this node's hub: record it as this node's."""
+    async def moved_in(self, conn: Connection, from_node: str | None, handover: str | None) -> bool:
+        """A session handed over by ``from_node`` lands here: record it as this node's, unless
+        its holder kept it meanwhile (then False: it must not be carried on here). Waits
+        while the registry cannot tell."""
 
-    async def moved_out(self, conn: Connection, to_node: str) -> None:
-        """A session of this node left for ``to_node``: forget it here, without ``$disconnect``."""
+    def handing_over(self, conn: Connection, to_node: str) -> None:
+        """A session of this node is on its way to ``to_node``: calls about it go there."""
+
+    async def settle_handover(self, conn: Connection, handover: str) -> bool:
+        """Decide a move of a session this node handed over: True if it stays here (it never
+        landed, and now never will), False if it moved on (forgotten here, without
+        ``$disconnect``). Waits while the registry cannot tell."""
 
 
 class Sessions:
@@ -92,6 +107,8 @@ class Sessions:
         self._moved: dict[str, tuple[str, float]] = {}  # connection id -> (its new node, until)
         self._incoming: dict[str, _Kept] = {}  # resumes in flight from other nodes
         self._claims: dict[str, asyncio.Future[None]] = {}  # resumes being judged: done once they are
+        # Sessions handed over and not settled yet: what wakes each one's settling early
+        self._leaving: dict[str, tuple[asyncio.Event, asyncio.Task[None]]] = {}
         self._ending: set[asyncio.Task[None]] = set()
 
     # ---------------------------------------------------------------- handshake
@@ -141,7 +158,11 @@ class Sessions:
     async def _move_here(self, connection_id: str, claim: dict[str, Any], kept: _Kept) -> ReliableConnection | None:
         """Ask the node holding a session for it, and install it here; None if it did not come."""
         try:
-            state = await self._host.take_remote(connection_id, claim)
+            try:
+                state = await self._host.take_remote(connection_id, claim)
+            except MovedError as exc:  # the holder may have kept it: calls here go back there
+                self._remember_move(connection_id, exc.node_id)
+                return None
             return None if state is None else await self._install(state, kept)
         finally:
             del self._incoming[connection_id]
@@ -157,9 +178,15 @@ class Sessions:
             conn = ReliableConnection(record, opened, base, token="", max_unacked=self.max_unacked)
             conn.last_active = loop.time()
             groups = conn.restore(dict(state["session"]))
+            from_node, handover = state.get("from"), state.get("handover")
+            if not (from_node is None or isinstance(from_node, str)) or not (handover is None or isinstance(handover, str)):
+                raise TypeError("from and handover must be strings")
         except (KeyError, TypeError, ValueError):
             log.exception("a session handed over by another node was malformed: connectionId=%s",
                           state.get("record", {}).get("connectionId"))
+            return None
+        if not await self._host.moved_in(conn, from_node, handover):
+            log.warning("session %s stayed on the node that held it: not resumed here", conn.id)
             return None
         hub = self._host.hub
         hub.add(conn)
@@ -167,7 +194,6 @@ class Sessions:
             hub.join_group(conn, group)
         self._expire_later(conn)
         kept.deliver(conn, self._host.deliver)  # after its own messages, in the order they came
-        await self._host.moved_in(conn)
         log.info("session %s resumed from another node", conn.id)
         return conn
 
@@ -187,12 +213,42 @@ class Sessions:
         self._cancel_expiry(conn)
         if ws is not None:
             ws.transport.abort()  # its handler finds it no longer carries the session
-        state = {"record": _record_json(conn), "session": conn.export()}
-        conn.ending = True  # it lives on elsewhere: nothing here may end it
+        handover = new_token()  # this move's one-time name, in the record once it lands
+        state = {"record": _record_json(conn), "session": conn.export(), "from": self._host.node_id,
+                 "handover": handover}
+        conn.ending = True  # it lives on elsewhere (unless kept): nothing here may end it
+        groups = sorted(conn.groups or ())
         self._host.hub.remove(conn)
         self._remember_move(connection_id, to_node)
-        self._spawn(self._host.moved_out(conn, to_node))
+        self._host.handing_over(conn, to_node)
+        wake = asyncio.Event()
+        task = asyncio.ensure_future(self._settle(conn, groups, handover, wake))
+        self._leaving[connection_id] = (wake, task)
         return state
+
+    async def _settle(self, conn: ReliableConnection, groups: list[str], handover: str, wake: asyncio.Event) -> None:
+        """Once the resuming node has given up waiting, settle a move: the session moved on,
+        or (its answer lost or late, so it never landed) it is back here, dropped, for a
+        whole window, and calls about it are served here again."""
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wake.wait(), SETTLE_AFTER_S)
+            stays = await self._host.settle_handover(conn, handover)
+        except Exception:  # a bug: the session is neither here nor known to be elsewhere
+            log.exception("settling the move of session %s failed", conn.id)
+            return
+        finally:
+            del self._leaving[conn.id]
+        if not stays:
+            return
+        log.warning("session %s stays here: its move to another node did not complete", conn.id)
+        conn.ending = False
+        self._moved.pop(conn.id, None)
+        hub = self._host.hub
+        hub.add(conn)
+        for group in groups:
+            hub.join_group(conn, group)
+        self._expire_later(conn)
 
     def moved_to(self, connection_id: str) -> None:
         """Raise MovedError if the session left this node a moment ago (calls follow it)."""
@@ -267,14 +323,16 @@ class Sessions:
         await dispatch(conn, message)
 
     async def close(self) -> None:
-        """The node stops: let sessions on their way here land (for at most the shutdown
-        timeout), then end every dropped session and wait for their ``$disconnect``."""
-        moving = [kept.moving for kept in self._incoming.values()]
-        if moving:
-            _, late = await asyncio.wait(moving, timeout=self._config.limits.shutdown_timeout_s)
-            for task in late:
-                task.cancel()
-            await asyncio.gather(*moving, return_exceptions=True)
+        """The node stops: let sessions on their way here land, and settle those that left
+        (for at most the shutdown timeout each), then end every dropped session, those kept
+        here too, and wait for their ``$disconnect``."""
+        timeout = self._config.limits.shutdown_timeout_s
+        for moving in ([kept.moving for kept in self._incoming.values()], self._settling()):
+            if moving:
+                _, late = await asyncio.wait(moving, timeout=timeout)
+                for task in late:
+                    task.cancel()
+                await asyncio.gather(*moving, return_exceptions=True)
         for conn in self._host.hub:
             if isinstance(conn, ReliableConnection) and conn.dropped:
                 self.end(conn)
@@ -282,6 +340,12 @@ class Sessions:
             await asyncio.gather(*self._ending, return_exceptions=True)
 
     # ---------------------------------------------------------------- internals
+
+    def _settling(self) -> list[asyncio.Task[None]]:
+        """Settle every move from here now (woken early), and return those settlings."""
+        for wake, _ in self._leaving.values():
+            wake.set()
+        return [task for _, task in self._leaving.values()]
 
     def _expire_later(self, conn: ReliableConnection) -> None:
         self._cancel_expiry(conn)

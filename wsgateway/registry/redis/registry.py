@@ -56,7 +56,7 @@ from .rpc import (
     PendingCalls,
     raise_for_status,
 )
-from .scripts import STATE
+from .scripts import KEEP_SESSION, MOVE_SESSION, STATE
 from .shard_marks import ShardMarks
 from .sweep import Sweeper
 from .wire import (
@@ -69,6 +69,7 @@ from .wire import (
     KIND_TAKE,
     info_from_json,
     record_from_hash,
+    record_to_hash,
 )
 
 if TYPE_CHECKING:
@@ -311,15 +312,37 @@ class RedisRegistry:
         state: Mapping[str, Any] = reply["i"]
         return state
 
-    def handed_over(self, record: ConnectionRecord, to_node: str) -> None:
-        """Calls about the session go to ``to_node`` at once; this node's sets forget it (the
-        record itself is ``to_node``'s to rewrite, so it is left alone)."""
-        self._remember(record.connection_id, to_node)
-        commands: list[tuple[Any, ...]] = [("SREM", self._keys.node_conns(self.node_id), record.connection_id)]
+    def handing_over(self, connection_id: str, to_node: str) -> None:
+        """Calls about the session go to ``to_node`` at once (see :meth:`settle_handover`)."""
+        self._remember(connection_id, to_node)
+
+    async def move_in(self, record: ConnectionRecord, from_node: str, handover: str) -> bool:
+        """The record becomes this node's, and the node's sets list it, unless its holder
+        kept the session meanwhile (or it is gone); one script decides, atomically."""
+        fields = record_to_hash(record, record.connected_at)
+        script = ("EVAL", MOVE_SESSION, 1, self._keys.record(record.connection_id), from_node, self.node_id, handover,
+                  *[item for pair in fields.items() for item in pair])
+        moved = await self._unavailable_on_failure(self._batcher.call(*script), "registry unreachable: a session moves")
+        if moved != 1:
+            return False
+        await self.add(record)  # its fields once more, with the sets
+        return True
+
+    async def settle_handover(self, record: ConnectionRecord, handover: str) -> bool:
+        """True if the session stays here (its move never landed, and now never will); else
+        this node's sets forget it (it moved on, or a sweep claimed it)."""
+        cid = record.connection_id
+        script = ("EVAL", KEEP_SESSION, 1, self._keys.record(cid), self.node_id, handover)
+        kept = await self._unavailable_on_failure(self._batcher.call(*script), "registry unreachable: a session moves")
+        if kept == 1:
+            self._owners.pop(cid, None)
+            return True
+        commands: list[tuple[Any, ...]] = [("SREM", self._keys.node_conns(self.node_id), cid)]
         if self._index.remove(record):
             commands += self._tenant_commands("SREM", record.tenant)
         for command in commands:
             self._batcher.send(*command)
+        return False
 
     async def _ask_owner(
         self, connection_id: str, header: dict[str, Any], data: bytes = b"", *, first: dict[str, Any] | None = None
@@ -383,7 +406,10 @@ class RedisRegistry:
             return await self._ask_holder(connection_id, header, data, named=False)
         if status in (STATUS_UNREACHABLE, STATUS_TIMEOUT):
             self._owners.pop(connection_id, None)
-            raise RegistryUnavailableError("the node holding the connection does not answer")
+            # A timeout that was not a "dropped" may have been acted on: say by whom.
+            acted = status == STATUS_TIMEOUT and not reply.get("dropped")
+            raise RegistryUnavailableError("the node holding the connection does not answer",
+                                           node_id=owner if acted else None)
         if status == STATUS_GONE:
             self._owners.pop(connection_id, None)
             if by_name:

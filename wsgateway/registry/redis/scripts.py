@@ -20,7 +20,9 @@ __all__ = [
     "HEARTBEAT",
     "HELD_CLAIMED",
     "HOLD",
+    "KEEP_SESSION",
     "LEASE_SWEEP",
+    "MOVE_SESSION",
     "PLACES_FREE",
     "PLACES_FREE_NODE",
     "PLACES_TAKE",
@@ -205,6 +207,41 @@ if ARGV[3] ~= '' then
   redis.call('PEXPIRE', KEYS[1], ARGV[4])
 end
 return fields
+"""
+
+# A reliable session handed over between nodes (``reliable.sessions``): its holder hands its
+# state to the resuming node and keeps the session aside; the record settles who holds it.
+# Whichever of these two reaches Redis first decides, once: the resuming node moves the record
+# to itself (the session lands there), or the holder, a while later, keeps it (the move never
+# landed: its answer was lost or came too late, and now it never will land). ``handover`` is
+# the one-time name the holder gave that move; it stays in the record.
+
+# KEYS: record. ARGV: holder, this node, handover, field, value, ... (the record's hash).
+# Returns 1 if the record is this node's (moved now, or by an earlier try of the same move), 0
+# if not: no longer the holder's (claimed by a sweep, gone) or kept there.
+MOVE_SESSION = (
+    _NOW_MS
+    + """
+local node = redis.call('HGET', KEYS[1], 'node')
+local handover = redis.call('HGET', KEYS[1], 'handover')
+if node == ARGV[2] and handover == ARGV[3] then return 1 end
+if node ~= ARGV[1] or handover == ARGV[3] then return 0 end
+redis.call('HSET', KEYS[1], 'ownedAt', now, 'handover', ARGV[3], unpack(ARGV, 4))
+return 1
+"""
+)
+
+# KEYS: record. ARGV: this node (the holder), handover. Returns 1 if the session stays here
+# (the record is still this node's: the move can no longer land), 0 if it moved on (or a sweep
+# claimed it), 2 if there is no record at all (lost with Redis's data: taken as moved on).
+KEEP_SESSION = """
+local node = redis.call('HGET', KEYS[1], 'node')
+if node == ARGV[1] then
+  redis.call('HSET', KEYS[1], 'handover', ARGV[2])
+  return 1
+end
+if node then return 0 end
+return 2
 """
 
 HELD_CLAIMED = 0  # a sweep claimed it (and runs, or ran, its $disconnect elsewhere)
