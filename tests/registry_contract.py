@@ -36,6 +36,8 @@ class RecordingNode:
     connections: dict[str, ConnectionInfo] = field(default_factory=dict)
     posted: dict[str, list[tuple[bytes, bool]]] = field(default_factory=dict)
     fanouts: list[tuple[str, bytes, bool]] = field(default_factory=list)
+    fanout_ids: list[str] = field(default_factory=list)  # the name each fan-out came with
+    sent_on: list[tuple[str, str]] = field(default_factory=list)  # (connection id, fan-out name) of posts sent on
     deleted: list[str] = field(default_factory=list)
     orphans: list[tuple[ConnectionRecord, int, str]] = field(default_factory=list)
     abandoned: list[tuple[str, int, str]] = field(default_factory=list)
@@ -55,7 +57,9 @@ class RecordingNode:
         """The connection carried a data frame at ``at``."""
         self.connections[connection_id] = ConnectionInfo(self.connections[connection_id].record, at)
 
-    def local_post(self, connection_id: str, data: bytes, binary: bool) -> None:
+    def local_post(self, connection_id: str, data: bytes, binary: bool, fanout_id: str = "") -> None:
+        if fanout_id:
+            self.sent_on.append((connection_id, fanout_id))
         if connection_id in self.handed:
             raise MovedError(self.handed[connection_id])
         if connection_id not in self.connections:
@@ -78,9 +82,11 @@ class RecordingNode:
         self.deleted.append(connection_id)
 
     def local_fanout(
-        self, tenant: str, data: bytes, binary: bool, *, user: str | None = None, group: str | None = None
+        self, tenant: str, data: bytes, binary: bool, *, user: str | None = None, group: str | None = None,
+        fanout_id: str = "",
     ) -> int:
         self.fanouts.append((tenant, data, binary))
+        self.fanout_ids.append(fanout_id)
         count = 0
         for info in self.connections.values():
             cid = info.record.connection_id

@@ -9,6 +9,7 @@ import json
 import pytest
 
 from wsgateway.errors import GoneError, LimitExceededError
+from wsgateway.hub import Hub
 from wsgateway.records import ConnectionRecord
 from wsgateway.reliable import ReliableConnection
 
@@ -110,3 +111,19 @@ def test_a_drop_stops_the_slow_consumer_clock() -> None:
     conn.detach(1006, "")
     assert conn.over_since is None
     assert conn.check_queue(100.0, 1000, 1.0) is False
+
+
+def test_a_session_that_moved_takes_each_named_fan_out_once() -> None:
+    """Only while it keeps track (a while after a move); the hub and the node's post path
+    skip what it already took."""
+    conn = _session()
+    hub = Hub()
+    hub.add(conn)
+    assert hub.fanout("t1", b"a", False, 1.0, 0, fanout_id="n1.1") == 1
+    assert not conn.already_took("n1.1")  # not keeping track: every copy is queued
+    conn.fanouts = set()
+    for _ in range(2):
+        hub.fanout("t1", b"b", False, 1.0, 0, fanout_id="n1.2")
+    hub.fanout("t1", b"c", False, 1.0, 0)  # a fan-out without a name is always queued
+    assert [json.loads(frame)["data"] for _, frame, _ in conn.frames] == ["a", "b", "c"]
+    assert conn.already_took("n1.2") and conn.already_took("n2.7") is False and conn.already_took("n2.7")

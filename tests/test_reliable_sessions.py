@@ -539,6 +539,44 @@ async def test_a_session_whose_move_never_landed_stays_with_its_holder(private_r
         assert len(th.events_of("$connect", cid)) == 1
 
 
+async def _fan_out(node: Node, tenant: str, data: bytes) -> int:
+    async with aiohttp.ClientSession() as http, http.post(f"{endpoint(node)}/@tenants/{tenant}/messages", data=data) as resp:
+        assert resp.status == 200
+        return int((await resp.json())["delivered"])
+
+
+@pytest.mark.redis
+async def test_fan_outs_while_a_session_moves_reach_it_once(private_redis: Any, key_prefix: str) -> None:
+    """A fan-out that reaches the holder after it handed the session over (and the new node
+    before the session is there) is sent on by the holder; one that reaches both nodes once
+    the session landed (the holder still sends fan-outs on until it settles the move) is
+    taken once: the session gets each fan-out exactly once, in order. (A fan-out's count leaves
+    out a session it is sent on to: the session may have had it already.)"""
+    async with _three_nodes(private_redis, key_prefix) as (a, b, c, a_link), CutLink(b.port) as link:
+        client = ReliableClient()
+        cid = await _moved_to_a_and_dropped(a, b, link, client)
+        async with websockets.connect(ws_url(b, tenant="t1")) as other:  # b holds the tenant too
+            assert await _fan_out(c, "t1", b"before") == 2  # the dropped session on a keeps it
+            assert await other.recv() == "before"
+            a_link.delay_s = 0.5  # a's answers (and what it sends on) come half a second late
+            resuming = asyncio.ensure_future(client.connect(link.url(tenant="t1"), resume=True))
+            await eventually(lambda: cid in a.gateway.sessions._leaving)  # a handed it over
+            assert b.gateway.hub.get(cid) is None
+            assert await _fan_out(c, "t1", b"while moving") == 1  # other; sent on to the session by a
+            hello = await resuming
+            assert hello["resumed"] is True and hello["connectionId"] == cid
+            assert cid in a.gateway.sessions._leaving  # a still sends fan-outs on: both reach it
+            assert await _fan_out(c, "t1", b"landed") == 2
+            a_link.delay_s = 0
+            received = [data for _, data in await client.recv_many(3)]
+            assert received == ["before", "while moving", "landed"]
+            with pytest.raises(TimeoutError):
+                await client.recv(timeout=1.0)  # nothing twice
+            assert [await other.recv() for _ in range(2)] == ["while moving", "landed"]
+            await eventually(lambda: cid not in a.gateway.sessions._leaving, 10)  # settled: it moved on
+            assert b.gateway.hub.get(cid) is not None and a.gateway.hub.get(cid) is None
+
+
 @pytest.mark.redis
 async def test_a_session_moving_here_lands_though_its_resume_was_given_up(private_redis: Any, key_prefix: str) -> None:
     """The resuming handshake is cancelled (the client edge's open timeout, which a long

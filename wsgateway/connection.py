@@ -252,6 +252,21 @@ class Connection:
         """What GET @connections answers: the record and lastActiveAt (epoch seconds)."""
         return ConnectionInfo(self.record, self.last_active + self._wall_offset)
 
+    # The names of the fan-outs it took, while it keeps track: only a reliable session that
+    # just moved between nodes does (see ReliableConnection); None here, for every other.
+    fanouts: set[str] | None = None
+
+    def already_took(self, fanout_id: str) -> bool:
+        """Whether this connection was given the fan-out ``fanout_id`` before (from now on it
+        was, while it keeps track: see ``fanouts``)."""
+        seen = self.fanouts
+        if seen is None:
+            return False
+        if fanout_id in seen:
+            return True
+        seen.add(fanout_id)
+        return False
+
     def send(self, data: bytes, binary: bool, now: float, limit: int) -> None:
         """Queue one message; raise GoneError if not open, LimitExceededError if full."""
         if self.compressed:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import time
 from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
@@ -71,6 +72,7 @@ class Gateway:
         self.node_id = node_id or config.registry.node_id or new_node_id()
         self.hub = Hub()
         self.registry = create_registry(config.registry, self.node_id)
+        self._fanout_ids = itertools.count(1)  # with the node id: a name for each fan-out from here
         # post_elsewhere(connection_id, payload, binary, waiter): the rest of
         # post_to_connection for a connection post_here did not find: its owner is asked (its
         # node checks the plan), and ``waiter`` told the outcome (maybe before this returns).
@@ -451,8 +453,10 @@ class Gateway:
         self.throttle.admit_post(tenant)
         # Other nodes first: if the registry cannot answer, the caller gets a retriable error
         # before anyone received the message, so a retry never duplicates it locally.
-        remote = await self.registry.fanout(tenant, payload, binary, user=user, group=group)
-        result = remote.plus_local(self.local_fanout(tenant, payload, binary, user=user, group=group))
+        fanout_id = f"{self.node_id}.{next(self._fanout_ids)}"
+        remote = await self.registry.fanout(tenant, payload, binary, user=user, group=group, fanout_id=fanout_id)
+        result = remote.plus_local(
+            self.local_fanout(tenant, payload, binary, user=user, group=group, fanout_id=fanout_id))
         if result.delivered == 0 and not result.complete:
             raise RegistryUnavailableError(f"{result.unreachable_nodes} node(s) did not answer; nobody got it")
         return result
@@ -514,16 +518,24 @@ class Gateway:
 
     # ---------------------------------------------------------------- LocalNode (for the registry)
 
-    def local_post(self, connection_id: str, data: bytes, binary: bool) -> asyncio.Future[None] | None:
+    def local_post(
+        self, connection_id: str, data: bytes, binary: bool, fanout_id: str = ""
+    ) -> asyncio.Future[None] | None:
         conn = self.hub.get(connection_id)
         if conn is None:
             # A session on its way here keeps the post (it may have left this node before:
             # where it went then is no longer where it is).
-            kept = self.sessions.keep_incoming(connection_id, data, binary)
+            kept = self.sessions.keep_incoming(connection_id, data, binary, fanout_id)
             if kept is not None:
                 return kept
             self.sessions.moved_to(connection_id)
             raise GoneError()
+        if fanout_id:  # a fan-out sent on by the node the session left: queued as the hub queues one, once
+            if not conn.already_took(fanout_id):
+                assert self._loop is not None
+                conn.send(data, binary, self._loop.time(), self._queue_limit)
+                self.count_sent(conn.record.tenant, 1)
+            return None
         self.deliver(conn, data, binary)
         return None
 
@@ -554,11 +566,15 @@ class Gateway:
         self.close(conn, CLOSE_NORMAL, "Connection Closed Normally")
 
     def local_fanout(
-        self, tenant: str, data: bytes, binary: bool, *, user: str | None = None, group: str | None = None
+        self, tenant: str, data: bytes, binary: bool, *, user: str | None = None, group: str | None = None,
+        fanout_id: str = "",
     ) -> int:
         assert self._loop is not None
-        delivered = self.hub.fanout(tenant, data, binary, self._loop.time(), self._queue_limit, user=user, group=group)
+        delivered = self.hub.fanout(tenant, data, binary, self._loop.time(), self._queue_limit, user=user, group=group,
+                                    fanout_id=fanout_id)
         self.count_sent(tenant, delivered)
+        if self.sessions.leaving:  # sessions on their way to another node get it there (not counted:
+            self.sessions.send_on(tenant, data, binary, user, group, fanout_id)  # it may have it already)
         return delivered
 
     def count_sent(self, tenant: str, frames: int) -> None:
@@ -625,6 +641,9 @@ class Gateway:
 
     def handing_over(self, conn: Connection, to_node: str) -> None:
         self.registry.handing_over(conn.id, to_node)
+
+    async def forward(self, conn: Connection, to_node: str, data: bytes, binary: bool, fanout_id: str) -> None:
+        await self.registry.forward(conn.id, to_node, data, binary, fanout_id)
 
     async def settle_handover(self, conn: Connection, handover: str) -> bool:
         stays = await _until_known(lambda: self.registry.settle_handover(conn.record, handover))

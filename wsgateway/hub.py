@@ -88,7 +88,7 @@ class Hub:
 
     def fanout(
         self, tenant: str, data: bytes, binary: bool, now: float, limit: int,
-        *, user: str | None = None, group: str | None = None,
+        *, user: str | None = None, group: str | None = None, fanout_id: str = "",
     ) -> int:
         """Queue ``data`` on every open connection of the audience; return how many took it.
 
@@ -96,7 +96,8 @@ class Hub:
         or closing connection is skipped (a full one starts its slow-consumer clock).
         Compressed once too for connections that compress each message alone (one frame per
         window size); a connection with context takeover compresses it itself, and a reliable
-        session numbers it itself (``Connection.own_frames``).
+        session numbers it itself (``Connection.own_frames``), and takes a fan-out named
+        ``fanout_id`` once (``Connection.already_took``).
         """
         members = self._members.get(audience_key(tenant, user, group))
         if not members:
@@ -106,6 +107,10 @@ class Hub:
         for conn in list(members.values()):
             try:
                 if conn.own_frames:
+                    if fanout_id and (seen := conn.fanouts) is not None:  # Connection.already_took, inline
+                        if fanout_id in seen:
+                            continue
+                        seen.add(fanout_id)
                     conn.send(data, binary, now, limit)
                 else:
                     deflate = conn.shared_deflate

@@ -65,10 +65,12 @@ class LocalNode(Protocol):
 
     node_id: str
 
-    def local_post(self, connection_id: str, data: bytes, binary: bool) -> Awaitable[None] | None:
+    def local_post(self, connection_id: str, data: bytes, binary: bool, fanout_id: str = "") -> Awaitable[None] | None:
         """Queue ``data`` on a local connection; raise GoneError or LimitExceededError.
         Returns None once queued, or, for a reliable session on its way to this node, what
-        to await: done once it is queued, raising as this call would if it is not."""
+        to await: done once it is queued, raising as this call would if it is not.
+        ``fanout_id``: the post is a fan-out sent on by the node a session moved from
+        (queued once, if the session got that fan-out here already)."""
 
     def local_info(self, connection_id: str) -> ConnectionInfo:
         """Return a local connection's info; raise GoneError."""
@@ -77,10 +79,12 @@ class LocalNode(Protocol):
         """Close a local connection with 1000; raise GoneError."""
 
     def local_fanout(
-        self, tenant: str, data: bytes, binary: bool, *, user: str | None = None, group: str | None = None
+        self, tenant: str, data: bytes, binary: bool, *, user: str | None = None, group: str | None = None,
+        fanout_id: str = "",
     ) -> int:
         """Queue ``data`` on every local connection of the audience (the tenant, or one user
-        of it, or one group of it); return how many took it."""
+        of it, or one group of it); return how many took it. ``fanout_id`` names the fan-out
+        cluster-wide (a reliable session that just moved takes it once)."""
 
     def local_group(self, connection_id: str, group: str, *, join: bool) -> bool:
         """Join or leave a group for a local connection; False if it is not held here."""
@@ -172,12 +176,17 @@ class Registry(Protocol):
         is safe."""
 
     async def fanout(
-        self, tenant: str, data: bytes, binary: bool, *, user: str | None = None, group: str | None = None
+        self, tenant: str, data: bytes, binary: bool, *, user: str | None = None, group: str | None = None,
+        fanout_id: str = "",
     ) -> FanoutResult:
         """Deliver to the audience's connections on *other* nodes (one message per node that
         holds the tenant; each node filters by user or group); return how many took it there
         and how many of those nodes did not confirm within the request deadline. Raises
         RegistryUnavailableError only when the message reached no node (nobody got it)."""
+
+    async def forward(self, connection_id: str, to_node: str, data: bytes, binary: bool, fanout_id: str) -> None:
+        """Send a fan-out (``fanout_id``) on to a reliable session that left for ``to_node``,
+        as a post to it there. Raises as ``post``, but GoneError only as that node's answer."""
 
     async def group(self, connection_id: str, group: str, *, join: bool) -> None:
         """Join or leave a group for a connection on another node; errors as ``post``."""

@@ -88,9 +88,13 @@ class MemoryRegistry:
         return True  # never called: no session leaves this node
 
     async def fanout(
-        self, tenant: str, data: bytes, binary: bool, *, user: str | None = None, group: str | None = None
+        self, tenant: str, data: bytes, binary: bool, *, user: str | None = None, group: str | None = None,
+        fanout_id: str = "",
     ) -> FanoutResult:
         return FanoutResult()  # no other node: the gateway's hub holds the whole audience
+
+    async def forward(self, connection_id: str, to_node: str, data: bytes, binary: bool, fanout_id: str) -> None:
+        raise GoneError()  # never called: no session leaves this node
 
     async def group(self, connection_id: str, group: str, *, join: bool) -> None:
         raise GoneError()

@@ -45,6 +45,7 @@ class ReliableConnection(Connection):
         "drop_reason",
         "ending",
         "expiry",
+        "fanouts",
         "frames",
         "max_unacked",
         "seq",
@@ -73,6 +74,9 @@ class ReliableConnection(Connection):
         self.drop_reason = ""
         self.expiry: asyncio.TimerHandle | None = None  # ends a dropped session when its window runs out
         self.ending = False  # its $disconnect is under way: no more resumes, no more drops
+        # The fan-outs it was given, kept for a while after a move between nodes (a fan-out
+        # may then reach it twice: directly, and sent on by the node it left); else None.
+        self.fanouts = None
 
     @property
     def dropped(self) -> bool:

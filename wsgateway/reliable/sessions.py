@@ -12,7 +12,10 @@ over, and ending them with one ``$disconnect``.
   once, whether the move landed: the holder keeps the session aside, and a few seconds later
   (when the resuming node has given up waiting for an answer that got lost or came late)
   either lets it go, or, if the record still names it, keeps it: the session is back, dropped,
-  and a late answer can no longer land it elsewhere. Posts that reach this
+  and a late answer can no longer land it elsewhere. Fan-outs that reach the holder
+  meanwhile are sent on to the session's new node (and kept, in case the session stays);
+  each fan-out has a cluster-wide name, so a session that just moved takes it once, however
+  many ways it comes. Posts that reach this
   node for the session while its state is on the way wait for it (within the session's byte
   limit): each is answered once it is queued after that state, or, if the session does not
   arrive, as a post to a connection this node does not hold, so that its caller looks
@@ -34,7 +37,15 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .. import events
-from ..errors import CLOSE_ABNORMAL, CLOSE_GOING_AWAY, GoneError, LimitExceededError, MovedError
+from ..errors import (
+    CLOSE_ABNORMAL,
+    CLOSE_GOING_AWAY,
+    GoneError,
+    LimitExceededError,
+    MovedError,
+    RegistryUnavailableError,
+    RemoteNodeError,
+)
 from ..records import ConnectionRecord
 from .protocol import SUBPROTOCOL, ResumeRequest, new_token, parse_ack, same_token
 from .session import OVER_LIMIT, ReliableConnection
@@ -56,6 +67,9 @@ _MOVED_MAX = 65_536
 # How long a holder keeps a session it handed over aside before it settles whether the move
 # landed: past the resuming node's wait for the answer (a registry call's 2 s timeout).
 SETTLE_AFTER_S = 3.0
+# How long a session that moved keeps the names of the fan-outs it took, to take each once:
+# past the old holder's sending them on (until it settles), with room for their way here.
+_TRACK_S = SETTLE_AFTER_S + 5.0
 _INVALID_ACK = b'{"message": "Invalid ack: seq must be an integer, at most the last seq sent"}'
 
 
@@ -89,6 +103,10 @@ class SessionHost(Protocol):
     def handing_over(self, conn: Connection, to_node: str) -> None:
         """A session of this node is on its way to ``to_node``: calls about it go there."""
 
+    async def forward(self, conn: Connection, to_node: str, data: bytes, binary: bool, fanout_id: str) -> None:
+        """Send a fan-out on to a session that left for ``to_node`` (a post with the fan-out's
+        name); raise as a post to another node raises."""
+
     async def settle_handover(self, conn: Connection, handover: str) -> bool:
         """Decide a move of a session this node handed over: True if it stays here (it never
         landed, and now never will), False if it moved on (forgotten here, without
@@ -107,8 +125,7 @@ class Sessions:
         self._moved: dict[str, tuple[str, float]] = {}  # connection id -> (its new node, until)
         self._incoming: dict[str, _Kept] = {}  # resumes in flight from other nodes
         self._claims: dict[str, asyncio.Future[None]] = {}  # resumes being judged: done once they are
-        # Sessions handed over and not settled yet: what wakes each one's settling early
-        self._leaving: dict[str, tuple[asyncio.Event, asyncio.Task[None]]] = {}
+        self._leaving: dict[str, _Leaving] = {}  # sessions handed over, not settled yet
         self._ending: set[asyncio.Task[None]] = set()
 
     # ---------------------------------------------------------------- handshake
@@ -188,12 +205,15 @@ class Sessions:
         if not await self._host.moved_in(conn, from_node, handover):
             log.warning("session %s stayed on the node that held it: not resumed here", conn.id)
             return None
+        self._track_fanouts(conn)
         hub = self._host.hub
         hub.add(conn)
         for group in groups:
             hub.join_group(conn, group)
         self._expire_later(conn)
-        kept.deliver(conn, self._host.deliver)  # after its own messages, in the order they came
+        fanouts = kept.deliver(conn, self._host.deliver)  # after its own messages, in the order they came
+        if fanouts:
+            self._host.count_sent(conn.record.tenant, fanouts)
         log.info("session %s resumed from another node", conn.id)
         return conn
 
@@ -217,22 +237,57 @@ class Sessions:
         state = {"record": _record_json(conn), "session": conn.export(), "from": self._host.node_id,
                  "handover": handover}
         conn.ending = True  # it lives on elsewhere (unless kept): nothing here may end it
-        groups = sorted(conn.groups or ())
+        leaving = _Leaving(conn, to_node, sorted(conn.groups or ()))
         self._host.hub.remove(conn)
         self._remember_move(connection_id, to_node)
         self._host.handing_over(conn, to_node)
-        wake = asyncio.Event()
-        task = asyncio.ensure_future(self._settle(conn, groups, handover, wake))
-        self._leaving[connection_id] = (wake, task)
+        leaving.settling = asyncio.ensure_future(self._settle(leaving, handover))
+        self._leaving[connection_id] = leaving
         return state
 
-    async def _settle(self, conn: ReliableConnection, groups: list[str], handover: str, wake: asyncio.Event) -> None:
+    @property
+    def leaving(self) -> bool:
+        """Whether sessions are on their way from this node to others (see :meth:`send_on`)."""
+        return bool(self._leaving)
+
+    def send_on(
+        self, tenant: str, data: bytes, binary: bool, user: str | None, group: str | None, fanout_id: str
+    ) -> None:
+        """A fan-out reached this node: send it on to each session of its audience that is on
+        its way to another node (it took every fan-out before it left), and keep it, in case
+        the session stays. A fan-out without a name (from a node of an earlier release) is
+        not: it could reach the session twice."""
+        if not fanout_id:
+            return
+        for leaving in self._leaving.values():
+            record = leaving.conn.record
+            if record.tenant != tenant or (user is not None and record.principal_id != user) or (
+                    group is not None and group not in leaving.groups):
+                continue
+            if leaving.size + len(data) > self.max_unacked:
+                continue  # over the session's bound: it would refuse it as any post
+            leaving.size += len(data)
+            leaving.fanouts.append((fanout_id, data, binary))
+            self._spawn(self._forward(leaving, data, binary, fanout_id))
+
+    async def _forward(self, leaving: _Leaving, data: bytes, binary: bool, fanout_id: str) -> None:
+        try:
+            await self._host.forward(leaving.conn, leaving.to_node, data, binary, fanout_id)
+        except (GoneError, LimitExceededError, RegistryUnavailableError, RemoteNodeError) as exc:
+            # Kept here: if the session stays, it gets it when it is back; if it landed there
+            # and still refused it, the session was over its bound, as for any post.
+            log.info("a fan-out to session %s, which left for node %s, was not sent on (%s)",
+                     leaving.conn.id, leaving.to_node, type(exc).__name__)
+
+    async def _settle(self, leaving: _Leaving, handover: str) -> None:
         """Once the resuming node has given up waiting, settle a move: the session moved on,
         or (its answer lost or late, so it never landed) it is back here, dropped, for a
-        whole window, and calls about it are served here again."""
+        whole window, with the fan-outs that reached it here meanwhile, and calls about it
+        are served here again."""
+        conn = leaving.conn
         try:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(wake.wait(), SETTLE_AFTER_S)
+                await asyncio.wait_for(leaving.wake.wait(), SETTLE_AFTER_S)
             stays = await self._host.settle_handover(conn, handover)
         except Exception:  # a bug: the session is neither here nor known to be elsewhere
             log.exception("settling the move of session %s failed", conn.id)
@@ -244,9 +299,18 @@ class Sessions:
         log.warning("session %s stays here: its move to another node did not complete", conn.id)
         conn.ending = False
         self._moved.pop(conn.id, None)
+        self._track_fanouts(conn)
+        now, sent = asyncio.get_running_loop().time(), 0
+        for fanout_id, data, binary in leaving.fanouts:  # as the hub queues a fan-out
+            if not conn.already_took(fanout_id):
+                with contextlib.suppress(GoneError, LimitExceededError):
+                    conn.send(data, binary, now, 0)
+                    sent += 1
+        if sent:
+            self._host.count_sent(conn.record.tenant, sent)
         hub = self._host.hub
         hub.add(conn)
-        for group in groups:
+        for group in leaving.groups:
             hub.join_group(conn, group)
         self._expire_later(conn)
 
@@ -256,18 +320,20 @@ class Sessions:
         if moved is not None and moved[1] > time.monotonic():
             raise MovedError(moved[0])
 
-    def keep_incoming(self, connection_id: str, data: bytes, binary: bool) -> asyncio.Future[None] | None:
+    def keep_incoming(
+        self, connection_id: str, data: bytes, binary: bool, fanout_id: str = ""
+    ) -> asyncio.Future[None] | None:
         """Keep a post for a session being resumed here from another node, None if none is.
 
         The returned future is done once the post is queued on the session (its result) or
         is not (its exception: GoneError if the session did not come here, LimitExceededError
         if the session or its tenant's plan refused it). Raises LimitExceededError at once
         when the posts kept for the session would pass ``max_unacked_bytes``, as a post to a
-        dropped session over its limit is refused."""
+        dropped session over its limit is refused. ``fanout_id``: see ``Gateway.local_post``."""
         kept = self._incoming.get(connection_id)
         if kept is None:
             return None
-        return kept.add(data, binary, self.max_unacked)
+        return kept.add(data, binary, self.max_unacked, fanout_id)
 
     # ---------------------------------------------------------------- sockets
 
@@ -341,11 +407,18 @@ class Sessions:
 
     # ---------------------------------------------------------------- internals
 
-    def _settling(self) -> list[asyncio.Task[None]]:
+    def _settling(self) -> list[asyncio.Future[None]]:
         """Settle every move from here now (woken early), and return those settlings."""
-        for wake, _ in self._leaving.values():
-            wake.set()
-        return [task for _, task in self._leaving.values()]
+        for leaving in self._leaving.values():
+            leaving.wake.set()
+        return [leaving.settling for leaving in self._leaving.values()]
+
+    @staticmethod
+    def _track_fanouts(conn: ReliableConnection) -> None:
+        """A session that just moved (or stayed) takes each fan-out once for a while: one may
+        reach it directly and sent on by the node it left."""
+        conn.fanouts = set()
+        asyncio.get_running_loop().call_later(_TRACK_S, setattr, conn, "fanouts", None)
 
     def _expire_later(self, conn: ReliableConnection) -> None:
         self._cancel_expiry(conn)
@@ -370,6 +443,22 @@ class Sessions:
         task.add_done_callback(self._ending.discard)
 
 
+class _Leaving:
+    """A session handed over to ``to_node`` and not settled yet: its groups, the fan-outs
+    that reached it here since (name, data, binary) and their size."""
+
+    __slots__ = ("conn", "fanouts", "groups", "settling", "size", "to_node", "wake")
+
+    def __init__(self, conn: ReliableConnection, to_node: str, groups: list[str]) -> None:
+        self.conn = conn
+        self.to_node = to_node
+        self.groups = groups
+        self.fanouts: list[tuple[str, bytes, bool]] = []
+        self.size = 0
+        self.wake = asyncio.Event()  # set: settle now (the node stops)
+        self.settling: asyncio.Future[None]  # Sessions._settle
+
+
 class _Kept:
     """A session on its way to this node: the move, and the posts that reached this node for
     the session meanwhile, each with the future its caller's answer waits on."""
@@ -377,17 +466,17 @@ class _Kept:
     __slots__ = ("moving", "posts", "size")
 
     def __init__(self) -> None:
-        self.posts: list[tuple[bytes, bool, asyncio.Future[None]]] = []
+        self.posts: list[tuple[bytes, bool, str, asyncio.Future[None]]] = []  # data, binary, fanout_id, answer
         self.size = 0  # bytes of the posts' data
         self.moving: asyncio.Future[ReliableConnection | None]  # the move itself (Sessions._move_here)
 
-    def add(self, data: bytes, binary: bool, limit: int) -> asyncio.Future[None]:
+    def add(self, data: bytes, binary: bool, limit: int, fanout_id: str = "") -> asyncio.Future[None]:
         if self.size + len(data) > limit:
             raise LimitExceededError(OVER_LIMIT)
         self.size += len(data)
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         done.add_done_callback(functools.partial(self._given_up, len(data)))
-        self.posts.append((data, binary, done))
+        self.posts.append((data, binary, fanout_id, done))
         return done
 
     def _given_up(self, size: int, done: asyncio.Future[None]) -> None:
@@ -395,23 +484,32 @@ class _Kept:
         if done.cancelled() and self.posts:
             self.size -= size
 
-    def deliver(self, conn: ReliableConnection, deliver: Callable[[Connection, bytes, bool], None]) -> None:
-        """The session is here: queue each post on it, in order, and answer each."""
+    def deliver(self, conn: ReliableConnection, deliver: Callable[[Connection, bytes, bool], None]) -> int:
+        """The session is here: queue each post on it, in order, and answer each. A fan-out
+        sent on by the node the session left is queued as the hub queues one (not a post of
+        the tenant's plan), once. Returns how many of those it queued, for the count."""
         posts, self.posts, self.size = self.posts, [], 0
-        for data, binary, done in posts:
+        now, fanouts = asyncio.get_running_loop().time(), 0
+        for data, binary, fanout_id, done in posts:
             if done.done():  # its caller gave up (cancelled): not delivered
                 continue
             try:
-                deliver(conn, data, binary)
+                if fanout_id:
+                    if not conn.already_took(fanout_id):  # taken once, by its name
+                        conn.send(data, binary, now, 0)
+                        fanouts += 1
+                else:
+                    deliver(conn, data, binary)
             except (GoneError, LimitExceededError) as exc:
                 done.set_exception(exc)
             else:
                 done.set_result(None)
+        return fanouts
 
     def not_here(self) -> None:
         """The session did not come: every post still kept is answered as not held here."""
         posts, self.posts, self.size = self.posts, [], 0
-        for _, _, done in posts:
+        for _, _, _, done in posts:
             if not done.done():
                 done.set_exception(GoneError())
 

@@ -519,7 +519,8 @@ class RedisRegistry:
     # ------------------------------------------------------------ tenants
 
     async def fanout(
-        self, tenant: str, data: bytes, binary: bool, *, user: str | None = None, group: str | None = None
+        self, tenant: str, data: bytes, binary: bool, *, user: str | None = None, group: str | None = None,
+        fanout_id: str = "",
     ) -> FanoutResult:
         """Deliver to the audience on other nodes: one message per node holding the tenant,
         each narrowing it to a user or a group of it on its own hub. A node that does not
@@ -537,9 +538,18 @@ class RedisRegistry:
             header["u"] = user
         if group is not None:
             header["g"] = group
+        if fanout_id:
+            header["x"] = fanout_id
         replies = await self._request(tuple(targets), header, data)
         confirmed = [r for r in replies.values() if r["s"] == STATUS_OK]
         return FanoutResult(sum(r.get("n", 0) for r in confirmed), len(replies) - len(confirmed))
+
+    async def forward(self, connection_id: str, to_node: str, data: bytes, binary: bool, fanout_id: str) -> None:
+        header = {"k": KIND_POST, "c": connection_id, "b": int(binary), "x": fanout_id}
+        reply = (await self._request((to_node,), header, data))[to_node]
+        if reply["s"] in (STATUS_UNREACHABLE, STATUS_TIMEOUT):
+            raise RegistryUnavailableError("the node a session moved to does not answer")
+        raise_for_status(reply["s"], reply.get("m", ""))
 
     async def claim_once(self, key: str, ttl_s: float) -> bool:
         """SET NX with the TTL: the first node to claim ``key`` wins, cluster-wide. Raises

@@ -463,7 +463,7 @@ class NodeChannel:
         each of the call's targets, encoded once (a post to one node: see :meth:`post`);
         the outcomes go to the call."""
         targets = call.targets
-        if len(targets) == 1 and header["k"] == KIND_POST:
+        if len(targets) == 1 and header["k"] == KIND_POST and "x" not in header:
             self.post(call, header["c"], header["b"], data)
             return
         header["r"] = call.id
@@ -561,7 +561,7 @@ class NodeChannel:
         if kind == KIND_POST:
             sender, request_id, deadline = header["f"], header["r"], header["d"]
             if self._serve_post(request_id, sender, deadline, header["c"], header["b"], data, now, can_publish,
-                                "w" in header):
+                                "w" in header, header.get("x", "")):
                 self._reply(sender, (request_id,), _SAID_OK, deadline)
             return
         key = (header["f"], header["r"])
@@ -584,7 +584,8 @@ class NodeChannel:
                 reply["i"] = info_to_json(node.local_info(header["c"]))
             elif kind == KIND_FANOUT:
                 reply["n"] = node.local_fanout(
-                    header["t"], data, bool(header["b"]), user=header.get("u"), group=header.get("g")
+                    header["t"], data, bool(header["b"]), user=header.get("u"), group=header.get("g"),
+                    fanout_id=header.get("x", ""),
                 )
             elif kind == KIND_GROUP:
                 if not node.local_group(header["c"], header["g"], join=bool(header["j"])):
@@ -604,9 +605,10 @@ class NodeChannel:
 
     def _serve_post(
         self, request_id: int, sender: str, deadline: float, connection_id: str, binary: int, data: bytes,
-        now: float, can_publish: bool, compact: bool,
+        now: float, can_publish: bool, compact: bool, fanout_id: str = "",
     ) -> bool:
-        """Act on a post (as :meth:`_serve`; ``compact``: the sender reads compact replies).
+        """Act on a post (as :meth:`_serve`; ``compact``: the sender reads compact replies;
+        ``fanout_id``: a fan-out sent on to a session that moved, see ``LocalNode.local_post``).
         True: delivered, and owed the compact "ok", which the caller sends (for all the posts
         of a batch at once); else answered or dropped here."""
         key = (sender, request_id)
@@ -620,7 +622,8 @@ class NodeChannel:
         assert node is not None
         reply: _Outcome
         try:
-            later = node.local_post(connection_id, data, bool(binary))
+            later = node.local_post(connection_id, data, bool(binary), fanout_id) if fanout_id else (
+                node.local_post(connection_id, data, bool(binary)))
         except Exception as exc:  # noqa: BLE001 - every failure is answered (and logged)
             reply = _failed(request_id, self._node_id, compact, exc)
         else:

@@ -46,7 +46,9 @@ its channel), ``d`` the wall-clock deadline after which the receiver must not ac
 sender has answered 503 by then). Reply status ``s`` is ``ok``, ``gone``, ``limit``,
 ``moved`` (a reliable session resumed on node ``n`` a moment ago: ask there), ``fail`` or
 ``dropped`` (the answer to an ask about a request the receiver did not act on, and now never
-will). A fan-out is encoded once and the same bytes go to every node.
+will). A fan-out is encoded once and the same bytes go to every node; its ``x`` names it
+cluster-wide, and a post with ``x`` is that fan-out sent on to a reliable session that moved
+(taken once by a session that got it already; a node of an earlier release ignores ``x``).
 """
 
 from __future__ import annotations
