@@ -44,6 +44,7 @@ class RecordingNode:
     full: set[str] = field(default_factory=set)
     groups: dict[str, set[str]] = field(default_factory=dict)
     handed: dict[str, str] = field(default_factory=dict)  # sessions handed over: id -> the node they went to
+    landing: dict[str, asyncio.Future[None]] = field(default_factory=dict)  # sessions on their way here
     session_token: str = "right"  # the only claim token its sessions accept
     surveys: list[dict[str, Any]] = field(default_factory=list)
     mute: bool = False  # local_survey fails (a bug on that node)
@@ -67,6 +68,9 @@ class RecordingNode:
         if connection_id in self.full:
             raise LimitExceededError()
         self.posted.setdefault(connection_id, []).append((data, binary))
+
+    def arriving(self, connection_id: str) -> asyncio.Future[None] | None:
+        return self.landing.get(connection_id)
 
     def local_info(self, connection_id: str) -> ConnectionInfo:
         try:

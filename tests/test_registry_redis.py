@@ -362,6 +362,33 @@ async def test_a_handover_is_settled_once_by_whichever_side_reaches_the_record_f
 
 @QUICK_BEATS
 @ON_EACH_TOPOLOGY
+async def test_calls_about_a_session_on_its_way_to_a_node_wait_for_it_there(make: Factory) -> None:
+    """A get, group change or delete that reaches the node a reliable session is moving to,
+    before it landed, is acted on once it did; one whose session does not land by the
+    request's deadline is answered as dropped (asked once more, then 503): never a 410 for a
+    session in flight."""
+    node_a, node_b = RecordingNode("na"), RecordingNode("nb")
+    reg_a, reg_b = await make(node_a), await make(node_b)
+    record = await accept(reg_b, node_b)
+    cid = record.connection_id
+    info = node_b.connections.pop(cid)  # on its way to b (its id names b: b is asked)
+    loop = asyncio.get_running_loop()
+    landing = node_b.landing[cid] = loop.create_future()
+    calls = [asyncio.ensure_future(call) for call in (reg_a.get(cid), reg_a.group(cid, "g1", join=True))]
+    await asyncio.sleep(0.3)
+    assert not any(call.done() for call in calls)
+    node_b.connections[cid] = info  # it landed
+    landing.set_result(None)
+    got, _ = await asyncio.gather(*calls)
+    assert got.record == record and node_b.groups[cid] == {"g1"}
+    landing = node_b.landing[cid] = loop.create_future()  # on its way again, and never lands
+    with pytest.raises(RegistryUnavailableError):
+        await reg_a.delete(cid)
+    assert node_b.deleted == [] and cid in node_b.connections
+
+
+@QUICK_BEATS
+@ON_EACH_TOPOLOGY
 async def test_gone_after_remove_even_with_a_cached_owner(make: Factory) -> None:
     node_a, node_b = RecordingNode("na"), RecordingNode("nb")
     reg_a, reg_b = await make(node_a), await make(node_b)

@@ -550,6 +550,9 @@ class Gateway:
         stats.frames_out += 1
         stats.traffic[tenant] += 1
 
+    def arriving(self, connection_id: str) -> asyncio.Future[Any] | None:
+        return self.sessions.arriving(connection_id)
+
     def local_info(self, connection_id: str) -> ConnectionInfo:
         conn = self.hub.get(connection_id)
         if conn is None or conn.close_code is not None:

@@ -72,6 +72,11 @@ class LocalNode(Protocol):
         ``fanout_id``: the post is a fan-out sent on by the node a session moved from
         (queued once, if the session got that fan-out here already)."""
 
+    def arriving(self, connection_id: str) -> Awaitable[object] | None:
+        """A reliable session on its way to this node from another: what is done once it
+        landed here or did not (calls about it wait for that, rather than answer that it is
+        not here); None if no session of that id is on its way here."""
+
     def local_info(self, connection_id: str) -> ConnectionInfo:
         """Return a local connection's info; raise GoneError."""
 

@@ -314,6 +314,12 @@ class Sessions:
             hub.join_group(conn, group)
         self._expire_later(conn)
 
+    def arriving(self, connection_id: str) -> asyncio.Future[Any] | None:
+        """The move of a session on its way here (done once it landed or did not), None if
+        none is."""
+        kept = self._incoming.get(connection_id)
+        return None if kept is None else kept.moving
+
     def moved_to(self, connection_id: str) -> None:
         """Raise MovedError if the session left this node a moment ago (calls follow it)."""
         moved = self._moved.get(connection_id)

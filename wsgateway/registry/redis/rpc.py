@@ -117,6 +117,8 @@ _REMEMBER_SLACK_S = 1.0
 # uvloop's clock and timers have a millisecond's resolution: a timer may fire that early.
 _TIMER_SLACK_S = 0.001
 _CHANNEL_CACHE_SIZE = 4096
+# Requests about one connection that wait for a reliable session on its way to the node.
+_ABOUT_A_SESSION = frozenset({KIND_GET, KIND_DELETE, KIND_GROUP, KIND_TAKE})
 # What an owner remembers of a request it acted on: its reply, or _SAID_OK (a compact "ok").
 _Outcome = dict[str, Any] | str
 _SAID_OK = "compact ok"
@@ -577,8 +579,19 @@ class NodeChannel:
         reply: dict[str, Any] = {"k": KIND_REPLY, "r": header["r"], "f": self._node_id, "s": STATUS_OK}
         if "w" in header:  # the sender reads compact replies
             reply["w"] = VERSION
+        arriving = node.arriving(header["c"]) if kind in _ABOUT_A_SESSION else None
+        if arriving is not None:  # a session on its way here: answered about once it landed, or did not
+            self._remember(key, header["d"], None)  # acting: an ask is answered when it is done
+            self._spawn(self._serve_once_landed(arriving, header, data, reply))
+            return
         if kind not in (KIND_GET, KIND_SURVEY):  # acting: remembered, so that a sender that lost the reply can ask
             self._remember(key, header["d"], reply if kind != KIND_DELETE else None)
+        self._act(node, header, data, reply)
+
+    def _act(self, node: LocalNode, header: dict[str, Any], data: bytes, reply: dict[str, Any]) -> None:
+        """Do what a request (not a post) asks, and answer it: now, or for a delete once its
+        connection closed."""
+        kind = header["k"]
         try:
             if kind == KIND_GET:
                 reply["i"] = info_to_json(node.local_info(header["c"]))
@@ -642,6 +655,27 @@ class NodeChannel:
         self._remember(key, deadline, reply)
         self._reply(sender, (request_id,), reply, deadline)
         return False
+
+    async def _serve_once_landed(
+        self, arriving: Awaitable[object], header: dict[str, Any], data: bytes, reply: dict[str, Any]
+    ) -> None:
+        """Act on a request about a reliable session that was on its way here once it landed
+        (or did not: then it is answered as not here), before the request's deadline; one
+        still waiting then is answered as dropped (never acted on: its sender asks again)."""
+        deadline = header["d"]
+        try:
+            await asyncio.wait_for(asyncio.shield(arriving), deadline - time.time())
+        except TimeoutError:
+            self._answer_late(header["f"], _dropped(header["r"], self._node_id, "w" in header), deadline)
+            return
+        except Exception:  # the move failed: the session is not here, as _act finds
+            log.debug("a session's move here failed while a request about it waited", exc_info=True)
+        node = self._node
+        assert node is not None
+        key = (header["f"], header["r"])
+        if header["k"] != KIND_DELETE:
+            self._outcomes[key] = reply  # done once _act returns (a delete: once it is answered)
+        self._act(node, header, data, reply)
 
     async def _answer_when_done(self, acting: Awaitable[None], to: str, reply: dict[str, Any], deadline: float) -> None:
         """Answer a request whose action completes later (a delete closing its connection)
