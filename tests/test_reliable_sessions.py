@@ -17,6 +17,7 @@ from urllib.parse import quote
 import aiohttp
 import boto3
 import pytest
+import redis.asyncio
 import websockets
 from botocore.config import Config
 from botocore.exceptions import ClientError
@@ -371,6 +372,94 @@ async def test_posts_to_a_dropped_session_are_kept_up_to_the_limit(node: Node, l
     await client.connect(link.url(tenant="t1"), resume=True)
     assert [(await client.recv())[1][:3] for _ in range(kept)] == [f"{i:03d}" for i in range(kept)]
     assert _disconnects(cid) == []
+
+
+# ---------------------------------------------------------------- how many dropped sessions a node keeps
+
+
+@contextlib.asynccontextmanager
+async def _bounded_node(request: pytest.FixtureRequest, registry: str, **reliable: Any) -> AsyncIterator[Node]:
+    """A node whose tenant "capped" may hold 5 connections (a usage plan), on ``registry``."""
+    sections: dict[str, Any] = {}
+    if registry == "redis":
+        port = request.getfixturevalue("private_redis").port
+        sections["registry"] = {"backend": "redis", "redis_url": f"redis://127.0.0.1:{port}/0",
+                                "key_prefix": request.getfixturevalue("key_prefix"), "heartbeat_s": 0.5}
+    config = make_config(plans=[{"name": "small", "tenants": ["capped"], "max_connections": 5}],
+                         reliable={"resume_window_s": 30, **reliable}, **sections)
+    async with running_node(config) as running:
+        if registry == "redis":
+            assert isinstance(running.gateway.registry, RedisRegistry)
+            await wait_settled(running.gateway.registry, 10)
+        yield running
+
+
+async def _connect_and_drop(node: Node, link: CutLink, tenant: str) -> ReliableClient:
+    """A reliable client of ``tenant`` whose network dies once it is connected."""
+    client = ReliableClient()
+    await client.connect(link.url(tenant=tenant))
+    cid = client.connection_id
+    link.cut()
+    await eventually(lambda: (conn := node.gateway.hub.get(cid)) is None or conn.ws is None)
+    return client
+
+
+async def _registered(request: pytest.FixtureRequest, node: Node, tenant: str) -> set[str]:
+    """The ids the registry itself holds for ``tenant`` (in Redis: its sorted set, read there)."""
+    if node.config.registry.backend == "memory":
+        page = await node.gateway.registry.list_tenant(tenant, 1000, None)
+        return {info.record.connection_id for info in page.connections}
+    prefix, port = node.config.registry.key_prefix, request.getfixturevalue("private_redis").port
+    async with redis.asyncio.Redis(port=port) as r:
+        return {i.decode() for i in await r.zrange(f"{prefix}:{{t:{tenant}}}:conns", 0, -1)}
+
+
+def _kept(node: Node, tenant: str) -> list[str]:
+    return [c.id for c in node.gateway.hub if c.record.tenant == tenant and c.ws is None]
+
+
+_REGISTRIES = ["memory", pytest.param("redis", marks=pytest.mark.redis)]
+
+
+@pytest.mark.parametrize("registry", _REGISTRIES)
+async def test_a_tenant_keeps_no_more_dropped_sessions_than_its_plan_has_connections(
+    request: pytest.FixtureRequest, registry: str
+) -> None:
+    """The probe: connect, drop, connect again, fifty times on a tenant capped at 5. Every
+    connect succeeds (a dropped session holds no place), the node keeps the 5 newest dropped
+    sessions, and each older one ended as its window running out ends it."""
+    async with _bounded_node(request, registry) as node, CutLink(node.port) as link:
+        clients = [await _connect_and_drop(node, link, "capped") for _ in range(50)]
+        ids = [client.connection_id for client in clients]
+        ended, kept = ids[:45], ids[45:]
+        await eventually(lambda: all(_disconnects(cid) == [1006] for cid in ended), timeout=10)
+        assert sorted(_kept(node, "capped")) == sorted(kept)
+        assert all(_disconnects(cid) == [] for cid in kept)
+        assert await _registered(request, node, "capped") == set(kept)
+        assert await _post(node, ended[-1], "x") == 410
+        assert (await clients[0].connect(link.url(tenant="capped"), resume=True))["resumed"] is False
+        assert (await clients[-1].connect(link.url(tenant="capped"), resume=True))["resumed"] is True
+        await asyncio.sleep(0.2)
+        assert all(_disconnects(cid) == [1006] for cid in ended)  # once each
+
+
+@pytest.mark.parametrize("registry", _REGISTRIES)
+async def test_tenants_without_a_cap_share_the_node_wide_bound(request: pytest.FixtureRequest, registry: str) -> None:
+    """``max_dropped_sessions`` bounds the uncapped tenants together; past it, the tenant
+    holding the most loses its oldest, and a capped tenant's sessions do not count."""
+    async with _bounded_node(request, registry, max_dropped_sessions=3) as node, CutLink(node.port) as link:
+        a1, a2, a3 = [(await _connect_and_drop(node, link, "a")).connection_id for _ in range(3)]
+        assert _kept(node, "a") == [a1, a2, a3]
+        b1 = (await _connect_and_drop(node, link, "b")).connection_id
+        await eventually(lambda: _disconnects(a1) == [1006])
+        c1, c2 = [(await _connect_and_drop(node, link, "capped")).connection_id for _ in range(2)]
+        a4 = (await _connect_and_drop(node, link, "a")).connection_id
+        await eventually(lambda: _disconnects(a2) == [1006])
+        await asyncio.sleep(0.2)
+        assert (sorted(_kept(node, "a")), _kept(node, "b"), sorted(_kept(node, "capped"))) == (
+            sorted([a3, a4]), [b1], sorted([c1, c2]))
+        assert [cid for cid in (a3, a4, b1, c1, c2) if _disconnects(cid)] == []
+        assert await _registered(request, node, "a") == {a3, a4}
 
 
 # ---------------------------------------------------------------- the browser client

@@ -14,7 +14,8 @@ over, and ending them with one ``$disconnect``.
   arrive, as a post to a connection this node does not hold, so that its caller looks
   further (AWS's answers stay exact: 200 only once queued).
 - The session ends when its window runs out, when it is deleted while dropped, when the
-  client closes with any other code, or when the gateway closes it: then ``$disconnect`` runs
+  client closes with any other code, when the gateway closes it, or when this node holds more
+  dropped sessions of its tenant than it may (:mod:`.dropped`): then ``$disconnect`` runs
   once, with the code of the drop that opened the window if there was one.
 """
 
@@ -32,6 +33,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from .. import events
 from ..errors import CLOSE_ABNORMAL, CLOSE_GOING_AWAY, GoneError, LimitExceededError, MovedError
 from ..records import ConnectionRecord
+from .dropped import Dropped
 from .protocol import SUBPROTOCOL, ResumeRequest, new_token, parse_ack, same_token
 from .session import OVER_LIMIT, ReliableConnection
 
@@ -41,6 +43,7 @@ if TYPE_CHECKING:
     from ..config import GatewayConfig
     from ..connection import Connection
     from ..hub import Hub
+    from ..usage import Usage
 
 __all__ = ["SessionHost", "Sessions"]
 
@@ -57,6 +60,7 @@ class SessionHost(Protocol):
 
     node_id: str
     hub: Hub
+    usage: Usage
     draining: bool
 
     async def closed(self, conn: Connection, code: int, reason: str) -> None:
@@ -93,6 +97,7 @@ class Sessions:
         self._incoming: dict[str, _Kept] = {}  # resumes in flight from other nodes
         self._claims: dict[str, asyncio.Future[None]] = {}  # resumes being judged: done once they are
         self._ending: set[asyncio.Task[None]] = set()
+        self._dropped = Dropped(config.reliable.max_dropped_sessions)  # those with an expiry timer
 
     # ---------------------------------------------------------------- handshake
 
@@ -133,6 +138,7 @@ class Sessions:
             elif not isinstance(conn, ReliableConnection) or not _allows(conn, request, tenant, principal_id):
                 return None
             conn.token = new_token()
+            self._dropped.touch(conn)  # the last of its tenant to end while its socket comes
             return conn
         finally:
             del claims[connection_id]
@@ -284,14 +290,19 @@ class Sessions:
     # ---------------------------------------------------------------- internals
 
     def _expire_later(self, conn: ReliableConnection) -> None:
+        """``conn`` is dropped here: end it when its window runs out, or sooner, as its window
+        running out would, if newer drops take this node past what it may hold."""
         self._cancel_expiry(conn)
         conn.expiry = asyncio.get_running_loop().call_later(self._window_s, self.end, conn)
+        plan = self._host.usage.plan_of(conn.record.tenant)
+        for oldest in self._dropped.add(conn, plan.max_connections if plan is not None else 0):
+            self.end(oldest)
 
-    @staticmethod
-    def _cancel_expiry(conn: ReliableConnection) -> None:
+    def _cancel_expiry(self, conn: ReliableConnection) -> None:
         if conn.expiry is not None:
             conn.expiry.cancel()
             conn.expiry = None
+            self._dropped.remove(conn)
 
     def _remember_move(self, connection_id: str, to_node: str) -> None:
         moved, now = self._moved, time.monotonic()
