@@ -129,6 +129,31 @@ async def test_a_bad_ack_gets_an_error_frame_and_loses_nothing(node: Node) -> No
     assert (stats.frames_out, stats.traffic["t1"]) == (frames_out + 2, traffic + 2)  # counted as error frames are
 
 
+async def test_an_ack_however_long_or_whatever_its_number_never_reaches_a_route(node: Node) -> None:
+    """Any text frame that is a JSON object of type "ack" is an ack: padded past any length,
+    or with a seq orjson cannot read (1e400), it is answered as an ack is, never routed."""
+    client = ReliableClient(auto_ack=False)
+    await client.connect(ws_url(node, tenant="t1"))
+    cid = client.connection_id
+    assert await _post(node, cid, "one") == 200
+    assert await client.recv() == (1, "one")
+    assert client.ws is not None
+    invalid = '{"message": "Invalid ack: seq must be an integer, at most the last seq sent"}'
+    for frame in ('{"type":"ack","seq":1e400}', '{"type":"ack","seq":1e400}' + " " * 200,
+                  '{"type":"ack","seq":99}' + " " * 200, '{"type":"\\u0061ck","seq":1.5}'):
+        await client.ws.send(frame)
+        assert (await client.recv())[1] == invalid
+    await client.close(1001)  # nothing was acknowledged: a resume from 0 gets every message
+    client.last_seq = 0
+    assert (await client.connect(ws_url(node, tenant="t1"), resume=True))["resumed"] is True
+    assert [data for _, data in await client.recv_many(5)] == ["one"] + [invalid] * 4
+    await client.ws.send('{"type":"ack","seq":5}' + " " * 200)  # a padded ack acknowledges
+    conn = node.gateway.hub.get(cid)
+    assert conn is not None
+    await eventually(lambda: conn.unacked_bytes == 0)  # type: ignore[attr-defined]
+    assert th.events_of("$default", cid) == []
+
+
 async def test_disabled_the_subprotocol_is_not_selected() -> None:
     async with running_node(make_config(reliable={"enabled": False})) as plain_node:
         async with websockets.connect(ws_url(plain_node, tenant="t1"), subprotocols=[SUBPROTOCOL]) as ws:  # type: ignore[list-item]
