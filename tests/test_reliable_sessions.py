@@ -10,6 +10,7 @@ import asyncio
 import base64
 import contextlib
 import json
+import struct
 from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import quote
@@ -22,6 +23,7 @@ import websockets
 from botocore.config import Config
 from botocore.exceptions import ClientError
 from websockets.exceptions import ConnectionClosed
+from websockets.frames import Frame, Opcode
 
 from tests import handlers_for_tests as th
 from tests.registry_support import RedisLink, wait_settled
@@ -327,6 +329,56 @@ async def test_a_going_away_close_keeps_the_session(node: Node) -> None:
     hello = await client.connect(ws_url(node, tenant="t1"), resume=True)
     assert hello["resumed"] is True
     assert await client.recv() == (1, "kept")
+
+
+@pytest.mark.parametrize(("opcode", "payload", "code"), [
+    (Opcode.CLOSE, struct.pack("!H", 1005), 1002),  # a code no close frame may carry
+    (Opcode.CLOSE, struct.pack("!H", 999), 1002),
+    (Opcode.CLOSE, b"\x03", 1002),  # one byte: no code at all
+    (Opcode.CLOSE, struct.pack("!H", 1001) + b"\xff", 1007),  # "going away", with a reason not UTF-8
+    (Opcode.TEXT, b"\xff", 1007),  # and frames the gateway fails the connection for, too
+    (Opcode.TEXT, b"x" * 131073, 1009),
+])
+async def test_a_frame_the_gateway_fails_the_connection_for_ends_the_session(
+    opcode: Opcode, payload: bytes, code: int
+) -> None:
+    """The client closed with a close frame the gateway refuses, or broke the protocol: not a
+    network drop, so the session ends at once (within a window far longer than the test),
+    its $disconnect with the code the connection closed with (a refused frame's is none)."""
+    async with running_node(make_config(reliable={"resume_window_s": 60})) as node:
+        client = ReliableClient()
+        await client.connect(ws_url(node, tenant="t1"))
+        cid = client.connection_id
+        assert client.ws is not None
+        client.ws.protocol.send_frame(Frame(opcode, payload))
+        client.ws.send_data()
+        with pytest.raises(ConnectionClosed) as closed:
+            await asyncio.wait_for(client.ws.recv(), 5)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == code
+        await eventually(lambda: _disconnects(cid) == [code])
+        assert node.gateway.hub.get(cid) is None and await _post(node, cid, "x") == 410
+        assert (await client.connect(ws_url(node, tenant="t1"), resume=True))["resumed"] is False
+        await client.close()
+    assert _disconnects(cid) == [code]  # once, the node stopped since
+
+
+async def test_a_client_gone_silent_is_a_drop_though_the_keepalive_closes_with_1011() -> None:
+    """The gateway fails a connection whose pings go unanswered (1011, keepalive timeout):
+    the network died, so the session is kept for its resume."""
+    async with running_node(make_config(listen={"ping_interval_s": 0.2, "ping_timeout_s": 0.2},
+                                        reliable={"resume_window_s": 60})) as node:
+        client = ReliableClient()
+        await client.connect(ws_url(node, tenant="t1"))
+        cid = client.connection_id
+        assert client.ws is not None
+        client.ws.transport.pause_reading()  # reads nothing, answers no ping
+        await eventually(lambda: (conn := node.gateway.hub.get(cid)) is not None and conn.ws is None)
+        assert _disconnects(cid) == [] and await _post(node, cid, "kept") == 200
+        client.ws.transport.abort()
+        assert (await client.connect(ws_url(node, tenant="t1"), resume=True))["resumed"] is True
+        assert await client.recv() == (1, "kept")
+        await client.close()
+        await eventually(lambda: _disconnects(cid) == [1000])
 
 
 async def test_the_window_running_out_ends_the_session_once_with_the_drop_code(node: Node, link: CutLink) -> None:

@@ -31,7 +31,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .. import events
-from ..errors import CLOSE_ABNORMAL, CLOSE_GOING_AWAY, GoneError, LimitExceededError, MovedError
+from ..errors import CLOSE_ABNORMAL, CLOSE_GOING_AWAY, CLOSE_INTERNAL_ERROR, GoneError, LimitExceededError, MovedError
 from ..records import ConnectionRecord
 from .dropped import Dropped
 from .protocol import SUBPROTOCOL, ResumeRequest, new_token, parse_ack, same_token
@@ -241,9 +241,14 @@ class Sessions:
         ws = conn.ws
         if conn.ending or conn.close_code is not None or ws is None or self._host.draining:
             return False
-        received = ws.protocol.close_rcvd
+        received, sent = ws.protocol.close_rcvd, ws.protocol.close_sent
         if received is not None and received.code not in _DROP_CODES:
             return False  # the client closed it on purpose
+        if received is None and sent is not None and sent.code != CLOSE_INTERNAL_ERROR:
+            # websockets failed the connection for what the client sent (an invalid close
+            # frame or frame: 1002, 1007, 1009): the client did close, or broke the protocol.
+            # 1011 stays a drop: it is the keepalive timeout, the network dying.
+            return False
         conn.detach(code, reason)
         self._expire_later(conn)
         return True
