@@ -301,6 +301,7 @@ class Sessions:
         conn.expiry = asyncio.get_running_loop().call_later(self._window_s, self.end, conn)
         plan = self._host.usage.plan_of(conn.record.tenant)
         for oldest in self._dropped.add(conn, plan.max_connections if plan is not None else 0):
+            log.info("dropped session %s ended: its tenant's dropped sessions are over this node's bound", oldest.id)
             self.end(oldest)
 
     def _cancel_expiry(self, conn: ReliableConnection) -> None:
