@@ -139,7 +139,8 @@ def test_defaults_are_the_documented_literals() -> None:
     assert config.limits.max_message_bytes == 131072 and config.limits.allowed_origins == ("*",)
     assert config.log == LogConfig(access_log="-", level="INFO")
     assert config.registry.backend == "memory" and config.registry.node_ttl_s == 10.0
-    assert config.reliable == ReliableConfig(enabled=True, resume_window_s=60.0, max_unacked_bytes=1048576)
+    assert config.reliable == ReliableConfig(
+        enabled=True, resume_window_s=60.0, max_unacked_bytes=1048576, max_dropped_sessions=10000)
     assert config.source == "<defaults>"
 
 
@@ -331,6 +332,7 @@ def test_non_utf8_file_names_the_path(tmp_path: Path) -> None:
         ({"reliable": {"resume_window_s": 0}}, "reliable.resume_window_s: must be a number > 0, got 0"),
         ({"reliable": {"max_unacked_bytes": -1}}, "reliable.max_unacked_bytes: must be an integer > 0, got -1"),
         ({"reliable": {"enabled": "yes"}}, "reliable.enabled: must be true or false, got 'yes'"),
+        ({"reliable": {"max_dropped_sessions": 0}}, "reliable.max_dropped_sessions: must be an integer > 0, got 0"),
         # sections and credentials
         ({"listen": 8080}, "listen: must be a table ([listen]), got 8080"),
         ({"management": {"credentials": {"access_key_id": "A"}}},

@@ -43,6 +43,9 @@ def test_binary_messages_carry_base64() -> None:
     ('{"type":"ack","seq":5}', 5),
     ('{ "type" : "ack", "seq" : 0 }', 0),
     ('{"seq":12,"type":"ack"}', 12),
+    ('{"type":"ack","seq":7}' + " " * 200, 7),  # however long: any object whose type is "ack"
+    ('{"type":"ack","seq":1,"padding":"' + "x" * 200 + '"}', 1),
+    ('{"type":"\\u0061ck","seq":3}', 3),  # "ack" spelt with an escape
 ])
 def test_acks_are_recognised_however_spaced(message: str, seq: int) -> None:
     assert parse_ack(message) == seq
@@ -54,7 +57,9 @@ def test_acks_are_recognised_however_spaced(message: str, seq: int) -> None:
     'not json "ack"',
     '["ack", 1]',
     b'{"type":"ack","seq":1}',  # binary frames are never acks
-    '{"type":"ack","seq":1,"padding":"' + "x" * 200 + '"}',  # too long to be one
+    '{"type":"\\u0061cks","seq":1}',
+    'not json \\u0061ck',
+    '{"type":"ack","seq":1,}',  # not JSON: routed, as the router reads it too
 ])
 def test_other_frames_are_not_acks(message: str | bytes) -> None:
     assert parse_ack(message) is None
@@ -63,6 +68,9 @@ def test_other_frames_are_not_acks(message: str | bytes) -> None:
 @pytest.mark.parametrize("message", [
     '{"type":"ack","seq":-1}', '{"type":"ack","seq":"3"}', '{"type":"ack","seq":1.5}', '{"type":"ack"}',
     '{"type":"ack","seq":true}', '{"type":"ack","seq":9007199254740992}',
+    '{"type":"ack","seq":1e400}',  # JSON, though orjson refuses a number past a double's range
+    '{"type":"ack","seq":1e400}' + " " * 200,
+    '{"type":"ack","seq":99999999999999999999999}',
 ])
 def test_malformed_acks_raise(message: str) -> None:
     with pytest.raises(ValueError):

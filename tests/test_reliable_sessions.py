@@ -10,6 +10,7 @@ import asyncio
 import base64
 import contextlib
 import json
+import struct
 from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import quote
@@ -18,10 +19,12 @@ import aiohttp
 import boto3
 import pytest
 import redis
+import redis.asyncio
 import websockets
 from botocore.config import Config
 from botocore.exceptions import ClientError
 from websockets.exceptions import ConnectionClosed
+from websockets.frames import Frame, Opcode
 
 from tests import handlers_for_tests as th
 from tests.registry_support import RedisLink, wait_settled
@@ -128,6 +131,31 @@ async def test_a_bad_ack_gets_an_error_frame_and_loses_nothing(node: Node) -> No
     await client.send({"type": "ack", "seq": "x"})
     assert "Invalid ack" in json.loads((await client.recv())[1])["message"]
     assert (stats.frames_out, stats.traffic["t1"]) == (frames_out + 2, traffic + 2)  # counted as error frames are
+
+
+async def test_an_ack_however_long_or_whatever_its_number_never_reaches_a_route(node: Node) -> None:
+    """Any text frame that is a JSON object of type "ack" is an ack: padded past any length,
+    or with a seq orjson cannot read (1e400), it is answered as an ack is, never routed."""
+    client = ReliableClient(auto_ack=False)
+    await client.connect(ws_url(node, tenant="t1"))
+    cid = client.connection_id
+    assert await _post(node, cid, "one") == 200
+    assert await client.recv() == (1, "one")
+    assert client.ws is not None
+    invalid = '{"message": "Invalid ack: seq must be an integer, at most the last seq sent"}'
+    for frame in ('{"type":"ack","seq":1e400}', '{"type":"ack","seq":1e400}' + " " * 200,
+                  '{"type":"ack","seq":99}' + " " * 200, '{"type":"\\u0061ck","seq":1.5}'):
+        await client.ws.send(frame)
+        assert (await client.recv())[1] == invalid
+    await client.close(1001)  # nothing was acknowledged: a resume from 0 gets every message
+    client.last_seq = 0
+    assert (await client.connect(ws_url(node, tenant="t1"), resume=True))["resumed"] is True
+    assert [data for _, data in await client.recv_many(5)] == ["one"] + [invalid] * 4
+    await client.ws.send('{"type":"ack","seq":5}' + " " * 200)  # a padded ack acknowledges
+    conn = node.gateway.hub.get(cid)
+    assert conn is not None
+    await eventually(lambda: conn.unacked_bytes == 0)  # type: ignore[attr-defined]
+    assert th.events_of("$default", cid) == []
 
 
 async def test_disabled_the_subprotocol_is_not_selected() -> None:
@@ -305,6 +333,56 @@ async def test_a_going_away_close_keeps_the_session(node: Node) -> None:
     assert await client.recv() == (1, "kept")
 
 
+@pytest.mark.parametrize(("opcode", "payload", "code"), [
+    (Opcode.CLOSE, struct.pack("!H", 1005), 1002),  # a code no close frame may carry
+    (Opcode.CLOSE, struct.pack("!H", 999), 1002),
+    (Opcode.CLOSE, b"\x03", 1002),  # one byte: no code at all
+    (Opcode.CLOSE, struct.pack("!H", 1001) + b"\xff", 1007),  # "going away", with a reason not UTF-8
+    (Opcode.TEXT, b"\xff", 1007),  # and frames the gateway fails the connection for, too
+    (Opcode.TEXT, b"x" * 131073, 1009),
+])
+async def test_a_frame_the_gateway_fails_the_connection_for_ends_the_session(
+    opcode: Opcode, payload: bytes, code: int
+) -> None:
+    """The client closed with a close frame the gateway refuses, or broke the protocol: not a
+    network drop, so the session ends at once (within a window far longer than the test),
+    its $disconnect with the code the connection closed with (a refused frame's is none)."""
+    async with running_node(make_config(reliable={"resume_window_s": 60})) as node:
+        client = ReliableClient()
+        await client.connect(ws_url(node, tenant="t1"))
+        cid = client.connection_id
+        assert client.ws is not None
+        client.ws.protocol.send_frame(Frame(opcode, payload))
+        client.ws.send_data()
+        with pytest.raises(ConnectionClosed) as closed:
+            await asyncio.wait_for(client.ws.recv(), 5)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == code
+        await eventually(lambda: _disconnects(cid) == [code])
+        assert node.gateway.hub.get(cid) is None and await _post(node, cid, "x") == 410
+        assert (await client.connect(ws_url(node, tenant="t1"), resume=True))["resumed"] is False
+        await client.close()
+    assert _disconnects(cid) == [code]  # once, the node stopped since
+
+
+async def test_a_client_gone_silent_is_a_drop_though_the_keepalive_closes_with_1011() -> None:
+    """The gateway fails a connection whose pings go unanswered (1011, keepalive timeout):
+    the network died, so the session is kept for its resume."""
+    async with running_node(make_config(listen={"ping_interval_s": 0.2, "ping_timeout_s": 0.2},
+                                        reliable={"resume_window_s": 60})) as node:
+        client = ReliableClient()
+        await client.connect(ws_url(node, tenant="t1"))
+        cid = client.connection_id
+        assert client.ws is not None
+        client.ws.transport.pause_reading()  # reads nothing, answers no ping
+        await eventually(lambda: (conn := node.gateway.hub.get(cid)) is not None and conn.ws is None)
+        assert _disconnects(cid) == [] and await _post(node, cid, "kept") == 200
+        client.ws.transport.abort()
+        assert (await client.connect(ws_url(node, tenant="t1"), resume=True))["resumed"] is True
+        assert await client.recv() == (1, "kept")
+        await client.close()
+        await eventually(lambda: _disconnects(cid) == [1000])
+
+
 async def test_the_window_running_out_ends_the_session_once_with_the_drop_code(node: Node, link: CutLink) -> None:
     client = ReliableClient()
     await client.connect(link.url(tenant="t1"))
@@ -373,6 +451,94 @@ async def test_posts_to_a_dropped_session_are_kept_up_to_the_limit(node: Node, l
     await client.connect(link.url(tenant="t1"), resume=True)
     assert [(await client.recv())[1][:3] for _ in range(kept)] == [f"{i:03d}" for i in range(kept)]
     assert _disconnects(cid) == []
+
+
+# ---------------------------------------------------------------- how many dropped sessions a node keeps
+
+
+@contextlib.asynccontextmanager
+async def _bounded_node(request: pytest.FixtureRequest, registry: str, **reliable: Any) -> AsyncIterator[Node]:
+    """A node whose tenant "capped" may hold 5 connections (a usage plan), on ``registry``."""
+    sections: dict[str, Any] = {}
+    if registry == "redis":
+        port = request.getfixturevalue("private_redis").port
+        sections["registry"] = {"backend": "redis", "redis_url": f"redis://127.0.0.1:{port}/0",
+                                "key_prefix": request.getfixturevalue("key_prefix"), "heartbeat_s": 0.5}
+    config = make_config(plans=[{"name": "small", "tenants": ["capped"], "max_connections": 5}],
+                         reliable={"resume_window_s": 30, **reliable}, **sections)
+    async with running_node(config) as running:
+        if registry == "redis":
+            assert isinstance(running.gateway.registry, RedisRegistry)
+            await wait_settled(running.gateway.registry, 10)
+        yield running
+
+
+async def _connect_and_drop(node: Node, link: CutLink, tenant: str) -> ReliableClient:
+    """A reliable client of ``tenant`` whose network dies once it is connected."""
+    client = ReliableClient()
+    await client.connect(link.url(tenant=tenant))
+    cid = client.connection_id
+    link.cut()
+    await eventually(lambda: (conn := node.gateway.hub.get(cid)) is None or conn.ws is None)
+    return client
+
+
+async def _registered(request: pytest.FixtureRequest, node: Node, tenant: str) -> set[str]:
+    """The ids the registry itself holds for ``tenant`` (in Redis: its sorted set, read there)."""
+    if node.config.registry.backend == "memory":
+        page = await node.gateway.registry.list_tenant(tenant, 1000, None)
+        return {info.record.connection_id for info in page.connections}
+    prefix, port = node.config.registry.key_prefix, request.getfixturevalue("private_redis").port
+    async with redis.asyncio.Redis(port=port) as r:
+        return {i.decode() for i in await r.zrange(f"{prefix}:{{t:{tenant}}}:conns", 0, -1)}
+
+
+def _kept(node: Node, tenant: str) -> list[str]:
+    return [c.id for c in node.gateway.hub if c.record.tenant == tenant and c.ws is None]
+
+
+_REGISTRIES = ["memory", pytest.param("redis", marks=pytest.mark.redis)]
+
+
+@pytest.mark.parametrize("registry", _REGISTRIES)
+async def test_a_tenant_keeps_no_more_dropped_sessions_than_its_plan_has_connections(
+    request: pytest.FixtureRequest, registry: str
+) -> None:
+    """The probe: connect, drop, connect again, fifty times on a tenant capped at 5. Every
+    connect succeeds (a dropped session holds no place), the node keeps the 5 newest dropped
+    sessions, and each older one ended as its window running out ends it."""
+    async with _bounded_node(request, registry) as node, CutLink(node.port) as link:
+        clients = [await _connect_and_drop(node, link, "capped") for _ in range(50)]
+        ids = [client.connection_id for client in clients]
+        ended, kept = ids[:45], ids[45:]
+        await eventually(lambda: all(_disconnects(cid) == [1006] for cid in ended), timeout=10)
+        assert sorted(_kept(node, "capped")) == sorted(kept)
+        assert all(_disconnects(cid) == [] for cid in kept)
+        assert await _registered(request, node, "capped") == set(kept)
+        assert await _post(node, ended[-1], "x") == 410
+        assert (await clients[0].connect(link.url(tenant="capped"), resume=True))["resumed"] is False
+        assert (await clients[-1].connect(link.url(tenant="capped"), resume=True))["resumed"] is True
+        await asyncio.sleep(0.2)
+        assert all(_disconnects(cid) == [1006] for cid in ended)  # once each
+
+
+@pytest.mark.parametrize("registry", _REGISTRIES)
+async def test_tenants_without_a_cap_share_the_node_wide_bound(request: pytest.FixtureRequest, registry: str) -> None:
+    """``max_dropped_sessions`` bounds the uncapped tenants together; past it, the tenant
+    holding the most loses its oldest, and a capped tenant's sessions do not count."""
+    async with _bounded_node(request, registry, max_dropped_sessions=3) as node, CutLink(node.port) as link:
+        a1, a2, a3 = [(await _connect_and_drop(node, link, "a")).connection_id for _ in range(3)]
+        assert _kept(node, "a") == [a1, a2, a3]
+        b1 = (await _connect_and_drop(node, link, "b")).connection_id
+        await eventually(lambda: _disconnects(a1) == [1006])
+        c1, c2 = [(await _connect_and_drop(node, link, "capped")).connection_id for _ in range(2)]
+        a4 = (await _connect_and_drop(node, link, "a")).connection_id
+        await eventually(lambda: _disconnects(a2) == [1006])
+        await asyncio.sleep(0.2)
+        assert (sorted(_kept(node, "a")), _kept(node, "b"), sorted(_kept(node, "capped"))) == (
+            sorted([a3, a4]), [b1], sorted([c1, c2]))
+        assert [cid for cid in (a3, a4, b1, c1, c2) if _disconnects(cid)] == []
+        assert await _registered(request, node, "a") == {a3, a4}
 
 
 # ---------------------------------------------------------------- the browser client

@@ -374,6 +374,10 @@ class ReliableConfig:
     # frames sent and not yet acknowledged (or buffered while dropped), per session; past it:
     # 1008 slow consumer while connected, 429 to posts while dropped
     max_unacked_bytes: int = 1048576
+    # dropped sessions a node keeps of the tenants whose plan sets no max_connections, together
+    # (a tenant with one keeps at most that many); past it the oldest of the tenant holding the
+    # most ends at once, as when its window runs out
+    max_dropped_sessions: int = 10000
 
     def __post_init__(self) -> None:
         check_fields(self, "reliable")

@@ -21,7 +21,8 @@ over, and ending them with one ``$disconnect``.
   arrive, as a post to a connection this node does not hold, so that its caller looks
   further (AWS's answers stay exact: 200 only once queued).
 - The session ends when its window runs out, when it is deleted while dropped, when the
-  client closes with any other code, or when the gateway closes it: then ``$disconnect`` runs
+  client closes with any other code, when the gateway closes it, or when this node holds more
+  dropped sessions of its tenant than it may (:mod:`.dropped`): then ``$disconnect`` runs
   once, with the code of the drop that opened the window if there was one.
 """
 
@@ -40,6 +41,7 @@ from .. import events
 from ..errors import (
     CLOSE_ABNORMAL,
     CLOSE_GOING_AWAY,
+    CLOSE_INTERNAL_ERROR,
     GoneError,
     LimitExceededError,
     MovedError,
@@ -47,6 +49,7 @@ from ..errors import (
     RemoteNodeError,
 )
 from ..records import ConnectionRecord
+from .dropped import Dropped
 from .protocol import SUBPROTOCOL, ResumeRequest, new_token, parse_ack, same_token
 from .session import OVER_LIMIT, ReliableConnection
 
@@ -56,6 +59,7 @@ if TYPE_CHECKING:
     from ..config import GatewayConfig
     from ..connection import Connection
     from ..hub import Hub
+    from ..usage import Usage
 
 __all__ = ["SessionHost", "Sessions"]
 
@@ -78,6 +82,7 @@ class SessionHost(Protocol):
 
     node_id: str
     hub: Hub
+    usage: Usage
     draining: bool
 
     async def closed(self, conn: Connection, code: int, reason: str) -> None:
@@ -127,6 +132,7 @@ class Sessions:
         self._claims: dict[str, asyncio.Future[None]] = {}  # resumes being judged: done once they are
         self._leaving: dict[str, _Leaving] = {}  # sessions handed over, not settled yet
         self._ending: set[asyncio.Task[None]] = set()
+        self._dropped = Dropped(config.reliable.max_dropped_sessions)  # those with an expiry timer
 
     # ---------------------------------------------------------------- handshake
 
@@ -167,6 +173,7 @@ class Sessions:
             elif not isinstance(conn, ReliableConnection) or not _allows(conn, request, tenant, principal_id):
                 return None
             conn.token = new_token()
+            self._dropped.touch(conn)  # the last of its tenant to end while its socket comes
             return conn
         finally:
             del claims[connection_id]
@@ -363,9 +370,14 @@ class Sessions:
         ws = conn.ws
         if conn.ending or conn.close_code is not None or ws is None or self._host.draining:
             return False
-        received = ws.protocol.close_rcvd
+        received, sent = ws.protocol.close_rcvd, ws.protocol.close_sent
         if received is not None and received.code not in _DROP_CODES:
             return False  # the client closed it on purpose
+        if received is None and sent is not None and sent.code != CLOSE_INTERNAL_ERROR:
+            # websockets failed the connection for what the client sent (an invalid close
+            # frame or frame: 1002, 1007, 1009): the client did close, or broke the protocol.
+            # 1011 stays a drop: it is the keepalive timeout, the network dying.
+            return False
         conn.detach(code, reason)
         self._expire_later(conn)
         return True
@@ -427,14 +439,20 @@ class Sessions:
         asyncio.get_running_loop().call_later(_TRACK_S, setattr, conn, "fanouts", None)
 
     def _expire_later(self, conn: ReliableConnection) -> None:
+        """``conn`` is dropped here: end it when its window runs out, or sooner, as its window
+        running out would, if newer drops take this node past what it may hold."""
         self._cancel_expiry(conn)
         conn.expiry = asyncio.get_running_loop().call_later(self._window_s, self.end, conn)
+        plan = self._host.usage.plan_of(conn.record.tenant)
+        for oldest in self._dropped.add(conn, plan.max_connections if plan is not None else 0):
+            log.info("dropped session %s ended: its tenant's dropped sessions are over this node's bound", oldest.id)
+            self.end(oldest)
 
-    @staticmethod
-    def _cancel_expiry(conn: ReliableConnection) -> None:
+    def _cancel_expiry(self, conn: ReliableConnection) -> None:
         if conn.expiry is not None:
             conn.expiry.cancel()
             conn.expiry = None
+            self._dropped.remove(conn)
 
     def _remember_move(self, connection_id: str, to_node: str) -> None:
         moved, now = self._moved, time.monotonic()
