@@ -307,6 +307,30 @@ async def test_without_a_refusal_the_server_answers_the_bare_status(server):
         b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
 
 
+async def test_an_oversize_body_announced_with_expect_continue_is_refused_before_it_is_sent():
+    """A client that waits for 100 Continue before sending its body gets the final 413 at
+    once instead, without 100, and the connection closes (the client may still send the body
+    it announced: read and dropped); one within the limit still gets 100."""
+    REFUSED.clear()
+    srv, port = await started(refusal=shaped)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"POST /big HTTP/1.1\r\nHost: h\r\nX-Sent: 1\r\nExpect: 100-continue\r\nContent-Length: 1001\r\n\r\n")
+    await writer.drain()
+    async with asyncio.timeout(2):
+        head = await reader.readuntil(b"Payload too large")
+    assert head == refused(413, "Payload too large")
+    writer.write(b"x" * 1001)
+    await writer.drain()
+    assert await read_all(reader) == b""
+    writer.close()
+    assert REFUSED == [(413, "Payload too large", "POST", "/big", "1")]
+    assert SEEN == []  # the handler never ran
+    fits = b"POST /fits HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\nContent-Length: 1000\r\nConnection: close\r\n\r\n"
+    data = await exchange(port, fits + b"y" * 1000)
+    assert data.startswith(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK") and data.endswith(b"len=1000 big=0")
+    await srv.close(timeout=1)
+
+
 async def test_concurrent_requests_run_together_and_are_answered_in_order():
     """A request the head check marks concurrent starts while the ones ahead of it still
     run (here /c1 waits until /c2 started: served one at a time, it would time out); a

@@ -483,3 +483,35 @@ async def test_a_connection_past_the_cap_gets_awss_503():
         aws_refusal(await exchange_raw(node, b""), 503, "ServiceUnavailableException", "Too many connections")
         held[1].close()
         assert node.gateway.stats.management == {("Unknown", 503): 1}
+
+
+def expect_continue(node, path: str, headers: dict[str, str], size: int) -> bytes:
+    """A request head announcing ``size`` bytes of body with ``Expect: 100-continue``."""
+    lines = [f"POST {path} HTTP/1.1", *(f"{k}: {v}" for k, v in headers.items() if k.lower() != "content-length"),
+             f"Content-Length: {size}", "Expect: 100-continue"]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+async def test_an_oversize_post_announced_with_expect_continue_gets_413_without_100(signed_config):
+    """A client waiting for 100 Continue before it sends a body over ``max_post_bytes`` gets
+    AWS's 413 at once instead, as a post whose body was sent answers it: after the head's
+    checks (unsigned: 403 first), before the signature is checked. Counted as that post."""
+    async with running_node(signed_config) as node, await connect(node) as ws:
+        cid = await whoami(ws)
+        big = b"x" * 131073
+        path, headers = signed_post(node, cid, big)
+        data = await exchange_raw(node, expect_continue(node, path, headers, len(big)))
+        assert b"100 Continue" not in data
+        aws_refusal(data, 413, "PayloadTooLargeException", "Message too long")
+        wrong = {**headers, "Authorization": headers["Authorization"][:-4] + "0000"}
+        data = await exchange_raw(node, expect_continue(node, path, wrong, len(big)))
+        aws_refusal(data, 413, "PayloadTooLargeException", "Message too long")  # as when the body is sent
+        status, got, body = await raw(node, "POST", path, big, wrong)
+        assert (status, got["x-amzn-ErrorType"], json.loads(body)["message"]) == (413, "PayloadTooLargeException",
+                                                                                "Message too long")
+        unsigned = {"Host": f"127.0.0.1:{node.management_port}"}
+        data = await exchange_raw(node, expect_continue(node, path, unsigned, len(big)))
+        assert data.startswith(b"HTTP/1.1 403 Forbidden\r\n") and b"MissingAuthenticationTokenException" in data
+        assert node.gateway.stats.management == {("PostToConnection", 413): 3, ("Unknown", 403): 1}
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(ws.recv(), 0.2)  # nothing was delivered

@@ -7,10 +7,11 @@ by httptools (chunked bodies and pipelining included), answered in order per con
 (a malformed or timed-out request is answered after the requests before it; a request the
 head check marks ``concurrent`` may start before those ahead of it are answered), keep-alive with
 an idle timeout, ``Expect: 100-continue``, bounded header and body sizes (an oversize body is
-drained and flagged, so the handler can answer 413 in AWS's shape), and a graceful close
-that lets requests in progress finish. What it refuses itself (a malformed or late request,
-an upgrade, a connection past the cap, a handler that failed) is answered by its
-``refusal``, so that the management edge gives those answers the shape of its own.
+drained and flagged, so the handler can answer 413 in AWS's shape; one announced with
+``Expect: 100-continue`` is refused at once instead), and a graceful close that lets requests
+in progress finish. What it refuses itself (a malformed, late or oversize request, an
+upgrade, a connection past the cap, a handler that failed) is answered by its ``refusal``,
+so that the management edge gives those answers the shape of its own.
 
 Before any authentication it also bounds what a peer can hold (docs/security.md): a deadline
 for each request's head and one for its whole body, a cap on open connections, and a
@@ -48,7 +49,7 @@ _MAX_PIPELINED = 16  # parsed requests waiting per connection before reading pau
 # Each answer's first line and the start of its head, made once per status.
 _STATUS_LINES = {s.value: b"HTTP/1.1 %d %s\r\nContent-Length: " % (s.value, s.phrase.encode()) for s in http.HTTPStatus}
 # Header names looked up in every request, made case-insensitive once (not per lookup).
-_EXPECT = istr("Expect")
+_EXPECT, _CONTENT_LENGTH = istr("Expect"), istr("Content-Length")
 _METHODS = {m.encode(): m for m in ("GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH")}
 # Header names as sent (bytes) -> the same, decoded as case-insensitive strings, for the
 # headers callers send with every request (bounded: a name past the bound is decoded each time).
@@ -325,7 +326,18 @@ class _Connection(asyncio.Protocol):
         if _EXPECT in headers and self._transport is not None and any(
             value.lower() == "100-continue" for value in headers.getall(_EXPECT)
         ):
+            if self._announced_too_large(headers):
+                # The client waits for our word before sending: tell it the final answer
+                # now, rather than 100 and a body drained only to answer 413.
+                self._fail(self._refusal(413, "Payload too large"))
+                return
             self._transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+    def _announced_too_large(self, headers: CIMultiDict[str]) -> bool:
+        """Whether the request's Content-Length is over the body limit (the parser checked
+        it is a number; a chunked body's size is not known before it comes)."""
+        length = headers.get(_CONTENT_LENGTH)
+        return length is not None and length.isdigit() and int(length) > self._server.max_body
 
     def on_body(self, body: bytes) -> None:
         self._body_bytes += len(body)
