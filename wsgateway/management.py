@@ -66,7 +66,6 @@ from .errors import (
 )
 from .http import Deferred, HttpServer, Request, Response
 from .ids import is_connection_id, new_request_id
-from .metrics import CONTENT_TYPE, exposition
 from .replay import replay_key
 from .sigv4 import SigV4Verifier
 
@@ -435,6 +434,8 @@ class ManagementServer:
 
     async def _probe(self, kind: str) -> Response:
         if kind == "metrics":
+            from .exposition import CONTENT_TYPE, exposition  # prometheus_client: with the first scrape
+
             return Response(200, exposition(self.gateway.stats, self.gateway.hub), [("Content-Type", CONTENT_TYPE)])
         health = await self.gateway.health()
         return _ok(200 if health["ready" if kind == "ready" else "live"] else 503, orjson.dumps(health))
