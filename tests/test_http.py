@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import http
 from collections.abc import Coroutine
 from typing import Any
 
@@ -244,6 +245,89 @@ async def test_refused_expect_continue_gets_the_answer_instead_of_100(server):
     assert data.startswith(b"HTTP/1.1 403 Forbidden") and b"100 Continue" not in data
     signed = b"POST /e HTTP/1.1\r\nHost: h\r\nAuthorization: x\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
     assert b"len=2" in await exchange(port, signed)
+    await srv.close(timeout=1)
+
+
+REFUSED: list[tuple[int, str, str, str, str]] = []
+
+
+def shaped(status: int, reason: str, request: Request) -> Response:
+    """A refusal that says what it was given: the status, the reason and what was read."""
+    REFUSED.append((status, reason, request.method, request.raw_path, request.headers.get("X-Sent", "")))
+    return Response(status, reason.encode(), [("X-Refused", "yes")])
+
+
+def refused(status: int, reason: str) -> bytes:
+    return b"HTTP/1.1 %d %s\r\nContent-Length: %d\r\nX-Refused: yes\r\nConnection: close\r\n\r\n%s" % (
+        status, http.HTTPStatus(status).phrase.encode(), len(reason), reason.encode())
+
+
+@pytest.mark.parametrize(("raw", "status", "reason", "seen"), [
+    (b"NOT HTTP AT ALL\r\n\r\n", 400, "Malformed request", ("", "")),
+    (b"POST /p HTTP/1.1\r\nX-Sent: 1\r\nContent-Length: 1x\r\n\r\n", 400, "Malformed request", ("POST", "1")),
+    (b"GET /p HTTP/1.1\r\nX-Sent: 1\r\nHost: h\r\nBad Name: v\r\n\r\n", 400, "Malformed request", ("GET", "1")),
+    (b"GET / HTTP/1.1\r\nX-Sent: 1\r\nX: " + b"a" * 70000 + b"\r\n\r\n", 431, "Request header fields too large",
+     ("GET", "1")),
+    (b"GET /ws HTTP/1.1\r\nX-Sent: 1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n", 400,
+     "Upgrade is not supported", ("GET", "1")),
+    (b"GET /boom HTTP/1.1\r\nX-Sent: 1\r\nConnection: close\r\n\r\n", 500, "Internal server error", ("GET", "1")),
+])
+async def test_the_servers_own_refusals_are_made_by_its_refusal(raw, status, reason, seen):
+    """A malformed request, a head too large, an upgrade and a handler's failure are answered
+    by the ``refusal`` the server was made with, given the status, a reason and the request
+    as far as it was read; the connection closes after it."""
+    REFUSED.clear()
+    srv, port = await started(refusal=shaped)
+    data = await exchange(port, raw)
+    await srv.close(timeout=1)
+    assert data == refused(status, reason)
+    assert [(status, reason, seen[0], "/boom" if status == 500 else "", seen[1])] == REFUSED
+
+
+async def test_a_late_request_and_a_connection_past_the_cap_are_refused_by_its_refusal():
+    REFUSED.clear()
+    srv, port = await started(refusal=shaped, max_connections=1, header_timeout_s=0.2, request_timeout_s=0.4)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"POST /late HTTP/1.1\r\nX-Sent: 1\r\nContent-Length: 5\r\n\r\nab")  # and no more
+    await writer.drain()
+    await asyncio.sleep(0.05)
+    second, _ = await asyncio.open_connection("127.0.0.1", port)
+    assert await read_all(second) == refused(503, "Too many connections")
+    assert await read_all(reader) == refused(408, "Request timed out")
+    writer.close()
+    await srv.close(timeout=1)
+    assert REFUSED == [(503, "Too many connections", "", "", ""), (408, "Request timed out", "POST", "/late", "1")]
+
+
+async def test_without_a_refusal_the_server_answers_the_bare_status(server):
+    _, port = server
+    data = await exchange(port, b"GET /boom HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
+    assert data == b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    assert await exchange(port, b"NOT HTTP\r\n\r\n") == (
+        b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+
+
+async def test_an_oversize_body_announced_with_expect_continue_is_refused_before_it_is_sent():
+    """A client that waits for 100 Continue before sending its body gets the final 413 at
+    once instead, without 100, and the connection closes (the client may still send the body
+    it announced: read and dropped); one within the limit still gets 100."""
+    REFUSED.clear()
+    srv, port = await started(refusal=shaped)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"POST /big HTTP/1.1\r\nHost: h\r\nX-Sent: 1\r\nExpect: 100-continue\r\nContent-Length: 1001\r\n\r\n")
+    await writer.drain()
+    async with asyncio.timeout(2):
+        head = await reader.readuntil(b"Payload too large")
+    assert head == refused(413, "Payload too large")
+    writer.write(b"x" * 1001)
+    await writer.drain()
+    assert await read_all(reader) == b""
+    writer.close()
+    assert REFUSED == [(413, "Payload too large", "POST", "/big", "1")]
+    assert SEEN == []  # the handler never ran
+    fits = b"POST /fits HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\nContent-Length: 1000\r\nConnection: close\r\n\r\n"
+    data = await exchange(port, fits + b"y" * 1000)
+    assert data.startswith(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK") and data.endswith(b"len=1000 big=0")
     await srv.close(timeout=1)
 
 

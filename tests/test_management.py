@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 from datetime import UTC, datetime
+from http import HTTPStatus
 from urllib.parse import quote
 
 import aioboto3
@@ -399,3 +400,118 @@ async def test_replay_protection_fails_closed_when_redis_is_unreachable(private_
             assert list(json.loads(body)) == ["message"]
             with pytest.raises(TimeoutError):
                 await asyncio.wait_for(ws.recv(), 0.3)  # a local connection, yet not delivered
+
+
+# ---------------------------------------------------------------- the HTTP server's own refusals
+
+
+async def exchange_raw(node, raw: bytes, *, limit_s: float = 5) -> bytes:
+    """Write ``raw`` on a new connection; return all the node answers until it closes."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", node.management_port)
+    writer.write(raw)
+    await writer.drain()
+    try:
+        async with asyncio.timeout(limit_s):
+            return await reader.read()
+    finally:
+        writer.close()
+
+
+def aws_refusal(data: bytes, status: int, error_type: str, message: str) -> str:
+    """Check ``data`` is exactly one answer in AWS's error shape, closing the connection;
+    return its x-amzn-RequestId."""
+    head, _, body = data.partition(b"\r\n\r\n")
+    first, *lines = head.decode("latin-1").split("\r\n")
+    headers = dict(line.split(": ", 1) for line in lines)
+    request_id = headers.pop("x-amzn-RequestId")
+    assert len(request_id) == 16 and request_id.replace("-", "").replace("_", "").isalnum()
+    assert first == f"HTTP/1.1 {status} {HTTPStatus(status).phrase}"
+    assert headers == {"Content-Length": str(len(body)), "Content-Type": "application/json",
+                       "x-amzn-ErrorType": error_type, "Connection": "close"}
+    assert json.loads(body) == {"message": message}
+    return request_id
+
+
+MALFORMED = ("BadRequestException", "Malformed request")
+
+
+@pytest.mark.parametrize(("raw", "status", "error", "method"), [
+    (b"NOT HTTP AT ALL\r\n\r\n", 400, MALFORMED, ""),
+    (b"POST /prod/@connections/x HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 12x\r\n\r\n", 400, MALFORMED, "POST"),
+    (b"POST /prod/@connections/x HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+     400, MALFORMED, "POST"),
+    (b"BREW /prod/@connections/x HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", 400, MALFORMED, ""),
+    (b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nBad Header: v\r\n\r\n", 400, MALFORMED, "GET"),
+    (b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Pad: " + b"p" * 70000 + b"\r\n\r\n", 431,
+     ("RequestHeaderFieldsTooLargeException", "Request header fields too large"), "GET"),
+    (b"GET /prod HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n", 400,
+     ("BadRequestException", "Upgrade is not supported"), "GET"),
+])
+async def test_requests_the_http_server_refuses_get_awss_error_shape_and_are_counted(tmp_path, raw, status, error,
+                                                                                     method):
+    """A request refused before it reaches the API (malformed: a bad Content-Length, an
+    unknown method, a bad header; a head too large; an upgrade) is answered as the API's
+    own refusals are: AWS's error shape with a fresh request id, then the connection closes;
+    counted in the management metrics and written to the access log as they are."""
+    path = tmp_path / "access.log"
+    async with running_node(make_config(management=sigv4_section(), log={"access_log": str(path)})) as node:
+        first = aws_refusal(await exchange_raw(node, raw), status, *error)
+        second = aws_refusal(await exchange_raw(node, raw), status, *error)
+        assert first != second
+        assert node.gateway.stats.management == {("Unknown", status): 2}
+    entries = [json.loads(line) for line in path.read_bytes().splitlines()]
+    assert [(e["kind"], e["requestId"], e["routeKey"], e["method"], e["status"]) for e in entries] == [
+        ("management", first, method, method, status), ("management", second, method, method, status)]
+
+
+async def test_a_late_request_gets_awss_408_counted_under_its_operation():
+    """A request whose head or body is late is answered 408 RequestTimeoutException and its
+    connection closed; one whose head named an operation is counted under it."""
+    cfg = make_config(management={"header_timeout_s": 0.3, "request_timeout_s": 0.5})
+    async with running_node(cfg) as node:
+        head_late = b"POST /prod/@tenants/A/messages HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Pad: p"
+        body_late = b"POST /prod/@tenants/A/messages HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 9\r\n\r\nabc"
+        for raw in (head_late, body_late):
+            aws_refusal(await exchange_raw(node, raw), 408, "RequestTimeoutException", "Request timed out")
+        assert node.gateway.stats.management == {("Unknown", 408): 1, ("PostToTenant", 408): 1}
+
+
+async def test_a_connection_past_the_cap_gets_awss_503():
+    async with running_node(make_config(management={"max_connections": 1})) as node:
+        held = await asyncio.open_connection("127.0.0.1", node.management_port)
+        await asyncio.sleep(0.05)
+        aws_refusal(await exchange_raw(node, b""), 503, "ServiceUnavailableException", "Too many connections")
+        held[1].close()
+        assert node.gateway.stats.management == {("Unknown", 503): 1}
+
+
+def expect_continue(node, path: str, headers: dict[str, str], size: int) -> bytes:
+    """A request head announcing ``size`` bytes of body with ``Expect: 100-continue``."""
+    lines = [f"POST {path} HTTP/1.1", *(f"{k}: {v}" for k, v in headers.items() if k.lower() != "content-length"),
+             f"Content-Length: {size}", "Expect: 100-continue"]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+async def test_an_oversize_post_announced_with_expect_continue_gets_413_without_100(signed_config):
+    """A client waiting for 100 Continue before it sends a body over ``max_post_bytes`` gets
+    AWS's 413 at once instead, as a post whose body was sent answers it: after the head's
+    checks (unsigned: 403 first), before the signature is checked. Counted as that post."""
+    async with running_node(signed_config) as node, await connect(node) as ws:
+        cid = await whoami(ws)
+        big = b"x" * 131073
+        path, headers = signed_post(node, cid, big)
+        data = await exchange_raw(node, expect_continue(node, path, headers, len(big)))
+        assert b"100 Continue" not in data
+        aws_refusal(data, 413, "PayloadTooLargeException", "Message too long")
+        wrong = {**headers, "Authorization": headers["Authorization"][:-4] + "0000"}
+        data = await exchange_raw(node, expect_continue(node, path, wrong, len(big)))
+        aws_refusal(data, 413, "PayloadTooLargeException", "Message too long")  # as when the body is sent
+        status, got, body = await raw(node, "POST", path, big, wrong)
+        assert (status, got["x-amzn-ErrorType"], json.loads(body)["message"]) == (413, "PayloadTooLargeException",
+                                                                                "Message too long")
+        unsigned = {"Host": f"127.0.0.1:{node.management_port}"}
+        data = await exchange_raw(node, expect_continue(node, path, unsigned, len(big)))
+        assert data.startswith(b"HTTP/1.1 403 Forbidden\r\n") and b"MissingAuthenticationTokenException" in data
+        assert node.gateway.stats.management == {("PostToConnection", 413): 3, ("Unknown", 403): 1}
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(ws.recv(), 0.2)  # nothing was delivered

@@ -45,7 +45,7 @@ from .fanout import FanoutResult
 from .history import History, every_sample
 from .hub import Hub
 from .ids import can_name, new_connection_id, new_node_id
-from .integrations import HttpPool, Integration, LambdaClients, load_integration
+from .integrations import Integration, LambdaClients, load_integration, target_kind
 from .lifetime import TOKEN_EXPIRED, TokenLifetime
 from .metrics import Stats
 from .records import ConnectionInfo, ConnectionRecord
@@ -58,6 +58,7 @@ from .usage import Usage
 
 if TYPE_CHECKING:
     from .config import GatewayConfig
+    from .integrations.http import HttpPool
 
 __all__ = ["ConnectOutcome", "Gateway"]
 
@@ -107,7 +108,7 @@ class Gateway:
         self.auth = Authenticator(
             config.auth, authorizer=load_authorizer(config, executor=self._executor, calls=self)
         )
-        self._http = HttpPool(config.integrations.http)  # every HTTP route's keep-alive pool
+        self._http: HttpPool | None = None  # every HTTP route's keep-alive pool, made with the first
         self._integrations: list[Integration] = []
         lambda_cfg = config.integrations.lambda_
         # one client per region for every lambda: route; its integrations start and close it
@@ -131,6 +132,10 @@ class Gateway:
     def load_routes(self) -> Router[Integration]:
         """Import every route target (a bad one raises ConfigError naming its key)."""
         routes_cfg = self.config.routes
+        if self._http is None and any(target_kind(target) == "http" for target in routes_cfg.routes.values()):
+            from .integrations.http import HttpPool  # with aiohttp: only for a node that has HTTP routes
+
+            self._http = HttpPool(self.config.integrations.http)
         targets = {
             key: load_integration(
                 target, key=f"routes.{key}", timeout=self._handler_timeout, executor=self._executor,

@@ -7,8 +7,11 @@ by httptools (chunked bodies and pipelining included), answered in order per con
 (a malformed or timed-out request is answered after the requests before it; a request the
 head check marks ``concurrent`` may start before those ahead of it are answered), keep-alive with
 an idle timeout, ``Expect: 100-continue``, bounded header and body sizes (an oversize body is
-drained and flagged, so the handler can answer 413 in AWS's shape), and a graceful close
-that lets requests in progress finish.
+drained and flagged, so the handler can answer 413 in AWS's shape; one announced with
+``Expect: 100-continue`` is refused at once instead), and a graceful close that lets requests
+in progress finish. What it refuses itself (a malformed, late or oversize request, an
+upgrade, a connection past the cap, a handler that failed) is answered by its ``refusal``,
+so that the management edge gives those answers the shape of its own.
 
 Before any authentication it also bounds what a peer can hold (docs/security.md): a deadline
 for each request's head and one for its whole body, a cap on open connections, and a
@@ -35,7 +38,7 @@ from multidict import CIMultiDict, istr
 
 from .eager import DONE, START, call_as, carry_on, first_step
 
-__all__ = ["Deferred", "HeadCheck", "HttpServer", "Request", "Response"]
+__all__ = ["Deferred", "HeadCheck", "HttpServer", "Refusal", "Request", "Response"]
 
 log = logging.getLogger("wsgateway.http")
 
@@ -46,7 +49,7 @@ _MAX_PIPELINED = 16  # parsed requests waiting per connection before reading pau
 # Each answer's first line and the start of its head, made once per status.
 _STATUS_LINES = {s.value: b"HTTP/1.1 %d %s\r\nContent-Length: " % (s.value, s.phrase.encode()) for s in http.HTTPStatus}
 # Header names looked up in every request, made case-insensitive once (not per lookup).
-_EXPECT = istr("Expect")
+_EXPECT, _CONTENT_LENGTH = istr("Expect"), istr("Content-Length")
 _METHODS = {m.encode(): m for m in ("GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH")}
 # Header names as sent (bytes) -> the same, decoded as case-insensitive strings, for the
 # headers callers send with every request (bounded: a name past the bound is decoded each time).
@@ -130,6 +133,10 @@ Handler = Callable[[Request], Response | Deferred | Coroutine[Any, Any, Response
 # Called with a request whose body is still to come (``body`` is b""); a Response answers it
 # without buffering its body, None lets it through to the handler.
 HeadCheck = Callable[[Request], Response | None]
+# Makes the answer to a request the server refuses itself: called with the status, a short
+# reason the client may read, and the request as far as it was read (before its head was
+# complete: no path, the method if known, the headers so far). A fresh Response each time.
+Refusal = Callable[[int, str, Request], Response]
 
 
 def _name(raw: bytes) -> istr:
@@ -140,19 +147,17 @@ def _name(raw: bytes) -> istr:
     return name
 
 
-def _internal_error() -> Response:  # a fresh one each time: handlers append headers
-    return Response(500, b'{"message": "Internal server error"}', [("Content-Type", "application/json")])
+def _bare(status: int, reason: str, request: Request) -> Response:
+    """The default :data:`Refusal`: the status alone."""
+    return Response(status)
 
 
-def _outcome(task: asyncio.Task[Response]) -> Response:
-    """The answer of a concurrent request's finished task."""
-    if task.cancelled():
-        return _internal_error()
-    error = task.exception()
-    if error is not None:
-        log.error("management handler failed", exc_info=error)
-        return _internal_error()
-    return task.result()
+def _nobody(peer: str) -> Request:
+    """What stands for a request of which nothing is known (a connection past the cap)."""
+    return Request("", "", "", CIMultiDict(), b"", peer)
+
+
+_FAILED = "Internal server error"  # a handler failed: its error is logged, never sent
 
 
 def _serialize(response: Response, keep_alive: bool) -> bytes:
@@ -230,7 +235,8 @@ class _Connection(asyncio.Protocol):
         if len(self._server.connections) >= self._server.max_connections:
             log.warning("management connection from %s refused: %d open", self._peer, len(self._server.connections))
             self._closing = True
-            transport.write(_serialize(Response(503), keep_alive=False))  # type: ignore[attr-defined]
+            refused = self._server.refusal(503, "Too many connections", _nobody(self._peer))
+            transport.write(_serialize(refused, keep_alive=False))  # type: ignore[attr-defined]
             transport.close()
             return
         self._server.connections.add(self)
@@ -263,9 +269,12 @@ class _Connection(asyncio.Protocol):
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
-            self._fail(Response(400))
+            self._fail(self._refusal(400, "Upgrade is not supported"))
         except httptools.HttpParserError:
-            self._fail(Response(431 if self._head_bytes > _MAX_HEAD_BYTES else 400))
+            if self._head_bytes > _MAX_HEAD_BYTES:
+                self._fail(self._refusal(431, "Request header fields too large"))
+            else:
+                self._fail(self._refusal(400, "Malformed request"))
         self._advance()
         # Idle between requests: closed after idle_timeout_s without a byte (see _idle_due). A
         # request that stopped coming is bounded by its deadline instead (see _late).
@@ -317,7 +326,18 @@ class _Connection(asyncio.Protocol):
         if _EXPECT in headers and self._transport is not None and any(
             value.lower() == "100-continue" for value in headers.getall(_EXPECT)
         ):
+            if self._announced_too_large(headers):
+                # The client waits for our word before sending: tell it the final answer
+                # now, rather than 100 and a body drained only to answer 413.
+                self._fail(self._refusal(413, "Payload too large"))
+                return
             self._transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+    def _announced_too_large(self, headers: CIMultiDict[str]) -> bool:
+        """Whether the request's Content-Length is over the body limit (the parser checked
+        it is a number; a chunked body's size is not known before it comes)."""
+        length = headers.get(_CONTENT_LENGTH)
+        return length is not None and length.isdigit() and int(length) > self._server.max_body
 
     def on_body(self, body: bytes) -> None:
         self._body_bytes += len(body)
@@ -400,7 +420,9 @@ class _Connection(asyncio.Protocol):
             elif item.done():
                 queue.popleft()
                 self._queued_bytes -= size
-                self._answer(_outcome(item), keep_alive)
+                # Cancelled only by a loop shutting down; the request is known to its task alone.
+                self._answer(item.result() if not item.cancelled() else
+                             self._server.refusal(500, _FAILED, _nobody(self._peer)), keep_alive)
             else:
                 if self._watched is not item:
                     self._watched = item
@@ -448,7 +470,7 @@ class _Connection(asyncio.Protocol):
             result = call_as(self._loop, None if in_worker else worker, context, self._server.handler, request)
         except Exception:
             log.exception("management handler failed")
-            result = _internal_error()
+            result = self._server.refusal(500, _FAILED, request)
         if type(result) is Response:
             self._serial -= 1
             # Most answers leave here (one per post): HEAD's check without _to's call.
@@ -480,7 +502,7 @@ class _Connection(asyncio.Protocol):
             response = result if isinstance(result, Response) else await result
         except Exception:
             log.exception("management handler failed")
-            response = _internal_error()
+            response = self._server.refusal(500, _FAILED, request)
         finally:
             self._serial -= 1
         self._answer(_to(request, response), keep_alive)
@@ -555,13 +577,21 @@ class _Connection(asyncio.Protocol):
             result = self._server.handler(request)
         except Exception:
             log.exception("management handler failed")
-            return _internal_error()
+            return _to(request, self._server.refusal(500, _FAILED, request))
         if isinstance(result, Response):
             return _to(request, result)
         if isinstance(result, Deferred):
             return result
         # The queue holds it until it is answered; the server, if the connection goes first.
-        return self._loop.create_task(result)
+        return self._loop.create_task(self._outcome(request, result))
+
+    async def _outcome(self, request: Request, answer: Coroutine[Any, Any, Response]) -> Response:
+        """A concurrent request's answer, from the coroutine its handler returned."""
+        try:
+            return _to(request, await answer)
+        except Exception:
+            log.exception("management handler failed")
+            return _to(request, self._server.refusal(500, _FAILED, request))
 
     def _start_queued(self) -> None:
         """Start the concurrent requests at the head of the queue, up to the next serial one."""
@@ -583,6 +613,23 @@ class _Connection(asyncio.Protocol):
         if self._transport is not None:
             self._transport.pause_reading()
         self._queue.append((response, False, 0))  # answered after the requests ahead of it
+
+    def _refusal(self, status: int, reason: str) -> Response:
+        """The server's own answer refusing the request being read."""
+        request = self._head
+        if request is None:  # its head is not complete: what was read of it
+            request = Request(self._method(), "", "", CIMultiDict(self._headers), b"", self._peer)
+        return _to(request, self._server.refusal(status, reason, request))
+
+    def _method(self) -> str:
+        """The method of the request being read, or "" if the parser has not read it yet
+        (its URL has begun: the method before it was read)."""
+        if self._parser is None or not self._url:
+            return ""
+        try:
+            return _METHODS.get(self._parser.get_method()) or ""
+        except httptools.HttpParserError:
+            return ""
 
     def _arm_deadline(self, when: float) -> None:
         """(Re)arm the deadline of the request being read, at loop time ``when``."""
@@ -608,7 +655,7 @@ class _Connection(asyncio.Protocol):
             self._arm_deadline(self._loop.time() + self._server.header_timeout_s)
             return
         log.info("management request from %s timed out before it was complete", self._peer)
-        self._fail(Response(408))
+        self._fail(self._refusal(408, "Request timed out"))
         self._advance()
 
     def _arm_idle(self) -> None:
@@ -659,7 +706,8 @@ class HttpServer:
     ``header_timeout_s`` bounds the time from a request's first byte to the end of its head,
     ``request_timeout_s`` the time to its last body byte; a late request is answered 408 and
     its connection closed. Past ``max_connections`` open connections a new one is answered
-    503 and closed. ``head_check`` (optional) may answer a request from its head alone.
+    503 and closed. ``head_check`` (optional) may answer a request from its head alone;
+    ``refusal`` (optional, default: the bare status) makes the server's own refusals.
     """
 
     def __init__(
@@ -672,6 +720,7 @@ class HttpServer:
         request_timeout_s: float = 30.0,
         max_connections: int = 1024,
         head_check: HeadCheck | None = None,
+        refusal: Refusal = _bare,
     ) -> None:
         if not 0 < header_timeout_s <= request_timeout_s:
             raise ValueError("need 0 < header_timeout_s <= request_timeout_s")
@@ -685,6 +734,7 @@ class HttpServer:
         self.request_timeout_s = request_timeout_s
         self.max_connections = max_connections
         self.head_check = head_check
+        self.refusal = refusal
         self.connections: set[_Connection] = set()
         # concurrent requests' handlers still running after their connection was lost
         self.tasks: set[asyncio.Task[Response]] = set()

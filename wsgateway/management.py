@@ -32,6 +32,10 @@ signature made for one path never runs as another that normalises to it), the Ho
 Origin headers (403: DNS rebinding, web pages posting), and every SigV4 check but the
 signature itself. A failed SigV4 check is answered as AWS answers it, one message whatever
 the reason; the reason is logged. docs/security.md says what this does and does not cover.
+
+What the HTTP server refuses itself (a malformed, late or oversize request, an upgrade, a
+connection past the cap) is answered in the same shape, counted and logged as every other
+refusal (:meth:`ManagementServer._server_refusal`).
 """
 
 from __future__ import annotations
@@ -57,11 +61,11 @@ from .errors import (
     ManagementError,
     NotFoundError,
     PayloadTooLargeError,
+    RegistryUnavailableError,
     SignatureError,
 )
 from .http import Deferred, HttpServer, Request, Response
 from .ids import is_connection_id, new_request_id
-from .metrics import CONTENT_TYPE, exposition
 from .replay import replay_key
 from .sigv4 import SigV4Verifier
 
@@ -91,6 +95,15 @@ _BAD_SIGNATURE = (
      b' Consult the service documentation for details."}'),
     "InvalidSignatureException",
 )
+# The HTTP server's own refusals (see _server_refusal): status -> x-amzn-ErrorType.
+_SERVER_REFUSALS = {
+    400: BadRequestError.error_type,
+    408: "RequestTimeoutException",
+    413: PayloadTooLargeError.error_type,
+    431: "RequestHeaderFieldsTooLargeException",
+    500: ManagementError.error_type,
+    503: RegistryUnavailableError.error_type,  # ServiceUnavailableException: SDKs retry it
+}
 # (method, sub-resource or False) -> operation
 _CONNECTION_OPS = {
     ("POST", False): "PostToConnection", ("GET", False): "GetConnection", ("DELETE", False): "DeleteConnection",
@@ -142,6 +155,7 @@ class ManagementServer:
             request_timeout_s=cfg.request_timeout_s,
             max_connections=cfg.max_connections,
             head_check=self._check_head,
+            refusal=self._server_refusal,
         )
         self.port = await self._server.start(sock)
         if self.console is not None:
@@ -216,6 +230,26 @@ class ManagementServer:
             response = _error_response(ManagementError("Internal server error"), request_id)
             return self._finish(request, request_id, "", "", response, started)
         return None
+
+    def _server_refusal(self, status: int, reason: str, request: Request) -> Response:
+        """The HTTP server refuses ``request`` itself (see http.Refusal): its answer in AWS's
+        shape, counted and logged as every other refusal; under the operation the head
+        check named, if it ran (a post's 413 is counted as when its body is drained)."""
+        started = time.perf_counter()
+        request_id = new_request_id()
+        if status == 413:
+            reason = "Message too long"  # what every 413 of this API says
+        elif status == 500:  # a handler failed: its error was logged by the server, this says the id
+            log.error("management request failed (requestId=%s)", request_id)
+        error_type = _SERVER_REFUSALS.get(status, ManagementError.error_type)
+        body = orjson.dumps({"message": reason})
+        response = Response(status, body, [("Content-Type", _JSON), ("x-amzn-ErrorType", error_type),
+                                           ("x-amzn-RequestId", request_id)])
+        operation, target = "", ""
+        state = request.head_state
+        if type(state) is tuple and type(state[1]) is tuple:
+            operation, target = state[1][0], state[1][1]
+        return self._finish(request, request_id, operation, target, response, started)
 
     def _handle(self, request: Request) -> Response | Deferred | Coroutine[Any, Any, Response]:
         """Serve a request whose head passed :meth:`_check_head`. A post to a connection
@@ -400,6 +434,8 @@ class ManagementServer:
 
     async def _probe(self, kind: str) -> Response:
         if kind == "metrics":
+            from .exposition import CONTENT_TYPE, exposition  # prometheus_client: with the first scrape
+
             return Response(200, exposition(self.gateway.stats, self.gateway.hub), [("Content-Type", CONTENT_TYPE)])
         health = await self.gateway.health()
         return _ok(200 if health["ready" if kind == "ready" else "live"] else 503, orjson.dumps(health))

@@ -10,25 +10,39 @@ way); it raises :class:`HandlerTimeout` past the route's time limit and lets fai
 through (the gateway logs them and answers the client with AWS's ``Internal server error``
 frame). Integrations holding connections open them in ``start()`` and release them in
 ``close()``; the gateway calls both.
+
+The HTTP integration's module (and aiohttp with it) is imported only when a route needs it:
+most nodes have none, and aiohttp is a large share of a node's start-up.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable
 from concurrent.futures import Executor
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..config import IntegrationsConfig, LimitsConfig
 from ..errors import HandlerTimeout
 from .context import HandlerContext
-from .http import HttpIntegration, HttpPool
 from .lambda_ import LambdaClients, LambdaIntegration, load_lambda
 from .python import PythonIntegration
+
+if TYPE_CHECKING:
+    from .http import HttpIntegration, HttpPool
 
 __all__ = ["HandlerContext", "HandlerTimeout", "HttpIntegration", "HttpPool", "Integration", "LambdaClients",
            "LambdaIntegration", "PythonIntegration", "load_integration", "target_kind"]
 
 _DEFAULT_MAX_BODY = LimitsConfig().max_message_bytes
+
+
+def __getattr__(name: str) -> Any:
+    """``HttpIntegration`` and ``HttpPool``, imported when first asked for (see above)."""
+    if name in ("HttpIntegration", "HttpPool"):
+        from . import http
+
+        return getattr(http, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class Integration(Protocol):
@@ -79,6 +93,8 @@ def load_integration(
     settings = settings or IntegrationsConfig()
     kind = target_kind(target)
     if kind == "http":
+        from .http import HttpIntegration, HttpPool
+
         pool = pool or HttpPool(settings.http)
         return HttpIntegration(target, pool=pool, timeout=timeout, max_body=max_body, route_key=route_key)
     if kind == "lambda":
