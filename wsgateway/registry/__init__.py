@@ -161,10 +161,10 @@ class Registry(Protocol):
         """Have the node holding a reliable session hand it over to this one (see
         ``LocalNode.local_take_session``); return its state. Same errors as ``post``."""
 
-    def handing_over(self, connection_id: str, to_node: str) -> None:
+    def handing_over(self, record: ConnectionRecord, to_node: str) -> None:
         """A session of this node is on its way to ``to_node``: calls about it go there from
         now on. Never raises. Its record and this node's sets wait for
-        :meth:`settle_handover`."""
+        :meth:`settle_handover` (a re-registration meanwhile leaves them alone)."""
 
     async def move_in(self, record: ConnectionRecord, from_node: str, handover: str) -> bool:
         """A session handed over by ``from_node`` (as its move ``handover``) lands here: its

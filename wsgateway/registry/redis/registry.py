@@ -312,9 +312,12 @@ class RedisRegistry:
         state: Mapping[str, Any] = reply["i"]
         return state
 
-    def handing_over(self, connection_id: str, to_node: str) -> None:
-        """Calls about the session go to ``to_node`` at once (see :meth:`settle_handover`)."""
-        self._remember(connection_id, to_node)
+    def handing_over(self, record: ConnectionRecord, to_node: str) -> None:
+        """Calls about the session go to ``to_node`` at once (see :meth:`settle_handover`).
+        Until it is settled the move owns its record: a re-registration neither rewrites nor
+        drops it, and keeps this node listed for its tenant (it may stay)."""
+        self._remember(record.connection_id, to_node)
+        self._index.leaving[record.connection_id] = record.tenant
 
     async def move_in(self, record: ConnectionRecord, from_node: str, handover: str) -> bool:
         """The record becomes this node's, and the node's sets list it, unless its holder
@@ -334,6 +337,7 @@ class RedisRegistry:
         cid = record.connection_id
         script = ("EVAL", KEEP_SESSION, 1, self._keys.record(cid), self.node_id, handover)
         kept = await self._unavailable_on_failure(self._batcher.call(*script), "registry unreachable: a session moves")
+        self._index.leaving.pop(cid, None)
         if kept == 1:
             self._owners.pop(cid, None)
             return True
