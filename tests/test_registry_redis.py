@@ -772,6 +772,23 @@ async def test_closed_node_is_gone_at_once(make: Factory) -> None:
     assert node_b.orphans == []
 
 
+@QUICK_BEATS
+async def test_a_node_restarted_with_its_node_id_is_not_taken_for_its_previous_life(make: Factory) -> None:
+    """A node keeps the outcome of each request it acted on for a few seconds, by sender and
+    request id, so that a sender that lost the reply can ask for it. A node restarted at once
+    with the same fixed node id must not send the request ids of its previous life: each of
+    its posts is acted on, not answered with the outcome of its previous life's post."""
+    owner = RecordingNode("nb")
+    record = await accept(await make(owner), owner)
+    cid = record.connection_id
+    for life in ("first", "second"):
+        sender = await make(RecordingNode("na"))
+        for i in range(3):
+            await sender.post(cid, f"{life} {i}".encode(), False)
+        await sender.close()
+    assert [data.decode() for data, _ in owner.posted[cid]] == [f"{life} {i}" for life in ("first", "second") for i in range(3)]
+
+
 @ON_EACH_TOPOLOGY
 async def test_restarted_node_id_disconnects_its_previous_life(
     make: Factory, redis_topology: Topology, key_prefix: str
