@@ -744,6 +744,26 @@ async def test_fan_outs_while_a_session_moves_reach_it_once(private_redis: Any, 
 
 
 @pytest.mark.redis
+async def test_a_node_restarted_with_its_node_id_names_its_fan_outs_afresh(private_redis: Any, key_prefix: str) -> None:
+    """A session that just moved remembers the names of the fan-outs it took for a few
+    seconds, to take each once. A node restarted meanwhile with the same configured node id
+    must not name its fan-outs as its previous life did: the session takes each of them."""
+    async with _three_nodes(private_redis, key_prefix) as (a, b, _, _a_link), CutLink(b.port) as link:
+        client = ReliableClient()
+        cid = await _moved_to_a_and_dropped(a, b, link, client)  # a took it from b a moment ago
+        config = make_config(registry={
+            "backend": "redis", "redis_url": f"redis://127.0.0.1:{private_redis.port}/0", "key_prefix": key_prefix,
+            "heartbeat_s": 0.5, "node_ttl_s": 6, "outcome_wait_s": 0, "node_id": "fixed",
+        })
+        for life in ("first life", "second life"):
+            async with running_node(config) as fixed:
+                assert await _fan_out(fixed, "t1", life.encode()) == 1
+        hello = await client.connect(ws_url(a, tenant="t1"), resume=True)
+        assert hello["resumed"] is True and hello["connectionId"] == cid
+        assert [data for _, data in await client.recv_many(2, timeout=2.0)] == ["first life", "second life"]
+
+
+@pytest.mark.redis
 async def test_a_session_moving_here_lands_though_its_resume_was_given_up(private_redis: Any, key_prefix: str) -> None:
     """The resuming handshake is cancelled (the client edge's open timeout, which a long
     wait for the holder can pass) while the holder's answer is on its way: the holder has

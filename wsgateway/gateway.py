@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import secrets
 import time
 from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -72,7 +73,11 @@ class Gateway:
         self.node_id = node_id or config.registry.node_id or new_node_id()
         self.hub = Hub()
         self.registry = create_registry(config.registry, self.node_id)
-        self._fanout_ids = itertools.count(1)  # with the node id: a name for each fan-out from here
+        # A name for each fan-out from here: the node id, this process's tag (a node restarted
+        # with a configured id must not repeat the names a session that moved still remembers,
+        # see Connection.already_took) and a counter.
+        self._fanout_names = f"{self.node_id}.{secrets.token_hex(4)}."
+        self._fanout_ids = itertools.count(1)
         # post_elsewhere(connection_id, payload, binary, waiter): the rest of
         # post_to_connection for a connection post_here did not find: its owner is asked (its
         # node checks the plan), and ``waiter`` told the outcome (maybe before this returns).
@@ -453,7 +458,7 @@ class Gateway:
         self.throttle.admit_post(tenant)
         # Other nodes first: if the registry cannot answer, the caller gets a retriable error
         # before anyone received the message, so a retry never duplicates it locally.
-        fanout_id = f"{self.node_id}.{next(self._fanout_ids)}"
+        fanout_id = f"{self._fanout_names}{next(self._fanout_ids)}"
         remote = await self.registry.fanout(tenant, payload, binary, user=user, group=group, fanout_id=fanout_id)
         result = remote.plus_local(
             self.local_fanout(tenant, payload, binary, user=user, group=group, fanout_id=fanout_id))
