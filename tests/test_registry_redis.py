@@ -304,7 +304,7 @@ async def test_a_session_handed_over_takes_every_call_with_it(
         await reg_b.take_session(cid, {"token": "wrong"})
     state = await reg_b.take_session(cid, {"token": "right", "lastSeq": 0})
     assert state == {"connectionId": cid, "claim": {"token": "right", "lastSeq": 0}}
-    reg_a.handing_over(record, "nb")  # as the gateway's sessions do once they handed it over
+    reg_a.handing_over(record, "nb", "h1")  # as the gateway's sessions do once they handed it over
     moved = dataclasses.replace(record, node_id="nb")
     node_b.open(moved)  # b holds it, and has not rewritten its record yet:
     await reg_b.post(cid, b"to b", False)  # the record names a, which says "moved" to b: b asks itself
@@ -338,7 +338,7 @@ async def test_a_handover_is_settled_once_by_whichever_side_reaches_the_record_f
     record = await accept(reg_a, node_a)
     cid = record.connection_id
     moved = dataclasses.replace(record, node_id="nb")
-    reg_a.handing_over(record, "nb")
+    reg_a.handing_over(record, "nb", "h1")
     # The holder settles first (the resuming node never got its answer): the session stays
     # on a, and that move can no longer land on b, however late its answer comes.
     assert await reg_a.settle_handover(record, "h1")
@@ -348,7 +348,7 @@ async def test_a_handover_is_settled_once_by_whichever_side_reaches_the_record_f
     await reg_b.post(cid, b"here", False)  # calls reach a again
     assert node_a.posted[cid] == [(b"here", False)]
     # A later move of the same session (another name) lands, and a's settling sees it.
-    reg_a.handing_over(record, "nb")
+    reg_a.handing_over(record, "nb", "h2")
     assert await reg_b.move_in(moved, "na", "h2")
     assert not await reg_a.settle_handover(record, "h2")
     assert r.hget(keys.record(cid), "node") == b"nb" and r.sismember(keys.node_conns("nb"), cid)
@@ -357,6 +357,7 @@ async def test_a_handover_is_settled_once_by_whichever_side_reaches_the_record_f
     assert not await reg_a.move_in(record, "nc", "h3")
     # A record gone (claimed, lost with Redis's data) is not kept: nothing can vouch for it.
     r.delete(keys.record(cid))
+    reg_b.handing_over(moved, "nc", "h4")
     assert not await reg_b.settle_handover(moved, "h4")
 
 
@@ -373,7 +374,7 @@ async def test_a_session_being_handed_over_outlives_a_re_registration(
         record = await accept(reg_a, holder, tenant="moving")
         cid = record.connection_id
         await reg_b.take_session(cid, {"token": "right", "lastSeq": 0})  # b never moves it in
-        reg_a.handing_over(record, "nb")
+        reg_a.handing_over(record, "nb", "h1")
         link.cut()
         other = await accept(reg_a, holder)  # its write fails: a re-registers once Redis answers
         link.restore()

@@ -744,6 +744,32 @@ async def test_fan_outs_while_a_session_moves_reach_it_once(private_redis: Any, 
 
 
 @pytest.mark.redis
+async def test_a_session_that_comes_back_before_its_move_out_settled_stays_the_live_one(
+    private_redis: Any, key_prefix: str
+) -> None:
+    """A session leaves a node and comes back to it within the seconds in which that node
+    settles its move out: the move landed (the session could only come back from where it
+    went), so the settling lets the old copy go; the copy that came back, attached to the
+    client's socket, keeps receiving, and the next resume is granted."""
+    async with _three_nodes(private_redis, key_prefix) as (a, b, c, _a_link), CutLink(b.port) as link:
+        client = ReliableClient()
+        cid = await _moved_to_a_and_dropped(a, b, link, client)
+        assert cid in b.gateway.sessions._leaving  # b has not settled its move to a yet
+        assert (await client.connect(link.url(tenant="t1"), resume=True))["resumed"] is True  # back on b
+        await eventually(lambda: cid not in b.gateway.sessions._leaving, 10)  # the move to a settled
+        assert await _code(_api(c).post_to_connection, ConnectionId=cid, Data=b"still live") == "200"
+        assert await client.recv() == (1, "still live")
+        link.cut()
+        link.target = c.port
+        hello = await client.connect(link.url(tenant="t1"), resume=True)
+        assert hello["resumed"] is True and hello["connectionId"] == cid
+        await client.close()
+        await eventually(lambda: _disconnects(cid) == [1000])
+        await asyncio.sleep(0.5)
+        assert _disconnects(cid) == [1000]
+
+
+@pytest.mark.redis
 async def test_a_node_restarted_with_its_node_id_names_its_fan_outs_afresh(private_redis: Any, key_prefix: str) -> None:
     """A session that just moved remembers the names of the fan-outs it took for a few
     seconds, to take each once. A node restarted meanwhile with the same configured node id

@@ -647,8 +647,8 @@ class Gateway:
             return True
         return await _until_known(lambda: self.registry.move_in(conn.record, from_node, handover))
 
-    def handing_over(self, conn: Connection, to_node: str) -> None:
-        self.registry.handing_over(conn.record, to_node)
+    def handing_over(self, conn: Connection, to_node: str, handover: str) -> None:
+        self.registry.handing_over(conn.record, to_node, handover)
 
     async def forward(self, conn: Connection, to_node: str, data: bytes, binary: bool, fanout_id: str) -> None:
         await self.registry.forward(conn.id, to_node, data, binary, fanout_id)

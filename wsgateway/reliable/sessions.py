@@ -105,8 +105,9 @@ class SessionHost(Protocol):
         its holder kept it meanwhile (then False: it must not be carried on here). Waits
         while the registry cannot tell."""
 
-    def handing_over(self, conn: Connection, to_node: str) -> None:
-        """A session of this node is on its way to ``to_node``: calls about it go there."""
+    def handing_over(self, conn: Connection, to_node: str, handover: str) -> None:
+        """A session of this node is on its way to ``to_node`` (the move named ``handover``):
+        calls about it go there."""
 
     async def forward(self, conn: Connection, to_node: str, data: bytes, binary: bool, fanout_id: str) -> None:
         """Send a fan-out on to a session that left for ``to_node`` (a post with the fan-out's
@@ -209,6 +210,9 @@ class Sessions:
             log.exception("a session handed over by another node was malformed: connectionId=%s",
                           state.get("record", {}).get("connectionId"))
             return None
+        gone = self._leaving.get(conn.id)
+        if gone is not None:  # it left here, and comes back from where it went: that move landed
+            gone.wake.set()  # and is settled at once (the copy kept aside is let go)
         if not await self._host.moved_in(conn, from_node, handover):
             log.warning("session %s stayed on the node that held it: not resumed here", conn.id)
             return None
@@ -247,7 +251,7 @@ class Sessions:
         leaving = _Leaving(conn, to_node, sorted(conn.groups or ()))
         self._host.hub.remove(conn)
         self._remember_move(connection_id, to_node)
-        self._host.handing_over(conn, to_node)
+        self._host.handing_over(conn, to_node, handover)
         leaving.settling = asyncio.ensure_future(self._settle(leaving, handover))
         self._leaving[connection_id] = leaving
         return state
@@ -300,7 +304,8 @@ class Sessions:
             log.exception("settling the move of session %s failed", conn.id)
             return
         finally:
-            del self._leaving[conn.id]
+            if self._leaving.get(conn.id) is leaving:  # (it may have come back, and left again)
+                del self._leaving[conn.id]
         if not stays:
             return
         log.warning("session %s stays here: its move to another node did not complete", conn.id)
