@@ -770,6 +770,35 @@ async def test_a_session_that_comes_back_before_its_move_out_settled_stays_the_l
 
 
 @pytest.mark.redis
+async def test_a_fan_out_from_the_resuming_node_reaches_a_session_once_though_it_moves_meanwhile(
+    private_redis: Any, key_prefix: str
+) -> None:
+    """A node fans out to the other nodes first, then to its own hub. A session resumed on it
+    meanwhile, from a node that had queued the fan-out already, comes with it among its
+    messages: the fan-out's turn on this node's hub must not queue it a second time."""
+    async with _three_nodes(private_redis, key_prefix) as (slow, holder, origin, slow_link), CutLink(holder.port) as link:
+        async with websockets.connect(ws_url(slow, tenant="t1")) as other:  # the slow node holds the tenant too
+            client = ReliableClient()
+            await client.connect(link.url(tenant="t1"))
+            cid = client.connection_id
+            link.cut()
+            await eventually(lambda: holder.gateway.hub.get(cid).ws is None)  # type: ignore[union-attr]
+            slow_link.delay_s = 1.0  # the slow node's count comes a second late
+            fanning = asyncio.ensure_future(_fan_out(origin, "t1", b"once"))
+            await eventually(lambda: holder.gateway.hub.get(cid).seq == 1)  # type: ignore[union-attr]
+            link.target = origin.port
+            hello = await client.connect(link.url(tenant="t1"), resume=True)
+            assert hello["resumed"] is True and origin.gateway.hub.get(cid) is not None
+            assert not fanning.done()  # the origin still waits for the slow node
+            await fanning
+            slow_link.delay_s = 0
+            assert await other.recv() == "once"
+            assert await client.recv() == (1, "once")
+            with pytest.raises(TimeoutError):
+                await client.recv(timeout=1.0)  # not twice
+
+
+@pytest.mark.redis
 async def test_a_node_restarted_with_its_node_id_names_its_fan_outs_afresh(private_redis: Any, key_prefix: str) -> None:
     """A session that just moved remembers the names of the fan-outs it took for a few
     seconds, to take each once. A node restarted meanwhile with the same configured node id

@@ -581,6 +581,8 @@ class Gateway:
         delivered = self.hub.fanout(tenant, data, binary, self._loop.time(), self._queue_limit, user=user, group=group,
                                     fanout_id=fanout_id)
         self.count_sent(tenant, delivered)
+        if fanout_id and self.sessions.enabled:
+            self.sessions.fanned_out(tenant, user, group, fanout_id)
         if self.sessions.leaving:  # sessions on their way to another node get it there (not counted:
             self.sessions.send_on(tenant, data, binary, user, group, fanout_id)  # it may have it already)
         return delivered
