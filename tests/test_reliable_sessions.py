@@ -799,6 +799,25 @@ async def test_a_fan_out_from_the_resuming_node_reaches_a_session_once_though_it
 
 
 @pytest.mark.redis
+async def test_a_resume_follows_a_session_past_the_nodes_it_left(private_redis: Any, key_prefix: str) -> None:
+    """A node asks for a session where it last knew it to be (it handed it over there a
+    moment ago); that node handed it on since: it answers where the session went, as it
+    does for a post, and the resume follows the session there."""
+    async with _three_nodes(private_redis, key_prefix) as (a, b, c, _a_link), CutLink(b.port) as link:
+        client = ReliableClient()
+        cid = await _moved_to_a_and_dropped(a, b, link, client)  # b sent it to a: b asks a for it
+        link.target = c.port
+        assert (await client.connect(link.url(tenant="t1"), resume=True))["resumed"] is True  # a sent it on to c
+        link.cut()
+        await eventually(lambda: c.gateway.hub.get(cid).ws is None)  # type: ignore[union-attr]
+        link.target = b.port
+        hello = await client.connect(link.url(tenant="t1"), resume=True)
+        assert hello["resumed"] is True and hello["connectionId"] == cid
+        assert await _code(_api(a).post_to_connection, ConnectionId=cid, Data=b"here") == "200"
+        assert await client.recv() == (1, "here")
+
+
+@pytest.mark.redis
 async def test_a_node_restarted_with_its_node_id_names_its_fan_outs_afresh(private_redis: Any, key_prefix: str) -> None:
     """A session that just moved remembers the names of the fan-outs it took for a few
     seconds, to take each once. A node restarted meanwhile with the same configured node id

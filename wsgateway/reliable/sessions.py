@@ -242,8 +242,11 @@ class Sessions:
     def take(self, connection_id: str, claim: Mapping[str, Any], to_node: str) -> dict[str, Any]:
         """Another node resumes a session held here: check ``claim``, take it out of this
         node (its socket, if still attached, is dropped) and return its state. Raises
-        GoneError if it is not here or the claim does not match."""
+        MovedError if it left this node a moment ago (the asker follows it), GoneError if it
+        is not here or the claim does not match."""
         conn = self._host.hub.get(connection_id)
+        if conn is None:
+            self.moved_to(connection_id)
         request = ResumeRequest(connection_id, str(claim.get("token", "")), int(claim.get("lastSeq", -1)))
         if not isinstance(conn, ReliableConnection) or not _allows(
             conn, request, str(claim.get("tenant")), str(claim.get("principal"))
