@@ -818,6 +818,21 @@ async def test_a_resume_follows_a_session_past_the_nodes_it_left(private_redis: 
 
 
 @pytest.mark.redis
+async def test_a_session_that_came_back_and_ended_is_gone_everywhere(private_redis: Any, key_prefix: str) -> None:
+    """A session left b for a, came back to b and ended there: calls about it get 410 from
+    every node at once (no node sends them on to where it once went)."""
+    async with _three_nodes(private_redis, key_prefix) as (a, b, c, _a_link), CutLink(b.port) as link:
+        client = ReliableClient()
+        cid = await _moved_to_a_and_dropped(a, b, link, client)
+        assert (await client.connect(link.url(tenant="t1"), resume=True))["resumed"] is True  # back on b
+        await client.close()
+        await eventually(lambda: _disconnects(cid) == [1000])
+        for node in (a, b, c):
+            assert await _code(_api(node).post_to_connection, ConnectionId=cid, Data=b"x") == "GoneException"
+            assert await _code(_api(node).get_connection, ConnectionId=cid) == "GoneException"
+
+
+@pytest.mark.redis
 async def test_a_node_restarted_with_its_node_id_names_its_fan_outs_afresh(private_redis: Any, key_prefix: str) -> None:
     """A session that just moved remembers the names of the fan-outs it took for a few
     seconds, to take each once. A node restarted meanwhile with the same configured node id

@@ -225,6 +225,7 @@ class Sessions:
         if not await self._host.moved_in(conn, from_node, handover):
             log.warning("session %s stayed on the node that held it: not resumed here", conn.id)
             return None
+        self._moved.pop(conn.id, None)  # it left here once, and is back: calls here are for it
         self._track_fanouts(conn)
         assert conn.fanouts is not None
         conn.fanouts.update(took)
