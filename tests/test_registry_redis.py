@@ -304,7 +304,7 @@ async def test_a_session_handed_over_takes_every_call_with_it(
         await reg_b.take_session(cid, {"token": "wrong"})
     state = await reg_b.take_session(cid, {"token": "right", "lastSeq": 0})
     assert state == {"connectionId": cid, "claim": {"token": "right", "lastSeq": 0}}
-    reg_a.handing_over(cid, "nb")  # as the gateway's sessions do once they handed it over
+    reg_a.handing_over(record, "nb", "h1")  # as the gateway's sessions do once they handed it over
     moved = dataclasses.replace(record, node_id="nb")
     node_b.open(moved)  # b holds it, and has not rewritten its record yet:
     await reg_b.post(cid, b"to b", False)  # the record names a, which says "moved" to b: b asks itself
@@ -338,7 +338,7 @@ async def test_a_handover_is_settled_once_by_whichever_side_reaches_the_record_f
     record = await accept(reg_a, node_a)
     cid = record.connection_id
     moved = dataclasses.replace(record, node_id="nb")
-    reg_a.handing_over(cid, "nb")
+    reg_a.handing_over(record, "nb", "h1")
     # The holder settles first (the resuming node never got its answer): the session stays
     # on a, and that move can no longer land on b, however late its answer comes.
     assert await reg_a.settle_handover(record, "h1")
@@ -348,7 +348,7 @@ async def test_a_handover_is_settled_once_by_whichever_side_reaches_the_record_f
     await reg_b.post(cid, b"here", False)  # calls reach a again
     assert node_a.posted[cid] == [(b"here", False)]
     # A later move of the same session (another name) lands, and a's settling sees it.
-    reg_a.handing_over(cid, "nb")
+    reg_a.handing_over(record, "nb", "h2")
     assert await reg_b.move_in(moved, "na", "h2")
     assert not await reg_a.settle_handover(record, "h2")
     assert r.hget(keys.record(cid), "node") == b"nb" and r.sismember(keys.node_conns("nb"), cid)
@@ -357,7 +357,33 @@ async def test_a_handover_is_settled_once_by_whichever_side_reaches_the_record_f
     assert not await reg_a.move_in(record, "nc", "h3")
     # A record gone (claimed, lost with Redis's data) is not kept: nothing can vouch for it.
     r.delete(keys.record(cid))
+    reg_b.handing_over(moved, "nc", "h4")
     assert not await reg_b.settle_handover(moved, "h4")
+
+
+async def test_a_session_being_handed_over_outlives_a_re_registration(
+    make: Factory, private_redis: RedisExecutor, key_prefix: str, redis_url: str
+) -> None:
+    """A write of the holder's fails (Redis restarted, a link broke) while a session of its is
+    on its way to another node whose answer was lost: the re-registration at the holder's next
+    beat, which drops the records its hub does not hold, leaves that session's record to the
+    move, and keeps its tenant listed. The holder then keeps the session when it settles, and
+    nobody ran a $disconnect. (One Redis: the link plays the failure.)"""
+    async with cut_off_pair(make, private_redis, key_prefix) as (survivor, reg_b, holder, reg_a, link):
+        r, keys = sync_client(redis_url), KeySpace(key_prefix)
+        record = await accept(reg_a, holder, tenant="moving")
+        cid = record.connection_id
+        await reg_b.take_session(cid, {"token": "right", "lastSeq": 0})  # b never moves it in
+        reg_a.handing_over(record, "nb", "h1")
+        link.cut()
+        other = await accept(reg_a, holder)  # its write fails: a re-registers once Redis answers
+        link.restore()
+        await wait_for(lambda: bool(r.exists(keys.record(other.connection_id))), 4 * HEARTBEAT_S + 2, "a's re-registration")
+        assert r.hget(keys.record(cid), "node") == b"na"
+        assert r.sismember(keys.node_conns("na"), cid) and r.sismember(keys.tenant_nodes("moving"), "na")
+        assert await reg_a.settle_handover(record, "h1")  # the move never landed: it stays on a
+        assert r.sismember(keys.tenant_nodes("moving"), "na")
+        assert survivor.orphans == [] and holder.orphans == []
 
 
 @QUICK_BEATS
@@ -745,6 +771,23 @@ async def test_closed_node_is_gone_at_once(make: Factory) -> None:
     assert (await reg_b.list_tenant("tenant-a", 10, None)).connections == []
     assert await reg_b.fanout("tenant-a", b"x", False) == FanoutResult(0)
     assert node_b.orphans == []
+
+
+@QUICK_BEATS
+async def test_a_node_restarted_with_its_node_id_is_not_taken_for_its_previous_life(make: Factory) -> None:
+    """A node keeps the outcome of each request it acted on for a few seconds, by sender and
+    request id, so that a sender that lost the reply can ask for it. A node restarted at once
+    with the same fixed node id must not send the request ids of its previous life: each of
+    its posts is acted on, not answered with the outcome of its previous life's post."""
+    owner = RecordingNode("nb")
+    record = await accept(await make(owner), owner)
+    cid = record.connection_id
+    for life in ("first", "second"):
+        sender = await make(RecordingNode("na"))
+        for i in range(3):
+            await sender.post(cid, f"{life} {i}".encode(), False)
+        await sender.close()
+    assert [data.decode() for data, _ in owner.posted[cid]] == [f"{life} {i}" for life in ("first", "second") for i in range(3)]
 
 
 @ON_EACH_TOPOLOGY

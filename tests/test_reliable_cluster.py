@@ -1,6 +1,7 @@
 """Reliable connections across three gateway processes on one private Redis: a client's link
 dies (a real TCP cut, by :class:`tests.reliable_support.CutLink`), backends keep posting
-through boto3 to any node, and the client resumes on another node under the same id.
+through boto3 to any node, and the client resumes on another node under the same id; and a
+storm of such resumes, nodes drawn at random, while backends post and fan out.
 
 Handlers (``tests.cluster_handlers``) append every ``$connect``/``$disconnect`` to a file, since
 the nodes are other processes.
@@ -9,12 +10,15 @@ the nodes are other processes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import random
 import signal
 import time
 from typing import Any
 
 import aiohttp
 import pytest
+from websockets.exceptions import ConnectionClosed
 
 from tests.cluster_support import Cluster, GatewayProcess, error_code, settled, wait_until
 from tests.reliable_support import CutLink, ReliableClient
@@ -137,3 +141,107 @@ async def test_a_resume_from_a_killed_node_is_refused_cleanly(cluster: Cluster) 
         assert await client.recv() == (1, "new")
         # The dead node's sweep runs the old session's $disconnect once, with 1006.
         await wait_until(lambda: _disconnects(cluster, old) == [1006], 10, "orphan $disconnect")
+
+
+class _Stormed:
+    """One reliable client of a resume storm: its link, what it received and how it resumed."""
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self.client = ReliableClient()
+        self.resumed: list[bool] = []
+        self.reader: asyncio.Future[None] | None = None
+
+    @property
+    def received(self) -> list[str]:
+        return [data for _, data in self.client.received]
+
+    def read(self) -> None:
+        async def until_closed() -> None:
+            with contextlib.suppress(ConnectionClosed):
+                while True:
+                    await self.client.recv(timeout=600)
+
+        self.reader = asyncio.ensure_future(until_closed())
+
+
+async def _storm(stormed: _Stormed, link: CutLink, ports: list[int], resumes: int, rng: random.Random) -> None:
+    """Cut the client's link ``resumes`` times, each time resuming on a node drawn at random."""
+    for _ in range(resumes):
+        await asyncio.sleep(rng.uniform(0.05, 0.4))
+        link.cut()
+        assert stormed.reader is not None
+        await stormed.reader
+        link.target = rng.choice(ports)
+        hello = await stormed.client.connect(link.url(tenant="t1"), resume=True)
+        stormed.resumed.append(hello["resumed"] is True and hello["connectionId"] == stormed.client.connection_id)
+        stormed.read()
+
+
+async def test_a_resume_storm_loses_nothing_and_ends_each_session_once(cluster: Cluster) -> None:
+    """Sessions resume again and again on nodes drawn at random while backends post to each
+    through any node and fan out to their tenant: each session receives every post answered
+    200 (and no other) once, in the order posted, and every fan-out once, in order; each
+    resume is granted; each session's $disconnect runs once, when its client closes."""
+    nodes = await _three(cluster)
+    ports = [node.port for node in nodes]
+    rng = random.Random(7)
+    sessions = [_Stormed(i) for i in range(10)]
+    posted: dict[int, list[tuple[str, int]]] = {s.index: [] for s in sessions}
+    fanned: list[tuple[str, int, int]] = []  # data, status, unreachable nodes
+    stop = asyncio.Event()
+
+    async def poster(http: aiohttp.ClientSession, stormed: _Stormed) -> None:
+        i = 0
+        while not stop.is_set():
+            i += 1
+            data = f"p{stormed.index}:{i}"
+            url = f"{rng.choice(nodes).endpoint}/@connections/{stormed.client.connection_id}"
+            async with http.post(url, data=data) as resp:
+                posted[stormed.index].append((data, resp.status))
+            await asyncio.sleep(0.01)
+
+    async def fanner(http: aiohttp.ClientSession) -> None:
+        j = 0
+        while not stop.is_set():
+            j += 1
+            async with http.post(f"{rng.choice(nodes).endpoint}/@tenants/t1/messages", data=f"f{j}") as resp:
+                body = await resp.json() if resp.status == 200 else {}
+                fanned.append((f"f{j}", resp.status, int(body.get("unreachableNodes", 0))))
+            await asyncio.sleep(0.03)
+
+    async with contextlib.AsyncExitStack() as stack:
+        links = [await stack.enter_async_context(CutLink(ports[s.index % 3])) for s in sessions]
+        for stormed, link in zip(sessions, links, strict=True):
+            await stormed.client.connect(link.url(tenant="t1"))
+            stormed.read()
+        http = await stack.enter_async_context(aiohttp.ClientSession())
+        background = [asyncio.ensure_future(poster(http, s)) for s in sessions] + [asyncio.ensure_future(fanner(http))]
+        await asyncio.gather(*(_storm(s, link, ports, 12, rng) for s, link in zip(sessions, links, strict=True)))
+        stop.set()
+        await asyncio.gather(*background)
+
+        def everything_arrived() -> bool:
+            return all(
+                {d for d, status in posted[s.index] if status == 200} <= set(s.received)
+                and {d for d, status, unreachable in fanned if status == 200 and not unreachable} <= set(s.received)
+                for s in sessions
+            )
+
+        await wait_until(everything_arrived, 20, "every post answered 200 and every fan-out")
+        await asyncio.sleep(0.5)  # anything sent twice would show by now
+        for stormed in sessions:
+            assert all(stormed.resumed), stormed.resumed
+            got = stormed.received
+            posts = [d for d in got if d.startswith("p")]
+            assert posts == [d for d, status in posted[stormed.index] if status == 200], (
+                stormed.index, posted[stormed.index], posts)
+            fanouts = [d for d in got if d.startswith("f")]
+            assert fanouts == sorted(set(fanouts), key=lambda d: int(d[1:])), fanouts  # once each, in order
+            await stormed.client.close(1000)
+        for stormed in sessions:
+            cid = stormed.client.connection_id
+            await wait_until(lambda cid=cid: _disconnects(cluster, cid) == [1000], 10, "$disconnect once, 1000")
+            assert _connects(cluster, cid) == 1
+        await asyncio.sleep(0.5)
+        assert all(_disconnects(cluster, s.client.connection_id) == [1000] for s in sessions)

@@ -744,6 +744,115 @@ async def test_fan_outs_while_a_session_moves_reach_it_once(private_redis: Any, 
 
 
 @pytest.mark.redis
+async def test_a_session_that_comes_back_before_its_move_out_settled_stays_the_live_one(
+    private_redis: Any, key_prefix: str
+) -> None:
+    """A session leaves a node and comes back to it within the seconds in which that node
+    settles its move out: the move landed (the session could only come back from where it
+    went), so the settling lets the old copy go; the copy that came back, attached to the
+    client's socket, keeps receiving, and the next resume is granted."""
+    async with _three_nodes(private_redis, key_prefix) as (a, b, c, _a_link), CutLink(b.port) as link:
+        client = ReliableClient()
+        cid = await _moved_to_a_and_dropped(a, b, link, client)
+        assert cid in b.gateway.sessions._leaving  # b has not settled its move to a yet
+        assert (await client.connect(link.url(tenant="t1"), resume=True))["resumed"] is True  # back on b
+        await eventually(lambda: cid not in b.gateway.sessions._leaving, 10)  # the move to a settled
+        assert await _code(_api(c).post_to_connection, ConnectionId=cid, Data=b"still live") == "200"
+        assert await client.recv() == (1, "still live")
+        link.cut()
+        link.target = c.port
+        hello = await client.connect(link.url(tenant="t1"), resume=True)
+        assert hello["resumed"] is True and hello["connectionId"] == cid
+        await client.close()
+        await eventually(lambda: _disconnects(cid) == [1000])
+        await asyncio.sleep(0.5)
+        assert _disconnects(cid) == [1000]
+
+
+@pytest.mark.redis
+async def test_a_fan_out_from_the_resuming_node_reaches_a_session_once_though_it_moves_meanwhile(
+    private_redis: Any, key_prefix: str
+) -> None:
+    """A node fans out to the other nodes first, then to its own hub. A session resumed on it
+    meanwhile, from a node that had queued the fan-out already, comes with it among its
+    messages: the fan-out's turn on this node's hub must not queue it a second time."""
+    async with _three_nodes(private_redis, key_prefix) as (slow, holder, origin, slow_link), CutLink(holder.port) as link:
+        async with websockets.connect(ws_url(slow, tenant="t1")) as other:  # the slow node holds the tenant too
+            client = ReliableClient()
+            await client.connect(link.url(tenant="t1"))
+            cid = client.connection_id
+            link.cut()
+            await eventually(lambda: holder.gateway.hub.get(cid).ws is None)  # type: ignore[union-attr]
+            slow_link.delay_s = 1.0  # the slow node's count comes a second late
+            fanning = asyncio.ensure_future(_fan_out(origin, "t1", b"once"))
+            await eventually(lambda: holder.gateway.hub.get(cid).seq == 1)  # type: ignore[union-attr]
+            link.target = origin.port
+            hello = await client.connect(link.url(tenant="t1"), resume=True)
+            assert hello["resumed"] is True and origin.gateway.hub.get(cid) is not None
+            assert not fanning.done()  # the origin still waits for the slow node
+            await fanning
+            slow_link.delay_s = 0
+            assert await other.recv() == "once"
+            assert await client.recv() == (1, "once")
+            with pytest.raises(TimeoutError):
+                await client.recv(timeout=1.0)  # not twice
+
+
+@pytest.mark.redis
+async def test_a_resume_follows_a_session_past_the_nodes_it_left(private_redis: Any, key_prefix: str) -> None:
+    """A node asks for a session where it last knew it to be (it handed it over there a
+    moment ago); that node handed it on since: it answers where the session went, as it
+    does for a post, and the resume follows the session there."""
+    async with _three_nodes(private_redis, key_prefix) as (a, b, c, _a_link), CutLink(b.port) as link:
+        client = ReliableClient()
+        cid = await _moved_to_a_and_dropped(a, b, link, client)  # b sent it to a: b asks a for it
+        link.target = c.port
+        assert (await client.connect(link.url(tenant="t1"), resume=True))["resumed"] is True  # a sent it on to c
+        link.cut()
+        await eventually(lambda: c.gateway.hub.get(cid).ws is None)  # type: ignore[union-attr]
+        link.target = b.port
+        hello = await client.connect(link.url(tenant="t1"), resume=True)
+        assert hello["resumed"] is True and hello["connectionId"] == cid
+        assert await _code(_api(a).post_to_connection, ConnectionId=cid, Data=b"here") == "200"
+        assert await client.recv() == (1, "here")
+
+
+@pytest.mark.redis
+async def test_a_session_that_came_back_and_ended_is_gone_everywhere(private_redis: Any, key_prefix: str) -> None:
+    """A session left b for a, came back to b and ended there: calls about it get 410 from
+    every node at once (no node sends them on to where it once went)."""
+    async with _three_nodes(private_redis, key_prefix) as (a, b, c, _a_link), CutLink(b.port) as link:
+        client = ReliableClient()
+        cid = await _moved_to_a_and_dropped(a, b, link, client)
+        assert (await client.connect(link.url(tenant="t1"), resume=True))["resumed"] is True  # back on b
+        await client.close()
+        await eventually(lambda: _disconnects(cid) == [1000])
+        for node in (a, b, c):
+            assert await _code(_api(node).post_to_connection, ConnectionId=cid, Data=b"x") == "GoneException"
+            assert await _code(_api(node).get_connection, ConnectionId=cid) == "GoneException"
+
+
+@pytest.mark.redis
+async def test_a_node_restarted_with_its_node_id_names_its_fan_outs_afresh(private_redis: Any, key_prefix: str) -> None:
+    """A session that just moved remembers the names of the fan-outs it took for a few
+    seconds, to take each once. A node restarted meanwhile with the same configured node id
+    must not name its fan-outs as its previous life did: the session takes each of them."""
+    async with _three_nodes(private_redis, key_prefix) as (a, b, _, _a_link), CutLink(b.port) as link:
+        client = ReliableClient()
+        cid = await _moved_to_a_and_dropped(a, b, link, client)  # a took it from b a moment ago
+        config = make_config(registry={
+            "backend": "redis", "redis_url": f"redis://127.0.0.1:{private_redis.port}/0", "key_prefix": key_prefix,
+            "heartbeat_s": 0.5, "node_ttl_s": 6, "outcome_wait_s": 0, "node_id": "fixed",
+        })
+        for life in ("first life", "second life"):
+            async with running_node(config) as fixed:
+                assert await _fan_out(fixed, "t1", life.encode()) == 1
+        hello = await client.connect(ws_url(a, tenant="t1"), resume=True)
+        assert hello["resumed"] is True and hello["connectionId"] == cid
+        assert [data for _, data in await client.recv_many(2, timeout=2.0)] == ["first life", "second life"]
+
+
+@pytest.mark.redis
 async def test_a_session_moving_here_lands_though_its_resume_was_given_up(private_redis: Any, key_prefix: str) -> None:
     """The resuming handshake is cancelled (the client edge's open timeout, which a long
     wait for the holder can pass) while the holder's answer is on its way: the holder has

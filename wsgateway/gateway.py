@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import secrets
 import time
 from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -73,7 +74,11 @@ class Gateway:
         self.node_id = node_id or config.registry.node_id or new_node_id()
         self.hub = Hub()
         self.registry = create_registry(config.registry, self.node_id)
-        self._fanout_ids = itertools.count(1)  # with the node id: a name for each fan-out from here
+        # A name for each fan-out from here: the node id, this process's tag (a node restarted
+        # with a configured id must not repeat the names a session that moved still remembers,
+        # see Connection.already_took) and a counter.
+        self._fanout_names = f"{self.node_id}.{secrets.token_hex(4)}."
+        self._fanout_ids = itertools.count(1)
         # post_elsewhere(connection_id, payload, binary, waiter): the rest of
         # post_to_connection for a connection post_here did not find: its owner is asked (its
         # node checks the plan), and ``waiter`` told the outcome (maybe before this returns).
@@ -458,7 +463,7 @@ class Gateway:
         self.throttle.admit_post(tenant)
         # Other nodes first: if the registry cannot answer, the caller gets a retriable error
         # before anyone received the message, so a retry never duplicates it locally.
-        fanout_id = f"{self.node_id}.{next(self._fanout_ids)}"
+        fanout_id = f"{self._fanout_names}{next(self._fanout_ids)}"
         remote = await self.registry.fanout(tenant, payload, binary, user=user, group=group, fanout_id=fanout_id)
         result = remote.plus_local(
             self.local_fanout(tenant, payload, binary, user=user, group=group, fanout_id=fanout_id))
@@ -581,6 +586,8 @@ class Gateway:
         delivered = self.hub.fanout(tenant, data, binary, self._loop.time(), self._queue_limit, user=user, group=group,
                                     fanout_id=fanout_id)
         self.count_sent(tenant, delivered)
+        if fanout_id and self.sessions.enabled:
+            self.sessions.fanned_out(tenant, user, group, fanout_id)
         if self.sessions.leaving:  # sessions on their way to another node get it there (not counted:
             self.sessions.send_on(tenant, data, binary, user, group, fanout_id)  # it may have it already)
         return delivered
@@ -647,8 +654,8 @@ class Gateway:
             return True
         return await _until_known(lambda: self.registry.move_in(conn.record, from_node, handover))
 
-    def handing_over(self, conn: Connection, to_node: str) -> None:
-        self.registry.handing_over(conn.id, to_node)
+    def handing_over(self, conn: Connection, to_node: str, handover: str) -> None:
+        self.registry.handing_over(conn.record, to_node, handover)
 
     async def forward(self, conn: Connection, to_node: str, data: bytes, binary: bool, fanout_id: str) -> None:
         await self.registry.forward(conn.id, to_node, data, binary, fanout_id)

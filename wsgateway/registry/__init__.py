@@ -161,10 +161,10 @@ class Registry(Protocol):
         """Have the node holding a reliable session hand it over to this one (see
         ``LocalNode.local_take_session``); return its state. Same errors as ``post``."""
 
-    def handing_over(self, connection_id: str, to_node: str) -> None:
-        """A session of this node is on its way to ``to_node``: calls about it go there from
-        now on. Never raises. Its record and this node's sets wait for
-        :meth:`settle_handover`."""
+    def handing_over(self, record: ConnectionRecord, to_node: str, handover: str) -> None:
+        """A session of this node is on its way to ``to_node`` (the move named ``handover``):
+        calls about it go there from now on. Never raises. Its record and this node's sets
+        wait for :meth:`settle_handover` (a re-registration meanwhile leaves them alone)."""
 
     async def move_in(self, record: ConnectionRecord, from_node: str, handover: str) -> bool:
         """A session handed over by ``from_node`` (as its move ``handover``) lands here: its
@@ -177,8 +177,9 @@ class Registry(Protocol):
         """Decide a move this node handed a session over for, once its new node had time to
         land it (:meth:`move_in`): True if the session stays here (the move did not land and
         now never will: calls about it come here again), False if it moved on (this node's
-        sets forget it). Raises RegistryUnavailableError when it cannot tell; asking again
-        is safe."""
+        sets forget it), or came back here since (a later move, whose new registration is
+        left alone). Raises RegistryUnavailableError when it cannot tell; asking again is
+        safe."""
 
     async def fanout(
         self, tenant: str, data: bytes, binary: bool, *, user: str | None = None, group: str | None = None,

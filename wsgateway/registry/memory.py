@@ -77,7 +77,7 @@ class MemoryRegistry:
     async def take_session(self, connection_id: str, claim: Mapping[str, Any]) -> Mapping[str, Any]:
         raise GoneError()  # no other node to take it from
 
-    def handing_over(self, connection_id: str, to_node: str) -> None:
+    def handing_over(self, record: ConnectionRecord, to_node: str, handover: str) -> None:
         pass  # no other node to hand it to
 
     async def move_in(self, record: ConnectionRecord, from_node: str, handover: str) -> bool:

@@ -33,6 +33,7 @@ import contextlib
 import functools
 import logging
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Protocol
@@ -74,6 +75,10 @@ SETTLE_AFTER_S = 3.0
 # How long a session that moved keeps the names of the fan-outs it took, to take each once:
 # past the old holder's sending them on (until it settles), with room for their way here.
 _TRACK_S = SETTLE_AFTER_S + 5.0
+# How long a node remembers the fan-outs it queued, so that a session it hands over tells its
+# new node which it took: one may reach that node after the session (its origin queues it on
+# its own hub after the other nodes answered, within a registry call's 2 s timeout).
+_FANNED_S = SETTLE_AFTER_S
 _INVALID_ACK = b'{"message": "Invalid ack: seq must be an integer, at most the last seq sent"}'
 
 
@@ -105,8 +110,9 @@ class SessionHost(Protocol):
         its holder kept it meanwhile (then False: it must not be carried on here). Waits
         while the registry cannot tell."""
 
-    def handing_over(self, conn: Connection, to_node: str) -> None:
-        """A session of this node is on its way to ``to_node``: calls about it go there."""
+    def handing_over(self, conn: Connection, to_node: str, handover: str) -> None:
+        """A session of this node is on its way to ``to_node`` (the move named ``handover``):
+        calls about it go there."""
 
     async def forward(self, conn: Connection, to_node: str, data: bytes, binary: bool, fanout_id: str) -> None:
         """Send a fan-out on to a session that left for ``to_node`` (a post with the fan-out's
@@ -133,6 +139,9 @@ class Sessions:
         self._leaving: dict[str, _Leaving] = {}  # sessions handed over, not settled yet
         self._ending: set[asyncio.Task[None]] = set()
         self._dropped = Dropped(config.reliable.max_dropped_sessions)  # those with an expiry timer
+        # The fan-outs queued here lately, by tenant: (when, name, user, group), oldest first.
+        self._fanned: dict[str, deque[tuple[float, str, str | None, str | None]]] = {}
+        self._fanned_swept_at = 0.0
 
     # ---------------------------------------------------------------- handshake
 
@@ -205,14 +214,21 @@ class Sessions:
             from_node, handover = state.get("from"), state.get("handover")
             if not (from_node is None or isinstance(from_node, str)) or not (handover is None or isinstance(handover, str)):
                 raise TypeError("from and handover must be strings")
+            took = [str(name) for name in state.get("fanouts", ())]  # none from an earlier release
         except (KeyError, TypeError, ValueError):
             log.exception("a session handed over by another node was malformed: connectionId=%s",
                           state.get("record", {}).get("connectionId"))
             return None
+        gone = self._leaving.get(conn.id)
+        if gone is not None:  # it left here, and comes back from where it went: that move landed
+            gone.wake.set()  # and is settled at once (the copy kept aside is let go)
         if not await self._host.moved_in(conn, from_node, handover):
             log.warning("session %s stayed on the node that held it: not resumed here", conn.id)
             return None
+        self._moved.pop(conn.id, None)  # it left here once, and is back: calls here are for it
         self._track_fanouts(conn)
+        assert conn.fanouts is not None
+        conn.fanouts.update(took)
         hub = self._host.hub
         hub.add(conn)
         for group in groups:
@@ -227,8 +243,11 @@ class Sessions:
     def take(self, connection_id: str, claim: Mapping[str, Any], to_node: str) -> dict[str, Any]:
         """Another node resumes a session held here: check ``claim``, take it out of this
         node (its socket, if still attached, is dropped) and return its state. Raises
-        GoneError if it is not here or the claim does not match."""
+        MovedError if it left this node a moment ago (the asker follows it), GoneError if it
+        is not here or the claim does not match."""
         conn = self._host.hub.get(connection_id)
+        if conn is None:
+            self.moved_to(connection_id)
         request = ResumeRequest(connection_id, str(claim.get("token", "")), int(claim.get("lastSeq", -1)))
         if not isinstance(conn, ReliableConnection) or not _allows(
             conn, request, str(claim.get("tenant")), str(claim.get("principal"))
@@ -242,12 +261,12 @@ class Sessions:
             ws.transport.abort()  # its handler finds it no longer carries the session
         handover = new_token()  # this move's one-time name, in the record once it lands
         state = {"record": _record_json(conn), "session": conn.export(), "from": self._host.node_id,
-                 "handover": handover}
+                 "handover": handover, "fanouts": self._took_lately(conn)}
         conn.ending = True  # it lives on elsewhere (unless kept): nothing here may end it
         leaving = _Leaving(conn, to_node, sorted(conn.groups or ()))
         self._host.hub.remove(conn)
         self._remember_move(connection_id, to_node)
-        self._host.handing_over(conn, to_node)
+        self._host.handing_over(conn, to_node, handover)
         leaving.settling = asyncio.ensure_future(self._settle(leaving, handover))
         self._leaving[connection_id] = leaving
         return state
@@ -277,6 +296,32 @@ class Sessions:
             leaving.fanouts.append((fanout_id, data, binary))
             self._spawn(self._forward(leaving, data, binary, fanout_id))
 
+    def fanned_out(self, tenant: str, user: str | None, group: str | None, fanout_id: str) -> None:
+        """The fan-out ``fanout_id`` was queued on this node's hub: remembered for a few
+        seconds, so that a session handed over meanwhile tells its new node it took it (it
+        may reach that node too, after the session: see :data:`_FANNED_S`)."""
+        now = asyncio.get_running_loop().time()
+        recent = self._fanned.get(tenant)
+        if recent is None:
+            recent = self._fanned[tenant] = deque()
+        while recent and recent[0][0] < now - _FANNED_S:
+            recent.popleft()
+        recent.append((now, fanout_id, user, group))
+        if now >= self._fanned_swept_at:  # tenants that fanned out no more lately are let go
+            self._fanned_swept_at = now + _FANNED_S
+            for name in [name for name, old in self._fanned.items() if old[-1][0] < now - _FANNED_S]:
+                del self._fanned[name]
+
+    def _took_lately(self, conn: ReliableConnection) -> list[str]:
+        """The names of the fan-outs ``conn`` took here lately (or knows of from its move here)."""
+        record, groups = conn.record, conn.groups or ()
+        horizon = asyncio.get_running_loop().time() - _FANNED_S
+        names = [
+            name for at, name, user, group in self._fanned.get(record.tenant, ())
+            if at >= horizon and (user is None or user == record.principal_id) and (group is None or group in groups)
+        ]
+        return names + sorted(conn.fanouts or ())
+
     async def _forward(self, leaving: _Leaving, data: bytes, binary: bool, fanout_id: str) -> None:
         try:
             await self._host.forward(leaving.conn, leaving.to_node, data, binary, fanout_id)
@@ -300,7 +345,8 @@ class Sessions:
             log.exception("settling the move of session %s failed", conn.id)
             return
         finally:
-            del self._leaving[conn.id]
+            if self._leaving.get(conn.id) is leaving:  # (it may have come back, and left again)
+                del self._leaving[conn.id]
         if not stays:
             return
         log.warning("session %s stays here: its move to another node did not complete", conn.id)

@@ -115,6 +115,10 @@ class LocalIndex:
     def __init__(self) -> None:
         self.tenants: dict[str, set[str]] = {}
         self.flushed: dict[str, float] = {}
+        # Sessions handed over to another node and not settled yet, by id: their tenant and
+        # the move's name. The hub no longer holds them; their records and sets are the
+        # move's to settle.
+        self.leaving: dict[str, tuple[str, str]] = {}
 
     def add(self, record: ConnectionRecord) -> bool:
         """Index a connection; True if it is the node's first of its tenant."""
@@ -137,12 +141,14 @@ class LocalIndex:
         return False
 
     def rebuild(self, infos: Iterable[ConnectionInfo]) -> None:
-        """Start over from the hub's truth (re-registration)."""
+        """Start over from the hub's truth (re-registration), and the sessions leaving."""
         self.tenants = {}
         self.flushed = {}
         for info in infos:
             self.tenants.setdefault(info.record.tenant, set()).add(info.record.connection_id)
             self.flushed[info.record.connection_id] = info.last_active_at
+        for connection_id, (tenant, _) in self.leaving.items():
+            self.tenants.setdefault(tenant, set()).add(connection_id)
 
 
 class Membership:
@@ -407,10 +413,12 @@ class Membership:
         if any(isinstance(r, BaseException) for r in results):
             self.dirty = True
             return
-        stale = {i.decode() for i in known_ids} - {info.record.connection_id for info in infos}
+        held = {info.record.connection_id for info in infos} | self._index.leaving.keys()
+        stale = {i.decode() for i in known_ids} - held
         if stale:
             # Records of this node id that its hub does not hold: a previous process with this
             # node id died (its connections are orphans), or a remove failed (closed already).
+            # A session on its way to another node is not one: its move settles its record.
             await self._sweeper.drop(me, stale, orphans_before=self._born)
         log.info("registry: node %s registered %d connections", me, len(infos))
 

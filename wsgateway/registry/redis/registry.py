@@ -312,13 +312,20 @@ class RedisRegistry:
         state: Mapping[str, Any] = reply["i"]
         return state
 
-    def handing_over(self, connection_id: str, to_node: str) -> None:
-        """Calls about the session go to ``to_node`` at once (see :meth:`settle_handover`)."""
-        self._remember(connection_id, to_node)
+    def handing_over(self, record: ConnectionRecord, to_node: str, handover: str) -> None:
+        """Calls about the session go to ``to_node`` at once (see :meth:`settle_handover`).
+        Until it is settled the move owns its record: a re-registration neither rewrites nor
+        drops it, and keeps this node listed for its tenant (it may stay)."""
+        self._remember(record.connection_id, to_node)
+        self._index.leaving[record.connection_id] = (record.tenant, handover)
 
     async def move_in(self, record: ConnectionRecord, from_node: str, handover: str) -> bool:
         """The record becomes this node's, and the node's sets list it, unless its holder
         kept the session meanwhile (or it is gone); one script decides, atomically."""
+        # A session this node handed over and has not settled yet, coming back: that move
+        # landed (it comes from where it went). Forgotten before the record moves here, so
+        # that the settling of it, asked later, cannot take this node's record for its own.
+        self._index.leaving.pop(record.connection_id, None)
         fields = record_to_hash(record, record.connected_at)
         script = ("EVAL", MOVE_SESSION, 1, self._keys.record(record.connection_id), from_node, self.node_id, handover,
                   *[item for pair in fields.items() for item in pair])
@@ -330,10 +337,19 @@ class RedisRegistry:
 
     async def settle_handover(self, record: ConnectionRecord, handover: str) -> bool:
         """True if the session stays here (its move never landed, and now never will); else
-        this node's sets forget it (it moved on, or a sweep claimed it)."""
+        this node's sets forget it (it moved on, or a sweep claimed it), unless it came back
+        here meanwhile (:meth:`move_in`: the record is that move's)."""
         cid = record.connection_id
+        leaving = self._index.leaving.get(cid)
+        if leaving is None or leaving[1] != handover:
+            return False  # came back since (and may have left again, as another move)
         script = ("EVAL", KEEP_SESSION, 1, self._keys.record(cid), self.node_id, handover)
         kept = await self._unavailable_on_failure(self._batcher.call(*script), "registry unreachable: a session moves")
+        # Asked before any move back here (one queue of commands): a record naming this node
+        # was not moved here again. One that came back meanwhile found it elsewhere (0).
+        if self._index.leaving.get(cid) is not leaving:
+            return False
+        del self._index.leaving[cid]
         if kept == 1:
             self._owners.pop(cid, None)
             return True

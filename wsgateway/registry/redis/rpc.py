@@ -35,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import secrets
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
@@ -285,7 +286,11 @@ class PendingCalls:
         self._ask_span_s = max(_ASK_AFTER_S, min(_LATE_ASK_S, timeout_s - budget_s - _ASK_AFTER_S))
         self._ask_after_s = min(timeout_s, budget_s + _ASK_AFTER_S)  # from the call's opening
         self._calls: dict[int, Call] = {}
-        self._ids = itertools.count(1)
+        # From a random start: a node restarted with a configured node id must not repeat
+        # the ids of its previous life, whose outcomes other nodes still remember by
+        # (node id, request id) and would answer instead of acting (a post never delivered
+        # answered 200). 2**62 leaves a u64 (``wire``) room for centuries of requests.
+        self._ids = itertools.count(secrets.randbelow(2**62) + 1)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
         self.on_overdue: Callable[[Call], None] | None = None  # None: wait until the timeout
