@@ -33,6 +33,7 @@ from tests.support import endpoint, eventually, jwt_section, make_config, raw_ge
 from wsgateway.node import Node
 from wsgateway.registry.redis import RedisRegistry
 from wsgateway.registry.redis.keys import KeySpace
+from wsgateway.registry.redis.scripts import KEEP_SESSION
 from wsgateway.reliable import SUBPROTOCOL
 from wsgateway.reliable.protocol import ResumeRequest
 
@@ -850,6 +851,39 @@ async def test_a_node_restarted_with_its_node_id_names_its_fan_outs_afresh(priva
         hello = await client.connect(ws_url(a, tenant="t1"), resume=True)
         assert hello["resumed"] is True and hello["connectionId"] == cid
         assert [data for _, data in await client.recv_many(2, timeout=2.0)] == ["first life", "second life"]
+
+
+@pytest.mark.redis
+async def test_calls_for_a_move_its_holder_settled_first_are_sent_back_to_the_holder(
+    private_redis: Any, key_prefix: str
+) -> None:
+    """The holder's settling reaches the record before the resuming node's move (its answer
+    came late): the session stays with the holder, so the resuming node sends calls for it
+    back there (answered once queued there, or 503 while the holder settles): never 410 for
+    a session a node holds."""
+    async with _three_nodes(private_redis, key_prefix) as (a, b, c, a_link), CutLink(a.port) as link:
+        client = ReliableClient()
+        await client.connect(link.url(tenant="t1"))
+        cid = client.connection_id  # it names a, which holds it; b has never held it
+        link.cut()
+        link.target = b.port
+        await eventually(lambda: a.gateway.hub.get(cid).ws is None)  # type: ignore[union-attr]
+        a_link.delay_s = 0.6  # a's answers, the session's state first, come late
+        resuming = asyncio.ensure_future(client.connect(link.url(tenant="t1"), resume=True))
+        await eventually(lambda: cid in a.gateway.sessions._leaving)  # a handed it over
+        registry = a.gateway.registry
+        assert isinstance(registry, RedisRegistry)
+        handover = registry._index.leaving[cid][1]
+        keep = redis.Redis(port=private_redis.port).eval(  # a's settling, first to the record
+            KEEP_SESSION, 1, KeySpace(key_prefix).record(cid), a.gateway.node_id, handover)
+        assert keep == 1
+        # c asks a (the id names it), which answers, late, that the session moved to b; by
+        # then b's move has failed.
+        post = asyncio.ensure_future(_code(_api(c).post_to_connection, ConnectionId=cid, Data=b"kept?"))
+        assert (await resuming)["resumed"] is False
+        a_link.delay_s = 0
+        assert await post in ("ServiceUnavailableException", "200")  # not GoneException
+        await eventually(lambda: a.gateway.hub.get(cid) is not None, 10)  # a keeps the session
 
 
 @pytest.mark.redis

@@ -190,16 +190,26 @@ class Sessions:
 
     async def _move_here(self, connection_id: str, claim: dict[str, Any], kept: _Kept) -> ReliableConnection | None:
         """Ask the node holding a session for it, and install it here; None if it did not come."""
+        stayed: str | None = None  # the node the session may have stayed on, if it did not come
         try:
             try:
                 state = await self._host.take_remote(connection_id, claim)
             except MovedError as exc:  # the holder may have kept it: calls here go back there
-                self._remember_move(connection_id, exc.node_id)
+                stayed = exc.node_id
                 return None
-            return None if state is None else await self._install(state, kept)
+            if state is None:
+                return None
+            conn = await self._install(state, kept)
+            if conn is None and isinstance(state.get("from"), str) and state.get("handover") is not None:
+                stayed = state["from"]  # the holder kept it (its settling reached the record first)
+            return conn
         finally:
             del self._incoming[connection_id]
-            kept.not_here()  # the session did not come: those posts were not queued here
+            if stayed is not None:
+                self._remember_move(connection_id, stayed)
+            # The session did not come: those posts were not queued here; where it may have
+            # stayed, their senders look for it there.
+            kept.not_here(stayed)
 
     async def _install(self, state: Mapping[str, Any], kept: _Kept) -> ReliableConnection | None:
         try:
@@ -457,12 +467,9 @@ class Sessions:
         (for at most the shutdown timeout each), then end every dropped session, those kept
         here too, and wait for their ``$disconnect``."""
         timeout = self._config.limits.shutdown_timeout_s
-        for moving in ([kept.moving for kept in self._incoming.values()], self._settling()):
-            if moving:
-                _, late = await asyncio.wait(moving, timeout=timeout)
-                for task in late:
-                    task.cancel()
-                await asyncio.gather(*moving, return_exceptions=True)
+        await _within(timeout, [kept.moving for kept in self._incoming.values()])
+        while self._leaving:  # a take made while these settle is settled too
+            await _within(timeout, self._settling())
         for conn in self._host.hub:
             if isinstance(conn, ReliableConnection) and conn.dropped:
                 self.end(conn)
@@ -481,8 +488,8 @@ class Sessions:
     def _track_fanouts(conn: ReliableConnection) -> None:
         """A session that just moved (or stayed) takes each fan-out once for a while: one may
         reach it directly and sent on by the node it left."""
-        conn.fanouts = set()
-        asyncio.get_running_loop().call_later(_TRACK_S, setattr, conn, "fanouts", None)
+        seen = conn.fanouts = set()
+        asyncio.get_running_loop().call_later(_TRACK_S, _stop_tracking, conn, seen)
 
     def _expire_later(self, conn: ReliableConnection) -> None:
         """``conn`` is dropped here: end it when its window runs out, or sooner, as its window
@@ -576,12 +583,28 @@ class _Kept:
                 done.set_result(None)
         return fanouts
 
-    def not_here(self) -> None:
-        """The session did not come: every post still kept is answered as not held here."""
+    def not_here(self, stayed: str | None = None) -> None:
+        """The session did not come: every post still kept is answered as not held here, or,
+        if it may have stayed on node ``stayed``, as moved there (its sender follows it)."""
         posts, self.posts, self.size = self.posts, [], 0
         for _, _, _, done in posts:
             if not done.done():
-                done.set_exception(GoneError())
+                done.set_exception(GoneError() if stayed is None else MovedError(stayed))
+
+
+def _stop_tracking(conn: ReliableConnection, seen: set[str]) -> None:
+    """The tracking that began with ``seen`` is over (unless a later move began another)."""
+    if conn.fanouts is seen:
+        conn.fanouts = None
+
+
+async def _within(timeout: float, tasks: Sequence[asyncio.Future[Any]]) -> None:
+    """Let ``tasks`` finish for at most ``timeout`` seconds, then cancel those still running."""
+    if tasks:
+        _, late = await asyncio.wait(tasks, timeout=timeout)
+        for task in late:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def _allows(conn: ReliableConnection, request: ResumeRequest, tenant: str, principal_id: str) -> bool:

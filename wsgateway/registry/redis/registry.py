@@ -325,12 +325,20 @@ class RedisRegistry:
         # A session this node handed over and has not settled yet, coming back: that move
         # landed (it comes from where it went). Forgotten before the record moves here, so
         # that the settling of it, asked later, cannot take this node's record for its own.
-        self._index.leaving.pop(record.connection_id, None)
+        cid = record.connection_id
+        self._index.leaving.pop(cid, None)
+        # Listed in this node's set first: if this node dies once the record is its, its sweep
+        # finds it (a sweep takes only records that name the dead node: a listing the move
+        # then did not need is harmless, and taken back below).
+        node_conns = self._keys.node_conns(self.node_id)
+        unavailable = "registry unreachable: a session moves"
+        await self._unavailable_on_failure(self._batcher.call("SADD", node_conns, cid), unavailable)
         fields = record_to_hash(record, record.connected_at)
-        script = ("EVAL", MOVE_SESSION, 1, self._keys.record(record.connection_id), from_node, self.node_id, handover,
+        script = ("EVAL", MOVE_SESSION, 1, self._keys.record(cid), from_node, self.node_id, handover,
                   *[item for pair in fields.items() for item in pair])
-        moved = await self._unavailable_on_failure(self._batcher.call(*script), "registry unreachable: a session moves")
+        moved = await self._unavailable_on_failure(self._batcher.call(*script), unavailable)
         if moved != 1:
+            await self._write([("SREM", node_conns, cid)])
             return False
         await self.add(record)  # its fields once more, with the sets
         return True
