@@ -257,3 +257,16 @@ async def raw_get(port: int, path: str = "/health") -> tuple[int, bytes]:
             writer.close()
     assert head.startswith(b"HTTP/1.1 "), head
     return int(head.split(b" ", 2)[1]), body
+
+
+async def exchange_raw(node: Node, raw: bytes, *, limit_s: float = 5) -> bytes:
+    """Write ``raw`` on a new connection to the node's management port; return all the node
+    answers until it closes."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", node.management_port)
+    writer.write(raw)
+    await writer.drain()
+    try:
+        async with asyncio.timeout(limit_s):
+            return await reader.read()
+    finally:
+        writer.close()

@@ -30,6 +30,7 @@ from tests.support import (
     connect,
     endpoint,
     eventually,
+    exchange_raw,
     make_config,
     running_node,
     sigv4_section,
@@ -403,18 +404,6 @@ async def test_replay_protection_fails_closed_when_redis_is_unreachable(private_
 
 
 # ---------------------------------------------------------------- the HTTP server's own refusals
-
-
-async def exchange_raw(node, raw: bytes, *, limit_s: float = 5) -> bytes:
-    """Write ``raw`` on a new connection; return all the node answers until it closes."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", node.management_port)
-    writer.write(raw)
-    await writer.drain()
-    try:
-        async with asyncio.timeout(limit_s):
-            return await reader.read()
-    finally:
-        writer.close()
 
 
 def aws_refusal(data: bytes, status: int, error_type: str, message: str) -> str:

@@ -18,6 +18,7 @@ from tests.support import (
     REGION,
     SECRET_KEY,
     connect,
+    exchange_raw,
     make_config,
     running_node,
     sigv4_section,
@@ -47,18 +48,6 @@ def wire(method: str, path: str, headers: dict[str, str], body: bytes = b"", *, 
     return ("\r\n".join(head) + "\r\n\r\n").encode() + body
 
 
-async def send(node, raw: bytes, *, limit_s: float = 5) -> bytes:
-    """Write ``raw`` on a new connection; return all the node answers until it closes."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", node.management_port)
-    writer.write(raw)
-    await writer.drain()
-    try:
-        async with asyncio.timeout(limit_s):
-            return await reader.read()
-    finally:
-        writer.close()
-
-
 def parse(data: bytes) -> tuple[int, dict[str, str], bytes]:
     head, _, body = data.partition(b"\r\n\r\n")
     lines = head.decode("latin-1").split("\r\n")
@@ -78,7 +67,7 @@ async def test_unknown_key_and_wrong_secret_get_the_same_answer_and_the_log_says
     async with running_node(make_config(management=sigv4_section())) as node:
         path, answers = "/prod/@connections/L0SM9cOFvHcCIhw%3D", []
         for key, secret in ((ACCESS_KEY, "wrong"), ("AKIDNOSUCHKEY", SECRET_KEY), ("AKIDOTHER", "x")):
-            status, headers, body = parse(await send(node, wire("POST", path, signed_head(node, "POST", path, b"x",
+            status, headers, body = parse(await exchange_raw(node, wire("POST", path, signed_head(node, "POST", path, b"x",
                                                                                           key=key, secret=secret), b"x")))
             answers.append((status, headers["x-amzn-errortype"], json.loads(body)))
         assert answers == [(403, "InvalidSignatureException", {"message": BAD_SIGNATURE})] * 3
@@ -109,12 +98,12 @@ async def test_a_signature_cannot_be_retargeted_through_dot_segments():
             headers = signed_head(node, "POST", "/prod/@tenants/A/messages", b"hi")
             for path in ("/prod/@tenants/A/groups/../messages", "/prod/@tenants/A/./messages",
                          "/prod/@tenants//A/messages", "/prod/@tenants/A/groups/%2E%2E/messages"):
-                status, info, body = parse(await send(node, wire("POST", path, headers, b"hi")))
+                status, info, body = parse(await exchange_raw(node, wire("POST", path, headers, b"hi")))
                 assert (status, info["x-amzn-errortype"]) == (400, "BadRequestException"), path
                 assert "segment" in json.loads(body)["message"]
             with pytest.raises(TimeoutError):
                 await asyncio.wait_for(ws.recv(), 0.2)  # nothing was delivered
-            status, _, body = parse(await send(node, wire("POST", "/prod/@tenants/A/messages", headers, b"hi")))
+            status, _, body = parse(await exchange_raw(node, wire("POST", "/prod/@tenants/A/messages", headers, b"hi")))
             assert status == 200 and json.loads(body) == {"delivered": 1, "unreachableNodes": 0}  # the signed path itself works
             assert await ws.recv() == "hi"
 
@@ -133,15 +122,15 @@ async def test_auth_none_refuses_foreign_host_names_and_browser_origins():
                 {"Host": f"localhost:{port}", "Origin": "null"},
             ]
             for headers in refused:  # a 403 as AWS's bare Forbidden; nothing runs
-                status, info, body = parse(await send(node, wire("POST", "/prod/@tenants/A/messages", headers, b"x")))
+                status, info, body = parse(await exchange_raw(node, wire("POST", "/prod/@tenants/A/messages", headers, b"x")))
                 assert (status, info["x-amzn-errortype"], json.loads(body)) == (403, "ForbiddenException",
                                                                                  {"message": "Forbidden"})
-                status, _, _ = parse(await send(node, wire("GET", "/metrics", headers)))
+                status, _, _ = parse(await exchange_raw(node, wire("GET", "/metrics", headers)))
                 assert status == 403
             with pytest.raises(TimeoutError):
                 await asyncio.wait_for(ws.recv(), 0.2)
             for host in (f"127.0.0.1:{port}", f"localhost:{port}", "10.1.2.3", f"[::1]:{port}"):
-                status, _, body = parse(await send(node, wire("POST", "/@tenants/A/messages", {"Host": host}, b"ok")))
+                status, _, body = parse(await exchange_raw(node, wire("POST", "/@tenants/A/messages", {"Host": host}, b"ok")))
                 assert status == 200 and json.loads(body) == {"delivered": 1, "unreachableNodes": 0}, host
                 assert await ws.recv() == "ok"
 
@@ -149,7 +138,7 @@ async def test_auth_none_refuses_foreign_host_names_and_browser_origins():
 async def test_a_repeated_host_header_is_refused():
     async with running_node() as node:
         raw = b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nHost: attacker.example\r\nConnection: close\r\n\r\n"
-        status, headers, _ = parse(await send(node, raw))
+        status, headers, _ = parse(await exchange_raw(node, raw))
         assert (status, headers["x-amzn-errortype"]) == (400, "BadRequestException") and headers["x-amzn-requestid"]
 
 
@@ -157,9 +146,9 @@ async def test_configured_hosts_and_origins_are_let_through():
     cfg = make_config(management={"allowed_hosts": ["gw.internal"], "allowed_origins": ["https://ops.example"]})
     async with running_node(cfg) as node:
         ok = {"Host": "gw.internal:8081", "Origin": "https://ops.example"}
-        assert parse(await send(node, wire("GET", "/health", ok)))[0] == 200
+        assert parse(await exchange_raw(node, wire("GET", "/health", ok)))[0] == 200
         for headers in ({"Host": "127.0.0.1"}, {"Host": "gw.internal", "Origin": "https://other.example"}):
-            assert parse(await send(node, wire("GET", "/health", headers)))[0] == 403
+            assert parse(await exchange_raw(node, wire("GET", "/health", headers)))[0] == 403
 
 
 async def test_an_open_console_beside_sigv4_refuses_foreign_host_names():
@@ -171,12 +160,12 @@ async def test_an_open_console_beside_sigv4_refuses_foreign_host_names():
         port = node.management_port
         rebound = {"Host": f"rebound.attacker.example:{port}", "Origin": f"http://rebound.attacker.example:{port}"}
         for method, path in (("GET", "/console"), ("GET", "/console/api/session"), ("GET", "/console/api/tenants")):
-            status, headers, _ = parse(await send(node, wire(method, path, rebound)))
+            status, headers, _ = parse(await exchange_raw(node, wire(method, path, rebound)))
             assert status == 403 and "set-cookie" not in headers, path
-        status, headers, _ = parse(await send(node, wire("GET", "/console", loopback(node))))
+        status, headers, _ = parse(await exchange_raw(node, wire("GET", "/console", loopback(node))))
         assert status == 200 and headers["set-cookie"].startswith(f"wsgw_console_{port}=")
-        assert parse(await send(node, wire("GET", "/console", {"Host": "10.1.2.3"})))[0] == 200  # an IP: no name to rebind
-        assert parse(await send(node, wire("GET", "/health", {"Host": rebound["Host"]})))[0] == 200  # the API: as before
+        assert parse(await exchange_raw(node, wire("GET", "/console", {"Host": "10.1.2.3"})))[0] == 200  # an IP: no name to rebind
+        assert parse(await exchange_raw(node, wire("GET", "/health", {"Host": rebound["Host"]})))[0] == 200  # the API: as before
 
 
 async def test_head_requests_get_answers_without_content_on_a_kept_connection():
@@ -200,14 +189,14 @@ async def test_metrics_behind_a_bearer_token():
     token = "metrics-token-0123456789"
     cfg = make_config(management={"metrics_auth": "bearer", "metrics_token": token})
     async with running_node(cfg) as node:
-        status, headers, _ = parse(await send(node, wire("GET", "/metrics", loopback(node))))
+        status, headers, _ = parse(await exchange_raw(node, wire("GET", "/metrics", loopback(node))))
         assert status == 401 and headers["www-authenticate"] == "Bearer"
         wrong = {**loopback(node), "Authorization": "Bearer metrics-token-0123456780"}
-        assert parse(await send(node, wire("GET", "/metrics", wrong)))[0] == 401
+        assert parse(await exchange_raw(node, wire("GET", "/metrics", wrong)))[0] == 401
         right = {**loopback(node), "Authorization": f"Bearer {token}"}
-        status, _, body = parse(await send(node, wire("GET", "/prod/metrics", right)))
+        status, _, body = parse(await exchange_raw(node, wire("GET", "/prod/metrics", right)))
         assert status == 200 and b"wsgateway_" in body
-        assert parse(await send(node, wire("GET", "/health", loopback(node))))[0] == 200  # probes stay open
+        assert parse(await exchange_raw(node, wire("GET", "/health", loopback(node))))[0] == 200  # probes stay open
 
 
 async def test_a_refused_metrics_bearer_is_counted_and_logged_as_other_refusals(tmp_path):
@@ -220,9 +209,9 @@ async def test_a_refused_metrics_bearer_is_counted_and_logged_as_other_refusals(
     async with running_node(cfg) as node:
         wrong = {**loopback(node), "Authorization": "Bearer metrics-token-0123456780"}
         for headers in (loopback(node), wrong):
-            status, answer, body = parse(await send(node, wire("GET", "/metrics", headers)))
+            status, answer, body = parse(await exchange_raw(node, wire("GET", "/metrics", headers)))
             assert (status, answer["www-authenticate"], body) == (401, "Bearer", b'{"message":"Unauthorized"}')
-        assert parse(await send(node, wire("GET", "/metrics", {"Host": "attacker.example"})))[0] == 403
+        assert parse(await exchange_raw(node, wire("GET", "/metrics", {"Host": "attacker.example"})))[0] == 403
         assert node.gateway.stats.management == {("Unknown", 401): 2, ("Unknown", 403): 1}
     entries = [json.loads(line) for line in path.read_bytes().splitlines()]
     logged = [(e["kind"], e["routeKey"], e["method"], e["status"], e["sourceIp"]) for e in entries]
@@ -236,7 +225,7 @@ async def test_a_long_user_agent_is_cut_in_a_management_line(tmp_path):
     path = tmp_path / "access.log"
     async with running_node(make_config(management=sigv4_section(), log={"access_log": str(path)})) as node:
         headers = {**loopback(node), "User-Agent": "U" * 8000, "Content-Type": "application/json"}
-        assert parse(await send(node, wire("POST", "/prod/@tenants/A/messages", headers, b"hi")))[0] == 403
+        assert parse(await exchange_raw(node, wire("POST", "/prod/@tenants/A/messages", headers, b"hi")))[0] == 403
     (entry,) = (json.loads(line) for line in path.read_bytes().splitlines())
     assert (entry["kind"], entry["status"], entry["routeKey"]) == ("management", 403, "POST")
     assert entry["userAgent"] == "U" * (256 - len("...[truncated]")) + "...[truncated]"
@@ -244,9 +233,9 @@ async def test_a_long_user_agent_is_cut_in_a_management_line(tmp_path):
 
 async def test_metrics_behind_sigv4():
     async with running_node(make_config(management={**sigv4_section(), "metrics_auth": "sigv4"})) as node:
-        status, headers, _ = parse(await send(node, wire("GET", "/metrics", loopback(node))))
+        status, headers, _ = parse(await exchange_raw(node, wire("GET", "/metrics", loopback(node))))
         assert (status, headers["x-amzn-errortype"]) == (403, "MissingAuthenticationTokenException")
-        status, _, body = parse(await send(node, wire("GET", "/metrics", signed_head(node, "GET", "/metrics", b""))))
+        status, _, body = parse(await exchange_raw(node, wire("GET", "/metrics", signed_head(node, "GET", "/metrics", b""))))
         assert status == 200 and b"wsgateway_" in body
 
 
@@ -281,10 +270,10 @@ async def test_connections_past_the_cap_are_answered_503():
     async with running_node(make_config(management={"max_connections": 2})) as node:
         held = [await asyncio.open_connection("127.0.0.1", node.management_port) for _ in range(2)]
         await asyncio.sleep(0.05)
-        assert (await send(node, b"")).startswith(b"HTTP/1.1 503 Service Unavailable")
+        assert (await exchange_raw(node, b"")).startswith(b"HTTP/1.1 503 Service Unavailable")
         held[0][1].close()
         await asyncio.sleep(0.1)
-        assert parse(await send(node, wire("GET", "/health", loopback(node))))[0] == 200
+        assert parse(await exchange_raw(node, wire("GET", "/health", loopback(node))))[0] == 200
         held[1][1].close()
 
 
@@ -293,7 +282,7 @@ async def test_a_malformed_pipelined_request_never_hides_the_answer_before_it():
         async with await connect(node, query={"tenant": "A"}) as ws:
             cid = await whoami(ws)
             post = wire("POST", f"/prod/@connections/{cid.replace('=', '%3D')}", loopback(node), b"one", close=False)
-            data = await send(node, post + b"GARBAGE\r\n\r\n")
+            data = await exchange_raw(node, post + b"GARBAGE\r\n\r\n")
             assert data.startswith(b"HTTP/1.1 200 OK") and data.count(b"HTTP/1.1 ") == 2
             assert data.index(b"HTTP/1.1 200 OK") < data.index(b"HTTP/1.1 400 Bad Request")
             assert await ws.recv() == "one"
