@@ -3,7 +3,8 @@ every message survive a dropped socket; the client resumes on any node.
 
 ``protocol`` is the wire format (pure), ``session`` one session's numbering and buffer,
 ``sessions`` this node's sessions: drops, resumes, handovers between nodes and their end,
-``dropped`` the bounds on how many dropped sessions a node keeps (pure).
+``moves`` a session on its way between two nodes as each of them keeps it, ``dropped`` the
+bounds on how many dropped sessions a node keeps (pure).
 The browser client ships beside them (``wsgateway-client.js``, served at ``GET /client.js``).
 """
 

@@ -30,11 +30,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -49,10 +48,10 @@ from ..errors import (
     RegistryUnavailableError,
     RemoteNodeError,
 )
-from ..records import ConnectionRecord
 from .dropped import Dropped
+from .moves import Kept, Leaving, record_from_json, record_json, stop_tracking
 from .protocol import SUBPROTOCOL, ResumeRequest, new_token, parse_ack, same_token
-from .session import OVER_LIMIT, ReliableConnection
+from .session import ReliableConnection
 
 if TYPE_CHECKING:
     from websockets.asyncio.server import ServerConnection
@@ -134,9 +133,9 @@ class Sessions:
         self.max_unacked = config.reliable.max_unacked_bytes
         self._host = host
         self._moved: dict[str, tuple[str, float]] = {}  # connection id -> (its new node, until)
-        self._incoming: dict[str, _Kept] = {}  # resumes in flight from other nodes
+        self._incoming: dict[str, Kept] = {}  # resumes in flight from other nodes
         self._claims: dict[str, asyncio.Future[None]] = {}  # resumes being judged: done once they are
-        self._leaving: dict[str, _Leaving] = {}  # sessions handed over, not settled yet
+        self._leaving: dict[str, Leaving] = {}  # sessions handed over, not settled yet
         self._ending: set[asyncio.Task[None]] = set()
         self._dropped = Dropped(config.reliable.max_dropped_sessions)  # those with an expiry timer
         # The fan-outs queued here lately, by tenant: (when, name, user, group), oldest first.
@@ -169,7 +168,7 @@ class Sessions:
                 await asyncio.shield(incoming.moving)
             conn = self._host.hub.get(connection_id)
             if conn is None:
-                kept = self._incoming[connection_id] = _Kept()
+                kept = self._incoming[connection_id] = Kept()
                 claim = {"token": request.token, "lastSeq": request.last_seq, "tenant": tenant, "principal": principal_id}
                 # Shielded: once asked, the holder may hand the session over whatever becomes
                 # of this handshake (its client gone, its open timeout), and the session must
@@ -188,7 +187,7 @@ class Sessions:
             del claims[connection_id]
             done.set_result(None)
 
-    async def _move_here(self, connection_id: str, claim: dict[str, Any], kept: _Kept) -> ReliableConnection | None:
+    async def _move_here(self, connection_id: str, claim: dict[str, Any], kept: Kept) -> ReliableConnection | None:
         """Ask the node holding a session for it, and install it here; None if it did not come."""
         stayed: str | None = None  # the node the session may have stayed on, if it did not come
         try:
@@ -211,9 +210,9 @@ class Sessions:
             # stayed, their senders look for it there.
             kept.not_here(stayed)
 
-    async def _install(self, state: Mapping[str, Any], kept: _Kept) -> ReliableConnection | None:
+    async def _install(self, state: Mapping[str, Any], kept: Kept) -> ReliableConnection | None:
         try:
-            record = replace(_record(state["record"]), node_id=self._host.node_id)
+            record = replace(record_from_json(state["record"]), node_id=self._host.node_id)
             base = events.context_base(record, stage=self._config.stage, api_id=self._config.api_id)
             loop = asyncio.get_running_loop()
             # On this node's clock, when it was opened: its age and lastActiveAt carry on.
@@ -270,10 +269,10 @@ class Sessions:
         if ws is not None:
             ws.transport.abort()  # its handler finds it no longer carries the session
         handover = new_token()  # this move's one-time name, in the record once it lands
-        state = {"record": _record_json(conn), "session": conn.export(), "from": self._host.node_id,
+        state = {"record": record_json(conn), "session": conn.export(), "from": self._host.node_id,
                  "handover": handover, "fanouts": self._took_lately(conn)}
         conn.ending = True  # it lives on elsewhere (unless kept): nothing here may end it
-        leaving = _Leaving(conn, to_node, sorted(conn.groups or ()))
+        leaving = Leaving(conn, to_node, sorted(conn.groups or ()))
         self._host.hub.remove(conn)
         self._remember_move(connection_id, to_node)
         self._host.handing_over(conn, to_node, handover)
@@ -332,7 +331,7 @@ class Sessions:
         ]
         return names + sorted(conn.fanouts or ())
 
-    async def _forward(self, leaving: _Leaving, data: bytes, binary: bool, fanout_id: str) -> None:
+    async def _forward(self, leaving: Leaving, data: bytes, binary: bool, fanout_id: str) -> None:
         try:
             await self._host.forward(leaving.conn, leaving.to_node, data, binary, fanout_id)
         except (GoneError, LimitExceededError, RegistryUnavailableError, RemoteNodeError) as exc:
@@ -341,7 +340,7 @@ class Sessions:
             log.info("a fan-out to session %s, which left for node %s, was not sent on (%s)",
                      leaving.conn.id, leaving.to_node, type(exc).__name__)
 
-    async def _settle(self, leaving: _Leaving, handover: str) -> None:
+    async def _settle(self, leaving: Leaving, handover: str) -> None:
         """Once the resuming node has given up waiting, settle a move: the session moved on,
         or (its answer lost or late, so it never landed) it is back here, dropped, for a
         whole window, with the fan-outs that reached it here meanwhile, and calls about it
@@ -489,7 +488,7 @@ class Sessions:
         """A session that just moved (or stayed) takes each fan-out once for a while: one may
         reach it directly and sent on by the node it left."""
         seen = conn.fanouts = set()
-        asyncio.get_running_loop().call_later(_TRACK_S, _stop_tracking, conn, seen)
+        asyncio.get_running_loop().call_later(_TRACK_S, stop_tracking, conn, seen)
 
     def _expire_later(self, conn: ReliableConnection) -> None:
         """``conn`` is dropped here: end it when its window runs out, or sooner, as its window
@@ -520,84 +519,6 @@ class Sessions:
         task.add_done_callback(self._ending.discard)
 
 
-class _Leaving:
-    """A session handed over to ``to_node`` and not settled yet: its groups, the fan-outs
-    that reached it here since (name, data, binary) and their size."""
-
-    __slots__ = ("conn", "fanouts", "groups", "settling", "size", "to_node", "wake")
-
-    def __init__(self, conn: ReliableConnection, to_node: str, groups: list[str]) -> None:
-        self.conn = conn
-        self.to_node = to_node
-        self.groups = groups
-        self.fanouts: list[tuple[str, bytes, bool]] = []
-        self.size = 0
-        self.wake = asyncio.Event()  # set: settle now (the node stops)
-        self.settling: asyncio.Future[None]  # Sessions._settle
-
-
-class _Kept:
-    """A session on its way to this node: the move, and the posts that reached this node for
-    the session meanwhile, each with the future its caller's answer waits on."""
-
-    __slots__ = ("moving", "posts", "size")
-
-    def __init__(self) -> None:
-        self.posts: list[tuple[bytes, bool, str, asyncio.Future[None]]] = []  # data, binary, fanout_id, answer
-        self.size = 0  # bytes of the posts' data
-        self.moving: asyncio.Future[ReliableConnection | None]  # the move itself (Sessions._move_here)
-
-    def add(self, data: bytes, binary: bool, limit: int, fanout_id: str = "") -> asyncio.Future[None]:
-        if self.size + len(data) > limit:
-            raise LimitExceededError(OVER_LIMIT)
-        self.size += len(data)
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        done.add_done_callback(functools.partial(self._given_up, len(data)))
-        self.posts.append((data, binary, fanout_id, done))
-        return done
-
-    def _given_up(self, size: int, done: asyncio.Future[None]) -> None:
-        """A post's caller gave up on it (its deadline passed): it no longer counts."""
-        if done.cancelled() and self.posts:
-            self.size -= size
-
-    def deliver(self, conn: ReliableConnection, deliver: Callable[[Connection, bytes, bool], None]) -> int:
-        """The session is here: queue each post on it, in order, and answer each. A fan-out
-        sent on by the node the session left is queued as the hub queues one (not a post of
-        the tenant's plan), once. Returns how many of those it queued, for the count."""
-        posts, self.posts, self.size = self.posts, [], 0
-        now, fanouts = asyncio.get_running_loop().time(), 0
-        for data, binary, fanout_id, done in posts:
-            if done.done():  # its caller gave up (cancelled): not delivered
-                continue
-            try:
-                if fanout_id:
-                    if not conn.already_took(fanout_id):  # taken once, by its name
-                        conn.send(data, binary, now, 0)
-                        fanouts += 1
-                else:
-                    deliver(conn, data, binary)
-            except (GoneError, LimitExceededError) as exc:
-                done.set_exception(exc)
-            else:
-                done.set_result(None)
-        return fanouts
-
-    def not_here(self, stayed: str | None = None) -> None:
-        """The session did not come: every post still kept is answered as not held here, or,
-        if it may have stayed on node ``stayed``, as moved there (its sender follows it)."""
-        posts, self.posts, self.size = self.posts, [], 0
-        for _, _, _, done in posts:
-            if not done.done():
-                done.set_exception(GoneError() if stayed is None else MovedError(stayed))
-
-
-def _stop_tracking(conn: ReliableConnection, seen: set[str]) -> None:
-    """The tracking that began with ``seen`` is over (unless a later move began another)."""
-    if conn.fanouts is seen:
-        conn.fanouts = None
-
-
 async def _within(timeout: float, tasks: Sequence[asyncio.Future[Any]]) -> None:
     """Let ``tasks`` finish for at most ``timeout`` seconds, then cancel those still running."""
     if tasks:
@@ -617,22 +538,4 @@ def _allows(conn: ReliableConnection, request: ResumeRequest, tenant: str, princ
         and conn.record.tenant == tenant
         and conn.record.principal_id == principal_id
         and conn.can_resume(request.last_seq)
-    )
-
-
-def _record_json(conn: ReliableConnection) -> dict[str, Any]:
-    rec = conn.record
-    return {
-        "connectionId": rec.connection_id, "tenant": rec.tenant, "principalId": rec.principal_id,
-        "connectedAt": rec.connected_at, "sourceIp": rec.source_ip, "userAgent": rec.user_agent,
-        "authorizer": dict(rec.authorizer), "domainName": rec.domain_name,
-    }
-
-
-def _record(body: Mapping[str, Any]) -> ConnectionRecord:
-    return ConnectionRecord(
-        connection_id=str(body["connectionId"]), node_id="", tenant=str(body["tenant"]),
-        principal_id=str(body["principalId"]), connected_at=float(body["connectedAt"]),
-        source_ip=str(body["sourceIp"]), user_agent=str(body["userAgent"]),
-        authorizer=dict(body["authorizer"]), domain_name=str(body["domainName"]),
     )
