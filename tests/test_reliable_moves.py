@@ -30,20 +30,23 @@ def _data(conn: ReliableConnection) -> list[str]:
 async def test_posts_kept_for_a_session_are_queued_in_order_once_it_is_here() -> None:
     kept, conn = Kept(), _session()
     delivered: list[bytes] = []
+    sent_on: list[tuple[bytes, str]] = []
 
     def deliver(to: Connection, data: bytes, binary: bool) -> None:
         delivered.append(data)
         to.send(data, binary, 0.0, 0)
 
-    first, sent_on, given_up, last = (kept.add(b"a", False, 100), kept.add(b"f", False, 100, "n2.7"),
-                                      kept.add(b"late", False, 100), kept.add(b"b", False, 100))
+    def deliver_fanout(to: Connection, data: bytes, binary: bool, fanout_id: str) -> None:
+        sent_on.append((data, fanout_id))  # (the host queues it once, by its name)
+
+    first, fanned, given_up, last = (kept.add(b"a", False, 100), kept.add(b"f", False, 100, "n2.7"),
+                                     kept.add(b"late", False, 100), kept.add(b"b", False, 100))
     given_up.cancel()  # its sender's deadline passed: never queued, and no longer counted
     await asyncio.sleep(0)  # (told through the future's callback)
     assert kept.size == 3
-    conn.fanouts = {"n2.7"}  # the session took that fan-out already: sent on, it is not queued twice
-    assert kept.deliver(conn, deliver) == 0
-    assert delivered == [b"a", b"b"] and _data(conn) == ["a", "b"]
-    assert first.result() is None and sent_on.result() is None and last.result() is None
+    kept.deliver(conn, deliver, deliver_fanout)
+    assert delivered == [b"a", b"b"] and _data(conn) == ["a", "b"] and sent_on == [(b"f", "n2.7")]
+    assert first.result() is None and fanned.result() is None and last.result() is None
     assert kept.posts == [] and kept.size == 0
 
 

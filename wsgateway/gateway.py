@@ -540,13 +540,10 @@ class Gateway:
                 return kept
             self.sessions.moved_to(connection_id)
             raise GoneError()
-        if fanout_id:  # a fan-out sent on by the node the session left: queued as the hub queues one, once
-            if not conn.already_took(fanout_id):
-                assert self._loop is not None
-                conn.send(data, binary, self._loop.time(), self._queue_limit)
-                self.count_sent(conn.record.tenant, 1)
-            return None
-        self.deliver(conn, data, binary)
+        if fanout_id:  # a fan-out sent on by the node the session left
+            self.deliver_fanout(conn, data, binary, fanout_id)
+        else:
+            self.deliver(conn, data, binary)
         return None
 
     def deliver(self, conn: Connection, data: bytes, binary: bool) -> None:
@@ -559,6 +556,15 @@ class Gateway:
         stats = self.stats  # count_sent's count of one frame, without its call (one per post)
         stats.frames_out += 1
         stats.traffic[tenant] += 1
+
+    def deliver_fanout(self, conn: Connection, data: bytes, binary: bool, fanout_id: str) -> None:
+        """A named fan-out's frame to a connection held here, as the hub queues one (no post
+        of the tenant's plan), once (``Connection.already_took``), counted. Raises as
+        ``Connection.send``."""
+        if not conn.already_took(fanout_id):
+            assert self._loop is not None
+            conn.send(data, binary, self._loop.time(), self._queue_limit)
+            self.count_sent(conn.record.tenant, 1)
 
     def arriving(self, connection_id: str) -> asyncio.Future[Any] | None:
         return self.sessions.arriving(connection_id)
@@ -639,13 +645,10 @@ class Gateway:
     async def take_remote(self, connection_id: str, claim: Mapping[str, Any]) -> Mapping[str, Any] | None:
         try:
             return await self.registry.take_session(connection_id, claim)
-        except RegistryUnavailableError as exc:
+        except (GoneError, RegistryUnavailableError, RemoteNodeError) as exc:
             log.info("session %s cannot be resumed here (%s)", connection_id, type(exc).__name__)
-            if exc.node_id is not None:  # it may have handed the session over, or kept it
-                raise MovedError(exc.node_id) from None
-            return None
-        except (GoneError, RemoteNodeError) as exc:
-            log.info("session %s cannot be resumed here (%s)", connection_id, type(exc).__name__)
+            if isinstance(exc, RegistryUnavailableError) and exc.node_id is not None:
+                raise MovedError(exc.node_id) from None  # it may have handed the session over, or kept it
             return None
 
     async def moved_in(self, conn: Connection, from_node: str | None, handover: str | None) -> bool:

@@ -62,27 +62,26 @@ class Kept:
         if done.cancelled() and self.posts:
             self.size -= size
 
-    def deliver(self, conn: ReliableConnection, deliver: Callable[[Connection, bytes, bool], None]) -> int:
-        """The session is here: queue each post on it, in order, and answer each. A fan-out
-        sent on by the node the session left is queued as the hub queues one (not a post of
-        the tenant's plan), once. Returns how many of those it queued, for the count."""
+    def deliver(
+        self, conn: ReliableConnection, deliver: Callable[[Connection, bytes, bool], None],
+        deliver_fanout: Callable[[Connection, bytes, bool, str], None],
+    ) -> None:
+        """The session is here: queue each post on it, in order, and answer each; a fan-out
+        sent on by the node the session left goes through ``deliver_fanout`` (as the hub
+        queues one, once), any other post through ``deliver``."""
         posts, self.posts, self.size = self.posts, [], 0
-        now, fanouts = asyncio.get_running_loop().time(), 0
         for data, binary, fanout_id, done in posts:
             if done.done():  # its caller gave up (cancelled): not delivered
                 continue
             try:
                 if fanout_id:
-                    if not conn.already_took(fanout_id):  # taken once, by its name
-                        conn.send(data, binary, now, 0)
-                        fanouts += 1
+                    deliver_fanout(conn, data, binary, fanout_id)
                 else:
                     deliver(conn, data, binary)
             except (GoneError, LimitExceededError) as exc:
                 done.set_exception(exc)
             else:
                 done.set_result(None)
-        return fanouts
 
     def not_here(self, stayed: str | None = None) -> None:
         """The session did not come: every post still kept is answered as not held here, or,

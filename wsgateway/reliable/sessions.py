@@ -99,6 +99,10 @@ class SessionHost(Protocol):
         """Queue one post's frame on ``conn``, held here, as any post to it is (its tenant's
         plan admits it, it is counted); raise LimitExceededError, GoneError."""
 
+    def deliver_fanout(self, conn: Connection, data: bytes, binary: bool, fanout_id: str) -> None:
+        """Queue a named fan-out's frame on ``conn``, held here, as the hub queues one, unless
+        it took that fan-out already; counted. Raises as ``deliver``."""
+
     async def take_remote(self, connection_id: str, claim: Mapping[str, Any]) -> Mapping[str, Any] | None:
         """Ask the node holding ``connection_id`` to hand its session over; None if no node
         can (not held, claim refused, holder unreachable). Raises MovedError(holder) when the
@@ -243,9 +247,7 @@ class Sessions:
         for group in groups:
             hub.join_group(conn, group)
         self._expire_later(conn)
-        fanouts = kept.deliver(conn, self._host.deliver)  # after its own messages, in the order they came
-        if fanouts:
-            self._host.count_sent(conn.record.tenant, fanouts)
+        kept.deliver(conn, self._host.deliver, self._host.deliver_fanout)  # after its own messages, in order
         log.info("session %s resumed from another node", conn.id)
         return conn
 
@@ -362,14 +364,9 @@ class Sessions:
         conn.ending = False
         self._moved.pop(conn.id, None)
         self._track_fanouts(conn)
-        now, sent = asyncio.get_running_loop().time(), 0
-        for fanout_id, data, binary in leaving.fanouts:  # as the hub queues a fan-out
-            if not conn.already_took(fanout_id):
-                with contextlib.suppress(GoneError, LimitExceededError):
-                    conn.send(data, binary, now, 0)
-                    sent += 1
-        if sent:
-            self._host.count_sent(conn.record.tenant, sent)
+        for fanout_id, data, binary in leaving.fanouts:
+            with contextlib.suppress(GoneError, LimitExceededError):
+                self._host.deliver_fanout(conn, data, binary, fanout_id)
         hub = self._host.hub
         hub.add(conn)
         for group in leaving.groups:

@@ -84,6 +84,7 @@ _T = TypeVar("_T")
 _GONE: dict[str, Any] = {"s": STATUS_GONE}
 _OWNER_CACHE_SIZE = 65_536
 _MAX_MOVES = 3  # a reliable session that moved more often within one call: 503, retry
+_MOVE_UNKNOWN = "registry unreachable: a session moves"  # whether a move landed cannot be told now
 # The channel links retry at least this often while Redis is away, so that once it is back a
 # call whose reply was lost can ask again well within its timeout (see ``rpc``).
 _LINK_BACKOFF_S = 0.25
@@ -331,12 +332,11 @@ class RedisRegistry:
         # finds it (a sweep takes only records that name the dead node: a listing the move
         # then did not need is harmless, and taken back below).
         node_conns = self._keys.node_conns(self.node_id)
-        unavailable = "registry unreachable: a session moves"
-        await self._unavailable_on_failure(self._batcher.call("SADD", node_conns, cid), unavailable)
+        await self._unavailable_on_failure(self._batcher.call("SADD", node_conns, cid), _MOVE_UNKNOWN)
         fields = record_to_hash(record, record.connected_at)
         script = ("EVAL", MOVE_SESSION, 1, self._keys.record(cid), from_node, self.node_id, handover,
                   *[item for pair in fields.items() for item in pair])
-        moved = await self._unavailable_on_failure(self._batcher.call(*script), unavailable)
+        moved = await self._unavailable_on_failure(self._batcher.call(*script), _MOVE_UNKNOWN)
         if moved != 1:
             await self._write([("SREM", node_conns, cid)])
             return False
@@ -352,7 +352,7 @@ class RedisRegistry:
         if leaving is None or leaving[1] != handover:
             return False  # came back since (and may have left again, as another move)
         script = ("EVAL", KEEP_SESSION, 1, self._keys.record(cid), self.node_id, handover)
-        kept = await self._unavailable_on_failure(self._batcher.call(*script), "registry unreachable: a session moves")
+        kept = await self._unavailable_on_failure(self._batcher.call(*script), _MOVE_UNKNOWN)
         # Asked before any move back here (one queue of commands): a record naming this node
         # was not moved here again. One that came back meanwhile found it elsewhere (0).
         if self._index.leaving.get(cid) is not leaving:

@@ -640,8 +640,7 @@ class NodeChannel:
         assert node is not None
         reply: _Outcome
         try:
-            later = node.local_post(connection_id, data, bool(binary), fanout_id) if fanout_id else (
-                node.local_post(connection_id, data, bool(binary)))
+            later = node.local_post(connection_id, data, bool(binary), fanout_id)
         except Exception as exc:  # noqa: BLE001 - every failure is answered (and logged)
             reply = _failed(request_id, self._node_id, compact, exc)
         else:
