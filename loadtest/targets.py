@@ -21,6 +21,8 @@ bare                plain    ``peers/bare.py``: websockets + aiohttp, no gateway
 raw                 plain    ``peers/raw.py``: bare's websockets side; a minimal httptools endpoint
                              and a raw RESP PUBLISH/SUBSCRIBE relay (publish and forget): the
                              ceilings of a management POST and of the cross-node hop
+raw-acked           plain    the same relay answering a cross-node post once its owner did (200
+                             written / 410 not here): the cross-node ceiling with AWS's exact answer
 socketio            socketio ``peers/socketio_app.py``: python-socketio + AsyncRedisManager
 channels            plain    ``peers/channels_app``: Django Channels + channels_redis, uvicorn
 socketio-node       socketio ``peers/socketio_node/server.js``: Socket.IO + @socket.io/redis-adapter
@@ -374,6 +376,13 @@ class Raw(Bare):
     module = "loadtest.peers.raw"
 
 
+class RawAcked(Raw):
+    """The raw cross-node relay waiting for the owner's answer (``peers/raw_acked.py``)."""
+
+    name = "raw-acked"
+    module = "loadtest.peers.raw_acked"
+
+
 class SocketIO(Target):
     """python-socketio with AsyncRedisManager (``peers/socketio_app.py``)."""
 
@@ -467,7 +476,7 @@ def _npm_install() -> str | None:
 TARGETS: dict[str, Target] = {
     t.name: t for t in (
         WsGateway(), WsGatewayRedisCluster(), WsGatewayNoSig(), WsGatewayReliable(), WsGatewayConsole(), Bare(), Raw(),
-        SocketIO(), Channels(), SocketIONode(),
+        RawAcked(), SocketIO(), Channels(), SocketIONode(),
     )
 }
 """Every target by name, in report order."""

@@ -17,11 +17,18 @@ with ``websockets.broadcast``). What differs is everything a POST touches:
   owner reads its channel on a second connection, parsed by hiredis straight from
   ``data_received``, and writes the frame. This is the *raw cross-node ceiling*
   (``crossnode``): the least a hop through Redis pub/sub can cost. Tenant messages go to
-  one channel every node reads, as ``bare`` does.
+  one channel every node reads, as ``bare`` does;
+- with ``acked`` (``python -m loadtest.peers.raw_acked``, the ``raw-acked`` target) the same
+  relay keeps AWS's exact answer, as the gateway does: a post to another node's connection
+  is answered only once the owner said it wrote the frame (200) or does not hold the id
+  (410). The posts of one loop iteration to one owner leave in one PUBLISH, and the owner's
+  answers to one asker in one PUBLISH back (``_Batches``), each answer written in request
+  order per HTTP connection. This is the *raw cross-node ceiling with the owner's answer*:
+  the least the hop the gateway makes can cost.
 
 It has none of the gateway's features (no SigV4, no AWS error bodies, no registry, no
-limits, no answer from the owner). Run: ``python -m loadtest.peers.raw --ready-file PATH
-[--jwt-secret S] [--redis-url URL]``.
+limits; no timeout or retry of a post whose answer never comes). Run: ``python -m
+loadtest.peers.raw --ready-file PATH [--jwt-secret S] [--redis-url URL]``.
 """
 
 from __future__ import annotations
@@ -88,13 +95,52 @@ class _Resp(asyncio.Protocol):
         self._out.clear()
 
 
-class RawNode(BareNode):
-    """A bare node whose POSTs go through the minimal HTTP endpoint and the raw relay."""
+class _Batches:
+    """The acked relay's messages to each channel made during one loop iteration, sent as one
+    PUBLISH each (a head naming the kind, then the items), all in one write."""
 
-    def __init__(self, node_id: str, secret: str) -> None:
+    def __init__(self, outbox: _Resp) -> None:
+        self._outbox = outbox
+        self._by_channel: dict[bytes, list[bytes]] = {}
+
+    def add(self, channel: bytes, head: bytes, item: bytes) -> None:
+        batch = self._by_channel.get(channel)
+        if batch is None:
+            if not self._by_channel:
+                asyncio.get_running_loop().call_soon(self._flush)
+            batch = self._by_channel[channel] = [head]
+        batch.append(item)
+
+    def _flush(self) -> None:
+        commands = [_pack((b"PUBLISH", channel, b"".join(batch))) for channel, batch in self._by_channel.items()]
+        self._by_channel.clear()
+        if self._outbox.transport is not None:
+            self._outbox.transport.write(b"".join(commands))
+
+
+class _Answer:
+    """An HTTP answer waiting for the owner's word; written, in request order, once it came."""
+
+    __slots__ = ("http", "response")
+
+    def __init__(self, http: _Http) -> None:
+        self.http = http
+        self.response = b""
+
+
+class RawNode(BareNode):
+    """A bare node whose POSTs go through the minimal HTTP endpoint and the raw relay;
+    ``acked``: a post to another node's connection waits for its owner's answer."""
+
+    def __init__(self, node_id: str, secret: str, *, acked: bool = False) -> None:
         super().__init__(node_id, secret)
+        self.acked = acked
         self.outbox: _Resp | None = None
+        self._batches: _Batches | None = None
         self._channels: dict[str, bytes] = {}
+        self._asked_head = b"R" + node_id.encode() + b"\n"
+        self._waiting: dict[int, _Answer] = {}  # request id -> its answer (acked)
+        self._last_id = 0
 
     async def connect_bus(self, redis_url: str) -> None:
         """Open the publishing connection and subscribe to this node's channel and the
@@ -103,6 +149,7 @@ class RawNode(BareNode):
         host, port = url.hostname or "127.0.0.1", url.port or 6379
         loop = asyncio.get_running_loop()
         _, self.outbox = await loop.create_connection(lambda: _Resp(_ignore), host, port)
+        self._batches = _Batches(self.outbox)
         subscribed = loop.create_future()
 
         def on_push(reply: Any) -> None:
@@ -116,23 +163,59 @@ class RawNode(BareNode):
         await asyncio.wait_for(subscribed, 10)
 
     def on_bus(self, channel: bytes, data: bytes) -> None:
-        """A message another node PUBLISHed: a post to one of ours, or a tenant's message."""
+        """A message another node PUBLISHed: a post to one of ours, or a tenant's message;
+        acked: a batch of posts to ours, or of answers to ours."""
         if channel == _TENANTS_CHANNEL:
             origin, tenant, body = data.split(b"\n", 2)
             if origin.decode() != self.node_id:
                 broadcast(self.tenants.get(tenant.decode(), ()), body, text=True)
-        else:
+        elif not self.acked:
             cid, body = data.split(b"\n", 1)
             self.deliver(cid.decode(), body)
+        elif data[:1] == b"R":
+            self._serve_posts(data)
+        else:
+            self._take_answers(data)
 
-    def answer(self, path: str, body: bytes) -> bytes:
-        """The whole HTTP response to ``POST path`` with ``body``."""
+    def _serve_posts(self, data: bytes) -> None:
+        """``R<asker>\\n`` then ``<id> <size> <connection id>\\n<body>`` per post: deliver
+        each, and answer the asker ``<id>`` (written) or ``-<id>`` (not here), in one batch."""
+        asker, _, posts = data[1:].partition(b"\n")
+        assert self._batches is not None
+        add, channel = self._batches.add, self._channel(asker.decode())
+        pos, end = 0, len(posts)
+        while pos < end:
+            eol = posts.index(b"\n", pos)
+            rid, size, cid = posts[pos:eol].split(b" ", 2)
+            pos = eol + 1 + int(size)
+            add(channel, b"A", b" %s" % rid if self.deliver(cid.decode(), posts[eol + 1:pos]) else b" -%s" % rid)
+
+    def _take_answers(self, data: bytes) -> None:
+        """``A`` then `` <id>`` / `` -<id>`` per post: each waiting answer written, in order."""
+        waiting, touched = self._waiting, set()
+        for word in data[1:].split():
+            rid = int(word)
+            answer = waiting.pop(abs(rid))
+            answer.response = _OK if rid > 0 else _GONE
+            touched.add(answer.http)
+        for http in touched:
+            http.write()
+
+    def answer(self, path: str, body: bytes, http: _Http) -> bytes | _Answer:
+        """The whole HTTP response to ``POST path`` with ``body``, or (acked, a post to
+        another node's connection) the answer that will hold it."""
         if path.startswith("/@connections/"):
             cid = unquote(path[14:])
             if self.deliver(cid, body):
                 return _OK
             owner = cid.partition(".")[0]
             if self.outbox is not None and owner != self.node_id:
+                if self._batches is not None and self.acked:
+                    self._last_id += 1
+                    answer = self._waiting[self._last_id] = _Answer(http)
+                    item = b"%d %d %s\n" % (self._last_id, len(body), cid.encode())
+                    self._batches.add(self._channel(owner), self._asked_head, item + body)
+                    return answer
                 self.outbox.send(_pack((b"PUBLISH", self._channel(owner), cid.encode() + b"\n" + body)))
                 return _OK
             return _GONE
@@ -143,9 +226,9 @@ class RawNode(BareNode):
             if self.outbox is not None:
                 head = f"{self.node_id}\n{tenant}\n".encode()
                 self.outbox.send(_pack((b"PUBLISH", _TENANTS_CHANNEL, head + body)))
-            answer = orjson.dumps({"delivered": len(local)})
+            text = orjson.dumps({"delivered": len(local)})
             return b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (
-                len(answer), answer)
+                len(text), text)
         return _NOT_FOUND
 
     def _channel(self, node_id: str) -> bytes:
@@ -157,14 +240,14 @@ class RawNode(BareNode):
 
 class _Http(asyncio.Protocol):
     """One management connection: requests parsed by httptools, answered in order, the
-    answers to one read written at once."""
+    answers ready after one read (or one batch of the owner's answers) written at once."""
 
     def __init__(self, node: RawNode) -> None:
         self._node = node
         self._parser = httptools.HttpRequestParser(self)
         self._url = b""
         self._body: list[bytes] = []
-        self._out: list[bytes] = []
+        self._out: list[bytes | _Answer] = []
         self._transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -175,16 +258,27 @@ class _Http(asyncio.Protocol):
             self._parser.feed_data(data)
         except httptools.HttpParserError:
             self._out.append(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
-            self._write()
+            self.write()
             assert self._transport is not None
             self._transport.close()
             return
-        self._write()
+        self.write()
 
-    def _write(self) -> None:
-        if self._out and self._transport is not None:
-            self._transport.write(b"".join(self._out))
-        self._out.clear()
+    def write(self) -> None:
+        """Write the answers that are ready, up to the first still waiting."""
+        out = self._out
+        ready: list[bytes] = []
+        for item in out:
+            if isinstance(item, bytes):
+                ready.append(item)
+            elif item.response:
+                ready.append(item.response)
+            else:
+                break
+        if ready:
+            del out[:len(ready)]
+            if self._transport is not None:
+                self._transport.write(b"".join(ready))
 
     # httptools callbacks
     def on_url(self, url: bytes) -> None:
@@ -197,16 +291,16 @@ class _Http(asyncio.Protocol):
         path = self._url.partition(b"?")[0].decode()
         body = b"".join(self._body)
         self._url, self._body = b"", []
-        self._out.append(self._node.answer(path, body))
+        self._out.append(self._node.answer(path, body, self))
 
 
 def _ignore(reply: Any) -> None:
     """PUBLISH counts: publish and forget."""
 
 
-async def _main() -> None:
-    args = parse_args("raw HTTP endpoint and RESP relay ceiling")
-    node = RawNode(args.node_id, args.jwt_secret)
+async def _main(acked: bool) -> None:
+    args = parse_args("raw HTTP endpoint and RESP relay ceiling" + (", the owner's answer awaited" if acked else ""))
+    node = RawNode(args.node_id, args.jwt_secret, acked=acked)
     if args.redis_url:
         await node.connect_bus(args.redis_url)
     loop = asyncio.get_running_loop()
@@ -225,12 +319,12 @@ async def _main() -> None:
         await server.serve_forever()
 
 
-def main() -> None:
-    """Run the node until it is killed (SIGTERM / SIGINT)."""
+def main(*, acked: bool = False) -> None:
+    """Run the node until it is killed (SIGTERM / SIGINT); ``acked``: see the module's doc."""
     import uvloop
 
     with contextlib.suppress(KeyboardInterrupt):
-        uvloop.run(_main())
+        uvloop.run(_main(acked))
 
 
 if __name__ == "__main__":
