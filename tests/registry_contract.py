@@ -136,6 +136,9 @@ class RecordingNode:
         self.handed[connection_id] = to_node
         return {"connectionId": connection_id, "claim": dict(claim)}
 
+    def local_landed(self, connection_id: str, handover: str) -> bool:
+        return False  # this node never takes a session in
+
     def abandon(self, connection_ids: Iterable[str], code: int, reason: str) -> int:
         """Close the connections another node claimed, as the gateway does: at once, with no
         ``$disconnect`` here and no registry write (they leave ``connections``)."""

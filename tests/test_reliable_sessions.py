@@ -706,6 +706,86 @@ async def test_a_session_whose_move_never_landed_stays_with_its_holder(private_r
         assert len(th.events_of("$connect", cid)) == 1
 
 
+def _lose(port: int, key_prefix: str, what: str, cid: str) -> None:
+    """Redis loses a session's record (``what`` = "record"), or every key of the cluster
+    ("everything", as a restart without persistence would)."""
+    client = redis.Redis(port=port)
+    if what == "record":
+        assert client.delete(KeySpace(key_prefix).record(cid)) == 1
+        return
+    keys = list(client.scan_iter(match=f"{key_prefix}:*", count=1000))
+    assert keys
+    client.delete(*keys)
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize("what", ["record", "everything"])
+async def test_a_session_whose_record_redis_lost_before_its_move_landed_stays_with_its_holder(
+    private_redis: Any, key_prefix: str, what: str
+) -> None:
+    """Redis loses the record between the handover and the move: the resuming node's move
+    finds no record and gives up (the client starts afresh), and the holder, settling, finds
+    none either. The resuming node tells it that the move never landed there: the holder
+    writes the record back and keeps the session, which can still be resumed and ends with
+    one ``$disconnect``."""
+    async with _three_nodes(private_redis, key_prefix) as (a, b, c, a_link), CutLink(b.port) as link:
+        client = ReliableClient()
+        cid = await _moved_to_a_and_dropped(a, b, link, client)
+        token, last_seq = client.token, client.last_seq
+        a_link.delay_s = 0.6  # a's answer, the session's state, comes late: Redis loses the record first
+        resuming = asyncio.ensure_future(client.connect(link.url(tenant="t1"), resume=True))
+        await eventually(lambda: cid in a.gateway.sessions._leaving)  # a handed it over
+        _lose(private_redis.port, key_prefix, what, cid)
+        hello = await resuming
+        a_link.delay_s = 0
+        assert hello["resumed"] is False and hello["connectionId"] != cid
+        await client.close()
+        await eventually(lambda: a.gateway.hub.get(cid) is not None, 15)  # a settled the move: kept
+        assert b.gateway.hub.get(cid) is None
+        record = redis.Redis(port=private_redis.port).hget(KeySpace(key_prefix).record(cid), "node")
+        assert record == a.gateway.node_id.encode()
+        for node in (a, b, c):
+            assert isinstance(node.gateway.registry, RedisRegistry)
+            await wait_settled(node.gateway.registry, 15)
+        again = ReliableClient()
+        again.connection_id, again.token, again.last_seq = cid, token, last_seq
+        hello = await again.connect(ws_url(c, tenant="t1"), resume=True)
+        assert hello["resumed"] is True and hello["connectionId"] == cid
+        await again.close()
+        await eventually(lambda: _disconnects(cid) == [1000])
+        await asyncio.sleep(0.5)
+        assert _disconnects(cid) == [1000] and len(th.events_of("$connect", cid)) == 1
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize("then", ["ended", "lost"])
+async def test_a_move_that_landed_is_not_undone_by_a_record_gone_at_its_settling(
+    private_redis: Any, key_prefix: str, then: str
+) -> None:
+    """The move landed, then before the holder settles it the record is gone: the session
+    ended on its new node (``$disconnect`` ran there), or Redis lost the record. The holder
+    finds no record, as when Redis lost it before the move, but the new node says the move
+    landed there: the holder lets the session go, and ``$disconnect`` runs once."""
+    async with _three_nodes(private_redis, key_prefix) as (a, b, _, _a_link), CutLink(b.port) as link:
+        client = ReliableClient()
+        cid = await _moved_to_a_and_dropped(a, b, link, client)
+        assert (await client.connect(link.url(tenant="t1"), resume=True))["resumed"] is True  # a handed it to b
+        assert cid in a.gateway.sessions._leaving  # not settled yet
+        if then == "ended":
+            await client.close()
+            await eventually(lambda: _disconnects(cid) == [1000])
+        else:
+            _lose(private_redis.port, key_prefix, "record", cid)
+        await eventually(lambda: cid not in a.gateway.sessions._leaving, 10)  # a settled the move
+        assert a.gateway.hub.get(cid) is None
+        if then == "lost":
+            assert b.gateway.hub.get(cid) is not None
+            await client.close()
+        await eventually(lambda: _disconnects(cid) == [1000])
+        await asyncio.sleep(0.5)
+        assert _disconnects(cid) == [1000] and a.gateway.hub.get(cid) is None
+
+
 async def _fan_out(node: Node, tenant: str, data: bytes) -> int:
     async with aiohttp.ClientSession() as http, http.post(f"{endpoint(node)}/@tenants/{tenant}/messages", data=data) as resp:
         assert resp.status == 200

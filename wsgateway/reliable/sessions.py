@@ -68,6 +68,10 @@ log = logging.getLogger("wsgateway.reliable")
 _DROP_CODES = frozenset({CLOSE_GOING_AWAY, CLOSE_ABNORMAL})
 _MOVED_S = 30.0  # how long a node sends calls for a session that left it on to its new node
 _MOVED_MAX = 65_536
+# How long a node remembers the moves that landed here, for the node each came from, should
+# Redis lose the record before that node settles the move (see :meth:`Sessions.landed`): past
+# a Redis outage in which both nodes wait to settle.
+_LANDED_S = 600.0
 # How long a holder keeps a session it handed over aside before it settles whether the move
 # landed: past the resuming node's wait for the answer (a registry call's 2 s timeout).
 SETTLE_AFTER_S = 3.0
@@ -140,6 +144,7 @@ class Sessions:
         self._incoming: dict[str, Kept] = {}  # resumes in flight from other nodes
         self._claims: dict[str, asyncio.Future[None]] = {}  # resumes being judged: done once they are
         self._leaving: dict[str, Leaving] = {}  # sessions handed over, not settled yet
+        self._landed: dict[str, float] = {}  # the names of the moves that landed here lately -> until
         self._ending: set[asyncio.Task[None]] = set()
         self._dropped = Dropped(config.reliable.max_dropped_sessions)  # those with an expiry timer
         # The fan-outs queued here lately, by tenant: (when, name, user, group), oldest first.
@@ -239,6 +244,8 @@ class Sessions:
             log.warning("session %s stayed on the node that held it: not resumed here", conn.id)
             return None
         self._moved.pop(conn.id, None)  # it left here once, and is back: calls here are for it
+        if handover is not None:
+            self._remember_landing(handover)
         self._track_fanouts(conn)
         assert conn.fanouts is not None
         conn.fanouts.update(took)
@@ -372,6 +379,14 @@ class Sessions:
         for group in leaving.groups:
             hub.join_group(conn, group)
         self._expire_later(conn)
+
+    def landed(self, handover: str) -> bool:
+        """Whether the move named ``handover`` landed here (in the last ``_LANDED_S``), even if
+        its session ended or moved on since. Asked by the node it came from when Redis lost
+        the session's record: then only this node can tell whether the move landed (it ran
+        its ``$disconnect`` if the session ended here) or never will (its holder keeps it)."""
+        until = self._landed.get(handover)
+        return until is not None and until > time.monotonic()
 
     def arriving(self, connection_id: str) -> asyncio.Future[Any] | None:
         """The move of a session on its way here (done once it landed or did not), None if
@@ -509,6 +524,12 @@ class Sessions:
             for key in [k for k, (_, until) in moved.items() if until <= now] or [next(iter(moved))]:
                 del moved[key]
         moved[connection_id] = (to_node, now + _MOVED_S)
+
+    def _remember_landing(self, handover: str) -> None:
+        landed, now = self._landed, time.monotonic()
+        while landed and (len(landed) >= _MOVED_MAX or next(iter(landed.values())) <= now):
+            del landed[next(iter(landed))]  # oldest first: all are kept equally long
+        landed[handover] = now + _LANDED_S
 
     def _spawn(self, coro: Awaitable[None]) -> None:
         task = asyncio.ensure_future(coro)
