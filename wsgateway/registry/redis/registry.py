@@ -507,13 +507,18 @@ class RedisRegistry:
     async def _ask_everyone(self, connection_id: str, header: dict[str, Any], data: bytes) -> dict[str, Any]:
         """No record: ask every node that may hold the connection, the live ones and those
         past their death line that no sweep has taken yet (see :meth:`_state`). 410 only if
-        all say gone and misses are trusted."""
+        all say gone and misses are trusted. A node that says the session moved to a node
+        that has left since (a sweep took it, and ran the session's ``$disconnect`` if it
+        held it) says gone: the session is not there, and that node remembers the move for
+        a while yet."""
         epoch, settling, alive, _, unswept = await self._state()
         trusted = bool(epoch) and not settling and self._membership.trusts_misses()
         targets = {*alive, *unswept} - {self.node_id}
         if not trusted:
             targets |= self._membership.peers  # nodes that may not have beaten since a data loss
         replies = await self._request(tuple(targets), header, data) if targets else {}
+        staying = {*targets, *self._membership.peers, self.node_id}
+        replies = {n: _GONE if r["s"] == STATUS_MOVED and r.get("n") not in staying else r for n, r in replies.items()}
         for node_id, reply in replies.items():
             if reply["s"] not in (STATUS_GONE, STATUS_UNREACHABLE, STATUS_TIMEOUT):
                 if reply["s"] == STATUS_OK:
