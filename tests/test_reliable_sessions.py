@@ -786,6 +786,44 @@ async def test_a_move_that_landed_is_not_undone_by_a_record_gone_at_its_settling
         assert _disconnects(cid) == [1000] and a.gateway.hub.get(cid) is None
 
 
+@pytest.mark.redis
+async def test_a_take_that_reaches_a_stopping_node_while_it_settles_is_settled_too(
+    private_redis: Any, key_prefix: str
+) -> None:
+    """A node stops while a session it handed over is not settled: it settles it before it
+    ends its dropped sessions. Another node's resume of a second session reaches it
+    meanwhile, and it hands that one over too: that move is settled as well before the node
+    is done (here neither lands: the holder's answers come after the resuming nodes gave
+    up), so both sessions stay with it and end with it, one ``$disconnect`` each."""
+    async with _three_nodes(private_redis, key_prefix) as (a, b, c, a_link):
+        clients = [ReliableClient(), ReliableClient()]
+        for client in clients:
+            async with CutLink(a.port) as link:
+                await client.connect(link.url(tenant="t1"))
+                link.cut()
+        first, second = (client.connection_id for client in clients)
+        await eventually(lambda: all(a.gateway.hub.get(cid).ws is None for cid in (first, second)))  # type: ignore[union-attr]
+        a_link.delay_s = 2.5  # a's answers (and its Redis calls) come after the resuming nodes gave up
+        resuming = [asyncio.ensure_future(clients[0].connect(ws_url(b, tenant="t1"), resume=True))]
+        await eventually(lambda: first in a.gateway.sessions._leaving)  # a handed it over
+        stopping = asyncio.ensure_future(a.gateway.stop())  # settles the first move: its record is slow
+        await asyncio.sleep(0.3)
+        assert not stopping.done() and first in a.gateway.sessions._leaving
+        resuming.append(asyncio.ensure_future(clients[1].connect(ws_url(c, tenant="t1"), resume=True)))
+        await eventually(lambda: second in a.gateway.sessions._leaving)  # a handed this one over too
+        hellos = await asyncio.gather(*resuming)
+        assert [hello["resumed"] for hello in hellos] == [False, False]
+        await asyncio.wait_for(stopping, 30)
+        a_link.delay_s = 0
+        assert a.gateway.sessions._leaving == {}
+        for cid in (first, second):
+            await eventually(lambda cid=cid: _disconnects(cid) == [1006], 10)
+        await asyncio.sleep(0.5)
+        assert _disconnects(first) == [1006] and _disconnects(second) == [1006]
+        for client in clients:
+            await client.close()
+
+
 async def _fan_out(node: Node, tenant: str, data: bytes) -> int:
     async with aiohttp.ClientSession() as http, http.post(f"{endpoint(node)}/@tenants/{tenant}/messages", data=data) as resp:
         assert resp.status == 200
