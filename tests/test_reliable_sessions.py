@@ -30,6 +30,7 @@ from tests import handlers_for_tests as th
 from tests.registry_support import RedisLink, wait_settled
 from tests.reliable_support import CutLink, ReliableClient
 from tests.support import endpoint, eventually, jwt_section, make_config, raw_get, running_node, token, ws_url
+from wsgateway.connection import MAX_FANOUT_NAMES
 from wsgateway.node import Node
 from wsgateway.registry.redis import RedisRegistry
 from wsgateway.registry.redis.keys import KeySpace
@@ -455,6 +456,25 @@ async def test_posts_to_a_dropped_session_are_kept_up_to_the_limit(node: Node, l
 
 
 # ---------------------------------------------------------------- how many dropped sessions a node keeps
+
+
+async def test_a_handover_carries_the_names_of_the_newest_fan_outs_only(node: Node, link: CutLink) -> None:
+    """A session handed over tells its new node which fan-outs it took lately, by name, so
+    that it takes each once there: however fast its tenant fans out, the newest
+    ``MAX_FANOUT_NAMES`` (a handover stays small)."""
+    client = ReliableClient()
+    await client.connect(link.url(tenant="t1"))
+    cid = client.connection_id
+    conn = node.gateway.hub.get(cid)
+    assert conn is not None
+    link.cut()
+    await eventually(lambda: conn.ws is None)
+    names = [f"origin.{i}" for i in range(MAX_FANOUT_NAMES + 500)]
+    for name in names:  # as the hub queues a fan-out from any node (most pass the session's bound)
+        node.gateway.local_fanout("t1", b"x", False, fanout_id=name)
+    claim = {"token": client.token, "lastSeq": client.last_seq, "tenant": "t1", "principal": conn.record.principal_id}
+    state = node.gateway.sessions.take(cid, claim, "another-node")
+    assert state["fanouts"] == names[-MAX_FANOUT_NAMES:]
 
 
 @contextlib.asynccontextmanager

@@ -38,6 +38,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .. import events
+from ..connection import MAX_FANOUT_NAMES
 from ..errors import (
     CLOSE_ABNORMAL,
     CLOSE_GOING_AWAY,
@@ -232,7 +233,8 @@ class Sessions:
             from_node, handover = state.get("from"), state.get("handover")
             if not (from_node is None or isinstance(from_node, str)) or not (handover is None or isinstance(handover, str)):
                 raise TypeError("from and handover must be strings")
-            took = [str(name) for name in state.get("fanouts", ())]  # none from an earlier release
+            # None from an earlier release; the newest, oldest first, from this one.
+            took = [str(name) for name in list(state.get("fanouts", ()))[-MAX_FANOUT_NAMES:]]
         except (KeyError, TypeError, ValueError):
             log.exception("a session handed over by another node was malformed: connectionId=%s",
                           state.get("record", {}).get("connectionId"))
@@ -247,8 +249,8 @@ class Sessions:
         if handover is not None:
             self._remember_landing(handover)
         self._track_fanouts(conn)
-        assert conn.fanouts is not None
-        conn.fanouts.update(took)
+        for name in took:  # oldest first: past the bound, the newest are kept
+            conn.already_took(name)
         hub = self._host.hub
         hub.add(conn)
         for group in groups:
@@ -331,14 +333,20 @@ class Sessions:
                 del self._fanned[name]
 
     def _took_lately(self, conn: ReliableConnection) -> list[str]:
-        """The names of the fan-outs ``conn`` took here lately (or knows of from its move here)."""
+        """The names of the fan-outs ``conn`` took here lately (or knows of from its move
+        here), oldest first: at most ``MAX_FANOUT_NAMES``, the newest (the fan-outs most
+        likely to reach its new node after it)."""
         record, groups = conn.record, conn.groups or ()
         horizon = asyncio.get_running_loop().time() - _FANNED_S
-        names = [
-            name for at, name, user, group in self._fanned.get(record.tenant, ())
-            if at >= horizon and (user is None or user == record.principal_id) and (group is None or group in groups)
-        ]
-        return names + sorted(conn.fanouts or ())
+        recent: list[str] = []
+        for at, name, user, group in reversed(self._fanned.get(record.tenant, ())):
+            if at < horizon or len(recent) == MAX_FANOUT_NAMES:
+                break
+            if (user is None or user == record.principal_id) and (group is None or group in groups):
+                recent.append(name)
+        names = dict.fromkeys(conn.fanouts or ())
+        names.update(dict.fromkeys(reversed(recent)))
+        return list(names)[-MAX_FANOUT_NAMES:]
 
     async def _forward(self, leaving: Leaving, data: bytes, binary: bool, fanout_id: str) -> None:
         try:
@@ -499,7 +507,8 @@ class Sessions:
     def _track_fanouts(conn: ReliableConnection) -> None:
         """A session that just moved (or stayed) takes each fan-out once for a while: one may
         reach it directly and sent on by the node it left."""
-        seen = conn.fanouts = set()
+        seen: dict[str, None] = {}
+        conn.fanouts = seen
         asyncio.get_running_loop().call_later(_TRACK_S, stop_tracking, conn, seen)
 
     def _expire_later(self, conn: ReliableConnection) -> None:
