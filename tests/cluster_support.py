@@ -73,11 +73,15 @@ class Cluster:
         self.events_file.touch()
         self.nodes: list[GatewayProcess] = []
 
-    async def start(self, name: str, *, extra: str = "", node_ttl_s: float = NODE_TTL_S) -> GatewayProcess:
-        """Start a node; ``extra`` is TOML appended to its config (tables not in _CONFIG)."""
+    async def start(
+        self, name: str, *, extra: str = "", node_ttl_s: float = NODE_TTL_S, redis_url: str = ""
+    ) -> GatewayProcess:
+        """Start a node; ``extra`` is TOML appended to its config (tables not in _CONFIG);
+        ``redis_url``: its own way to Redis (a ``RedisLink`` that slows or cuts it)."""
         config = self.tmp_path / f"{name}.toml"
+        url = redis_url or self.redis_url
         config.write_text(
-            _CONFIG.format(url=self.redis_url, prefix=self.key_prefix, node_ttl_s=node_ttl_s) + self.registry_toml + extra
+            _CONFIG.format(url=url, prefix=self.key_prefix, node_ttl_s=node_ttl_s) + self.registry_toml + extra
         )
         ready = self.tmp_path / f"{name}.ready.json"
         log = open(self.tmp_path / f"{name}.log", "wb")  # noqa: SIM115, ASYNC230 - lives with the process

@@ -45,6 +45,7 @@ class RecordingNode:
     groups: dict[str, set[str]] = field(default_factory=dict)
     handed: dict[str, str] = field(default_factory=dict)  # sessions handed over: id -> the node they went to
     landing: dict[str, asyncio.Future[None]] = field(default_factory=dict)  # sessions on their way here
+    landed: set[str] = field(default_factory=set)  # the names of the moves that landed here
     session_token: str = "right"  # the only claim token its sessions accept
     surveys: list[dict[str, Any]] = field(default_factory=list)
     mute: bool = False  # local_survey fails (a bug on that node)
@@ -135,6 +136,9 @@ class RecordingNode:
         del self.connections[connection_id]
         self.handed[connection_id] = to_node
         return {"connectionId": connection_id, "claim": dict(claim)}
+
+    def local_landed(self, connection_id: str, handover: str) -> bool:
+        return handover in self.landed
 
     def abandon(self, connection_ids: Iterable[str], code: int, reason: str) -> int:
         """Close the connections another node claimed, as the gateway does: at once, with no

@@ -355,10 +355,31 @@ async def test_a_handover_is_settled_once_by_whichever_side_reaches_the_record_f
     await wait_for(lambda: not r.sismember(keys.node_conns("na"), cid), 2, "a forgets the session")
     # b holds it now: a move from a (which no longer holds it) cannot land anywhere.
     assert not await reg_a.move_in(record, "nc", "h3")
-    # A record gone (claimed, lost with Redis's data) is not kept: nothing can vouch for it.
+    # A record gone (the session ended where it went, or Redis lost it): the node it went to
+    # says whether the move landed there. It did: it moved on, and nothing is written back.
     r.delete(keys.record(cid))
-    reg_b.handing_over(moved, "nc", "h4")
+    reg_b.handing_over(moved, "na", "h4")
+    node_a.landed.add("h4")
     assert not await reg_b.settle_handover(moved, "h4")
+    assert not r.exists(keys.record(cid))
+    # It did not (and never will: its own move found no record): the holder writes the record
+    # back and keeps the session; that move can no longer land.
+    reg_b.handing_over(moved, "na", "h5")
+    assert await reg_b.settle_handover(moved, "h5")
+    assert r.hget(keys.record(cid), "node") == b"nb" and r.hget(keys.record(cid), "handover") == b"h5"
+    assert r.sismember(keys.node_conns("nb"), cid)
+    assert not await reg_a.move_in(record, "nb", "h5")
+    # Gone to a node that has left the cluster (nobody listens on its channel, no beat):
+    # whatever it held ended with it; the holder keeps the session.
+    r.delete(keys.record(cid))
+    reg_b.handing_over(moved, "nc", "h6")
+    assert await reg_b.settle_handover(moved, "h6")
+    assert r.hget(keys.record(cid), "node") == b"nb"
+    # A sweep claimed the record (its tombstone): its $disconnect ran there; not kept.
+    r.delete(keys.record(cid))
+    r.hset(keys.record(cid), "claimedBy", "nc")
+    reg_b.handing_over(moved, "na", "h7")
+    assert not await reg_b.settle_handover(moved, "h7")
 
 
 async def test_a_session_being_handed_over_outlives_a_re_registration(

@@ -15,13 +15,17 @@ import random
 import signal
 import time
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import pytest
-from websockets.exceptions import ConnectionClosed
+import redis
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidMessage
 
 from tests.cluster_support import Cluster, GatewayProcess, error_code, settled, wait_until
+from tests.registry_support import RedisLink
 from tests.reliable_support import CutLink, ReliableClient
+from wsgateway.registry.redis.keys import KeySpace
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
 
@@ -141,6 +145,116 @@ async def test_a_resume_from_a_killed_node_is_refused_cleanly(cluster: Cluster) 
         assert await client.recv() == (1, "new")
         # The dead node's sweep runs the old session's $disconnect once, with 1006.
         await wait_until(lambda: _disconnects(cluster, old) == [1006], 10, "orphan $disconnect")
+
+
+def _kill(node: GatewayProcess) -> None:
+    node.process.send_signal(signal.SIGKILL)
+    node.process.wait()
+
+
+def _record(cluster: Cluster, connection_id: str) -> dict[bytes, bytes]:
+    return redis.Redis.from_url(cluster.redis_url).hgetall(KeySpace(cluster.key_prefix).record(connection_id))
+
+
+def _listed(cluster: Cluster, node: GatewayProcess) -> bool:
+    """Whether ``node`` is still listed in the cluster (a sweep unlists a dead node)."""
+    return bool(redis.Redis.from_url(cluster.redis_url).hexists(KeySpace(cluster.key_prefix).nodes, node.node_id))
+
+
+# Who is killed, and when: after the holder handed the session over, while its answer is on
+# the way (lost with it, or delivered), or once the move landed; the resuming node before the
+# answer reaches it, or once the move landed. Each within the holder's 3 s before it settles.
+_MOVE_TTL_S = 3.0
+_KILLS = ["holder-answer-lost", "holder-answer-delivered", "holder-after-landing",
+          "resuming-before-answer", "resuming-after-landing"]
+
+
+@pytest.mark.parametrize("kill", _KILLS)
+async def test_a_node_killed_while_a_session_moves_leaves_one_disconnect(cluster: Cluster, kill: str) -> None:
+    """A session held (dropped) on a is resumed on b, and one of them is SIGKILLed inside the
+    move: its client's resume is answered as what became of the session, and the session's
+    ``$disconnect`` runs exactly once: on a surviving node with 1006 when the node holding
+    it died (the sweep), or when it ends on the node that holds it."""
+    port = urlsplit(cluster.redis_url).port
+    assert port is not None
+    async with RedisLink(port) as a_link, CutLink(0) as link:
+        # A node TTL past a's slowed link's second (a's beats come that late too).
+        a = await cluster.start("a", redis_url=a_link.url, node_ttl_s=_MOVE_TTL_S)
+        b, c = await cluster.start_all("b", "c", node_ttl_s=_MOVE_TTL_S)
+        for node in (a, b, c):
+            await settled(node)
+        link.target = a.port
+        client = ReliableClient()
+        await client.connect(link.url(tenant="t1"))
+        cid = client.connection_id
+        await asyncio.to_thread(c.management().post_to_connection, ConnectionId=cid, Data=b"one")
+        assert await client.recv() == (1, "one")
+        link.cut()
+        await asyncio.sleep(0.3)  # a holds the dropped session
+        token, last_seq = client.token, client.last_seq
+        link.target = b.port
+        survivor, landed = c, False
+        if kill in ("holder-after-landing", "resuming-after-landing"):
+            assert (await client.connect(link.url(tenant="t1"), resume=True))["resumed"] is True
+            landed = True
+            _kill(a if kill.startswith("holder") else b)
+        else:
+            a_link.delay_s = 1.0  # a acts on b's request at once; its answer takes a second
+            resuming = asyncio.ensure_future(client.connect(link.url(tenant="t1"), resume=True))
+            await asyncio.sleep(0.4)  # a handed the session over
+            if kill == "holder-answer-lost":
+                a_link.cut()
+            _kill(a if kill.startswith("holder") else b)
+            if kill == "resuming-before-answer":
+                with pytest.raises((OSError, ConnectionClosed, InvalidHandshake, InvalidMessage, TimeoutError)):
+                    await resuming
+            else:
+                hello = await resuming
+                if kill == "holder-answer-lost":
+                    assert hello["resumed"] is False
+                landed = hello["resumed"]
+                if not landed:
+                    assert hello["connectionId"] != cid
+                    await client.close()
+            a_link.delay_s = 0
+        dead = a if kill.startswith("holder") else b
+        if kill == "resuming-before-answer":
+            # The answer never reached b: a settles the move (3 s after it handed the session
+            # over) and keeps the session, which the client resumes elsewhere with its old token.
+            await wait_until(lambda: _record(cluster, cid).get(b"handover") is not None, 10, "a keeps the session")
+            client.connection_id, client.token, client.last_seq = cid, token, last_seq
+            hello = await client.connect(ws_url_of(survivor), resume=True)
+            assert hello["resumed"] is True and hello["connectionId"] == cid
+            await client.close(1000)
+            expected = [1000]
+        elif landed and kill.startswith("holder"):
+            # The move landed on b before a died: b holds the session, a's sweep leaves it.
+            await wait_until(lambda: not _listed(cluster, dead), 10, "a swept")
+            await asyncio.to_thread(survivor.management().post_to_connection, ConnectionId=cid, Data=b"two")
+            assert await client.recv() == (2, "two")
+            await client.close(1000)
+            expected = [1000]
+        else:
+            # The node holding the session died with it: the sweep runs its $disconnect.
+            expected = [1006]
+        await wait_until(lambda: _disconnects(cluster, cid) == expected, 15, f"$disconnect once, {expected}")
+        await wait_until(lambda: not _listed(cluster, dead), 10, "the dead node swept")
+        await asyncio.sleep(3.5)  # past the settling of every move: no second $disconnect
+        assert _disconnects(cluster, cid) == expected
+        assert _connects(cluster, cid) == 1
+        if expected == [1006]:
+            fresh = ReliableClient()
+            fresh.connection_id, fresh.token, fresh.last_seq = cid, client.token, client.last_seq
+            hello = await fresh.connect(ws_url_of(survivor), resume=True)
+            assert hello["resumed"] is False  # the session is gone
+            await fresh.close()
+            gone = await asyncio.to_thread(error_code, survivor.management().post_to_connection, ConnectionId=cid,
+                                           Data=b"x")
+            assert gone == "GoneException"
+
+
+def ws_url_of(node: GatewayProcess, tenant: str = "t1") -> str:
+    return f"ws://127.0.0.1:{node.port}/prod?tenant={tenant}"
 
 
 class _Stormed:

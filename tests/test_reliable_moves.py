@@ -70,8 +70,8 @@ async def test_kept_posts_are_bounded_and_answered_when_the_session_does_not_com
 
 def test_tracking_ends_only_for_the_move_that_began_it() -> None:
     conn = _session()
-    first: set[str] = set()
-    conn.fanouts = later = {"n1.1"}  # a later move began its own tracking
+    first: dict[str, None] = {}
+    conn.fanouts = later = {"n1.1": None}  # a later move began its own tracking
     stop_tracking(conn, first)
     assert conn.fanouts is later
     stop_tracking(conn, later)

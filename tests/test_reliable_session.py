@@ -8,6 +8,7 @@ import json
 
 import pytest
 
+from wsgateway.connection import MAX_FANOUT_NAMES
 from wsgateway.errors import GoneError, LimitExceededError
 from wsgateway.hub import Hub
 from wsgateway.records import ConnectionRecord
@@ -121,9 +122,26 @@ def test_a_session_that_moved_takes_each_named_fan_out_once() -> None:
     hub.add(conn)
     assert hub.fanout("t1", b"a", False, 1.0, 0, fanout_id="n1.1") == 1
     assert not conn.already_took("n1.1")  # not keeping track: every copy is queued
-    conn.fanouts = set()
+    conn.fanouts = {}
     for _ in range(2):
         hub.fanout("t1", b"b", False, 1.0, 0, fanout_id="n1.2")
     hub.fanout("t1", b"c", False, 1.0, 0)  # a fan-out without a name is always queued
     assert [json.loads(frame)["data"] for _, frame, _ in conn.frames] == ["a", "b", "c"]
     assert conn.already_took("n1.2") and conn.already_took("n2.7") is False and conn.already_took("n2.7")
+
+
+def test_a_session_keeping_track_of_fan_outs_keeps_the_newest_names_only() -> None:
+    """A session that just moved takes each fan-out once, by name; however many its tenant
+    fans out meanwhile, it keeps the newest ``MAX_FANOUT_NAMES`` (the hub asks it, once each)."""
+    conn = _session(max_unacked=1 << 30)
+    assert not conn.already_took("n.0") and conn.fanouts is None  # keeps no track: takes everything
+    conn.fanouts = {}
+    names = [f"n.{i}" for i in range(MAX_FANOUT_NAMES + 100)]
+    hub = Hub()
+    hub.add(conn)
+    for name in names:
+        assert hub.fanout("t1", b"x", False, 0.0, 1 << 20, fanout_id=name) == 1
+    assert hub.fanout("t1", b"x", False, 0.0, 1 << 20, fanout_id=names[-1]) == 0  # taken once
+    assert list(conn.fanouts) == names[100:]  # the newest, oldest first
+    assert conn.already_took(names[100]) and not conn.already_took(names[0])  # forgotten: taken again
+    assert len(conn.fanouts) == MAX_FANOUT_NAMES

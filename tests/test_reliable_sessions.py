@@ -30,6 +30,7 @@ from tests import handlers_for_tests as th
 from tests.registry_support import RedisLink, wait_settled
 from tests.reliable_support import CutLink, ReliableClient
 from tests.support import endpoint, eventually, jwt_section, make_config, raw_get, running_node, token, ws_url
+from wsgateway.connection import MAX_FANOUT_NAMES
 from wsgateway.node import Node
 from wsgateway.registry.redis import RedisRegistry
 from wsgateway.registry.redis.keys import KeySpace
@@ -457,6 +458,25 @@ async def test_posts_to_a_dropped_session_are_kept_up_to_the_limit(node: Node, l
 # ---------------------------------------------------------------- how many dropped sessions a node keeps
 
 
+async def test_a_handover_carries_the_names_of_the_newest_fan_outs_only(node: Node, link: CutLink) -> None:
+    """A session handed over tells its new node which fan-outs it took lately, by name, so
+    that it takes each once there: however fast its tenant fans out, the newest
+    ``MAX_FANOUT_NAMES`` (a handover stays small)."""
+    client = ReliableClient()
+    await client.connect(link.url(tenant="t1"))
+    cid = client.connection_id
+    conn = node.gateway.hub.get(cid)
+    assert conn is not None
+    link.cut()
+    await eventually(lambda: conn.ws is None)
+    names = [f"origin.{i}" for i in range(MAX_FANOUT_NAMES + 500)]
+    for name in names:  # as the hub queues a fan-out from any node (most pass the session's bound)
+        node.gateway.local_fanout("t1", b"x", False, fanout_id=name)
+    claim = {"token": client.token, "lastSeq": client.last_seq, "tenant": "t1", "principal": conn.record.principal_id}
+    state = node.gateway.sessions.take(cid, claim, "another-node")
+    assert state["fanouts"] == names[-MAX_FANOUT_NAMES:]
+
+
 @contextlib.asynccontextmanager
 async def _bounded_node(request: pytest.FixtureRequest, registry: str, **reliable: Any) -> AsyncIterator[Node]:
     """A node whose tenant "capped" may hold 5 connections (a usage plan), on ``registry``."""
@@ -704,6 +724,124 @@ async def test_a_session_whose_move_never_landed_stays_with_its_holder(private_r
         await again.close()
         await eventually(lambda: _disconnects(cid) == [1000])
         assert len(th.events_of("$connect", cid)) == 1
+
+
+def _lose(port: int, key_prefix: str, what: str, cid: str) -> None:
+    """Redis loses a session's record (``what`` = "record"), or every key of the cluster
+    ("everything", as a restart without persistence would)."""
+    client = redis.Redis(port=port)
+    if what == "record":
+        assert client.delete(KeySpace(key_prefix).record(cid)) == 1
+        return
+    keys = list(client.scan_iter(match=f"{key_prefix}:*", count=1000))
+    assert keys
+    client.delete(*keys)
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize("what", ["record", "everything"])
+async def test_a_session_whose_record_redis_lost_before_its_move_landed_stays_with_its_holder(
+    private_redis: Any, key_prefix: str, what: str
+) -> None:
+    """Redis loses the record between the handover and the move: the resuming node's move
+    finds no record and gives up (the client starts afresh), and the holder, settling, finds
+    none either. The resuming node tells it that the move never landed there: the holder
+    writes the record back and keeps the session, which can still be resumed and ends with
+    one ``$disconnect``."""
+    async with _three_nodes(private_redis, key_prefix) as (a, b, c, a_link), CutLink(b.port) as link:
+        client = ReliableClient()
+        cid = await _moved_to_a_and_dropped(a, b, link, client)
+        token, last_seq = client.token, client.last_seq
+        a_link.delay_s = 0.6  # a's answer, the session's state, comes late: Redis loses the record first
+        resuming = asyncio.ensure_future(client.connect(link.url(tenant="t1"), resume=True))
+        await eventually(lambda: cid in a.gateway.sessions._leaving)  # a handed it over
+        _lose(private_redis.port, key_prefix, what, cid)
+        hello = await resuming
+        a_link.delay_s = 0
+        assert hello["resumed"] is False and hello["connectionId"] != cid
+        await client.close()
+        await eventually(lambda: a.gateway.hub.get(cid) is not None, 15)  # a settled the move: kept
+        assert b.gateway.hub.get(cid) is None
+        record = redis.Redis(port=private_redis.port).hget(KeySpace(key_prefix).record(cid), "node")
+        assert record == a.gateway.node_id.encode()
+        for node in (a, b, c):
+            assert isinstance(node.gateway.registry, RedisRegistry)
+            await wait_settled(node.gateway.registry, 15)
+        again = ReliableClient()
+        again.connection_id, again.token, again.last_seq = cid, token, last_seq
+        hello = await again.connect(ws_url(c, tenant="t1"), resume=True)
+        assert hello["resumed"] is True and hello["connectionId"] == cid
+        await again.close()
+        await eventually(lambda: _disconnects(cid) == [1000])
+        await asyncio.sleep(0.5)
+        assert _disconnects(cid) == [1000] and len(th.events_of("$connect", cid)) == 1
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize("then", ["ended", "lost"])
+async def test_a_move_that_landed_is_not_undone_by_a_record_gone_at_its_settling(
+    private_redis: Any, key_prefix: str, then: str
+) -> None:
+    """The move landed, then before the holder settles it the record is gone: the session
+    ended on its new node (``$disconnect`` ran there), or Redis lost the record. The holder
+    finds no record, as when Redis lost it before the move, but the new node says the move
+    landed there: the holder lets the session go, and ``$disconnect`` runs once."""
+    async with _three_nodes(private_redis, key_prefix) as (a, b, _, _a_link), CutLink(b.port) as link:
+        client = ReliableClient()
+        cid = await _moved_to_a_and_dropped(a, b, link, client)
+        assert (await client.connect(link.url(tenant="t1"), resume=True))["resumed"] is True  # a handed it to b
+        assert cid in a.gateway.sessions._leaving  # not settled yet
+        if then == "ended":
+            await client.close()
+            await eventually(lambda: _disconnects(cid) == [1000])
+        else:
+            _lose(private_redis.port, key_prefix, "record", cid)
+        await eventually(lambda: cid not in a.gateway.sessions._leaving, 10)  # a settled the move
+        assert a.gateway.hub.get(cid) is None
+        if then == "lost":
+            assert b.gateway.hub.get(cid) is not None
+            await client.close()
+        await eventually(lambda: _disconnects(cid) == [1000])
+        await asyncio.sleep(0.5)
+        assert _disconnects(cid) == [1000] and a.gateway.hub.get(cid) is None
+
+
+@pytest.mark.redis
+async def test_a_take_that_reaches_a_stopping_node_while_it_settles_is_settled_too(
+    private_redis: Any, key_prefix: str
+) -> None:
+    """A node stops while a session it handed over is not settled: it settles it before it
+    ends its dropped sessions. Another node's resume of a second session reaches it
+    meanwhile, and it hands that one over too: that move is settled as well before the node
+    is done (here neither lands: the holder's answers come after the resuming nodes gave
+    up), so both sessions stay with it and end with it, one ``$disconnect`` each."""
+    async with _three_nodes(private_redis, key_prefix) as (a, b, c, a_link):
+        clients = [ReliableClient(), ReliableClient()]
+        for client in clients:
+            async with CutLink(a.port) as link:
+                await client.connect(link.url(tenant="t1"))
+                link.cut()
+        first, second = (client.connection_id for client in clients)
+        await eventually(lambda: all(a.gateway.hub.get(cid).ws is None for cid in (first, second)))  # type: ignore[union-attr]
+        a_link.delay_s = 2.5  # a's answers (and its Redis calls) come after the resuming nodes gave up
+        resuming = [asyncio.ensure_future(clients[0].connect(ws_url(b, tenant="t1"), resume=True))]
+        await eventually(lambda: first in a.gateway.sessions._leaving)  # a handed it over
+        stopping = asyncio.ensure_future(a.gateway.stop())  # settles the first move: its record is slow
+        await asyncio.sleep(0.3)
+        assert not stopping.done() and first in a.gateway.sessions._leaving
+        resuming.append(asyncio.ensure_future(clients[1].connect(ws_url(c, tenant="t1"), resume=True)))
+        await eventually(lambda: second in a.gateway.sessions._leaving)  # a handed this one over too
+        hellos = await asyncio.gather(*resuming)
+        assert [hello["resumed"] for hello in hellos] == [False, False]
+        await asyncio.wait_for(stopping, 30)
+        a_link.delay_s = 0
+        assert a.gateway.sessions._leaving == {}
+        for cid in (first, second):
+            await eventually(lambda cid=cid: _disconnects(cid) == [1006], 10)
+        await asyncio.sleep(0.5)
+        assert _disconnects(first) == [1006] and _disconnects(second) == [1006]
+        for client in clients:
+            await client.close()
 
 
 async def _fan_out(node: Node, tenant: str, data: bytes) -> int:

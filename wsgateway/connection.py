@@ -36,7 +36,11 @@ from .records import ConnectionInfo, ConnectionRecord
 if TYPE_CHECKING:
     from websockets.asyncio.server import ServerConnection
 
-__all__ = ["Connection", "as_payload", "encode_frame", "plain_frame", "reset"]
+__all__ = ["MAX_FANOUT_NAMES", "Connection", "as_payload", "encode_frame", "plain_frame", "reset"]
+
+# How many fan-out names a reliable session that just moved keeps, and carries when it moves
+# on (the newest): bounds its memory and its handover whatever its tenant's fan-out rate.
+MAX_FANOUT_NAMES = 4096
 
 _OPEN = State.OPEN
 _TEXT, _BINARY = Opcode.TEXT, Opcode.BINARY
@@ -252,19 +256,23 @@ class Connection:
         """What GET @connections answers: the record and lastActiveAt (epoch seconds)."""
         return ConnectionInfo(self.record, self.last_active + self._wall_offset)
 
-    # The names of the fan-outs it took, while it keeps track: only a reliable session that
-    # just moved between nodes does (see ReliableConnection); None here, for every other.
-    fanouts: set[str] | None = None
+    # The names of the fan-outs it took, oldest first, while it keeps track: only a reliable
+    # session that just moved between nodes does (see ReliableConnection); None here, for
+    # every other. At most MAX_FANOUT_NAMES, the newest.
+    fanouts: dict[str, None] | None = None
 
     def already_took(self, fanout_id: str) -> bool:
         """Whether this connection was given the fan-out ``fanout_id`` before (from now on it
-        was, while it keeps track: see ``fanouts``)."""
+        was, while it keeps track: see ``fanouts``). Past ``MAX_FANOUT_NAMES`` names the
+        oldest is forgotten: its fan-out is the one least likely to reach it again."""
         seen = self.fanouts
         if seen is None:
             return False
         if fanout_id in seen:
             return True
-        seen.add(fanout_id)
+        seen[fanout_id] = None
+        if len(seen) > MAX_FANOUT_NAMES:
+            del seen[next(iter(seen))]
         return False
 
     def send(self, data: bytes, binary: bool, now: float, limit: int) -> None:

@@ -640,6 +640,9 @@ class Gateway:
     def local_take_session(self, connection_id: str, claim: Mapping[str, Any], to_node: str) -> dict[str, Any]:
         return self.sessions.take(connection_id, claim, to_node)
 
+    def local_landed(self, connection_id: str, handover: str) -> bool:
+        return self.sessions.landed(handover)
+
     # ---------------------------------------------------------------- SessionHost (for the sessions)
 
     async def take_remote(self, connection_id: str, claim: Mapping[str, Any]) -> Mapping[str, Any] | None:

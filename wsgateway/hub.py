@@ -107,10 +107,8 @@ class Hub:
         for conn in list(members.values()):
             try:
                 if conn.own_frames:
-                    if fanout_id and (seen := conn.fanouts) is not None:  # Connection.already_took, inline
-                        if fanout_id in seen:
-                            continue
-                        seen.add(fanout_id)
+                    if fanout_id and conn.fanouts is not None and conn.already_took(fanout_id):
+                        continue
                     conn.send(data, binary, now, limit)
                 else:
                     deflate = conn.shared_deflate

@@ -114,6 +114,11 @@ class LocalNode(Protocol):
         node without ``$disconnect`` and return its state (JSON-able). Raises GoneError if it
         is not here or the claim does not match."""
 
+    def local_landed(self, connection_id: str, handover: str) -> bool:
+        """Whether the move ``handover`` of ``connection_id`` landed here lately (the session
+        may have ended since, or moved on): asked by the node it came from when Redis lost
+        its record. Asked once no move of it to this node is under way (``arriving``)."""
+
 
 @runtime_checkable
 class Registry(Protocol):

@@ -92,7 +92,7 @@ class Kept:
                 done.set_exception(GoneError() if stayed is None else MovedError(stayed))
 
 
-def stop_tracking(conn: ReliableConnection, seen: set[str]) -> None:
+def stop_tracking(conn: ReliableConnection, seen: dict[str, None]) -> None:
     """The tracking that began with ``seen`` is over (unless a later move began another)."""
     if conn.fanouts is seen:
         conn.fanouts = None

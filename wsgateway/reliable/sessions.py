@@ -38,6 +38,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .. import events
+from ..connection import MAX_FANOUT_NAMES
 from ..errors import (
     CLOSE_ABNORMAL,
     CLOSE_GOING_AWAY,
@@ -68,6 +69,10 @@ log = logging.getLogger("wsgateway.reliable")
 _DROP_CODES = frozenset({CLOSE_GOING_AWAY, CLOSE_ABNORMAL})
 _MOVED_S = 30.0  # how long a node sends calls for a session that left it on to its new node
 _MOVED_MAX = 65_536
+# How long a node remembers the moves that landed here, for the node each came from, should
+# Redis lose the record before that node settles the move (see :meth:`Sessions.landed`): past
+# a Redis outage in which both nodes wait to settle.
+_LANDED_S = 600.0
 # How long a holder keeps a session it handed over aside before it settles whether the move
 # landed: past the resuming node's wait for the answer (a registry call's 2 s timeout).
 SETTLE_AFTER_S = 3.0
@@ -140,6 +145,7 @@ class Sessions:
         self._incoming: dict[str, Kept] = {}  # resumes in flight from other nodes
         self._claims: dict[str, asyncio.Future[None]] = {}  # resumes being judged: done once they are
         self._leaving: dict[str, Leaving] = {}  # sessions handed over, not settled yet
+        self._landed: dict[str, float] = {}  # the names of the moves that landed here lately -> until
         self._ending: set[asyncio.Task[None]] = set()
         self._dropped = Dropped(config.reliable.max_dropped_sessions)  # those with an expiry timer
         # The fan-outs queued here lately, by tenant: (when, name, user, group), oldest first.
@@ -227,7 +233,8 @@ class Sessions:
             from_node, handover = state.get("from"), state.get("handover")
             if not (from_node is None or isinstance(from_node, str)) or not (handover is None or isinstance(handover, str)):
                 raise TypeError("from and handover must be strings")
-            took = [str(name) for name in state.get("fanouts", ())]  # none from an earlier release
+            # None from an earlier release; the newest, oldest first, from this one.
+            took = [str(name) for name in list(state.get("fanouts", ()))[-MAX_FANOUT_NAMES:]]
         except (KeyError, TypeError, ValueError):
             log.exception("a session handed over by another node was malformed: connectionId=%s",
                           state.get("record", {}).get("connectionId"))
@@ -239,9 +246,11 @@ class Sessions:
             log.warning("session %s stayed on the node that held it: not resumed here", conn.id)
             return None
         self._moved.pop(conn.id, None)  # it left here once, and is back: calls here are for it
+        if handover is not None:
+            self._remember_landing(handover)
         self._track_fanouts(conn)
-        assert conn.fanouts is not None
-        conn.fanouts.update(took)
+        for name in took:  # oldest first: past the bound, the newest are kept
+            conn.already_took(name)
         hub = self._host.hub
         hub.add(conn)
         for group in groups:
@@ -324,14 +333,20 @@ class Sessions:
                 del self._fanned[name]
 
     def _took_lately(self, conn: ReliableConnection) -> list[str]:
-        """The names of the fan-outs ``conn`` took here lately (or knows of from its move here)."""
+        """The names of the fan-outs ``conn`` took here lately (or knows of from its move
+        here), oldest first: at most ``MAX_FANOUT_NAMES``, the newest (the fan-outs most
+        likely to reach its new node after it)."""
         record, groups = conn.record, conn.groups or ()
         horizon = asyncio.get_running_loop().time() - _FANNED_S
-        names = [
-            name for at, name, user, group in self._fanned.get(record.tenant, ())
-            if at >= horizon and (user is None or user == record.principal_id) and (group is None or group in groups)
-        ]
-        return names + sorted(conn.fanouts or ())
+        recent: list[str] = []
+        for at, name, user, group in reversed(self._fanned.get(record.tenant, ())):
+            if at < horizon or len(recent) == MAX_FANOUT_NAMES:
+                break
+            if (user is None or user == record.principal_id) and (group is None or group in groups):
+                recent.append(name)
+        names = dict.fromkeys(conn.fanouts or ())
+        names.update(dict.fromkeys(reversed(recent)))
+        return list(names)[-MAX_FANOUT_NAMES:]
 
     async def _forward(self, leaving: Leaving, data: bytes, binary: bool, fanout_id: str) -> None:
         try:
@@ -372,6 +387,14 @@ class Sessions:
         for group in leaving.groups:
             hub.join_group(conn, group)
         self._expire_later(conn)
+
+    def landed(self, handover: str) -> bool:
+        """Whether the move named ``handover`` landed here (in the last ``_LANDED_S``), even if
+        its session ended or moved on since. Asked by the node it came from when Redis lost
+        the session's record: then only this node can tell whether the move landed (it ran
+        its ``$disconnect`` if the session ended here) or never will (its holder keeps it)."""
+        until = self._landed.get(handover)
+        return until is not None and until > time.monotonic()
 
     def arriving(self, connection_id: str) -> asyncio.Future[Any] | None:
         """The move of a session on its way here (done once it landed or did not), None if
@@ -484,7 +507,8 @@ class Sessions:
     def _track_fanouts(conn: ReliableConnection) -> None:
         """A session that just moved (or stayed) takes each fan-out once for a while: one may
         reach it directly and sent on by the node it left."""
-        seen = conn.fanouts = set()
+        seen: dict[str, None] = {}
+        conn.fanouts = seen
         asyncio.get_running_loop().call_later(_TRACK_S, stop_tracking, conn, seen)
 
     def _expire_later(self, conn: ReliableConnection) -> None:
@@ -509,6 +533,12 @@ class Sessions:
             for key in [k for k, (_, until) in moved.items() if until <= now] or [next(iter(moved))]:
                 del moved[key]
         moved[connection_id] = (to_node, now + _MOVED_S)
+
+    def _remember_landing(self, handover: str) -> None:
+        landed, now = self._landed, time.monotonic()
+        while landed and (len(landed) >= _MOVED_MAX or next(iter(landed.values())) <= now):
+            del landed[next(iter(landed))]  # oldest first: all are kept equally long
+        landed[handover] = now + _LANDED_S
 
     def _spawn(self, coro: Awaitable[None]) -> None:
         task = asyncio.ensure_future(coro)

@@ -115,10 +115,10 @@ class LocalIndex:
     def __init__(self) -> None:
         self.tenants: dict[str, set[str]] = {}
         self.flushed: dict[str, float] = {}
-        # Sessions handed over to another node and not settled yet, by id: their tenant and
-        # the move's name. The hub no longer holds them; their records and sets are the
-        # move's to settle.
-        self.leaving: dict[str, tuple[str, str]] = {}
+        # Sessions handed over to another node and not settled yet, by id: their tenant, the
+        # move's name and the node they went to. The hub no longer holds them; their records
+        # and sets are the move's to settle.
+        self.leaving: dict[str, tuple[str, str, str]] = {}
 
     def add(self, record: ConnectionRecord) -> bool:
         """Index a connection; True if it is the node's first of its tenant."""
@@ -147,7 +147,7 @@ class LocalIndex:
         for info in infos:
             self.tenants.setdefault(info.record.tenant, set()).add(info.record.connection_id)
             self.flushed[info.record.connection_id] = info.last_active_at
-        for connection_id, (tenant, _) in self.leaving.items():
+        for connection_id, (tenant, _, _) in self.leaving.items():
             self.tenants.setdefault(tenant, set()).add(connection_id)
 
 

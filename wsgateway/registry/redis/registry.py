@@ -56,7 +56,7 @@ from .rpc import (
     PendingCalls,
     raise_for_status,
 )
-from .scripts import KEEP_SESSION, MOVE_SESSION, STATE
+from .scripts import KEEP_SESSION, MOVE_SESSION, RESTORE_SESSION, SESSION_LOST, STATE
 from .shard_marks import ShardMarks
 from .sweep import Sweeper
 from .wire import (
@@ -64,6 +64,7 @@ from .wire import (
     KIND_FANOUT,
     KIND_GET,
     KIND_GROUP,
+    KIND_LANDED,
     KIND_POST,
     KIND_SURVEY,
     KIND_TAKE,
@@ -318,7 +319,7 @@ class RedisRegistry:
         Until it is settled the move owns its record: a re-registration neither rewrites nor
         drops it, and keeps this node listed for its tenant (it may stay)."""
         self._remember(record.connection_id, to_node)
-        self._index.leaving[record.connection_id] = (record.tenant, handover)
+        self._index.leaving[record.connection_id] = (record.tenant, handover, to_node)
 
     async def move_in(self, record: ConnectionRecord, from_node: str, handover: str) -> bool:
         """The record becomes this node's, and the node's sets list it, unless its holder
@@ -346,13 +347,22 @@ class RedisRegistry:
     async def settle_handover(self, record: ConnectionRecord, handover: str) -> bool:
         """True if the session stays here (its move never landed, and now never will); else
         this node's sets forget it (it moved on, or a sweep claimed it), unless it came back
-        here meanwhile (:meth:`move_in`: the record is that move's)."""
+        here meanwhile (:meth:`move_in`: the record is that move's).
+
+        No record at all (no tombstone either) is either a move that landed and a session
+        that ended since, or a record Redis lost (a restart without persistence, a failover
+        that lost writes). The node the session went to tells which: if the move landed
+        there, it moved on (that node holds it, or ran its ``$disconnect``); if not, that
+        node's own move found no record either and gave up, so this node writes the record
+        back and keeps the session (``RESTORE_SESSION``): either way one node ends it."""
         cid = record.connection_id
         leaving = self._index.leaving.get(cid)
         if leaving is None or leaving[1] != handover:
             return False  # came back since (and may have left again, as another move)
         script = ("EVAL", KEEP_SESSION, 1, self._keys.record(cid), self.node_id, handover)
         kept = await self._unavailable_on_failure(self._batcher.call(*script), _MOVE_UNKNOWN)
+        if kept == SESSION_LOST and self._index.leaving.get(cid) is leaving:
+            kept = await self._restore_unless_landed(record, handover, leaving[2])
         # Asked before any move back here (one queue of commands): a record naming this node
         # was not moved here again. One that came back meanwhile found it elsewhere (0).
         if self._index.leaving.get(cid) is not leaving:
@@ -367,6 +377,38 @@ class RedisRegistry:
         for command in commands:
             self._batcher.send(*command)
         return False
+
+    async def _restore_unless_landed(self, record: ConnectionRecord, handover: str, to_node: str) -> int:
+        """The record of a session this node handed over to ``to_node`` is gone: 0 if the
+        move landed there, else what ``RESTORE_SESSION`` decides. Raises
+        RegistryUnavailableError while ``to_node`` cannot tell (it does not answer, but is
+        alive): it may have landed the move, and hold the session."""
+        cid = record.connection_id
+        header = {"k": KIND_LANDED, "c": cid, "h": handover}
+        reply = (await self._request((to_node,), header))[to_node]
+        if reply["s"] == STATUS_OK:
+            if reply.get("v"):
+                return 0
+        elif reply["s"] != STATUS_UNREACHABLE or not await self._left(to_node):
+            raise RegistryUnavailableError(_MOVE_UNKNOWN)
+        # Not landed there (or that node is gone: whatever it held of the session ended with
+        # it, and a record it wrote was swept: RESTORE_SESSION then finds its tombstone).
+        fields = record_to_hash(record, record.connected_at)
+        script = ("EVAL", RESTORE_SESSION, 1, self._keys.record(cid), self.node_id, handover,
+                  *[item for pair in fields.items() for item in pair])
+        restored: int = await self._unavailable_on_failure(self._batcher.call(*script), _MOVE_UNKNOWN)
+        if restored == 1:
+            log.warning("registry: the record of session %s was lost while it moved; this node keeps it", cid)
+            await self.add(record)  # its sets, which Redis may have lost with the record
+        return restored
+
+    async def _left(self, node_id: str) -> bool:
+        """Whether ``node_id``, which does not listen on its channel, has left the cluster:
+        the registry can vouch for it (settled), and it is neither alive, nor past its death
+        line unswept, nor a peer at this node's last beat (see :meth:`_all_left`)."""
+        epoch, settling, alive, _, unswept = await self._state()
+        trusted = bool(epoch) and not settling and self._membership.trusts_misses()
+        return trusted and node_id not in {*alive, *unswept, *self._membership.peers}
 
     async def _ask_owner(
         self, connection_id: str, header: dict[str, Any], data: bytes = b"", *, first: dict[str, Any] | None = None
@@ -465,13 +507,18 @@ class RedisRegistry:
     async def _ask_everyone(self, connection_id: str, header: dict[str, Any], data: bytes) -> dict[str, Any]:
         """No record: ask every node that may hold the connection, the live ones and those
         past their death line that no sweep has taken yet (see :meth:`_state`). 410 only if
-        all say gone and misses are trusted."""
+        all say gone and misses are trusted. A node that says the session moved to a node
+        that has left since (a sweep took it, and ran the session's ``$disconnect`` if it
+        held it) says gone: the session is not there, and that node remembers the move for
+        a while yet."""
         epoch, settling, alive, _, unswept = await self._state()
         trusted = bool(epoch) and not settling and self._membership.trusts_misses()
         targets = {*alive, *unswept} - {self.node_id}
         if not trusted:
             targets |= self._membership.peers  # nodes that may not have beaten since a data loss
         replies = await self._request(tuple(targets), header, data) if targets else {}
+        staying = {*targets, *self._membership.peers, self.node_id}
+        replies = {n: _GONE if r["s"] == STATUS_MOVED and r.get("n") not in staying else r for n, r in replies.items()}
         for node_id, reply in replies.items():
             if reply["s"] not in (STATUS_GONE, STATUS_UNREACHABLE, STATUS_TIMEOUT):
                 if reply["s"] == STATUS_OK:

@@ -52,6 +52,7 @@ from .wire import (
     KIND_FANOUT,
     KIND_GET,
     KIND_GROUP,
+    KIND_LANDED,
     KIND_POST,
     KIND_REPLY,
     KIND_SURVEY,
@@ -119,7 +120,7 @@ _REMEMBER_SLACK_S = 1.0
 _TIMER_SLACK_S = 0.001
 _CHANNEL_CACHE_SIZE = 4096
 # Requests about one connection that wait for a reliable session on its way to the node.
-_ABOUT_A_SESSION = frozenset({KIND_GET, KIND_DELETE, KIND_GROUP, KIND_TAKE})
+_ABOUT_A_SESSION = frozenset({KIND_GET, KIND_DELETE, KIND_GROUP, KIND_TAKE, KIND_LANDED})
 # What an owner remembers of a request it acted on: its reply, or _SAID_OK (a compact "ok").
 _Outcome = dict[str, Any] | str
 _SAID_OK = "compact ok"
@@ -589,7 +590,7 @@ class NodeChannel:
             self._remember(key, header["d"], None)  # acting: an ask is answered when it is done
             self._spawn(self._serve_once_landed(arriving, header, data, reply))
             return
-        if kind not in (KIND_GET, KIND_SURVEY):  # acting: remembered, so that a sender that lost the reply can ask
+        if kind not in (KIND_GET, KIND_SURVEY, KIND_LANDED):  # acting: remembered, so that a sender that lost the reply can ask
             self._remember(key, header["d"], reply if kind != KIND_DELETE else None)
         self._act(node, header, data, reply)
 
@@ -612,6 +613,8 @@ class NodeChannel:
                 reply["i"] = node.local_take_session(header["c"], header["a"], header["f"])
             elif kind == KIND_SURVEY:
                 reply["v"] = node.local_survey(header["q"])
+            elif kind == KIND_LANDED:
+                reply["v"] = int(node.local_landed(header["c"], header["h"]))
             elif kind == KIND_DELETE:
                 self._spawn(self._answer_when_done(node.local_delete(header["c"]), header["f"], reply, header["d"]))
                 return

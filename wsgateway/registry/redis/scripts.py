@@ -29,6 +29,8 @@ __all__ = [
     "REGISTERED",
     "RELEASE",
     "RELEASED_CLAIMED",
+    "RESTORE_SESSION",
+    "SESSION_LOST",
     "STATE",
     "TOUCH",
     "UNLIST",
@@ -233,16 +235,39 @@ return 1
 
 # KEYS: record. ARGV: this node (the holder), handover. Returns 1 if the session stays here
 # (the record is still this node's: the move can no longer land), 0 if it moved on (or a sweep
-# claimed it), 2 if there is no record at all (lost with Redis's data: taken as moved on).
+# claimed it: its tombstone), SESSION_LOST if there is no record at all: the move landed and the
+# session ended since, or Redis lost the record (then only the resuming node can tell whether
+# the move landed first: ``RedisRegistry.settle_handover`` asks it, then ``RESTORE_SESSION``).
 KEEP_SESSION = """
 local node = redis.call('HGET', KEYS[1], 'node')
 if node == ARGV[1] then
   redis.call('HSET', KEYS[1], 'handover', ARGV[2])
   return 1
 end
-if node then return 0 end
+if node or redis.call('HEXISTS', KEYS[1], 'claimedBy') == 1 then return 0 end
 return 2
 """
+
+SESSION_LOST = 2  # KEEP_SESSION: no record, no tombstone
+
+# KEYS: record. ARGV: this node (the holder), handover, field, value, ... (the record's hash).
+# The holder keeps a session whose record Redis lost, once the node it handed it over to said
+# the move never landed there (nor will: its own move found no record either). Writes the
+# record back, naming this node and the move, unless one is there again; then answers as
+# KEEP_SESSION. A late ``MOVE_SESSION`` of the same move finds the move named: it cannot land.
+RESTORE_SESSION = (
+    _NOW_MS
+    + """
+local node = redis.call('HGET', KEYS[1], 'node')
+if node == ARGV[1] then
+  redis.call('HSET', KEYS[1], 'handover', ARGV[2])
+  return 1
+end
+if node or redis.call('HEXISTS', KEYS[1], 'claimedBy') == 1 then return 0 end
+redis.call('HSET', KEYS[1], 'ownedAt', now, 'handover', ARGV[2], unpack(ARGV, 3))
+return 1
+"""
+)
 
 HELD_CLAIMED = 0  # a sweep claimed it (and runs, or ran, its $disconnect elsewhere)
 

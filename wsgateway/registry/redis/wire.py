@@ -67,6 +67,7 @@ __all__ = [
     "KIND_FANOUT",
     "KIND_GET",
     "KIND_GROUP",
+    "KIND_LANDED",
     "KIND_POST",
     "KIND_REPLY",
     "KIND_SURVEY",
@@ -94,6 +95,7 @@ KIND_FANOUT = "f"  # optional "u" (user) or "g" (group) narrows the tenant
 KIND_GROUP = "j"  # "g": the group, "j": 1 join / 0 leave
 KIND_REPLY = "r"
 KIND_TAKE = "s"  # "a": the resume's claim (token, lastSeq, tenant, principal)
+KIND_LANDED = "l"  # "h": a move's name; answers "v": 1 if that move of session "c" landed here
 KIND_SURVEY = "o"  # "q": the console's query (wsgateway.history)
 KIND_ASK = "a"  # the sender lost the reply to request "r": answer it again
 
