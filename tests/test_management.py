@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from email.utils import parsedate_to_datetime
 from http import HTTPStatus
 from urllib.parse import quote
 
@@ -114,6 +115,39 @@ async def test_wrong_secret_gets_awss_invalid_signature_answer(signed_config):
             assert info.value.response["Error"] == {"Code": "InvalidSignatureException", "Message": BAD_SIGNATURE}
             with pytest.raises(TimeoutError):
                 await asyncio.wait_for(ws.recv(), 0.2)  # nothing was delivered
+
+
+def signed_by_clock(node, method: str, path: str, body: bytes, clock: datetime) -> dict[str, str]:
+    """Headers of a request botocore's SigV4Auth signs as a client whose clock reads ``clock``
+    (its public steps, with the timestamp given rather than read)."""
+    request = AWSRequest(method, f"http://127.0.0.1:{node.management_port}{path}", data=body,
+                         headers={"Host": f"127.0.0.1:{node.management_port}"})
+    auth = SigV4Auth(Credentials(ACCESS_KEY, SECRET_KEY), "execute-api", REGION)
+    request.context["timestamp"] = request.headers["X-Amz-Date"] = clock.strftime("%Y%m%dT%H%M%SZ")
+    signature = auth.signature(auth.string_to_sign(request, auth.canonical_request(request)), request)
+    signed = auth.signed_headers(auth.headers_to_sign(request))
+    request.headers["Authorization"] = (f"AWS4-HMAC-SHA256 Credential={auth.scope(request)}, "
+                                        f"SignedHeaders={signed}, Signature={signature}")
+    return dict(request.headers)
+
+
+async def test_a_sigv4_refusal_carries_date_so_an_sdk_can_correct_its_clock(signed_config):
+    """A client whose clock is 10 minutes slow is refused 403 InvalidSignatureException; the
+    answer's Date (as AWS sends it) is what the JS SDK v3 (and Java v2, Go v2, .NET) set their
+    clock offset from before they sign the retry anew. The retry, dated by it, is delivered."""
+    async with running_node(signed_config) as node, await connect(node) as ws:
+        cid = await whoami(ws)
+        path = f"/prod/@connections/{cid}"
+        slow = datetime.now(UTC) - timedelta(minutes=10)
+        status, got, body = await raw(node, "POST", path, b"late", signed_by_clock(node, "POST", path, b"late", slow))
+        assert (status, got["x-amzn-ErrorType"], json.loads(body)["message"]) == (403, "InvalidSignatureException",
+                                                                                BAD_SIGNATURE)
+        server_time = parsedate_to_datetime(got["Date"])
+        assert abs((server_time - datetime.now(UTC)).total_seconds()) < 2
+        status, got, _ = await raw(node, "POST", path)  # unsigned: AWS's other SigV4 answer, dated too
+        assert status == 403 and parsedate_to_datetime(got["Date"]).tzinfo is not None
+        status, _, _ = await raw(node, "POST", path, b"again", signed_by_clock(node, "POST", path, b"again", server_time))
+        assert status == 200 and await asyncio.wait_for(ws.recv(), 5) == "again"
 
 
 async def test_payload_too_large(signed_config):
