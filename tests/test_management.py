@@ -117,6 +117,11 @@ async def test_wrong_secret_gets_awss_invalid_signature_answer(signed_config):
                 await asyncio.wait_for(ws.recv(), 0.2)  # nothing was delivered
 
 
+def signed_head(node, method: str, path: str, body: bytes) -> dict[str, str]:
+    """Headers botocore's SigV4Auth signs for ``method path`` (as sent) with ``body``."""
+    return signed_by_clock(node, method, path, body, datetime.now(UTC))
+
+
 def signed_by_clock(node, method: str, path: str, body: bytes, clock: datetime) -> dict[str, str]:
     """Headers of a request botocore's SigV4Auth signs as a client whose clock reads ``clock``
     (its public steps, with the timestamp given rather than read)."""
@@ -148,6 +153,24 @@ async def test_a_sigv4_refusal_carries_date_so_an_sdk_can_correct_its_clock(sign
         assert status == 403 and parsedate_to_datetime(got["Date"]).tzinfo is not None
         status, _, _ = await raw(node, "POST", path, b"again", signed_by_clock(node, "POST", path, b"again", server_time))
         assert status == 200 and await asyncio.wait_for(ws.recv(), 5) == "again"
+
+
+async def test_an_endpoint_ending_in_a_slash_works_as_the_js_sdk_sends_it(signed_config):
+    """The JS SDK v3 appends ``/@connections/{id}`` to the endpoint's path as it is: an
+    endpoint ``http://host/prod/`` sends ``/prod//@connections/{id}``, signed (as botocore signs
+    it) with the empty segment dropped. Routing drops it too: the call reaches the connection."""
+    async with running_node(signed_config) as node, await connect(node) as ws:
+        cid = await whoami(ws)
+        for path in (f"/prod//@connections/{cid}", f"//@connections/{cid}"):
+            status, got, body = await raw(node, "POST", path, b"slash", signed_head(node, "POST", path, b"slash"))
+            assert (status, body) == (200, b""), (path, got.get("x-amzn-ErrorType"), body)
+            assert await asyncio.wait_for(ws.recv(), 5) == "slash"
+        path = f"/prod//@connections/{cid}"
+        status, got, body = await raw(node, "GET", path, headers=signed_head(node, "GET", path, b""))
+        assert status == 200 and set(json.loads(body)) == {"connectedAt", "identity", "lastActiveAt"}
+        status, _, body = await raw(node, "POST", f"/prod/@connections/{cid}/", b"x",
+                                    signed_head(node, "POST", f"/prod/@connections/{cid}/", b"x"))
+        assert status == 200 and await asyncio.wait_for(ws.recv(), 5) == "x"
 
 
 async def test_payload_too_large(signed_config):
