@@ -37,7 +37,7 @@ class NpmFailure:
 
 def install(package_dir: Path, into: Path, *, timeout_s: float = 300.0) -> NpmFailure | None:
     """Install the dependencies of ``package_dir/package.json`` into ``into/node_modules``,
-    unless the same manifest is installed there already. Returns None when they are there,
+    unless the same manifest (and lock) is installed there already. Returns None when they are there,
     else why not (npm missing, unreachable registry, a failed install). Blocks up to
     ``timeout_s``."""
     if shutil.which("npm") is None:

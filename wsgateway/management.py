@@ -30,8 +30,9 @@ What can be decided from a request's head is decided there, before its body is r
 (:meth:`ManagementServer._check_head`): ``.`` and ``..`` path segments (400, so a signature
 made for one path never runs as another that normalises to it; empty segments are dropped,
 as SigV4 drops them), the Host and Origin headers (403: DNS rebinding, web pages posting),
-and every SigV4 check but the signature itself. A failed SigV4 check is answered as AWS answers it, one message whatever
-the reason; the reason is logged. docs/security.md says what this does and does not cover.
+and every SigV4 check but the signature itself. A failed SigV4 check is answered as AWS
+answers it, one message whatever the reason (with a Date, from which SDKs correct a skewed
+clock); the reason is logged. docs/security.md says what this does and does not cover.
 
 What the HTTP server refuses itself (a malformed, late or oversize request, an upgrade, a
 connection past the cap) is answered in the same shape, counted and logged as every other
