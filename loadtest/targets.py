@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 
+from loadtest import npm
 from loadtest.clients import Endpoint
 from loadtest.servers import (
     REPO_ROOT,
@@ -456,21 +457,8 @@ def _gateway_cli_missing() -> str | None:
 @cache
 def _npm_install() -> str | None:
     """Install the Node peer's packages into loadtest/.npm once (git-ignored)."""
-    _NPM_DIR.mkdir(exist_ok=True)
-    manifest = (_NODE_APP / "package.json").read_bytes()
-    stamp = _NPM_DIR / "package.json"
-    if stamp.exists() and stamp.read_bytes() == manifest and (_NPM_DIR / "node_modules").is_dir():
-        return None
-    stamp.write_bytes(manifest)
-    try:
-        run = subprocess.run(["npm", "install", "--no-audit", "--no-fund", "--omit=dev"], cwd=_NPM_DIR, check=False,
-                             capture_output=True, timeout=300)
-    except subprocess.TimeoutExpired:
-        return "npm install timed out"
-    if run.returncode != 0:
-        stamp.unlink(missing_ok=True)
-        return "npm install failed: " + run.stderr.decode(errors="replace")[-300:]
-    return None
+    failure = npm.install(_NODE_APP, _NPM_DIR)
+    return None if failure is None else failure.reason
 
 
 TARGETS: dict[str, Target] = {

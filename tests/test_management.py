@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from email.utils import parsedate_to_datetime
 from http import HTTPStatus
 from urllib.parse import quote
 
@@ -114,6 +115,62 @@ async def test_wrong_secret_gets_awss_invalid_signature_answer(signed_config):
             assert info.value.response["Error"] == {"Code": "InvalidSignatureException", "Message": BAD_SIGNATURE}
             with pytest.raises(TimeoutError):
                 await asyncio.wait_for(ws.recv(), 0.2)  # nothing was delivered
+
+
+def signed_head(node, method: str, path: str, body: bytes) -> dict[str, str]:
+    """Headers botocore's SigV4Auth signs for ``method path`` (as sent) with ``body``."""
+    return signed_by_clock(node, method, path, body, datetime.now(UTC))
+
+
+def signed_by_clock(node, method: str, path: str, body: bytes, clock: datetime) -> dict[str, str]:
+    """Headers of a request botocore's SigV4Auth signs as a client whose clock reads ``clock``
+    (its public steps, with the timestamp given rather than read)."""
+    request = AWSRequest(method, f"http://127.0.0.1:{node.management_port}{path}", data=body,
+                         headers={"Host": f"127.0.0.1:{node.management_port}"})
+    auth = SigV4Auth(Credentials(ACCESS_KEY, SECRET_KEY), "execute-api", REGION)
+    request.context["timestamp"] = request.headers["X-Amz-Date"] = clock.strftime("%Y%m%dT%H%M%SZ")
+    signature = auth.signature(auth.string_to_sign(request, auth.canonical_request(request)), request)
+    signed = auth.signed_headers(auth.headers_to_sign(request))
+    request.headers["Authorization"] = (f"AWS4-HMAC-SHA256 Credential={auth.scope(request)}, "
+                                        f"SignedHeaders={signed}, Signature={signature}")
+    return dict(request.headers)
+
+
+async def test_a_sigv4_refusal_carries_date_so_an_sdk_can_correct_its_clock(signed_config):
+    """A client whose clock is 10 minutes slow is refused 403 InvalidSignatureException; the
+    answer's Date (as AWS sends it) is what the JS SDK v3 (and Java v2, Go v2, .NET) set their
+    clock offset from before they sign the retry anew. The retry, dated by it, is delivered."""
+    async with running_node(signed_config) as node, await connect(node) as ws:
+        cid = await whoami(ws)
+        path = f"/prod/@connections/{cid}"
+        slow = datetime.now(UTC) - timedelta(minutes=10)
+        status, got, body = await raw(node, "POST", path, b"late", signed_by_clock(node, "POST", path, b"late", slow))
+        assert (status, got["x-amzn-ErrorType"], json.loads(body)["message"]) == (403, "InvalidSignatureException",
+                                                                                BAD_SIGNATURE)
+        server_time = parsedate_to_datetime(got["Date"])
+        assert abs((server_time - datetime.now(UTC)).total_seconds()) < 2
+        status, got, _ = await raw(node, "POST", path)  # unsigned: AWS's other SigV4 answer, dated too
+        assert status == 403 and parsedate_to_datetime(got["Date"]).tzinfo is not None
+        status, _, _ = await raw(node, "POST", path, b"again", signed_by_clock(node, "POST", path, b"again", server_time))
+        assert status == 200 and await asyncio.wait_for(ws.recv(), 5) == "again"
+
+
+async def test_an_endpoint_ending_in_a_slash_works_as_the_js_sdk_sends_it(signed_config):
+    """The JS SDK v3 appends ``/@connections/{id}`` to the endpoint's path as it is: an
+    endpoint ``http://host/prod/`` sends ``/prod//@connections/{id}``, signed (as botocore signs
+    it) with the empty segment dropped. Routing drops it too: the call reaches the connection."""
+    async with running_node(signed_config) as node, await connect(node) as ws:
+        cid = await whoami(ws)
+        for path in (f"/prod//@connections/{cid}", f"//@connections/{cid}"):
+            status, got, body = await raw(node, "POST", path, b"slash", signed_head(node, "POST", path, b"slash"))
+            assert (status, body) == (200, b""), (path, got.get("x-amzn-ErrorType"), body)
+            assert await asyncio.wait_for(ws.recv(), 5) == "slash"
+        path = f"/prod//@connections/{cid}"
+        status, got, body = await raw(node, "GET", path, headers=signed_head(node, "GET", path, b""))
+        assert status == 200 and set(json.loads(body)) == {"connectedAt", "identity", "lastActiveAt"}
+        status, _, body = await raw(node, "POST", f"/prod/@connections/{cid}/", b"x",
+                                    signed_head(node, "POST", f"/prod/@connections/{cid}/", b"x"))
+        assert status == 200 and await asyncio.wait_for(ws.recv(), 5) == "x"
 
 
 async def test_payload_too_large(signed_config):

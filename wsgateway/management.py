@@ -27,11 +27,12 @@ Errors are what botocore parses: the status, ``x-amzn-ErrorType`` and a JSON bod
 splits it, and SigV4 is checked against exactly the bytes the client signed.
 
 What can be decided from a request's head is decided there, before its body is read
-(:meth:`ManagementServer._check_head`): ``.``, ``..`` and empty path segments (400, so a
-signature made for one path never runs as another that normalises to it), the Host and
-Origin headers (403: DNS rebinding, web pages posting), and every SigV4 check but the
-signature itself. A failed SigV4 check is answered as AWS answers it, one message whatever
-the reason; the reason is logged. docs/security.md says what this does and does not cover.
+(:meth:`ManagementServer._check_head`): ``.`` and ``..`` path segments (400, so a signature
+made for one path never runs as another that normalises to it; empty segments are dropped,
+as SigV4 drops them), the Host and Origin headers (403: DNS rebinding, web pages posting),
+and every SigV4 check but the signature itself. A failed SigV4 check is answered as AWS
+answers it, one message whatever the reason (with a Date, from which SDKs correct a skewed
+clock); the reason is logged. docs/security.md says what this does and does not cover.
 
 What the HTTP server refuses itself (a malformed, late or oversize request, an upgrade, a
 connection past the cap) is answered in the same shape, counted and logged as every other
@@ -46,6 +47,7 @@ import logging
 import socket
 import time
 from collections.abc import Coroutine
+from email.utils import formatdate
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, unquote
 
@@ -314,13 +316,13 @@ class ManagementServer:
         return self._finish(request, request_id, operation, target, response, started)
 
     def _segments(self, raw_path: str) -> list[str]:
-        """The path's segments, the stage dropped; 400 for ``.``, ``..`` or empty ones, which
-        SigV4 normalises away but routing would not (a signature re-targeted by them)."""
+        """The path's segments, empty ones dropped and the stage too; 400 for ``.`` or ``..``
+        (see _normalised)."""
         segments = raw_path.split("/")[1:]
         if raw_path[:1] != "/" or "" in segments or "." in segments or ".." in segments or (
             "%" in raw_path and any(unquote(segment) in (".", "..") for segment in segments)
         ):
-            raise BadRequestError("Invalid request path: empty, '.' or '..' segment")
+            segments = _normalised(raw_path, segments)
         if segments[0] == self._stage and len(segments) > 1:
             segments = segments[1:]
         return segments
@@ -367,8 +369,10 @@ class ManagementServer:
             return _error_response(ForbiddenError("Forbidden") if exc.status == 403 else exc, request_id)
         unsigned = "authorization" not in request.headers and "X-Amz-Signature=" not in request.raw_query
         body, error_type = _UNSIGNED if unsigned else _BAD_SIGNATURE
+        # Date, as AWS sends it: an SDK whose clock is off (JS v3, Java v2, Go v2, .NET) sets
+        # its clock offset from it and signs its retry anew; without it the call fails for good.
         return Response(403, body, [("Content-Type", _JSON), ("x-amzn-ErrorType", error_type),
-                                    ("x-amzn-RequestId", request_id)])
+                                    ("x-amzn-RequestId", request_id), ("Date", formatdate(usegmt=True))])
 
     def _finish(
         self, request: Request, request_id: str, operation: str, target: str, response: Response, started: float
@@ -528,6 +532,19 @@ def _is_ip(name: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def _normalised(raw_path: str, segments: list[str]) -> list[str]:
+    """A path's segments without its empty ones, which SigV4 drops too, so the route is the
+    path that was signed (the JS SDK v3 sends ``/prod//@connections/…`` for an endpoint that
+    ends in ``/``). 400 for ``.`` and ``..``, which SigV4 resolves and routing would not (a
+    signature re-targeted by them), and for a path that is not absolute or has no segment."""
+    kept = [segment for segment in segments if segment]
+    if raw_path[:1] != "/" or not kept:
+        raise BadRequestError("Invalid request path")
+    if any(segment in (".", "..") or ("%" in segment and unquote(segment) in (".", "..")) for segment in kept):
+        raise BadRequestError("Invalid request path: '.' or '..' segment")
+    return kept
 
 
 def _probe_of(method: str, segments: list[str]) -> str | None:
