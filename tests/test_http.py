@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import http
+import re
+import time
 from collections.abc import Coroutine
+from email.utils import parsedate_to_datetime
 from typing import Any
 
+import httptools
 import pytest
 
 from wsgateway.http import Deferred, HttpServer, Request, Response
@@ -38,6 +42,21 @@ async def server():
     await srv.close(timeout=1)
 
 
+_DATE = re.compile(rb"Date: ([^\r]*)\r\n")
+
+
+def undated(data: bytes) -> bytes:
+    """``data`` without its answers' Date lines, once each answer was found to have one, of
+    now, in the IMF-fixdate form (RFC 9110 5.6.7) that SDKs parse."""
+    finals = [line for line in re.findall(rb"HTTP/1\.1 (\d{3}) ", data) if line != b"100"]
+    dates = _DATE.findall(data)
+    assert len(dates) == len(finals), data
+    for value in dates:
+        assert re.fullmatch(rb"[A-Z][a-z]{2}, \d{2} [A-Z][a-z]{2} \d{4} \d{2}:\d{2}:\d{2} GMT", value), value
+        assert abs(parsedate_to_datetime(value.decode()).timestamp() - time.time()) < 5
+    return _DATE.sub(b"", data)
+
+
 async def exchange(port: int, raw: bytes, *, until_close: bool = True, expect: int = 1) -> bytes:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(raw)
@@ -65,6 +84,34 @@ async def test_keep_alive_pipelining_in_order(server):
     assert bodies == [b"/r0", b"/r1", b"/r2", b"/r3", b"/r4", b"/slow", b"/last"]
     assert SEEN[0].raw_query == "x=%41"  # percent-encoding kept, as SigV4 signed it
     assert data.endswith(b"/last ? len=0 big=0")
+
+
+async def test_every_answer_is_dated_and_a_204_has_no_content_length():
+    """Date on every answer, as AWS sends it (SDKs correct a skewed clock from it); a 204
+    carries no Content-Length (RFC 9110 8.6), and the answer pipelined after it still parses."""
+    async def handler(request: Request) -> Response:
+        return Response(204, b"", [("x-amzn-RequestId", "r1")]) if request.raw_path == "/gone" else Response(200, b"ok")
+
+    srv = HttpServer(handler, max_body=1000)
+    port = await srv.start(listen_socket("127.0.0.1", 0, reuse_port=False))
+    try:
+        data = await exchange(port, b"DELETE /gone HTTP/1.1\r\nHost: h\r\n\r\n"
+                                    b"GET /next HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
+    finally:
+        await srv.close(timeout=1)
+    assert undated(data) == (b"HTTP/1.1 204 No Content\r\nx-amzn-RequestId: r1\r\n\r\n"
+                             b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+    parser_says: list[bytes] = []
+
+    class Seen:
+        def on_body(self, body: bytes) -> None:
+            parser_says.append(body)
+
+        def on_message_complete(self) -> None:
+            parser_says.append(b"|")
+
+    httptools.HttpResponseParser(Seen()).feed_data(data)  # a client's parser: two answers, one body
+    assert parser_says == [b"|", b"ok", b"|"]
 
 
 async def test_bodies_content_length_chunked_and_expect_continue(server):
@@ -280,7 +327,7 @@ async def test_the_servers_own_refusals_are_made_by_its_refusal(raw, status, rea
     srv, port = await started(refusal=shaped)
     data = await exchange(port, raw)
     await srv.close(timeout=1)
-    assert data == refused(status, reason)
+    assert undated(data) == refused(status, reason)
     assert [(status, reason, seen[0], "/boom" if status == 500 else "", seen[1])] == REFUSED
 
 
@@ -292,8 +339,8 @@ async def test_a_late_request_and_a_connection_past_the_cap_are_refused_by_its_r
     await writer.drain()
     await asyncio.sleep(0.05)
     second, _ = await asyncio.open_connection("127.0.0.1", port)
-    assert await read_all(second) == refused(503, "Too many connections")
-    assert await read_all(reader) == refused(408, "Request timed out")
+    assert undated(await read_all(second)) == refused(503, "Too many connections")
+    assert undated(await read_all(reader)) == refused(408, "Request timed out")
     writer.close()
     await srv.close(timeout=1)
     assert REFUSED == [(503, "Too many connections", "", "", ""), (408, "Request timed out", "POST", "/late", "1")]
@@ -302,8 +349,8 @@ async def test_a_late_request_and_a_connection_past_the_cap_are_refused_by_its_r
 async def test_without_a_refusal_the_server_answers_the_bare_status(server):
     _, port = server
     data = await exchange(port, b"GET /boom HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
-    assert data == b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-    assert await exchange(port, b"NOT HTTP\r\n\r\n") == (
+    assert undated(data) == b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    assert undated(await exchange(port, b"NOT HTTP\r\n\r\n")) == (
         b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
 
 
@@ -318,7 +365,7 @@ async def test_an_oversize_body_announced_with_expect_continue_is_refused_before
     await writer.drain()
     async with asyncio.timeout(2):
         head = await reader.readuntil(b"Payload too large")
-    assert head == refused(413, "Payload too large")
+    assert undated(head) == refused(413, "Payload too large")
     writer.write(b"x" * 1001)
     await writer.drain()
     assert await read_all(reader) == b""

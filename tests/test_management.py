@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from http import HTTPStatus
@@ -471,6 +472,7 @@ def aws_refusal(data: bytes, status: int, error_type: str, message: str) -> str:
     headers = dict(line.split(": ", 1) for line in lines)
     request_id = headers.pop("x-amzn-RequestId")
     assert len(request_id) == 16 and request_id.replace("-", "").replace("_", "").isalnum()
+    assert abs(parsedate_to_datetime(headers.pop("Date")).timestamp() - time.time()) < 5  # as AWS's answers
     assert first == f"HTTP/1.1 {status} {HTTPStatus(status).phrase}"
     assert headers == {"Content-Length": str(len(body)), "Content-Type": "application/json",
                        "x-amzn-ErrorType": error_type, "Connection": "close"}

@@ -9,9 +9,11 @@ head check marks ``concurrent`` may start before those ahead of it are answered)
 an idle timeout, ``Expect: 100-continue``, bounded header and body sizes (an oversize body is
 drained and flagged, so the handler can answer 413 in AWS's shape; one announced with
 ``Expect: 100-continue`` is refused at once instead), and a graceful close that lets requests
-in progress finish. What it refuses itself (a malformed, late or oversize request, an
-upgrade, a connection past the cap, a handler that failed) is answered by its ``refusal``,
-so that the management edge gives those answers the shape of its own.
+in progress finish. Every answer carries ``Date`` (RFC 9110 6.6.1, as AWS's do: SDKs set
+their clock offset from it), and a 204 no ``Content-Length`` (RFC 9110 8.6). What it refuses
+itself (a malformed, late or oversize request, an upgrade, a connection past the cap, a
+handler that failed) is answered by its ``refusal``, so that the management edge gives those
+answers the shape of its own.
 
 Before any authentication it also bounds what a peer can hold (docs/security.md): a deadline
 for each request's head and one for its whole body, a cap on open connections, and a
@@ -28,9 +30,11 @@ import functools
 import http
 import logging
 import socket
+import time
 from collections import deque
 from collections.abc import Callable, Coroutine, Generator
 from dataclasses import dataclass, field, replace
+from email.utils import formatdate
 from typing import Any
 
 import httptools
@@ -160,9 +164,21 @@ def _nobody(peer: str) -> Request:
 _FAILED = "Internal server error"  # a handler failed: its error is logged, never sent
 
 
+# The Date line of the second it was last made in: [second, line].
+_date: list[Any] = [0, b""]
+
+
+def _date_line() -> bytes:
+    """``Date: <now, IMF-fixdate>``, made once a second."""
+    now = int(time.time())
+    if now != _date[0]:
+        _date[0], _date[1] = now, b"Date: %s\r\n" % formatdate(now, usegmt=True).encode()
+    line: bytes = _date[1]
+    return line
+
+
 def _serialize(response: Response, keep_alive: bool) -> bytes:
     status, body = response.status, response.body
-    first = _STATUS_LINES.get(status) or b"HTTP/1.1 %d Unknown\r\nContent-Length: " % status
     fields = b""
     if response.headers:
         lines = ""
@@ -170,7 +186,11 @@ def _serialize(response: Response, keep_alive: bool) -> bytes:
             lines += f"{name}: {value}\r\n"
         fields = lines.encode("latin-1")
     close = b"" if keep_alive else b"Connection: close\r\n"
-    return b"%s%d\r\n%s%s%s\r\n%s" % (first, len(body), fields, response.head, close, b"" if response.bodiless else body)
+    if status == 204:  # no content, and no Content-Length either (RFC 9110 8.6)
+        return b"HTTP/1.1 204 No Content\r\n%s%s%s%s\r\n" % (_date_line(), fields, response.head, close)
+    first = _STATUS_LINES.get(status) or b"HTTP/1.1 %d Unknown\r\nContent-Length: " % status
+    return b"%s%d\r\n%s%s%s%s\r\n%s" % (
+        first, len(body), _date_line(), fields, response.head, close, b"" if response.bodiless else body)
 
 
 def _to(request: Request, response: Response) -> Response:

@@ -47,7 +47,6 @@ import logging
 import socket
 import time
 from collections.abc import Coroutine
-from email.utils import formatdate
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, unquote
 
@@ -369,10 +368,10 @@ class ManagementServer:
             return _error_response(ForbiddenError("Forbidden") if exc.status == 403 else exc, request_id)
         unsigned = "authorization" not in request.headers and "X-Amz-Signature=" not in request.raw_query
         body, error_type = _UNSIGNED if unsigned else _BAD_SIGNATURE
-        # Date, as AWS sends it: an SDK whose clock is off (JS v3, Java v2, Go v2, .NET) sets
-        # its clock offset from it and signs its retry anew; without it the call fails for good.
+        # The HTTP server adds Date, from which an SDK whose clock is off (JS v3, Java v2, Go
+        # v2, .NET) sets its clock offset and signs its retry anew.
         return Response(403, body, [("Content-Type", _JSON), ("x-amzn-ErrorType", error_type),
-                                    ("x-amzn-RequestId", request_id), ("Date", formatdate(usegmt=True))])
+                                    ("x-amzn-RequestId", request_id)])
 
     def _finish(
         self, request: Request, request_id: str, operation: str, target: str, response: Response, started: float
