@@ -43,7 +43,7 @@ import pytest
 import redis
 from pytest_redis.executor import RedisExecutor
 from websockets.asyncio.client import ClientConnection
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
 from tests.cluster_support import NODE_TTL_S, Cluster, GatewayProcess, ready, wait_until
 from tests.redis_topologies import SentinelTopology
@@ -151,7 +151,9 @@ class Soak:
         return node
 
     async def connect(self, node: GatewayProcess) -> None:
-        with contextlib.suppress(OSError, ConnectionClosed, TimeoutError):
+        # A node killed mid-handshake fails it as a TCP error, a close, a timeout, or an
+        # answer that is not one (InvalidHandshake): the chaos, not a gateway fault.
+        with contextlib.suppress(OSError, ConnectionClosed, TimeoutError, InvalidHandshake):
             ws, cid = await node.connect("t1")
             client = self.clients[cid] = Client(cid, ws, node)
             self.readers.append(asyncio.create_task(self._read(client)))
