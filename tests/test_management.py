@@ -512,27 +512,6 @@ async def test_requests_the_http_server_refuses_get_awss_error_shape_and_are_cou
         ("management", first, method, method, status), ("management", second, method, method, status)]
 
 
-async def test_access_log_lines_name_the_connection_or_the_tenant_each_call_is_about(tmp_path):
-    """A call about a connection names it (connectionId), a fan-out its tenant: an operator
-    finds every post to one connection by its id."""
-    path = tmp_path / "access.log"
-    async with running_node(make_config(log={"access_log": str(path)})) as node:  # management auth off
-        async with await connect(node, query={"tenant": "acme"}) as ws:
-            cid = await whoami(ws)
-            api = boto_client(node)  # signs; the node does not check
-            await asyncio.to_thread(api.post_to_connection, ConnectionId=cid, Data=b"one")
-            await asyncio.to_thread(api.get_connection, ConnectionId=cid)
-            status, _, _ = await raw(node, "PUT", f"/prod/@connections/{quote(cid, safe='')}/groups/g1")
-            assert status == 204
-            status, _, _ = await raw(node, "POST", "/prod/@tenants/acme/messages", b"all")
-            assert status == 200
-            await asyncio.to_thread(api.delete_connection, ConnectionId=cid)
-    lines = [json.loads(line) for line in path.read_bytes().splitlines()]
-    calls = [(e["routeKey"], e["connectionId"], e["tenant"]) for e in lines if e["kind"] == "management"]
-    assert calls == [("PostToConnection", cid, ""), ("GetConnection", cid, ""), ("JoinGroup", cid, ""),
-                     ("PostToTenant", "", "acme"), ("DeleteConnection", cid, "")]
-
-
 async def test_a_late_request_gets_awss_408_counted_under_its_operation():
     """A request whose head or body is late is answered 408 RequestTimeoutException and its
     connection closed; one whose head named an operation is counted under it."""
