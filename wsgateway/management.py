@@ -109,6 +109,7 @@ _CONNECTION_OPS = {
     ("POST", False): "PostToConnection", ("GET", False): "GetConnection", ("DELETE", False): "DeleteConnection",
     ("PUT", "groups"): "JoinGroup", ("DELETE", "groups"): "LeaveGroup",
 }
+_CONNECTION_OPERATIONS = frozenset(_CONNECTION_OPS.values())  # their target is a connection id
 # (method, *the fixed segments after the tenant) -> operation
 _TENANT_OPS = {
     ("POST", "messages"): "PostToTenant", ("GET", "connections"): "ListTenantConnections",
@@ -446,7 +447,7 @@ class ManagementServer:
         self.gateway.access.write(
             "management",
             requestId=request_id,
-            connectionId=target if operation.endswith(("Connection", "Group")) and "To" not in operation else "",
+            connectionId=target if operation in _CONNECTION_OPERATIONS else "",
             routeKey=operation or request.method,
             method=request.method,
             status=status,
