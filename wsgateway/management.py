@@ -293,6 +293,8 @@ class ManagementServer:
             if probe is not None and (probe != "metrics" or self._cfg.metrics_auth != "sigv4"):
                 return await self._probe(probe)  # bearer metrics were checked with the head
             if request.body_too_large:
+                if type(route) is tuple:  # counted and logged as the fast path counts a post's
+                    operation, target = route[0], route[1]
                 raise PayloadTooLargeError("Message too long")
             if self._verifier is not None:
                 self._verifier.verify(request.method, request.raw_path, request.raw_query, request.headers, request.body,
