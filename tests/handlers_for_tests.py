@@ -42,6 +42,8 @@ async def on_connect(event: dict[str, Any], context: Any) -> Any:
         return {"statusCode": 500}
     if mode == "subprotocol":
         return {"statusCode": 200, "headers": {"Sec-WebSocket-Protocol": "chat.v2"}}
+    if mode == "exit":  # sys.exit() in a handler: fails this handshake, never the node
+        raise SystemExit(3)
     if mode == "bad_status":
         return {"statusCode": "nope"}
     if mode.isdigit():
@@ -126,3 +128,13 @@ async def tell_group(event: dict[str, Any], context: Any) -> dict[str, Any]:
 def sync_slow(event: dict[str, Any], context: Any) -> dict[str, Any]:
     time.sleep(1.0)  # a blocking handler past its limit: abandoned in its thread
     return {"statusCode": 200, "body": "too late"}
+
+
+async def exits(event: dict[str, Any], context: Any) -> None:
+    """A handler that calls sys.exit() (or lets a library's reach us), or is interrupted."""
+    mode = json.loads(event["body"]).get("mode", "exit") if event.get("body") else "exit"
+    raise KeyboardInterrupt if mode == "interrupt" else SystemExit(3)
+
+
+def sync_exits(event: dict[str, Any], context: Any) -> None:
+    raise SystemExit(3)

@@ -7,9 +7,10 @@ import base64
 import json
 
 import pytest
+import websockets
 
 from tests import handlers_for_tests as th
-from tests.support import connect, make_config, running_node, whoami
+from tests.support import connect, make_config, node_process, running_node, whoami
 
 
 @pytest.fixture(autouse=True)
@@ -117,3 +118,47 @@ async def test_replies_count_as_their_tenants_traffic_out():
         history.sample()  # tenant() adds up the last minute's samples: take one of the rest
         assert (stats.messages, stats.frames_out) == (6, 6)
         assert history.tenant("acme")[1] == 12
+
+
+_EXITING_ROUTES = """
+[listen]
+host = "127.0.0.1"
+port = 0
+[management]
+host = "127.0.0.1"
+port = 0
+[log]
+access_log = ""
+[routes]
+"$connect" = "tests.handlers_for_tests:on_connect"
+"$disconnect" = "tests.handlers_for_tests:exits"
+"$default" = "tests.handlers_for_tests:echo"
+whoami = "tests.handlers_for_tests:whoami"
+exits = "tests.handlers_for_tests:exits"
+sync_exits = "tests.handlers_for_tests:sync_exits"
+"""
+
+
+async def test_a_handler_that_exits_fails_its_call_not_the_node(tmp_path):
+    """A Python handler raising SystemExit or KeyboardInterrupt (sys.exit() in it, or in a
+    library it calls) fails that one call as any exception does: the message gets AWS's
+    error frame and the socket stays open, $connect answers 500, $disconnect is logged.
+    Left to propagate, it stopped the node's event loop: every client of the node was gone."""
+    async with node_process(tmp_path, _EXITING_ROUTES) as node:
+        url = f"ws://127.0.0.1:{node.port}/prod"
+        async with websockets.connect(url) as ws:
+            for message in ('{"action": "exits"}', '{"action": "exits", "mode": "interrupt"}',
+                            '{"action": "sync_exits"}'):
+                await ws.send(message)
+                assert json.loads(await asyncio.wait_for(ws.recv(), 5))["message"] == "Internal server error"
+            await whoami(ws)  # still open
+        with pytest.raises(websockets.InvalidStatus) as refused:
+            await websockets.connect(url + "?connect=exit")
+        assert refused.value.response.status_code == 500
+        for _ in range(2):  # every close above ran a $disconnect that exits: the node serves on
+            async with websockets.connect(url) as ws:
+                await whoami(ws)
+        assert node.process.returncode is None
+        log = node.log_text()
+        assert [log.count(f"handler failed: route={route} ") for route in ("exits", "sync_exits", "$connect")] == [2, 1, 1]
+        assert log.count("handler failed: route=$disconnect ") >= 2 and "raised KeyboardInterrupt" in log

@@ -25,7 +25,15 @@ import orjson
 
 from . import events
 from .connection import Connection, as_payload
-from .errors import AuthError, Disconnect, GoneError, HandlerTimeout, IntegrationError, LimitExceededError
+from .errors import (
+    AuthError,
+    Disconnect,
+    GoneError,
+    HandlerExit,
+    HandlerTimeout,
+    IntegrationError,
+    LimitExceededError,
+)
 from .ids import new_request_id
 from .integrations import HandlerContext, Integration
 from .integrations.context import GatewayCalls
@@ -243,6 +251,10 @@ class Dispatcher:
                 if task is not None:
                     task.uncancel()
                 raise HandlerTimeout(integration.target) from None
+            except Exception:
+                raise
+            except BaseException as exc:  # SystemExit, KeyboardInterrupt: this call's failure, not the node's
+                raise HandlerExit(integration.target, exc) from exc
             finally:
                 conn.deadline = 0.0
         except Disconnect as exc:

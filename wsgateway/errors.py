@@ -7,6 +7,7 @@
     ├── AuthError              handshake refused with .status (401 missing/invalid token, 403 not allowed)
     ├── Disconnect             a handler raises it to close its own connection with .code/.reason
     ├── HandlerTimeout         a handler ran past its route's time limit (client: "Endpoint request timed out")
+    ├── HandlerExit            a Python handler raised SystemExit / KeyboardInterrupt: fails the call, not the node
     ├── IntegrationError       an HTTP or Lambda backend failed (.kind, .reason); the client sees a 500
     ├── RemoteNodeError        the node holding a connection failed handling a call: a bare 500
     └── ManagementError        an AWS-shaped answer: .status + .error_type (x-amzn-ErrorType)
@@ -46,6 +47,7 @@ __all__ = [
     "ForbiddenError",
     "GatewayError",
     "GoneError",
+    "HandlerExit",
     "HandlerTimeout",
     "IntegrationError",
     "LimitExceededError",
@@ -102,6 +104,15 @@ class Disconnect(GatewayError):
 
 class HandlerTimeout(GatewayError):
     """A route's function ran past ``limits.handler_timeout_s``; the message names its target."""
+
+
+class HandlerExit(GatewayError):
+    """A Python handler raised SystemExit, KeyboardInterrupt or another BaseException that is
+    not a cancellation (``sys.exit()`` in it or in a library it calls): that call fails as if
+    it had raised an Exception. Left as it was, it would stop the node's event loop."""
+
+    def __init__(self, target: str, raised: BaseException) -> None:
+        super().__init__(f"{target} raised {type(raised).__name__}")
 
 
 class IntegrationError(GatewayError):
