@@ -106,6 +106,12 @@ async def bye(event: dict[str, Any], context: Any) -> None:
     raise Disconnect(4000, "bye now")
 
 
+async def disconnects(event: dict[str, Any], context: Any) -> None:
+    """{"action": "disconnects", "code": C, "reason": R}: raise Disconnect(C, R) as given."""
+    body = json.loads(event["body"])
+    raise Disconnect(body["code"], body.get("reason", ""))
+
+
 async def returns_none(event: dict[str, Any], context: Any) -> None:
     return None
 

@@ -10,7 +10,7 @@ import pytest
 import websockets
 
 from tests import handlers_for_tests as th
-from tests.support import connect, make_config, node_process, running_node, whoami
+from tests.support import TEST_ROUTES, connect, make_config, node_process, running_node, whoami
 
 
 @pytest.fixture(autouse=True)
@@ -162,3 +162,26 @@ async def test_a_handler_that_exits_fails_its_call_not_the_node(tmp_path):
         log = node.log_text()
         assert [log.count(f"handler failed: route={route} ") for route in ("exits", "sync_exits", "$connect")] == [2, 1, 1]
         assert log.count("handler failed: route=$disconnect ") >= 2 and "raised KeyboardInterrupt" in log
+
+
+@pytest.mark.parametrize("code", [999, 1004, 1005, 1006, 1015, 2999, 5000, "4000", True])
+async def test_a_disconnect_no_close_frame_can_carry_fails_the_handler_and_keeps_the_socket(code):
+    """Disconnect with a code no close frame may carry is the handler's error (its text says
+    which codes are allowed): the client gets AWS's error frame and the socket stays open.
+    Before, the close failed inside websockets and the connection was left open, answering
+    nothing, until the client went away."""
+    cfg = make_config(routes={**TEST_ROUTES, "disconnects": "tests.handlers_for_tests:disconnects"})
+    async with running_node(cfg) as node, await connect(node) as ws:
+        await ws.send(json.dumps({"action": "disconnects", "code": code}))
+        assert json.loads(await asyncio.wait_for(ws.recv(), 5))["message"] == "Internal server error"
+        await whoami(ws)
+
+
+async def test_a_disconnect_reason_past_a_close_frames_room_is_cut_to_fit():
+    """A close frame holds 123 bytes of reason: a longer one (built from user input, say) is
+    cut to fit, at a character boundary, and the connection closes as the handler asked."""
+    cfg = make_config(routes={**TEST_ROUTES, "disconnects": "tests.handlers_for_tests:disconnects"})
+    async with running_node(cfg) as node, await connect(node) as ws:
+        await ws.send(json.dumps({"action": "disconnects", "code": 4001, "reason": "é" * 100}))
+        await asyncio.wait_for(ws.wait_closed(), 5)
+        assert (ws.close_code, ws.close_reason) == (4001, "é" * 61)

@@ -93,10 +93,26 @@ class AuthError(GatewayError):
         self.reason = reason
 
 
+# The codes a close frame may carry (RFC 6455 7.4, as websockets checks them), besides 3000-4999.
+_CLOSE_FRAME_CODES = frozenset({1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014})
+_MAX_REASON_BYTES = 123  # a close frame's 125 bytes of payload, less the code
+
+
 class Disconnect(GatewayError):
-    """Raised by a handler to close its connection with ``code`` and ``reason``."""
+    """Raised by a handler to close its connection with ``code`` and ``reason``.
+
+    ``code`` must be one a close frame may carry (1000-1003, 1007-1014 or 3000-4999), else
+    ValueError (the handler fails: the client gets the error frame, the socket stays open);
+    a ``reason`` longer than a close frame holds (123 bytes of UTF-8) is cut to fit."""
 
     def __init__(self, code: int = CLOSE_NORMAL, reason: str = "") -> None:
+        if type(code) is not int or not (code in _CLOSE_FRAME_CODES or 3000 <= code <= 4999):
+            raise ValueError(f"Disconnect code must be 1000-1003, 1007-1014 or 3000-4999, got {code!r}")
+        encoded = str(reason).encode("utf-8", "replace")
+        if len(encoded) > _MAX_REASON_BYTES:
+            reason = encoded[:_MAX_REASON_BYTES].decode("utf-8", "ignore")
+        elif type(reason) is not str or not encoded.isascii():
+            reason = encoded.decode("utf-8")  # a lone surrogate becomes "?"
         super().__init__(f"disconnect {code} {reason}".strip())
         self.code = code
         self.reason = reason
