@@ -116,6 +116,18 @@ async def returns_none(event: dict[str, Any], context: Any) -> None:
     return None
 
 
+async def unsendable(event: dict[str, Any], context: Any) -> Any:
+    """{"action": "unsendable", "kind": K}: return a body no frame can carry."""
+    kind = json.loads(event["body"])["kind"]
+    if kind == "base64":
+        return {"statusCode": 200, "body": "!!!not base64", "isBase64Encoded": True}
+    if kind == "surrogate":  # e.g. a client's own "\ud800" echoed back: valid JSON, not UTF-8
+        return {"statusCode": 200, "body": "hello \ud800"}
+    if kind == "bare_surrogate":
+        return "hello \ud800"
+    return {"statusCode": 200, "body": {1, 2}}  # no JSON for a set
+
+
 async def join(event: dict[str, Any], context: Any) -> dict[str, Any]:
     """{"action": "join", "group": "g"}: add this connection to a group of its tenant."""
     group = json.loads(event["body"])["group"]

@@ -185,3 +185,16 @@ async def test_a_disconnect_reason_past_a_close_frames_room_is_cut_to_fit():
         await ws.send(json.dumps({"action": "disconnects", "code": 4001, "reason": "é" * 100}))
         await asyncio.wait_for(ws.wait_closed(), 5)
         assert (ws.close_code, ws.close_reason) == (4001, "é" * 61)
+
+
+@pytest.mark.parametrize("kind", ["base64", "surrogate", "bare_surrogate", "set"])
+async def test_a_reply_no_frame_can_carry_fails_the_handler_and_keeps_the_socket(kind):
+    """A handler's answer that cannot become a frame (a body flagged base64 that is not, text
+    holding a lone surrogate, an object with no JSON form) fails as a handler that raised:
+    AWS's error frame, logged, the socket stays open. It used to fail the connection (1011)."""
+    cfg = make_config(routes={**TEST_ROUTES, "unsendable": "tests.handlers_for_tests:unsendable"})
+    async with running_node(cfg) as node, await connect(node) as ws:
+        await ws.send(json.dumps({"action": "unsendable", "kind": kind}))
+        assert json.loads(await asyncio.wait_for(ws.recv(), 5))["message"] == "Internal server error"
+        await whoami(ws)
+        assert node.gateway.stats.handler_errors == 1

@@ -257,6 +257,14 @@ class Dispatcher:
                 raise HandlerExit(integration.target, exc) from exc
             finally:
                 conn.deadline = 0.0
+            if result is not None:  # a body that cannot be sent (bad base64, a lone surrogate) fails as a raise
+                # The common answer, {"statusCode": ..., "body": "<text>"}, without the
+                # Mapping ABC's isinstance check and the general case's branches.
+                if type(result) is dict and type(text := result.get("body")) is str \
+                        and not result.get("isBase64Encoded"):
+                    self._send(conn, text.encode(), False)
+                else:
+                    self._reply(conn, result, request_id)
         except Disconnect as exc:
             self._host.close(conn, exc.code, exc.reason)
         except HandlerTimeout as exc:
@@ -273,15 +281,6 @@ class Dispatcher:
             error = self._stats.integration_failed(
                 integration.kind, exc, route=route_key, request_id=request_id)
             self._send_error(conn, "Internal server error", request_id)
-        else:
-            if result is not None:
-                # The common answer, {"statusCode": ..., "body": "<text>"}, without the
-                # Mapping ABC's isinstance check and the general case's branches.
-                if type(result) is dict and type(text := result.get("body")) is str \
-                        and not result.get("isBase64Encoded"):
-                    self._send(conn, text.encode(), False)
-                else:
-                    self._reply(conn, result, request_id)
         finally:
             if gate is not None:
                 gate.leave()
