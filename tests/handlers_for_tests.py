@@ -44,6 +44,8 @@ async def on_connect(event: dict[str, Any], context: Any) -> Any:
         return {"statusCode": 200, "headers": {"Sec-WebSocket-Protocol": "chat.v2"}}
     if mode == "exit":  # sys.exit() in a handler: fails this handshake, never the node
         raise SystemExit(3)
+    if mode == "surrogate_body":  # a body no UTF-8 can carry
+        return {"statusCode": 403, "body": "go \ud800 away"}
     if mode == "bad_status":
         return {"statusCode": "nope"}
     if mode.isdigit():
