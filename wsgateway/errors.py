@@ -108,7 +108,7 @@ class Disconnect(GatewayError):
     def __init__(self, code: int = CLOSE_NORMAL, reason: str = "") -> None:
         if type(code) is not int or not (code in _CLOSE_FRAME_CODES or 3000 <= code <= 4999):
             raise ValueError(f"Disconnect code must be 1000-1003, 1007-1014 or 3000-4999, got {code!r}")
-        encoded = str(reason).encode("utf-8", "replace")
+        encoded = ("" if reason is None else str(reason)).encode("utf-8", "replace")
         if len(encoded) > _MAX_REASON_BYTES:
             reason = encoded[:_MAX_REASON_BYTES].decode("utf-8", "ignore")
         elif type(reason) is not str or not encoded.isascii():
