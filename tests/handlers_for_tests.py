@@ -42,6 +42,10 @@ async def on_connect(event: dict[str, Any], context: Any) -> Any:
         return {"statusCode": 500}
     if mode == "subprotocol":
         return {"statusCode": 200, "headers": {"Sec-WebSocket-Protocol": "chat.v2"}}
+    if mode == "exit":  # sys.exit() in a handler: fails this handshake, never the node
+        raise SystemExit(3)
+    if mode == "surrogate_body":  # a body no UTF-8 can carry
+        return {"statusCode": 403, "body": "go \ud800 away"}
     if mode == "bad_status":
         return {"statusCode": "nope"}
     if mode.isdigit():
@@ -104,8 +108,26 @@ async def bye(event: dict[str, Any], context: Any) -> None:
     raise Disconnect(4000, "bye now")
 
 
+async def disconnects(event: dict[str, Any], context: Any) -> None:
+    """{"action": "disconnects", "code": C, "reason": R}: raise Disconnect(C, R) as given."""
+    body = json.loads(event["body"])
+    raise Disconnect(body["code"], body.get("reason", ""))
+
+
 async def returns_none(event: dict[str, Any], context: Any) -> None:
     return None
+
+
+async def unsendable(event: dict[str, Any], context: Any) -> Any:
+    """{"action": "unsendable", "kind": K}: return a body no frame can carry."""
+    kind = json.loads(event["body"])["kind"]
+    if kind == "base64":
+        return {"statusCode": 200, "body": "!!!not base64", "isBase64Encoded": True}
+    if kind == "surrogate":  # e.g. a client's own "\ud800" echoed back: valid JSON, not UTF-8
+        return {"statusCode": 200, "body": "hello \ud800"}
+    if kind == "bare_surrogate":
+        return "hello \ud800"
+    return {"statusCode": 200, "body": {1, 2}}  # no JSON for a set
 
 
 async def join(event: dict[str, Any], context: Any) -> dict[str, Any]:
@@ -126,3 +148,13 @@ async def tell_group(event: dict[str, Any], context: Any) -> dict[str, Any]:
 def sync_slow(event: dict[str, Any], context: Any) -> dict[str, Any]:
     time.sleep(1.0)  # a blocking handler past its limit: abandoned in its thread
     return {"statusCode": 200, "body": "too late"}
+
+
+async def exits(event: dict[str, Any], context: Any) -> None:
+    """A handler that calls sys.exit() (or lets a library's reach us), or is interrupted."""
+    mode = json.loads(event["body"]).get("mode", "exit") if event.get("body") else "exit"
+    raise KeyboardInterrupt if mode == "interrupt" else SystemExit(3)
+
+
+def sync_exits(event: dict[str, Any], context: Any) -> None:
+    raise SystemExit(3)

@@ -115,6 +115,21 @@ def test_workers_refused_with_memory_registry(tmp_path):
     assert "redis" in proc.stderr.read().decode()
 
 
+@pytest.mark.parametrize("workers", ["0", "-2"])
+def test_workers_below_one_are_refused(tmp_path, workers):
+    proc, _ = start(tmp_path, PORT0, "--workers", workers)
+    assert proc.wait(20) == 2
+    assert "--workers: must be at least 1" in proc.stderr.read().decode()
+
+
+def test_help_speaks_to_users():
+    """``wsgateway --help`` says what the program is, not how its module is built."""
+    out = subprocess.run([sys.executable, "-m", "wsgateway", "--help"], cwd=ROOT, capture_output=True, text=True,
+                         timeout=20)
+    assert out.returncode == 0
+    assert "WebSocket" in out.stdout and "uvloop" not in out.stdout and "``" not in out.stdout
+
+
 def test_check_config_and_routes_commands(tmp_path):
     path = tmp_path / "g.toml"
     path.write_text(PORT0)

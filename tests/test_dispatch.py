@@ -7,9 +7,10 @@ import base64
 import json
 
 import pytest
+import websockets
 
 from tests import handlers_for_tests as th
-from tests.support import connect, make_config, running_node, whoami
+from tests.support import TEST_ROUTES, connect, make_config, node_process, running_node, whoami
 
 
 @pytest.fixture(autouse=True)
@@ -117,3 +118,83 @@ async def test_replies_count_as_their_tenants_traffic_out():
         history.sample()  # tenant() adds up the last minute's samples: take one of the rest
         assert (stats.messages, stats.frames_out) == (6, 6)
         assert history.tenant("acme")[1] == 12
+
+
+_EXITING_ROUTES = """
+[listen]
+host = "127.0.0.1"
+port = 0
+[management]
+host = "127.0.0.1"
+port = 0
+[log]
+access_log = ""
+[routes]
+"$connect" = "tests.handlers_for_tests:on_connect"
+"$disconnect" = "tests.handlers_for_tests:exits"
+"$default" = "tests.handlers_for_tests:echo"
+whoami = "tests.handlers_for_tests:whoami"
+exits = "tests.handlers_for_tests:exits"
+sync_exits = "tests.handlers_for_tests:sync_exits"
+"""
+
+
+async def test_a_handler_that_exits_fails_its_call_not_the_node(tmp_path):
+    """A Python handler raising SystemExit or KeyboardInterrupt (sys.exit() in it, or in a
+    library it calls) fails that one call as any exception does: the message gets AWS's
+    error frame and the socket stays open, $connect answers 500, $disconnect is logged.
+    Left to propagate, it stopped the node's event loop: every client of the node was gone."""
+    async with node_process(tmp_path, _EXITING_ROUTES) as node:
+        url = f"ws://127.0.0.1:{node.port}/prod"
+        async with websockets.connect(url) as ws:
+            for message in ('{"action": "exits"}', '{"action": "exits", "mode": "interrupt"}',
+                            '{"action": "sync_exits"}'):
+                await ws.send(message)
+                assert json.loads(await asyncio.wait_for(ws.recv(), 5))["message"] == "Internal server error"
+            await whoami(ws)  # still open
+        with pytest.raises(websockets.InvalidStatus) as refused:
+            await websockets.connect(url + "?connect=exit")
+        assert refused.value.response.status_code == 500
+        for _ in range(2):  # every close above ran a $disconnect that exits: the node serves on
+            async with websockets.connect(url) as ws:
+                await whoami(ws)
+        assert node.process.returncode is None
+        log = node.log_text()
+        assert [log.count(f"handler failed: route={route} ") for route in ("exits", "sync_exits", "$connect")] == [2, 1, 1]
+        assert log.count("handler failed: route=$disconnect ") >= 2 and "raised KeyboardInterrupt" in log
+
+
+@pytest.mark.parametrize("code", [999, 1004, 1005, 1006, 1015, 2999, 5000, "4000", True])
+async def test_a_disconnect_no_close_frame_can_carry_fails_the_handler_and_keeps_the_socket(code):
+    """Disconnect with a code no close frame may carry is the handler's error (its text says
+    which codes are allowed): the client gets AWS's error frame and the socket stays open.
+    Before, the close failed inside websockets and the connection was left open, answering
+    nothing, until the client went away."""
+    cfg = make_config(routes={**TEST_ROUTES, "disconnects": "tests.handlers_for_tests:disconnects"})
+    async with running_node(cfg) as node, await connect(node) as ws:
+        await ws.send(json.dumps({"action": "disconnects", "code": code}))
+        assert json.loads(await asyncio.wait_for(ws.recv(), 5))["message"] == "Internal server error"
+        await whoami(ws)
+
+
+async def test_a_disconnect_reason_past_a_close_frames_room_is_cut_to_fit():
+    """A close frame holds 123 bytes of reason: a longer one (built from user input, say) is
+    cut to fit, at a character boundary, and the connection closes as the handler asked."""
+    cfg = make_config(routes={**TEST_ROUTES, "disconnects": "tests.handlers_for_tests:disconnects"})
+    async with running_node(cfg) as node, await connect(node) as ws:
+        await ws.send(json.dumps({"action": "disconnects", "code": 4001, "reason": "é" * 100}))
+        await asyncio.wait_for(ws.wait_closed(), 5)
+        assert (ws.close_code, ws.close_reason) == (4001, "é" * 61)
+
+
+@pytest.mark.parametrize("kind", ["base64", "surrogate", "bare_surrogate", "set"])
+async def test_a_reply_no_frame_can_carry_fails_the_handler_and_keeps_the_socket(kind):
+    """A handler's answer that cannot become a frame (a body flagged base64 that is not, text
+    holding a lone surrogate, an object with no JSON form) fails as a handler that raised:
+    AWS's error frame, logged, the socket stays open. It used to fail the connection (1011)."""
+    cfg = make_config(routes={**TEST_ROUTES, "unsendable": "tests.handlers_for_tests:unsendable"})
+    async with running_node(cfg) as node, await connect(node) as ws:
+        await ws.send(json.dumps({"action": "unsendable", "kind": kind}))
+        assert json.loads(await asyncio.wait_for(ws.recv(), 5))["message"] == "Internal server error"
+        await whoami(ws)
+        assert node.gateway.stats.handler_errors == 1

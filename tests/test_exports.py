@@ -29,3 +29,8 @@ def test_error_types_match_aws_shapes():
 def test_config_error_names_the_key():
     exc = errors.ConfigError("listen.port", "must be an integer")
     assert str(exc) == "listen.port: must be an integer" and exc.key == "listen.port"
+
+
+def test_disconnect_reason_none_is_empty():
+    assert errors.Disconnect(1000, None).reason == ""  # type: ignore[arg-type]
+    assert errors.Disconnect(4000).reason == "" and errors.Disconnect(4000, "bye").reason == "bye"

@@ -563,3 +563,54 @@ async def test_an_oversize_post_announced_with_expect_continue_gets_413_without_
         assert node.gateway.stats.management == {("PostToConnection", 413): 3, ("Unknown", 403): 1}
         with pytest.raises(TimeoutError):
             await asyncio.wait_for(ws.recv(), 0.2)  # nothing was delivered
+
+
+async def test_the_access_log_names_the_connection_or_tenant_of_every_call(tmp_path):
+    """Each management line names what the call addressed: the connection of PostToConnection,
+    GetConnection, DeleteConnection and the group calls, the tenant of a fan-out, listing or
+    usage (an operator greps the log for one connection id: its posts must be there)."""
+    path = tmp_path / "access.log"
+    async with running_node(make_config(log={"access_log": str(path)})) as node:
+        async with await connect(node, query={"tenant": "acme"}) as ws:
+            cid = await whoami(ws)
+            calls = [("POST", f"/prod/@connections/{cid}", "PostToConnection"),
+                     ("GET", f"/prod/@connections/{cid}", "GetConnection"),
+                     ("PUT", f"/prod/@connections/{cid}/groups/desk", "JoinGroup"),
+                     ("POST", "/prod/@tenants/acme/groups/desk/messages", "PostToGroup"),
+                     ("POST", "/prod/@tenants/acme/users/u/messages", "PostToUser"),
+                     ("POST", "/prod/@tenants/acme/messages", "PostToTenant"),
+                     ("GET", "/prod/@tenants/acme/connections", "ListTenantConnections"),
+                     ("GET", "/prod/@tenants/acme/usage", "GetTenantUsage"),
+                     ("DELETE", f"/prod/@connections/{cid}/groups/desk", "LeaveGroup"),
+                     ("DELETE", f"/prod/@connections/{cid}", "DeleteConnection")]
+            for method, url, _ in calls:
+                status, _, _ = await raw(node, method, url, b"x" if method == "POST" else b"")
+                assert status < 300, (method, url, status)
+    lines = [json.loads(line) for line in path.read_bytes().splitlines()]
+    logged = [(e["routeKey"], e["connectionId"], e["tenant"]) for e in lines if e["kind"] == "management"]
+    assert logged == [(operation, "" if "tenants" in url else cid, "acme" if "tenants" in url else "")
+                      for _, url, operation in calls]
+
+
+async def test_an_oversize_fanout_is_counted_and_logged_under_its_operation(tmp_path):
+    """A fan-out over ``max_post_bytes`` answers 413 as a post to a connection does, and is
+    counted and logged under its operation and tenant as that post is (also a post through
+    replay protection, which takes the longer way through the server)."""
+    path = tmp_path / "access.log"
+    big = b"x" * 131073
+    async with running_node(make_config(log={"access_log": str(path)})) as node:
+        for url in ("/prod/@tenants/acme/messages", "/prod/@tenants/acme/users/u/messages",
+                    "/prod/@tenants/acme/groups/g/messages"):
+            status, headers, _ = await raw(node, "POST", url, big)
+            assert (status, headers["x-amzn-ErrorType"]) == (413, "PayloadTooLargeException")
+        assert node.gateway.stats.management == {("PostToTenant", 413): 1, ("PostToUser", 413): 1,
+                                                 ("PostToGroup", 413): 1}
+    lines = [json.loads(line) for line in path.read_bytes().splitlines()]
+    assert [(e["routeKey"], e["tenant"], e["status"]) for e in lines] == [
+        ("PostToTenant", "acme", 413), ("PostToUser", "acme", 413), ("PostToGroup", "acme", 413)]
+    async with running_node(replay_config()) as node, await connect(node) as ws:
+        cid = await whoami(ws)
+        path, headers = signed_post(node, cid, big)
+        status, _, _ = await raw(node, "POST", path, big, headers)
+        assert status == 413
+        assert node.gateway.stats.management == {("PostToConnection", 413): 1}

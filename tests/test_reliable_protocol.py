@@ -46,6 +46,7 @@ def test_binary_messages_carry_base64() -> None:
     ('{"type":"ack","seq":7}' + " " * 200, 7),  # however long: any object whose type is "ack"
     ('{"type":"ack","seq":1,"padding":"' + "x" * 200 + '"}', 1),
     ('{"type":"\\u0061ck","seq":3}', 3),  # "ack" spelt with an escape
+    ('{"type":"ack","seq":4,"n":' + "9" * 4301 + "}", 4),  # a member no JSON library here reads as a number
 ])
 def test_acks_are_recognised_however_spaced(message: str, seq: int) -> None:
     assert parse_ack(message) == seq
@@ -71,6 +72,7 @@ def test_other_frames_are_not_acks(message: str | bytes) -> None:
     '{"type":"ack","seq":1e400}',  # JSON, though orjson refuses a number past a double's range
     '{"type":"ack","seq":1e400}' + " " * 200,
     '{"type":"ack","seq":99999999999999999999999}',
+    '{"type":"ack","seq":' + "9" * 4301 + "}",  # past what int() reads from text: still an ack, never routed
 ])
 def test_malformed_acks_raise(message: str) -> None:
     with pytest.raises(ValueError):

@@ -160,6 +160,20 @@ async def test_connect_handler_rejections(mode, status):
         assert th.events_of("$disconnect") == []  # never accepted: no $disconnect
 
 
+@pytest.mark.parametrize(("mode", "status", "body"), [
+    ("499", 499, b"go away\n"), ("599", 599, b"go away\n"), ("surrogate_body", 403, b"go ? away\n")])
+async def test_connect_rejections_python_has_no_name_for_are_sent_as_asked(mode, status, body):
+    """$connect may answer any status from 400 to 599 and any text: a status with no name in
+    http.HTTPStatus, or a body holding a lone surrogate, is sent as well as it can be (the
+    phrase "Error", the surrogate as "?"). websockets' own rejection refused both, answering
+    500 with its own text and logging a traceback."""
+    async with running_node() as node:
+        with pytest.raises(InvalidStatus) as info:
+            async with websockets.connect(ws_url(node, connect=mode), open_timeout=5):
+                pass
+        assert (info.value.response.status_code, info.value.response.body) == (status, body)
+
+
 async def test_connect_event_shape_and_post_during_connect_is_410():
     async with running_node() as node:
         async with websockets.connect(

@@ -143,13 +143,28 @@ def _setup_logging(config: GatewayConfig) -> None:
     logging.getLogger("websockets").setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
+def _at_least_one(text: str) -> int:
+    """``--workers``: an integer >= 1 (argparse reports anything else as a usage error, exit 2)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="wsgateway", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="wsgateway",
+        description="A self-hosted WebSocket push gateway, wire-compatible with AWS API Gateway's WebSocket API.",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run a gateway node")
     serve.add_argument("--config", help="TOML config file (default: embedded defaults)")
     serve.add_argument("--ready-file", help="write {node_id, port, management_port} here once listening")
-    serve.add_argument("--workers", type=int, default=1, help="processes sharing the ports (redis registry only)")
+    serve.add_argument("--workers", type=_at_least_one, default=1,
+                       help="processes sharing the ports (redis registry only)")
     # Set by the --workers supervisor for its children; not for direct use.
     serve.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     serve.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)

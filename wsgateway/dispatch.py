@@ -25,7 +25,15 @@ import orjson
 
 from . import events
 from .connection import Connection, as_payload
-from .errors import AuthError, Disconnect, GoneError, HandlerTimeout, IntegrationError, LimitExceededError
+from .errors import (
+    AuthError,
+    Disconnect,
+    GoneError,
+    HandlerExit,
+    HandlerTimeout,
+    IntegrationError,
+    LimitExceededError,
+)
 from .ids import new_request_id
 from .integrations import HandlerContext, Integration
 from .integrations.context import GatewayCalls
@@ -243,8 +251,20 @@ class Dispatcher:
                 if task is not None:
                     task.uncancel()
                 raise HandlerTimeout(integration.target) from None
+            except Exception:
+                raise
+            except BaseException as exc:  # SystemExit, KeyboardInterrupt: this call's failure, not the node's
+                raise HandlerExit(integration.target, exc) from exc
             finally:
                 conn.deadline = 0.0
+            if result is not None:  # a body that cannot be sent (bad base64, a lone surrogate) fails as a raise
+                # The common answer, {"statusCode": ..., "body": "<text>"}, without the
+                # Mapping ABC's isinstance check and the general case's branches.
+                if type(result) is dict and type(text := result.get("body")) is str \
+                        and not result.get("isBase64Encoded"):
+                    self._send(conn, text.encode(), False)
+                else:
+                    self._reply(conn, result, request_id)
         except Disconnect as exc:
             self._host.close(conn, exc.code, exc.reason)
         except HandlerTimeout as exc:
@@ -261,15 +281,6 @@ class Dispatcher:
             error = self._stats.integration_failed(
                 integration.kind, exc, route=route_key, request_id=request_id)
             self._send_error(conn, "Internal server error", request_id)
-        else:
-            if result is not None:
-                # The common answer, {"statusCode": ..., "body": "<text>"}, without the
-                # Mapping ABC's isinstance check and the general case's branches.
-                if type(result) is dict and type(text := result.get("body")) is str \
-                        and not result.get("isBase64Encoded"):
-                    self._send(conn, text.encode(), False)
-                else:
-                    self._reply(conn, result, request_id)
         finally:
             if gate is not None:
                 gate.leave()

@@ -7,6 +7,7 @@
     ├── AuthError              handshake refused with .status (401 missing/invalid token, 403 not allowed)
     ├── Disconnect             a handler raises it to close its own connection with .code/.reason
     ├── HandlerTimeout         a handler ran past its route's time limit (client: "Endpoint request timed out")
+    ├── HandlerExit            a Python handler raised SystemExit / KeyboardInterrupt: fails the call, not the node
     ├── IntegrationError       an HTTP or Lambda backend failed (.kind, .reason); the client sees a 500
     ├── RemoteNodeError        the node holding a connection failed handling a call: a bare 500
     └── ManagementError        an AWS-shaped answer: .status + .error_type (x-amzn-ErrorType)
@@ -46,6 +47,7 @@ __all__ = [
     "ForbiddenError",
     "GatewayError",
     "GoneError",
+    "HandlerExit",
     "HandlerTimeout",
     "IntegrationError",
     "LimitExceededError",
@@ -91,10 +93,26 @@ class AuthError(GatewayError):
         self.reason = reason
 
 
+# The codes a close frame may carry (RFC 6455 7.4, as websockets checks them), besides 3000-4999.
+_CLOSE_FRAME_CODES = frozenset({1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014})
+_MAX_REASON_BYTES = 123  # a close frame's 125 bytes of payload, less the code
+
+
 class Disconnect(GatewayError):
-    """Raised by a handler to close its connection with ``code`` and ``reason``."""
+    """Raised by a handler to close its connection with ``code`` and ``reason``.
+
+    ``code`` must be one a close frame may carry (1000-1003, 1007-1014 or 3000-4999), else
+    ValueError (the handler fails: the client gets the error frame, the socket stays open);
+    a ``reason`` longer than a close frame holds (123 bytes of UTF-8) is cut to fit."""
 
     def __init__(self, code: int = CLOSE_NORMAL, reason: str = "") -> None:
+        if type(code) is not int or not (code in _CLOSE_FRAME_CODES or 3000 <= code <= 4999):
+            raise ValueError(f"Disconnect code must be 1000-1003, 1007-1014 or 3000-4999, got {code!r}")
+        encoded = ("" if reason is None else str(reason)).encode("utf-8", "replace")
+        if len(encoded) > _MAX_REASON_BYTES:
+            reason = encoded[:_MAX_REASON_BYTES].decode("utf-8", "ignore")
+        elif type(reason) is not str or not encoded.isascii():
+            reason = encoded.decode("utf-8")  # a lone surrogate becomes "?"
         super().__init__(f"disconnect {code} {reason}".strip())
         self.code = code
         self.reason = reason
@@ -102,6 +120,15 @@ class Disconnect(GatewayError):
 
 class HandlerTimeout(GatewayError):
     """A route's function ran past ``limits.handler_timeout_s``; the message names its target."""
+
+
+class HandlerExit(GatewayError):
+    """A Python handler raised SystemExit, KeyboardInterrupt or another BaseException that is
+    not a cancellation (``sys.exit()`` in it or in a library it calls): that call fails as if
+    it had raised an Exception. Left as it was, it would stop the node's event loop."""
+
+    def __init__(self, target: str, raised: BaseException) -> None:
+        super().__init__(f"{target} raised {type(raised).__name__}")
 
 
 class IntegrationError(GatewayError):

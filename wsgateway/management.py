@@ -110,6 +110,7 @@ _CONNECTION_OPS = {
     ("POST", False): "PostToConnection", ("GET", False): "GetConnection", ("DELETE", False): "DeleteConnection",
     ("PUT", "groups"): "JoinGroup", ("DELETE", "groups"): "LeaveGroup",
 }
+_CONNECTION_OPERATIONS = frozenset(_CONNECTION_OPS.values())  # their target is a connection id
 # (method, *the fixed segments after the tenant) -> operation
 _TENANT_OPS = {
     ("POST", "messages"): "PostToTenant", ("GET", "connections"): "ListTenantConnections",
@@ -293,6 +294,8 @@ class ManagementServer:
             if probe is not None and (probe != "metrics" or self._cfg.metrics_auth != "sigv4"):
                 return await self._probe(probe)  # bearer metrics were checked with the head
             if request.body_too_large:
+                if type(route) is tuple:  # counted and logged as the fast path counts a post's
+                    operation, target = route[0], route[1]
                 raise PayloadTooLargeError("Message too long")
             if self._verifier is not None:
                 self._verifier.verify(request.method, request.raw_path, request.raw_query, request.headers, request.body,
@@ -449,7 +452,7 @@ class ManagementServer:
         self.gateway.access.write(
             "management",
             requestId=request_id,
-            connectionId=target if operation.endswith(("Connection", "Group")) and "To" not in operation else "",
+            connectionId=target if operation in _CONNECTION_OPERATIONS else "",
             routeKey=operation or request.method,
             method=request.method,
             status=status,

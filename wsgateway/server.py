@@ -220,11 +220,19 @@ def origin_key(origin: str) -> str:
 
 
 def _reject(ws: ServerConnection, status: int, text: str = "") -> Response:
+    """A plain-text refusal with ``status`` (any from 100 to 599: $connect chooses it) and
+    ``text``, which websockets' own refusal takes only for named statuses and UTF-8 text."""
     try:
         phrase = http.HTTPStatus(status).phrase
     except ValueError:
-        phrase = "Error"
-    return ws.respond(status, (text or phrase) + "\n")
+        phrase = ""
+    text = (text or phrase or "Error") + "\n"
+    if not text.isascii():
+        text = text.encode("utf-8", "replace").decode()  # a lone surrogate is sent as "?"
+    response = ws.respond(status if phrase else 500, text)
+    if not phrase:
+        response.status_code, response.reason_phrase = status, "Error"
+    return response
 
 
 class ClientServer:

@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
 from typing import Any
 
-from ..errors import ConfigError
+from ..errors import ConfigError, HandlerExit
 from .context import HandlerContext
 from .timed import within
 
@@ -80,8 +80,14 @@ class PythonIntegration:
         """Nothing to release (the gateway owns the thread pool)."""
 
     async def invoke(self, event: dict[str, Any], context: HandlerContext) -> Any:
-        """Call the function; raise HandlerTimeout past the limit, or what it raised."""
-        return await within(self.timeout, self.target, self.call(event, context))
+        """Call the function; raise HandlerTimeout past the limit, or what it raised
+        (HandlerExit for SystemExit and the like, which asyncio would let out of the loop)."""
+        try:
+            return await within(self.timeout, self.target, self.call(event, context))
+        except (Exception, asyncio.CancelledError):
+            raise
+        except BaseException as exc:
+            raise HandlerExit(self.target, exc) from exc
 
     def _in_pool(self, event: dict[str, Any], context: HandlerContext) -> Awaitable[Any]:
         """A sync function's ``call``: run in the gateway's thread pool, never on the loop."""

@@ -122,9 +122,15 @@ def _json_value(message: str) -> object:
     refuses of an object, as a number out of a double's range (``1e400``), so that such an ack
     is answered as invalid instead of reaching a route."""
     try:
-        return json.loads(message)
+        return json.loads(message, parse_int=_json_int)
     except (ValueError, RecursionError):
         return None
+
+
+def _json_int(digits: str) -> int:
+    """A JSON integer; one longer than any seq (which int() would refuse past 4300 digits, or
+    take quadratic time over) as -1, which no seq is: such an ack is invalid, not routed."""
+    return int(digits) if len(digits) <= 20 else -1
 
 
 @dataclass(frozen=True, slots=True)
