@@ -1,5 +1,6 @@
-"""The user docs stay true: links resolve inside the repository, and the README's commands are
-the ones CI runs. Unit tests: they read files and open no sockets."""
+"""The user docs stay true: links resolve inside the repository, the README's commands are the
+ones CI runs, and every config they show is one the gateway loads. Unit tests: they read files
+and open no sockets."""
 
 from __future__ import annotations
 
@@ -9,12 +10,32 @@ from pathlib import Path
 
 import pytest
 
+from wsgateway.config import load_config
+
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = sorted([ROOT / "README.md", ROOT / "loadtest" / "README.md", *(ROOT / "docs").glob("*.md")])
 _LINK = re.compile(r"\]\(([^)\s]+)\)")
 # A repository path quoted in backticks: `docs/x.md`, `handlers/echo.py`, `loadtest/README.md`.
 _QUOTED_PATH = re.compile(r"`((?:docs|handlers|loadtest|wsgateway|tests)/[\w./-]*\w)`")
 _MACHINE_PATH = re.compile(r"(?<![\w.~])/(?:work|home|Users|root|opt|srv)/")
+_TOML_BLOCK = re.compile(r"^```toml\n(.*?)^```", re.S | re.M)
+# What a snippet asks of its surroundings: the variables its secrets are read from, its files.
+_ENV_VARIABLE = re.compile(r'^\s*\w+_env\s*=\s*"(\w+)"', re.M)
+_FILE_VALUE = re.compile(r'^\s*\w+_file\s*=\s*"([^"/]+)"', re.M)
+
+
+def _toml_snippets() -> dict[str, str]:
+    """Every ```toml block of the docs, by "<doc>:<line>"."""
+    snippets = {}
+    for doc in DOCS:
+        text = doc.read_text()
+        for block in _TOML_BLOCK.finditer(text):
+            line = text.count("\n", 0, block.start()) + 1
+            snippets[f"{doc.relative_to(ROOT)}:{line}"] = block.group(1)
+    return snippets
+
+
+TOML_SNIPPETS = _toml_snippets()
 
 
 @pytest.mark.parametrize("doc", DOCS, ids=lambda p: str(p.relative_to(ROOT)))
@@ -51,3 +72,20 @@ def test_the_test_extra_carries_the_linters_ci_runs() -> None:
     assert {"ruff", "mypy", "pytest"} <= names
     assert project["tool"]["mypy"]["strict"] is True
     assert "wsgateway" in project["tool"]["mypy"]["files"]
+
+
+@pytest.mark.parametrize("snippet", TOML_SNIPPETS.values(), ids=TOML_SNIPPETS.keys())
+def test_every_toml_snippet_in_the_docs_is_a_config_the_gateway_loads(snippet: str, tmp_path: Path) -> None:
+    """A config a doc shows is one a user can paste into a file and start with: it parses, and
+    the gateway's own loader accepts it, given the files and environment variables it names."""
+    for name in _FILE_VALUE.findall(snippet):
+        (tmp_path / name).write_text("")
+    env = dict.fromkeys(_ENV_VARIABLE.findall(snippet), "x" * 64)
+    (tmp_path / "gateway.toml").write_text(snippet)
+    load_config(tmp_path / "gateway.toml", env=env)
+
+
+def test_the_toml_snippets_include_the_configuration_reference() -> None:
+    """The test above cannot pass by finding nothing."""
+    assert any(where.startswith("docs/configuration.md:") for where in TOML_SNIPPETS), list(TOML_SNIPPETS)
+    assert len(TOML_SNIPPETS) >= 9, list(TOML_SNIPPETS)
