@@ -4,6 +4,7 @@ and open no sockets."""
 
 from __future__ import annotations
 
+import importlib
 import re
 import tomllib
 from pathlib import Path
@@ -83,6 +84,18 @@ def test_every_toml_snippet_in_the_docs_is_a_config_the_gateway_loads(snippet: s
     env = dict.fromkeys(_ENV_VARIABLE.findall(snippet), "x" * 64)
     (tmp_path / "gateway.toml").write_text(snippet)
     load_config(tmp_path / "gateway.toml", env=env)
+
+
+@pytest.mark.parametrize("snippet", TOML_SNIPPETS.values(), ids=TOML_SNIPPETS.keys())
+def test_python_route_targets_in_the_docs_run_from_any_directory(snippet: str) -> None:
+    """`handlers/` imports as `handlers` only inside a clone; `pip install .` ships it as
+    `wsgateway.examples`, which is what a doc's route must name to start from anywhere."""
+    for key, target in tomllib.loads(snippet).get("routes", {}).items():
+        if key == "selection_expression" or target.startswith(("http://", "https://", "lambda:")):
+            continue
+        module, _, function = target.partition(":")
+        assert module.split(".")[0] != "handlers", f"{key} = {target!r}: name wsgateway.examples.{module[9:]}"
+        assert callable(getattr(importlib.import_module(module), function)), target
 
 
 def test_the_toml_snippets_include_the_configuration_reference() -> None:
