@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from wsgateway import errors
 from wsgateway.config import load_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -102,3 +103,14 @@ def test_the_toml_snippets_include_the_configuration_reference() -> None:
     """The test above cannot pass by finding nothing."""
     assert any(where.startswith("docs/configuration.md:") for where in TOML_SNIPPETS), list(TOML_SNIPPETS)
     assert len(TOML_SNIPPETS) >= 9, list(TOML_SNIPPETS)
+
+
+def test_every_close_code_the_gateway_closes_with_has_a_row_in_the_close_code_table() -> None:
+    """errors.py's CLOSE_* constants are the documented contract; configuration.md lists them.
+    CLOSE_UNSUPPORTED_DATA (1003) is AWS's answer to a binary frame, which the gateway routes
+    instead: it is exported for handlers, never sent by the gateway itself."""
+    text = (ROOT / "docs" / "configuration.md").read_text()
+    table = text[text.index("## Close codes"):text.index("`$disconnect` runs exactly once")]
+    rows = {int(code) for code in re.findall(r"^\| (\d{4}) \|", table, re.M)}
+    codes = {getattr(errors, name) for name in errors.__all__ if name.startswith("CLOSE_")}
+    assert codes - {errors.CLOSE_UNSUPPORTED_DATA} <= rows, sorted(codes - rows)
