@@ -109,6 +109,17 @@ def test_bad_config_stops_startup_with_one_line(tmp_path, config, key):
     assert len(err) == 1 and "config error" in err[0] and key in err[0], err
 
 
+def test_help_says_what_the_command_is_for(capsys):
+    from wsgateway.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert exit_.value.code == 0
+    assert "WebSocket push gateway" in out and "serve" in out and "check-config" in out
+    assert "uvloop" not in out and "event loop" not in out  # a note for developers, not users
+
+
 def test_workers_refused_with_memory_registry(tmp_path):
     proc, _ = start(tmp_path, PORT0, "--workers", "2")
     assert proc.wait(20) == 2

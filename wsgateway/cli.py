@@ -28,6 +28,7 @@ from .errors import ConfigError
 __all__ = ["main"]
 
 log = logging.getLogger("wsgateway")
+_DESCRIPTION = "A self-hosted WebSocket push gateway, wire-compatible with AWS API Gateway's WebSocket API."
 
 
 def _event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
@@ -144,7 +145,8 @@ def _setup_logging(config: GatewayConfig) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="wsgateway", description=__doc__.splitlines()[0])
+    # What a user needs from --help, not the module docstring's note for whoever edits this file.
+    parser = argparse.ArgumentParser(prog="wsgateway", description=_DESCRIPTION)
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run a gateway node")
     serve.add_argument("--config", help="TOML config file (default: embedded defaults)")
