@@ -125,7 +125,7 @@ def instructions(posts: int, workdir: Path, redis_url: str) -> tuple[int, int]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))  # the first paragraph
     parser.add_argument("--small", type=int, default=300)
     parser.add_argument("--large", type=int, default=3300)
     parser.add_argument("--keep", help="write the callgrind files into this directory (for callgrind_annotate)")
