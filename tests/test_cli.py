@@ -120,6 +120,16 @@ def test_help_says_what_the_command_is_for(capsys):
     assert "uvloop" not in out and "event loop" not in out  # a note for developers, not users
 
 
+@pytest.mark.parametrize("count", ["0", "-2", "two"])
+def test_a_worker_count_below_one_is_refused(count, capsys):
+    from wsgateway.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["serve", "--workers", count])
+    assert exit_.value.code == 2
+    assert f"--workers: must be an integer >= 1, got '{count}'" in capsys.readouterr().err
+
+
 def test_workers_refused_with_memory_registry(tmp_path):
     proc, _ = start(tmp_path, PORT0, "--workers", "2")
     assert proc.wait(20) == 2

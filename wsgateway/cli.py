@@ -144,6 +144,17 @@ def _setup_logging(config: GatewayConfig) -> None:
     logging.getLogger("websockets").setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
+def _worker_count(text: str) -> int:
+    """``--workers``: 1 or more; 0 or a negative number is refused, not run as one process."""
+    try:
+        count = int(text)
+    except ValueError:
+        count = 0
+    if count < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}")
+    return count
+
+
 def _parser() -> argparse.ArgumentParser:
     # What a user needs from --help, not the module docstring's note for whoever edits this file.
     parser = argparse.ArgumentParser(prog="wsgateway", description=_DESCRIPTION)
@@ -151,7 +162,8 @@ def _parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run a gateway node")
     serve.add_argument("--config", help="TOML config file (default: embedded defaults)")
     serve.add_argument("--ready-file", help="write {node_id, port, management_port} here once listening")
-    serve.add_argument("--workers", type=int, default=1, help="processes sharing the ports (redis registry only)")
+    serve.add_argument("--workers", type=_worker_count, default=1,
+                       help="processes sharing the ports (redis registry only)")
     # Set by the --workers supervisor for its children; not for direct use.
     serve.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     serve.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
