@@ -130,6 +130,23 @@ def test_a_worker_count_below_one_is_refused(count, capsys):
     assert f"--workers: must be an integer >= 1, got '{count}'" in capsys.readouterr().err
 
 
+@pytest.mark.redis
+def test_a_ready_file_that_cannot_be_written_stops_the_node_and_takes_it_out_of_the_registry(
+    tmp_path, redis_url, key_prefix
+):
+    """The node started before the ready file failed: it must not stay listed as alive in
+    Redis, where other nodes would count on it until node_ttl_s and sweep it."""
+    import redis
+
+    path = tmp_path / "gateway.toml"
+    path.write_text(PORT0 + f'[registry]\nbackend = "redis"\nredis_url = "{redis_url}"\nkey_prefix = "{key_prefix}"\n')
+    run = subprocess.run([sys.executable, "-m", "wsgateway", "serve", "--config", str(path),
+                          "--ready-file", str(tmp_path / "missing" / "ready.json")],
+                         cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 1 and "cannot start" in run.stderr, run.stderr
+    assert redis.Redis.from_url(redis_url).zrange(f"{key_prefix}:{{meta}}:alive", 0, -1) == []
+
+
 def test_workers_refused_with_memory_registry(tmp_path):
     proc, _ = start(tmp_path, PORT0, "--workers", "2")
     assert proc.wait(20) == 2

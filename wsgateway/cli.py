@@ -65,12 +65,12 @@ async def _serve(config: GatewayConfig, args: argparse.Namespace) -> int:
     loop.add_signal_handler(signal.SIGHUP, _reload, node, args.config)
     await node.start()
     _tune_gc()
-    if args.ready_file:
-        _write_ready_file(
-            args.ready_file,
-            {"node_id": node.node_id, "port": node.port, "management_port": node.management_port, "pid": os.getpid()},
-        )
-    try:
+    try:  # a ready file that cannot be written stops the node too: it leaves the registry
+        if args.ready_file:
+            _write_ready_file(
+                args.ready_file,
+                {"node_id": node.node_id, "port": node.port, "management_port": node.management_port, "pid": os.getpid()},
+            )
         await stop.wait()
         log.info("node %s stopping: draining %d connections", node.node_id, len(node.gateway.hub))
     finally:
