@@ -6,8 +6,10 @@ is another port, so the endpoint comes from the environment: ``WSGATEWAY_MANAGEM
 (set by the gateway for its handlers, e.g. ``http://127.0.0.1:8081/prod``) or your own
 ``APIGW_ENDPOINT``. Credentials and region come from the usual AWS environment variables.
 
-Route: ``"sendmessage" = "handlers.aws_lambda:handler"``; the client sends
-``{"action": "sendmessage", "data": "..."}`` and gets ``data`` back through PostToConnection.
+Route: ``"sendmessage" = "handlers.aws_lambda:handler"`` from a clone, or the installed copy,
+``"wsgateway.examples.aws_lambda:handler"`` (it needs the ``aws`` extra for aioboto3); the
+client sends ``{"action": "sendmessage", "data": "..."}`` and gets ``{"echo": data}`` back
+through PostToConnection.
 """
 
 import json

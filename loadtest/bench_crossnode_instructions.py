@@ -138,7 +138,7 @@ def instructions(target: str, posts: int, workdir: Path, redis_url: str) -> tupl
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))  # the first paragraph
     parser.add_argument("--target", default="wsgateway-nosig", help=f"a comma list of {', '.join(TARGETS)}")
     parser.add_argument("--small", type=int, default=300)
     parser.add_argument("--large", type=int, default=3300)

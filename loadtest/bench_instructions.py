@@ -17,6 +17,7 @@ every 64th message. 200-byte messages, memory registry, access log off, no auth.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import gc
 import json
@@ -101,5 +102,16 @@ async def run(workload: str, n: int) -> None:
         await node.stop()
 
 
+WORKLOADS = ("echo", "unicast", "fanout", "unicast-reliable", "fanout-reliable")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
+    parser.add_argument("workload", choices=WORKLOADS)
+    parser.add_argument("n", type=int, help="messages (run once small, once large, and subtract)")
+    args = parser.parse_args()
+    uvloop.run(run(args.workload, args.n))
+
+
 if __name__ == "__main__":
-    uvloop.run(run(sys.argv[1], int(sys.argv[2])))
+    main()

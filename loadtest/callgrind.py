@@ -125,7 +125,7 @@ def compare_cli(
 ) -> None:
     """A harness's command line (``--target``, ``--small``, ``--large``, ``--keep``; defaults
     given here), then :func:`compare`."""
-    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser = argparse.ArgumentParser(description=" ".join(doc.split("\n\n")[0].split()))  # the first paragraph
     parser.add_argument("--target", default=targets)
     parser.add_argument("--small", type=int, default=small)
     parser.add_argument("--large", type=int, default=large)

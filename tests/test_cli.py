@@ -109,25 +109,48 @@ def test_bad_config_stops_startup_with_one_line(tmp_path, config, key):
     assert len(err) == 1 and "config error" in err[0] and key in err[0], err
 
 
+def test_help_says_what_the_command_is_for(capsys):
+    from wsgateway.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert exit_.value.code == 0
+    assert "WebSocket push gateway" in out and "serve" in out and "check-config" in out
+    assert "uvloop" not in out and "event loop" not in out  # a note for developers, not users
+
+
+@pytest.mark.parametrize("count", ["0", "-2", "two"])
+def test_a_worker_count_below_one_is_refused(count, capsys):
+    from wsgateway.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["serve", "--workers", count])
+    assert exit_.value.code == 2
+    assert f"--workers: must be an integer >= 1, got '{count}'" in capsys.readouterr().err
+
+
+@pytest.mark.redis
+def test_a_ready_file_that_cannot_be_written_stops_the_node_and_takes_it_out_of_the_registry(
+    tmp_path, redis_url, key_prefix
+):
+    """The node started before the ready file failed: it must not stay listed as alive in
+    Redis, where other nodes would count on it until node_ttl_s and sweep it."""
+    import redis
+
+    path = tmp_path / "gateway.toml"
+    path.write_text(PORT0 + f'[registry]\nbackend = "redis"\nredis_url = "{redis_url}"\nkey_prefix = "{key_prefix}"\n')
+    run = subprocess.run([sys.executable, "-m", "wsgateway", "serve", "--config", str(path),
+                          "--ready-file", str(tmp_path / "missing" / "ready.json")],
+                         cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 1 and "cannot start" in run.stderr, run.stderr
+    assert redis.Redis.from_url(redis_url).zrange(f"{key_prefix}:{{meta}}:alive", 0, -1) == []
+
+
 def test_workers_refused_with_memory_registry(tmp_path):
     proc, _ = start(tmp_path, PORT0, "--workers", "2")
     assert proc.wait(20) == 2
     assert "redis" in proc.stderr.read().decode()
-
-
-@pytest.mark.parametrize("workers", ["0", "-2"])
-def test_workers_below_one_are_refused(tmp_path, workers):
-    proc, _ = start(tmp_path, PORT0, "--workers", workers)
-    assert proc.wait(20) == 2
-    assert "--workers: must be at least 1" in proc.stderr.read().decode()
-
-
-def test_help_speaks_to_users():
-    """``wsgateway --help`` says what the program is, not how its module is built."""
-    out = subprocess.run([sys.executable, "-m", "wsgateway", "--help"], cwd=ROOT, capture_output=True, text=True,
-                         timeout=20)
-    assert out.returncode == 0
-    assert "WebSocket" in out.stdout and "uvloop" not in out.stdout and "``" not in out.stdout
 
 
 def test_check_config_and_routes_commands(tmp_path):

@@ -319,6 +319,18 @@ def test_help_with_the_extra_lists_the_scenarios() -> None:
     assert "Scenarios: idle:" in run.stdout.replace("\n", " ")
 
 
+@pytest.mark.parametrize("script", ["bench_instructions", "bench_server_instructions",
+                                    "bench_management_instructions", "bench_crossnode_instructions"])
+def test_the_instruction_harnesses_answer_help_with_their_whole_first_sentence(script: str) -> None:
+    """loadtest/README.md runs these by path; ``--help`` must print usage, not a traceback, and
+    the description must not stop in the middle of a line of the docstring."""
+    run = subprocess.run([sys.executable, f"loadtest/{script}.py", "--help"], cwd=REPO, capture_output=True,
+                         text=True, timeout=30, check=False)
+    assert run.returncode == 0 and run.stderr == "", run.stderr
+    description = " ".join(run.stdout.split("\n\n")[1].split())
+    assert description.endswith("."), description
+
+
 def test_the_console_target_configures_a_password_the_plain_one_a_default_console() -> None:
     from loadtest.targets import TARGETS, gateway_config
     from wsgateway.config import parse_config

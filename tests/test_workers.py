@@ -12,7 +12,9 @@ import time
 from pathlib import Path
 
 import aiohttp
+import psutil
 import pytest
+import redis
 import websockets
 from websockets.exceptions import ConnectionClosed
 
@@ -93,3 +95,26 @@ async def test_workers_share_ports_and_find_each_others_connections(tmp_path, re
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def _processes_of(config_path: Path) -> list[psutil.Process]:
+    """This test's own gateway processes: their command line names its config file."""
+    return [proc for proc in psutil.process_iter(["cmdline"]) if str(config_path) in (proc.info["cmdline"] or [])]
+
+
+def test_a_ready_file_that_cannot_be_written_stops_the_workers_too(tmp_path, redis_url, key_prefix):
+    """The supervisor fails after its workers started: they must not keep serving, orphaned."""
+    path = tmp_path / "gateway.toml"
+    path.write_text(config(redis_url, key_prefix))
+    with (tmp_path / "stderr").open("wb") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "wsgateway", "serve", "--config", str(path), "--workers", "2",
+                                 "--ready-file", str(tmp_path / "missing" / "ready.json")],
+                                cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err)
+    try:
+        assert proc.wait(90) == 1
+        assert "cannot start" in (tmp_path / "stderr").read_text()
+        assert _processes_of(path) == [], "workers outlived their supervisor"
+        assert redis.Redis.from_url(redis_url).zrange(f"{key_prefix}:{{meta}}:alive", 0, -1) == []
+    finally:
+        for orphan in _processes_of(path):
+            orphan.kill()

@@ -28,6 +28,7 @@ from .errors import ConfigError
 __all__ = ["main"]
 
 log = logging.getLogger("wsgateway")
+_DESCRIPTION = "A self-hosted WebSocket push gateway, wire-compatible with AWS API Gateway's WebSocket API."
 
 
 def _event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
@@ -64,12 +65,12 @@ async def _serve(config: GatewayConfig, args: argparse.Namespace) -> int:
     loop.add_signal_handler(signal.SIGHUP, _reload, node, args.config)
     await node.start()
     _tune_gc()
-    if args.ready_file:
-        _write_ready_file(
-            args.ready_file,
-            {"node_id": node.node_id, "port": node.port, "management_port": node.management_port, "pid": os.getpid()},
-        )
-    try:
+    try:  # a ready file that cannot be written stops the node too: it leaves the registry
+        if args.ready_file:
+            _write_ready_file(
+                args.ready_file,
+                {"node_id": node.node_id, "port": node.port, "management_port": node.management_port, "pid": os.getpid()},
+            )
         await stop.wait()
         log.info("node %s stopping: draining %d connections", node.node_id, len(node.gateway.hub))
     finally:
@@ -143,27 +144,25 @@ def _setup_logging(config: GatewayConfig) -> None:
     logging.getLogger("websockets").setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
-def _at_least_one(text: str) -> int:
-    """``--workers``: an integer >= 1 (argparse reports anything else as a usage error, exit 2)."""
+def _worker_count(text: str) -> int:
+    """``--workers``: 1 or more; 0 or a negative number is refused, not run as one process."""
     try:
-        value = int(text)
+        count = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+        count = 0
+    if count < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}")
+    return count
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="wsgateway",
-        description="A self-hosted WebSocket push gateway, wire-compatible with AWS API Gateway's WebSocket API.",
-    )
+    # What a user needs from --help, not the module docstring's note for whoever edits this file.
+    parser = argparse.ArgumentParser(prog="wsgateway", description=_DESCRIPTION)
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run a gateway node")
     serve.add_argument("--config", help="TOML config file (default: embedded defaults)")
     serve.add_argument("--ready-file", help="write {node_id, port, management_port} here once listening")
-    serve.add_argument("--workers", type=_at_least_one, default=1,
+    serve.add_argument("--workers", type=_worker_count, default=1,
                        help="processes sharing the ports (redis registry only)")
     # Set by the --workers supervisor for its children; not for direct use.
     serve.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)

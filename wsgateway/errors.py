@@ -25,7 +25,7 @@ Internal errors (anything else) are logged with the request id and answered with
 or an ``Internal server error`` frame: their text never reaches a client.
 
 Close codes used by the gateway are the ``CLOSE_*`` constants below; they are part of the
-documented contract (README, "Close codes").
+documented contract (docs/configuration.md, "Close codes").
 """
 
 from __future__ import annotations

@@ -103,24 +103,27 @@ def supervise(config: GatewayConfig, args: argparse.Namespace) -> int:
     signal.signal(signal.SIGHUP, _reload)
     with tempfile.TemporaryDirectory(prefix="wsgateway-workers-") as tmp:
         workers[:] = [_Worker(i, base, Path(tmp), f"{prefix}-{i}") for i in range(args.workers)]
-        for worker in workers:
-            worker.start()
-        if not _wait_ready(workers, lambda: stopping):
-            stopping = True
-        else:
-            client_sock.close()  # the workers hold the ports now
-            mgmt_sock.close()
-            if args.ready_file:
-                _write_ready(args.ready_file, workers, port, mgmt_port)
-            log.info("%d workers ready on ports %d / %d", len(workers), port, mgmt_port)
-        while not stopping:
-            time.sleep(0.2)
+        try:  # whatever ends the supervisor (a ready file it cannot write, too) stops the workers
             for worker in workers:
-                if worker.process is not None and worker.process.poll() is not None and not stopping:
-                    log.error("worker %s exited with %s: restarting", worker.node_id, worker.process.returncode)
-                    time.sleep(_RESTART_DELAY_S)
-                    worker.start()
-        return _shutdown(workers)
+                worker.start()
+            if not _wait_ready(workers, lambda: stopping):
+                stopping = True
+            else:
+                client_sock.close()  # the workers hold the ports now
+                mgmt_sock.close()
+                if args.ready_file:
+                    _write_ready(args.ready_file, workers, port, mgmt_port)
+                log.info("%d workers ready on ports %d / %d", len(workers), port, mgmt_port)
+            while not stopping:
+                time.sleep(0.2)
+                for worker in workers:
+                    if worker.process is not None and worker.process.poll() is not None and not stopping:
+                        log.error("worker %s exited with %s: restarting", worker.node_id, worker.process.returncode)
+                        time.sleep(_RESTART_DELAY_S)
+                        worker.start()
+        finally:
+            status = _shutdown(workers)
+        return status
 
 
 def _wait_ready(workers: list[_Worker], stopping: Any) -> bool:
