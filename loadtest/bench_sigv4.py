@@ -16,6 +16,7 @@ Each figure is the best of several timed rounds, to read through noise on a shar
 
 from __future__ import annotations
 
+import argparse
 import calendar
 import hmac
 import sys
@@ -113,7 +114,8 @@ def report(label: str, ours_rate: float, botocore_rate: float) -> None:
     )
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    argparse.ArgumentParser(description=" ".join((__doc__ or "").split("\n\n")[0].split())).parse_args(argv)
     print(f"SigV4 verification, best of {ROUNDS} rounds; python {sys.version.split()[0]}")
     typical = b'{"action":"update","id":42}'
     scenarios = [(f"POST {len(typical)} B (typical boto3)", typical), ("POST 4 KiB", bytes(4096)),

@@ -320,7 +320,7 @@ def test_help_with_the_extra_lists_the_scenarios() -> None:
 
 
 @pytest.mark.parametrize("script", ["bench_instructions", "bench_server_instructions",
-                                    "bench_management_instructions", "bench_crossnode_instructions"])
+                                    "bench_management_instructions", "bench_crossnode_instructions", "bench_sigv4"])
 def test_the_instruction_harnesses_answer_help_with_their_whole_first_sentence(script: str) -> None:
     """loadtest/README.md runs these by path; ``--help`` must print usage, not a traceback, and
     the description must not stop in the middle of a line of the docstring."""
