@@ -233,20 +233,24 @@ return 1
 """
 )
 
-# KEYS: record. ARGV: this node (the holder), handover. Returns 1 if the session stays here
-# (the record is still this node's: the move can no longer land), 0 if it moved on (or a sweep
-# claimed it: its tombstone), SESSION_LOST if there is no record at all: the move landed and the
-# session ended since, or Redis lost the record (then only the resuming node can tell whether
-# the move landed first: ``RedisRegistry.settle_handover`` asks it, then ``RESTORE_SESSION``).
-KEEP_SESSION = """
+# KEEP_SESSION's and RESTORE_SESSION's start: 1, the session kept (naming the move), while the
+# record is this node's; 0 once it names another node or a sweep's tombstone is there; on no
+# record at all, on to what follows.
+_KEEP_IF_HELD = """
 local node = redis.call('HGET', KEYS[1], 'node')
 if node == ARGV[1] then
   redis.call('HSET', KEYS[1], 'handover', ARGV[2])
   return 1
 end
 if node or redis.call('HEXISTS', KEYS[1], 'claimedBy') == 1 then return 0 end
-return 2
 """
+
+# KEYS: record. ARGV: this node (the holder), handover. Returns 1 if the session stays here
+# (the record is still this node's: the move can no longer land), 0 if it moved on (or a sweep
+# claimed it: its tombstone), SESSION_LOST if there is no record at all: the move landed and the
+# session ended since, or Redis lost the record (then only the resuming node can tell whether
+# the move landed first: ``RedisRegistry.settle_handover`` asks it, then ``RESTORE_SESSION``).
+KEEP_SESSION = _KEEP_IF_HELD + "return 2\n"
 
 SESSION_LOST = 2  # KEEP_SESSION: no record, no tombstone
 
@@ -257,13 +261,8 @@ SESSION_LOST = 2  # KEEP_SESSION: no record, no tombstone
 # KEEP_SESSION. A late ``MOVE_SESSION`` of the same move finds the move named: it cannot land.
 RESTORE_SESSION = (
     _NOW_MS
+    + _KEEP_IF_HELD
     + """
-local node = redis.call('HGET', KEYS[1], 'node')
-if node == ARGV[1] then
-  redis.call('HSET', KEYS[1], 'handover', ARGV[2])
-  return 1
-end
-if node or redis.call('HEXISTS', KEYS[1], 'claimedBy') == 1 then return 0 end
 redis.call('HSET', KEYS[1], 'ownedAt', now, 'handover', ARGV[2], unpack(ARGV, 3))
 return 1
 """
