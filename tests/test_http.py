@@ -114,6 +114,16 @@ async def test_every_answer_is_dated_and_a_204_has_no_content_length():
     assert parser_says == [b"|", b"ok", b"|"]
 
 
+async def test_the_date_follows_the_clock_while_the_server_runs(server):
+    """The Date line is remade every second, not read from the clock per answer: after two
+    seconds of running, an answer's Date is still this second's."""
+    _, port = server
+    await asyncio.sleep(2.2)
+    data = await exchange(port, b"GET /d HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
+    (value,) = _DATE.findall(data)
+    assert abs(parsedate_to_datetime(value.decode()).timestamp() - time.time()) <= 1.1
+
+
 async def test_bodies_content_length_chunked_and_expect_continue(server):
     _, port = server
     data = await exchange(port, b"POST /p HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello")

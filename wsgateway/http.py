@@ -164,17 +164,14 @@ def _nobody(peer: str) -> Request:
 _FAILED = "Internal server error"  # a handler failed: its error is logged, never sent
 
 
-# The Date line of the second it was last made in: [second, line].
-_date: list[Any] = [0, b""]
-
-
 def _date_line() -> bytes:
-    """``Date: <now, IMF-fixdate>``, made once a second."""
-    now = int(time.time())
-    if now != _date[0]:
-        _date[0], _date[1] = now, b"Date: %s\r\n" % formatdate(now, usegmt=True).encode()
-    line: bytes = _date[1]
-    return line
+    """``Date: <now, IMF-fixdate>\\r\\n``."""
+    return b"Date: %s\r\n" % formatdate(usegmt=True).encode()
+
+
+# The Date line every answer carries: remade each second by each running server (_redate),
+# so that an answer reads a global instead of the clock.
+_DATE = [_date_line()]
 
 
 def _serialize(response: Response, keep_alive: bool) -> bytes:
@@ -187,10 +184,10 @@ def _serialize(response: Response, keep_alive: bool) -> bytes:
         fields = lines.encode("latin-1")
     close = b"" if keep_alive else b"Connection: close\r\n"
     if status == 204:  # no content, and no Content-Length either (RFC 9110 8.6)
-        return b"HTTP/1.1 204 No Content\r\n%s%s%s%s\r\n" % (_date_line(), fields, response.head, close)
+        return b"HTTP/1.1 204 No Content\r\n%s%s%s%s\r\n" % (_DATE[0], fields, response.head, close)
     first = _STATUS_LINES.get(status) or b"HTTP/1.1 %d Unknown\r\nContent-Length: " % status
     return b"%s%d\r\n%s%s%s%s\r\n%s" % (
-        first, len(body), _date_line(), fields, response.head, close, b"" if response.bodiless else body)
+        first, len(body), _DATE[0], fields, response.head, close, b"" if response.bodiless else body)
 
 
 def _to(request: Request, response: Response) -> Response:
@@ -761,6 +758,7 @@ class HttpServer:
         self.stopping = False
         self.loop = asyncio.get_running_loop()
         self._server: asyncio.Server | None = None
+        self._dating: asyncio.TimerHandle | None = None  # remakes the Date line (_redate)
 
     def hold(self, task: asyncio.Task[Response]) -> None:
         """Keep ``task`` until it is done: the loop holds tasks weakly, and the connection
@@ -771,11 +769,20 @@ class HttpServer:
     async def start(self, sock: socket.socket) -> int:
         """Serve on a bound, listening socket; return its port."""
         self._server = await self.loop.create_server(lambda: _Connection(self), sock=sock)
+        self._redate()
         return int(self._server.sockets[0].getsockname()[1])
+
+    def _redate(self) -> None:
+        """Remake the Date line now, and again just past the next whole second."""
+        _DATE[0] = _date_line()
+        self._dating = self.loop.call_later(1.0 - time.time() % 1.0 + 0.001, self._redate)
 
     async def close(self, timeout: float) -> None:
         """Stop accepting; let requests in progress finish (up to ``timeout``); close all."""
         self.stopping = True
+        if self._dating is not None:
+            self._dating.cancel()
+            self._dating = None
         if self._server is not None:
             self._server.close()
         for conn in list(self.connections):
