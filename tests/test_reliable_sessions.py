@@ -707,7 +707,7 @@ async def test_a_session_whose_move_never_landed_stays_with_its_holder(private_r
         assert meanwhile in ("ServiceUnavailableException", "200")  # 200 once a kept it
         a_link.delay_s = 0
         await client.close()
-        await eventually(lambda: a.gateway.hub.get(cid) is not None, 10)  # a settled the move: kept
+        await eventually(lambda: a.gateway.hub.get(cid) is not None, 20)  # a settled the move: kept (its links reconnect first)
         assert b.gateway.hub.get(cid) is None and b.gateway.sessions._incoming == {}
         record = redis.Redis(port=private_redis.port).hget(KeySpace(key_prefix).record(cid), "node")
         assert record == a.gateway.node_id.encode()
