@@ -174,6 +174,21 @@ async def test_connect_rejections_python_has_no_name_for_are_sent_as_asked(mode,
         assert (info.value.response.status_code, info.value.response.body) == (status, body)
 
 
+@pytest.mark.parametrize(("mode", "status"), [("302", 302), ("304", 304), ("101", 500), ("199", 500)])
+async def test_connect_accepts_only_a_2xx_status_as_aws_does(mode, status):
+    """AWS accepts the upgrade for a 2xx statusCode only: a 3xx rejects the handshake with it;
+    a 1xx is no final answer (101 would read as the upgrade itself), so it is malformed: 500.
+    Either way the connection never opened, and its $disconnect never runs."""
+    async with running_node() as node:
+        with pytest.raises(InvalidStatus) as info:
+            async with websockets.connect(ws_url(node, connect=mode), open_timeout=5):
+                pass
+        assert info.value.response.status_code == status
+        async with websockets.connect(ws_url(node, connect="204"), open_timeout=5) as ws:  # a 2xx accepts
+            await whoami(ws)
+    assert len(th.events_of("$disconnect")) == 1  # the accepted one's only
+
+
 async def test_connect_event_shape_and_post_during_connect_is_410():
     async with running_node() as node:
         async with websockets.connect(

@@ -69,7 +69,7 @@ class RouteHost(GatewayCalls, Protocol):
 
 @dataclass(slots=True)
 class ConnectOutcome:
-    """What ``$connect`` decided: accept (status < 400) or reject with ``status``."""
+    """What ``$connect`` decided: accept (a 2xx status, as AWS) or reject with ``status``."""
 
     status: int = 200
     body: str = ""
@@ -78,7 +78,7 @@ class ConnectOutcome:
 
     @property
     def accepted(self) -> bool:
-        return self.status < 400
+        return 200 <= self.status < 300
 
 
 def _log_failure(exc: BaseException, route_key: str, request_id: str, connection_id: str) -> None:
@@ -385,7 +385,8 @@ def _connect_outcome(result: Any, request_id: str, connection_id: str) -> Connec
         log.error("$connect returned %s, not a dict (requestId=%s)", type(result).__name__, request_id)
         return ConnectOutcome(status=500, body="Internal server error", request_id=request_id)
     status = result.get("statusCode", 200)
-    if not isinstance(status, int) or isinstance(status, bool) or not 100 <= status <= 599:
+    # 1xx is no final answer to a handshake (101 would read as the upgrade itself): malformed.
+    if not isinstance(status, int) or isinstance(status, bool) or not 200 <= status <= 599:
         log.error("$connect returned statusCode %r (requestId=%s connectionId=%s)", status, request_id, connection_id)
         return ConnectOutcome(status=500, body="Internal server error", request_id=request_id)
     headers = result.get("headers") or {}

@@ -11,8 +11,8 @@ Handshake order, as AWS: the path must be ``/`` or ``/{stage}``; a request that 
 upgrade gets 426 (websockets); the Origin is checked (403); the token is verified or the
 authorizer asked (401/403/500; the connection id is drawn first, the authorizer sees it);
 the tenant's usage plan must have a connection place left (429); then ``$connect`` runs
-and the upgrade waits for it (its statusCode >= 400 rejects with that
-status; a failure rejects with 500). Only then is the connection in the hub: a post during
+and the upgrade waits for it (a statusCode outside 2xx rejects with that
+status, as AWS; a failure rejects with 500). Only then is the connection in the hub: a post during
 ``$connect`` answers 410. ``limits.max_connections`` is a :class:`~wsgateway.admission.Slot`
 taken at admission and held from there until the handshake fails or the connection closes,
 so handshakes in flight count against it too.
@@ -220,7 +220,7 @@ def origin_key(origin: str) -> str:
 
 
 def _reject(ws: ServerConnection, status: int, text: str = "") -> Response:
-    """A plain-text refusal with ``status`` (any from 100 to 599: $connect chooses it) and
+    """A plain-text refusal with ``status`` (any from 300 to 599: $connect chooses it) and
     ``text``, which websockets' own refusal takes only for named statuses and UTF-8 text."""
     try:
         phrase = http.HTTPStatus(status).phrase
