@@ -170,6 +170,20 @@ class NodeProcess:
         return self.log_path.read_text(errors="replace")
 
 
+# The start of a config for node_process: both ports on loopback, chosen by the system, no
+# access log; a test adds its [routes] and whatever else it needs.
+PROCESS_PORTS = """
+[listen]
+host = "127.0.0.1"
+port = 0
+[management]
+host = "127.0.0.1"
+port = 0
+[log]
+access_log = ""
+"""
+
+
 @contextlib.asynccontextmanager
 async def node_process(tmp_path: Path, config_toml: str, start_timeout: float = 30.0) -> AsyncIterator[NodeProcess]:
     """Run ``wsgateway serve --config`` (``config_toml`` written to ``tmp_path``) until the

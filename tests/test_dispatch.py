@@ -10,7 +10,7 @@ import pytest
 import websockets
 
 from tests import handlers_for_tests as th
-from tests.support import TEST_ROUTES, connect, make_config, node_process, running_node, whoami
+from tests.support import PROCESS_PORTS, TEST_ROUTES, connect, make_config, node_process, running_node, whoami
 
 
 @pytest.fixture(autouse=True)
@@ -120,15 +120,7 @@ async def test_replies_count_as_their_tenants_traffic_out():
         assert history.tenant("acme")[1] == 12
 
 
-_EXITING_ROUTES = """
-[listen]
-host = "127.0.0.1"
-port = 0
-[management]
-host = "127.0.0.1"
-port = 0
-[log]
-access_log = ""
+_EXITING_ROUTES = PROCESS_PORTS + """
 [routes]
 "$connect" = "tests.handlers_for_tests:on_connect"
 "$disconnect" = "tests.handlers_for_tests:exits"

@@ -15,7 +15,7 @@ import websockets
 
 from tests.free_ports import free_port
 from tests.http_backend import SECRET, running_backend
-from tests.support import connect, eventually, make_config, running_node
+from tests.support import PROCESS_PORTS, connect, eventually, make_config, running_node
 from wsgateway.errors import IntegrationError
 from wsgateway.integrations.backoff import Backoff
 from wsgateway.integrations.http import read_result
@@ -311,15 +311,7 @@ async def test_the_pool_closes_at_stop():
         assert info.value.reason == "closed"
 
 
-_NODE_TOML = """
-[listen]
-host = "127.0.0.1"
-port = 0
-[management]
-host = "127.0.0.1"
-port = 0
-[log]
-access_log = ""
+_NODE_TOML = PROCESS_PORTS + """
 [routes]
 "$connect" = "{url}/connect"
 "$disconnect" = "{url}/disconnect"

@@ -407,8 +407,7 @@ class RedisRegistry:
         the registry can vouch for it (settled), and it is neither alive, nor past its death
         line unswept, nor a peer at this node's last beat (see :meth:`_all_left`)."""
         epoch, settling, alive, _, unswept = await self._state()
-        trusted = bool(epoch) and not settling and self._membership.trusts_misses()
-        return trusted and node_id not in {*alive, *unswept, *self._membership.peers}
+        return self._trusted(epoch, settling) and node_id not in {*alive, *unswept, *self._membership.peers}
 
     async def _ask_owner(
         self, connection_id: str, header: dict[str, Any], data: bytes = b"", *, first: dict[str, Any] | None = None
@@ -512,7 +511,7 @@ class RedisRegistry:
         held it) says gone: the session is not there, and that node remembers the move for
         a while yet."""
         epoch, settling, alive, _, unswept = await self._state()
-        trusted = bool(epoch) and not settling and self._membership.trusts_misses()
+        trusted = self._trusted(epoch, settling)
         targets = {*alive, *unswept} - {self.node_id}
         if not trusted:
             targets |= self._membership.peers  # nodes that may not have beaten since a data loss
@@ -539,6 +538,11 @@ class RedisRegistry:
         replica that missed them) and hold connections whose records were lost with them."""
         _, _, alive, _, unswept = await self._state()
         return not silent & {*alive, *unswept}
+
+    def _trusted(self, epoch: str, settling: bool) -> bool:
+        """Whether a miss means gone: the registry has an epoch, is not settling (see
+        :meth:`_state`), and this node's membership trusts misses."""
+        return bool(epoch) and not settling and self._membership.trusts_misses()
 
     async def _state(self) -> tuple[str, bool, list[str], list[str], list[str]]:
         """The epoch, whether the cluster is settling, the live nodes, their states (the
@@ -638,7 +642,7 @@ class RedisRegistry:
         start = f"({after}" if after is not None else "-"
         ids_f = self._batcher.call("ZRANGEBYLEX", self._keys.tenant_conns(tenant), start, "+", "LIMIT", 0, limit + 1)
         (epoch, settling, _, states, _), raw_ids = await asyncio.gather(self._state(), ids_f)
-        if not (epoch and not settling and self._membership.trusts_misses() and all(s == epoch for s in states)):
+        if not (self._trusted(epoch, settling) and all(s == epoch for s in states)):
             raise RegistryUnavailableError("the registry is being refilled; retry shortly")
         ids = [i.decode() for i in raw_ids]
         more = len(ids) > limit
