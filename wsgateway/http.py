@@ -73,7 +73,9 @@ class Request:
     body: bytes
     peer: str
     body_too_large: bool = False
-    head_state: object = None  # what the head check learned, for the handler to reuse
+    # What the head check learned, for the handler to reuse. (Any, not object: mypyc's
+    # dataclasses cannot yet name object in a field's type.)
+    head_state: Any = None
     # Set by the head check: the handler may start before the requests ahead of it on the
     # connection are answered (it is answered after them all the same). For requests whose
     # effect is ordered by the handler's first step (a post to a connection), so that a
@@ -770,7 +772,8 @@ class HttpServer:
         """Serve on a bound, listening socket; return its port."""
         self._server = await self.loop.create_server(lambda: _Connection(self), sock=sock)
         self._redate()
-        return int(self._server.sockets[0].getsockname()[1])
+        server: Any = self._server  # uvloop's sockets are a list, not the tuple typeshed says
+        return int(server.sockets[0].getsockname()[1])
 
     def _redate(self) -> None:
         """Remake the Date line now, and again just past the next whole second."""

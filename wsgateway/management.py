@@ -74,9 +74,13 @@ if TYPE_CHECKING:
     from .config import ManagementConfig
     from .gateway import Gateway
 
-__all__ = ["ManagementServer"]
+__all__ = ["COMPILED", "ManagementServer"]
 
 log = logging.getLogger("wsgateway.management")
+
+# Whether the management edge (this module, http and sigv4, compiled together or not at all:
+# setup.py) runs as mypyc's native code; a compiled module's file is the extension's.
+COMPILED = not __file__.endswith(".py")
 
 _CONNECTIONS = frozenset({"@connections", "%40connections"})
 _TENANTS = frozenset({"@tenants", "%40tenants"})

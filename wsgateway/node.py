@@ -14,7 +14,7 @@ import socket
 from typing import TYPE_CHECKING
 
 from .gateway import Gateway
-from .management import ManagementServer
+from .management import COMPILED, ManagementServer
 from .server import ClientServer
 
 if TYPE_CHECKING:
@@ -83,9 +83,9 @@ class Node:
             host = cfg.management.host if cfg.management.host not in ("0.0.0.0", "::") else "127.0.0.1"
             os.environ[MANAGEMENT_URL_ENV] = f"http://{host}:{self.management_port}/{cfg.stage}"
         log.info(
-            "node %s ready: clients on %s:%d (stage /%s), management on %s:%d, registry %s",
+            "node %s ready: clients on %s:%d (stage /%s), management on %s:%d, registry %s, management edge %s",
             self.node_id, cfg.listen.host, self.port, cfg.stage, cfg.management.host,
-            self.management_port, self.gateway.registry.kind,
+            self.management_port, self.gateway.registry.kind, "compiled" if COMPILED else "Python",
         )
 
     def reload(self, config: GatewayConfig) -> None:
