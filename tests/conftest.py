@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import signal
 from collections.abc import AsyncIterator, Iterator
+from importlib.machinery import EXTENSION_SUFFIXES
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,18 @@ from tests.topology_cluster import ClusterTopology, PrivateRedisCluster
 private_redis = factories.redis_proc(port=set(PORTS))  # any free port outside the ephemeral range
 
 _prefixes = itertools.count(1)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Modules compiled in place (``python setup.py build_ext --inplace``, for a benchmark)
+    are what an editable install imports, ahead of the source beside them: refuse to test
+    them as if they were the source. tests/test_compiled.py tests a compiled copy."""
+    root = Path(__file__).resolve().parent.parent
+    built = sorted(str(path.relative_to(root)) for pattern in ("wsgateway/**/*", "wsgateway__mypyc*")
+                   for path in root.glob(pattern) if path.name.endswith(tuple(EXTENSION_SUFFIXES)))
+    if built:
+        raise pytest.UsageError(f"compiled in place, and imported instead of the source: {', '.join(built)}; "
+                                "delete them to test the source")
 
 
 @pytest.fixture
