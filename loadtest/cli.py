@@ -157,6 +157,7 @@ def plan_meta(args: argparse.Namespace) -> dict[str, object]:
     import platform
 
     from loadtest.http_client import parser_name
+    from loadtest.servers import management_edge
 
     return {
         "command": "python -m loadtest " + " ".join(sys.argv[1:]),
@@ -167,5 +168,6 @@ def plan_meta(args: argparse.Namespace) -> dict[str, object]:
         "registry": args.registry,
         "plans": args.plans,
         "response_parser": parser_name(),
+        "management_edge": management_edge(),
         "when": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }

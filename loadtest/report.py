@@ -197,7 +197,8 @@ def markdown(meta: dict[str, object], records: list[Record]) -> str:
            f"{meta.get('cpus', '?')} CPUs, servers and clients pinned to separate cores: "
            f"{'yes' if meta.get('pinned') else 'no'}; permessage-deflate: "
            f"{'on' if meta.get('compression') else 'off'}; management responses parsed by "
-           f"{meta.get('response_parser', '?')}.")
+           f"{meta.get('response_parser', '?')}; wsgateway's management edge: "
+           f"{meta.get('management_edge', '?')}.")
     legend = ("Every ratio is to `bare` at the same offered load in this run. *x bare* divides "
               "throughputs; *x bare (CPU/op)* divides bare's server CPU per operation by the target's "
               "(above 1: cheaper than bare), the honest ratio where the generator was saturated "

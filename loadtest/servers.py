@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+from importlib.machinery import EXTENSION_SUFFIXES
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ __all__ = [
     "ServerError",
     "ServerProcess",
     "free_port",
+    "management_edge",
     "python_argv",
     "start_redis",
     "start_redis_cluster",
@@ -81,6 +83,13 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def management_edge() -> str:
+    """"compiled" when the clone's management edge was compiled in place (setup.py), which
+    the servers then run (they start in the clone, with ``-m``), else "Python"."""
+    built = any((REPO_ROOT / "wsgateway" / f"management{suffix}").exists() for suffix in EXTENSION_SUFFIXES)
+    return "compiled" if built else "Python"
 
 
 def python_argv(module: str, *args: str) -> list[str]:

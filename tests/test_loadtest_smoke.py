@@ -341,3 +341,18 @@ def test_the_console_target_configures_a_password_the_plain_one_a_default_consol
     plain = parse_config(tomllib.loads(gateway_config(**keys)), env={})
     assert plain.console == type(plain.console)()  # as a default install has it
     assert "wsgateway-console" in TARGETS
+
+
+def test_the_report_says_which_management_edge_the_servers_ran(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The servers run the clone's source: compiled only if built in place there (setup.py)."""
+    from importlib.machinery import EXTENSION_SUFFIXES
+
+    from loadtest import servers
+
+    monkeypatch.setattr(servers, "REPO_ROOT", tmp_path)
+    (tmp_path / "wsgateway").mkdir()
+    (tmp_path / "wsgateway" / "management.py").write_text("")
+    assert servers.management_edge() == "Python"
+    (tmp_path / "wsgateway" / f"management{EXTENSION_SUFFIXES[0]}").write_bytes(b"")
+    assert servers.management_edge() == "compiled"
+    assert "wsgateway's management edge: compiled." in markdown({"management_edge": "compiled"}, [])
