@@ -1,5 +1,5 @@
 """The compiled management edge (setup.py): built as `pip install .` builds it, it is what
-runs, and it passes the edge's own tests.
+imports, and it passes the edge's own tests.
 
 The rest of the suite runs the editable install, which is never compiled; this test compiles
 a copy of the source with setup.py (mypyc and the C compiler: about half a minute) and runs
@@ -56,14 +56,14 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _env(site: Path) -> dict[str, str]:
-    """The unpacked wheel first on the path, then the repository (for tests/ and handlers/);
-    PYTHONSAFEPATH keeps every process, the nodes the tests start too, from putting its
-    working directory (the repository, with the Python source) ahead of the wheel."""
+    """The compiled copy first on the path, then the repository (for tests/); PYTHONSAFEPATH
+    keeps every process, the nodes the tests start too, from putting its working directory
+    (the repository, with the Python source) ahead of the copy."""
     return {**os.environ, "PYTHONPATH": f"{site}{os.pathsep}{ROOT}", "PYTHONSAFEPATH": "1"}
 
 
 def test_the_wheel_runs_the_compiled_edge(site: Path) -> None:
-    """Every compiled module imports as an extension, and the node says so when it starts."""
+    """Every compiled module imports as an extension, and the edge says it is compiled."""
     script = (
         "import importlib, importlib.machinery as m, wsgateway.management as mg\n"
         f"for name in {COMPILED!r}:\n"

@@ -47,6 +47,7 @@ import logging
 import socket
 import time
 from collections.abc import Coroutine
+from importlib.machinery import EXTENSION_SUFFIXES
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, unquote
 
@@ -80,7 +81,7 @@ log = logging.getLogger("wsgateway.management")
 
 # Whether the management edge (this module, http and sigv4, compiled together or not at all:
 # setup.py) runs as mypyc's native code; a compiled module's file is the extension's.
-COMPILED = not __file__.endswith(".py")
+COMPILED = __file__.endswith(tuple(EXTENSION_SUFFIXES))
 
 _CONNECTIONS = frozenset({"@connections", "%40connections"})
 _TENANTS = frozenset({"@tenants", "%40tenants"})
