@@ -161,11 +161,18 @@ async def test_oversize_body_is_flagged_and_connection_stays_usable(server):
     (b"NOT HTTP AT ALL\r\n\r\n", b"400"),
     (b"GET / HTTP/1.1\r\nHost: h\r\nX: " + b"a" * 70000 + b"\r\n\r\n", b"431"),
     (b"GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nHost: h\r\n\r\n", b"400"),
+    (b"GET /d HTTP/1.1\r\nContent-Length: 0\r\n\r\n", b"400"),  # RFC 9112 3.2: Host is required
 ])
 async def test_malformed_requests_get_4xx_and_close(server, raw, status):
     _, port = server
     data = await exchange(port, raw)
     assert data.startswith(b"HTTP/1.1 " + status) and b"Connection: close" in data
+
+
+async def test_http_1_0_needs_no_host(server):
+    _, port = server
+    data = await exchange(port, b"GET /d HTTP/1.0\r\n\r\n")
+    assert data.startswith(b"HTTP/1.1 200")
 
 
 async def test_handler_bug_is_a_500_without_details(server):
@@ -320,17 +327,19 @@ def refused(status: int, reason: str) -> bytes:
 
 
 @pytest.mark.parametrize(("raw", "status", "reason", "seen"), [
-    (b"NOT HTTP AT ALL\r\n\r\n", 400, "Malformed request", ("", "")),
-    (b"POST /p HTTP/1.1\r\nX-Sent: 1\r\nContent-Length: 1x\r\n\r\n", 400, "Malformed request", ("POST", "1")),
-    (b"GET /p HTTP/1.1\r\nX-Sent: 1\r\nHost: h\r\nBad Name: v\r\n\r\n", 400, "Malformed request", ("GET", "1")),
+    (b"NOT HTTP AT ALL\r\n\r\n", 400, "Malformed request", ("", "", "")),
+    (b"POST /p HTTP/1.1\r\nX-Sent: 1\r\nContent-Length: 1x\r\n\r\n", 400, "Malformed request", ("POST", "", "1")),
+    (b"GET /p HTTP/1.1\r\nX-Sent: 1\r\nHost: h\r\nBad Name: v\r\n\r\n", 400, "Malformed request", ("GET", "", "1")),
     (b"GET / HTTP/1.1\r\nX-Sent: 1\r\nX: " + b"a" * 70000 + b"\r\n\r\n", 431, "Request header fields too large",
-     ("GET", "1")),
+     ("GET", "", "1")),
     (b"GET /ws HTTP/1.1\r\nX-Sent: 1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n", 400,
-     "Upgrade is not supported", ("GET", "1")),
-    (b"GET /boom HTTP/1.1\r\nX-Sent: 1\r\nConnection: close\r\n\r\n", 500, "Internal server error", ("GET", "1")),
+     "Upgrade is not supported", ("GET", "", "1")),
+    (b"GET /p HTTP/1.1\r\nX-Sent: 1\r\n\r\n", 400, "Host header is missing", ("GET", "/p", "1")),  # its head is complete
+    (b"GET /boom HTTP/1.1\r\nX-Sent: 1\r\nHost: h\r\nConnection: close\r\n\r\n", 500, "Internal server error",
+     ("GET", "/boom", "1")),
 ])
 async def test_the_servers_own_refusals_are_made_by_its_refusal(raw, status, reason, seen):
-    """A malformed request, a head too large, an upgrade and a handler's failure are answered
+    """A malformed request, a head too large, an upgrade, a missing Host and a handler's failure are answered
     by the ``refusal`` the server was made with, given the status, a reason and the request
     as far as it was read; the connection closes after it."""
     REFUSED.clear()
@@ -338,14 +347,14 @@ async def test_the_servers_own_refusals_are_made_by_its_refusal(raw, status, rea
     data = await exchange(port, raw)
     await srv.close(timeout=1)
     assert undated(data) == refused(status, reason)
-    assert [(status, reason, seen[0], "/boom" if status == 500 else "", seen[1])] == REFUSED
+    assert [(status, reason, *seen)] == REFUSED
 
 
 async def test_a_late_request_and_a_connection_past_the_cap_are_refused_by_its_refusal():
     REFUSED.clear()
     srv, port = await started(refusal=shaped, max_connections=1, header_timeout_s=0.2, request_timeout_s=0.4)
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(b"POST /late HTTP/1.1\r\nX-Sent: 1\r\nContent-Length: 5\r\n\r\nab")  # and no more
+    writer.write(b"POST /late HTTP/1.1\r\nX-Sent: 1\r\nHost: h\r\nContent-Length: 5\r\n\r\nab")  # and no more
     await writer.drain()
     await asyncio.sleep(0.05)
     second, _ = await asyncio.open_connection("127.0.0.1", port)

@@ -144,6 +144,25 @@ async def test_a_repeated_host_header_is_refused():
         assert (status, headers["x-amzn-errortype"]) == (400, "BadRequestException") and headers["x-amzn-requestid"]
 
 
+async def test_a_request_without_host_is_a_bad_request_even_where_any_host_is_allowed():
+    """RFC 9112 3.2: an HTTP/1.1 request without Host is a 400. With every Host allowed and
+    no auth, one was served as if its Host were allowed; now nothing runs for it."""
+    cfg = make_config(management={"allowed_hosts": ["*"]})
+    async with running_node(cfg) as node:
+        async with await connect(node, query={"tenant": "A"}) as ws:
+            await whoami(ws)
+            raw = b"POST /@tenants/A/messages HTTP/1.1\r\nContent-Length: 2\r\n\r\nhi"
+            status, headers, body = parse(await exchange_raw(node, raw))
+            assert (status, headers["x-amzn-errortype"]) == (400, "BadRequestException") and headers["x-amzn-requestid"]
+            assert json.loads(body) == {"message": "Host header is missing"}
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(ws.recv(), 0.2)  # nothing was delivered
+            # HTTP/1.0 needs no Host; "*" takes the request without one.
+            raw = b"POST /@tenants/A/messages HTTP/1.0\r\nContent-Length: 2\r\n\r\nok"
+            assert parse(await exchange_raw(node, raw))[0] == 200
+            assert await ws.recv() == "ok"
+
+
 async def test_configured_hosts_and_origins_are_let_through():
     cfg = make_config(management={"allowed_hosts": ["gw.internal"], "allowed_origins": ["https://ops.example"]})
     async with running_node(cfg) as node:

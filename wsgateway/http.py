@@ -53,7 +53,7 @@ _MAX_PIPELINED = 16  # parsed requests waiting per connection before reading pau
 # Each answer's first line and the start of its head, made once per status.
 _STATUS_LINES = {s.value: b"HTTP/1.1 %d %s\r\nContent-Length: " % (s.value, s.phrase.encode()) for s in http.HTTPStatus}
 # Header names looked up in every request, made case-insensitive once (not per lookup).
-_EXPECT, _CONTENT_LENGTH = istr("Expect"), istr("Content-Length")
+_EXPECT, _CONTENT_LENGTH, _HOST = istr("Expect"), istr("Content-Length"), istr("Host")
 _METHODS = {m.encode(): m for m in ("GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH")}
 # Header names as sent (bytes) -> the same, decoded as case-insensitive strings, for the
 # headers callers send with every request (bounded: a name past the bound is decoded each time).
@@ -336,6 +336,11 @@ class _Connection(asyncio.Protocol):
         headers: CIMultiDict[str] = CIMultiDict(self._headers)
         self._head = request = Request(_METHODS.get(method) or method.decode("latin-1"), path, query, headers, b"",
                                        self._peer)
+        if _HOST not in headers and self._parser.get_http_version() != "1.0":
+            # RFC 9112 3.2: an HTTP/1.1 request without Host is answered 400, before anything
+            # that would read the (missing) Host as an empty name: allow lists, signatures.
+            self._fail(self._refusal(400, "Host header is missing"))
+            return
         check = self._server.head_check
         refused = check(request) if check is not None else None
         if refused is not None:
