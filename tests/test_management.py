@@ -325,6 +325,11 @@ async def test_health_needs_no_auth(signed_config):
         assert status == 200
         status, _, body = await raw(node, "GET", "/ready")
         assert status == 200 and json.loads(body)["registry"]["reachable"] is True
+        for probe in ("/health", "/ready"):  # HEAD, as some load balancers check: the GET's status, no content
+            status, headers, body = await raw(node, "HEAD", probe)
+            assert (status, body) == (200, b"") and int(headers["Content-Length"]) > 0, probe
+        status, headers, body = await raw(node, "HEAD", "/metrics")
+        assert (status, body) == (200, b"") and headers["Content-Type"].startswith("text/plain")
         async with aiohttp.ClientSession() as http:  # the client port answers probes too
             async with http.get(f"http://127.0.0.1:{node.port}/health") as resp:
                 assert resp.status == 200 and await resp.json() == {"status": "ok"}

@@ -555,7 +555,9 @@ def _normalised(raw_path: str, segments: list[str]) -> list[str]:
 
 
 def _probe_of(method: str, segments: list[str]) -> str | None:
-    if len(segments) == 1 and method == "GET" and segments[0] in _PROBES:
+    """The probe a request asks for, if any: GET, or HEAD (the status and headers alone,
+    which some load balancers' health checks send)."""
+    if len(segments) == 1 and (method == "GET" or method == "HEAD") and segments[0] in _PROBES:
         return segments[0]
     return None
 
