@@ -490,6 +490,22 @@ async def test_duplicated_headers_are_a_400_not_a_500():
     assert th.events_of("$connect") == []
 
 
+async def test_a_handshake_without_host_is_a_400_and_runs_nothing():
+    """RFC 6455 4.2.1: an opening handshake names its host. Without one it was upgraded, with
+    an empty ``requestContext.domainName``; now it is refused before admission and auth."""
+    async with running_node() as node:
+        reader, writer = await asyncio.open_connection("127.0.0.1", node.port)
+        writer.write(b"GET /prod HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                     b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+        answer = await asyncio.wait_for(reader.read(), 5)
+        writer.close()
+        assert answer.startswith(b"HTTP/1.1 400 ")
+        async with websockets.connect(ws_url(node)) as ws:  # the node serves on; the slot came back
+            assert await whoami(ws)
+        assert node.gateway.slots.in_use == 1
+    assert len(th.events_of("$connect")) == 1
+
+
 # ---------------------------------------------------------------- admission
 
 

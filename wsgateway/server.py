@@ -8,7 +8,8 @@ and the messages to the connection's inbox (:mod:`wsgateway.inbox`), which dispa
 from ``data_received``: no queue and no task wake-up per message.
 
 Handshake order, as AWS: the path must be ``/`` or ``/{stage}``; a request that is not an
-upgrade gets 426 (websockets); the Origin is checked (403); the token is verified or the
+upgrade gets 426 (websockets); one without a Host header (or with a header repeated that
+must not be) gets 400; the Origin is checked (403); the token is verified or the
 authorizer asked (401/403/500; the connection id is drawn first, the authorizer sees it);
 the tenant's usage plan must have a connection place left (429); then ``$connect`` runs
 and the upgrade waits for it (a statusCode outside 2xx rejects with that
@@ -346,6 +347,10 @@ class ClientServer:
             return _reject(ws, 404)
         if "websocket" not in headers.get("Upgrade", "").lower():
             return None  # websockets answers 426 Upgrade Required
+        if "Host" not in headers:  # RFC 6455 4.2.1 (and 9112 3.2): a handshake names its host
+            log.info("handshake refused (400): no Host header from %s", source_ip)
+            gateway.log_handshake(status=400, request_id="", started=started, source_ip=source_ip, user_agent=user_agent)
+            return _reject(ws, 400)
         status = self._admission(ws, headers)
         if status:
             gateway.log_handshake(status=status, request_id="", started=started, source_ip=source_ip, user_agent=user_agent)
