@@ -84,6 +84,12 @@ class _NoFrames:
 
 
 _NO_FRAMES = _NoFrames()
+# GatewayConnection's own answers to a handshake request it does not hand to websockets.
+_HEAD_REFUSALS = {
+    status: b"HTTP/1.1 %d %s\r\nContent-Length: 0\r\nConnection: close\r\n\r\n" % (
+        status, http.HTTPStatus(status).phrase.encode())
+    for status in (408, 431)
+}
 # What a held connection keeps of its handshake: the request and response it answered are
 # ~3 KB of header objects per connection, and what the gateway needs of them is in the
 # Connection (see Gateway.new_connection). websockets' parser keeps the request object to
@@ -102,8 +108,20 @@ class GatewayConnection(ServerConnection):
 
     __slots__ = (
         "gw_conn", "gw_subprotocol", "gw_started", "gw_request_id", "gw_queue_limit", "gw_resume",
-        "gw_inbox", "gw_reader", "gw_between_frames", "gw_max_frame",
+        "gw_inbox", "gw_reader", "gw_between_frames", "gw_max_frame", "gw_head_bytes", "gw_head_timer",
     )
+    # What a client may send before its handshake request is read, and how long it may take
+    # (limits.max_handshake_bytes, handshake_timeout_s): class attributes, as websockets makes
+    # each connection from a class; :meth:`with_limits` makes the class of a server.
+    gw_max_head_bytes = 16384
+    gw_head_timeout_s = 10.0
+
+    @classmethod
+    def with_limits(cls, max_head_bytes: int, head_timeout_s: float) -> type[GatewayConnection]:
+        """This class with the handshake's limits of one server."""
+        return type(cls.__name__, (cls,), {
+            "__slots__": (), "gw_max_head_bytes": max_head_bytes, "gw_head_timeout_s": head_timeout_s,
+        })
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self.gw_conn: Connection | None = None
@@ -118,7 +136,36 @@ class GatewayConnection(ServerConnection):
         # read it parsed: the next read may go to reader.whole_messages instead.
         self.gw_between_frames = False
         self.gw_max_frame: int | None = None  # the largest frame the protocol accepts
+        self.gw_head_bytes = 0  # read before the handshake request was (see _gw_head_too_large)
+        self.gw_head_timer: asyncio.TimerHandle | None = None  # armed until that request is read
         super().__init__(*args, **kwargs)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self.gw_head_timer = self.loop.call_later(self.gw_head_timeout_s, self._gw_refuse_head, 408)
+
+    def _gw_head_too_large(self, data: bytes) -> bool:
+        """Count a read that came before the handshake request was parsed; past the limit,
+        refuse the handshake (431). websockets caps one header line at 8 KB and a request at
+        128 of them (1 MB held per connection until the open timeout); this caps the whole."""
+        self.gw_head_bytes += len(data)
+        if self.gw_head_bytes <= self.gw_max_head_bytes:
+            return False
+        self._gw_refuse_head(431)
+        return True
+
+    def _gw_refuse_head(self, status: int) -> None:
+        """Answer a handshake whose request did not come in time (408) or in size (431), and
+        close: nothing of it reaches websockets, admission or auth."""
+        timer, self.gw_head_timer = self.gw_head_timer, None
+        if timer is not None:
+            timer.cancel()
+        if self.request is not None or self.transport.is_closing():
+            return
+        log.info("handshake refused (%d): request %s from %s", status,
+                 "not read in time" if status == 408 else "too large", _peer_ip(self))
+        self.transport.write(_HEAD_REFUSALS[status])
+        self.transport.close()
 
     def gw_open_inbox(self) -> None:
         """The upgrade is accepted: from now on data frames go to the gateway's reader and
@@ -173,8 +220,13 @@ class GatewayConnection(ServerConnection):
         if self.gw_between_frames and inbox is not None and self.protocol._state is _OPEN:
             messages = whole_messages(data, self.gw_max_frame)
         if messages is None:
+            if self.request is None and self._gw_head_too_large(data):
+                return
             super().data_received(data)
             self.gw_between_frames = self.gw_inbox is not None and between_frames(self.protocol)
+            if self.gw_head_timer is not None and self.request is not None:  # the request is in
+                self.gw_head_timer.cancel()
+                self.gw_head_timer = None
         else:
             assert inbox is not None
             for message in messages:
@@ -190,6 +242,9 @@ class GatewayConnection(ServerConnection):
         connection (its deflate buffers, its transport) is freed at once, not by a rare full
         garbage collection (cli.py sets the thresholds high)."""
         super().connection_lost(exc)
+        if self.gw_head_timer is not None:
+            self.gw_head_timer.cancel()
+            self.gw_head_timer = None
         if self.gw_inbox is not None:
             self.gw_inbox.close()
         # serve() binds select_subprotocol to a closure that holds this connection.
@@ -279,7 +334,8 @@ class ClientServer:
             self._handler,
             process_request=self._process_request,
             select_subprotocol=self._select_subprotocol,
-            create_connection=GatewayConnection,
+            create_connection=GatewayConnection.with_limits(self._limits.max_handshake_bytes,
+                                                            self._limits.handshake_timeout_s),
             compression="deflate" if listen.compression else None,
             extensions=_deflate_extensions(listen.compression_no_context_takeover),
             open_timeout=self._limits.handler_timeout_s + 10,
