@@ -520,6 +520,7 @@ async def test_a_handshake_request_past_max_handshake_bytes_is_a_431_and_runs_no
         answer = await asyncio.wait_for(reader.read(), 5)  # answered and closed: read to EOF
         writer.close()
         assert answer == b"HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        assert node.gateway.stats.rejected[431] == 1  # counted as a refused handshake
         # Under the cap (3 KB of headers), a handshake goes through as before.
         async with websockets.connect(ws_url(node), additional_headers={"X-Pad": "p" * 3000}) as ws:
             assert await whoami(ws)
@@ -541,6 +542,7 @@ async def test_a_handshake_request_not_read_within_handshake_timeout_is_a_408():
             assert await asyncio.wait_for(reader.read(), 5) == refused
             writer.close()
         assert asyncio.get_running_loop().time() - started < 2
+        assert node.gateway.stats.rejected[408] == 2  # counted as refused handshakes
         # A handshake whose request came in time is not cut when $connect takes longer (0.5 s).
         async with websockets.connect(ws_url(node, connect="pause")) as ws:
             assert await whoami(ws)

@@ -34,7 +34,7 @@ import logging
 import socket
 import ssl
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
@@ -115,12 +115,17 @@ class GatewayConnection(ServerConnection):
     # each connection from a class; :meth:`with_limits` makes the class of a server.
     gw_max_head_bytes = 16384
     gw_head_timeout_s = 10.0
+    # Told of each such refusal: (status, source ip, time.perf_counter() at the connection's start).
+    gw_head_refused: Callable[[int, str, float], None] | None = None
 
     @classmethod
-    def with_limits(cls, max_head_bytes: int, head_timeout_s: float) -> type[GatewayConnection]:
-        """This class with the handshake's limits of one server."""
+    def with_limits(
+        cls, max_head_bytes: int, head_timeout_s: float, refused: Callable[[int, str, float], None] | None = None,
+    ) -> type[GatewayConnection]:
+        """This class with the handshake's limits of one server, and who is told of refusals."""
         return type(cls.__name__, (cls,), {
             "__slots__": (), "gw_max_head_bytes": max_head_bytes, "gw_head_timeout_s": head_timeout_s,
+            "gw_head_refused": staticmethod(refused) if refused is not None else None,
         })
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -142,6 +147,7 @@ class GatewayConnection(ServerConnection):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
+        self.gw_started = time.perf_counter()  # the handshake's own start replaces it once its request is in
         self.gw_head_timer = self.loop.call_later(self.gw_head_timeout_s, self._gw_refuse_head, 408)
 
     def _gw_head_too_large(self, data: bytes) -> bool:
@@ -162,10 +168,13 @@ class GatewayConnection(ServerConnection):
             timer.cancel()
         if self.request is not None or self.transport.is_closing():
             return
+        source_ip = _peer_ip(self)
         log.info("handshake refused (%d): request %s from %s", status,
-                 "not read in time" if status == 408 else "too large", _peer_ip(self))
+                 "not read in time" if status == 408 else "too large", source_ip)
         self.transport.write(_HEAD_REFUSALS[status])
         self.transport.close()
+        if self.gw_head_refused is not None:
+            self.gw_head_refused(status, source_ip, self.gw_started)
 
     def gw_open_inbox(self) -> None:
         """The upgrade is accepted: from now on data frames go to the gateway's reader and
@@ -334,8 +343,8 @@ class ClientServer:
             self._handler,
             process_request=self._process_request,
             select_subprotocol=self._select_subprotocol,
-            create_connection=GatewayConnection.with_limits(self._limits.max_handshake_bytes,
-                                                            self._limits.handshake_timeout_s),
+            create_connection=GatewayConnection.with_limits(
+                self._limits.max_handshake_bytes, self._limits.handshake_timeout_s, self._head_refused),
             compression="deflate" if listen.compression else None,
             extensions=_deflate_extensions(listen.compression_no_context_takeover),
             open_timeout=self._limits.handler_timeout_s + 10,
@@ -466,6 +475,11 @@ class ClientServer:
                 "from $connect or use the auth source subprotocol:NAME", len(offered),
             )
         return None
+
+    def _head_refused(self, status: int, source_ip: str, started: float) -> None:
+        """A handshake refused before its request was read (408, 431): counted and
+        access-logged as any refused handshake."""
+        self.gateway.log_handshake(status=status, request_id="", started=started, source_ip=source_ip, user_agent="")
 
     def _admission(self, ws: ServerConnection, headers: Headers) -> int:
         """0 to go on, else the status that refuses the handshake before auth.
