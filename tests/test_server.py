@@ -528,6 +528,30 @@ async def test_a_handshake_request_past_max_handshake_bytes_is_a_431_and_runs_no
     assert len(th.events_of("$connect")) == 1
 
 
+async def test_frames_sent_before_the_upgrade_past_max_handshake_bytes_drop_the_connection():
+    """RFC 6455 4.1: a client waits for the 101 before sending frames. websockets parses and
+    queues what comes early while auth and $connect run; past max_handshake_bytes in all,
+    the connection is dropped, and the node serves on with its slot back."""
+    from websockets.frames import Frame, Opcode
+
+    cfg = make_config(limits={"max_handshake_bytes": 8192})
+    async with running_node(cfg) as node:
+        reader, writer = await asyncio.open_connection("127.0.0.1", node.port)
+        head = (f"GET /prod?connect=pause HTTP/1.1\r\nHost: 127.0.0.1:{node.port}\r\nUpgrade: websocket\r\n"
+                "Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+        frame = Frame(Opcode.TEXT, b"x" * 4000).serialize(mask=True, extensions=[])
+        writer.write(head.encode())
+        await writer.drain()
+        await asyncio.sleep(0.1)  # the request is read: $connect is running (it pauses 0.5 s)
+        writer.write(frame * 4)  # 16 KB of early frames
+        answer = await asyncio.wait_for(reader.read(), 5)
+        writer.close()
+        assert not answer.startswith(b"HTTP/1.1 101")  # dropped, never upgraded
+        await eventually(lambda: node.gateway.slots.in_use == 0)
+        async with websockets.connect(ws_url(node)) as ws:  # a client that waits is served
+            assert await whoami(ws)
+
+
 async def test_a_handshake_request_not_read_within_handshake_timeout_is_a_408():
     """A client that connects and sends its request slowly (or nothing) is answered 408 and
     closed after limits.handshake_timeout_s, not held for the open timeout (39 s)."""

@@ -338,8 +338,8 @@ class LimitsConfig:
         r"\*|[a-z][a-z0-9+.-]*://([a-z0-9.-]+|\[[0-9a-f:.]+\])(:\d{1,5})?",
         '"*" or a lower-case origin like "https://app.example.com" (scheme://host[:port], no path)'))
     require_origin: bool = False  # refuse handshakes without an Origin header
-    # what a client may send before its handshake request is read (request line and headers;
-    # AWS takes 10,240 bytes), and how long it may take from the connection's start -> 431 / 408
+    # what a client may send before its upgrade is accepted (request line and headers; AWS
+    # takes 10,240 bytes), and how long its request may take from the connection's start -> 431 / 408
     max_handshake_bytes: int = 16384
     handshake_timeout_s: float = 10.0
     # per node; 0 = no limit; beyond it handshakes answer 503

@@ -141,7 +141,7 @@ class GatewayConnection(ServerConnection):
         # read it parsed: the next read may go to reader.whole_messages instead.
         self.gw_between_frames = False
         self.gw_max_frame: int | None = None  # the largest frame the protocol accepts
-        self.gw_head_bytes = 0  # read before the handshake request was (see _gw_head_too_large)
+        self.gw_head_bytes = 0  # read before the upgrade was accepted (see _gw_head_too_large)
         self.gw_head_timer: asyncio.TimerHandle | None = None  # armed until that request is read
         super().__init__(*args, **kwargs)
 
@@ -151,13 +151,21 @@ class GatewayConnection(ServerConnection):
         self.gw_head_timer = self.loop.call_later(self.gw_head_timeout_s, self._gw_refuse_head, 408)
 
     def _gw_head_too_large(self, data: bytes) -> bool:
-        """Count a read that came before the handshake request was parsed; past the limit,
-        refuse the handshake (431). websockets caps one header line at 8 KB and a request at
-        128 of them (1 MB held per connection until the open timeout); this caps the whole."""
+        """Count a read that came before the upgrade was accepted; past the limit, refuse the
+        handshake (431), or drop the connection if its request is already being answered.
+
+        websockets caps one header line at 8 KB and a request at 128 of them: 1 MB held per
+        connection until the open timeout. Frames a client sends after its request and before
+        the 101 (which RFC 6455 forbids) are parsed and queued while auth and ``$connect`` run:
+        up to 16 messages. This caps the whole."""
         self.gw_head_bytes += len(data)
         if self.gw_head_bytes <= self.gw_max_head_bytes:
             return False
-        self._gw_refuse_head(431)
+        if self.request is None:
+            self._gw_refuse_head(431)
+        else:  # websockets answers the request once auth and $connect are done: no answer here
+            log.info("handshake dropped: %d bytes before the upgrade from %s", self.gw_head_bytes, _peer_ip(self))
+            self.transport.abort()
         return True
 
     def _gw_refuse_head(self, status: int) -> None:
@@ -229,7 +237,7 @@ class GatewayConnection(ServerConnection):
         if self.gw_between_frames and inbox is not None and self.protocol._state is _OPEN:
             messages = whole_messages(data, self.gw_max_frame)
         if messages is None:
-            if self.request is None and self._gw_head_too_large(data):
+            if self.gw_inbox is None and self._gw_head_too_large(data):  # before the upgrade
                 return
             super().data_received(data)
             self.gw_between_frames = self.gw_inbox is not None and between_frames(self.protocol)
