@@ -514,9 +514,10 @@ async def test_a_handshake_request_past_max_handshake_bytes_is_a_431_and_runs_no
         reader, writer = await asyncio.open_connection("127.0.0.1", node.port)
         head = (f"GET /prod HTTP/1.1\r\nHost: 127.0.0.1:{node.port}\r\nUpgrade: websocket\r\n"
                 "Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n")
+        writer.write(head.encode())
         for i in range(8):  # each line well under websockets' own 8 KB
             writer.write(f"X-Pad-{i}: {'p' * 1000}\r\n".encode())
-        writer.write(head.encode() + b"\r\n")
+        writer.write(b"\r\n")
         answer = await asyncio.wait_for(reader.read(), 5)  # answered and closed: read to EOF
         writer.close()
         assert answer == b"HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
