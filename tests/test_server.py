@@ -553,6 +553,69 @@ async def test_frames_sent_before_the_upgrade_past_max_handshake_bytes_drop_the_
             assert await whoami(ws)
 
 
+def _early(node, frames: bytes, query: str = "") -> bytes:
+    """A handshake request and, in the same write, frames that RFC 6455 says wait for the 101."""
+    return (f"GET /prod{query} HTTP/1.1\r\nHost: 127.0.0.1:{node.port}\r\nUpgrade: websocket\r\n"
+            "Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+            ).encode() + frames
+
+
+def _client_frame(data: bytes, opcode: int = 0x1, fin: bool = True) -> bytes:
+    from websockets.frames import Frame, Opcode
+
+    return Frame(Opcode(opcode), data, fin=fin).serialize(mask=True, extensions=[])
+
+
+async def _server_frames(reader: asyncio.StreamReader, count: int) -> list[tuple[int, bytes]]:
+    """The 101, then ``count`` unmasked frames from the server: (opcode, payload)."""
+    await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    frames = []
+    for _ in range(count):
+        head = await asyncio.wait_for(reader.readexactly(2), 5)
+        length = head[1] & 0x7F
+        if length == 126:
+            length = int.from_bytes(await reader.readexactly(2), "big")
+        frames.append((head[0] & 0x0F, await asyncio.wait_for(reader.readexactly(length), 5)))
+    return frames
+
+
+async def test_messages_sent_before_the_101_are_delivered_in_order_after_it():
+    """A client that does not wait for the 101 (RFC 6455 says it must) had its first messages
+    dropped without a word, and past 16 of them its connection stopped being read. They are
+    dispatched once the connection is open, in order, and the connection reads on."""
+    async with running_node() as node:
+        reader, writer = await asyncio.open_connection("127.0.0.1", node.port)
+        early = [b'{"action": "whoami"}', *(f"m{i}".encode() for i in range(20))]
+        fragmented = _client_frame(b"frag", fin=False) + _client_frame(b"ment", opcode=0x0)
+        writer.write(_early(node, b"".join(_client_frame(m) for m in early) + fragmented))
+        replies = await _server_frames(reader, len(early) + 1)
+        assert json.loads(replies[0][1])["connectionId"]
+        assert [data for _, data in replies[1:]] == [*early[1:], b"fragment"]
+        writer.write(_client_frame(b"after"))  # still read
+        assert await _server_frames_after(reader) == (0x1, b"after")
+        writer.close()
+
+
+async def _server_frames_after(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    head = await asyncio.wait_for(reader.readexactly(2), 5)
+    return head[0] & 0x0F, await asyncio.wait_for(reader.readexactly(head[1] & 0x7F), 5)
+
+
+async def test_an_invalid_message_sent_before_the_101_closes_the_connection_1002_after_it():
+    """Early frames that do not read (invalid UTF-8 here): none of them is dispatched, and
+    the connection, open, is closed with 1002 (a protocol error: they should have waited)."""
+    async with running_node() as node:
+        reader, writer = await asyncio.open_connection("127.0.0.1", node.port)
+        frames = _client_frame(b"valid") + _client_frame(b"\xff\xfe") + _client_frame(b"dropped")
+        writer.write(_early(node, frames))
+        (opcode, data), = await _server_frames(reader, 1)  # none of the three is dispatched
+        assert (opcode, int.from_bytes(data[:2], "big"), data[2:]) == (0x8, 1002, b"Invalid frames before the upgrade")
+        writer.close()
+        await eventually(lambda: th.events_of("$disconnect"))
+        assert th.events_of("$disconnect")[0]["requestContext"]["disconnectStatusCode"] == 1002
+        assert [e for e in th.EVENTS if e["requestContext"]["eventType"] == "MESSAGE"] == []
+
+
 async def test_a_handshake_request_not_read_within_handshake_timeout_is_a_408():
     """A client that connects and sends its request slowly (or nothing) is answered 408 and
     closed after limits.handshake_timeout_s, not held for the open timeout (39 s)."""

@@ -36,6 +36,7 @@ __all__ = [
     "CLOSE_INTERNAL_ERROR",
     "CLOSE_MESSAGE_TOO_BIG",
     "CLOSE_NORMAL",
+    "CLOSE_PROTOCOL_ERROR",
     "CLOSE_SERVICE_RESTART",
     "CLOSE_SLOW_CONSUMER",
     "CLOSE_TOKEN_EXPIRED",
@@ -62,6 +63,7 @@ __all__ = [
 
 CLOSE_NORMAL = 1000  # delete_connection, or the client closed normally
 CLOSE_GOING_AWAY = 1001  # idle timeout, max connection duration, node shutdown
+CLOSE_PROTOCOL_ERROR = 1002  # frames sent before the upgrade that did not read
 CLOSE_UNSUPPORTED_DATA = 1003
 CLOSE_ABNORMAL = 1006  # no close frame: the peer vanished, or its node died
 CLOSE_SLOW_CONSUMER = 1008  # stayed over limits.max_queued_bytes past the grace period

@@ -52,7 +52,7 @@ from websockets.typing import Subprotocol
 
 from .admission import Hold, Slot
 from .authorizer import HandshakeRequest
-from .errors import CLOSE_GOING_AWAY, CLOSE_INTERNAL_ERROR, AuthError
+from .errors import CLOSE_GOING_AWAY, CLOSE_INTERNAL_ERROR, CLOSE_PROTOCOL_ERROR, AuthError
 from .inbox import Inbox
 from .reader import MessageReader, ReadError, between_frames, frame_size_limit, whole_messages
 from .reliable import SUBPROTOCOL, ReliableConnection, parse_resume
@@ -190,11 +190,44 @@ class GatewayConnection(ServerConnection):
         self.gw_reader = MessageReader()
         self.gw_max_frame = frame_size_limit(self.protocol)
         # websockets' queue of frames is never fed again: free it (its deque is ~0.8 KB).
-        self.recv_messages = _NO_FRAMES  # type: ignore[assignment]
+        assembler, self.recv_messages = self.recv_messages, _NO_FRAMES  # type: ignore[assignment]
         self.gw_inbox = Inbox(
             self.loop, self.transport.pause_reading, self._gw_resume_reading,
             self.max_queue_high or 16, self.max_queue_low or 4,
         )
+        early = assembler.frames.queue
+        if early:
+            self._gw_take_early(list(early), assembler.paused)
+
+    def _gw_take_early(self, frames: list[Frame], paused: bool) -> None:
+        """Frames the client sent between its request and the 101, which RFC 6455 forbids
+        (websockets' queue held them; its own recv() would deliver them): their messages wait
+        in the inbox's backlog, dispatched in order once the connection is open. If one does
+        not read, none is dispatched and the handler closes the connection with 1002."""
+        reader, inbox = self.gw_reader, self.gw_inbox
+        assert reader is not None and inbox is not None
+        messages = []
+        try:
+            for frame in frames:
+                message = reader.feed(frame)
+                if message is not None:
+                    messages.append(message)
+        except ReadError:
+            self.gw_reader = None  # as after a message that failed (see process_event)
+            messages = []
+        for message in messages:
+            inbox.put(message)
+        if paused and not inbox.paused:  # websockets' queue stopped reading for them
+            self._gw_resume_reading()
+
+    def gw_fail(self, code: int, reason: str) -> None:
+        """Close for a message that did not read, as websockets' recv() would."""
+        self.gw_reader = None
+        self.protocol.fail(code, reason)
+        with contextlib.suppress(Exception):  # as data_received: the close is best effort
+            self.send_data()
+        if self.gw_inbox is not None:
+            self.gw_inbox.close()
 
     def _gw_resume_reading(self) -> None:
         """The inbox's backlog drained: read again, unless the queue's limit stopped reading."""
@@ -216,11 +249,7 @@ class GatewayConnection(ServerConnection):
         try:
             message = reader.feed(event)
         except ReadError as exc:  # as websockets' recv(): close with its code
-            self.gw_reader = None
-            self.protocol.fail(exc.code, exc.reason)
-            with contextlib.suppress(Exception):  # as data_received: the close is best effort
-                self.send_data()
-            inbox.close()
+            self.gw_fail(exc.code, exc.reason)
             return
         if message is not None:
             inbox.put(message)
@@ -240,7 +269,8 @@ class GatewayConnection(ServerConnection):
             if self.gw_inbox is None and self._gw_head_too_large(data):  # before the upgrade
                 return
             super().data_received(data)
-            self.gw_between_frames = self.gw_inbox is not None and between_frames(self.protocol)
+            self.gw_between_frames = (self.gw_inbox is not None and self.gw_reader is not None
+                                      and between_frames(self.protocol))
             if self.gw_head_timer is not None and self.request is not None:  # the request is in
                 self.gw_head_timer.cancel()
                 self.gw_head_timer = None
@@ -585,6 +615,8 @@ class ClientServer:
                 status=101, request_id=ws.gw_request_id, started=ws.gw_started,
                 source_ip=conn.record.source_ip, user_agent=conn.record.user_agent, conn=conn,
             )
+            if ws.gw_reader is None:  # frames it sent before the 101 did not read (_gw_take_early)
+                ws.gw_fail(CLOSE_PROTOCOL_ERROR, "Invalid frames before the upgrade")
             await inbox.run(functools.partial(dispatch, conn))
         except ConnectionClosed:
             pass
