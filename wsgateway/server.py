@@ -168,13 +168,16 @@ class GatewayConnection(ServerConnection):
             self.transport.abort()
         return True
 
-    def _gw_refuse_head(self, status: int) -> None:
-        """Answer a handshake whose request did not come in time (408) or in size (431), and
-        close: nothing of it reaches websockets, admission or auth."""
+    def _gw_stop_head_timer(self) -> None:
         timer, self.gw_head_timer = self.gw_head_timer, None
         if timer is not None:
             timer.cancel()
-        if self.request is not None or self.transport.is_closing():
+
+    def _gw_refuse_head(self, status: int) -> None:
+        """Answer a handshake whose request did not come in time (408) or in size (431), and
+        close: nothing of it reaches websockets, admission or auth."""
+        self._gw_stop_head_timer()
+        if self.transport.is_closing():  # websockets refused the request itself
             return
         source_ip = _peer_ip(self)
         log.info("handshake refused (%d): request %s from %s", status,
@@ -241,6 +244,8 @@ class GatewayConnection(ServerConnection):
         request, pongs)."""
         inbox = self.gw_inbox
         if inbox is None or not isinstance(event, Frame) or event.opcode not in _DATA_OPCODES:
+            if self.gw_head_timer is not None:  # the first event: the handshake request is in
+                self._gw_stop_head_timer()
             super().process_event(event)
             return
         reader = self.gw_reader
@@ -271,9 +276,6 @@ class GatewayConnection(ServerConnection):
             super().data_received(data)
             self.gw_between_frames = (self.gw_inbox is not None and self.gw_reader is not None
                                       and between_frames(self.protocol))
-            if self.gw_head_timer is not None and self.request is not None:  # the request is in
-                self.gw_head_timer.cancel()
-                self.gw_head_timer = None
         else:
             assert inbox is not None
             for message in messages:
@@ -289,9 +291,7 @@ class GatewayConnection(ServerConnection):
         connection (its deflate buffers, its transport) is freed at once, not by a rare full
         garbage collection (cli.py sets the thresholds high)."""
         super().connection_lost(exc)
-        if self.gw_head_timer is not None:
-            self.gw_head_timer.cancel()
-            self.gw_head_timer = None
+        self._gw_stop_head_timer()
         if self.gw_inbox is not None:
             self.gw_inbox.close()
         # serve() binds select_subprotocol to a closure that holds this connection.
@@ -450,10 +450,6 @@ class ClientServer:
             return _reject(ws, 404)
         if "websocket" not in headers.get("Upgrade", "").lower():
             return None  # websockets answers 426 Upgrade Required
-        if "Host" not in headers:  # RFC 6455 4.2.1 (and 9112 3.2): a handshake names its host
-            log.info("handshake refused (400): no Host header from %s", source_ip)
-            gateway.log_handshake(status=400, request_id="", started=started, source_ip=source_ip, user_agent=user_agent)
-            return _reject(ws, 400)
         status = self._admission(ws, headers)
         if status:
             gateway.log_handshake(status=status, request_id="", started=started, source_ip=source_ip, user_agent=user_agent)
@@ -528,6 +524,8 @@ class ClientServer:
         when the socket is lost before the handler took it (a client gone mid-``$connect``,
         websockets refusing the upgrade itself, the open timeout), or when the handler ends.
         """
+        if "Host" not in headers:  # RFC 6455 4.2.1 (and 9112 3.2): a handshake names its host
+            return 400
         gateway = self.gateway
         if gateway.draining or not gateway.ready:
             return 503
